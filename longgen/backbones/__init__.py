@@ -1,0 +1,1 @@
+"""Backbones: diffusers text-to-video models behind the `Denoiser` seam. Selected by `conf/backbone/*.yaml`."""

@@ -1,0 +1,46 @@
+"""The one place that turns config groups into objects (`hydra.utils.instantiate`).
+
+Keywords are checked against the target's signature first, so `sampler.strde=4` fails in a second with the list
+of valid options instead of after the weights load.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from longgen.errors import UsageError
+
+
+def build(node: DictConfig, group: str, choice: str | None = None) -> Any:
+    """Instantiate a `_target_` node of config group `group` (backbone, sampler, writer, splitter)."""
+    label = f"{group}={choice}" if choice else group
+    if node is None or "_target_" not in node:
+        raise UsageError(f"{label}: the config has no _target_; pick one of the shipped {group} configs")
+    target = get_class(node._target_)
+    params = inspect.signature(target.__init__).parameters
+    allowed = [p for p in params if p not in ("self",) and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = [k for k in node.keys() if not str(k).startswith("_")]
+    unknown = [k for k in given if k not in allowed]
+    if unknown and not accepts_any:
+        raise UsageError(
+            f"{label} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(allowed)}"
+        )
+    try:
+        kwargs = OmegaConf.to_container(node, resolve=True)
+    except Exception as exc:
+        raise UsageError(f"{label}: {str(exc).splitlines()[0]}") from None
+    kwargs.pop("_target_", None)
+    try:
+        return instantiate({"_target_": node._target_, **kwargs}, _convert_="all")
+    except UsageError:
+        raise
+    except Exception as exc:  # hydra wraps constructor errors; surface the user-facing one
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UsageError):
+            raise cause from None
+        raise UsageError(f"{label}: {str(cause).splitlines()[0]}") from None

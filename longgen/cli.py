@@ -1,0 +1,93 @@
+"""`longgen COMMAND [hydra overrides]`: dispatch a subcommand to its `@hydra.main` function.
+
+The command word is removed from argv so that Hydra sees only its own flags and overrides; `-m`, `--cfg job`,
+`--help` and `hydra.run.dir=…` keep working after the command. Config group choices (`backbone=…`, `sampler=…`,
+`writer=…`) are checked against the shipped configs first so a typo gives one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import resources
+
+from longgen import __version__
+
+#: command → (module with a hydra `main`, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("longgen.generate", "sample a long video from a prompt or story into Hydra's run directory"),
+}
+GROUPS = ("backbone", "sampler", "writer", "splitter")
+
+USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
+
+Tuning-free multi-event long video generation.
+
+commands:
+{commands}
+
+examples:
+  longgen generate backbone=tiny sampler=gen-l-video num_windows=4 prompt="a cat"
+  longgen generate -m backbone=tiny sampler=direct,gen-l-video seed=0,1
+  longgen generate --cfg job
+  longgen generate --help          (options of one command)
+"""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items())
+    return USAGE.format(commands=lines)
+
+
+def group_options(group: str) -> list[str]:
+    folder = resources.files("longgen.conf") / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_group_choices(args: list[str]) -> str | None:
+    """An error line for `group=choice` overrides naming a config that does not exist, else None."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS:
+            continue
+        options = group_options(key)
+        sweep = value
+        for prefix in ("choice(", "glob("):
+            if sweep.startswith(prefix) and sweep.endswith(")"):
+                sweep = sweep[len(prefix) : -1]
+        if value.startswith("glob("):
+            continue
+        for choice in (c.strip().strip("'\"") for c in sweep.split(",")):
+            if choice and choice not in options:
+                return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"longgen {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
+        return 2
+    problem = check_group_choices(rest)
+    if problem:
+        print(f"longgen: error: {problem}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"longgen {command}", *rest]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

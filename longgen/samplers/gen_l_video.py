@@ -1,0 +1,50 @@
+"""Gen-L-Video temporal co-denoising (Wang et al. 2023, "Gen-L-Video", §3.2), the first stage of SynCoS
+(SynCoS supplementary Fig. 18).
+
+Per step t: slice the latent into windows of M frames every `stride` frames (the last one end-aligned, so no tail
+frame is dropped), predict x̂0 for every window with classifier-free guidance and the local prompt of the story
+segment holding the window centre, average the x̂0 of all windows covering each frame, then take one DDIM step from
+x_t with the fused x̂0. With η = 0 and one shared t this equals averaging the per-window DDIM steps, because the
+update is affine in x̂0 (diffusion.ddim_step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from longgen.denoiser import Denoiser
+from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows
+from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.windows import WindowPlan
+
+
+def fused_x0(
+    den: Denoiser, x: torch.Tensor, plan: WindowPlan, prompt_ids: list[int], c: StepCoeffs, guidance_scale: float
+) -> torch.Tensor:
+    """Temporal co-denoising of one step: x [L, C, H, W] at t → per-frame average of the windows' x̂0 [L, C, H, W]."""
+    windows = gather_windows(x, plan.starts, plan.window)  # [N, M, C, H, W]
+    pred = den.predict(windows, c.t, prompt_ids, guidance_scale)  # x0: [N, M, C, H, W]
+    return fuse_windows(pred.x0, plan.starts, plan.length)  # [L, C, H, W]
+
+
+class GenLVideoSampler(Sampler):
+    def __init__(self, num_steps: int = 50, guidance_scale: float = 6.0, stride: int = 4, eta: float = 0.0) -> None:
+        check_common(num_steps, guidance_scale, stride, eta)
+        self.num_steps = int(num_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.stride = int(stride)
+        self.eta = float(eta)
+
+    def sample(self, run: SamplingRun) -> torch.Tensor:
+        den = run.denoiser
+        x = run.noise[0]  # [L, C, H, W]
+        plan = self.plan(run.length, den.window)
+        ids = [run.prompt_for_window(s, plan.window) for s in plan.starts]
+        sched = den.schedule(self.num_steps)
+        for i in range(len(sched)):
+            c = sched.step(i)
+            x0 = fused_x0(den, x, plan, ids, c, self.guidance_scale)  # [L, C, H, W]
+            noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
+            x = ddim_step(x, x0, c, self.eta, noise)  # [L, C, H, W]
+            run.progress("denoise", i + 1, len(sched))
+        return x[None]  # [1, L, C, H, W]
