@@ -13,9 +13,9 @@ from importlib import resources
 
 from longgen import __version__
 
-#: command → (module with a hydra `main`, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("longgen.generate", "sample a long video from a prompt or story into Hydra's run directory"),
+#: command → (module with a hydra `main`, its primary config, one-line description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("longgen.generate", "generate", "sample a long video from a prompt or story into Hydra's run directory"),
 }
 GROUPS = ("backbone", "sampler", "writer", "splitter")
 
@@ -36,7 +36,7 @@ examples:
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items())
+    lines = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, _, desc) in COMMANDS.items())
     return USAGE.format(commands=lines)
 
 
@@ -45,6 +45,60 @@ def group_options(group: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _yaml_keys(path) -> set[str]:
+    """Top-level keys of a config file, including those it inherits through its defaults list."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    keys = {k for k in data if k != "defaults"}
+    for entry in data.get("defaults", []) or []:
+        if isinstance(entry, str) and entry != "_self_" and "/" not in entry and "override" not in entry:
+            parent = path.parent / f"{entry}.yaml"
+            if parent.is_file():
+                keys |= _yaml_keys(parent)
+    return keys
+
+
+def _primary_defaults(config: str) -> tuple[set[str], dict[str, str]]:
+    """(top-level keys, default choice per group) of a primary config."""
+    import yaml
+
+    path = resources.files("longgen.conf") / f"{config}.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    choices = {}
+    for entry in data.get("defaults", []) or []:
+        if isinstance(entry, dict):
+            (group, choice), = entry.items()
+            if not group.startswith("override"):
+                choices[group] = choice
+    return {k for k in data if k != "defaults"} | set(choices), choices
+
+
+def check_option_keys(config: str, args: list[str]) -> str | None:
+    """An error line for `key=value` / `group.key=value` overrides naming an option that does not exist.
+    (`+key=value` adds a key on purpose and is left to Hydra.)"""
+    top, choices = _primary_defaults(config)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if key in GROUPS and sep:
+            choices[key] = value.split(",")[0].strip()
+    for arg in args:
+        key, sep, _ = arg.partition("=")
+        if not sep or key.startswith(("+", "~", "hydra.", "hydra/", "-")) or key == "hydra":
+            continue
+        head, _, rest = key.partition(".")
+        if head not in top:
+            return f"unknown option {key!r}; options of `longgen {config.replace('_', '-')}`: {', '.join(sorted(top))}"
+        if head in GROUPS and rest and head in choices:
+            path = resources.files("longgen.conf") / head / f"{choices[head]}.yaml"
+            if path.is_file():
+                allowed = _yaml_keys(path) - {"_target_"}
+                sub = rest.split(".")[0]
+                if sub not in allowed:
+                    return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
+    return None
 
 
 def check_group_choices(args: list[str]) -> str | None:
@@ -79,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
         return 2
-    problem = check_group_choices(rest)
+    problem = check_group_choices(rest) or check_option_keys(COMMANDS[command][1], rest)
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2

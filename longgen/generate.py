@@ -44,7 +44,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UsageError as exc:
-        log.error(str(exc))
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(exc), None, None)
+        for handler in logging.getLogger().handlers:  # keep it in the run's log file, print it once
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
         print(f"longgen: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

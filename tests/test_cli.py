@@ -1,0 +1,138 @@
+"""The `longgen` command as a user runs it: outputs, determinism, multirun, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_helpers import FAST, error_lines, run_cli
+
+
+def test_help_lists_commands_and_rejects_unknown():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "generate" in proc.stdout
+    proc = run_cli("genrate")
+    assert proc.returncode == 2
+    assert error_lines(proc) and "unknown command 'genrate'" in proc.stderr
+    proc = run_cli("generate", "--help")
+    assert proc.returncode == 0 and "backbone" in proc.stdout and "longgen generate" in proc.stdout
+
+
+def test_generate_writes_video_story_config_manifest_latents(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("generate", *FAST, "sampler=gen-l-video", "num_windows=4", "prompt=a cat",
+                   "save_latents=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"video.mp4", "story.json", "manifest.json", "latents.safetensors", ".hydra"} <= names
+    assert not any("partial" in n for n in names)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["latent_length"] == 25 and manifest["frames"] == 97 and manifest["fps"] == 8
+    assert [w["start"] for w in manifest["windows"]] == [0, 4, 8, 12]
+    assert manifest["transformer_forwards"] == 2 * 4 * 2  # steps x windows x CFG branches
+    assert manifest["seed"] == 0 and "torch" in manifest["versions"]
+    n, _ = imageio_ffmpeg.count_frames_and_secs(str(out / "video.mp4"))
+    assert n == 4 * (25 - 1) + 1
+    latents = load_file(str(out / "latents.safetensors"))["latents"]
+    assert latents.shape == (25, 4, 8, 8)
+    story = json.loads((out / "story.json").read_text())
+    assert story["local"] == ["a cat"]
+    assert (out / ".hydra" / "config.yaml").exists()
+
+
+def _latents(tmp_path, name, *extra):
+    out = tmp_path / name
+    proc = run_cli("generate", *FAST, "num_windows=2", "prompt=a cat", "save_latents=true", *extra,
+                   f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return load_file(str(out / "latents.safetensors"))["latents"]
+
+
+def test_same_seed_same_latents_other_seed_differs(tmp_path):
+    a = _latents(tmp_path, "a", "seed=7")
+    b = _latents(tmp_path, "b", "seed=7")
+    c = _latents(tmp_path, "c", "seed=8")
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_story_file_maps_windows_to_prompts_by_centre(tmp_path):
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "a fox", "local": ["a fox walks", "a fox jumps"], "durations": [1, 3]}))
+    out = tmp_path / "run"
+    proc = run_cli("generate", *FAST, "sampler=gen-l-video", "num_windows=5", f"story={story}",
+                   f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    # L = 29; the first segment ends at 29/4 = 7.25: only the window centred at 6.5 takes prompt 0
+    assert [w["local_prompt"] for w in manifest["windows"]] == [0, 1, 1, 1, 1]
+
+
+def test_multirun_one_directory_per_job(tmp_path):
+    proc = run_cli("generate", "-m", "backbone=tiny", "sampler=direct,gen-l-video", "seed=0,1",
+                   "sampler.num_steps=1", "num_windows=1", "prompt=a cat", f"hydra.sweep.dir={tmp_path}/sweep",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0_direct", "1_direct", "2_gen-l-video", "3_gen-l-video"]
+    for job in jobs:
+        assert (tmp_path / "sweep" / job / "video.mp4").exists()
+
+
+def test_multirun_joblib_launcher(tmp_path):
+    proc = run_cli("generate", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "backbone=tiny",
+                   "sampler=gen-l-video", "seed=0,1", "sampler.num_steps=1", "num_windows=1", "prompt=a cat",
+                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0_gen-l-video", "1_gen-l-video"]
+    assert all((tmp_path / "sweep" / j / "manifest.json").exists() for j in jobs)
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+BAD_INPUTS = [
+    (["backbone=tinyy"], "unknown backbone 'tinyy'"),
+    (["sampler=syncoss"], "unknown sampler 'syncoss'"),
+    (["sampler.stride=0"], "sampler.stride=0"),
+    (["sampler.stride=14"], "sampler.stride=14"),
+    (["sampler.strde=3"], "has no option 'strde'"),
+    (["num_windows=0"], "num_windows=0"),
+    (["num_windows=null", "latent_frames=5"], "latent_frames=5"),
+    (["num_windows=2", "length_factor=2"], "only one of"),
+    (["prompt=null"], "nothing to generate"),
+    (["prompt=null", "story=/nonexistent/story.json"], "cannot read story file"),
+    (["prompt=null", "story={tmp}/empty.json"], "non-empty list"),
+    (["prompt=null", "story={tmp}/broken.json"], "not valid JSON"),
+    (["backbone=cogvideox-2b", "model_path=/nonexistent/CogVideoX-2b"], "backbone.model_path=/nonexistent"),
+    (["backbone=cogvideox-2b"], "cannot load THUDM/CogVideoX-2b"),
+    (["sampler.guidance_scale=-1"], "guidance_scale"),
+    (["sampler=gen-l-video", "sampler.stride=3", "num_windows=2"], "is even"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_inputs_fail_with_one_line(tmp_path, overrides, message):
+    _write(tmp_path, "empty.json", json.dumps({"global": "g", "local": []}))
+    _write(tmp_path, "broken.json", "{not json")
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    base = ["backbone=tiny", "prompt=a cat", "num_windows=2", "sampler.num_steps=1"]
+    keys = {o.split("=")[0] for o in overrides}
+    args = [b for b in base if b.split("=")[0] not in keys] + overrides
+    out = tmp_path / "run"
+    proc = run_cli("generate", *args, f"hydra.run.dir={out}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if out.exists():
+        assert not {"video.mp4", "manifest.json", "story.json"} & {p.name for p in out.iterdir()}
