@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +34,16 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float32": torch.float32, "fp32": torch.float32}
 _MODEL_FILES = ("model_index.json",)
+#: backbone.attention → the torch SDPA kernels allowed (auto: cuDNN first on CUDA, measured fastest on H100 for
+#: CogVideoX's head dim 64 — see benchmarks/README.md; sdpa: torch's own default order)
+_ATTENTION = {
+    "auto": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "sdpa": (),
+    "cudnn": ("CUDNN_ATTENTION",),
+    "flash": ("FLASH_ATTENTION",),
+    "efficient": ("EFFICIENT_ATTENTION",),
+    "math": ("MATH",),
+}
 _SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 
 
@@ -71,6 +82,8 @@ class CogVideoXBackbone(Denoiser):
         cpu_offload: bool = False,
         text_encoder: str = "release",
         micro_batch: int = 4,
+        attention: str = "auto",
+        compile: bool = False,
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -88,6 +101,8 @@ class CogVideoXBackbone(Denoiser):
             raise UsageError(f"backbone.height/width ({height}×{width}) must be multiples of {step}")
         if micro_batch < 1:
             raise UsageError(f"backbone.micro_batch={micro_batch} must be >= 1")
+        if attention not in _ATTENTION:
+            raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(_ATTENTION)}")
         if random_weights and not architecture:
             raise UsageError("backbone.random_weights=true needs an `architecture` section (see conf/backbone/tiny.yaml)")
         self.model_id = model_id
@@ -107,6 +122,8 @@ class CogVideoXBackbone(Denoiser):
         self.cpu_offload = cpu_offload
         self.text_encoder_policy = text_encoder
         self.micro_batch = micro_batch
+        self.attention = attention
+        self.compile = compile
         self.random_weights = random_weights
         self.weights_seed = weights_seed
         self.architecture = architecture or {}
@@ -198,6 +215,10 @@ class CogVideoXBackbone(Denoiser):
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        if self.compile:
+            # regional compilation: each transformer block once (they share one graph), not the whole model
+            for block in pipe.transformer.transformer_blocks:
+                block.compile(dynamic=False)
         self.pipe = pipe
 
     def _build_random(self):
@@ -307,18 +328,30 @@ class CogVideoXBackbone(Denoiser):
             )
         return self._rope_cache[frames]
 
+    def _attention_kernels(self):
+        names = _ATTENTION[self.attention]
+        if not names or self.device.type != "cuda":
+            return nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, n) for n in names], set_priority=True)
+
     def _transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One batched transformer call. x: [b, F, C, H, W] model dtype; emb: [b, S, D]; t: [b] → v [b, F, C, H, W]."""
-        out = self.pipe.transformer(
+        with self._attention_kernels():
+            out = self._call_transformer(x, emb, t)
+        self.forward_count += x.shape[0]
+        self.call_count += 1
+        return out
+
+    def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.pipe.transformer(
             hidden_states=x,
             encoder_hidden_states=emb,
             timestep=t,
             image_rotary_emb=self._rope(x.shape[1]),
             return_dict=False,
         )[0]
-        self.forward_count += x.shape[0]
-        self.call_count += 1
-        return out
 
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
@@ -420,6 +453,9 @@ class CogVideoXBackbone(Denoiser):
             "window_latent_frames": self.window,
             "latent_shape": list(self.latent_shape),
             "micro_batch": self.micro_batch,
+            "attention": self.attention,
+            "attention_kernels": list(_ATTENTION[self.attention]) or "torch default",
+            "compile": self.compile,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
         }

@@ -1,0 +1,293 @@
+"""Benchmark longgen's samplers on full-size models with random weights (no download) or on the tiny backbone.
+
+Builds the backbone from the shipped config with `random_weights=true` (compute does not depend on weight values),
+then measures, in one process:
+- the bf16 matmul ceiling of the GPU (8192³ products, CUDA events, median of 10 after 3 warm-ups);
+- one transformer forward of a window (per-sample time, TFLOP/s and its ratio to the ceiling);
+- text encoding, the sampler's denoising steps (all of them, or a measured slice of `--steps` steps with the rest
+  projected from the measured per-kind step times), the streaming decode to mp4, and peak GPU memory.
+
+FLOPs of one transformer forward over T tokens (text + video patches), P parameters, n layers, width d:
+    2·P·T  (every weight used once per token, multiply + add)  +  4·n·T²·d  (QKᵀ and A·V).
+
+Writes a JSON file and appends a Markdown row to benchmarks/README.md with the exact command and the GPU name.
+The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timing is asserted).
+
+    python scripts/bench.py --workload W1 --steps 0             # W1 end to end
+    python scripts/bench.py --workload W2 --steps 6             # SynCoS, 6 measured steps, rest projected
+    python scripts/bench.py --workload scaling --windows 4 10 28 --steps 2
+    python scripts/bench.py --backbone tiny --workload W1 --steps 2 --no-markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hydra import compose, initialize_config_module
+
+from longgen.build import build
+from longgen.samplers.base import SamplingRun
+from longgen.windows import latent_length
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: workload → (sampler, its overrides, length)
+WORKLOADS = {
+    "W1": ("gen-l-video", [], dict(num_windows=10)),
+    "W2": ("syncos", ["sampler.t_min=900", "sampler.iters=20", "sampler.batch_windows=3"], dict(num_windows=10)),
+    "W3": ("glc", [], dict(length_factor=3)),
+    "scaling": ("gen-l-video", [], None),
+}
+PROMPTS = [
+    "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi trots forward.",
+    "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi sniffs a lamp post.",
+    "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi leaps into a drift.",
+]
+
+
+class SliceDone(Exception):
+    """Raised by the progress callback to end a measured slice of steps."""
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(device: torch.device) -> float | None:
+    """bf16 TFLOP/s of 8192³ products on random data (median of 10 after 3 warm-ups)."""
+    if device.type != "cuda":
+        return None
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    times = []
+    for i in range(13):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def forward_flops(backbone, frames: int) -> float:
+    cfg = backbone.pipe.transformer.config
+    params = sum(p.numel() for p in backbone.pipe.transformer.parameters())
+    c, h, w = backbone.latent_shape
+    tokens = cfg.max_text_seq_length + frames * (h // cfg.patch_size) * (w // cfg.patch_size)
+    width = cfg.num_attention_heads * cfg.attention_head_dim
+    return 2 * params * tokens + 4 * cfg.num_layers * tokens**2 * width
+
+
+def time_forward(backbone, batch: int, repeats: int) -> float:
+    """Seconds per sample of a guided predict on `batch` windows (2·batch samples), median of `repeats`."""
+    x = torch.randn(batch, backbone.window, *backbone.latent_shape, device=backbone.device)
+    backbone.predict(x, 999, [0] * batch, 6.0)  # warm-up (and compile, if on)
+    backbone.predict(x, 999, [0] * batch, 6.0)
+    times = []
+    for _ in range(repeats):
+        sync(backbone.device)
+        t0 = time.perf_counter()
+        backbone.predict(x, 979, [0] * batch, 6.0)
+        sync(backbone.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / (2 * batch)
+
+
+def run_sampler(backbone, sampler, length: int, seed: int, steps: int):
+    """Run the sampler; stop after `steps` denoising steps (0 = all). Returns (latents or None, per-step records)."""
+    records: list[dict] = []
+    state = {"t0": None, "fw": 0}
+    sched = backbone.schedule(sampler.num_steps)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase != "denoise":
+            return
+        sync(backbone.device)
+        now = time.perf_counter()
+        records.append({
+            "step": done - 1,
+            "t": sched.timesteps[done - 1],
+            "seconds": now - state["t0"],
+            "forwards": backbone.forward_count - state["fw"],
+        })
+        state["t0"], state["fw"] = now, backbone.forward_count
+        if steps and done >= steps:
+            raise SliceDone
+
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((1, length, *backbone.latent_shape), generator=gen)
+    ids = backbone.encode_prompts(PROMPTS)
+    run = SamplingRun(
+        denoiser=backbone,
+        noise=noise.to(backbone.device),
+        prompt_for_window=lambda s, m: ids[min(len(ids) - 1, int((s + m / 2) * len(ids) / length))],
+        generator=gen,
+        progress=progress,
+    )
+    sync(backbone.device)
+    state["t0"], state["fw"] = time.perf_counter(), backbone.forward_count
+    try:
+        latents = sampler.sample(run)
+    except SliceDone:
+        latents = None
+    return latents, records
+
+
+def project(records: list[dict], sampler, sched) -> tuple[float, str]:
+    """Total sampling seconds over all steps from measured steps grouped by their forward count (a step of a kind
+    that was not measured is counted at the slowest measured kind, and the formula says so)."""
+    by_kind: dict[int, list[float]] = {}
+    for r in records:
+        by_kind.setdefault(r["forwards"], []).append(r["seconds"])
+    if len(records) == len(sched):
+        return sum(r["seconds"] for r in records), "measured: all steps"
+    medians = {k: statistics.median(v) for k, v in by_kind.items()}
+    # which steps are of which kind: SynCoS runs stage 2 while t > t_min
+    t_min = getattr(sampler, "t_min", None)
+    if t_min is not None and getattr(sampler, "stage2", True) and len(medians) > 1:
+        heavy, light = max(medians), min(medians)
+        n_heavy = sum(1 for t in sched.timesteps if t > t_min)
+        total = n_heavy * medians[heavy] + (len(sched) - n_heavy) * medians[light]
+        return total, (f"{n_heavy} steps with stage 2 × {medians[heavy]:.2f} s + {len(sched) - n_heavy} steps × "
+                       f"{medians[light]:.2f} s (medians of the measured steps)")
+    per_step = statistics.median(r["seconds"] for r in records[1:] or records)
+    return per_step * len(sched), f"{len(sched)} steps × {per_step:.2f} s (median of measured steps 2..{len(records)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="W1")
+    ap.add_argument("--backbone", default="cogvideox-2b")
+    ap.add_argument("--steps", type=int, default=0, help="denoising steps to run (0 = all; the rest is projected)")
+    ap.add_argument("--windows", type=int, nargs="*", default=[4, 10, 28], help="window counts for --workload scaling")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--forward-batch", type=int, default=4, help="windows in the single-forward timing")
+    ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (backbone.attention=cudnn …)")
+    ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<workload>.json)")
+    ap.add_argument("--no-markdown", action="store_true", help="do not append a row to benchmarks/README.md")
+    args = ap.parse_args()
+
+    sampler_name, sampler_overrides, length_spec = WORKLOADS[args.workload]
+    overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides, *args.override]
+    if args.backbone != "tiny":
+        overrides.append("backbone.random_weights=true")
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=overrides)
+    backbone = build(cfg.backbone, "backbone", args.backbone)
+    sampler = build(cfg.sampler, "sampler", sampler_name)
+    writer = build(cfg.writer, "writer", "mp4")
+
+    device = torch.device(cfg.backbone.device if cfg.backbone.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    result: dict = {
+        "workload": args.workload,
+        "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+        "overrides": overrides,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+    }
+    result["matmul_tflops"] = matmul_ceiling(device)
+
+    t0 = time.perf_counter()
+    backbone.load()
+    sync(backbone.device)
+    result["build_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backbone.encode_prompts(PROMPTS)
+    sync(backbone.device)
+    result["encode_text_s"] = time.perf_counter() - t0
+    result["text_encoder"] = "hashed stand-in (random weights: no T5)" if backbone.random_weights else "T5"
+
+    per_sample = time_forward(backbone, args.forward_batch, repeats=3)
+    flops = forward_flops(backbone, backbone.window)
+    result["forward_s_per_sample"] = per_sample
+    result["forward_tflop"] = flops / 1e12
+    result["forward_tflops"] = flops / per_sample / 1e12
+    if result["matmul_tflops"]:
+        result["ratio_to_matmul"] = result["forward_tflops"] / result["matmul_tflops"]
+
+    runs = []
+    if args.workload == "scaling":
+        lengths = [(n, latent_length(backbone.window, sampler.stride, 4, num_windows=n)) for n in args.windows]
+    else:
+        lengths = [(None, latent_length(backbone.window, sampler.stride, 4, **length_spec))]
+    sched = backbone.schedule(sampler.num_steps)
+    for n_windows, length in lengths:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        backbone.forward_count = 0
+        latents, records = run_sampler(backbone, sampler, length, args.seed, args.steps)
+        total, formula = project(records, sampler, sched)
+        entry = {
+            "windows": sampler.plan(length, backbone.window).count if n_windows is None else n_windows,
+            "latent_length": length,
+            "frames": backbone.frames_for(length),
+            "steps_measured": len(records),
+            "step_seconds": [round(r["seconds"], 3) for r in records],
+            "step_forwards": [r["forwards"] for r in records],
+            "sampling_s": total,
+            "sampling_formula": formula,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        }
+        if not args.no_decode and n_windows in (None, args.windows[0]):
+            if latents is None:  # a slice: decode cost does not depend on values
+                latents = torch.randn((1, length, *backbone.latent_shape), device=backbone.device)
+            with tempfile.TemporaryDirectory() as tmp:
+                sync(backbone.device)
+                t0 = time.perf_counter()
+                info = writer.write(backbone.decode_stream(latents), tmp, backbone.fps)
+                sync(backbone.device)
+                entry["decode_s"] = time.perf_counter() - t0
+                entry["decoded_frames"] = info["frames"]
+            entry["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        entry["end_to_end_s"] = result["encode_text_s"] + total + entry.get("decode_s", 0.0)
+        runs.append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k not in ("step_seconds", "step_forwards")}), flush=True)
+    result["runs"] = runs
+    result["backbone"] = backbone.describe()
+    result["sampler"] = {"name": sampler_name, **sampler.describe()}
+
+    out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"{args.workload}-{args.backbone}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if not args.no_markdown:
+        append_markdown(result, REPO / "benchmarks" / "README.md")
+    print(f"wrote {out}")
+
+
+def append_markdown(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\n")
+    ratio = result.get("ratio_to_matmul")
+    rows = []
+    for r in result["runs"]:
+        rows.append(
+            f"| {result['workload']} | {result['device']} | {r['windows']} | {r['latent_length']} | "
+            f"{r['steps_measured']} | {r['sampling_s'] / 60:.2f} | {r.get('decode_s', float('nan')):.1f} | "
+            f"{r['end_to_end_s'] / 60:.2f} | {result['forward_s_per_sample']:.3f} | {result['forward_tflops']:.0f} | "
+            f"{(result['matmul_tflops'] or float('nan')):.0f} | {(ratio or float('nan')):.2f} | "
+            f"{(r['peak_gpu_gb'] or float('nan')):.1f} | `{result['command']}` |"
+        )
+    with path.open("a") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
