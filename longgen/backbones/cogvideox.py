@@ -83,7 +83,7 @@ class CogVideoXBackbone(Denoiser):
         text_encoder: str = "release",
         micro_batch: int = 4,
         attention: str = "auto",
-        compile: bool = False,
+        compile: bool | str = "auto",
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -101,6 +101,8 @@ class CogVideoXBackbone(Denoiser):
             raise UsageError(f"backbone.height/width ({height}×{width}) must be multiples of {step}")
         if micro_batch < 1:
             raise UsageError(f"backbone.micro_batch={micro_batch} must be >= 1")
+        if compile not in (True, False, "auto"):
+            raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
         if attention not in _ATTENTION:
             raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(_ATTENTION)}")
         if random_weights and not architecture:
@@ -215,11 +217,25 @@ class CogVideoXBackbone(Denoiser):
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        if self.compile:
-            # regional compilation: each transformer block once (they share one graph), not the whole model
-            for block in pipe.transformer.transformer_blocks:
-                block.compile(dynamic=False)
         self.pipe = pipe
+        self.compiled = self._compile_blocks()
+
+    def _compile_blocks(self) -> bool:
+        """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile
+        time stays at seconds. `auto` compiles on CUDA only; a compile failure falls back to eager (see
+        _call_transformer)."""
+        want = self.compile if self.compile != "auto" else self.device.type == "cuda"
+        if not want:
+            return False
+        for block in self.pipe.transformer.transformer_blocks:
+            block.compile(dynamic=False)
+        return True
+
+    def _uncompile(self, exc: Exception) -> None:
+        log.warning("torch.compile failed (%s); continuing without compilation", str(exc).splitlines()[0][:200])
+        for block in self.pipe.transformer.transformer_blocks:
+            block._compiled_call_impl = None
+        self.compiled = False
 
     def _build_random(self):
         """Transformer and VAE of the configured architecture with seeded random weights; no tokenizer/T5."""
@@ -339,7 +355,13 @@ class CogVideoXBackbone(Denoiser):
     def _transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One batched transformer call. x: [b, F, C, H, W] model dtype; emb: [b, S, D]; t: [b] → v [b, F, C, H, W]."""
         with self._attention_kernels():
-            out = self._call_transformer(x, emb, t)
+            try:
+                out = self._call_transformer(x, emb, t)
+            except Exception as exc:
+                if not self.compiled or not type(exc).__module__.startswith("torch._"):
+                    raise
+                self._uncompile(exc)
+                out = self._call_transformer(x, emb, t)
         self.forward_count += x.shape[0]
         self.call_count += 1
         return out
@@ -456,6 +478,7 @@ class CogVideoXBackbone(Denoiser):
             "attention": self.attention,
             "attention_kernels": list(_ATTENTION[self.attention]) or "torch default",
             "compile": self.compile,
+            "compiled": getattr(self, "compiled", False),
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
         }
