@@ -30,8 +30,8 @@ Per DDIM step t → t_prev (Eq. 1, η = 0; Algorithm 1):
    `vmcr_source: model` re-predicts x̂0 of z_{t−1} at the next timestep with the same windows and γ (without ABAM)
    and backpropagates through the transformer window by window (vector-Jacobian products, so memory stays that of
    one window); it costs one extra predict of every window plus one differentiable forward and backward per window
-   and CFG branch. At the last step there is no next timestep; a_prev = 1, s_prev = 0 there, so the affine map is
-   the identity x̂0 = z_0 and is used. VMCR runs at the steps whose timestep t lies in [vmcr_t_min, vmcr_t_max]
+   and CFG branch. At the last step there is no next timestep and the affine map is used (on CogVideoX's schedule
+   a_prev = 1, s_prev = 0 there, so it is the identity x̂0 = z_0). VMCR runs at the steps whose timestep t lies in [vmcr_t_min, vmcr_t_max]
    (all steps by default: the paper applies it at every step), `vmcr_iters` gradient steps each (Algorithm 1: one).
    Loss details we chose: cos and the squared L2 norm are over a whole flattened frame δ_i; the sums run over all
    consecutive pairs (δ_i, δ_{i+1}); ℱ is the orthonormal 2D FFT over (height, width) per channel; the phase
