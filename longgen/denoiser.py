@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import torch
 
 from longgen.diffusion import NoiseSchedule
+from longgen.errors import UsageError
 
 
 @dataclass
@@ -53,3 +54,26 @@ class Denoiser(ABC):
     ) -> Prediction:
         """x̂0 and ε̂ for windows x_t [B, M, C, H, W] (float32) at timestep t, window b conditioned on the encoded
         prompt `prompt_ids[b]` and guided against the negative prompt with `guidance_scale` (≤ 1: no guidance)."""
+
+    def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> ContextManager[None]:
+        """A context in which every `predict` uses anchor-based attention (GLC-Diffusion Eq. 10): in each attention
+        layer, each window's video keys/values become λ·own + (1 − λ)·anchor's, λ = `strength`. The batch of a
+        `predict` is split into consecutive `groups` of windows (None: one group); the first window of each group
+        is its anchor, per guidance branch. Backbones that cannot do this raise UsageError."""
+        raise UsageError(
+            f"the {type(self).__name__} backbone has no anchor-based attention: turn it off (sampler.abam=false)"
+        )
+
+    def predict_grad(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        prompt_ids: Sequence[int],
+        guidance_scale: float,
+    ) -> Prediction:
+        """Like `predict`, but differentiable with respect to x_t (autograd through the model). Backbones that
+        cannot do this raise UsageError."""
+        raise UsageError(
+            f"the {type(self).__name__} backbone cannot backpropagate through its model: use a sampler option that "
+            f"does not need model gradients (e.g. sampler.vmcr_source=affine)"
+        )

@@ -134,3 +134,40 @@ def fuse_windows(
     if fallback is not None:
         fused = torch.where(count.reshape(shape) > 0, fused, fallback)
     return fused
+
+
+def gather_frames(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Clips made of arbitrary frames (e.g. dilated, GLC-Diffusion Eq. 4): clip n, position j is frame index[n, j].
+    video: [L, C, H, W], index: [N, M] int64 → [N, M, C, H, W]."""
+    n, m = index.shape
+    flat = index.reshape(-1).to(video.device)  # [N·M]
+    return video.index_select(0, flat).reshape(n, m, *video.shape[1:])  # [N, M, C, H, W]
+
+
+def scatter_frames(
+    values: torch.Tensor, index: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjoint of `gather_frames`: sum clip values back into their frames.
+    values: [N, M, C, H, W], index: [N, M] → (sum [L, C, H, W], count [L] float)."""
+    n, m = index.shape
+    flat = index.reshape(-1).to(values.device)  # [N·M]
+    total = torch.zeros((length, *values.shape[2:]), dtype=values.dtype, device=values.device)  # [L, C, H, W]
+    total.index_add_(0, flat, values.reshape(n * m, *values.shape[2:]))
+    count = torch.zeros(length, dtype=values.dtype, device=values.device)  # [L]
+    count.index_add_(0, flat, torch.ones(n * m, dtype=values.dtype, device=values.device))
+    return total, count
+
+
+def fuse_frames(
+    values: torch.Tensor, index: torch.Tensor, length: int, fallback: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-frame average over every clip position that maps to the frame (GLC Eq. 3 with uniform weights, for clips
+    given by explicit frame indices). values: [N, M, C, H, W], index: [N, M] → [L, C, H, W]. Frames no clip covers
+    take `fallback` [L, C, H, W] (zeros when None). With index = window_index(starts, M).reshape(N, M) this is
+    `fuse_windows`."""
+    total, count = scatter_frames(values, index, length)
+    shape = (length,) + (1,) * (values.dim() - 2)
+    fused = total / count.clamp(min=1).reshape(shape)  # [L, C, H, W]
+    if fallback is not None:
+        fused = torch.where(count.reshape(shape) > 0, fused, fallback)
+    return fused

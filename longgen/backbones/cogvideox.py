@@ -14,6 +14,7 @@ VAE decode used by the writer.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.denoiser import Denoiser, Prediction
 from longgen.diffusion import NoiseSchedule, v_to_x0_eps
@@ -401,6 +403,31 @@ class CogVideoXBackbone(Denoiser):
         a, s = math.sqrt(acp), math.sqrt(1.0 - acp)
         x0, eps = v_to_x0_eps(x_t.to(v.device, torch.float32), v, a, s)
         return Prediction(x0=x0, eps=eps)
+
+    @contextlib.contextmanager
+    def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> Iterator[None]:
+        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; the transformer's own
+        processors are restored on exit. How anchors are found across CFG branches and micro-batches:
+        `longgen.backbones.anchor_attention`."""
+        if self.pipe is None:
+            raise RuntimeError("load() must run before anchor_attention()")
+        plain = type(self).predict
+        with anchored(self.pipe.transformer, strength, groups) as layout:
+
+            def predict(x_t, t, prompt_ids, guidance_scale):
+                with layout.call(x_t.shape[0]):
+                    return plain(self, x_t, t, prompt_ids, guidance_scale)
+
+            self.predict = predict  # this instance only, for the duration of the block
+            try:
+                yield
+            finally:
+                del self.predict
+
+    def predict_grad(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""
+        with torch.enable_grad():
+            return type(self).predict.__wrapped__(self, x_t, t, prompt_ids, guidance_scale)
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

@@ -1,0 +1,431 @@
+"""GLC-Diffusion: global-local collaborative denoising for long videos (Ma et al. 2025, "Tuning-Free Long Video
+Generation via Global-Local Collaborative Diffusion", arXiv 2501.05484). Equations are the paper's numbering.
+
+Per DDIM step t → t_prev (Eq. 1, η = 0; Algorithm 1):
+1. Global path (Eqs. 4–5, "global dilated sampling"): G clips of M frames, clip i = frames s_i + d·j (j < M) of a
+   padded latent. d = ⌈L / M⌉ by default, so the d interleaved clips s_i = 0..d−1 together span the whole video and
+   cover every frame; the latent is padded (reflect by default, split between both ends) to d·M frames and a padded
+   position reads the frame it mirrors/replicates/wraps to (`padding`). Clips are built as explicit frame-index
+   lists, so a padded position is simply another view of a real frame: fusing (Eq. 3) scatters its estimate back onto
+   that frame, which is the least-squares solution of Eq. 8 for this gather. A user-given d with d·M < L stacks
+   further blocks of d clips, so coverage never depends on d.
+2. Local path (Eqs. 6–7, "local random shifting"): windows of M frames on the sampler's stride grid, the whole grid
+   shifted by one offset r ∈ [0, stride) drawn each step from the run's seeded generator, plus windows pinned at 0 and
+   L − M so no frame is ever uncovered. r = 0 (or `random_shift: false`) is exactly the Gen-L-Video grid.
+3. Both paths' windows go through ONE `Denoiser.predict` per step (global clips first, then local windows; the
+   backbone stacks the CFG branches and micro-batches). Each path is fused per frame with Eq. 3 (uniform weights W),
+   and the paths are combined with Eq. 9, γ = γ0·e^{β·t} (t the model timestep of this step, 999 … 0). We combine
+   the fused x̂0 of the two paths, x̂0 = γ·x̂0_global + (1 − γ)·x̂0_local, and take one DDIM step: the η = 0 DDIM
+   update is affine in x̂0 for a fixed x_t with weights summing to one, so this equals γ·(global DDIM step) +
+   (1 − γ)·(local DDIM step), the paper's combination of the denoised latents. (Eq. 8's √γ / √(1−γ) weighted least
+   squares would normalise per frame slightly differently; we follow the closed form the paper states, Eq. 9.)
+4. ABAM (Eq. 10), optional: the predict of step 3 runs inside `Denoiser.anchor_attention(λ, groups=[G, N_local])`,
+   so each path's first clip is that path's anchor (per CFG branch, independent of micro-batching; see
+   longgen/backbones/anchor_attention.py).
+5. VMCR (Eqs. 12–15, Algorithm 1 lines 20–23), optional: motion vectors δ_i = x̂0[i+1] − x̂0[i] of the clean
+   estimate belonging to z_{t−1}; loss ℓ = ℓ_pixel + λ_f·ℓ_freq; z_{t−1} ← z_{t−1} − ω·∇_{z_{t−1}} ℓ. The paper leaves
+   open where x̂0 of z_{t−1} comes from. `vmcr_source: affine` (default) keeps this step's noise estimate ε̂ fixed:
+   x̂0(z) = (z − s_prev·ε̂) / a_prev, which equals this step's combined x̂0 at the DDIM result and gives the gradient
+   through that affine map with no extra model call and no backprop through the transformer.
+   `vmcr_source: model` re-predicts x̂0 of z_{t−1} at the next timestep with the same windows and γ (without ABAM)
+   and backpropagates through the transformer window by window (vector-Jacobian products, so memory stays that of
+   one window); it costs one extra predict of every window plus one differentiable forward and backward per window
+   and CFG branch. At the last step there is no next timestep and the affine map is used (on CogVideoX's schedule
+   a_prev = 1, s_prev = 0 there, so it is the identity x̂0 = z_0). VMCR runs at the steps whose timestep t lies in [vmcr_t_min, vmcr_t_max]
+   (all steps by default: the paper applies it at every step), `vmcr_iters` gradient steps each (Algorithm 1: one).
+   Loss details we chose: cos and the squared L2 norm are over a whole flattened frame δ_i; the sums run over all
+   consecutive pairs (δ_i, δ_{i+1}); ℱ is the orthonormal 2D FFT over (height, width) per channel; the phase
+   difference is wrapped to [−π, π].
+
+Noise re-initialisation (Eq. 11) replaces x_T before the loop: longgen/samplers/glc_noise.py.
+
+Switches (paper Table 2 ablations): global_path, local_path (at least one), noise_reinit, vmcr, abam, random_shift.
+With global_path, noise_reinit, vmcr, abam and random_shift all off this sampler is Gen-L-Video on the same windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from longgen.denoiser import Denoiser
+from longgen.diffusion import (
+    StepCoeffs,
+    ddim_step,
+    eps_from_x0,
+    fuse_frames,
+    gather_frames,
+    scatter_frames,
+    window_index,
+)
+from longgen.errors import UsageError
+from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.samplers.glc_noise import check_filter, reinit_noise
+
+PADDINGS = ("reflect", "replicate", "circular")
+VMCR_SOURCES = ("affine", "model")
+
+
+# ---------------------------------------------------------------------------------------------------- GLCD pieces
+def gamma_at(t: float, gamma0: float, beta: float) -> float:
+    """Annealing coefficient of Eq. 9 / §7: γ = γ0·e^{β·t}."""
+    return gamma0 * math.exp(beta * t)
+
+
+def default_dilation(length: int, window: int) -> int:
+    """Smallest d with d·M ≥ L: the d interleaved dilated clips then cover the whole video."""
+    return max(1, math.ceil(length / window))
+
+
+def padded_source(position: torch.Tensor, length: int, mode: str) -> torch.Tensor:
+    """Frame read by each position of a latent padded on both sides (positions may be < 0 or ≥ L). [n] → [n]."""
+    if mode == "replicate":
+        return position.clamp(0, length - 1)
+    if mode == "circular":
+        return position.remainder(length)
+    if mode == "reflect":  # mirror about the end frames without repeating them: -1 → 1, L → L−2
+        if length == 1:
+            return torch.zeros_like(position)
+        period = 2 * (length - 1)
+        q = position.remainder(period)
+        return torch.where(q >= length, period - q, q)
+    raise UsageError(f"sampler.padding={mode!r} is not a padding mode: use one of {', '.join(PADDINGS)}")
+
+
+def dilated_clips(length: int, window: int, dilation: int | None = None, padding: str = "reflect") -> torch.Tensor:
+    """Global dilated sampling (Eq. 4): frame indices of the global clips, [G, M] int64 into the unpadded latent.
+
+    Blocks of d·M padded positions hold d clips each (clip i of a block: positions i + d·j); enough blocks are
+    stacked to reach L, and the padding (padded length − L positions) is split between both ends."""
+    d = default_dilation(length, window) if dilation is None else int(dilation)
+    span = d * window  # padded positions per block of d interleaved clips
+    blocks = math.ceil(length / span)
+    left = (blocks * span - length) // 2  # padding before frame 0
+    j = torch.arange(window)  # [M]
+    clips = [b * span + i + d * j - left for b in range(blocks) for i in range(d)]  # G × [M] padded positions
+    return padded_source(torch.stack(clips), length, padding)  # [G, M]
+
+
+def shifted_starts(length: int, window: int, stride: int, offset: int) -> tuple[int, ...]:
+    """Local random shifting (Eq. 6): the stride grid moved by `offset`, plus windows at 0 and L − M."""
+    last = length - window
+    return tuple(sorted({0, last, *range(offset, last + 1, stride)}))
+
+
+def starts_index(starts: tuple[int, ...], window: int) -> torch.Tensor:
+    """Contiguous windows as frame-index lists: [N, M] int64."""
+    return window_index(list(starts), window).reshape(len(starts), window)  # [N, M]
+
+
+def combine_paths(x0_global: torch.Tensor | None, x0_local: torch.Tensor | None, gamma: float) -> torch.Tensor:
+    """Eq. 9 on the fused clean estimates of the two paths (either may be switched off). [L, C, H, W] each."""
+    if x0_global is None:
+        return x0_local
+    if x0_local is None:
+        return x0_global
+    return gamma * x0_global + (1.0 - gamma) * x0_local
+
+
+# ---------------------------------------------------------------------------------------------------- VMCR pieces
+def motion_loss(x0: torch.Tensor, lambda_f: float, lambda_mse: float, lambda_phase: float) -> torch.Tensor:
+    """ℓ_motion = ℓ_pixel + λ_f·ℓ_freq (Eqs. 12–14) of a clean video x0 [L, C, H, W] → scalar."""
+    if x0.shape[0] < 3:
+        return x0.sum() * 0.0  # fewer than two motion vectors: nothing to align
+    delta = x0[1:] - x0[:-1]  # [L−1, C, H, W] motion vectors δ_i (Eq. 12)
+    cur, nxt = delta[:-1], delta[1:]  # [L−2, C, H, W] the pairs (δ_i, δ_{i+1})
+    cur_flat, nxt_flat = cur.flatten(1), nxt.flatten(1)  # [L−2, C·H·W]
+    cos = F.cosine_similarity(cur_flat, nxt_flat, dim=1)  # [L−2]
+    pixel = (1.0 - cos).sum() + lambda_mse * (cur_flat - nxt_flat).pow(2).sum()  # Eq. 13
+    spec_cur = torch.fft.fft2(cur, norm="ortho")  # [L−2, C, H, W] complex, over (H, W)
+    spec_nxt = torch.fft.fft2(nxt, norm="ortho")  # [L−2, C, H, W] complex
+    amplitude = (spec_cur.abs() - spec_nxt.abs()).abs().sum()  # Eq. 14
+    dphi = torch.angle(spec_cur) - torch.angle(spec_nxt)  # [L−2, C, H, W]
+    dphi = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi))  # wrapped to [−π, π]
+    phase = dphi.abs().sum()
+    return pixel + lambda_f * (amplitude + lambda_phase * phase)
+
+
+@dataclass(frozen=True)
+class MotionWeights:
+    lambda_f: float = 0.2
+    lambda_mse: float = 0.001
+    lambda_phase: float = 1.0
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        return motion_loss(x0, self.lambda_f, self.lambda_mse, self.lambda_phase)
+
+
+def affine_x0(z: torch.Tensor, eps: torch.Tensor, a_prev: float, s_prev: float) -> torch.Tensor:
+    """Clean estimate of z_{t−1} with this step's noise estimate held fixed: (z − s_prev·ε̂) / a_prev. Any shape."""
+    return (z - s_prev * eps) / a_prev
+
+
+def vmcr_affine_grad(
+    z: torch.Tensor, eps: torch.Tensor, a_prev: float, s_prev: float, weights: MotionWeights
+) -> tuple[torch.Tensor, float]:
+    """(∇_z ℓ_motion(affine_x0(z)), ℓ) for z = z_{t−1} [L, C, H, W]."""
+    zv = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = weights.loss(affine_x0(zv, eps.detach(), a_prev, s_prev))
+        (grad,) = torch.autograd.grad(loss, zv)
+    return grad, float(loss.detach())
+
+
+def vmcr_update(z: torch.Tensor, grad: torch.Tensor, omega: float) -> torch.Tensor:
+    """Eq. 15: z ← z − ω·∇_z ℓ_motion."""
+    return z - omega * grad
+
+
+# ---------------------------------------------------------------------------------------------------- sampler
+@dataclass
+class _StepWindows:
+    """The windows of one step: global clips first, then local windows."""
+
+    global_index: torch.Tensor | None  # [G, M] frame indices
+    local_index: torch.Tensor | None  # [N, M]
+    prompt_ids: list[int]  # [G + N]
+    local_starts: tuple[int, ...]
+
+    @property
+    def groups(self) -> list[int]:
+        return [int(i.shape[0]) for i in (self.global_index, self.local_index) if i is not None]
+
+    @property
+    def index(self) -> torch.Tensor:
+        return torch.cat([i for i in (self.global_index, self.local_index) if i is not None])  # [G + N, M]
+
+
+class GLCSampler(Sampler):
+    def __init__(
+        self,
+        num_steps: int = 50,
+        guidance_scale: float = 6.0,
+        stride: int = 4,
+        global_path: bool = True,
+        local_path: bool = True,
+        random_shift: bool = True,
+        gamma0: float = 0.005,
+        beta: float = 0.0005,
+        dilation: int | None = None,
+        padding: str = "reflect",
+        noise_reinit: bool = True,
+        shuffle_group: int = 4,
+        filter: str = "butterworth",
+        filter_order: int = 4,
+        spatial_cutoff: float = 0.25,
+        temporal_cutoff: float = 0.25,
+        renormalize_noise: bool = True,
+        vmcr: bool = True,
+        vmcr_source: str = "affine",
+        lambda_f: float = 0.2,
+        lambda_mse: float = 0.001,
+        lambda_phase: float = 1.0,
+        omega: float = 2e-5,
+        vmcr_iters: int = 1,
+        vmcr_t_min: int = 0,
+        vmcr_t_max: int = 1000,
+        abam: bool = True,
+        abam_lambda: float = 0.1,
+    ) -> None:
+        check_common(num_steps, guidance_scale, stride)
+        if not (global_path or local_path):
+            raise UsageError("sampler.global_path and sampler.local_path are both false: keep at least one path on")
+        if not gamma0 >= 0 or not math.isfinite(beta):
+            raise UsageError(f"sampler.gamma0={gamma0} must be >= 0 and sampler.beta={beta} a finite number")
+        if dilation is not None and (int(dilation) != dilation or dilation < 1):
+            raise UsageError(f"sampler.dilation={dilation} must be a whole number >= 1, or null for ⌈L/M⌉")
+        if padding not in PADDINGS:
+            raise UsageError(f"sampler.padding={padding!r} is not a padding mode: use one of {', '.join(PADDINGS)}")
+        check_filter(filter, spatial_cutoff, temporal_cutoff, filter_order)
+        if int(shuffle_group) != shuffle_group or shuffle_group < 1:
+            raise UsageError(f"sampler.shuffle_group={shuffle_group} must be a whole number >= 1 (latent frames)")
+        if vmcr_source not in VMCR_SOURCES:
+            raise UsageError(f"sampler.vmcr_source={vmcr_source!r}: use affine (no model gradient) or model")
+        for name, value in (("lambda_f", lambda_f), ("lambda_mse", lambda_mse), ("lambda_phase", lambda_phase),
+                            ("omega", omega)):
+            if not value >= 0:
+                raise UsageError(f"sampler.{name}={value} must be >= 0")
+        if int(vmcr_iters) != vmcr_iters or vmcr_iters < 1:
+            raise UsageError(f"sampler.vmcr_iters={vmcr_iters} must be a whole number >= 1")
+        if vmcr_t_min > vmcr_t_max:
+            raise UsageError(f"sampler.vmcr_t_min={vmcr_t_min} is above sampler.vmcr_t_max={vmcr_t_max}")
+        if not 0.0 <= abam_lambda <= 1.0:
+            raise UsageError(f"sampler.abam_lambda={abam_lambda} must be in [0, 1] (1 = plain attention)")
+        self.num_steps = int(num_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.stride = int(stride)
+        self.global_path = bool(global_path)
+        self.local_path = bool(local_path)
+        self.random_shift = bool(random_shift)
+        self.gamma0 = float(gamma0)
+        self.beta = float(beta)
+        self.dilation = None if dilation is None else int(dilation)
+        self.padding = padding
+        self.noise_reinit = bool(noise_reinit)
+        self.shuffle_group = int(shuffle_group)
+        self.filter = filter
+        self.filter_order = int(filter_order)
+        self.spatial_cutoff = float(spatial_cutoff)
+        self.temporal_cutoff = float(temporal_cutoff)
+        self.renormalize_noise = bool(renormalize_noise)
+        self.vmcr = bool(vmcr)
+        self.vmcr_source = vmcr_source
+        self.lambda_f = float(lambda_f)
+        self.lambda_mse = float(lambda_mse)
+        self.lambda_phase = float(lambda_phase)
+        self.omega = float(omega)
+        self.vmcr_iters = int(vmcr_iters)
+        self.vmcr_t_min = vmcr_t_min
+        self.vmcr_t_max = vmcr_t_max
+        self.abam = bool(abam)
+        self.abam_lambda = float(abam_lambda)
+        #: per-step record of the last sample() (timestep, γ, local starts, VMCR loss): for tests and diagnostics
+        self._trace: list[dict] = []
+
+    # ------------------------------------------------------------------ setup
+    def initial_noise(self, run: SamplingRun) -> torch.Tensor:
+        """x_T [L, C, H, W]: the run's seeded noise, or its noise re-initialisation (Eq. 11) computed on the CPU.
+        The seeded noise is the global noise η; the local unit ε and the shuffles come from run.generator."""
+        x = run.noise[0]  # [L, C, H, W]
+        if not self.noise_reinit:
+            return x
+        m = run.denoiser.window
+        unit = torch.randn((m, *x.shape[1:]), generator=run.generator, dtype=torch.float32)  # [M, C, H, W]
+        z = reinit_noise(
+            unit, x.detach().to("cpu", torch.float32), run.generator, self.shuffle_group, self.filter,
+            self.spatial_cutoff, self.temporal_cutoff, self.filter_order, self.renormalize_noise,
+        )  # [L, C, H, W]
+        return z.to(x.device)
+
+    def _global(self, run: SamplingRun) -> tuple[torch.Tensor | None, list[int]]:
+        if not self.global_path:
+            return None, []
+        index = dilated_clips(run.length, run.denoiser.window, self.dilation, self.padding)  # [G, M]
+        # every global clip spans the whole video: the story's global prompt when the run has one, else the prompt
+        # of the segment at the middle of the video
+        pid = run.prompt_ids.get("global", run.prompt_for_window(0, run.length))
+        return index, [pid] * index.shape[0]
+
+    def _windows(self, run: SamplingRun, global_index, global_ids) -> _StepWindows:
+        m = run.denoiser.window
+        if not self.local_path:
+            return _StepWindows(global_index, None, list(global_ids), ())
+        offset = 0
+        if self.random_shift:
+            offset = int(torch.randint(0, self.stride, (1,), generator=run.generator))
+        starts = shifted_starts(run.length, m, self.stride, offset)
+        ids = list(global_ids) + [run.prompt_for_window(s, m) for s in starts]
+        return _StepWindows(global_index, starts_index(starts, m), ids, starts)
+
+    # ------------------------------------------------------------------ one step's clean estimate
+    def _combined_x0(
+        self, den: Denoiser, x: torch.Tensor, win: _StepWindows, t: int, gamma: float, abam: bool
+    ) -> torch.Tensor:
+        """Both paths through one predict, each fused with Eq. 3, combined with Eq. 9. x: [L, C, H, W] → [L, C, H, W]."""
+        length = x.shape[0]
+        clips = gather_frames(x, win.index.to(x.device))  # [G + N, M, C, H, W]
+        ctx = den.anchor_attention(self.abam_lambda, groups=win.groups) if abam else contextlib.nullcontext()
+        with ctx:
+            pred = den.predict(clips, t, win.prompt_ids, self.guidance_scale)  # x0: [G + N, M, C, H, W]
+        g = 0 if win.global_index is None else win.global_index.shape[0]
+        x0_global = fuse_frames(pred.x0[:g], win.global_index, length) if g else None  # [L, C, H, W]
+        x0_local = fuse_frames(pred.x0[g:], win.local_index, length) if win.local_index is not None else None
+        return combine_paths(x0_global, x0_local, gamma)  # [L, C, H, W]
+
+    def _clip_weights(self, win: _StepWindows, length: int, gamma: float) -> torch.Tensor:
+        """d x̂0[frame] / d x̂0_clip[k, j] of the combined estimate: [G + N, M] (Eq. 3 averages, Eq. 9 mix)."""
+        parts = []
+        for index, share in ((win.global_index, gamma), (win.local_index, 1.0 - gamma)):
+            if index is None:
+                continue
+            if win.global_index is None or win.local_index is None:
+                share = 1.0
+            count = torch.bincount(index.reshape(-1), minlength=length).double()  # [L]
+            parts.append(share / count[index])  # [n, M]
+        return torch.cat(parts)  # [G + N, M]
+
+    def _vmcr_model_grad(
+        self, den: Denoiser, z: torch.Tensor, win: _StepWindows, t_next: int, weights: MotionWeights
+    ) -> tuple[torch.Tensor, float]:
+        """(∇_z ℓ_motion(x̂0(z)), ℓ) with x̂0(z) the model's combined clean estimate of z = z_{t−1} at t_next,
+        by per-window vector-Jacobian products through the transformer. z: [L, C, H, W]."""
+        length = z.shape[0]
+        gamma = gamma_at(t_next, self.gamma0, self.beta)
+        with torch.no_grad():
+            x0 = self._combined_x0(den, z, win, t_next, gamma, abam=False)  # [L, C, H, W]
+        x0v = x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = weights.loss(x0v)
+            (g_x0,) = torch.autograd.grad(loss, x0v)  # [L, C, H, W]
+        index = win.index.to(z.device)  # [K, M]
+        w = self._clip_weights(win, length, gamma).to(z.device, z.dtype)  # [K, M]
+        g_clips = gather_frames(g_x0, index) * w[:, :, None, None, None]  # [K, M, C, H, W] dℓ/dx̂0_clip
+        grad = torch.zeros_like(z)  # [L, C, H, W]
+        for k in range(index.shape[0]):
+            zk = gather_frames(z.detach(), index[k : k + 1]).requires_grad_(True)  # [1, M, C, H, W]
+            with torch.enable_grad():
+                out = den.predict_grad(zk, t_next, [win.prompt_ids[k]], self.guidance_scale).x0  # [1, M, C, H, W]
+                (gk,) = torch.autograd.grad(out, zk, grad_outputs=g_clips[k : k + 1])
+            grad += scatter_frames(gk, index[k : k + 1], length)[0]  # [L, C, H, W]
+        return grad, float(loss.detach())
+
+    def _vmcr(
+        self, den: Denoiser, z: torch.Tensor, eps: torch.Tensor, c: StepCoeffs, win: _StepWindows, t_next: int | None
+    ) -> tuple[torch.Tensor, float]:
+        weights = MotionWeights(self.lambda_f, self.lambda_mse, self.lambda_phase)
+        first = None
+        for _ in range(self.vmcr_iters):
+            if self.vmcr_source == "model" and t_next is not None:
+                grad, loss = self._vmcr_model_grad(den, z, win, t_next, weights)
+            else:
+                grad, loss = vmcr_affine_grad(z, eps, c.a_prev, c.s_prev, weights)
+            first = loss if first is None else first
+            z = vmcr_update(z, grad, self.omega)  # [L, C, H, W]
+        return z, first
+
+    # ------------------------------------------------------------------ sampling
+    def check(self, den: Denoiser, timesteps: tuple[int, ...]) -> None:
+        """Checks that need the loaded backbone; they run before the first model call."""
+        if self.global_path and self.local_path:
+            worst = max(gamma_at(t, self.gamma0, self.beta) for t in timesteps)
+            if worst > 1.0:
+                raise UsageError(
+                    f"sampler.gamma0·e^(sampler.beta·t) reaches {worst:.3g} > 1 at the sampled timesteps: "
+                    f"lower gamma0 or beta"
+                )
+        if self.abam:
+            with den.anchor_attention(self.abam_lambda):  # raises UsageError when the backbone has none
+                pass
+
+    def sample(self, run: SamplingRun) -> torch.Tensor:
+        den = run.denoiser
+        sched = den.schedule(self.num_steps)
+        self.check(den, sched.timesteps)
+        self._trace = []
+        x = self.initial_noise(run)  # [L, C, H, W]
+        global_index, global_ids = self._global(run)
+        for i in range(len(sched)):
+            c = sched.step(i)
+            win = self._windows(run, global_index, global_ids)
+            gamma = gamma_at(c.t, self.gamma0, self.beta)
+            x0 = self._combined_x0(den, x, win, c.t, gamma, self.abam)  # [L, C, H, W]
+            z = ddim_step(x, x0, c)  # [L, C, H, W] z_{t−1}
+            loss = None
+            if self.vmcr and self.vmcr_t_min <= c.t <= self.vmcr_t_max:
+                eps = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] this step's noise estimate
+                t_next = sched.timesteps[i + 1] if i + 1 < len(sched) else None
+                z, loss = self._vmcr(den, z, eps, c, win, t_next)
+            self._trace.append({
+                "t": c.t,
+                "gamma": gamma if (self.global_path and self.local_path) else None,
+                "local_starts": win.local_starts,
+                "windows": int(win.index.shape[0]),
+                "vmcr_loss": loss,
+            })
+            x = z
+            run.progress("denoise", i + 1, len(sched))
+        return x[None]  # [1, L, C, H, W]
