@@ -103,9 +103,11 @@ def rbf_gamma(d2: torch.Tensor) -> torch.Tensor:
     b = d2.shape[0]
     if b < 2:
         return d2.new_zeros(())
-    med = d2.reshape(-1).median()  # []
-    off_mask = ~torch.eye(b, dtype=torch.bool, device=d2.device)  # [B, B]
-    off = d2[off_mask].median()  # [] over the B(B−1) off-diagonal entries
+    flat = d2.reshape(-1)  # [B²]
+    med = flat.median()  # []
+    # the off-diagonal entries without boolean indexing (which would sync with the device): after dropping entry
+    # 0, every row of the [B−1, B+1] view ends with a diagonal entry
+    off = flat[1:].reshape(b - 1, b + 1)[:, :-1].reshape(-1).median()  # [] over the B(B−1) off-diagonal entries
     h = torch.where(med > 0, med, off)  # []
     tiny = torch.finfo(d2.dtype).tiny
     return torch.where(h > 0, math.log(b + 1) / h.clamp_min(tiny), torch.zeros_like(h))  # []
