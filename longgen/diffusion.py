@@ -83,11 +83,23 @@ def ddim_step(
     With η > 0 (variance-preserving schedules only) a fraction of fresh `noise` is injected:
     σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev).
     """
-    eps = eps_from_x0(x_t, x0, c.a, c.s)
+    return ddim_from_eps(x0, eps_from_x0(x_t, x0, c.a, c.s), c, eta, noise)
+
+
+def ddim_from_eps(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    c: StepCoeffs,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The DDIM update (Song et al. 2021, Eq. 12) written from a clean estimate x̂0 and a noise ε, both given:
+    x_prev = a_prev·x̂0 + √(1 − ᾱ_prev − σ²)·ε + σ·noise. `ddim_step` is this with ε implied by x_t; SynCoS
+    stage 3 (supplementary §E) uses it with the baseline noise. Any shape."""
     if eta == 0.0:
         return c.a_prev * x0 + c.s_prev * eps
     if noise is None:
-        raise ValueError("ddim_step with eta > 0 needs `noise`")
+        raise ValueError("a DDIM update with eta > 0 needs `noise`")
     ab, abp = c.a * c.a, c.a_prev * c.a_prev
     sigma = eta * math.sqrt((1 - abp) / (1 - ab)) * math.sqrt(max(0.0, 1 - ab / abp))
     direction = math.sqrt(max(0.0, 1 - abp - sigma * sigma))

@@ -100,6 +100,14 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
     story = resolve_story(cfg)
+    use_global = cfg.get("use_global_prompt", True)
+    if not isinstance(use_global, bool):
+        raise UsageError(f"use_global_prompt={use_global!r} must be true or false")
+    stripped = 0
+    if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
+        story, stripped = story.without_global()
+        log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
+                 stripped, len(story.local_prompts))
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise UsageError(f"seed={cfg.seed} must be a non-negative whole number")
 
@@ -171,6 +179,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
             "stride": sampler.stride,
             "windows": window_map,
             "local_prompts": len(story.local_prompts),
+            "use_global_prompt": use_global,
+            "global_prompt_removed_from": stripped,
             "frames": video["frames"],
             "fps": video["fps"],
             "width": video["width"],

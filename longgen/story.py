@@ -65,6 +65,25 @@ class Story:
                 return i
         return len(self.local_prompts) - 1
 
+    # ------------------------------------------------------------------ ablation
+    def without_global(self) -> tuple["Story", int]:
+        """The story with the global description removed from every local prompt that contains it (SynCoS Table 2,
+        "w/o structured prompt"), and how many local prompts changed. A local prompt that is nothing but the global
+        description (e.g. a single `prompt=`) is kept as it is, since removing it would leave no prompt."""
+        glob = self.global_prompt.strip()
+        if not glob:
+            return self, 0
+        locals_, changed = [], 0
+        for prompt in self.local_prompts:
+            rest = prompt.replace(glob, "", 1).strip().lstrip(" ,;:.-").strip() if glob in prompt else ""
+            if rest:
+                locals_.append(rest)
+                changed += 1
+            else:
+                locals_.append(prompt)
+        story = Story(self.global_prompt, locals_, self.durations, self.scenario, dict(self.source))
+        return story, changed
+
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"global": self.global_prompt, "local": list(self.local_prompts)}
