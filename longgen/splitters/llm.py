@@ -87,10 +87,10 @@ def parse_answer(content: str | None, num_prompts: int) -> Story:
     if fence:
         text = fence.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
+    if start < 0:
         raise InvalidAnswer("the answer is not a JSON object (no {...} found)")
     try:
-        data = json.loads(text[start : end + 1])
+        data = json.loads(text[start : end + 1] if end > start else text[start:])
     except json.JSONDecodeError as exc:
         raise InvalidAnswer(f"the answer is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(data, dict):

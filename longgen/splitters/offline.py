@@ -40,6 +40,21 @@ stand stare start step stir stop stretch stride stroll stumble surf surge swallo
 tear throw tilt tiptoe topple toss touch transform travel tremble trot tumble turn twirl twist unfold vanish wade
 wag wait wake walk wander wash watch wave weave whirl whisper widen wiggle wilt wink wipe wither wobble write yawn
 zoom become begin cook drink eat open pour stir taste wrap bake cut slice fry boil hammer sew knit carve sculpt
+place put set bat peer fold unfold toss brush comb feed pet paw scratch sniff nuzzle purr chirp tweet hum
+applaud arrange assemble balance blur bubble cascade change cheer cling coil crouch dash dim dodge
+drizzle dribble escape fetch fidget fizz flare flip flick flinch fling flock
+focus frown gleam glimmer glisten glitter grip gush hurry illuminate jiggle juggle kneel knock lower lurch
+mix nibble observe overflow pace pant patrol perch pirouette pluck pop prance prowl rattle reappear
+recline release rest return ripple rumble rustle salute scan scoop scoot scurry search shimmer shrug shuffle sigh
+skim skitter slam slither smolder snap sneak soak speak spiral sprinkle squat stack stagger stomp
+stray strike strum stumble swarm swoop tap teeter throb tickle trickle trudge tug twinkle
+unroll unwrap vibrate wander whip whistle wiggle wobble wriggle zigzag
+"""
+#: mostly nouns or adjectives in scene descriptions ("a steam train", "thick snow"); verbs only when inflected
+#: ("water pools", "the sky lights up", "it snowed")
+_INFLECTED_ONLY = """
+light rain snow steam smoke storm flower spark fish echo duck fan charge tip plant trace press wind pool dust
+blossom shimmer glow dim open close slow dry warm cool stack film frame shot
 """
 _IRREGULAR = """
 is are was were am be been being has have had does did ran swam flew fell rose sat stood ate drank threw caught
@@ -65,7 +80,12 @@ def _forms(base: str) -> set[str]:
     return forms
 
 
-VERBS: frozenset[str] = frozenset(set().union(*(_forms(b) for b in _BASE_VERBS.split())) | set(_IRREGULAR.split()))
+_NOUNISH = set(_INFLECTED_ONLY.split())
+VERBS: frozenset[str] = frozenset(
+    (set().union(*(_forms(b) for b in _BASE_VERBS.split())) - _NOUNISH)
+    | set().union(*(_forms(b) - {b} for b in _NOUNISH))
+    | set(_IRREGULAR.split())
+)
 DETERMINERS = frozenset("a an the this that these those his her its their my your our some many several two three four every each one no".split())
 PREPOSITIONS = frozenset("in on at inside under beneath near beside along across through over into onto toward towards by amid among within atop above below behind around from to of with without off up down".split())
 STATIC_PREPS = ("in", "on", "at", "inside", "under", "beneath", "near", "beside", "amid", "among", "within", "atop")
@@ -93,7 +113,8 @@ def _word(token: str) -> str:
 def _is_verb_at(tokens: list[str], i: int) -> bool:
     w = _word(tokens[i])
     if w not in VERBS:
-        return False
+        # an unknown word ending in -s right after he/she/it/they is that pronoun's verb ("it bats at ...")
+        return i > 0 and _word(tokens[i - 1]) in SUBJECT_PRONOUNS and w.endswith("s") and not w.endswith(("ss", "us"))
     if i > 0 and _word(tokens[i - 1]) in DETERMINERS | PREPOSITIONS:
         return False  # "a running dog", "in falling snow": an adjective, not the action
     if w.endswith("s") and i + 1 < len(tokens):
@@ -148,10 +169,11 @@ def _subject(clause: str) -> str | None:
 
 
 def _head(subject: str) -> str:
-    """The subject phrase up to its first preposition or comma ("A woman in a red coat" -> "A woman")."""
+    """The subject phrase up to its first preposition or comma ("A woman in a red coat" -> "A woman"; "of" stays:
+    "A block of ice")."""
     out = []
     for token in subject.split():
-        if out and (_word(token) in PREPOSITIONS or token.startswith(",")):
+        if out and ((_word(token) in PREPOSITIONS and _word(token) != "of") or token.startswith(",")):
             break
         out.append(token)
         if token.endswith(","):
@@ -179,8 +201,8 @@ def _place_after_verb(clause: str, preps: tuple[str, ...]) -> str | None:
     for i in range(v + 1, len(tokens) - 1):
         if _word(tokens[i]) in preps:
             words = [tokens[i]]
-            for k in range(i + 1, len(tokens)):
-                if _word(tokens[k]) in STOP_WORDS or _is_verb_at(tokens, k):
+            for k in range(i + 1, min(len(tokens), i + 16)):
+                if _word(tokens[k]) in STOP_WORDS:
                     break
                 words.append(tokens[k])
                 if tokens[k].endswith(","):
@@ -247,8 +269,10 @@ class OfflineSplitter(Splitter):
         scenario = check_scenario(scenario)
         n = check_num_prompts(num_prompts)
         clauses = _clauses(scenario)
-        events = [c for c in clauses if _first_verb(c.split()) is not None]
-        description = [c for c in clauses if _first_verb(c.split()) is None]
+        # a clause with a verb, or one that starts with a pronoun, is an event; the rest describe the scene
+        is_event = [_first_verb(c.split()) is not None or _word(c.split()[0]) in SUBJECT_PRONOUNS | POSSESSIVES for c in clauses]
+        events = [c for c, e in zip(clauses, is_event) if e]
+        description = [c for c, e in zip(clauses, is_event) if not e]
 
         subject = next((s for s in map(_subject, events) if s), None)
         ref = _definite(_head(subject)) if subject else None
