@@ -336,6 +336,9 @@ def check_text_limit(
             f"end of the prompt; shorten {'it' if len(errors) == 1 else 'them'}"
         )
     if warnings:
-        what = "the limit the text encoder keeps" if strict else "the stand-in encoder's length (random weights: only the first tokens are used)"
-        return [f"{'; '.join(warnings)}: over {model}'s {limit} tokens, {what}"]
+        what = (
+            "it is checked exactly once the tokenizer is loaded" if strict
+            else f"the stand-in text encoder of this random-weight model uses only the first {limit}"
+        )
+        return [f"{'; '.join(warnings)}: over the {limit}-token text limit of {model}; {what}"]
     return []

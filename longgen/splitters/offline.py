@@ -10,7 +10,7 @@ prompts.
    When the subject is the camera, the place the camera looks at is the global subject instead.
 3. In each event, a leading pronoun (he/she/it/they, his/her/its/their) or a missing subject ("and sniffs the
    air") becomes the subject with "the" ("the red fox"); a repeat of the full subject phrase is shortened the same
-   way.
+   way. A story told only with pronouns gets an indefinite subject ("He runs" -> "A man", "the man").
 4. Exactly N: too many events are merged (the neighbouring pair with the fewest words, joined by ", then");
    too few are split further at "and <verb>" or ", <verb>", and if still too few, events are repeated in stages
    (", continuing", ", finishing").
@@ -94,6 +94,9 @@ PATH_PREPS = {"across": "on", "along": "on", "over": "above", "onto": "on", "thr
 STOP_WORDS = frozenset("while and as when where but until before after because so then who which that".split())
 SUBJECT_PRONOUNS = frozenset("he she it they".split())
 POSSESSIVES = frozenset("his her its their".split())
+#: a subject for stories told only with pronouns (an indefinite noun, as Fig. 8 of SynCoS' supplementary suggests)
+PRONOUN_NOUNS = {"he": "A man", "she": "A woman", "they": "A group of people", "it": "An object", "his": "A man",
+                 "her": "A woman", "their": "A group of people", "its": "An object"}
 CAMERA_WORDS = frozenset("camera view shot lens viewpoint drone".split())
 _LEADING_CONNECTIVES = re.compile(
     r"^(?:and\s+then|and\s+finally|and\s+afterwards|after\s+that|afterwards|then|next|finally|eventually|later|and|so)\b[,\s]*",
@@ -249,7 +252,7 @@ def _split_further(event: str) -> list[str] | None:
 
 def _join(a: str, b: str) -> str:
     b = b.rstrip(".")
-    if b.split()[0].lower() in ("the", "a", "an"):
+    if b.split()[0].lower() in ("the", "a", "an", "he", "she", "it", "they"):
         b = b[0].lower() + b[1:]
     return f"{a.rstrip('.')}, then {b}."
 
@@ -275,6 +278,8 @@ class OfflineSplitter(Splitter):
         description = [c for c, e in zip(clauses, is_event) if not e]
 
         subject = next((s for s in map(_subject, events) if s), None)
+        if subject is None and events and _word(events[0].split()[0]) in PRONOUN_NOUNS:
+            subject = PRONOUN_NOUNS[_word(events[0].split()[0])]
         ref = _definite(_head(subject)) if subject else None
         parts: list[str] = []
         if subject and _word(_head(subject).split()[-1]) in CAMERA_WORDS:
