@@ -84,3 +84,15 @@ def test_generate_rejects_an_over_long_prompt_before_looking_for_weights(tmp_pat
     line = [l for l in proc.stderr.splitlines() if l.startswith("longgen: error:")][0]
     assert "local prompt 1 has at least 276 tokens (one per word)" in line and "226-token text limit" in line
     assert "huggingface" not in proc.stderr.lower()
+
+
+def test_help_and_cfg_work_after_the_command(tmp_path):
+    for command in ("split-prompt", "generate"):
+        proc = _cli([command, "--help"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "splitter: auto, llm, offline" in proc.stdout
+    proc = _cli(["split-prompt", "--help"], tmp_path)
+    assert "$OPENAI_API_KEY" in proc.stdout
+    proc = _cli(["split-prompt", "s.txt", "num_prompts=3", "--cfg", "job"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "scenario: s.txt" in proc.stdout and "num_prompts: 3" in proc.stdout
