@@ -16,7 +16,14 @@ from longgen import __version__
 #: command → (module with a hydra `main`, its primary config, one-line description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("longgen.generate", "generate", "sample a long video from a prompt or story into Hydra's run directory"),
+    "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
 }
+#: command → config key that its first plain argument (no '=', not a flag) fills
+POSITIONAL = {"split-prompt": "scenario"}
+#: Hydra flags followed by a value, which is not a positional argument
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                "--experimental-rerun", "--info", "-i"}
+_INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 GROUPS = ("backbone", "sampler", "writer", "splitter")
 
 USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
@@ -30,6 +37,7 @@ examples:
   longgen generate backbone=tiny sampler=gen-l-video num_windows=4 prompt="a cat"
   longgen generate -m backbone=tiny sampler=direct,gen-l-video seed=0,1
   longgen generate --cfg job
+  longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate --help          (options of one command)
 """
 
@@ -121,6 +129,25 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def fill_positional(command: str, args: list[str]) -> list[str]:
+    """`longgen split-prompt story.txt n=4` → `scenario=story.txt n=4`: the first plain argument becomes KEY=VALUE."""
+    key = POSITIONAL.get(command)
+    if key is None:
+        return list(args)
+    out, done = list(args), False
+    i = 0
+    while i < len(out):
+        arg = out[i]
+        if arg in _VALUE_FLAGS:
+            takes_value = arg not in ("--info", "-i") or (i + 1 < len(out) and out[i + 1] in _INFO_WORDS)
+            i += 2 if takes_value else 1
+            continue
+        if not done and not arg.startswith("-") and "=" not in arg:
+            out[i], done = f"{key}={arg}", True
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -133,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
         return 2
+    rest = fill_positional(command, rest)
     problem = check_group_choices(rest) or check_option_keys(COMMANDS[command][1], rest)
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)

@@ -32,7 +32,7 @@ from longgen.build import build
 from longgen.errors import UsageError
 from longgen.progress import StepProgress
 from longgen.samplers.base import SamplingRun
-from longgen.story import Story
+from longgen.story import Story, check_text_limit
 from longgen.windows import latent_length
 
 log = logging.getLogger("longgen")
@@ -52,15 +52,36 @@ def user_errors() -> Iterator[None]:
         sys.exit(2)
 
 
-def resolve_story(cfg: DictConfig) -> Story:
-    given = [k for k in ("prompt", "story") if cfg.get(k) not in (None, "")]
+def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None) -> Story:
+    given = [k for k in ("prompt", "story", "scenario") if cfg.get(k) not in (None, "")]
     if len(given) > 1:
-        raise UsageError(f"give only one of prompt=… or story=… (got {' and '.join(given)})")
+        raise UsageError(f"give only one of prompt=…, story=… or scenario=… (got {' and '.join(given)})")
     if not given:
-        raise UsageError('nothing to generate: pass prompt="…" or story=path/to/story.json')
+        raise UsageError('nothing to generate: pass prompt="…", story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
+    if cfg.get("num_prompts") is not None and given[0] != "scenario":
+        raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
-    return Story.load(str(cfg.story))
+    if given[0] == "scenario":
+        from longgen.splitters.scenario import split_scenario_file
+
+        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts)
+    story = Story.load(str(cfg.story))
+    if story.multi_shot:
+        raise UsageError(
+            f"{cfg.story} is a multi-shot (LCT) story with {story.num_events} shots; generate cannot sample "
+            f"multi-shot stories yet: give a story with `global` and `local` prompts"
+        )
+    return story
+
+
+def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
+    """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
+    prompts = [(f"local prompt {i}", p) for i, p in enumerate(story.local_prompts, 1)]
+    prompts.append(("negative_prompt", negative_prompt))
+    strict = not getattr(backbone, "random_weights", False)
+    for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
+        log.warning(warning)
 
 
 def package_versions() -> dict[str, str]:
@@ -99,7 +120,9 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
     )
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
-    story = resolve_story(cfg)
+    story = resolve_story(cfg, choices)
+    if cfg.get("scenario"):
+        story.save(out_dir / "story.json")  # keep the split even if generation fails later
     use_global = cfg.get("use_global_prompt", True)
     if not isinstance(use_global, bool):
         raise UsageError(f"use_global_prompt={use_global!r} must be true or false")
@@ -108,6 +131,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
         story, stripped = story.without_global()
         log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
                  stripped, len(story.local_prompts))
+    counted_exactly = backbone.count_tokens(story.local_prompts[0])[1]
+    check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise UsageError(f"seed={cfg.seed} must be a non-negative whole number")
 
@@ -126,6 +151,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
     backbone.load()
     timings["load_s"] = time.perf_counter() - t0
     try:
+        if not counted_exactly:  # the tokenizer is loaded now: count exactly before any sampling
+            check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
         t0 = time.perf_counter()
         ids = backbone.encode_prompts(story.local_prompts, cfg.negative_prompt or "")
         timings["encode_text_s"] = time.perf_counter() - t0

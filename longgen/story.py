@@ -4,16 +4,67 @@ description. A story file is JSON (or YAML) with `global`, `local`, and optional
 each local prompt's segment, equal by default), `scenario` and `source`.
 
 Windows get the local prompt of the segment that holds their centre (`prompt_index_at`).
+
+A second, multi-shot form follows LCT (Guo et al. 2025, §3.2.1): the global prompt is built as
+"[Characters] [Environment] [Story]" with each character written "Character ID: description", and every shot
+has its own prompt that names characters as "Character ID"; a shot that starts after a hard cut carries the cut
+marker ("[SHOT CUT]" in LCT's data). In a file:
+
+    {"characters": {"1": "a tall woman in a green raincoat"}, "environment": "a rainy harbour at dusk",
+     "story": "she waits for a ferry", "shots": ["Character 1 looks at the sea.",
+     "[SHOT CUT] Close-up: Character 1 smiles."], "durations": [1, 1]}
+
+(a shot may also be written {"prompt": "...", "cut": true}). Such stories are validated here; `generate` does not
+sample them yet and says so.
+
+`check_text_limit` compares prompts with a text encoder's token limit before (estimated) and after (exact) the
+tokenizer is available, reporting every over-long prompt with its length.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from longgen.errors import UsageError
+
+#: LCT's mark before a shot that begins with a hard cut (LCT §3.2.1).
+CUT_MARKER = "[SHOT CUT]"
+_CHARACTER_REF = re.compile(r"\bCharacter\s+([A-Za-z0-9_-]+)")
+_CHARACTER_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_SIMPLE_KEYS = ("global", "local", "durations", "scenario", "source")
+_SHOT_KEYS = ("characters", "environment", "story", "shots", "durations", "scenario", "source")
+
+
+@dataclass
+class Shot:
+    """One shot of a multi-shot story: its prompt (referring to characters as "Character ID") and whether it
+    starts with a hard cut."""
+
+    prompt: str
+    cut: bool = False
+
+    @classmethod
+    def parse(cls, item: Any, index: int) -> "Shot":
+        if isinstance(item, str):
+            text = item.strip()
+            cut = text.upper().startswith(CUT_MARKER)
+            return cls(prompt=text[len(CUT_MARKER):].strip() if cut else text, cut=cut)
+        if isinstance(item, dict):
+            unknown = set(item) - {"prompt", "cut"}
+            if unknown:
+                raise UsageError(f"story: shot {index} has unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: prompt, cut")
+            cut = item.get("cut", False)
+            if not isinstance(cut, bool):
+                raise UsageError(f"story: shot {index}: `cut` must be true or false, got {cut!r}")
+            prompt = item.get("prompt")
+            if not isinstance(prompt, str):
+                raise UsageError(f"story: shot {index} needs a `prompt` string")
+            return cls(prompt=prompt.strip(), cut=cut)
+        raise UsageError(f"story: shot {index} must be a string or an object with `prompt` and `cut`, got {type(item).__name__}")
 
 
 @dataclass
@@ -23,33 +74,92 @@ class Story:
     durations: list[float] | None = None
     scenario: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    # multi-shot form (LCT §3.2.1); `shots` set means this form, and then `local_prompts` is empty
+    characters: dict[str, str] | None = None
+    environment: str | None = None
+    story: str | None = None
+    shots: list[Shot] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def multi_shot(self) -> bool:
+        return self.shots is not None
+
+    @property
+    def num_events(self) -> int:
+        """Number of segments: local prompts, or shots in the multi-shot form."""
+        return len(self.shots) if self.shots is not None else len(self.local_prompts)
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        if not isinstance(self.global_prompt, str):
-            raise UsageError("story: `global` must be a string")
-        if not isinstance(self.local_prompts, list) or not self.local_prompts:
-            raise UsageError("story: `local` must be a non-empty list of prompts (one per event)")
-        for i, p in enumerate(self.local_prompts, 1):
-            if not isinstance(p, str) or not p.strip():
-                raise UsageError(f"story: local prompt {i} is empty; every event needs a prompt")
+        if self.shots is not None:
+            self._validate_shots()
+        else:
+            if not isinstance(self.global_prompt, str):
+                raise UsageError("story: `global` must be a string")
+            if not isinstance(self.local_prompts, list) or not self.local_prompts:
+                raise UsageError("story: `local` must be a non-empty list of prompts (one per event)")
+            for i, p in enumerate(self.local_prompts, 1):
+                if not isinstance(p, str) or not p.strip():
+                    raise UsageError(f"story: local prompt {i} is empty; every event needs a prompt")
         if self.durations is not None:
-            if not isinstance(self.durations, list) or len(self.durations) != len(self.local_prompts):
+            what = "shot" if self.shots is not None else "local prompt"
+            if not isinstance(self.durations, list) or len(self.durations) != self.num_events:
                 raise UsageError(
-                    f"story: `durations` needs one value per local prompt ({len(self.local_prompts)}), "
-                    f"got {self.durations!r}"
+                    f"story: `durations` needs one value per {what} ({self.num_events}), got {self.durations!r}"
                 )
             for d in self.durations:
                 if isinstance(d, bool) or not isinstance(d, (int, float)) or not d > 0:
                     raise UsageError(f"story: every duration must be a positive number, got {d!r}")
 
+    def _validate_shots(self) -> None:
+        if self.local_prompts:
+            raise UsageError("story: give either `local` (single-shot story) or `shots` (multi-shot story), not both")
+        if not isinstance(self.shots, list) or not self.shots:
+            raise UsageError("story: `shots` must be a non-empty list of shot prompts")
+        chars = self.characters
+        if chars is None:
+            chars = self.characters = {}
+        if not isinstance(chars, dict):
+            raise UsageError("story: `characters` must map a character id to its description, e.g. {\"1\": \"a tall woman ...\"}")
+        for cid, desc in chars.items():
+            if not _CHARACTER_ID.match(cid):
+                raise UsageError(f"story: character id {cid!r} must be letters, digits, '-' or '_' (it is written \"Character {cid}\" in shots)")
+            if not isinstance(desc, str) or not desc.strip():
+                raise UsageError(f"story: character {cid} has an empty description")
+        for key in ("environment", "story"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UsageError(f"story: `{key}` must be a non-empty string when given")
+        for i, shot in enumerate(self.shots, 1):
+            if not shot.prompt:
+                raise UsageError(f"story: shot {i} is empty; every shot needs a prompt")
+            missing = sorted({m for m in _CHARACTER_REF.findall(shot.prompt) if m not in chars})
+            if missing:
+                known = ", ".join(chars) or "none"
+                raise UsageError(
+                    f"story: shot {i} refers to Character {', '.join(missing)}, which `characters` does not define (defined: {known})"
+                )
+        if not self.global_prompt:
+            self.global_prompt = self.compose_global()
+
+    def compose_global(self) -> str:
+        """LCT's global prompt, "[Characters] [Environment] [Story]" (LCT §3.2.1)."""
+        parts = [f"Character {cid}: {_sentence(desc)}" for cid, desc in (self.characters or {}).items()]
+        parts += [_sentence(x) for x in (self.environment, self.story) if x]
+        return " ".join(parts)
+
+    def shot_prompt(self, index: int) -> str:
+        """Shot `index`'s prompt with its cut marker, as LCT writes it."""
+        shot = self.shots[index]
+        return f"{CUT_MARKER} {shot.prompt}" if shot.cut else shot.prompt
+
     # ------------------------------------------------------------------ segments
     def segment_bounds(self, length: float) -> list[float]:
         """Right edge of each local prompt's segment over [0, length)."""
-        weights = self.durations or [1.0] * len(self.local_prompts)
+        weights = self.durations or [1.0] * self.num_events
         total = float(sum(weights))
         edges, acc = [], 0.0
         for w in weights:
@@ -63,7 +173,7 @@ class Story:
         for i, edge in enumerate(self.segment_bounds(length)):
             if position < edge:
                 return i
-        return len(self.local_prompts) - 1
+        return self.num_events - 1
 
     # ------------------------------------------------------------------ ablation
     def without_global(self) -> tuple["Story", int]:
@@ -86,7 +196,15 @@ class Story:
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"global": self.global_prompt, "local": list(self.local_prompts)}
+        if self.shots is not None:
+            d: dict[str, Any] = {"characters": dict(self.characters or {})}
+            if self.environment is not None:
+                d["environment"] = self.environment
+            if self.story is not None:
+                d["story"] = self.story
+            d["shots"] = [{"prompt": s.prompt, "cut": s.cut} for s in self.shots]
+        else:
+            d = {"global": self.global_prompt, "local": list(self.local_prompts)}
         if self.durations is not None:
             d["durations"] = list(self.durations)
         if self.scenario is not None:
@@ -95,34 +213,64 @@ class Story:
             d["source"] = dict(self.source)
         return d
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(self.to_json(), encoding="utf-8")
         tmp.replace(path)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "story") -> "Story":
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected an object with `global` and `local`, got {type(data).__name__}")
-        if "local" not in data:
-            raise UsageError(f"{where}: missing `local` (the list of local prompts, one per event)")
-        unknown = set(data) - {"global", "local", "durations", "scenario", "source"}
-        if unknown:
-            raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: global, local, durations, scenario, source")
-        source = data.get("source") or {}
-        if isinstance(source, str):
-            source = {"splitter": source}
         try:
+            if "shots" in data:
+                return cls._from_shots_dict(data)
+            if "local" not in data:
+                raise UsageError("story: missing `local` (the list of local prompts, one per event)")
+            unknown = set(data) - set(_SIMPLE_KEYS)
+            if unknown:
+                hint = " (multi-shot stories need `shots`)" if unknown & {"characters", "environment", "story"} else ""
+                raise UsageError(
+                    f"story: unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(_SIMPLE_KEYS)}{hint}"
+                )
             return cls(
                 global_prompt=data.get("global", "") or "",
                 local_prompts=data["local"],
                 durations=data.get("durations"),
                 scenario=data.get("scenario"),
-                source=source,
+                source=_source(data.get("source")),
             )
         except UsageError as exc:
             raise UsageError(f"{where}: {str(exc).removeprefix('story: ')}") from None
+
+    @classmethod
+    def _from_shots_dict(cls, data: dict) -> "Story":
+        unknown = set(data) - set(_SHOT_KEYS)
+        if unknown:
+            raise UsageError(
+                f"story: unknown key(s) {', '.join(sorted(map(str, unknown)))} in a multi-shot story; allowed: {', '.join(_SHOT_KEYS)}"
+            )
+        shots = data["shots"]
+        if not isinstance(shots, list) or not shots:
+            raise UsageError("story: `shots` must be a non-empty list of shot prompts")
+        chars = data.get("characters")
+        if chars is not None and not isinstance(chars, dict):
+            raise UsageError("story: `characters` must map a character id to its description, e.g. {\"1\": \"a tall woman ...\"}")
+        return cls(
+            global_prompt="",
+            local_prompts=[],
+            durations=data.get("durations"),
+            scenario=data.get("scenario"),
+            source=_source(data.get("source")),
+            characters={str(k): v for k, v in (chars or {}).items()},
+            environment=data.get("environment"),
+            story=data.get("story"),
+            shots=[Shot.parse(item, i) for i, item in enumerate(shots, 1)],
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "Story":
@@ -130,7 +278,7 @@ class Story:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read story file {path}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot read story file {path}: {getattr(exc, 'strerror', None) or exc}") from None
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -149,3 +297,67 @@ class Story:
         if not prompt or not prompt.strip():
             raise UsageError("prompt is empty: pass prompt=\"a description of the video\"")
         return cls(global_prompt=prompt, local_prompts=[prompt], source={"splitter": "none"})
+
+
+def _source(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"splitter": value}
+    if not isinstance(value, dict):
+        raise UsageError(f"story: `source` must be an object (or a splitter name), got {type(value).__name__}")
+    return dict(value)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text[-1:] in ".!?" else text + "."
+
+
+# ---------------------------------------------------------------------- text-encoder limit
+def check_text_limit(
+    prompts: Sequence[tuple[str, str]],
+    count_tokens: Callable[[str], tuple[int, bool]],
+    limit: int,
+    model: str,
+    strict: bool = True,
+) -> list[str]:
+    """Check `(label, text)` prompts against a text encoder that keeps `limit` tokens.
+
+    `count_tokens(text)` returns `(count, exact)`. An exact count over the limit is an error. An estimate is only
+    a guess, so before the tokenizer is loaded a prompt fails only when it is over the limit for certain: a
+    SentencePiece tokenizer gives every whitespace-separated word at least one token, plus the end-of-text
+    token; a prompt whose estimate alone is over the limit gets a warning. With `strict=False` (random-weight
+    models whose stand-in encoder has no meaning to lose) everything is a warning.
+
+    Raises one UsageError naming every failing prompt with its length; returns the warnings.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for label, text in prompts:
+        if text in seen or not text:
+            continue
+        seen.add(text)
+        count, exact = count_tokens(text)
+        if exact:
+            if count > limit:
+                (errors if strict else warnings).append(f"{label} has {count} tokens")
+            continue
+        at_least = len(text.split()) + 1
+        if at_least > limit:
+            (errors if strict else warnings).append(f"{label} has at least {at_least} tokens (one per word)")
+        elif count > limit:
+            warnings.append(f"{label} has about {count} tokens (estimated before the tokenizer is loaded)")
+    if errors:
+        raise UsageError(
+            f"{'; '.join(errors)}: over the {limit}-token text limit of {model}, which would silently cut the "
+            f"end of the prompt; shorten {'it' if len(errors) == 1 else 'them'}"
+        )
+    if warnings:
+        what = (
+            "it is checked exactly once the tokenizer is loaded" if strict
+            else f"the stand-in text encoder of this random-weight model uses only the first {limit}"
+        )
+        return [f"{'; '.join(warnings)}: over the {limit}-token text limit of {model}; {what}"]
+    return []

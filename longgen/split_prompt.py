@@ -1,0 +1,64 @@
+"""`longgen split-prompt SCENARIO num_prompts=N`: scenario text → structured prompt (SynCoS supplementary Fig. 8).
+
+Runs the configured splitter (conf/splitter/: auto, llm, offline), prints the story as a Rich table on stdout,
+and writes story.json into Hydra's run directory (and to `out=…` when given). Nothing is written when the split
+fails. The story's `source` records which splitter and model produced it; the API key is never recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from longgen.errors import UsageError
+from longgen.generate import user_errors
+from longgen.splitters.scenario import split_scenario_file
+from longgen.story import Story
+
+log = logging.getLogger("longgen")
+
+
+def story_table(story: Story) -> Table:
+    """Global prompt, then each local prompt's event (the text after the global prompt it repeats)."""
+    src = story.source or {}
+    title = f"story from splitter={src.get('splitter', '?')}" + (f" ({src['model']})" if src.get("model") else "")
+    table = Table(title=title, show_lines=True, expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("prompt")
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_row("global", escape(story.global_prompt), "")
+    for i, prompt in enumerate(story.local_prompts):
+        shown = escape(prompt)
+        if story.global_prompt and prompt.startswith(story.global_prompt) and prompt != story.global_prompt:
+            shown = "[dim]global +[/dim] " + escape(prompt[len(story.global_prompt):].strip())
+        weight = story.durations[i] if story.durations else 1
+        table.add_row(str(i + 1), shown, f"{weight:g}")
+    return table
+
+
+def run_split_prompt(cfg: DictConfig, out_dir: Path, choices: dict) -> Story:
+    story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts)
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") not in (None, "") else None
+    if out is not None and out.is_dir():
+        raise UsageError(f"out={cfg.out} is a directory; give a file path such as out={out / 'story.json'}")
+    story.save(out_dir / "story.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        story.save(out)
+    Console(soft_wrap=False).print(story_table(story))
+    log.info("wrote %s%s", out_dir / "story.json", f" and {out}" if out is not None else "")
+    return story
+
+
+@hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="split_prompt")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    with user_errors():
+        run_split_prompt(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices))

@@ -1,0 +1,41 @@
+"""What every splitter provides: `split(scenario, num_prompts) -> Story` with exactly `num_prompts` local prompts,
+each containing the global prompt, and `describe()` for provenance (recorded as the story's `source`)."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from longgen.errors import UsageError
+from longgen.story import Story
+
+#: Upper bound on local prompts per story; SynCoS used 2 to 4 (supplementary B), more is allowed but bounded so a
+#: typo (num_prompts=40) fails at once.
+MAX_PROMPTS = 16
+
+
+def check_num_prompts(num_prompts: Any) -> int:
+    if num_prompts is None:
+        raise UsageError("pass num_prompts=N: how many local prompts (events) to split the scenario into")
+    if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or not 1 <= num_prompts <= MAX_PROMPTS:
+        raise UsageError(f"num_prompts={num_prompts!r} must be a whole number from 1 to {MAX_PROMPTS}")
+    return num_prompts
+
+
+def check_scenario(scenario: Any) -> str:
+    if not isinstance(scenario, str) or not scenario.strip():
+        raise UsageError("the scenario is empty: write the whole story of the video as text (one or more sentences)")
+    return " ".join(scenario.split())
+
+
+class Splitter(abc.ABC):
+    """Scenario text + number of events -> Story."""
+
+    name: str = "splitter"
+
+    @abc.abstractmethod
+    def split(self, scenario: str, num_prompts: int) -> Story:
+        """A valid story with exactly `num_prompts` local prompts for `scenario`."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"splitter": self.name}

@@ -1,0 +1,36 @@
+"""Read a scenario file and split it with the configured splitter (shared by `split-prompt` and `generate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from longgen.build import build
+from longgen.errors import UsageError
+from longgen.splitters.base import check_num_prompts, check_scenario
+from longgen.story import Story
+
+
+def read_scenario(path: str | Path) -> str:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read scenario file {p}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text.strip():
+        raise UsageError(f"scenario file {p} is empty: write the story of the video in it as plain text")
+    return check_scenario(text)
+
+
+def split_scenario_file(node: DictConfig, choice: str | None, path: Any, num_prompts: Any) -> Story:
+    """Check N and the splitter options, read the scenario, split it. The story records the scenario file."""
+    if path in (None, ""):
+        raise UsageError("pass scenario=path/to/scenario.txt (a text file with the story of the video)")
+    n = check_num_prompts(num_prompts)
+    splitter = build(node, "splitter", choice)
+    text = read_scenario(path)
+    story = splitter.split(text, n)
+    story.source = {**story.source, "scenario_file": str(path)}
+    return story

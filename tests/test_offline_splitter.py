@@ -1,0 +1,88 @@
+"""The offline splitter: exactly N local prompts for N = 1..6 on varied scenarios, each containing the global
+prompt, deterministic, no pronoun left at the start of an event."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from longgen.errors import UsageError
+from longgen.splitters.offline import OfflineSplitter
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ("object_motion", "camera_movement", "background_change", "storytelling", "physical_transformation",
+              "cinematic_effect", "compositional_generation", "complex_scene_transition")
+EXAMPLES = sorted(p for p in (REPO / "prompts").glob("*.txt") if not p.name.startswith("template"))
+INLINE = [
+    "A red fox trots across a snowy field at dawn, then it stops and sniffs the air. Finally it curls up and falls asleep under a pine tree.",
+    "A quiet lake at sunrise.",                                  # no action at all
+    "A hummingbird hovers.",                                     # one event, one verb
+    "He runs. He jumps. He falls. He gets up. He waves. He smiles. He leaves the stage. He bows.",  # no subject noun, 8 events
+    "The falling leaves drift slowly in a golden autumn park while a running dog chases them.",
+    "After the storm passes, a rainbow appears over the harbor and seagulls circle the boats, cinematic, 35mm film.",
+]
+
+
+def test_examples_cover_every_category():
+    names = [p.stem for p in EXAMPLES]
+    for category in CATEGORIES:
+        assert any(n.startswith(category) for n in names), category
+    assert len(EXAMPLES) >= 8
+
+
+@pytest.mark.parametrize("scenario", [p.read_text() for p in EXAMPLES] + INLINE)
+def test_exactly_n_prompts_each_containing_the_global_prompt(scenario):
+    splitter = OfflineSplitter()
+    for n in range(1, 7):
+        story = splitter.split(scenario, n)
+        assert len(story.local_prompts) == n
+        assert story.global_prompt.strip()
+        for prompt in story.local_prompts:
+            assert prompt.startswith(story.global_prompt)
+            assert prompt.strip()
+        assert story.source["splitter"] == "offline"
+        # deterministic: a fresh splitter gives the same story byte for byte
+        assert OfflineSplitter().split(scenario, n).to_json() == story.to_json()
+
+
+def test_events_follow_the_scenario_and_name_the_subject():
+    story = OfflineSplitter().split(INLINE[0], 3)
+    events = [p[len(story.global_prompt):].strip() for p in story.local_prompts]
+    assert events == [
+        "The red fox trots across a snowy field at dawn.",
+        "The red fox stops and sniffs the air.",
+        "The red fox curls up and falls asleep under a pine tree.",
+    ]
+    assert story.global_prompt == "A red fox on a snowy field at dawn."
+    assert not any(w in story.global_prompt for w in ("trots", "stops", "sleep"))  # no actions in the global prompt
+
+
+def test_more_events_than_prompts_are_merged_in_order():
+    story = OfflineSplitter().split(INLINE[0], 2)
+    joined = " ".join(story.local_prompts)
+    assert joined.index("trots") < joined.index("sniffs") < joined.index("curls")
+    story = OfflineSplitter().split(INLINE[0], 4)  # 3 clauses -> "curls up" and "falls asleep" are split
+    assert story.local_prompts[2].endswith("The red fox curls up.")
+    assert story.local_prompts[3].endswith("The red fox falls asleep under a pine tree.")
+
+
+def test_pronouns_are_replaced_by_the_subject():
+    story = OfflineSplitter().split("A young girl in a yellow raincoat folds a paper boat. She smiles. Her dog barks.", 3)
+    events = [p[len(story.global_prompt):].strip() for p in story.local_prompts]
+    assert events[1] == "The young girl smiles."
+    assert events[2] == "The young girl's dog barks."
+
+
+def test_camera_scenarios_describe_the_scene_not_the_camera():
+    story = OfflineSplitter().split((REPO / "prompts" / "camera_movement_river_valley.txt").read_text(), 3)
+    assert "camera" not in story.global_prompt.lower()
+    assert "river" in story.global_prompt
+
+
+def test_bad_inputs():
+    with pytest.raises(UsageError, match="scenario is empty"):
+        OfflineSplitter().split("   ", 2)
+    with pytest.raises(UsageError, match="num_prompts"):
+        OfflineSplitter().split("A cat sleeps.", 0)

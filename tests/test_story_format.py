@@ -1,0 +1,133 @@
+"""Story files: the global/local form, the LCT multi-shot form, validation errors, and the text-limit check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from longgen.errors import UsageError
+from longgen.generate import check_prompt_lengths, resolve_story
+from longgen.story import Story, check_text_limit
+
+MULTI = {
+    "characters": {"1": "a tall woman in a green raincoat", "2": "an old fisherman with a grey beard"},
+    "environment": "a rainy harbour at dusk",
+    "story": "two strangers share an umbrella",
+    "shots": ["Character 1 waits on the pier.", "[SHOT CUT] Close-up: Character 2 lights a lantern.",
+              {"prompt": "Character 1 and Character 2 walk away together.", "cut": False}],
+    "durations": [2, 1, 1],
+}
+
+
+def test_multi_shot_story_is_validated_and_round_trips(tmp_path):
+    story = Story.from_dict(MULTI)
+    assert story.multi_shot and story.num_events == 3 and story.local_prompts == []
+    assert [s.cut for s in story.shots] == [False, True, False]
+    assert story.shots[1].prompt == "Close-up: Character 2 lights a lantern."
+    assert story.shot_prompt(1) == "[SHOT CUT] Close-up: Character 2 lights a lantern."
+    # LCT §3.2.1: global prompt = [Characters] [Environment] [Story], characters as "Character ID: description"
+    assert story.global_prompt == ("Character 1: a tall woman in a green raincoat. Character 2: an old fisherman with a "
+                                   "grey beard. a rainy harbour at dusk. two strangers share an umbrella.")
+    assert story.prompt_index_at(0.49 * 10, 10) == 0 and story.prompt_index_at(0.51 * 10, 10) == 1
+    path = tmp_path / "scene.json"
+    story.save(path)
+    again = Story.load(path)
+    assert again.to_dict() == story.to_dict()
+    yaml_path = tmp_path / "scene.yaml"
+    import yaml
+
+    yaml_path.write_text(yaml.safe_dump({**MULTI, "characters": {1: "a tall woman", 2: "an old man"}}))
+    assert list(Story.load(yaml_path).characters) == ["1", "2"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"shots": ["Character 3 runs."]}, "shot 1 refers to Character 3, which `characters` does not define (defined: 1, 2)"),
+    ({"shots": []}, "`shots` must be a non-empty list"),
+    ({"shots": ["[SHOT CUT]   "]}, "shot 1 is empty"),
+    ({"durations": [1, 1]}, "one value per shot (3)"),
+    ({"characters": {"1": ""}}, "character 1 has an empty description"),
+    ({"characters": {"a b": "x"}}, "character id 'a b'"),
+    ({"local": ["x"]}, "unknown key(s) local"),
+    ({"shots": [{"prompt": "x", "cut": "yes"}]}, "`cut` must be true or false"),
+])
+def test_multi_shot_errors(change, message):
+    with pytest.raises(UsageError) as err:
+        Story.from_dict({**MULTI, **change}, where="story file s.json")
+    assert message in str(err.value) and str(err.value).startswith("story file s.json: ")
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"global": "g", "local": []}, "non-empty list"),
+    ({"global": "g", "local": ["a", " "]}, "local prompt 2 is empty"),
+    ({"global": "g", "local": ["a", "b"], "durations": [1]}, "one value per local prompt (2)"),
+    ({"global": "g", "local": ["a", "b"], "durations": [1, 0]}, "positive number"),
+    ({"global": "g", "local": ["a"], "characters": {}}, "multi-shot stories need `shots`"),
+    ({"global": "g"}, "missing `local`"),
+])
+def test_simple_form_errors(data, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Story.from_dict(data)
+
+
+def _counter(table):
+    return lambda text: table[text]
+
+
+def test_text_limit_reports_every_long_prompt_with_its_length():
+    prompts = [("local prompt 1", "short"), ("local prompt 2", "long one"), ("local prompt 3", "longer one")]
+    count = _counter({"short": (10, True), "long one": (230, True), "longer one": (300, True)})
+    with pytest.raises(UsageError) as err:
+        check_text_limit(prompts, count, 226, "THUDM/CogVideoX-2b")
+    message = str(err.value)
+    assert "local prompt 2 has 230 tokens; local prompt 3 has 300 tokens" in message
+    assert "226-token text limit of THUDM/CogVideoX-2b" in message and "local prompt 1" not in message
+    assert check_text_limit(prompts[:1], count, 226, "m") == []
+    # random-weight models: the same finding is only a warning
+    warnings = check_text_limit(prompts, count, 226, "tiny", strict=False)
+    assert len(warnings) == 1 and "local prompt 3 has 300 tokens" in warnings[0]
+
+
+def test_estimates_fail_only_when_surely_over_the_limit():
+    words_230 = " ".join(["fox"] * 230)
+    words_200 = " ".join(["fox"] * 200)
+    count = _counter({words_230: (300, False), words_200: (261, False)})
+    with pytest.raises(UsageError, match="local prompt 1 has at least 231 tokens"):
+        check_text_limit([("local prompt 1", words_230)], count, 226, "m")
+    warnings = check_text_limit([("local prompt 1", words_200)], count, 226, "m")
+    assert len(warnings) == 1 and "about 261 tokens (estimated" in warnings[0]
+
+
+class _Backbone:
+    def __init__(self, exact, limit=8, random_weights=False):
+        self.exact, self.max_text_tokens, self.random_weights, self.label = exact, limit, random_weights, "fake-model"
+
+    def count_tokens(self, text):
+        return len(text.split()) + 1, self.exact
+
+
+def test_generate_checks_every_local_prompt_and_the_negative_prompt():
+    story = Story(global_prompt="a cat", local_prompts=["a cat sits", "a cat " + "very " * 10 + "big"])
+    with pytest.raises(UsageError, match=r"local prompt 2 has 14 tokens: over the 8-token"):
+        check_prompt_lengths(story, _Backbone(exact=True), "")
+    with pytest.raises(UsageError, match=r"negative_prompt has 10 tokens"):
+        check_prompt_lengths(Story.single("a cat"), _Backbone(exact=True), "blurry " * 9)
+    check_prompt_lengths(story, _Backbone(exact=True, random_weights=True), "")  # a warning only
+
+
+def test_generate_refuses_multi_shot_stories(tmp_path):
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(MULTI))
+    cfg = OmegaConf.create({"prompt": None, "story": str(path), "scenario": None, "num_prompts": None})
+    with pytest.raises(UsageError, match="multi-shot .* with 3 shots; generate cannot sample multi-shot stories yet"):
+        resolve_story(cfg)
+
+
+def test_resolve_story_needs_exactly_one_source():
+    cfg = OmegaConf.create({"prompt": "a cat", "story": None, "scenario": "x.txt", "num_prompts": 2})
+    with pytest.raises(UsageError, match="only one of"):
+        resolve_story(cfg)
+    cfg = OmegaConf.create({"prompt": "a cat", "story": None, "scenario": None, "num_prompts": 2})
+    with pytest.raises(UsageError, match="num_prompts"):
+        resolve_story(cfg)
