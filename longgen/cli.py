@@ -34,8 +34,10 @@ commands:
 {commands}
 
 examples:
+  longgen generate sampler=syncos backbone=cogvideox-2b story=story.json length_factor=4
   longgen generate backbone=tiny sampler=gen-l-video num_windows=4 prompt="a cat"
-  longgen generate -m backbone=tiny sampler=direct,gen-l-video seed=0,1
+  longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
+  longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
   longgen generate --cfg job
   longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate --help          (options of one command)

@@ -154,7 +154,12 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
         if not counted_exactly:  # the tokenizer is loaded now: count exactly before any sampling
             check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
         t0 = time.perf_counter()
-        ids = backbone.encode_prompts(story.local_prompts, cfg.negative_prompt or "")
+        # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
+        # (GLC's global path); each unique prompt is encoded once
+        glob = story.global_prompt.strip()
+        all_ids = backbone.encode_prompts(story.local_prompts + ([glob] if glob else []), cfg.negative_prompt or "")
+        ids = all_ids[: len(story.local_prompts)]
+        role_ids = {"global": all_ids[-1]} if glob else {}
         timings["encode_text_s"] = time.perf_counter() - t0
 
         gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
@@ -167,6 +172,7 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
                 prompt_for_window=lambda start, size: ids[local_index(start, size)],
                 generator=gen,
                 progress=progress,
+                prompt_ids=role_ids,
             )
             t0 = time.perf_counter()
             latents = sampler.sample(run)  # [1, L, C, H, W]
