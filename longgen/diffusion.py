@@ -112,23 +112,21 @@ def window_index(starts: torch.Tensor | list[int], window: int, device: torch.de
     return (starts_t[:, None] + torch.arange(window, device=starts_t.device)[None, :]).reshape(-1)  # [N·M]
 
 
+def _window_frames(starts: torch.Tensor | list[int], window: int, device: torch.device) -> torch.Tensor:
+    """Frame index of each window position: [N, M] int64 (contiguous windows as a special case of frame lists)."""
+    return window_index(starts, window, device).reshape(-1, window)  # [N, M]
+
+
 def gather_windows(video: torch.Tensor, starts: torch.Tensor | list[int], window: int) -> torch.Tensor:
     """Slice windows out of a video. video: [L, C, H, W] → [N, M, C, H, W]."""
-    idx = window_index(starts, window, video.device)  # [N·M]
-    return video.index_select(0, idx).reshape(-1, window, *video.shape[1:])  # [N, M, C, H, W]
+    return gather_frames(video, _window_frames(starts, window, video.device))
 
 
 def scatter_windows(
     values: torch.Tensor, starts: torch.Tensor | list[int], length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum window values into frames. values: [N, M, C, H, W] → (sum [L, C, H, W], count [L] float)."""
-    n, m = values.shape[:2]
-    idx = window_index(starts, m, values.device)  # [N·M]
-    total = torch.zeros((length, *values.shape[2:]), dtype=values.dtype, device=values.device)  # [L, C, H, W]
-    total.index_add_(0, idx, values.reshape(n * m, *values.shape[2:]))
-    count = torch.zeros(length, dtype=values.dtype, device=values.device)  # [L]
-    count.index_add_(0, idx, torch.ones(n * m, dtype=values.dtype, device=values.device))
-    return total, count
+    return scatter_frames(values, _window_frames(starts, values.shape[1], values.device), length)
 
 
 def fuse_windows(
@@ -140,12 +138,7 @@ def fuse_windows(
     """Per-frame average over the windows that cover each frame (Gen-L-Video; SynCoS Fig. 18; GLC Eq. 3 with
     uniform weights). values: [N, M, C, H, W] → [L, C, H, W]. Frames no window covers take `fallback` [L, C, H, W]
     (zeros when None)."""
-    total, count = scatter_windows(values, starts, length)
-    shape = (length,) + (1,) * (values.dim() - 2)
-    fused = total / count.clamp(min=1).reshape(shape)  # [L, C, H, W]
-    if fallback is not None:
-        fused = torch.where(count.reshape(shape) > 0, fused, fallback)
-    return fused
+    return fuse_frames(values, _window_frames(starts, values.shape[1], values.device), length, fallback)
 
 
 def gather_frames(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
