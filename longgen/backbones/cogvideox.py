@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import math
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -206,7 +207,9 @@ class CogVideoXBackbone(Denoiser):
             if self._source is None:
                 self.check_available()
             try:
-                pipe = CogVideoXPipeline.from_pretrained(self._source, torch_dtype=self.dtype)
+                with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones know only it
+                    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                    pipe = CogVideoXPipeline.from_pretrained(self._source, torch_dtype=self.dtype)
             except (OSError, ValueError) as exc:
                 raise UsageError(f"could not load CogVideoX from {self._source}: {exc}".splitlines()[0]) from exc
             # Samplers implement DDIM themselves from ᾱ; the scheduler's own config (v-prediction, zero terminal
