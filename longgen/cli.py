@@ -39,7 +39,6 @@ examples:
   longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
   longgen generate --cfg job
-  longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate --help          (options of one command)
 """
 

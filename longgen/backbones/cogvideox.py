@@ -19,7 +19,6 @@ import gc
 import logging
 import math
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -141,6 +140,7 @@ class CogVideoXBackbone(Denoiser):
         self._embeds: torch.Tensor | None = None  # [P, S, D]
         self._negative: torch.Tensor | None = None  # [1, S, D]
         self._rope_cache: dict[int, Any] = {}
+        self.compiled = False
         self.forward_count = 0
         self.call_count = 0
 
@@ -352,7 +352,7 @@ class CogVideoXBackbone(Denoiser):
     def _attention_kernels(self):
         names = _ATTENTION[self.attention]
         if not names or self.device.type != "cuda":
-            return nullcontext()
+            return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel([getattr(SDPBackend, n) for n in names], set_priority=True)
@@ -380,8 +380,12 @@ class CogVideoXBackbone(Denoiser):
             return_dict=False,
         )[0]
 
-    @torch.no_grad()
     def predict(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        with torch.no_grad():
+            return self._predict(x_t, t, prompt_ids, guidance_scale)
+
+    def _predict(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        """The guided prediction under whatever grad mode the caller set (predict: none; predict_grad: autograd)."""
         if self._embeds is None:
             raise RuntimeError("encode_prompts() must run before predict()")
         b = x_t.shape[0]
@@ -430,7 +434,7 @@ class CogVideoXBackbone(Denoiser):
     def predict_grad(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
         """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""
         with torch.enable_grad():
-            return type(self).predict.__wrapped__(self, x_t, t, prompt_ids, guidance_scale)
+            return self._predict(x_t, t, prompt_ids, guidance_scale)
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -508,7 +512,7 @@ class CogVideoXBackbone(Denoiser):
             "attention": self.attention,
             "attention_kernels": list(_ATTENTION[self.attention]) or "torch default",
             "compile": self.compile,
-            "compiled": getattr(self, "compiled", False),
+            "compiled": self.compiled,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
         }
