@@ -1,4 +1,13 @@
-"""What every sampler receives (`SamplingRun`) and the interface it implements (`Sampler`)."""
+"""What every sampler receives (`SamplingRun`), what it carries between steps (`SamplerState`), and the interface
+it implements (`Sampler`).
+
+A sampler is written as stages that `Sampler.sample` drives: `begin` (plan the run: windows, schedule, prompt
+ids — no random draws), `initial_state` (the tensors before step 0, e.g. x_T; may draw from the run's generator),
+`step` (one denoising step), `finish` (the clean latents). The loop lives here, once, so that checkpoints,
+previews and interrupts are callbacks of the sample stage (`SamplingRun.after_step`) rather than branches inside
+each sampler, and a run can continue from a saved `SamplerState` plus the generator's saved state and give the
+same bytes as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +26,30 @@ def _no_progress(phase: str, done: int, total: int) -> None:
 
 
 @dataclass
+class SamplerState:
+    """Everything a sampler carries from one denoising step to the next, besides the run's generator.
+
+    `tensors` is what a checkpoint saves (e.g. {"x": x_t [L, C, H, W]}); `estimate` is the latest clean estimate
+    x̂0 [L, C, H, W] for previews (not saved); `done` counts finished steps."""
+
+    tensors: dict[str, torch.Tensor]
+    done: int = 0
+    estimate: torch.Tensor | None = None
+
+
+def _no_callback(state: SamplerState, total: int) -> None:
+    return None
+
+
+@dataclass
 class SamplingRun:
     """One video to sample.
 
     `noise` is the initial latent x_T, [1, L, C, H, W] float32 on the denoiser's device, drawn on the CPU from the
     seed. `prompt_for_window(start, length)` gives the encoded-prompt id of a window by the story segment that holds
     its centre. `generator` is a seeded CPU generator for every random choice a sampler makes (minibatches, shifts,
-    fresh noise), so a seed gives the same video on any device.
+    fresh noise), so a seed gives the same video on any device. `after_step(state, total)` runs after every step
+    (checkpoints, previews, interrupts); it may raise to stop the run.
     """
 
     denoiser: Denoiser
@@ -33,6 +59,7 @@ class SamplingRun:
     progress: Callable[[str, int, int], None] = _no_progress
     #: encoded-prompt ids by role, for samplers that need more than the per-window local prompt
     prompt_ids: dict[str, int] = field(default_factory=dict)
+    after_step: Callable[[SamplerState, int], None] = _no_callback
 
     @property
     def length(self) -> int:
@@ -55,9 +82,34 @@ class Sampler(ABC):
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""
         return strided_plan(length, window, self.stride)
 
+    def sample(self, run: SamplingRun, resume: SamplerState | None = None) -> torch.Tensor:
+        """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
+        tensors and step count, with run.generator already restored to the state saved with it)."""
+        total = self.begin(run)
+        state = resume if resume is not None else SamplerState(self.initial_state(run))
+        for i in range(state.done, total):
+            self.step(run, state, i)
+            state.done = i + 1
+            run.progress("denoise", state.done, total)
+            run.after_step(state, total)
+        return self.finish(state)
+
     @abstractmethod
-    def sample(self, run: SamplingRun) -> torch.Tensor:
-        """Denoise run.noise to clean latents [1, L, C, H, W] float32."""
+    def begin(self, run: SamplingRun) -> int:
+        """Plan the run (windows, schedule, prompt ids; checks and log lines) without drawing random numbers;
+        return the number of steps."""
+
+    def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
+        """The tensors before the first step: x_T [L, C, H, W] by default."""
+        return {"x": run.noise[0]}
+
+    @abstractmethod
+    def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
+        """Denoising step i: update state.tensors (and state.estimate) in place of the previous ones."""
+
+    def finish(self, state: SamplerState) -> torch.Tensor:
+        """The clean latents [1, L, C, H, W] after the last step."""
+        return state.tensors["x"][None]
 
     def describe(self) -> dict:
         """Hyperparameters for the manifest."""

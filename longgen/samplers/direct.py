@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from longgen.diffusion import ddim_step
-from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
 from longgen.windows import WindowPlan
 
 
@@ -25,15 +25,15 @@ class DirectSampler(Sampler):
     def plan(self, length: int, window: int) -> WindowPlan:
         return WindowPlan(length, length, (0,))
 
-    def sample(self, run: SamplingRun) -> torch.Tensor:
-        den = run.denoiser
-        x = run.noise  # [1, L, C, H, W]
-        prompt = run.prompt_for_window(0, run.length)
-        sched = den.schedule(self.num_steps)
-        for i in range(len(sched)):
-            c = sched.step(i)
-            pred = den.predict(x, c.t, [prompt], self.guidance_scale)  # x0: [1, L, C, H, W]
-            noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
-            x = ddim_step(x, pred.x0, c, self.eta, noise)  # [1, L, C, H, W]
-            run.progress("denoise", i + 1, len(sched))
-        return x
+    def begin(self, run: SamplingRun) -> int:
+        self._prompt = run.prompt_for_window(0, run.length)
+        self._sched = run.denoiser.schedule(self.num_steps)
+        return len(self._sched)
+
+    def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
+        x = state.tensors["x"][None]  # [1, L, C, H, W] x_t
+        c = self._sched.step(i)
+        pred = run.denoiser.predict(x, c.t, [self._prompt], self.guidance_scale)  # x0: [1, L, C, H, W]
+        noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
+        state.tensors["x"] = ddim_step(x, pred.x0, c, self.eta, noise)[0]  # [L, C, H, W] x_{t−1}
+        state.estimate = pred.x0[0]

@@ -14,7 +14,7 @@ import torch
 
 from longgen.denoiser import Denoiser
 from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows
-from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
 from longgen.windows import WindowPlan
 
 
@@ -35,16 +35,16 @@ class GenLVideoSampler(Sampler):
         self.stride = int(stride)
         self.eta = float(eta)
 
-    def sample(self, run: SamplingRun) -> torch.Tensor:
-        den = run.denoiser
-        x = run.noise[0]  # [L, C, H, W]
-        plan = self.plan(run.length, den.window)
-        ids = [run.prompt_for_window(s, plan.window) for s in plan.starts]
-        sched = den.schedule(self.num_steps)
-        for i in range(len(sched)):
-            c = sched.step(i)
-            x0 = fused_x0(den, x, plan, ids, c, self.guidance_scale)  # [L, C, H, W]
-            noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
-            x = ddim_step(x, x0, c, self.eta, noise)  # [L, C, H, W]
-            run.progress("denoise", i + 1, len(sched))
-        return x[None]  # [1, L, C, H, W]
+    def begin(self, run: SamplingRun) -> int:
+        self._plan = self.plan(run.length, run.denoiser.window)
+        self._ids = [run.prompt_for_window(s, self._plan.window) for s in self._plan.starts]
+        self._sched = run.denoiser.schedule(self.num_steps)
+        return len(self._sched)
+
+    def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
+        x = state.tensors["x"]  # [L, C, H, W] x_t
+        c = self._sched.step(i)
+        x0 = fused_x0(run.denoiser, x, self._plan, self._ids, c, self.guidance_scale)  # [L, C, H, W]
+        noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
+        state.tensors["x"] = ddim_step(x, x0, c, self.eta, noise)  # [L, C, H, W] x_{t−1}
+        state.estimate = x0

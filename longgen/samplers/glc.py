@@ -63,7 +63,7 @@ from longgen.diffusion import (
     window_index,
 )
 from longgen.errors import UsageError
-from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
 from longgen.samplers.glc_noise import check_filter, reinit_noise
 
 PADDINGS = ("reflect", "replicate", "circular")
@@ -401,31 +401,35 @@ class GLCSampler(Sampler):
             with den.anchor_attention(self.abam_lambda):  # raises UsageError when the backbone has none
                 pass
 
-    def sample(self, run: SamplingRun) -> torch.Tensor:
-        den = run.denoiser
-        sched = den.schedule(self.num_steps)
-        self.check(den, sched.timesteps)
+    def begin(self, run: SamplingRun) -> int:
+        self._sched = run.denoiser.schedule(self.num_steps)
+        self.check(run.denoiser, self._sched.timesteps)
         self._trace = []
-        x = self.initial_noise(run)  # [L, C, H, W]
-        global_index, global_ids = self._global(run)
-        for i in range(len(sched)):
-            c = sched.step(i)
-            win = self._windows(run, global_index, global_ids)
-            gamma = gamma_at(c.t, self.gamma0, self.beta)
-            x0 = self._combined_x0(den, x, win, c.t, gamma, self.abam)  # [L, C, H, W]
-            z = ddim_step(x, x0, c)  # [L, C, H, W] z_{t−1}
-            loss = None
-            if self.vmcr and self.vmcr_t_min <= c.t <= self.vmcr_t_max:
-                eps = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] this step's noise estimate
-                t_next = sched.timesteps[i + 1] if i + 1 < len(sched) else None
-                z, loss = self._vmcr(den, z, eps, c, win, t_next)
-            self._trace.append({
-                "t": c.t,
-                "gamma": gamma if (self.global_path and self.local_path) else None,
-                "local_starts": win.local_starts,
-                "windows": int(win.index.shape[0]),
-                "vmcr_loss": loss,
-            })
-            x = z
-            run.progress("denoise", i + 1, len(sched))
-        return x[None]  # [1, L, C, H, W]
+        self._global_index, self._global_ids = self._global(run)
+        return len(self._sched)
+
+    def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
+        return {"x": self.initial_noise(run)}  # [L, C, H, W]
+
+    def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
+        den, sched = run.denoiser, self._sched
+        x = state.tensors["x"]  # [L, C, H, W] x_t
+        c = sched.step(i)
+        win = self._windows(run, self._global_index, self._global_ids)
+        gamma = gamma_at(c.t, self.gamma0, self.beta)
+        x0 = self._combined_x0(den, x, win, c.t, gamma, self.abam)  # [L, C, H, W]
+        z = ddim_step(x, x0, c)  # [L, C, H, W] z_{t−1}
+        loss = None
+        if self.vmcr and self.vmcr_t_min <= c.t <= self.vmcr_t_max:
+            eps = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] this step's noise estimate
+            t_next = sched.timesteps[i + 1] if i + 1 < len(sched) else None
+            z, loss = self._vmcr(den, z, eps, c, win, t_next)
+        self._trace.append({
+            "t": c.t,
+            "gamma": gamma if (self.global_path and self.local_path) else None,
+            "local_starts": win.local_starts,
+            "windows": int(win.index.shape[0]),
+            "vmcr_loss": loss,
+        })
+        state.tensors["x"] = z
+        state.estimate = x0

@@ -75,7 +75,7 @@ from longgen.diffusion import (
     gather_windows,
 )
 from longgen.errors import UsageError
-from longgen.samplers.base import Sampler, SamplingRun, check_common
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
 from longgen.samplers.gen_l_video import fused_x0
 from longgen.windows import WindowPlan
 
@@ -261,11 +261,11 @@ class SynCoSSampler(Sampler):
         }
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, run: SamplingRun) -> torch.Tensor:
+    def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
-        plan = self.plan(run.length, den.window)
-        ids = [run.prompt_for_window(s, plan.window) for s in plan.starts]
-        sched = den.schedule(self.num_steps)
+        self._plan = plan = self.plan(run.length, den.window)
+        self._ids = [run.prompt_for_window(s, plan.window) for s in plan.starts]
+        self._sched = sched = den.schedule(self.num_steps)
         info = self.forward_plan(plan.count, sched)
         if self.stage2 and self.batch_windows > plan.count:
             log.info("sampler.batch_windows=%d is more than the %d windows: every stage-2 iteration uses all %d",
@@ -281,25 +281,36 @@ class SynCoSSampler(Sampler):
                  self.variant, plan.count, info["stage1_forwards_per_step"], info["stage2_forwards_per_active_step"],
                  info["stage2_steps"], info["forwards_expected"])
         self._run_info = info
+        return len(sched)
 
-        x = run.noise[0]  # [L, C, H, W] x_t, read by stage 1 and written by stage 3
-        x0 = x if self.stage1 else x.clone()  # [L, C, H, W] x0'; starts from x_T only when stage 1 is off
-        for i in range(len(sched)):
-            c = sched.step(i)
-            eps_base = None
-            if self.stage1:
-                x0 = fused_x0(den, x, plan, ids, c, self.guidance_scale)  # [L, C, H, W]
-                eps_base = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] the DDIM noise estimate
-            if self.stage2_at(c.t):
-                if self.base_noise == "fresh":
-                    eps_base = run.randn(tuple(x0.shape))  # [L, C, H, W] fixed for this step
-                if not self._skips_iterations(c):
-                    x0, _ = self.refine(run, x0, eps_base, plan, ids, c, sched)  # [L, C, H, W]
-            if self.stage3:
-                noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
-                x = ddim_from_eps(x0, eps_base, c, self.eta, noise)  # [L, C, H, W] x_{t−1}
-            run.progress("denoise", i + 1, len(sched))
-        return (x if self.stage3 else x0)[None]  # [1, L, C, H, W]
+    def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
+        x = run.noise[0]  # [L, C, H, W] x_T
+        if self.stage1:
+            return {"x": x}  # x0' is recomputed by stage 1 at every step
+        return {"x0": x.clone()}  # stage 2 alone: x0' is persistent and starts from x_T
+
+    def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
+        c = self._sched.step(i)
+        x = state.tensors.get("x")  # [L, C, H, W] x_t (stage 1 + 3), None for stage 2 alone
+        x0 = state.tensors.get("x0")  # [L, C, H, W] persistent x0' (stage 2 alone)
+        eps_base = None
+        if self.stage1:
+            x0 = fused_x0(run.denoiser, x, self._plan, self._ids, c, self.guidance_scale)  # [L, C, H, W]
+            eps_base = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] the DDIM noise estimate
+        if self.stage2_at(c.t):
+            if self.base_noise == "fresh":
+                eps_base = run.randn(tuple(x0.shape))  # [L, C, H, W] fixed for this step
+            if not self._skips_iterations(c):
+                x0, _ = self.refine(run, x0, eps_base, self._plan, self._ids, c, self._sched)  # [L, C, H, W]
+        if self.stage3:
+            noise = run.randn(tuple(x.shape)) if self.eta > 0 else None
+            state.tensors["x"] = ddim_from_eps(x0, eps_base, c, self.eta, noise)  # [L, C, H, W] x_{t−1}
+        else:
+            state.tensors["x0"] = x0
+        state.estimate = x0
+
+    def finish(self, state: SamplerState) -> torch.Tensor:
+        return state.tensors["x" if self.stage3 else "x0"][None]  # [1, L, C, H, W]
 
     def refine(
         self,
