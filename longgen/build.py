@@ -13,6 +13,23 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import UsageError
+from longgen.options import reject_non_finite
+
+
+def check_kinds(group: str, kwargs: dict, params) -> None:
+    """A value whose kind differs from the option's default (a word where a number or true/false belongs) is one
+    line naming the option, before the constructor turns it into a traceback."""
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None or param.default is inspect.Parameter.empty or param.default is None or value is None:
+            continue
+        default, only_bool = param.default, param.annotation in ("bool", bool)
+        if isinstance(default, bool):
+            if only_bool and not isinstance(value, bool):
+                raise UsageError(f"{group}.{key}={value!r} must be true or false")
+        elif isinstance(default, (int, float)) and isinstance(value, (str, bool, list, dict)):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise UsageError(f"{group}.{key}={value!r} must be {kind}")
 
 
 def build(node: DictConfig, group: str, choice: str | None = None) -> Any:
@@ -35,6 +52,8 @@ def build(node: DictConfig, group: str, choice: str | None = None) -> Any:
     except Exception as exc:
         raise UsageError(f"{label}: {str(exc).splitlines()[0]}") from None
     kwargs.pop("_target_", None)
+    reject_non_finite(group, kwargs)
+    check_kinds(group, kwargs, params)
     try:
         return instantiate({"_target_": node._target_, **kwargs}, _convert_="all")
     except UsageError:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from importlib import resources
 
 from longgen import __version__
 
-#: command → (module with a hydra `main`, its primary config, one-line description)
-COMMANDS: dict[str, tuple[str, str, str]] = {
+#: command → (module with a `main`, its primary Hydra config or None for commands that take a path first and
+#: read their config from it, one-line description)
+COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "generate": ("longgen.generate", "generate", "sample a long video from a prompt or story into Hydra's run directory"),
     "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
+    "resume": ("longgen.resume", None, "continue an interrupted run from its checkpoint (bit-identical result)"),
+    "decode": ("longgen.decode", None, "write the video again from a run's saved latents (no sampling)"),
 }
 #: command → config key that its first plain argument (no '=', not a flag) fills
 POSITIONAL = {"split-prompt": "scenario"}
@@ -38,6 +42,8 @@ examples:
   longgen generate backbone=tiny sampler=gen-l-video num_windows=4 prompt="a cat"
   longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
+  longgen resume outputs/2026-11-22/10-31-07-123456
+  longgen decode outputs/2026-11-22/10-31-07-123456 writer.crf=10 writer.filename=video_hq.mp4
   longgen generate --cfg job
   longgen generate --help          (options of one command)
 """
@@ -130,6 +136,24 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def check_output_dir(args: list[str]) -> str | None:
+    """An error line when the run (or sweep) directory cannot be created: Hydra would fail with a traceback."""
+    from longgen.errors import UsageError
+    from longgen.rundir import check_writable_dir
+
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == key]
+    path = given[-1] if given else ("multirun" if multirun else "outputs")
+    if "${" in path:
+        return None  # an interpolation: only Hydra can resolve it
+    try:
+        check_writable_dir(Path(path), key)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
 def fill_positional(command: str, args: list[str]) -> list[str]:
     """`longgen split-prompt story.txt n=4` → `scenario=story.txt n=4`: the first plain argument becomes KEY=VALUE."""
     key = POSITIONAL.get(command)
@@ -161,12 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
         return 2
+    module_name, config, _ = COMMANDS[command]
+    if config is None:  # resume / decode: a path, then options checked by the command itself
+        importlib.import_module(module_name).main(rest)
+        return 0
     rest = fill_positional(command, rest)
-    problem = check_group_choices(rest) or check_option_keys(COMMANDS[command][1], rest)
+    problem = check_group_choices(rest) or check_option_keys(config, rest) or check_output_dir(rest)
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    if command == "generate" and ("-m" in rest or "--multirun" in rest):
+        from longgen.generate import validate_sweep
+
+        problem = validate_sweep(rest)
+        if problem:
+            print(f"longgen: error: {problem}", file=sys.stderr)
+            return 2
+    module = importlib.import_module(module_name)
     sys.argv = [f"longgen {command}", *rest]
     module.main()
     return 0

@@ -1,9 +1,53 @@
-"""The one exception type that reaches the user as a one-line message.
+"""The exceptions that reach the user as one line (printed by `user_errors` below).
 
-Anything raised as `UsageError` is printed by the CLI without a traceback and makes the process exit with
-status 2. Its text must say what to change, not only what went wrong.
+- `UsageError`: a bad input or an unavailable resource the user can fix; the message says how. Exit status 2.
+- `RunFailure`: the run itself failed after it started (disk full, a failed decode, a failed rank); the message
+  says what was kept and how to continue. Exit status 1.
+- `Interrupted`: Ctrl-C or SIGTERM stopped the run after saving what it had; the message gives the command that
+  continues it. Exit status 130.
 """
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
 
 
 class UsageError(Exception):
     """A bad input or an unavailable resource that the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class RunFailure(Exception):
+    """A run that started but could not finish; the message says what is kept and how to continue."""
+
+    exit_code = 1
+
+
+class Interrupted(Exception):
+    """The user or the scheduler stopped the run; the message says where and how to resume."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a UsageError, RunFailure, Interrupted or Ctrl-C as one `longgen: error: …` line on stderr (also into
+    the run's log file, if logging has one) and exit with the error's status, without a traceback."""
+    try:
+        yield
+    except (UsageError, RunFailure, Interrupted, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            exc = Interrupted(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}); nothing half-written was kept")
+        log = logging.getLogger("longgen")
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(exc), None, None)
+        for handler in logging.getLogger().handlers:  # keep it in the run's log file, print it once
+            # (not when the run directory was discarded: an input error caught before any work)
+            if isinstance(handler, logging.FileHandler) and os.path.isdir(os.path.dirname(handler.baseFilename)):
+                handler.handle(record)
+        print(f"longgen: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,58 +1,114 @@
 """`longgen generate`: story → backbone → sampler → streaming mp4, in Hydra's run directory.
 
-Order of work, so that bad input fails in a second and finished work is never lost:
-1. build sampler, backbone and writer objects from their config groups (keyword and range checks, no weights);
-2. resolve the video length and window plan, read and validate the story;
-3. check that the weights exist (one-line error naming the model and how to pass a local path), then load;
-4. encode each unique prompt once, draw the initial noise on the CPU from the seed, sample;
-5. save the latents (when asked, or as a rescue copy if decoding fails), stream-decode to the mp4, then write
-   story.json and manifest.json.
+The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py) and `decode`:
+
+1. `plan_job`   — build sampler, backbone and writer from their config groups, check every option and number,
+                  resolve the length, window plan and story, probe the writer (no weights, nothing written; a bad
+                  input fails here in about a second and leaves no run directory behind);
+2. `encode`     — check the weights exist (one line naming the model and `model_path=`), load, count prompt tokens
+                  exactly, encode each unique prompt once;
+3. `sample`     — draw x_T on the CPU from the seed and run the sampler; after every step the hooks write
+                  `checkpoint.safetensors` (every `checkpoint_every` steps / `checkpoint_seconds`, and after the
+                  last step), `preview.jpg` (every `preview_every` steps) and honour Ctrl-C/SIGTERM;
+4. `decode`     — stream-decode into the mp4 (written under a temporary name, renamed when verified);
+5. `record`     — story.json, manifest.json, optional latents.safetensors; the checkpoint is then removed.
+
+Before stage 2 the run directory is claimed (`rundir.RunDirectory`: a lock, refusal of another run's results
+unless overwrite=true) and `.hydra/` is written by us, after those checks, so a refused run never touches an
+existing run's config (Hydra's own copy is switched off with hydra.output_subdir=null).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import platform
+import shlex
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from longgen import __version__
 from longgen.build import build
-from longgen.errors import UsageError
+from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, digest, result_config
+from longgen.errors import Interrupted, RunFailure, UsageError, user_errors
+from longgen.options import check_latent_budget, flag, number, whole
+from longgen.preview import Preview
 from longgen.progress import StepProgress
-from longgen.samplers.base import SamplingRun
+from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
+from longgen.samplers.base import Sampler, SamplingRun
 from longgen.story import Story, check_text_limit
-from longgen.windows import latent_length
+from longgen.windows import WindowPlan, latent_length
 
 log = logging.getLogger("longgen")
 
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a UsageError into one line on stderr and exit status 2."""
-    try:
-        yield
-    except UsageError as exc:
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(exc), None, None)
-        for handler in logging.getLogger().handlers:  # keep it in the run's log file, print it once
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
-        print(f"longgen: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+#: most windows a video may have (a 1-minute CogVideoX video has 28; this bound keeps plans and manifests sane)
+MAX_WINDOWS = 10_000
 
 
-def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None) -> Story:
+# ---------------------------------------------------------------------------------------------------- stage 1: plan
+@dataclass
+class Job:
+    """Everything decided before any weights load."""
+
+    cfg: DictConfig
+    choices: dict[str, Any]
+    out_dir: Path
+    sampler: Sampler
+    backbone: Any
+    writer: Any
+    length: int
+    plan: WindowPlan
+    given_story: Story  # as the user gave it (or the splitter wrote it): story.json
+    story: Story  # as the windows use it (without the global description when use_global_prompt=false)
+    use_global: bool
+    stripped: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def local_index(self, start: int, size: int) -> int:
+        return self.story.prompt_index_at(start + size / 2, self.length)
+
+    def window_map(self) -> list[dict]:
+        return [{"start": s, "end": s + self.plan.window, "local_prompt": self.local_index(s, self.plan.window)}
+                for s in self.plan.starts]
+
+    def story_hash(self) -> str:
+        return digest(self.story.to_dict())
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Numbers and switches of conf/generate.yaml, as the command line delivers them."""
+    whole("seed", cfg.seed, 0, 2**63 - 1)
+    if cfg.get("num_windows") is not None:
+        whole("num_windows", cfg.num_windows, 1, MAX_WINDOWS)
+    if cfg.get("length_factor") is not None:
+        number("length_factor", cfg.length_factor, 1.0, float(MAX_WINDOWS))
+    if cfg.get("latent_frames") is not None:
+        whole("latent_frames", cfg.latent_frames, 1, MAX_WINDOWS * 100)
+    if cfg.get("num_prompts") is not None:
+        whole("num_prompts", cfg.num_prompts, 1, 1000)
+    for name in ("save_latents", "use_global_prompt", "overwrite"):
+        flag(name, cfg.get(name, False))
+    whole("checkpoint_every", cfg.checkpoint_every, 0)
+    if cfg.get("checkpoint_seconds") is not None:
+        number("checkpoint_seconds", cfg.checkpoint_seconds, 0.0, lo_open=True)
+    whole("preview_every", cfg.preview_every, 0)
+    number("preview_scale", cfg.preview_scale, 0.0, 1.0, lo_open=True)
+
+
+def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
+    """The story from prompt=, story= or scenario= (split by the configured splitter; with split=False only checked
+    for readability and None returned, so that validating a sweep asks no LLM)."""
     given = [k for k in ("prompt", "story", "scenario") if cfg.get(k) not in (None, "")]
     if len(given) > 1:
         raise UsageError(f"give only one of prompt=…, story=… or scenario=… (got {' and '.join(given)})")
@@ -63,6 +119,11 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None) -> Sto
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
     if given[0] == "scenario":
+        if not split:
+            path = Path(str(cfg.scenario)).expanduser()
+            if not path.is_file():
+                raise UsageError(f"scenario={cfg.scenario}: no such file")
+            return None
         from longgen.splitters.scenario import split_scenario_file
 
         return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts)
@@ -84,6 +145,172 @@ def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> N
         log.warning(warning)
 
 
+def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Story | None = None,
+             split: bool = True) -> Job | None:
+    """Stage 1. `story` given (resume): use it instead of the config's prompt/story/scenario. With split=False
+    (sweep validation) a scenario is not split and None is returned after every other check."""
+    check_top_level(cfg)
+    sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
+    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
+    writer = build(cfg.writer, "writer", choices.get("writer"))
+    length = latent_length(
+        backbone.window,
+        sampler.stride,
+        backbone.temporal_compression,
+        num_windows=cfg.num_windows,
+        length_factor=cfg.length_factor,
+        latent_frames=cfg.latent_frames,
+    )
+    check_latent_budget(length, backbone.latent_shape, backbone.label)
+    backbone.check_length(length)
+    plan = sampler.plan(length, backbone.window)
+    writer.check()
+    if story is None:
+        story = resolve_story(cfg, choices, split)
+        if story is None:
+            return None
+    use_global = cfg.get("use_global_prompt", True)
+    used, stripped = story, 0
+    if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
+        used, stripped = story.without_global()
+        log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
+                 stripped, len(used.local_prompts))
+    check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
+               stripped)
+
+
+# ---------------------------------------------------------------------------------------------------- stage 2: encode
+@dataclass
+class Prompts:
+    ids: list[int]  # encoded id of each local prompt
+    roles: dict[str, int]  # e.g. {"global": id} for samplers that use the global prompt
+
+
+def encode(job: Job) -> Prompts:
+    backbone = job.backbone
+    backbone.check_available()
+    t0 = time.perf_counter()
+    backbone.load()
+    job.timings["load_s"] = time.perf_counter() - t0
+    check_prompt_lengths(job.story, backbone, job.cfg.negative_prompt or "")  # exact now that the tokenizer is here
+    t0 = time.perf_counter()
+    # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
+    # (GLC's global path); each unique prompt is encoded once
+    glob = job.story.global_prompt.strip()
+    all_ids = backbone.encode_prompts(job.story.local_prompts + ([glob] if glob else []), job.cfg.negative_prompt or "")
+    job.timings["encode_text_s"] = time.perf_counter() - t0
+    return Prompts(all_ids[: len(job.story.local_prompts)], {"global": all_ids[-1]} if glob else {})
+
+
+# ---------------------------------------------------------------------------------------------------- stage 3: sample
+def initial_noise(job: Job) -> tuple[torch.Tensor, torch.Generator]:
+    """x_T float32 [1, L, C, H, W] drawn on the CPU from the seed, and the generator the sampler continues."""
+    gen = torch.Generator(device="cpu").manual_seed(int(job.cfg.seed))
+    noise = torch.randn((1, job.length, *job.backbone.latent_shape), generator=gen, dtype=torch.float32)
+    return noise, gen
+
+
+def resume_command(job: Job) -> str:
+    return f"longgen resume {shlex.quote(str(job.out_dir))}"
+
+
+def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepProgress,
+           resume: Checkpoint | None = None) -> torch.Tensor:
+    """Stage 3: clean latents [1, L, C, H, W] float32; continues from `resume` when given."""
+    backbone, cfg = job.backbone, job.cfg
+    noise, gen = initial_noise(job)
+    counters = dict(resume.counters) if resume is not None else {"forwards": 0, "calls": 0, "sample_s": 0.0}
+    backbone.forward_count = backbone.call_count = 0
+    started = time.perf_counter()
+
+    def snapshot(state, total: int) -> Checkpoint:
+        return Checkpoint(state, total, gen.get_state(), result_config(cfg), job.story_hash(), {
+            "forwards": counters["forwards"] + backbone.forward_count,
+            "calls": counters["calls"] + backbone.call_count,
+            "sample_s": counters["sample_s"] + time.perf_counter() - started,
+        })
+
+    preview = Preview(backbone, job.plan, job.out_dir, int(cfg.preview_every), float(cfg.preview_scale))
+    hooks = StepHooks(job.out_dir / CHECKPOINT, snapshot, interrupts, int(cfg.checkpoint_every),
+                      cfg.get("checkpoint_seconds"), preview if preview.every > 0 else None, resume_command(job))
+    run = SamplingRun(
+        denoiser=backbone,
+        noise=noise.to(backbone.device),
+        prompt_for_window=lambda start, size: prompts.ids[job.local_index(start, size)],
+        generator=gen,
+        progress=progress,
+        prompt_ids=prompts.roles,
+        after_step=hooks,
+    )
+    state = None
+    if resume is not None:
+        gen.set_state(resume.generator_state)
+        state = resume.state
+        log.info("resuming after step %d of %d", state.done, resume.total)
+    interrupts.sampling = True
+    try:
+        latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
+    finally:
+        interrupts.sampling = False
+    if latents.device.type == "cuda":
+        torch.cuda.synchronize(latents.device)
+    job.timings["sample_s"] = counters["sample_s"] + time.perf_counter() - started
+    job.timings["forwards"] = counters["forwards"] + backbone.forward_count
+    job.timings["calls"] = counters["calls"] + backbone.call_count
+    if not torch.isfinite(latents).all():
+        log.warning("the sampled latents contain NaN/inf values; the video will be corrupt")
+    if interrupts.requested:
+        raise Interrupted(f"stopped by {interrupts.requested} after sampling finished; the latents are in "
+                          f"{hooks.path}; write the video with: {resume_command(job)}")
+    return latents
+
+
+# ---------------------------------------------------------------------------------------------------- stage 4: decode
+def save_latents(latents: torch.Tensor, path: Path) -> None:
+    """Final latents [F, C, H, W] under key `latents`, written atomically."""
+    from safetensors.torch import save_file
+
+    from longgen.rundir import atomic_file
+
+    with atomic_file(path) as tmp:
+        save_file({"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+
+
+def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint: str) -> dict:
+    """Stage 4: the video file. On failure the sampled latents stay on disk (the final checkpoint, or
+    latents.safetensors when checkpoints are off) and the error line says how to finish."""
+    out = job.out_dir
+    t0 = time.perf_counter()
+    total = job.backbone.frames_for(job.length)
+    try:
+        video = job.writer.write(job.backbone.decode_stream(latents), out, job.backbone.fps, total, progress)
+    except (Exception, KeyboardInterrupt) as exc:
+        kept = keep_latents(latents, out)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while writing the video; {kept}; finish with: {resume_hint}") from None
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            reason = "out of GPU memory while decoding (try backbone.vae_tiling=true or backbone.cpu_offload=true)"
+        raise RunFailure(f"writing the video failed: {reason}; {kept}; finish with: {resume_hint}") from exc
+    job.timings["decode_s"] = time.perf_counter() - t0
+    if video["frames"] != total:
+        log.warning("wrote %d frames, expected %d", video["frames"], total)
+    return video
+
+
+def keep_latents(latents: torch.Tensor, out: Path) -> str:
+    """Make sure the sampled latents are on disk after a failed decode; say where."""
+    if (out / CHECKPOINT).is_file():
+        return f"the sampled latents are kept in {out / CHECKPOINT}"
+    try:
+        save_latents(latents, out / LATENTS)
+        return f"the sampled latents are kept in {out / LATENTS}"
+    except Exception as exc:  # e.g. the disk is full as well
+        return f"the sampled latents could not be saved either ({exc})"
+
+
+# ---------------------------------------------------------------------------------------------------- stage 5: record
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "longgen": __version__}
     for name in ("torch", "diffusers", "transformers", "hydra-core", "imageio-ffmpeg"):
@@ -94,155 +321,152 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_latents(latents: torch.Tensor, path: Path) -> None:
-    """Final latents [F, C, H, W] under key `latents`, written atomically."""
-    from safetensors.torch import save_file
+def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = None) -> dict:
+    """Stage 5: latents (if asked), story, manifest; then the checkpoint is no longer needed."""
+    out, backbone, cfg, timings = job.out_dir, job.backbone, job.cfg, job.timings
+    latent_path = out / LATENTS
+    if cfg.save_latents:
+        save_latents(latents, latent_path)
+    write_text(out / "story.json", job.given_story.to_json())
+    peak = torch.cuda.max_memory_allocated(backbone.device) if backbone.device.type == "cuda" else None
+    manifest = {
+        "longgen": __version__,
+        "command": " ".join(sys.argv),
+        "seed": int(cfg.seed),
+        "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
+        "backbone": {"name": job.choices.get("backbone"), **backbone.describe()},
+        "latent_length": job.length,
+        "window": job.plan.window,
+        "stride": job.sampler.stride,
+        "windows": job.window_map(),
+        "local_prompts": len(job.story.local_prompts),
+        "use_global_prompt": job.use_global,
+        "global_prompt_removed_from": job.stripped,
+        **({"local_prompts_used": job.story.local_prompts} if job.stripped else {}),
+        "frames": video["frames"],
+        "fps": video["fps"],
+        "width": video["width"],
+        "height": video["height"],
+        "timings": {k: round(v, 3) for k, v in timings.items() if k.endswith("_s")},
+        "transformer_forwards": int(timings.get("forwards", 0)),
+        "transformer_calls": int(timings.get("calls", 0)),
+        "peak_gpu_memory_bytes": peak,
+        "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed)",
+        "checkpoint_every": int(cfg.checkpoint_every),
+        "versions": package_versions(),
+        "outputs": {
+            "video": Path(video["path"]).name,
+            "story": "story.json",
+            "config": ".hydra/config.yaml",
+            "latents": latent_path.name if latent_path.exists() else None,
+            "preview": "preview.jpg" if (out / "preview.jpg").exists() else None,
+        },
+        **(extra or {}),
+    }
+    write_json(out / "manifest.json", manifest)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    log.info("wrote %s (%d frames at %d fps) in %.1f s", video["path"], video["frames"], video["fps"],
+             sum(v for k, v in timings.items() if k.endswith("_s")))
+    return manifest
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, str(tmp))
-    tmp.replace(path)
 
+def validate_sweep(args: list[str]) -> str | None:
+    """Before a multirun starts: compose every job of the sweep and run its plan stage (no weights, no LLM), so
+    one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
+    error line naming the first bad job, else None."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dict:
-    """Generate one video into `out_dir`; return the manifest."""
-    timings: dict[str, float] = {}
-    sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
-    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
-    writer = build(cfg.writer, "writer", choices.get("writer"))
-
-    length = latent_length(
-        backbone.window,
-        sampler.stride,
-        backbone.temporal_compression,
-        num_windows=cfg.num_windows,
-        length_factor=cfg.length_factor,
-        latent_frames=cfg.latent_frames,
-    )
-    backbone.check_length(length)
-    plan = sampler.plan(length, backbone.window)
-    story = resolve_story(cfg, choices)
-    if cfg.get("scenario"):
-        story.save(out_dir / "story.json")  # keep the split even if generation fails later
-    use_global = cfg.get("use_global_prompt", True)
-    if not isinstance(use_global, bool):
-        raise UsageError(f"use_global_prompt={use_global!r} must be true or false")
-    stripped = 0
-    if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
-        story, stripped = story.without_global()
-        log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
-                 stripped, len(story.local_prompts))
-    counted_exactly = backbone.count_tokens(story.local_prompts[0])[1]
-    check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise UsageError(f"seed={cfg.seed} must be a non-negative whole number")
-
-    def local_index(start: int, size: int) -> int:
-        return story.prompt_index_at(start + size / 2, length)
-
-    window_map = [{"start": s, "end": s + plan.window, "local_prompt": local_index(s, plan.window)} for s in plan.starts]
-    log.info(
-        "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d local prompt(s)",
-        choices.get("sampler"), backbone.label, length, backbone.frames_for(length), plan.count, plan.window,
-        sampler.stride, len(story.local_prompts),
-    )
-
-    backbone.check_available()
-    t0 = time.perf_counter()
-    backbone.load()
-    timings["load_s"] = time.perf_counter() - t0
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     try:
-        if not counted_exactly:  # the tokenizer is loaded now: count exactly before any sampling
-            check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
-        t0 = time.perf_counter()
-        # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
-        # (GLC's global path); each unique prompt is encoded once
-        glob = story.global_prompt.strip()
-        all_ids = backbone.encode_prompts(story.local_prompts + ([glob] if glob else []), cfg.negative_prompt or "")
-        ids = all_ids[: len(story.local_prompts)]
-        role_ids = {"global": all_ids[-1]} if glob else {}
-        timings["encode_text_s"] = time.perf_counter() - t0
-
-        gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
-        noise = torch.randn((1, length, *backbone.latent_shape), generator=gen, dtype=torch.float32)  # [1, L, C, H, W]
-        backbone.forward_count = backbone.call_count = 0
-        with StepProgress() as progress:
-            run = SamplingRun(
-                denoiser=backbone,
-                noise=noise.to(backbone.device),
-                prompt_for_window=lambda start, size: ids[local_index(start, size)],
-                generator=gen,
-                progress=progress,
-                prompt_ids=role_ids,
-            )
-            t0 = time.perf_counter()
-            latents = sampler.sample(run)  # [1, L, C, H, W]
-            if latents.device.type == "cuda":
-                torch.cuda.synchronize(latents.device)
-            timings["sample_s"] = time.perf_counter() - t0
-            forwards, calls = backbone.forward_count, backbone.call_count
-            if not torch.isfinite(latents).all():
-                log.warning("the sampled latents contain NaN/inf values; the video will be corrupt")
-
-            latent_path = out_dir / "latents.safetensors"
-            if cfg.save_latents:
-                save_latents(latents, latent_path)
-            t0 = time.perf_counter()
-            total = backbone.frames_for(length)
-            try:
-                video = writer.write(backbone.decode_stream(latents), out_dir, backbone.fps, total, progress)
-            except BaseException:
-                if not latent_path.exists():
-                    save_latents(latents, latent_path)
-                log.error("decoding failed; the sampled latents are kept in %s", latent_path)
-                raise
-            timings["decode_s"] = time.perf_counter() - t0
-
-        if video["frames"] != total:
-            log.warning("wrote %d frames, expected %d", video["frames"], total)
-        story.save(out_dir / "story.json")
-        peak = torch.cuda.max_memory_allocated(backbone.device) if backbone.device.type == "cuda" else None
-        manifest = {
-            "longgen": __version__,
-            "command": " ".join(sys.argv),
-            "seed": int(cfg.seed),
-            "sampler": {"name": choices.get("sampler"), **sampler.describe()},
-            "backbone": {"name": choices.get("backbone"), **backbone.describe()},
-            "latent_length": length,
-            "window": plan.window,
-            "stride": sampler.stride,
-            "windows": window_map,
-            "local_prompts": len(story.local_prompts),
-            "use_global_prompt": use_global,
-            "global_prompt_removed_from": stripped,
-            "frames": video["frames"],
-            "fps": video["fps"],
-            "width": video["width"],
-            "height": video["height"],
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "transformer_forwards": forwards,
-            "transformer_calls": calls,
-            "peak_gpu_memory_bytes": peak,
-            "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed)",
-            "versions": package_versions(),
-            "outputs": {
-                "video": Path(video["path"]).name,
-                "story": "story.json",
-                "config": ".hydra/config.yaml",
-                "latents": latent_path.name if latent_path.exists() else None,
-            },
-        }
-        tmp = out_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.replace(out_dir / "manifest.json")
-        log.info("wrote %s (%d frames at %d fps) in %.1f s", video["path"], video["frames"], video["fps"], sum(timings.values()))
-        return manifest
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0]
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    quiet = logging.getLogger("longgen")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
+    try:
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            for number_, job in enumerate(jobs):
+                try:
+                    cfg = compose("generate", overrides=job, return_hydra_config=True)
+                    choices = dict(cfg.hydra.runtime.choices)
+                    plan_job(cfg, Path("."), choices, split=False)
+                except UsageError as exc:
+                    return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
+                except Exception as exc:  # e.g. Hydra's own composition errors
+                    return f"sweep job {number_} ({' '.join(job)}): {str(exc).strip().splitlines()[0]}; no job was started"
     finally:
-        backbone.release()
+        quiet.setLevel(level)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- the commands
+def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = None) -> dict:
+    """Stages 2–5 on a claimed run directory."""
+    try:
+        with Interrupts() as interrupts, StepProgress() as progress:
+            prompts = encode(job)
+            latents = sample(job, prompts, interrupts, progress, resume)
+            video = decode(job, latents, progress, resume_command(job))
+        return record(job, latents, video, extra)
+    finally:
+        job.backbone.release()
         gc.collect()
+
+
+def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
+    """.hydra/config.yaml (+ hydra.yaml, overrides.yaml), as Hydra writes them, once the directory is ours."""
+    target = out_dir / ".hydra"
+    target.mkdir(exist_ok=True)
+    write_text(target / "config.yaml", OmegaConf.to_yaml(cfg))
+    if hc is not None:
+        write_text(target / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
+        write_text(target / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))))
+
+
+def discard_if_unused(out_dir: Path) -> None:
+    """After an input error caught before any work: remove the run directory Hydra made, if it holds nothing but
+    this run's log (and its parent date folder, if that is empty then)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
+            handler.close()
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
+        return
+    if all(e.is_file() and e.suffix == ".log" for e in entries):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out_dir.parent.rmdir()  # only succeeds when empty
+
+
+def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
+    """Generate one video into `out_dir`; return the manifest."""
+    try:
+        job = plan_job(cfg, out_dir, choices)
+    except UsageError:
+        discard_if_unused(out_dir)
+        raise
+    rundir = RunDirectory(out_dir).claim()
+    try:
+        rundir.check_fresh(job.writer.filename, bool(cfg.get("overwrite", False)))
+        write_run_config(out_dir, cfg, hc)
+        write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost
+        log.info(
+            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d local prompt(s)",
+            choices.get("sampler"), job.backbone.label, job.length, job.backbone.frames_for(job.length),
+            job.plan.count, job.plan.window, job.sampler.stride, len(job.story.local_prompts),
+        )
+        return execute(job)
+    finally:
+        rundir.release()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with user_errors():
-        run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices))
+        run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)

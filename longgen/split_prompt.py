@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from longgen.errors import UsageError
-from longgen.generate import user_errors
+from longgen.errors import UsageError, user_errors
 from longgen.splitters.scenario import split_scenario_file
 from longgen.story import Story
 

@@ -116,15 +116,16 @@ class Sampler(ABC):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
+#: most sampling steps: one per training timestep of the schedules in use (1000 on CogVideoX and Wan)
+MAX_STEPS = 1000
+
+
 def check_common(num_steps: int, guidance_scale: float, stride: int | None = None, eta: float = 0.0) -> None:
     """Range checks shared by the samplers' constructors (clear errors before any weights load)."""
-    from longgen.errors import UsageError
+    from longgen.options import number, whole
 
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise UsageError(f"sampler.num_steps={num_steps} must be a whole number >= 1")
-    if guidance_scale < 0:
-        raise UsageError(f"sampler.guidance_scale={guidance_scale} must be >= 0 (<= 1 turns guidance off)")
-    if stride is not None and (int(stride) != stride or stride < 1):
-        raise UsageError(f"sampler.stride={stride} must be a whole number >= 1 (latent frames)")
-    if not 0.0 <= eta <= 1.0:
-        raise UsageError(f"sampler.eta={eta} must be in [0, 1]")
+    whole("sampler.num_steps", num_steps, 1, MAX_STEPS)
+    number("sampler.guidance_scale", guidance_scale, 0.0, 100.0)
+    if stride is not None:
+        whole("sampler.stride", stride, 1)
+    number("sampler.eta", eta, 0.0, 1.0)

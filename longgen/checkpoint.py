@@ -1,0 +1,229 @@
+"""Step checkpoints of the sample stage, and clean interrupts.
+
+A checkpoint (`checkpoint.safetensors` in the run directory, written atomically, safetensors so nothing is
+unpickled) holds everything that continues a run to the same bytes as an uninterrupted one:
+- the sampler's state tensors (`state.<name>`, e.g. x_t [L, C, H, W] float32, exactly as on the device),
+- the run's CPU generator state (`generator`, uint8) — every random draw of every sampler comes from it,
+- metadata (JSON strings): the number of finished steps and the total, the result-determining part of the resolved
+  config and its hash, the story's hash, the forward counters and sampling time so far, the longgen version.
+
+`resume` rebuilds the run from the saved config, re-runs the sampler's `begin` (which draws nothing), restores the
+tensors and the generator, and continues at the next step. The config is compared key by key, so an override
+that would change the result is named in the refusal.
+
+Interrupts: the first SIGINT/SIGTERM while sampling lets the current step finish, then the step hook writes the
+checkpoint and raises `Interrupted` (exit 130, one line with the resume command). A second signal, or one
+outside sampling, raises KeyboardInterrupt at once; atomic writers remove their temporary files on the way out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from longgen import __version__
+from longgen.errors import Interrupted, UsageError
+from longgen.rundir import atomic_file
+from longgen.samplers.base import SamplerState
+
+log = logging.getLogger("longgen")
+
+#: options that do not change the sampled latents: they may differ between a run and its resume
+HARMLESS = (
+    "writer",
+    "model_path",
+    "backbone.model_path",
+    "backbone.device",
+    "backbone.cpu_offload",
+    "backbone.vae_tiling",
+    "backbone.text_encoder",
+    "save_latents",
+    "checkpoint_every",
+    "checkpoint_seconds",
+    "preview_every",
+    "preview_scale",
+    "overwrite",
+    "eval",
+)
+
+
+def result_config(cfg: DictConfig) -> dict:
+    """The resolved config without the HARMLESS options: what the sampled latents depend on."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in HARMLESS:
+        head, _, rest = key.partition(".")
+        if rest:
+            if isinstance(data.get(head), dict):
+                data[head].pop(rest, None)
+        else:
+            data.pop(head, None)
+    return data
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"sampler": {"t_min": 850}} → {"sampler.t_min": 850}."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@dataclass
+class Checkpoint:
+    state: SamplerState
+    total: int
+    generator_state: torch.Tensor  # uint8, torch.Generator.get_state()
+    config: dict  # result_config(cfg)
+    story_hash: str
+    counters: dict = field(default_factory=dict)  # forwards, calls, sample_s so far
+    version: str = __version__
+
+    def check_matches(self, config: dict, story_hash: str, path: Path) -> None:
+        """One line naming what differs when the checkpoint belongs to another configuration or story."""
+        if digest(config) != digest(self.config):
+            old, new = flat(self.config), flat(config)
+            diffs = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+            shown = ", ".join(f"{k} ({old.get(k, '<unset>')} → {new.get(k, '<unset>')})" for k in diffs[:4])
+            more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+            raise UsageError(
+                f"{path} was made with other settings: {shown}{more}; resume accepts only options that do not "
+                f"change the result ({', '.join(HARMLESS)}): start a new run for the others"
+            )
+        if story_hash != self.story_hash:
+            raise UsageError(f"{path} was made from another story than the run directory's story.json: start a new run")
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"state.{k}": v.detach().to("cpu").contiguous() for k, v in ckpt.state.tensors.items()}
+    tensors["generator"] = ckpt.generator_state.contiguous()
+    meta = {
+        "format": "longgen-checkpoint-1",
+        "done": str(ckpt.state.done),
+        "total": str(ckpt.total),
+        "config": json.dumps(ckpt.config, sort_keys=True),
+        "config_hash": digest(ckpt.config),
+        "story_hash": ckpt.story_hash,
+        "counters": json.dumps(ckpt.counters),
+        "version": ckpt.version,
+    }
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Read and verify a checkpoint; a missing, truncated or foreign file is one line."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}: nothing to resume (was the run started with checkpoint_every=0?)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "longgen-checkpoint-1":
+                raise ValueError("not a longgen checkpoint")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(meta["config"])
+        if digest(config) != meta["config_hash"]:
+            raise ValueError("its config does not match its hash")
+        state = SamplerState(
+            {k.removeprefix("state."): v.to(device) for k, v in tensors.items() if k.startswith("state.")},
+            done=int(meta["done"]),
+        )
+        ckpt = Checkpoint(state, int(meta["total"]), tensors["generator"], config, meta["story_hash"],
+                          json.loads(meta["counters"]), meta["version"])
+    except Exception as exc:  # safetensors raises its own error types for truncated headers/data
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} is damaged or not a longgen checkpoint ({reason}): start a new run") from None
+    if not state.tensors or not 0 <= state.done <= ckpt.total:
+        raise UsageError(f"{path} is damaged (no state or step {state.done} of {ckpt.total}): start a new run")
+    return ckpt
+
+
+class Interrupts:
+    """SIGINT/SIGTERM handling for one command (a context manager; handlers restored on exit)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.sampling = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a joblib worker thread): leave the defaults
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.sampling and self.requested is None:
+            self.requested = name
+            log.warning("%s: finishing the current step, then saving a checkpoint (again to stop at once)", name)
+            return
+        raise KeyboardInterrupt(name)
+
+
+class StepHooks:
+    """The sample stage's after-step callback: checkpoints (every `every` steps and/or `seconds`, always after the
+    last step and on an interrupt), previews, and the interrupt that stops the run."""
+
+    def __init__(
+        self,
+        path: Path,
+        make: Callable[[SamplerState, int], Checkpoint],
+        interrupts: Interrupts,
+        every: int = 1,
+        seconds: float | None = None,
+        preview: Callable[[SamplerState, int], None] | None = None,
+        resume_command: str = "",
+    ) -> None:
+        self.path, self.make, self.interrupts = path, make, interrupts
+        self.every, self.seconds, self.preview = every, seconds, preview
+        self.resume_command = resume_command
+        self._last = time.monotonic()
+        self.saved_at: int | None = None
+
+    def _due(self, done: int, total: int) -> bool:
+        if self.interrupts.requested:
+            return True
+        if self.every <= 0 and not self.seconds:
+            return False  # periodic checkpoints off (the final one too)
+        if done == total or (self.every > 0 and done % self.every == 0):
+            return True
+        return bool(self.seconds) and time.monotonic() - self._last >= self.seconds
+
+    def __call__(self, state: SamplerState, total: int) -> None:
+        if self.preview is not None:
+            self.preview(state, total)
+        if self._due(state.done, total):
+            save_checkpoint(self.path, self.make(state, total))
+            self._last = time.monotonic()
+            self.saved_at = state.done
+        if self.interrupts.requested and state.done < total:
+            raise Interrupted(
+                f"stopped by {self.interrupts.requested} after step {state.done} of {total}; the checkpoint is "
+                f"{self.path}; continue with: {self.resume_command}"
+            )

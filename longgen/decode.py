@@ -1,0 +1,146 @@
+"""`longgen decode RUN_DIR|LATENTS.safetensors [KEY=VALUE ...]`: write the video again from saved latents.
+
+For a run directory the latents are its `latents.safetensors`, or the final state in `checkpoint.safetensors`
+when sampling finished but the video was not written; backbone and writer come from the run's saved config and
+may be overridden (writer.*, backbone.device/dtype/vae_tiling/cpu_offload, model_path). For a latents file
+(`[F, C, H, W]` under key `latents`, as generate writes it) the backbone is chosen as for generate
+(`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder). Only the VAE's
+decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from longgen.build import build
+from longgen.errors import UsageError, user_errors
+from longgen.progress import StepProgress
+from longgen.rundir import (
+    CHECKPOINT,
+    LATENTS,
+    RunDirectory,
+    apply_overrides,
+    check_writable_dir,
+    load_run_config,
+    setup_logging,
+)
+
+log = logging.getLogger("longgen")
+
+#: what decode may change in a run directory's saved config
+DECODE_OPTIONS = ("writer", "model_path", "backbone.model_path", "backbone.device", "backbone.dtype",
+                  "backbone.vae_tiling", "backbone.cpu_offload", "overwrite")
+
+USAGE = """usage: longgen decode RUN_DIR [KEY=VALUE ...]
+       longgen decode LATENTS.safetensors [backbone=NAME] [out=DIR] [KEY=VALUE ...]
+
+Write the video again from saved latents without sampling (after a decode that failed, or with other writer
+settings, e.g. writer.filename=video_crf10.mp4 writer.crf=10). In a run directory: {allowed}.
+An existing video is not replaced unless overwrite=true.
+"""
+
+
+def read_latents(path: Path) -> torch.Tensor:
+    """[F, C, H, W] float32 from a latents file (key `latents`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            if "latents" not in f.keys():
+                raise ValueError(f"no `latents` tensor (keys: {', '.join(list(f.keys())[:5])})")
+            latents = f.get_tensor("latents")
+    except Exception as exc:
+        raise UsageError(f"{path} is not a latents file ({str(exc).splitlines()[0][:120]})") from None
+    if latents.ndim != 4:
+        raise UsageError(f"{path}: latents must be [F, C, H, W], got shape {list(latents.shape)}")
+    return latents.float()
+
+
+def run_latents(run_dir: Path, cfg, choices) -> torch.Tensor:
+    """A run directory's final latents [F, C, H, W]: latents.safetensors, else a finished checkpoint."""
+    from longgen.checkpoint import load_checkpoint
+
+    if (run_dir / LATENTS).is_file():
+        return read_latents(run_dir / LATENTS)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise UsageError(f"{run_dir} has neither {LATENTS} nor {CHECKPOINT}: rerun generate with save_latents=true")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    if ckpt.state.done < ckpt.total:
+        raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
+                         f"finish it with `longgen resume {run_dir}`")
+    sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
+    return sampler.finish(ckpt.state)[0]  # [F, C, H, W]
+
+
+def run_decode(target: Path, overrides: list[str]) -> dict:
+    if target.is_dir():
+        cfg, choices = load_run_config(target)
+        apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
+        out_dir = target
+        latents = run_latents(target, cfg, choices)
+    elif target.is_file():
+        cfg, choices = compose_for_file(overrides)
+        out_dir = Path(str(cfg.get("out") or target.parent)).expanduser()
+        check_writable_dir(out_dir, "out")
+        latents = read_latents(target)
+    else:
+        raise UsageError(f"{target}: no such run directory or latents file")
+    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
+    writer = build(cfg.writer, "writer", choices.get("writer"))
+    writer.check()
+    if tuple(latents.shape[1:]) != tuple(backbone.latent_shape):
+        raise UsageError(f"the latents' frames are {list(latents.shape[1:])} but {backbone.label} expects "
+                         f"{list(backbone.latent_shape)}: pick the backbone they were sampled with (backbone=…)")
+    backbone.check_length(latents.shape[0])
+    rundir = RunDirectory(out_dir).claim()
+    try:
+        if (out_dir / writer.filename).exists() and not cfg.get("overwrite", False):
+            raise UsageError(f"{out_dir / writer.filename} exists: pass overwrite=true to replace it, or "
+                             f"writer.filename=OTHER.mp4")
+        backbone.check_available()
+        backbone.load()
+        try:
+            with StepProgress() as progress:
+                video = writer.write(backbone.decode_stream(latents[None].to(backbone.device)), out_dir, backbone.fps,
+                                     backbone.frames_for(latents.shape[0]), progress)
+        finally:
+            backbone.release()
+    finally:
+        rundir.release()
+    log.info("wrote %s (%d frames at %d fps)", video["path"], video["frames"], video["fps"])
+    return video
+
+
+def compose_for_file(overrides: list[str]):
+    """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.cli import check_group_choices, check_option_keys
+
+    extra = [o for o in overrides if o.startswith("out=")]
+    rest = [o for o in overrides if not o.startswith("out=")]
+    problem = check_group_choices(rest) or check_option_keys("generate", rest)
+    if problem:
+        raise UsageError(problem)
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=rest + [f"+{o}" for o in extra], return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    return cfg, {k: str(v) for k, v in choices.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE.format(allowed=", ".join(DECODE_OPTIONS)))
+        sys.exit(0 if args else 2)
+    target = Path(args[0]).expanduser()
+    with user_errors():
+        setup_logging(target if target.is_dir() else None, "decode")
+        run_decode(target, args[1:])

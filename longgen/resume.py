@@ -1,0 +1,67 @@
+"""`longgen resume RUN_DIR [KEY=VALUE ...]`: continue an interrupted run from its checkpoint.
+
+The run is rebuilt from the directory's own `.hydra/config.yaml` and `story.json` through the same stages as
+`generate` (plan → encode → sample → decode → record); the sampler continues after the checkpoint's step with the
+saved tensors and generator state, so the video is bit-identical to an uninterrupted run on the same machine and
+software. Only options that cannot change the sampled latents may be overridden (checkpoint.HARMLESS: writer
+options, the device, offload, tiling, where the weights are); anything else is refused with one line, and a
+checkpoint whose recorded config or story differs from the directory's is refused too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from longgen.checkpoint import HARMLESS, load_checkpoint, result_config
+from longgen.errors import UsageError, user_errors
+from longgen.generate import execute, plan_job
+from longgen.rundir import CHECKPOINT, RunDirectory, apply_overrides, load_run_config, setup_logging, write_text
+from longgen.story import Story
+
+log = logging.getLogger("longgen")
+
+USAGE = """usage: longgen resume RUN_DIR [KEY=VALUE ...]
+
+Continue an interrupted `longgen generate` run from RUN_DIR/checkpoint.safetensors (written every
+checkpoint_every steps and on Ctrl-C/SIGTERM). The result is bit-identical to an uninterrupted run.
+Options that do not change the result may be given: {allowed}.
+Also finishes a run whose sampling completed but whose video was not written (e.g. a decode that ran out of memory).
+"""
+
+
+def run_resume(run_dir: Path, overrides: list[str]) -> dict:
+    cfg, choices = load_run_config(run_dir)
+    applied = apply_overrides(cfg, overrides, HARMLESS, "resume")
+    rundir = RunDirectory(run_dir).claim()
+    try:
+        path = run_dir / CHECKPOINT
+        if not path.is_file() and (run_dir / "manifest.json").is_file():
+            raise UsageError(f"{run_dir} holds a finished run (manifest.json, no checkpoint): nothing to resume")
+        if not (run_dir / "story.json").is_file():
+            raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
+        ckpt = load_checkpoint(path)
+        job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
+        ckpt.check_matches(result_config(cfg), job.story_hash(), path)
+        if applied:
+            write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
+                 f" with {' '.join(applied)}" if applied else "")
+        return execute(job, resume=ckpt, extra={"resumed": {"after_step": ckpt.state.done, "overrides": applied}})
+    finally:
+        rundir.release()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE.format(allowed=", ".join(HARMLESS)))
+        sys.exit(0 if args else 2)
+    run_dir = Path(args[0]).expanduser()
+    with user_errors():
+        if run_dir.is_dir():
+            setup_logging(run_dir)
+        run_resume(run_dir, args[1:])

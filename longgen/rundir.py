@@ -1,0 +1,218 @@
+"""The run directory: atomic output files, one process at a time, finished work never overwritten.
+
+- `atomic_file(path)`: a unique temporary file created next to `path` (mkstemp: O_CREAT|O_EXCL, so it never
+  follows a planted symlink and two runs never share it), renamed over `path` only when the block completes; on any
+  error, interrupt or exit it is removed. A SIGKILL can leave one hidden `.NAME.*.tmp*` file behind, never a
+  truncated file under the final name; `remove_stale_temps` clears such leftovers when the directory is next used.
+- `RunDirectory.claim()`: an exclusive `flock` on `.longgen.lock` for the life of the process, so a second run
+  into the same directory stops with one line instead of interleaving its files with the first's.
+- `check_fresh()`: a directory holding a finished video, final latents or an unfinished run's checkpoint is
+  refused (`overwrite=true` to replace it, `longgen resume DIR` to continue it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from longgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+LOCK_NAME = ".longgen.lock"
+CHECKPOINT = "checkpoint.safetensors"
+LATENTS = "latents.safetensors"
+#: files a finished or interrupted run leaves, which a new run must not silently replace
+OUTPUTS = ("manifest.json", LATENTS, CHECKPOINT)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[a-z0-9]+)?$")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a fresh temporary path in path's directory; rename it to `path` when the block ends without error.
+    `suffix` is appended to the temporary name (e.g. ".mp4" so that ffmpeg picks the container)."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)  # replaces a symlink at `path` itself, never its target
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data: object) -> None:
+    """JSON with finite numbers only (allow_nan=False: NaN/inf would make invalid JSON)."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def remove_stale_temps(directory: Path) -> list[str]:
+    """Delete temporary files that a killed run left in `directory` (call only while holding its lock)."""
+    removed = []
+    for entry in directory.iterdir():
+        if entry.is_file() and _TEMP.match(entry.name):
+            entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """One line when `path` cannot become a writable directory: it is a file, lies under a file, or its nearest
+    existing ancestor is read-only."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what}={path} is a file, not a directory: pick another directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{what}={path} lies under the file {probe}: pick another directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}={path}: {probe} is not writable: pick a writable directory")
+
+
+class RunDirectory:
+    """A run directory held by this process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def claim(self) -> "RunDirectory":
+        """Take the directory's lock (held until the process exits or `release`); one line if another run has it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot lock the run directory {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UsageError(
+                    f"another longgen run is using {self.path}: wait for it to finish or pick another directory "
+                    f"(hydra.run.dir=…)"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        remove_stale_temps(self.path)
+        return self
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def existing_outputs(self, video_name: str) -> list[str]:
+        names = [video_name, *OUTPUTS]
+        return [n for n in names if (self.path / n).exists()]
+
+    def check_fresh(self, video_name: str, overwrite: bool) -> None:
+        """Refuse a directory that holds another run's results, unless `overwrite` (then remove them)."""
+        found = self.existing_outputs(video_name)
+        if not found:
+            return
+        if not overwrite:
+            if CHECKPOINT in found and video_name not in found:
+                raise UsageError(
+                    f"{self.path} holds an unfinished run ({CHECKPOINT}): continue it with `longgen resume {self.path}`, "
+                    f"or pass overwrite=true to start over there"
+                )
+            raise UsageError(
+                f"{self.path} already holds a finished run ({', '.join(found)}): pick another directory or pass "
+                f"overwrite=true to replace it"
+            )
+        for name in found:
+            (self.path / name).unlink()
+
+
+# ---------------------------------------------------------------------------------------------------- saved config
+def load_run_config(run_dir: Path) -> tuple[DictConfig, dict[str, str]]:
+    """The resolved config a run was made with (.hydra/config.yaml) and its group choices (.hydra/hydra.yaml)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a directory: give the run directory of a `longgen generate` run")
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a longgen run directory (no .hydra/config.yaml)")
+    try:
+        cfg = OmegaConf.load(path)
+        choices = {}
+        hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+        if hydra_yaml.is_file():
+            choices = dict(OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices") or {})
+    except Exception as exc:
+        raise UsageError(f"{path} cannot be read ({str(exc).splitlines()[0][:120]}): the run directory is damaged") from None
+    return cfg, {k: str(v) for k, v in choices.items()}
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, ...], command: str) -> list[str]:
+    """Apply `key=value` overrides (values parsed as YAML, like Hydra's) whose key is under one of `allowed`
+    (e.g. "writer" allows writer.crf); anything else is one line. Returns the applied overrides."""
+    from omegaconf import OmegaConf
+
+    applied = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key:
+            raise UsageError(f"`longgen {command}` takes KEY=VALUE options after the path, got {item!r}")
+        if not any(key == a or key.startswith(a + ".") for a in allowed):
+            raise UsageError(
+                f"`longgen {command}` cannot change {key}: it would change the result or does not apply; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        OmegaConf.update(cfg, key, parsed, merge=True, force_add=True)
+        applied.append(f"{key}={value}")
+    return applied
+
+
+def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
+    """For commands that run without Hydra (resume, decode): the Rich console handler and the run's log file
+    (appended), as conf/hydra/job_logging/rich.yaml sets them up for generate."""
+    import logging
+
+    from longgen.progress import rich_handler
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = rich_handler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if run_dir is None:
+        return
+    file_handler = logging.FileHandler(Path(run_dir) / f"{name}.log", mode="a", delay=True)
+    file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(file_handler)
