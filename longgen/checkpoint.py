@@ -53,6 +53,7 @@ HARMLESS = (
     "preview_scale",
     "overwrite",
     "eval",
+    "gpus",  # the latents are the same bytes on any number of GPUs (distributed.py)
 )
 
 

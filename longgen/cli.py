@@ -43,6 +43,7 @@ examples:
   longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
   longgen resume outputs/2026-11-22/10-31-07-123456
+  longgen generate gpus=2 sampler=syncos story=story.json      (one process per GPU, same video as on one)
   longgen decode outputs/2026-11-22/10-31-07-123456 writer.crf=10 writer.filename=video_hq.mp4
   longgen generate --cfg job
   longgen generate --help          (options of one command)
@@ -173,6 +174,26 @@ def fill_positional(command: str, args: list[str]) -> list[str]:
     return out
 
 
+def several_processes(command: str, rest: list[str]) -> int | None:
+    """`gpus=N`: run the command as N processes (their exit status is returned). Under torchrun (or as one of
+    those N): join the process group; ranks > 0 follow rank 0's jobs and return their status here, rank 0 goes on
+    (None). Alone: None."""
+    from longgen import distributed
+    from longgen.errors import RunFailure, UsageError
+
+    try:
+        code = distributed.launch_if_asked(command, rest)
+        if code is not None:
+            return code
+        group = distributed.attach()
+    except (UsageError, RunFailure) as exc:
+        print(f"longgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if group is not None and group.rank != 0:
+        return group.follow()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -186,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
         return 2
     module_name, config, _ = COMMANDS[command]
+    if command in ("generate", "resume"):
+        code = several_processes(command, rest)
+        if code is not None:
+            return code
     if config is None:  # resume / decode: a path, then options checked by the command itself
         importlib.import_module(module_name).main(rest)
         return 0

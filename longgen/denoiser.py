@@ -15,6 +15,7 @@ from typing import ContextManager, Sequence
 import torch
 
 from longgen.diffusion import NoiseSchedule
+from longgen.distributed import Units
 from longgen.errors import UsageError
 
 
@@ -39,6 +40,9 @@ class Denoiser(ABC):
     forward_count: int = 0
     #: number of batched transformer calls since the last reset
     call_count: int = 0
+    #: where the units of work (transformer calls of micro-batch size, windows, VAE tiles) run: this process, or
+    #: spread over a process group (longgen/distributed.py); set per job by generate
+    units: Units = Units()
 
     @abstractmethod
     def schedule(self, num_steps: int) -> NoiseSchedule:
@@ -77,3 +81,25 @@ class Denoiser(ABC):
             f"the {type(self).__name__} backbone cannot backpropagate through its model: use a sampler option that "
             f"does not need model gradients (e.g. sampler.vmcr_source=affine)"
         )
+
+    def window_vjp(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        prompt_ids: Sequence[int],
+        guidance_scale: float,
+        cotangent: torch.Tensor,
+    ) -> torch.Tensor:
+        """Vector-Jacobian products of the guided x̂0, one window at a time (so memory stays that of one window):
+        for each window k, ∂⟨x̂0(x_t[k]), cotangent[k]⟩ / ∂x_t[k]. x_t, cotangent: [K, M, C, H, W] → [K, M, C, H, W].
+        Each window is a unit of work (`units`); its forward and backward run in one process."""
+
+        def one(k: int) -> torch.Tensor:
+            xk = x_t[k : k + 1].detach().requires_grad_(True)  # [1, M, C, H, W]
+            with self.units.alone(), torch.enable_grad():
+                out = self.predict_grad(xk, t, [prompt_ids[k]], guidance_scale).x0  # [1, M, C, H, W]
+                (grad,) = torch.autograd.grad(out, xk, grad_outputs=cotangent[k : k + 1])
+            return grad[0]  # [M, C, H, W]
+
+        rows = 2 if guidance_scale > 1.0 else 1
+        return torch.stack(self.units.map(one, [rows] * x_t.shape[0], kind="vjp"))  # [K, M, C, H, W]

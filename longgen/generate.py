@@ -16,6 +16,10 @@ The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py
 Before stage 2 the run directory is claimed (`rundir.RunDirectory`: a lock, refusal of another run's results
 unless overwrite=true) and `.hydra/` is written by us, after those checks, so a refused run never touches an
 existing run's config (Hydra's own copy is switched off with hydra.output_subdir=null).
+
+On several processes (`gpus=N`, torchrun; longgen/distributed.py) this process is rank 0: it alone claims and
+writes the run directory, and hands each job to the other ranks, which run stages 1–5 with `job.world.writes`
+false (no hooks, the decode only computes their share of the tiles, nothing recorded).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from longgen import __version__
 from longgen.build import build
 from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, digest, result_config
+from longgen.distributed import PeerFailed, Units, current
 from longgen.errors import Interrupted, RunFailure, UsageError, user_errors
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.preview import Preview
@@ -74,6 +79,7 @@ class Job:
     use_global: bool
     stripped: int
     timings: dict[str, float] = field(default_factory=dict)
+    world: Units = field(default_factory=Units)  # this process's share of the work (distributed.py)
 
     def local_index(self, start: int, size: int) -> int:
         return self.story.prompt_index_at(start + size / 2, self.length)
@@ -104,6 +110,8 @@ def check_top_level(cfg: DictConfig) -> None:
         number("checkpoint_seconds", cfg.checkpoint_seconds, 0.0, lo_open=True)
     whole("preview_every", cfg.preview_every, 0)
     number("preview_scale", cfg.preview_scale, 0.0, 1.0, lo_open=True)
+    if cfg.get("gpus", 1) != "all":
+        whole("gpus", cfg.get("gpus", 1), 1, 4096)
 
 
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
@@ -233,7 +241,8 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
 
     preview = Preview(backbone, job.plan, job.out_dir, int(cfg.preview_every), float(cfg.preview_scale))
     hooks = StepHooks(job.out_dir / CHECKPOINT, snapshot, interrupts, int(cfg.checkpoint_every),
-                      cfg.get("checkpoint_seconds"), preview if preview.every > 0 else None, resume_command(job))
+                      cfg.get("checkpoint_seconds"), job.world.solo(preview) if preview.every > 0 else None,
+                      resume_command(job))
     run = SamplingRun(
         denoiser=backbone,
         noise=noise.to(backbone.device),
@@ -241,7 +250,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         generator=gen,
         progress=progress,
         prompt_ids=prompts.roles,
-        after_step=hooks,
+        after_step=hooks if job.world.writes else (lambda state, total: None),  # only rank 0 writes
     )
     state = None
     if resume is not None:
@@ -251,6 +260,10 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
     interrupts.sampling = True
     try:
         latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
+    except PeerFailed as exc:
+        kept = (f"the checkpoint after step {hooks.saved_at} is kept in {hooks.path}; continue with: "
+                f"{resume_command(job)}") if hooks.saved_at is not None else "no checkpoint was written yet"
+        raise PeerFailed(f"{exc}; {kept}") from None
     finally:
         interrupts.sampling = False
     if latents.device.type == "cuda":
@@ -283,6 +296,11 @@ def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint:
     out = job.out_dir
     t0 = time.perf_counter()
     total = job.backbone.frames_for(job.length)
+    if not job.world.writes:  # another rank writes the video; this one decodes its share of the tiles
+        for _ in job.backbone.decode_stream(latents):
+            pass
+        job.timings["decode_s"] = time.perf_counter() - t0
+        return {}
     try:
         video = job.writer.write(job.backbone.decode_stream(latents), out, job.backbone.fps, total, progress)
     except (Exception, KeyboardInterrupt) as exc:
@@ -324,6 +342,10 @@ def package_versions() -> dict[str, str]:
 def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = None) -> dict:
     """Stage 5: latents (if asked), story, manifest; then the checkpoint is no longer needed."""
     out, backbone, cfg, timings = job.out_dir, job.backbone, job.cfg, job.timings
+    if not job.world.writes:
+        job.world.report(timings)  # rank 0 puts this rank's timings into the manifest
+        return {}
+    processes = job.world.summary(timings)  # world size, devices, per-rank timings
     latent_path = out / LATENTS
     if cfg.save_latents:
         save_latents(latents, latent_path)
@@ -353,6 +375,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "peak_gpu_memory_bytes": peak,
         "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed)",
         "checkpoint_every": int(cfg.checkpoint_every),
+        "distributed": processes,
         "versions": package_versions(),
         "outputs": {
             "video": Path(video["path"]).name,
@@ -406,8 +429,11 @@ def validate_sweep(args: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------------- the commands
 def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = None) -> dict:
     """Stages 2–5 on a claimed run directory."""
+    writes = job.world.writes
     try:
-        with Interrupts() as interrupts, StepProgress() as progress:
+        # only rank 0 draws progress and handles Ctrl-C/SIGTERM (the others follow its decision)
+        with (Interrupts() if writes else contextlib.nullcontext(Interrupts())) as interrupts, \
+                StepProgress(None if writes else False) as progress:
             prompts = encode(job)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
@@ -445,8 +471,10 @@ def discard_if_unused(out_dir: Path) -> None:
 
 def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
     """Generate one video into `out_dir`; return the manifest."""
+    world = current()
     try:
         job = plan_job(cfg, out_dir, choices)
+        world.adopt(job)
     except UsageError:
         discard_if_unused(out_dir)
         raise
@@ -460,9 +488,21 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
             choices.get("sampler"), job.backbone.label, job.length, job.backbone.frames_for(job.length),
             job.plan.count, job.plan.window, job.sampler.stride, len(job.story.local_prompts),
         )
-        return execute(job)
+        with world.job(job_message(job)):
+            return execute(job)
     finally:
         rundir.release()
+
+
+def job_message(job: Job, resume: Checkpoint | None = None) -> dict:
+    """What the other ranks need to run this job (distributed.run_follower_job): everything resolved here."""
+    return {
+        "cfg": OmegaConf.to_container(job.cfg, resolve=True),
+        "choices": dict(job.choices),
+        "out_dir": str(job.out_dir),
+        "story": job.given_story.to_dict(),
+        "resume": resume,
+    }
 
 
 @hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="generate")

@@ -17,8 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from longgen.checkpoint import HARMLESS, load_checkpoint, result_config
+from longgen.distributed import current
 from longgen.errors import UsageError, user_errors
-from longgen.generate import execute, plan_job
+from longgen.generate import execute, job_message, plan_job
 from longgen.rundir import CHECKPOINT, RunDirectory, apply_overrides, load_run_config, setup_logging, write_text
 from longgen.story import Story
 
@@ -27,7 +28,8 @@ log = logging.getLogger("longgen")
 USAGE = """usage: longgen resume RUN_DIR [KEY=VALUE ...]
 
 Continue an interrupted `longgen generate` run from RUN_DIR/checkpoint.safetensors (written every
-checkpoint_every steps and on Ctrl-C/SIGTERM). The result is bit-identical to an uninterrupted run.
+checkpoint_every steps and on Ctrl-C/SIGTERM). The result is bit-identical to an uninterrupted run, also on
+another number of GPUs (gpus=N; default: the run's own setting).
 Options that do not change the result may be given: {allowed}.
 Also finishes a run whose sampling completed but whose video was not written (e.g. a decode that ran out of memory).
 """
@@ -45,12 +47,15 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
         ckpt = load_checkpoint(path)
         job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
+        world = current()
+        world.adopt(job)
         ckpt.check_matches(result_config(cfg), job.story_hash(), path)
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
                  f" with {' '.join(applied)}" if applied else "")
-        return execute(job, resume=ckpt, extra={"resumed": {"after_step": ckpt.state.done, "overrides": applied}})
+        with world.job(job_message(job, resume=ckpt)):  # the other ranks (gpus=N, torchrun) resume it too
+            return execute(job, resume=ckpt, extra={"resumed": {"after_step": ckpt.state.done, "overrides": applied}})
     finally:
         rundir.release()
 

@@ -13,12 +13,13 @@ Which window is the anchor, exactly:
 - Classifier-free guidance runs the batch twice in one stacked batch, [unconditional rows, conditional rows]. Each
   branch has its own anchor: unconditional rows blend with the unconditional anchor's K/V, conditional rows with the
   conditional anchor's (mixing branches would leak the prompt into the unconditional estimate).
-- The backbone may split those rows into several transformer calls (micro-batches). Rows are processed in order
-  and every anchor is the first row of its (branch, group) segment, so by the time any row of a segment runs, its
-  anchor's K/V for that layer have already been computed — in the same call or an earlier one — and are kept in a
-  per-layer store. The anchor's own K/V are unchanged by the blend (λ·K_a + (1 − λ)·K_a = K_a), so the anchor's
-  hidden states do not depend on which other rows share its call: the stored K/V are exactly those of the anchor at
-  this timestep, and the result does not depend on the micro-batch size.
+- The backbone splits those rows into transformer calls (micro-batches, possibly spread over several processes:
+  longgen/distributed.py). Each branch runs in two phases (`AnchorLayout.phases`): its anchor rows first, in calls
+  of their own, which store their K/V per layer; then its other rows, each blending with its group's stored anchor.
+  The anchor's own K/V are unchanged by the blend (λ·K_a + (1 − λ)·K_a = K_a), so an anchor call is plain attention
+  and the stored K/V are exactly those of the anchor at this timestep. The calls are the same whatever the number of
+  processes (each process runs the anchor calls itself), so the result is the same bytes on 1 or N GPUs; it does
+  not depend on the micro-batch size beyond floating-point rounding.
 - The store holds one anchor per group and layer (the conditional branch overwrites the unconditional anchors only
   after every unconditional row has run) and is emptied when the `predict` call ends. Memory: 2 (K and V) × layers ×
   heads × video tokens × head dim per group, e.g. 2·30·30·17 550·64 fp16 values ≈ 4 GB per group on CogVideoX-2B.
@@ -57,10 +58,9 @@ class AnchorLayout:
         self._batch: int | None = None  # windows per CFG branch in the open predict call
         self._group_of: list[int] = []  # in-branch row → group
         self._group_start: list[int] = []  # group → its anchor's in-branch row
-        self._seen = 0  # rows that entered the transformer so far in this predict call
-        self._rows: range = range(0)  # rows of the transformer call in flight
-        self._last_layer: int | None = None
-        self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._planned = False  # the backbone asked for this predict's phases
+        self._rows: list[int] | None = None  # rows of the transformer call in flight
+        self._store: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}  # (layer, group) → branch, K, V
 
     @contextlib.contextmanager
     def call(self, batch: int) -> Iterator[None]:
@@ -70,42 +70,73 @@ class AnchorLayout:
             raise ValueError(f"anchor attention groups {sizes} do not add up to the {batch} windows of this predict")
         self._group_of = [g for g, n in enumerate(sizes) for _ in range(n)]
         self._group_start = [sum(sizes[:g]) for g in range(len(sizes))]
-        self._batch, self._seen, self._last_layer = batch, 0, None
+        self._batch, self._planned, self._rows = batch, False, None
         self._store.clear()
         try:
             yield
-            if self._seen == 0 or self._seen % batch:
-                raise RuntimeError(f"anchor attention saw {self._seen} rows for a batch of {batch} windows")
+            if not self._planned:
+                raise RuntimeError("anchor attention: the backbone ran this predict without its anchor phases")
         finally:
             self._batch = None
             self._store.clear()
 
-    def rows(self, layer: int, size: int) -> range:
-        """Rows (in the CFG-stacked batch) of the transformer call in flight; a new call starts whenever the layer
-        index does not increase (every forward runs its attention layers in order)."""
+    def phases(self, total: int) -> list[tuple[list[int], list[int]]]:
+        """How the `total` CFG-stacked rows of the open predict must run: per branch (unconditional, then
+        conditional), (its anchor rows, its other rows), each in stacked-row order. The anchors run first, in calls
+        of their own, so that every later call of the branch — in this process or another — finds their keys and
+        values stored, and no call mixes anchors with other rows."""
         if self._batch is None:
+            raise RuntimeError("anchor attention phases asked outside a predict call of the backbone")
+        if total % self._batch:
+            raise RuntimeError(f"anchor attention: {total} rows for a batch of {self._batch} windows")
+        self._planned = True
+        out = []
+        for branch in range(total // self._batch):
+            first = branch * self._batch
+            anchors = [first + s for s in self._group_start]
+            others = [r for r in range(first, first + self._batch) if r not in anchors]
+            out.append((anchors, others))
+        return out
+
+    @contextlib.contextmanager
+    def running(self, rows: Sequence[int]) -> Iterator[None]:
+        """Bracket one transformer call over these stacked rows."""
+        self._rows = list(rows)
+        try:
+            yield
+        finally:
+            self._rows = None
+
+    def rows(self, layer: int, size: int) -> list[int]:
+        """Rows (in the CFG-stacked batch) of the transformer call in flight."""
+        if self._batch is None or self._rows is None:
             raise RuntimeError("anchor attention processors ran outside a predict call of the backbone")
-        if self._last_layer is None or layer <= self._last_layer:
-            self._rows = range(self._seen, self._seen + size)
-            self._seen += size
-        self._last_layer = layer
         if len(self._rows) != size:
-            raise RuntimeError("anchor attention: the layers of one transformer call saw different batch sizes")
+            raise RuntimeError(f"anchor attention: a call of {size} rows where {len(self._rows)} were announced")
         return self._rows
 
     def blend(
-        self, layer: int, rows: range, key: torch.Tensor, value: torch.Tensor
+        self, layer: int, rows: Sequence[int], key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10 for the video tokens of one call. key, value: [b, heads, N, head_dim] → same shapes."""
-        k_rows, v_rows = [], []
-        for i, row in enumerate(rows):  # in row order: an anchor is stored before the rest of its segment reads it
-            in_branch = row % self._batch
-            group = self._group_of[in_branch]
-            if in_branch == self._group_start[group]:
+        """Eq. 10 for the video tokens of one call. key, value: [b, heads, N, head_dim] → same shapes.
+
+        A call of anchors stores each anchor's keys/values for its (layer, group) and leaves them unchanged
+        (λ·K_a + (1 − λ)·K_a = K_a); a call of other rows blends each with its branch's stored anchor."""
+        anchor = [(row % self._batch) == self._group_start[self._group_of[row % self._batch]] for row in rows]
+        if all(anchor):
+            for i, row in enumerate(rows):
+                group = self._group_of[row % self._batch]
                 # clone: keep only the anchor's row alive, not the whole call's tensor; the conditional branch's
                 # anchor replaces the unconditional one once every unconditional row has read it
-                self._store[(layer, group)] = (key[i].clone(), value[i].clone())  # 2 × [heads, N, head_dim]
-            k_a, v_a = self._store[(layer, group)]
+                self._store[(layer, group)] = (row // self._batch, key[i].clone(), value[i].clone())
+            return key, value
+        if any(anchor):
+            raise RuntimeError("anchor attention: a transformer call mixed anchor rows with other rows")
+        k_rows, v_rows = [], []
+        for row in rows:
+            branch, k_a, v_a = self._store[(layer, self._group_of[row % self._batch])]
+            if branch != row // self._batch:
+                raise RuntimeError("anchor attention: a row ran before its branch's anchor")
             k_rows.append(k_a)
             v_rows.append(v_a)
         k_anchor = torch.stack(k_rows)  # [b, heads, N, head_dim]

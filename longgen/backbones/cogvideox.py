@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from longgen import distributed
 from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.denoiser import Denoiser, Prediction
@@ -52,6 +53,8 @@ _SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "free":  # sweeps of one-GPU jobs side by side: a GPU no other longgen job holds
+        return distributed.claim_free_gpu()
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -140,6 +143,7 @@ class CogVideoXBackbone(Denoiser):
         self._embeds: torch.Tensor | None = None  # [P, S, D]
         self._negative: torch.Tensor | None = None  # [1, S, D]
         self._rope_cache: dict[int, Any] = {}
+        self._anchor_layout = None  # the AnchorLayout while anchor_attention is on
         self.compiled = False
         self.forward_count = 0
         self.call_count = 0
@@ -280,6 +284,8 @@ class CogVideoXBackbone(Denoiser):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if self.device_name == "free":
+            distributed.release_gpu(getattr(self, "device", None))
 
     # ------------------------------------------------------------------ text
     def count_tokens(self, prompt: str) -> tuple[int, bool]:
@@ -399,9 +405,9 @@ class CogVideoXBackbone(Denoiser):
             emb, x_in = cond, x_t
         x_in = x_in.to(self.device, self.dtype)
         ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=self.device)
-        mb = self.micro_batch
-        v = torch.cat(
-            [self._transformer(x_in[i : i + mb], emb[i : i + mb], ts[i : i + mb]) for i in range(0, x_in.shape[0], mb)]
+        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/distributed.py)
+        v = distributed.run_stacked(
+            self._transformer, x_in, emb, ts, self.micro_batch, self.units, self._anchor_layout
         ).float()  # [2B or B, M, C, H, W]
         if guided:
             v_uncond, v_cond = v.chunk(2)
@@ -426,10 +432,12 @@ class CogVideoXBackbone(Denoiser):
                     return plain(self, x_t, t, prompt_ids, guidance_scale)
 
             self.predict = predict  # this instance only, for the duration of the block
+            self._anchor_layout = layout
             try:
                 yield
             finally:
                 del self.predict
+                self._anchor_layout = None
 
     def predict_grad(self, x_t: torch.Tensor, t: int, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
         """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""
@@ -444,7 +452,8 @@ class CogVideoXBackbone(Denoiser):
         Walks the VAE's own temporal batches (the first carries the remainder) and carries its causal-conv cache
         from batch to batch, exactly as `AutoencoderKLCogVideoX.decode` does, so the frames equal a whole decode
         while memory stays bounded by one batch. With tiling on, each spatial tile keeps its own cache and tiles
-        are blended with the VAE's blend functions per batch (equal to `tiled_decode`).
+        are blended with the VAE's blend functions per batch (equal to `tiled_decode`); on several processes the
+        tiles are spread over them (`self.units`) and every process receives every tile's bytes.
         """
         vae = self.pipe.vae
         hook = getattr(vae, "_hf_hook", None)
@@ -462,7 +471,12 @@ class CogVideoXBackbone(Denoiser):
             if tiled:
                 pix = self._decode_tiles(vae, zb, caches)
             else:
-                pix, caches[(0, 0)] = self._decode_block(vae, zb, caches.get((0, 0)))
+
+                def whole(k: int, zb=zb) -> torch.Tensor:
+                    pix, caches[(0, 0)] = self._decode_block(vae, zb, caches.get((0, 0)))
+                    return pix
+
+                pix = self.units.map(whole, [1], kind="decode")[0]  # one unit: rank 0 decodes
             frames = (pix[0].float() / 2 + 0.5).clamp(0, 1)  # [3, f, H, W]
             yield (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()  # [f, H, W, 3]
 
@@ -481,13 +495,17 @@ class CogVideoXBackbone(Denoiser):
         blend_w = int(vae.tile_sample_min_width * vae.tile_overlap_factor_width)
         keep_h = vae.tile_sample_min_height - blend_h
         keep_w = vae.tile_sample_min_width - blend_w
-        rows = []
-        for i in range(0, z.shape[3], step_h):
-            row = []
-            for j in range(0, z.shape[4], step_w):
-                tile, caches[(i, j)] = self._decode_block(vae, z[:, :, :, i : i + th, j : j + tw], caches.get((i, j)))
-                row.append(tile)
-            rows.append(row)
+        starts_h, starts_w = range(0, z.shape[3], step_h), range(0, z.shape[4], step_w)
+        tiles = [(i, j) for i in starts_h for j in starts_w]
+
+        def decode_tile(k: int) -> torch.Tensor:
+            # the units of the decode: tile k always runs on the same process, which keeps its causal-conv cache
+            i, j = tiles[k]
+            out, caches[(i, j)] = self._decode_block(vae, z[:, :, :, i : i + th, j : j + tw], caches.get((i, j)))
+            return out
+
+        decoded = self.units.map(decode_tile, [1] * len(tiles), kind="decode")
+        rows = [decoded[r * len(starts_w) : (r + 1) * len(starts_w)] for r in range(len(starts_h))]
         out_rows = []
         for r, row in enumerate(rows):
             out = []

@@ -364,13 +364,11 @@ class GLCSampler(Sampler):
         index = win.index.to(z.device)  # [K, M]
         w = self._clip_weights(win, length, gamma).to(z.device, z.dtype)  # [K, M]
         g_clips = gather_frames(g_x0, index) * w[:, :, None, None, None]  # [K, M, C, H, W] dℓ/dx̂0_clip
+        clips = gather_frames(z.detach(), index)  # [K, M, C, H, W]
+        g_z = den.window_vjp(clips, t_next, win.prompt_ids, self.guidance_scale, g_clips)  # [K, M, C, H, W]
         grad = torch.zeros_like(z)  # [L, C, H, W]
         for k in range(index.shape[0]):
-            zk = gather_frames(z.detach(), index[k : k + 1]).requires_grad_(True)  # [1, M, C, H, W]
-            with torch.enable_grad():
-                out = den.predict_grad(zk, t_next, [win.prompt_ids[k]], self.guidance_scale).x0  # [1, M, C, H, W]
-                (gk,) = torch.autograd.grad(out, zk, grad_outputs=g_clips[k : k + 1])
-            grad += scatter_frames(gk, index[k : k + 1], length)[0]  # [L, C, H, W]
+            grad += scatter_frames(g_z[k : k + 1], index[k : k + 1], length)[0]  # [L, C, H, W]
         return grad, float(loss.detach())
 
     def _vmcr(
