@@ -304,6 +304,7 @@ class Group(Units):
         """Wait for async collectives, polling for failures (a blocking NCCL wait would hang on a dead peer)."""
         start = time.monotonic()
         next_check = start
+        nap = 1e-4  # grows to 5 ms: prompt when the others are ready, light on a shared CPU when they are not
         for work in works:
             while not work.is_completed():
                 now = time.monotonic()
@@ -314,7 +315,8 @@ class Group(Units):
                     self.broken = True
                     raise PeerFailed(f"no answer from the other processes for {self.timeout:.0f} s "
                                      f"(LONGGEN_DIST_TIMEOUT)")
-                time.sleep(0.0005)
+                time.sleep(nap)
+                nap = min(nap * 2, 0.005)
             try:
                 work.wait()
             except Exception as exc:  # gloo: a peer's connection closed; its reason may be on its way
@@ -496,12 +498,18 @@ class Group(Units):
                     return self._leave(0)
                 self._jobs += 1
                 run_follower_job(message, self)
-            except PeerFailed:
-                return self._leave(1)
             except BaseException as exc:  # noqa: BLE001 - every failure must reach rank 0 as one line
-                self.fail(f"rank {self.rank} failed: {_reason(exc)}")
+                if not isinstance(exc, PeerFailed):
+                    self.fail(f"rank {self.rank} failed: {_reason(exc)}")
                 self.broken = True
+                self._await_end(60.0)  # let rank 0 say it before a launcher (torchrun) stops everyone
                 return self._leave(1)
+
+    def _await_end(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(Exception):
+            while time.monotonic() < deadline and not self.store.check(["end"]) and os.getppid() == self._parent:
+                time.sleep(0.05)
 
     def _next_job(self) -> dict | None:
         key = f"job/{self._jobs}"

@@ -1,0 +1,130 @@
+"""Several processes give the same bytes as one (torchrun with gloo on the CPU, and the gpus=N launcher), failures
+are one line, and a run stopped on 2 processes resumes on 3 to the uninterrupted result.
+
+One test drives everything through three process groups (1, 2 and 3 processes), each running the same commands
+through `longgen.cli.main` (tests/dist_driver.py), because starting processes is most of the cost on a CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_helpers import error_lines, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = str(REPO / "tests" / "dist_driver.py")
+# micro_batch 1: every window × CFG branch is a unit, so every rank of 2 or 3 gets work in every sampler;
+# 32×32 pixels: the tiny VAE's decode is most of a job's time on a CPU
+COMMON = ["backbone=tiny", "backbone.micro_batch=1", "backbone.height=32", "backbone.width=32", "num_windows=2",
+          "sampler.num_steps=2", "save_latents=true"]
+
+
+def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]:
+    common = [*COMMON, f"story={story}"]
+    return [
+        # every sampler at its defaults (GLC: global + local paths, ABAM, VMCR affine, noise re-init; SynCoS: stage 2)
+        ["generate", "-m", *common, "sampler=direct,gen-l-video,syncos,glc", f"hydra.sweep.dir={base}/a"],
+        # GLC's model-source VMCR (one vector-Jacobian product per window) and ABAM without guidance (one branch)
+        ["generate", *common, "sampler=glc", "sampler.vmcr_source=model", "sampler.guidance_scale=1.0",
+         f"hydra.run.dir={base}/b"],
+        # SynCoS stage 2 alone, random timesteps and fresh noise per iteration (more draws from the generator)
+        ["generate", *common, "sampler=syncos", "sampler.stage1=false", "sampler.stage3=false", "sampler.iters=3",
+         "sampler.grounded_timestep=false", "sampler.fixed_noise=false", f"hydra.run.dir={base}/c"],
+        *tail,
+    ]
+
+
+def _job(name: str, base: Path, story: Path, seed: int) -> list[str]:
+    return ["generate", *COMMON, f"story={story}", "sampler=gen-l-video", f"backbone.weights_seed={seed}",
+            f"hydra.run.dir={base}/{name}"]
+
+
+def _run(argv: list[str], fault: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "LONGGEN_DIST_TIMEOUT": "120", "PYTHONPATH": str(REPO / "tests")}
+    env.pop("LONGGEN_TEST_FAULT", None)
+    if fault:
+        env["LONGGEN_TEST_FAULT"] = fault
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _latents(run_dir: Path) -> torch.Tensor:
+    return load_file(run_dir / "latents.safetensors")["latents"]
+
+
+def _runs(base: Path) -> dict[str, Path]:
+    """Run directories that finished (have a manifest), by their path under base."""
+    return {str(m.parent.relative_to(base)): m.parent for m in base.rglob("manifest.json")}
+
+
+def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "a red fox in snow", "local": ["a red fox in snow. It sniffs.",
+                                                                          "a red fox in snow. It leaps."]}))
+    w1, w2, w3 = tmp_path / "w1", tmp_path / "w2", tmp_path / "w3"
+
+    # one process: the reference, with job f run to the end
+    one = _run([sys.executable, DRIVER, json.dumps(_commands(w1, story, [_job("f", w1, story, 7)]))])
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    # two processes through the gpus=N launcher; in job f rank 1 is SIGKILLed at its first call of step 2
+    launcher = ("import sys; from longgen.distributed import launch; "
+                "sys.exit(launch([sys.executable, sys.argv[1], sys.argv[2]], 2))")
+    two = _run([sys.executable, "-c", launcher, DRIVER, json.dumps(_commands(w2, story, [_job("f", w2, story, 7)]))],
+               fault="1:kill:7:3")
+    assert two.returncode == 1, two.stderr[-3000:]
+    lines = error_lines(two)
+    assert len(lines) == 1 and "rank 1 was killed by SIGKILL" in lines[0], two.stderr[-3000:]
+    assert "checkpoint after step 1" in lines[0] and "Traceback" not in two.stderr
+    killed = w2 / "f"
+    assert (killed / "checkpoint.safetensors").is_file()
+    assert not (killed / "video.mp4").exists() and not (killed / "manifest.json").exists()
+    assert not [p.name for p in killed.iterdir() if ".tmp" in p.name]
+
+    # three processes with torchrun: the same commands, the 2-process run of f resumed, then rank 2 raises in job g
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", DRIVER]
+    three = _run([*torchrun, json.dumps(_commands(w3, story, [["resume", str(killed)], _job("g", w3, story, 8)]))],
+                 fault="2:raise:8:2")
+    assert three.returncode != 0
+    lines = error_lines(three)
+    assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
+    assert not (w3 / "g" / "video.mp4").exists() and (w3 / "g" / "checkpoint.safetensors").is_file()
+
+    # the same bytes for every sampler and switch on 1, 2 and 3 processes
+    ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
+    assert len(ref) == 7 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
+    for name, run in ref.items():
+        if name == "f":
+            continue
+        for other, size in ((runs2[name], 2), (runs3[name], 3)):
+            assert torch.equal(_latents(other), _latents(run)), (name, size)
+            manifest = json.loads((other / "manifest.json").read_text())
+            assert manifest["distributed"]["world_size"] == size
+            assert [r["rank"] for r in manifest["distributed"]["ranks"]] == list(range(size))
+            assert manifest["transformer_forwards"] == json.loads((run / "manifest.json").read_text())[
+                "transformer_forwards"]
+        assert (run / "video.mp4").read_bytes() == (runs3[name] / "video.mp4").read_bytes()
+    # stopped on 2 processes, resumed on 3 = uninterrupted on 1
+    assert torch.equal(_latents(killed), _latents(w1 / "f"))
+    resumed = json.loads((killed / "manifest.json").read_text())
+    assert resumed["resumed"]["after_step"] == 1 and resumed["distributed"]["world_size"] == 3
+    assert resumed["distributed"]["launcher"] == "torchrun"
+    assert json.loads((runs2["a/1_gen-l-video"] / "manifest.json").read_text())["distributed"]["launcher"] == "gpus=2"
+
+
+def test_gpus_without_gpus_is_one_line_naming_torchrun(tmp_path):
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has GPUs")
+    proc = run_cli("generate", "gpus=2", "backbone=tiny", "prompt=a cat", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "torchrun --standalone --nproc-per-node=2 -m longgen.cli generate" in lines[0]
+    assert "backbone.device=cpu" in lines[0] and "gpus=2 backbone" not in lines[0]
+    assert not (tmp_path / "run").exists()
