@@ -717,13 +717,16 @@ def launch(command: list[str], nprocs: int, grace: float = 30.0) -> int:
                           timeout=timedelta(seconds=DEFAULT_TIMEOUT))
     keys = dist.PrefixStore("longgen/", store)
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
+    base.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo over loopback, whatever the hostname resolves to
     procs: list[subprocess.Popen] = []
     for rank in range(nprocs):
         env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs),
                "LOCAL_WORLD_SIZE": str(nprocs), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
                "LONGGEN_LAUNCHER": f"gpus={nprocs}"}
-        procs.append(subprocess.Popen(command, env=env))
+        # ranks > 0 ignore Ctrl-C from the first instant (rank 0 finishes the step, saves, and stops them)
+        quiet = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if rank else None
+        procs.append(subprocess.Popen(command, env=env, preexec_fn=quiet))
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def forward_term(signum, frame):
@@ -788,6 +791,10 @@ def _await(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
+#: flags that only print (help, config): they never start processes
+_SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version"}
+
+
 def launch_if_asked(command: str, args: list[str]) -> int | None:
     """`gpus=N` (N > 1, or all with several GPUs) outside a process group: run the command as N processes and return
     their exit status; None when this process should run the command itself."""
@@ -795,7 +802,7 @@ def launch_if_asked(command: str, args: list[str]) -> int | None:
         check_launch(command, args, int(os.environ["WORLD_SIZE"]))
         return None
     value = requested_gpus(command, args)
-    if value in (None, "1"):
+    if value in (None, "1") or any(a in _SHOW_ONLY for a in args):
         return None
     n = gpu_count(value, command, args)
     check_launch(command, args, n)

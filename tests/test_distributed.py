@@ -128,3 +128,37 @@ def test_gpus_without_gpus_is_one_line_naming_torchrun(tmp_path):
     assert len(lines) == 1 and "torchrun --standalone --nproc-per-node=2 -m longgen.cli generate" in lines[0]
     assert "backbone.device=cpu" in lines[0] and "gpus=2 backbone" not in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_free_gpu_takes_the_first_gpu_nobody_holds(tmp_path, monkeypatch):
+    """backbone.device=free: a lock per GPU (by UUID) in the temp directory; held GPUs are skipped, all held waits."""
+    import fcntl
+    import threading
+    import types
+
+    from longgen import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid=f"uuid-{i}"))
+    monkeypatch.setattr(distributed.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(distributed, "_HELD", {})
+    folder = tmp_path / f"longgen-gpus-{os.getuid()}"
+    folder.mkdir()
+    other = os.open(folder / "GPU-uuid-0.lock", os.O_RDWR | os.O_CREAT)  # another job holds GPU 0
+    fcntl.flock(other, fcntl.LOCK_EX)
+    assert distributed.claim_free_gpu() == torch.device("cuda", 1)
+    assert distributed.claim_free_gpu() == torch.device("cuda", 2)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(distributed.claim_free_gpu(poll=0.01)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not got  # every GPU is held: it waits
+    os.close(other)  # the other job ends
+    waiter.join(5)
+    assert got == [torch.device("cuda", 0)]
+    distributed.release_gpu(torch.device("cuda", 1))
+    assert distributed.claim_free_gpu() == torch.device("cuda", 1)
+    for index in (0, 1, 2):
+        distributed.release_gpu(torch.device("cuda", index))
+    assert distributed._HELD == {}
