@@ -248,6 +248,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         gen.set_state(resume.generator_state)
         state = resume.state
         log.info("resuming after step %d of %d", state.done, resume.total)
+    progress.label("denoise", f"denoise · {job.plan.count} windows")
     interrupts.sampling = True
     try:
         latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
@@ -408,7 +409,10 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
     """Stages 2–5 on a claimed run directory."""
     try:
         with Interrupts() as interrupts, StepProgress() as progress:
+            progress.label("encode", "load + encode text")
+            progress("encode", 0, 1)
             prompts = encode(job)
+            progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
         return record(job, latents, video, extra)

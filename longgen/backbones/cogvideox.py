@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float32": torch.float32, "fp32": torch.float32}
 _MODEL_FILES = ("model_index.json",)
-#: backbone.attention → the torch SDPA kernels allowed (auto: cuDNN first on CUDA, measured fastest on H100 for
-#: CogVideoX's head dim 64 — see benchmarks/README.md; sdpa: torch's own default order)
+#: backbone.attention → the torch SDPA kernels allowed (sdpa: torch's own default order). auto: FlashAttention-3
+#: when it can run here (Hopper + the fa3-fwd package), else cuDNN first on CUDA — the fastest measured on H100
+#: for CogVideoX's head dim 64 (benchmarks/README.md); fa3/fa3-fp8: longgen's processor, no SDPA
 _ATTENTION = {
     "auto": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
     "sdpa": (),
@@ -45,6 +46,8 @@ _ATTENTION = {
     "flash": ("FLASH_ATTENTION",),
     "efficient": ("EFFICIENT_ATTENTION",),
     "math": ("MATH",),
+    "fa3": (),  # FlashAttention-3 through longgen's processor (longgen/backbones/attention.py)
+    "fa3-fp8": (),
 }
 _SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 
@@ -86,6 +89,7 @@ class CogVideoXBackbone(Denoiser):
         micro_batch: int = 4,
         attention: str = "auto",
         compile: bool | str = "auto",
+        quantize: str = "none",
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -107,6 +111,8 @@ class CogVideoXBackbone(Denoiser):
             raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
         if attention not in _ATTENTION:
             raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(_ATTENTION)}")
+        if quantize not in ("none", "fp8"):
+            raise UsageError(f"backbone.quantize={quantize!r}: use none or fp8 (FP8 linear layers, needs torchao)")
         if random_weights and not architecture:
             raise UsageError("backbone.random_weights=true needs an `architecture` section (see conf/backbone/tiny.yaml)")
         self.model_id = model_id
@@ -128,6 +134,7 @@ class CogVideoXBackbone(Denoiser):
         self.micro_batch = micro_batch
         self.attention = attention
         self.compile = compile
+        self.quantize = quantize
         self.random_weights = random_weights
         self.weights_seed = weights_seed
         self.architecture = architecture or {}
@@ -223,7 +230,40 @@ class CogVideoXBackbone(Denoiser):
         else:
             pipe.to(self.device)
         self.pipe = pipe
+        self.attention_used = self._install_attention()
+        self._quantize_linears()
         self.compiled = self._compile_blocks()
+
+    def _quantize_linears(self) -> None:
+        """backbone.quantize=fp8: the transformer's linear layers as FP8 (e4m3) matmuls with dynamic per-row
+        activation scales and per-row weight scales, through torchao (opt-in; inexact — see benchmarks/README.md)."""
+        if self.quantize == "none":
+            return
+        if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (8, 9):
+            raise UsageError("backbone.quantize=fp8 needs an NVIDIA GPU with FP8 matmuls (Ada or Hopper): "
+                             "use backbone.quantize=none")
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        except Exception as exc:
+            raise UsageError(f"backbone.quantize=fp8 needs torchao (pip install \"longgen[fp8]\"): "
+                             f"{str(exc).splitlines()[0][:120]}") from None
+        blocks = self.pipe.transformer.transformer_blocks
+        for block in blocks:
+            quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+
+    def _install_attention(self) -> str:
+        """Put longgen's FlashAttention-3 processor on every attention layer when asked (or when `auto` finds it
+        usable); return the kernel that runs."""
+        from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
+
+        kernel = self.attention
+        if kernel == "auto" and self.device.type == "cuda" and fa3_available(self.device):
+            kernel = "fa3"
+        if kernel not in KERNELS:
+            return kernel
+        check_fa3(self.device)
+        self.pipe.transformer.set_attn_processor(JointAttention(kernel))
+        return kernel
 
     def _compile_blocks(self) -> bool:
         """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile
@@ -350,7 +390,7 @@ class CogVideoXBackbone(Denoiser):
         return self._rope_cache[frames]
 
     def _attention_kernels(self):
-        names = _ATTENTION[self.attention]
+        names = _ATTENTION[getattr(self, "attention_used", self.attention)]
         if not names or self.device.type != "cuda":
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -510,8 +550,11 @@ class CogVideoXBackbone(Denoiser):
             "latent_shape": list(self.latent_shape),
             "micro_batch": self.micro_batch,
             "attention": self.attention,
-            "attention_kernels": list(_ATTENTION[self.attention]) or "torch default",
+            "attention_used": getattr(self, "attention_used", None),
+            "attention_kernels": list(_ATTENTION[getattr(self, "attention_used", self.attention)])
+            or ("FlashAttention-3 (fa3-fwd)" if str(getattr(self, "attention_used", "")).startswith("fa3") else "torch default"),
             "compile": self.compile,
+            "quantize": self.quantize,
             "compiled": self.compiled,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
