@@ -391,7 +391,8 @@ def test_abam_processors_removed_after_an_exception(tiny2):
     x = torch.randn(3, 13, *tiny2.latent_shape, generator=torch.Generator().manual_seed(0))
     with pytest.raises(KeyError):
         with tiny2.anchor_attention(0.1):
-            assert all(type(p).__name__ == "AnchorAttnProcessor" for p in tiny2.pipe.transformer.attn_processors.values())
+            assert all(type(p).__name__ == "JointAttention" and p.video_kv is not None
+                       for p in tiny2.pipe.transformer.attn_processors.values())
             tiny2.predict(x, 500, [0, 1, 0], 6.0)
             raise KeyError("boom")
     with pytest.raises(ValueError, match="do not add up"):

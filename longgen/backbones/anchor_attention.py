@@ -37,8 +37,8 @@ import contextlib
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from longgen.backbones.attention import JointAttention
 from longgen.errors import UsageError
 
 
@@ -114,66 +114,25 @@ class AnchorLayout:
         return lam * key + (1.0 - lam) * k_anchor, lam * value + (1.0 - lam) * v_anchor
 
 
-class AnchorAttnProcessor:
-    """Joint text-video attention of a CogVideoX block with Eq. 10 applied to the video keys and values.
+def anchor_processor(layout: AnchorLayout, layer: int, kernel: str = "sdpa") -> JointAttention:
+    """The joint text-video attention of one CogVideoX block with Eq. 10 applied to its video keys and values,
+    computed with the backbone's attention kernel (longgen/backbones/attention.py: SDPA or FlashAttention-3)."""
 
-    Same call signature as diffusers' CogVideoX processors: returns (video hidden states, text hidden states)."""
+    def blend(k_video: torch.Tensor, v_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = layout.rows(layer, k_video.shape[0])  # k_video, v_video: [b, heads, N, head_dim]
+        return layout.blend(layer, rows, k_video, v_video)
 
-    def __init__(self, layout: AnchorLayout, layer: int) -> None:
-        self.layout = layout
-        self.layer = layer
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        n_text = encoder_hidden_states.shape[1]
-        rows = self.layout.rows(self.layer, hidden_states.shape[0])
-        tokens = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # [b, T+N, D]: text tokens first
-        b, n, _ = tokens.shape
-        heads = attn.heads
-
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(b, n, heads, x.shape[-1] // heads).transpose(1, 2)  # [b, heads, T+N, hd]
-
-        q = split_heads(attn.to_q(tokens))
-        k = split_heads(attn.to_k(tokens))
-        v = split_heads(attn.to_v(tokens))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        if image_rotary_emb is not None:  # rotate the video tokens only
-            q = torch.cat([q[:, :, :n_text], apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)], dim=2)
-            if not attn.is_cross_attention:
-                k = torch.cat([k[:, :, :n_text], apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)], dim=2)
-
-        k_video, v_video = self.layout.blend(self.layer, rows, k[:, :, n_text:], v[:, :, n_text:])  # [b, heads, N, hd]
-        k = torch.cat([k[:, :, :n_text], k_video], dim=2)  # [b, heads, T+N, hd]
-        v = torch.cat([v[:, :, :n_text], v_video], dim=2)  # [b, heads, T+N, hd]
-
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
-            attention_mask = attention_mask.reshape(b, heads, -1, attention_mask.shape[-1])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, n, -1)  # [b, T+N, heads·hd]
-        out = attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
-        return out[:, n_text:], out[:, :n_text]  # video [b, N, D], text [b, T, D]
+    return JointAttention(kernel, video_kv=blend)
 
 
 @contextlib.contextmanager
-def anchored(transformer, strength: float, groups: Sequence[int] | None = None) -> Iterator[AnchorLayout]:
+def anchored(transformer, strength: float, groups: Sequence[int] | None = None,
+             kernel: str = "sdpa") -> Iterator[AnchorLayout]:
     """Install anchor attention on every attention layer of a diffusers transformer for the duration of the block;
     the original processors (the same objects) are restored on exit, also when the block raises."""
     layout = AnchorLayout(strength, groups)
     original = dict(transformer.attn_processors)  # name → processor, in call order
-    processors = {name: AnchorAttnProcessor(layout, layer) for layer, name in enumerate(original)}
+    processors = {name: anchor_processor(layout, layer, kernel) for layer, name in enumerate(original)}
     transformer.set_attn_processor(processors)
     try:
         yield layout

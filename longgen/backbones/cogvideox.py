@@ -459,7 +459,8 @@ class CogVideoXBackbone(Denoiser):
         if self.pipe is None:
             raise RuntimeError("load() must run before anchor_attention()")
         plain = type(self).predict
-        with anchored(self.pipe.transformer, strength, groups) as layout:
+        kernel = self.attention_used if str(self.attention_used).startswith("fa3") else "sdpa"
+        with anchored(self.pipe.transformer, strength, groups, kernel) as layout:
 
             def predict(x_t, t, prompt_ids, guidance_scale):
                 with layout.call(x_t.shape[0]):
