@@ -235,21 +235,22 @@ class CogVideoXBackbone(Denoiser):
         self.compiled = self._compile_blocks()
 
     def _quantize_linears(self) -> None:
-        """backbone.quantize=fp8: the transformer's linear layers as FP8 (e4m3) matmuls with dynamic per-row
-        activation scales and per-row weight scales, through torchao (opt-in; inexact — see benchmarks/README.md)."""
+        """backbone.quantize=fp8: the transformer blocks' linear layers as FP8 (e4m3) matmuls with dynamic activation
+        scales, through torchao (opt-in; inexact — see benchmarks/README.md)."""
         if self.quantize == "none":
             return
         if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (8, 9):
             raise UsageError("backbone.quantize=fp8 needs an NVIDIA GPU with FP8 matmuls (Ada or Hopper): "
                              "use backbone.quantize=none")
         try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
         except Exception as exc:
             raise UsageError(f"backbone.quantize=fp8 needs torchao (pip install \"longgen[fp8]\"): "
                              f"{str(exc).splitlines()[0][:120]}") from None
-        blocks = self.pipe.transformer.transformer_blocks
-        for block in blocks:
-            quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        # per-row scales need bf16 weights in torchao; fp16 models (CogVideoX-2B) get one scale per tensor
+        granularity = PerRow() if self.dtype == torch.bfloat16 else PerTensor()
+        for block in self.pipe.transformer.transformer_blocks:
+            quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=granularity))
 
     def _install_attention(self) -> str:
         """Put longgen's FlashAttention-3 processor on every attention layer when asked (or when `auto` finds it
