@@ -3,10 +3,11 @@
 The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py) and `decode`:
 
 1. `plan_job`   — build sampler, backbone and writer from their config groups, check every option and number,
-                  resolve the length, window plan and story, probe the writer (no weights, nothing written; a bad
+                  resolve the length, window plan and story, probe the writer, check that the weights exist (one
+                  line naming the model and `model_path=`; nothing loaded, nothing written; a bad
                   input fails here in about a second and leaves no run directory behind);
-2. `encode`     — check the weights exist (one line naming the model and `model_path=`), load, count prompt tokens
-                  exactly, encode each unique prompt once;
+2. `encode`     — load the weights (their presence was checked in stage 1), count prompt tokens exactly,
+                  encode each unique prompt once;
 3. `sample`     — draw x_T on the CPU from the seed and run the sampler; after every step the hooks write
                   `checkpoint.safetensors` (every `checkpoint_every` steps / `checkpoint_seconds`, and after the
                   last step), `preview.jpg` (every `preview_every` steps) and honour Ctrl-C/SIGTERM;
@@ -165,6 +166,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
     writer.check()
+    backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     if story is None:
         story = resolve_story(cfg, choices, split)
         if story is None:
@@ -189,7 +191,6 @@ class Prompts:
 
 def encode(job: Job) -> Prompts:
     backbone = job.backbone
-    backbone.check_available()
     t0 = time.perf_counter()
     backbone.load()
     job.timings["load_s"] = time.perf_counter() - t0

@@ -89,7 +89,6 @@ class CogVideoXBackbone(Denoiser):
         micro_batch: int = 4,
         attention: str = "auto",
         compile: bool | str = "auto",
-        quantize: str = "none",
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -111,8 +110,6 @@ class CogVideoXBackbone(Denoiser):
             raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
         if attention not in _ATTENTION:
             raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(_ATTENTION)}")
-        if quantize not in ("none", "fp8"):
-            raise UsageError(f"backbone.quantize={quantize!r}: use none or fp8 (FP8 linear layers, needs torchao)")
         if random_weights and not architecture:
             raise UsageError("backbone.random_weights=true needs an `architecture` section (see conf/backbone/tiny.yaml)")
         self.model_id = model_id
@@ -134,7 +131,6 @@ class CogVideoXBackbone(Denoiser):
         self.micro_batch = micro_batch
         self.attention = attention
         self.compile = compile
-        self.quantize = quantize
         self.random_weights = random_weights
         self.weights_seed = weights_seed
         self.architecture = architecture or {}
@@ -231,40 +227,7 @@ class CogVideoXBackbone(Denoiser):
             pipe.to(self.device)
         self.pipe = pipe
         self.attention_used = self._install_attention()
-        self._quantize_linears()
         self.compiled = self._compile_blocks()
-
-    def _quantize_linears(self) -> None:
-        """backbone.quantize=fp8: the transformer blocks' linear layers as FP8 (e4m3) matmuls with dynamic activation
-        scales, through torchao (opt-in; inexact — see benchmarks/README.md)."""
-        if self.quantize == "none":
-            return
-        if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (8, 9):
-            raise UsageError("backbone.quantize=fp8 needs an NVIDIA GPU with FP8 matmuls (Ada or Hopper): "
-                             "use backbone.quantize=none")
-        try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
-        except Exception as exc:
-            raise UsageError(f"backbone.quantize=fp8 needs torchao (pip install \"longgen[fp8]\"): "
-                             f"{str(exc).splitlines()[0][:120]}") from None
-        # per-row scales need bf16 weights in torchao; fp16 models (CogVideoX-2B) get one scale per tensor
-        granularity = PerRow() if self.dtype == torch.bfloat16 else PerTensor()
-        for block in self.pipe.transformer.transformer_blocks:
-            quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=granularity))
-
-    def _install_attention(self) -> str:
-        """Put longgen's FlashAttention-3 processor on every attention layer when asked (or when `auto` finds it
-        usable); return the kernel that runs."""
-        from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
-
-        kernel = self.attention
-        if kernel == "auto" and self.device.type == "cuda" and fa3_available(self.device):
-            kernel = "fa3"
-        if kernel not in KERNELS:
-            return kernel
-        check_fa3(self.device)
-        self.pipe.transformer.set_attn_processor(JointAttention(kernel))
-        return kernel
 
     def _compile_blocks(self) -> bool:
         """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile
@@ -556,7 +519,6 @@ class CogVideoXBackbone(Denoiser):
             "attention_kernels": list(_ATTENTION[getattr(self, "attention_used", self.attention)])
             or ("FlashAttention-3 (fa3-fwd)" if str(getattr(self, "attention_used", "")).startswith("fa3") else "torch default"),
             "compile": self.compile,
-            "quantize": self.quantize,
             "compiled": self.compiled,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
