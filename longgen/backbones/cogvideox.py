@@ -229,6 +229,20 @@ class CogVideoXBackbone(Denoiser):
         self.attention_used = self._install_attention()
         self.compiled = self._compile_blocks()
 
+    def _install_attention(self) -> str:
+        """Put longgen's FlashAttention-3 processor on every attention layer when asked (or when `auto` finds it
+        usable); return the kernel that runs."""
+        from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
+
+        kernel = self.attention
+        if kernel == "auto" and self.device.type == "cuda" and fa3_available(self.device):
+            kernel = "fa3"
+        if kernel not in KERNELS:
+            return kernel
+        check_fa3(self.device)
+        self.pipe.transformer.set_attn_processor(JointAttention(kernel))
+        return kernel
+
     def _compile_blocks(self) -> bool:
         """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile
         time stays at seconds. `auto` compiles on CUDA only; a compile failure falls back to eager (see
