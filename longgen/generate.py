@@ -53,15 +53,17 @@ def user_errors() -> Iterator[None]:
 
 
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None) -> Story:
-    given = [k for k in ("prompt", "story", "scenario") if cfg.get(k) not in (None, "")]
+    given = [k for k in ("prompt", "prompt_file", "story", "scenario") if cfg.get(k) not in (None, "")]
     if len(given) > 1:
-        raise UsageError(f"give only one of prompt=…, story=… or scenario=… (got {' and '.join(given)})")
+        raise UsageError(f"give only one of prompt=…, prompt_file=…, story=… or scenario=… (got {' and '.join(given)})")
     if not given:
-        raise UsageError('nothing to generate: pass prompt="…", story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
+        raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
     if cfg.get("num_prompts") is not None and given[0] != "scenario":
         raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
+    if given[0] == "prompt_file":
+        return Story.from_prompt_file(cfg.prompt_file)
     if given[0] == "scenario":
         from longgen.splitters.scenario import split_scenario_file
 
@@ -121,6 +123,7 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
     story = resolve_story(cfg, choices)
+    story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
     if cfg.get("scenario"):
         story.save(out_dir / "story.json")  # keep the split even if generation fails later
     use_global = cfg.get("use_global_prompt", True)
