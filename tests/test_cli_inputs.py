@@ -91,3 +91,16 @@ def test_cli_prompt_with_comma_and_apostrophe_just_works(tmp_path):
     config = OmegaConf.create(proc.stdout)
     assert config.prompt == "a cat, then a dog's ball" and config.negative_prompt == "blurry, dark"
     assert not error_lines(proc)
+
+
+def test_cli_story_with_more_events_than_windows_fails_before_any_work(tmp_path):
+    import json
+
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "a fox", "local": [f"a fox, event {i}" for i in range(1000)]}))
+    proc = run_cli("generate", "backbone=tiny", "sampler=gen-l-video", "num_windows=2", f"story={story}",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "1000 local prompts but the video's 2 window(s) take only 2 of them" in line and "pass num_windows=1623" in line
+    assert not (tmp_path / "run" / "video.mp4").exists()
