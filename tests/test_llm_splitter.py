@@ -193,7 +193,7 @@ CAT1_JSON = json.dumps(CAT1)
     pytest.param(json.dumps({"global": CAT, "locals": CAT1["local"]}), id="near-miss-locals"),
     pytest.param("{'global': '%s', // shared look\n 'local': ['%s', '%s',],}" % (CAT, *CAT1["local"]), id="json5-quotes-comments-commas"),
     pytest.param(json.dumps({"global": {"prompt": CAT}, "local": [{"prompt": CAT1["local"][0]}, {"text": CAT1["local"][1]}]}), id="prompts-as-objects"),
-    pytest.param('The format is {"global": "...", "local": ["..."]}. Here is mine:\n```json\n' + CAT1_JSON + "\n```", id="several-objects-one-valid"),
+    pytest.param('The format is {"global": "...", "local": ["..."]}. Here is mine:\n' + CAT1_JSON + "\nHope it helps {:}", id="several-objects-one-valid"),
     pytest.param(json.dumps({"structured_prompt": CAT1}), id="wrapped-object"),
 ])
 def test_parse_answer_reads_what_real_models_write(answer):
