@@ -12,9 +12,9 @@ from longgen.errors import UsageError
 from longgen.splitters.base import MAX_SCENARIO_CHARS, check_num_prompts, check_scenario
 from longgen.story import Story, read_limited
 
-#: bytes read from a scenario file at most: the character limit in UTF-8 (up to 4 bytes a character) plus room for
-#: line breaks and indentation; a larger file is refused before it is read
-MAX_SCENARIO_BYTES = 4 * MAX_SCENARIO_CHARS + (16 << 10)
+#: bytes read from a scenario file at most: room for MAX_SCENARIO_CHARS characters of up to 4 bytes each in UTF-8
+#: plus line breaks and indentation; a larger file is refused before it is read
+MAX_SCENARIO_BYTES = 96 << 10
 
 
 def read_scenario(path: str | Path) -> str:
