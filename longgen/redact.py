@@ -22,10 +22,13 @@ from urllib.parse import parse_qsl, urlsplit
 REDACTED = "[redacted]"
 
 #: tokens in the formats providers issue keys in (OpenAI/Anthropic/DeepSeek sk-, Groq gsk_, xAI, Perplexity,
-#: NVIDIA, Hugging Face hf_, GitHub, Google AIza, Replicate r8_) and an Authorization header's bearer token
+#: NVIDIA, Hugging Face hf_, GitHub, Google AIza, Replicate r8_) and an Authorization header's bearer token. After
+#: the prefix a key is random: it has a digit and either an upper-case letter or 32+ characters, which keeps
+#: names like "sk-learn-experiments" out.
 _KEY_TOKEN = re.compile(
     r"(?<![A-Za-z0-9])(?:"
-    r"(?:sk|gsk|xai|pplx|nvapi|ghp|gho|ghu|ghs|github_pat|r8)[-_][A-Za-z0-9_\-]{16,}"
+    r"(?:sk|gsk|xai|pplx|nvapi|ghp|gho|ghu|ghs|github_pat|r8)[-_](?=[A-Za-z0-9_\-]*[0-9])"
+    r"(?:(?=[A-Za-z0-9_\-]*[A-Z])[A-Za-z0-9_\-]{20,}|[A-Za-z0-9_\-]{32,})"
     r"|hf_[A-Za-z0-9]{30,}"
     r"|AIza[0-9A-Za-z_\-]{30,}"
     r")"

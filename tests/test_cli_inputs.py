@@ -51,7 +51,7 @@ def test_ordinary_values_are_not_mistaken_for_keys():
 
     ordinary = ["prompt=the flag bearer marches past a tall tower", "splitter.api_key_env=MY_COMPANY_OPENAI_API_KEY_PROD",
                 "splitter.base_url=https://example.openai.azure.com/openai/v1?api-version=2024-10-21",
-                "story=/data/runs/8f14e45fceea167a5a36dedd4bea2543/story.json", "splitter.model=llama3.1:8b-instruct",
+                "story=/data/runs/8f14e45fceea167a5a36dedd4bea2543/sk-learn-experiments-2024/story.json", "splitter.model=llama3.1:8b-instruct",
                 "sampler.max_tokens=4096"]
     assert check_command_line(ordinary, environ={}) is None
 

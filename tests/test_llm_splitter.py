@@ -252,12 +252,12 @@ def test_a_server_error_that_echoes_the_key_is_redacted(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", plain)
     for key in (plain, SECRET):
         monkeypatch.setenv("OPENAI_API_KEY", key)
-        with ScriptedLLM([("status", 402, {}, f"no quota left for key {key} (or sk-proj-aaaabbbbccccddddeeee)")]) as server:
+        with ScriptedLLM([("status", 402, {}, f"no quota left for key {key} (or sk-proj-Aa11Bb22Cc33Dd44Ee55)")]) as server:
             with pytest.raises(UsageError) as err:
                 _splitter(server).split(SCENARIO, 3)
         message = str(err.value)
         assert "HTTP 402" in message and "no quota left for key [redacted]" in message
-        assert key not in message and "sk-proj-aaaabbbb" not in message
+        assert key not in message and "Aa11Bb22" not in message
 
 
 def test_cache_is_keyed_on_the_server(tmp_path):
