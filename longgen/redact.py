@@ -75,8 +75,8 @@ def url_credentials(url: str) -> str | None:
         password = parts.password
     except ValueError:
         return None
-    if password or (parts.username and looks_like_key(parts.username)):
-        return "a user:password before the host"
+    if password or parts.username:  # a lone user name may be a token too (https://TOKEN@host)
+        return "a user:password before the host" if password else "a user name before the host"
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if re.fullmatch(_SECRET_PARAM, name, flags=re.I) or looks_like_key(value):
             return f"the query parameter {name!r}"

@@ -17,6 +17,7 @@ KEY = "sk-proj-Zx81mQ0pLk29aaBBccDDeeFF"
     pytest.param(["hydra.job.env_set.OPENAI_API_KEY=" + KEY], id="env-set"),
     pytest.param([f"splitter.base_url=http://me:{KEY}@127.0.0.1:8000/v1"], id="base-url-userinfo"),
     pytest.param(["splitter.base_url=http://127.0.0.1:8000/v1?api_key=abc123secret"], id="base-url-query"),
+    pytest.param(["splitter.base_url=https://abc123secret@example.com/v1"], id="base-url-token-as-user"),
     pytest.param(["splitter.api_key_env=" + KEY], id="api-key-env-is-a-key"),
     pytest.param(["splitter.api_key_env=sk_live_0123456789abcdefABCDEF"], id="api-key-env-is-a-key-identifier"),
     pytest.param(["splitter.model=" + KEY], id="key-as-any-value"),
