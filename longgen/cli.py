@@ -1,18 +1,23 @@
 """`longgen COMMAND [hydra overrides]`: dispatch a subcommand to its `@hydra.main` function.
 
 The command word is removed from argv so that Hydra sees only its own flags and overrides; `-m`, `--cfg job`,
-`--help` and `hydra.run.dir=…` keep working after the command. Config group choices (`backbone=…`, `sampler=…`,
-`writer=…`) are checked against the shipped configs first so a typo gives one clear line.
+`--help` and `hydra.run.dir=…` keep working after the command. Before Hydra starts (and saves the overrides in
+`.hydra/`): a key typed on the command line is refused without being saved (longgen.redact), config group
+choices (`backbone=…`, `sampler=…`, `writer=…`) are checked against the shipped configs so a typo gives one clear
+line, and free-text values (`prompt=a cat, then a dog`, `prompt=cat's`) are quoted for Hydra's override grammar
+(`quote_free_text`).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 from importlib import resources
 
 from longgen import __version__
+from longgen.redact import check_command_line
 
 #: command → (module with a `main`, its primary Hydra config or None for commands that take a path first and
 #: read their config from it, one-line description)
@@ -29,6 +34,10 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
                 "--experimental-rerun", "--info", "-i"}
 _INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 GROUPS = ("backbone", "sampler", "writer", "splitter")
+#: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
+FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path",
+             "backbone.model_path", "splitter.template"}
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
 
@@ -173,6 +182,72 @@ def fill_positional(command: str, args: list[str]) -> list[str]:
     return out
 
 
+def _parsed(arg: str):
+    """Hydra's reading of one override, or None where its grammar rejects it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return None
+
+
+def _no_interpolation(text: str) -> str:
+    """`text` as an OmegaConf string value that resolves to `text`: `${` would start an interpolation, so it is
+    escaped as `\\${` (a run of k backslashes before it becomes 2k + 1)."""
+    return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", text)
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted Hydra override value that resolves to exactly `text`. Hydra's grammar: inside
+    quotes, `\\'` is a quote and backslashes are literal except a run of them right before a quote (or the closing
+    quote), which must be doubled."""
+    out, i = [], 0
+    text = _no_interpolation(text)
+    while i < len(text):
+        j = i
+        while j < len(text) and text[j] == "\\":
+            j += 1
+        run = j - i
+        if run and (j == len(text) or text[j] == "'"):
+            out.append("\\" * (2 * run))
+        else:
+            out.append("\\" * run)
+        if j < len(text):
+            out.append("\\'" if text[j] == "'" else text[j])
+        i = j + 1
+    return "'" + "".join(out) + "'"
+
+
+def quote_free_text(args: list[str]) -> list[str]:
+    """Quote the value of free-text options (FREE_TEXT) that Hydra would not read as the text typed.
+
+    `prompt=a cat, then a dog` would be a sweep over two prompts (an error without -m) and `prompt=cat's` an
+    unterminated quote; both become `prompt='…'` holding the text as typed. Values Hydra reads as one string
+    (including ones quoted or escaped by the user, and `null`) are left alone. With `-m`, a value Hydra reads as a
+    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted.
+    """
+    multirun = any(a in _MULTIRUN_FLAGS or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") not in FREE_TEXT:
+            out.append(arg)
+            continue
+        parsed = _parsed(arg)
+        if parsed is not None:
+            read = parsed.value()
+            if read is None or isinstance(read, str) or (multirun and parsed.is_sweep_override()):
+                out.append(arg)
+                continue
+        quoted = f"{key}={hydra_quote(value)}"
+        check = _parsed(quoted)
+        # keep the user's text if quoting cannot represent it (Hydra then names the problem itself)
+        out.append(quoted if check is not None and check.value() == _no_interpolation(value) else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -190,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(module_name).main(rest)
         return 0
     rest = fill_positional(command, rest)
-    problem = check_group_choices(rest) or check_option_keys(config, rest) or check_output_dir(rest)
+    problem = (check_command_line(rest) or check_group_choices(rest) or check_option_keys(config, rest)
+               or check_output_dir(rest))
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
+    rest = quote_free_text(rest)
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.generate import validate_sweep
 

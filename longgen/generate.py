@@ -110,15 +110,17 @@ def check_top_level(cfg: DictConfig) -> None:
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
     """The story from prompt=, story= or scenario= (split by the configured splitter; with split=False only checked
     for readability and None returned, so that validating a sweep asks no LLM)."""
-    given = [k for k in ("prompt", "story", "scenario") if cfg.get(k) not in (None, "")]
+    given = [k for k in ("prompt", "prompt_file", "story", "scenario") if cfg.get(k) not in (None, "")]
     if len(given) > 1:
-        raise UsageError(f"give only one of prompt=…, story=… or scenario=… (got {' and '.join(given)})")
+        raise UsageError(f"give only one of prompt=…, prompt_file=…, story=… or scenario=… (got {' and '.join(given)})")
     if not given:
-        raise UsageError('nothing to generate: pass prompt="…", story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
+        raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
     if cfg.get("num_prompts") is not None and given[0] != "scenario":
         raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
+    if given[0] == "prompt_file":
+        return Story.from_prompt_file(cfg.prompt_file)
     if given[0] == "scenario":
         if not split:
             path = Path(str(cfg.scenario)).expanduser()
@@ -171,6 +173,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
         story = resolve_story(cfg, choices, split)
         if story is None:
             return None
+    story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
     use_global = cfg.get("use_global_prompt", True)
     used, stripped = story, 0
     if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
