@@ -225,6 +225,40 @@ def test_syncos_flow_residual_is_supplementary_eq10(wan):
     assert syncos.csd_weight("flow", c.a, c.s) == pytest.approx(c.s * c.s)
 
 
+def test_syncos_stage2_gradient_is_the_flow_csd_formula(wan, monkeypatch):
+    """The gradient stage 2 hands AdamW at its first iteration, against the formula written out: every window
+    (B = N = 3, in the run generator's order) noised to the step's σ with the baseline noise, the flow residual
+    v_Φ − (ε − x0) with v_Φ straight from the transformer, CSD's kernel mix, weight σ², count-averaged per frame."""
+    from longgen.diffusion import fuse_windows
+
+    sampler = SynCoSSampler(num_steps=10, guidance_scale=5.0, stride=6, iters=1, batch_windows=3)
+    sched = wan.schedule(10)
+    c = sched.step(2)
+    plan = sampler.plan(L3, wan.window)
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.randn((L3, *wan.latent_shape), generator=gen)
+    eps = torch.randn((L3, *wan.latent_shape), generator=gen)
+    grads = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads.append(self.param_groups[0]["params"][0].grad.clone())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    sampler.refine(_run(wan, _noise(L3, wan.latent_shape), seed=7), x0, eps, plan, [0, 1, 1], c, sched)
+    pick = torch.randperm(3, generator=torch.Generator().manual_seed(7))  # the run generator's first draw
+    starts = [plan.starts[i] for i in pick.tolist()]
+    ids = [[0, 1, 1][i] for i in pick.tolist()]
+    x0_w = torch.stack([x0[s : s + 21] for s in starts])  # [3, M, C, H, W]
+    eps_w = torch.stack([eps[s : s + 21] for s in starts])
+    y = (1 - c.s) * x0_w + c.s * eps_w
+    residual = _velocity(wan, y, c.t, wan._embeds[ids], 5.0) - (eps_w - x0_w)
+    expected = fuse_windows(c.s**2 * syncos.csd_mix(y, residual), starts, L3)
+    assert len(grads) == 1
+    assert (grads[0] - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
 def test_syncos_stage2_descends_on_flow(wan, monkeypatch):
     """A fixed batch (B = N = 3), constant lr: the mean flow residual norm goes down at every iteration; the same
     wiring with the gradient's sign flipped climbs."""
@@ -324,6 +358,15 @@ def test_per_frame_timesteps(wan):
     v = varied.eps - varied.x0
     sigma = ((x - varied.x0) * v).sum(dim=(0, 2, 3, 4)) / (v * v).sum(dim=(0, 2, 3, 4))  # [21]
     assert torch.allclose(sigma, ts / 1000, atol=1e-4)
+    # oracle: the transformer called with a timestep per token, token (f, h, w) of the patch grid taking frame f's
+    # (diffusers flattens the patch grid frame-major), unguided
+    f, hp, wp = 21, wan.latent_shape[1] // 2, wan.latent_shape[2] // 2
+    per_token = torch.tensor([[float(ts[i]) for i in range(f) for _ in range(hp * wp)]])  # [1, F·h'·w']
+    with torch.no_grad():
+        v = wan.pipe.transformer(hidden_states=x[:1].permute(0, 2, 1, 3, 4), timestep=per_token,
+                                 encoder_hidden_states=wan._embeds[:1], return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    x0 = x[:1] - (ts / 1000).reshape(-1, 1, 1, 1) * v
+    assert (wan.predict(x[:1], ts, [0], 1.0).x0 - x0).abs().max().item() <= 1e-5
 
 
 # ------------------------------------------------------------------------------------------ streamed decode
