@@ -214,6 +214,8 @@ class WanBackbone(DiffusersBackbone):
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [b, F, C, H, W]; t: [b] or [b, F] (per frame) → velocity [b, F, C, H, W]."""
         if t.dim() == 2:  # per frame → per token: each frame has (H/2)·(W/2) patch tokens, frames outermost
+            if t.shape[1] != x.shape[1]:
+                raise ValueError(f"{t.shape[1]} per-frame timesteps for windows of {x.shape[1]} latent frames")
             tokens = (x.shape[3] // 2) * (x.shape[4] // 2)
             t = t.repeat_interleave(tokens, dim=1)  # [b, F·(H/2)·(W/2)]
         out = self.pipe.transformer(
