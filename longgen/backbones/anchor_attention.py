@@ -1,4 +1,4 @@
-"""Anchor-based attention (ABAM) for the CogVideoX transformer: GLC-Diffusion (Ma et al. 2025, arXiv 2501.05484),
+"""Anchor-based attention (ABAM) for the CogVideoX and Wan transformers: GLC-Diffusion (Ma et al. 2025, arXiv 2501.05484),
 §3.2 "Anchor-Based Attention Mechanism", Eq. 10.
 
 Inside every attention layer, the keys and values of each window (clip) in a batch are blended with those of an
@@ -24,17 +24,22 @@ Which window is the anchor, exactly:
   heads × video tokens × head dim per group, e.g. 2·30·30·17 550·64 fp16 values ≈ 4 GB per group on CogVideoX-2B.
 - Only the video tokens are blended; the text tokens of the joint attention keep each window's own prompt
   (windows of a multi-event story carry different local prompts, and the method's point is visual consistency).
-- With RoPE (CogVideoX-5B) the blend is applied after the rotation; both windows have the same positions, so this
-  equals blending before the rotation.
+- With RoPE (CogVideoX-5B, Wan) the blend is applied after the rotation; both windows have the same positions, so
+  this equals blending before the rotation.
+- Wan (`WanAnchorAttnProcessor`) has separate self-attention (video tokens only) and cross-attention (video queries,
+  text keys/values) in each block. Eq. 10 is applied in the self-attention layers, whose keys/values are the video
+  tokens; the cross-attention layers keep their stock processor (their keys/values are the window's own prompt, as
+  the text tokens of CogVideoX's joint attention are).
 
-`anchored(transformer, strength, groups)` installs these processors on a diffusers CogVideoX transformer and puts the
-original processors back on exit (also on an exception); `AnchorLayout.call(batch)` brackets one `predict`.
+`anchored(transformer, strength, groups, processor, layers)` installs these processors on a diffusers transformer
+(every attention layer, or those whose processor name `layers` accepts) and puts the original processors back on
+exit (also on an exception); `AnchorLayout.call(batch)` brackets one `predict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -96,7 +101,8 @@ class AnchorLayout:
     def blend(
         self, layer: int, rows: range, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10 for the video tokens of one call. key, value: [b, heads, N, head_dim] → same shapes."""
+        """Eq. 10 for the video tokens of one call. key, value: [b, ...] (rows first; CogVideoX [b, heads, N, hd],
+        Wan [b, N, heads, hd]) → same shapes."""
         k_rows, v_rows = [], []
         for i, row in enumerate(rows):  # in row order: an anchor is stored before the rest of its segment reads it
             in_branch = row % self._batch
@@ -104,12 +110,12 @@ class AnchorLayout:
             if in_branch == self._group_start[group]:
                 # clone: keep only the anchor's row alive, not the whole call's tensor; the conditional branch's
                 # anchor replaces the unconditional one once every unconditional row has read it
-                self._store[(layer, group)] = (key[i].clone(), value[i].clone())  # 2 × [heads, N, head_dim]
+                self._store[(layer, group)] = (key[i].clone(), value[i].clone())  # 2 × key[i].shape
             k_a, v_a = self._store[(layer, group)]
             k_rows.append(k_a)
             v_rows.append(v_a)
-        k_anchor = torch.stack(k_rows)  # [b, heads, N, head_dim]
-        v_anchor = torch.stack(v_rows)  # [b, heads, N, head_dim]
+        k_anchor = torch.stack(k_rows)  # key.shape
+        v_anchor = torch.stack(v_rows)  # value.shape
         lam = self.strength
         return lam * key + (1.0 - lam) * k_anchor, lam * value + (1.0 - lam) * v_anchor
 
@@ -125,14 +131,73 @@ def anchor_processor(layout: AnchorLayout, layer: int, kernel: str = "sdpa") -> 
     return JointAttention(kernel, video_kv=blend)
 
 
+def cogvideox_anchor(kernel: str = "sdpa") -> Callable:
+    """The `processor` factory of `anchored` for CogVideoX blocks, on the backbone's attention kernel."""
+    return lambda layout, layer, replaces=None: anchor_processor(layout, layer, kernel)
+
+
+class WanAnchorAttnProcessor:
+    """Self-attention of a Wan block with Eq. 10 applied to its (video) keys and values.
+
+    Same call signature and result as diffusers' `WanAttnProcessor` for a self-attention layer of a text-to-video
+    Wan model (no image tokens): projections, RMS norms of q and k across heads, RoPE on q and k, attention through
+    diffusers' attention dispatcher (so `backbone.attention`'s kernels and any attention backend the layer had still
+    apply), output projection. With λ = 1 it returns the stock processor's output."""
+
+    def __init__(self, layout: AnchorLayout, layer: int, replaces=None) -> None:
+        self.layout = layout
+        self.layer = layer
+        self.backend = getattr(replaces, "_attention_backend", None)  # the replaced processor's attention backend
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
+        rows = self.layout.rows(self.layer, hidden_states.shape[0])
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        if rotary_emb is not None:
+            # Wan's tables are [1, N, 1, hd] with each angle repeated for the (even, odd) pair it rotates: the
+            # interleaved-pair RoPE of diffusers' apply_rotary_emb with the sequence on dim 1
+            cos, sin = (f[0, :, 0] for f in rotary_emb)  # [N, hd] each
+            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        k, v = self.layout.blend(self.layer, rows, k, v)  # [b, N, heads, hd] each
+        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self.backend)  # [b, N, heads, hd]
+        out = out.flatten(2, 3).type_as(q)  # [b, N, heads·hd]
+        return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
+
+
 @contextlib.contextmanager
-def anchored(transformer, strength: float, groups: Sequence[int] | None = None,
-             kernel: str = "sdpa") -> Iterator[AnchorLayout]:
-    """Install anchor attention on every attention layer of a diffusers transformer for the duration of the block;
-    the original processors (the same objects) are restored on exit, also when the block raises."""
+def anchored(
+    transformer,
+    strength: float,
+    groups: Sequence[int] | None = None,
+    processor: Callable | None = None,
+    layers: Callable[[str], bool] | None = None,
+) -> Iterator[AnchorLayout]:
+    """Install anchor attention on the attention layers of a diffusers transformer whose processor name `layers`
+    accepts (all when None) for the duration of the block: `processor(layout, layer, replaces)` with the layers
+    numbered in call order and `replaces` the processor it stands in for. The original processors (the same
+    objects) are restored on exit, also when the block raises."""
+    processor = processor or cogvideox_anchor()
     layout = AnchorLayout(strength, groups)
     original = dict(transformer.attn_processors)  # name → processor, in call order
-    processors = {name: anchor_processor(layout, layer, kernel) for layer, name in enumerate(original)}
+    chosen = [name for name in original if layers is None or layers(name)]
+    processors = dict(original)
+    for layer, name in enumerate(chosen):
+        processors[name] = processor(layout, layer, original[name])
     transformer.set_attn_processor(processors)
     try:
         yield layout
