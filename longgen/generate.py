@@ -131,6 +131,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any]) -> dic
         story, stripped = story.without_global()
         log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
                  stripped, len(story.local_prompts))
+    elif warning := story.missing_global_warning():  # local prompts without the global description
+        log.warning(warning)
     counted_exactly = backbone.count_tokens(story.local_prompts[0])[1]
     check_prompt_lengths(story, backbone, cfg.negative_prompt or "")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:

@@ -556,11 +556,18 @@ def test_config_defaults_are_the_papers():
 def test_cli_generates_a_glc_video(tmp_path):
     exe = Path(sys.executable).with_name("longgen")
     out = tmp_path / "run"
-    cmd = [str(exe), "generate", "sampler=glc", "backbone=tiny", "num_windows=6", "prompt=a red fox",
+    # a hand-written story whose second local prompt lacks the global description: generate warns (issue 9)
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "A red fox in deep snow.",
+                                 "local": ["A red fox in deep snow. It trots.", "The fox curls up and sleeps."]}))
+    cmd = [str(exe), "generate", "sampler=glc", "backbone=tiny", "num_windows=6", f"story={story}",
            "sampler.num_steps=2", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TERM": "dumb"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    log_text = "".join(p.read_text() for p in out.glob("*.log"))
+    assert "local prompt 2 of 2 does not contain the global prompt" in log_text, log_text[-2000:]
+    assert "local prompt 1" not in log_text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["latent_length"] == 33
     assert manifest["frames"] == 4 * (33 - 1) + 1 == 129
