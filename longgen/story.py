@@ -180,7 +180,8 @@ class Story:
         """Indices (0-based) of the local prompts that do not contain the global prompt (compared with case, runs of
         whitespace and trailing full stops ignored, as the LLM splitter checks its answers). Windows are conditioned
         on local prompts only, so for these the global description (SynCoS §3.3: the shared subject, look and
-        setting) conditions nothing. Empty for a story without a global prompt or in the multi-shot form."""
+        setting) does not reach them (except through GLC's global path). Empty for a story without a global prompt or in
+        the multi-shot form."""
         glob = _normal(self.global_prompt or "")
         if not glob or self.shots is not None:
             return []
@@ -195,9 +196,10 @@ class Story:
         which = ", ".join(str(i + 1) for i in missing)
         return (
             f"local prompt{'s' if len(missing) > 1 else ''} {which} of {len(self.local_prompts)} "
-            f"do{'es' if len(missing) == 1 else ''} not contain the global prompt, and windows see only their local "
-            f"prompt, so the shared description does not reach them: start every local prompt with the global prompt "
-            f"(SynCoS structured prompt) or write the story with `longgen split-prompt`"
+            f"do{'es' if len(missing) == 1 else ''} not contain the global prompt; windows are conditioned on their "
+            f"local prompt (only GLC's global path sees the global one), so the shared description does not reach "
+            f"them: start every local prompt with the global prompt (SynCoS structured prompt) or write the story "
+            f"with `longgen split-prompt`"
         )
 
     # ------------------------------------------------------------------ ablation

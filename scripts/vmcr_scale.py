@@ -96,7 +96,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else float("nan")
 
 
-def gradient_table(den: Denoiser, length: int, steps: int, every: int, omega: float, abam: bool, seed: int) -> list[dict]:
+def gradient_table(
+    den: Denoiser, length: int, steps: int, every: int, omega: float, abam: bool, seed: int
+) -> list[dict]:
     noise = torch.randn((1, length, *den.latent_shape), generator=torch.Generator().manual_seed(seed))
     run = SamplingRun(denoiser=den, noise=noise, generator=torch.Generator().manual_seed(seed + 1),
                       prompt_for_window=lambda s, m: 0 if s + m / 2 < length / 2 else 1, prompt_ids={"global": 2})
@@ -145,8 +147,9 @@ def term_table(shape: Sequence[int], seed: int) -> dict:
         out = {"shape": list(shape), "total": float(total.detach()), "x_norm": float(x.detach().norm())}
         for name, value in terms.items():
             (g,) = torch.autograd.grad(value, x, retain_graph=True)
-            out[name] = {"value": float(value.detach()), "share": float(value.detach() / total.detach()), "grad_norm": float(g.norm()),
-                         "grad_rms": float(g.pow(2).mean().sqrt()), "grad_max": float(g.abs().max())}
+            out[name] = {"value": float(value.detach()), "share": float(value.detach() / total.detach()),
+                         "grad_norm": float(g.norm()), "grad_rms": float(g.pow(2).mean().sqrt()),
+                         "grad_max": float(g.abs().max())}
         (g,) = torch.autograd.grad(total, x)
     out["grad_norm"] = float(g.norm())
     return out
@@ -172,8 +175,9 @@ def main() -> None:
     rows = gradient_table(den, args.length, args.steps, args.every, args.omega, abam=args.denoiser == "tiny",
                           seed=args.seed)
     result["steps"] = rows
-    print(f"VMCR gradient scale, {args.denoiser} denoiser" + (f" (rho={args.rho})" if args.denoiser == "gaussian" else "")
-          + f", L={args.length}, {args.steps} steps, omega={args.omega:g}")
+    rho = f" (rho={args.rho})" if args.denoiser == "gaussian" else ""
+    print(f"VMCR gradient scale, {args.denoiser} denoiser{rho}, L={args.length}, {args.steps} steps, "
+          f"omega={args.omega:g}")
     print(f"{'t':>4} {'a_prev':>7} {'1/a_prev':>8} {'gain':>7} {'aff/mod':>8} {'tw/mod':>7} {'cos':>6} "
           f"{'dz/z model':>10} {'tweedie':>9} {'affine':>9} {'aff dz/sig':>10}")
     for r in rows:

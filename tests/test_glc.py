@@ -363,25 +363,26 @@ def test_vmcr_change_to_z_is_bounded_at_every_step(tiny2):
     assert len(changes) == steps and all(0 < c <= 1e-3 for c in changes), changes
     assert not any(r["vmcr_limited"] for r in sampler._trace) and sorted(changes)[steps // 2] < 5e-5
     # the recorded change is |z_with - z_without| / |z_without| of the step, measured here on step 0
-    with_vmcr, without = GLCSampler(num_steps=steps), GLCSampler(num_steps=steps, vmcr=False)
-    outs = []
-    for sampler_ in (with_vmcr, without):
+    def first_step(sampler_):
         run = _run(tiny2, noise, [0, 1])
         sampler_.begin(run)
         state = SamplerState(sampler_.initial_state(run))
         sampler_.step(run, state, 0)
-        outs.append(state.tensors["x"])
-    measured = ((outs[0] - outs[1]).norm() / outs[1].norm()).item()
+        return state.tensors["x"]
+
+    with_vmcr = GLCSampler(num_steps=steps)
+    z_with, z_without = first_step(with_vmcr), first_step(GLCSampler(num_steps=steps, vmcr=False))
+    measured = ((z_with - z_without).norm() / z_without.norm()).item()
     assert with_vmcr._trace[0]["vmcr_change"] == pytest.approx(measured, rel=1e-3)
     # affine: far stronger at the first step; with the default trust region it is held to 1e-3 of |z|
     affine = GLCSampler(num_steps=steps, vmcr_source="affine", vmcr_max_step=None)
-    affine.sample(_run(tiny2, noise, [0, 1]))
+    first_step(affine)
     assert affine._trace[0]["vmcr_change"] > 100 * changes[0]
     capped = GLCSampler(num_steps=steps, vmcr_source="affine")
-    capped.sample(_run(tiny2, noise, [0, 1]))
+    z_capped = first_step(capped)
     assert capped._trace[0]["vmcr_limited"] and capped._trace[0]["vmcr_change"] == pytest.approx(1e-3)
-    assert all(r["vmcr_change"] <= 1e-3 * (1 + 1e-6) for r in capped._trace)
-    assert capped.describe()["vmcr_steps_limited"] >= 1
+    assert ((z_capped - z_without).norm() / z_without.norm()).item() == pytest.approx(1e-3, rel=1e-3)
+    assert capped.describe()["vmcr_steps_limited"] == 1
 
 
 def test_vmcr_model_source_gradient_matches_autograd_through_the_model(tiny2):

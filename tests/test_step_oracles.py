@@ -217,7 +217,9 @@ def _motion_loss(x0, lam_f=0.2, lam_mse=0.001, lam_phase=1.0):
         total = total + 1 - (da * db).sum() / (da.norm() * db.norm()) + lam_mse * ((da - db) ** 2).sum()
         n = da.shape[-1] * da.shape[-2]
         fa, fb = torch.fft.fftn(da, dim=(-2, -1)) / math.sqrt(n), torch.fft.fftn(db, dim=(-2, -1)) / math.sqrt(n)
-        total = total + lam_f * ((fa.abs() - fb.abs()).abs().sum() + lam_phase * torch.angle(fa * fb.conj()).abs().sum())
+        amplitude = (fa.abs() - fb.abs()).abs().sum()
+        phase = torch.angle(fa * fb.conj()).abs().sum()  # the phase difference, wrapped to [-pi, pi]
+        total = total + lam_f * (amplitude + lam_phase * phase)
     return total
 
 

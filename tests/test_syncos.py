@@ -388,8 +388,10 @@ def test_story_locals_missing_global():
     assert story.locals_missing_global() == [2]  # case, spacing and the final full stop do not matter
     assert story.missing_global_warning().startswith("local prompt 3 of 3 does not contain the global prompt")
     several = Story(g, ["The robot walks.", "The robot sits."])
-    assert several.locals_missing_global() == [0, 1] and "local prompts 1, 2 of 2 do not" in several.missing_global_warning()
-    assert Story.single("a cat").locals_missing_global() == [] and Story.single("a cat").missing_global_warning() is None
+    assert several.locals_missing_global() == [0, 1]
+    assert "local prompts 1, 2 of 2 do not" in several.missing_global_warning()
+    single = Story.single("a cat")
+    assert single.locals_missing_global() == [] and single.missing_global_warning() is None
     assert Story("", ["a cat", "a dog"]).locals_missing_global() == []  # no global prompt: nothing to check
     # the ablation's output is exempt by construction: generate checks only when use_global_prompt=true
     stripped, _ = Story(g, [f"{g} The robot walks."]).without_global()

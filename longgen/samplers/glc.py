@@ -38,13 +38,15 @@ Per DDIM step t → t_prev (Eq. 1, η = 0; Algorithm 1):
      that of one window); one extra predict of every window plus one differentiable forward and backward per window
      and CFG branch per step. At the last step there is no next timestep and the Tweedie slope is used (on
      CogVideoX's schedule a_prev = 1 there, where every source is the identity x̂0 = z_0).
-   Measured with scripts/vmcr_scale.py (L = 49, 50 steps; ratios of gradient norms to the model source): for the
-   exact posterior mean of white unit Gaussian latents the model's gain along ∇_{x̂0}ℓ is a_prev and tweedie/model
-   is 1.02–1.25 at every t, affine/model 824 at t = 899 falling to 1.08 at t = 39; for frame-correlated latents
-   (AR(1), ρ = 0.9) tweedie/model is 2.5–16 and affine/model 3900 → 2.7. On the untrained tiny CogVideoX the gain is
-   0.37–0.97 at every t (a random network, not a denoiser): tweedie/model 0.011 at t = 999, 0.08 at 899, 0.35–1.05
-   from 799 down; affine/model 414, 55, then 15 → 0.7. So the Tweedie slope is the cheap estimate that stays within
-   an order of magnitude of a denoiser's Jacobian at every t, where the affine one is off by up to three.
+   Measured with scripts/vmcr_scale.py (L = 49, 50 steps; ratios of gradient norms to the model source):
+   - exact posterior mean of white unit Gaussian latents: the model's gain along ∇_{x̂0}ℓ is a_prev; tweedie/model
+     1.02–1.25 from t = 899 down, affine/model 824 at t = 899 falling to 1.08 at t = 39;
+   - frame-correlated Gaussian latents (AR(1), ρ = 0.9): tweedie/model 2.5–16, affine/model 3900 → 2.7
+     (at t = 999 both Gaussian denoisers return x̂0 = 0, a static video with nothing to align);
+   - the untrained tiny CogVideoX: gain 0.37–0.97 at every t (a random network, not a denoiser); tweedie/model
+     0.011 at t = 999, 0.08 at 899, 0.35–1.05 from 799 down; affine/model 414, 55, then 15 → 0.7.
+   So the Tweedie slope is the free estimate that stays within a factor ~16 of a denoiser's Jacobian at every t,
+   where the affine one is off by up to 4000.
    Size of one step: with the defaults VMCR changes z by ‖Δz‖/‖z‖ ≈ 1e-6–2e-5 on the tiny model, with rare spikes
    (3e-4 measured) where a spatial frequency of the motion is near zero: the phase term's gradient grows like
    1/|ℱ(δ)|. `vmcr_max_step` (ours, default 1e-3) is a trust region that caps ‖Δz‖ at that fraction of ‖z‖ in any
