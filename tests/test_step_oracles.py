@@ -148,18 +148,21 @@ def test_syncos_steps_match_the_pseudo_code(tiny5):
                                  SYN["lr_decay_iters"], SYN["lr_decay_rate"], picks)
         refs.append(ref)
         err = (state.tensors["x"].double() - ref).abs().max().item()
-        assert err <= 2e-4 * ref.abs().max().item(), (t, err)
+        assert err <= 5e-5 * ref.abs().max().item(), (t, err)  # measured 4e-7 (batched vs one window at a time)
     # the oracle is sensitive: the minibatches differ between iterations, and stage 2 moves the step's result far
     # beyond the tolerance (against the same step with stage 2 off)
     assert len({tuple(sorted(p)) for p in picks}) > 1
     active = refs[0]
     inactive = syncos_step_oracle(tiny5, x.double(), 749, 4, None, 999, 0, 0, 0.0, 1, 1.0, [])
-    assert (active - inactive).abs().max().item() > 100 * 2e-4 * active.abs().max().item()
+    assert (active - inactive).abs().max().item() > 100 * 5e-5 * active.abs().max().item()
 
 
 # ------------------------------------------------------------------------------------------ GLC (Algorithm 1)
 L_G = 25  # d = 2 dilated clips of 13 over 26 padded positions (one reflected), local windows at stride 4
-GLC = dict(num_steps=4, stride=4, renormalize_noise=False, omega=0.02, vmcr_max_step=None, abam_lambda=0.3)
+# γ0 = 0.2 (paper: 0.005) gives the global path a share γ ≈ 0.3 so that its wiring shows well above the tolerance;
+# Eq. 11 without our variance correction (tested in test_glc.py); ω large enough that VMCR's step shows, no trust region
+GLC = dict(num_steps=4, stride=4, gamma0=0.2, renormalize_noise=False, omega=0.005, vmcr_max_step=None,
+           abam_lambda=0.3)
 
 
 def _glc_prompt(start, size):
@@ -223,7 +226,7 @@ def _motion_loss(x0, lam_f=0.2, lam_mse=0.001, lam_phase=1.0):
     return total
 
 
-def glc_step_oracle(backbone, x, t, steps, gen, omega, lam, gamma0=0.005, beta=0.0005):
+def glc_step_oracle(backbone, x, t, steps, gen, omega, lam, gamma0, beta=0.0005):
     """Algorithm 1 lines 9–23 for one step from z_t [L, C, H, W] → z_{t−1}; also returns z_{t−1} before VMCR."""
     length = x.shape[0]
     acp = _alphas(backbone)
@@ -266,10 +269,10 @@ def test_glc_initial_noise_and_steps_match_algorithm_1(tiny5):
     assert (state.tensors["x"].double() - ref).abs().max() <= 1e-5
     for i, t in enumerate((999, 749)):
         sampler.step(run, state, i)
-        ref, before_vmcr = glc_step_oracle(tiny5, ref, t, 4, gen, GLC["omega"], GLC["abam_lambda"])
+        ref, before_vmcr = glc_step_oracle(tiny5, ref, t, 4, gen, GLC["omega"], GLC["abam_lambda"], GLC["gamma0"])
         scale = ref.abs().max().item()
         err = (state.tensors["x"].double() - ref).abs().max().item()
-        assert err <= 2e-5 * scale, (t, err)
+        assert err <= 2e-5 * scale, (t, err)  # measured 1e-7 at t = 999, 1.6e-6 at 749 (VMCR amplifies rounding)
         # sensitivity: VMCR's step is far above the tolerance
         assert (ref - before_vmcr).abs().max().item() > 50 * 2e-5 * scale
 
@@ -278,8 +281,8 @@ def test_glc_step_oracle_is_sensitive_to_global_path_and_abam(tiny5):
     """The oracle's pieces each move the result well past the comparison tolerance, so dropping one would be seen."""
     x = _latent(L_G, tiny5.latent_shape, seed=32)
     outs = {}
-    for name, lam, g0 in (("base", 0.3, 0.005), ("no_abam", 1.0, 0.005), ("no_global", 0.3, 0.0)):
-        outs[name], _ = glc_step_oracle(tiny5, x.double(), 749, 4, torch.Generator().manual_seed(1), 0.02, lam, g0)
+    for name, lam, g0 in (("base", 0.3, GLC["gamma0"]), ("no_abam", 1.0, GLC["gamma0"]), ("no_global", 0.3, 0.0)):
+        outs[name], _ = glc_step_oracle(tiny5, x.double(), 749, 4, torch.Generator().manual_seed(1), GLC["omega"], lam, g0)
     scale = outs["base"].abs().max().item()
     assert (outs["base"] - outs["no_abam"]).abs().max().item() > 100 * 2e-5 * scale
     assert (outs["base"] - outs["no_global"]).abs().max().item() > 50 * 2e-5 * scale
