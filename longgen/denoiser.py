@@ -82,5 +82,5 @@ class Denoiser(ABC):
         cannot do this raise UsageError."""
         raise UsageError(
             f"the {type(self).__name__} backbone cannot backpropagate through its model: use a sampler option that "
-            f"does not need model gradients (e.g. sampler.vmcr_source=affine)"
+            f"does not need model gradients (e.g. sampler.vmcr_source=tweedie)"
         )

@@ -180,6 +180,8 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
         used, stripped = story.without_global()
         log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
                  stripped, len(used.local_prompts))
+    elif warning := story.missing_global_warning():  # local prompts without the global description
+        log.warning(warning)
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
                stripped)

@@ -278,6 +278,33 @@ class Story:
             low, high = (low, mid) if fits(mid) else (mid, high)
         return high
 
+    # ------------------------------------------------------------------ the global description
+    def locals_missing_global(self) -> list[int]:
+        """Indices (0-based) of the local prompts that do not contain the global prompt (compared with case, runs of
+        whitespace and trailing full stops ignored, as the LLM splitter checks its answers). Windows are conditioned
+        on local prompts only, so for these the global description (SynCoS §3.3: the shared subject, look and
+        setting) does not reach them (except through GLC's global path). Empty for a story without a global prompt or in
+        the multi-shot form."""
+        glob = _normal(self.global_prompt or "")
+        if not glob or self.shots is not None:
+            return []
+        return [i for i, prompt in enumerate(self.local_prompts) if glob not in _normal(prompt)]
+
+    def missing_global_warning(self) -> str | None:
+        """One line for the log when some local prompts lack the global prompt (`locals_missing_global`), else None.
+        A warning, not an error: a hand-written story may paraphrase the description on purpose."""
+        missing = self.locals_missing_global()
+        if not missing:
+            return None
+        which = ", ".join(str(i + 1) for i in missing)
+        return (
+            f"local prompt{'s' if len(missing) > 1 else ''} {which} of {len(self.local_prompts)} "
+            f"do{'es' if len(missing) == 1 else ''} not contain the global prompt; windows are conditioned on their "
+            f"local prompt (only GLC's global path sees the global one), so the shared description does not reach "
+            f"them: start every local prompt with the global prompt (SynCoS structured prompt) or write the story "
+            f"with `longgen split-prompt`"
+        )
+
     # ------------------------------------------------------------------ ablation
     def without_global(self) -> tuple["Story", int]:
         """The story with the global description removed from every local prompt that contains it (SynCoS Table 2,
@@ -434,6 +461,11 @@ def _source(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"story: `source` must be an object (or a splitter name), got {type(value).__name__}")
     return dict(value)
+
+
+def _normal(text: str) -> str:
+    """Text compared for containment: whitespace runs collapsed, case folded, trailing full stops dropped."""
+    return " ".join(text.split()).casefold().rstrip(" .")
 
 
 def _sentence(text: str) -> str:
