@@ -17,9 +17,12 @@ from longgen import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("longgen.generate", "generate", "sample a long video from a prompt or story into Hydra's run directory"),
     "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
+    "eval": ("longgen.eval.command", "eval", "measure run directories, multirun directories or mp4 files; report for several"),
 }
 #: command → config key that its first plain argument (no '=', not a flag) fills
 POSITIONAL = {"split-prompt": "scenario"}
+#: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
+POSITIONAL_LIST = {"eval": "paths"}
 #: Hydra flags followed by a value, which is not a positional argument
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i"}
@@ -38,6 +41,7 @@ examples:
   longgen generate backbone=tiny sampler=gen-l-video num_windows=4 prompt="a cat"
   longgen split-prompt prompts/storytelling_paper_boat.txt num_prompts=4
   longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
+  longgen eval multirun/2025-01-01/12-00-00
   longgen generate --cfg job
   longgen generate --help          (options of one command)
 """
@@ -130,8 +134,38 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def _hydra_quote(text: str) -> str:
+    """A value quoted for Hydra's override grammar, so paths with spaces, commas, brackets or quotes stay one string."""
+    text = text.replace("'", "\\'")
+    if text.endswith("\\"):  # a backslash right before the closing quote must itself be escaped
+        text += "\\"
+    return "'" + text + "'"
+
+
+def fill_positional_list(key: str, args: list[str]) -> list[str]:
+    """`longgen eval a b x=1` → `x=1 paths=['a','b']`: every plain argument goes into one list-valued key."""
+    out, values, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_FLAGS:
+            takes_value = arg not in ("--info", "-i") or (i + 1 < len(args) and args[i + 1] in _INFO_WORDS)
+            out.extend(args[i: i + (2 if takes_value else 1)])
+            i += 2 if takes_value else 1
+            continue
+        if not arg.startswith("-") and "=" not in arg:
+            values.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    if values:
+        out.append(f"{key}=[{','.join(_hydra_quote(v) for v in values)}]")
+    return out
+
+
 def fill_positional(command: str, args: list[str]) -> list[str]:
     """`longgen split-prompt story.txt n=4` → `scenario=story.txt n=4`: the first plain argument becomes KEY=VALUE."""
+    if command in POSITIONAL_LIST:
+        return fill_positional_list(POSITIONAL_LIST[command], args)
     key = POSITIONAL.get(command)
     if key is None:
         return list(args)
