@@ -11,7 +11,6 @@ Order of work, so that bad input fails in a second and finished work is never lo
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -20,7 +19,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import torch
@@ -29,27 +28,13 @@ from omegaconf import DictConfig
 
 from longgen import __version__
 from longgen.build import build
-from longgen.errors import UsageError
+from longgen.errors import UsageError, user_errors  # noqa: F401  (user_errors: also used by split_prompt)
 from longgen.progress import StepProgress
 from longgen.samplers.base import SamplingRun
 from longgen.story import Story, check_text_limit
 from longgen.windows import latent_length
 
 log = logging.getLogger("longgen")
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a UsageError into one line on stderr and exit status 2."""
-    try:
-        yield
-    except UsageError as exc:
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(exc), None, None)
-        for handler in logging.getLogger().handlers:  # keep it in the run's log file, print it once
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
-        print(f"longgen: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None) -> Story:

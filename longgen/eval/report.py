@@ -40,7 +40,8 @@ def group_labels(results: list[dict]) -> list[str]:
                 if not o.split("=")[0].lstrip("+~").startswith(("seed", "hydra"))]
 
     lists = [varying(r) for r in results]
-    shared = set.intersection(*(set(v) for v in lists)) if lists and all(lists) else set()
+    with_overrides = [set(v) for v in lists if v]
+    shared = set.intersection(*with_overrides) if with_overrides else set()
     labels = []
     for r, overrides in zip(results, lists):
         own = [o for o in overrides if o not in shared]
