@@ -111,7 +111,18 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
                 sub = rest.split(".")[0]
                 if sub not in allowed:
                     return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
+        nested = _primary_nodes(config).get(head)
+        if nested is not None and rest and rest.split(".")[0] not in nested:
+            return f"{head} has no option {rest.split('.')[0]!r}; its options are: {', '.join(sorted(nested))}"
     return None
+
+
+def _primary_nodes(config: str) -> dict[str, dict]:
+    """Top-level keys of a primary config whose value is a mapping of options (e.g. eval's `settings`)."""
+    import yaml
+
+    data = yaml.safe_load((resources.files("longgen.conf") / f"{config}.yaml").read_text()) or {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and k not in ("defaults", "hydra")}
 
 
 def check_group_choices(args: list[str]) -> str | None:

@@ -63,7 +63,7 @@ def test_eval_on_a_run_directory_prints_the_table_and_writes_eval_json(sweep, tm
     assert not (tmp_path / "out" / "report.html").exists()  # one video: no comparison report
 
 
-def test_eval_on_a_multirun_directory_and_an_mp4_groups_runs_by_their_overrides(sweep, tmp_path):
+def test_eval_on_a_multirun_directory_groups_runs_by_their_overrides(sweep, tmp_path):
     multi = tmp_path / "multi"
     multi.mkdir()
     for job, sampler, seed in [("0_direct", "direct", 0), ("1_direct", "direct", 1), ("2_gen-l-video", "gen-l-video", 0)]:
@@ -71,19 +71,28 @@ def test_eval_on_a_multirun_directory_and_an_mp4_groups_runs_by_their_overrides(
         (multi / job / "eval.json").unlink()
         overrides = ["backbone=tiny", f"sampler={sampler}", f"seed={seed}", "prompt=a red fox runs in the snow"]
         (multi / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    shutil.copy(sweep / "0_gen-l-video" / "video.mp4", tmp_path / "loose clip.mp4")
-    proc = run_cli("eval", str(multi), str(tmp_path / "loose clip.mp4"), f"out={tmp_path / 'report'}",
-                   "report.embed_videos=false", f"hydra.run.dir={tmp_path / 'cmd'}", cwd=tmp_path)
+    proc = run_cli("eval", str(multi), f"out={tmp_path / 'report'}", "report.embed_videos=false",
+                   f"hydra.run.dir={tmp_path / 'cmd'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
     # overrides shared by every run (backbone, prompt) and the seed do not name a group
-    assert [r["group"] for r in rows] == ["sampler=direct", "sampler=direct", "sampler=gen-l-video", "loose clip"]
+    assert [r["group"] for r in rows] == ["sampler=direct", "sampler=direct", "sampler=gen-l-video"]
     assert all((multi / job / "eval.json").exists() for job in ("0_direct", "1_direct", "2_gen-l-video"))
-    assert (tmp_path / "cmd" / "loose clip.eval.json").exists()  # a bare mp4's result: in the command's directory
     page = (tmp_path / "report" / "report.html").read_text()
     assert 'src="../multi/0_direct/video.mp4"' in page and "data:video/mp4" not in page  # linked relatively
     assert "sampler=direct</td><td>2</td>" in page  # the group of two seeds, shown as mean ± std
-    assert len(list((tmp_path / "report" / "plots").glob("run-*.png"))) == 4
+    assert len(list((tmp_path / "report" / "plots").glob("run-*.png"))) == 3
+
+
+def test_a_bare_mp4_gets_its_result_in_the_commands_directory(sweep, tmp_path):
+    from longgen.eval.command import run_eval
+
+    shutil.copy(sweep / "0_gen-l-video" / "video.mp4", tmp_path / "loose clip.mp4")
+    [result] = run_eval(_config(paths=[str(tmp_path / "loose clip.mp4")]), tmp_path / "cmd")
+    saved = json.loads((tmp_path / "cmd" / "loose clip.eval.json").read_text())
+    assert saved["label"] == "loose clip" and saved["run_dir"] is None and saved["seams"] == []
+    assert saved["summary"]["flicker"] == result["summary"]["flicker"]
+    assert not (tmp_path / "cmd" / "report.html").exists()
 
 
 def test_report_goes_into_a_multirun_directory_given_alone(tmp_path):
@@ -112,13 +121,14 @@ def test_callback_does_nothing_without_eval(sweep, tmp_path):
     assert not (copy / "report.html").exists() and not (copy / "plots").exists()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "missing", "does not exist"),
-    (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "is not a video"),
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda d: d / "missing", [], "does not exist"),
+    (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", [], "is not a video"),
+    (lambda d: d, ["settings.flwo=dis"], "settings has no option 'flwo'"),
 ])
-def test_bad_paths_are_one_line_errors_with_exit_2(tmp_path, make, message):
+def test_bad_inputs_on_the_command_line_are_one_line_errors_with_exit_2(tmp_path, make, extra, message):
     path = make(tmp_path)
-    proc = run_cli("eval", str(path), f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    proc = run_cli("eval", str(path), *extra, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and message in lines[0], proc.stderr

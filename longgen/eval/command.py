@@ -52,6 +52,7 @@ def report_dir(cfg: DictConfig, run_dir: Path, collections: list[Path], targets:
 def result_path(target: Target, run_dir: Path, taken: set[Path]) -> Path:
     if target.run_dir is not None:
         return target.run_dir / "eval.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
     path, n = run_dir / f"{target.label}.eval.json", 1
     while path in taken:
         n += 1

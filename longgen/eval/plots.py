@@ -104,8 +104,8 @@ def bars_figure(groups: list[tuple[str, dict[str, list[float]]]], columns: list)
     n = len(columns)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(3.2 * cols, 2.6 * rows + 0.6))
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(rows, cols, gridspec_kw={"hspace": 0.95, "wspace": 0.4})).ravel()
     names = [g for g, _ in groups]
     colours = _colours(len(groups))
     for ax, column in zip(axes, columns):

@@ -169,7 +169,7 @@ def _video_src(result: dict, out_dir: Path, embed: bool) -> str:
 
 def _best(values: list[float | None], better: str) -> float | None:
     finite = [v for v in values if v is not None]
-    if not finite or better not in ("high", "low") or len(finite) < 2:
+    if better not in ("high", "low") or len(set(finite)) < 2:  # nothing to prefer when all groups are equal
         return None
     return max(finite) if better == "high" else min(finite)
 
