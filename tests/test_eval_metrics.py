@@ -136,7 +136,7 @@ def test_window_boundaries_and_their_pixel_pairs():
 
 def test_injected_jump_is_flagged_at_that_boundary_only():
     frames = panning(GEOMETRY.frames_for(L), 24, 32, dx=1, dy=0).astype(np.int16)
-    jump_at = seams.pixel_pair(12, C) + 1  # first frame of latent 12
+    jump_at = 4 * 12 - 3  # first video frame of latent 12 (CogVideoX: latent f → frames 4f−3 … 4f)
     frames[jump_at:] += 40
     frames = np.clip(frames, 0, 255).astype(np.uint8)
     rng = np.random.default_rng(0)
