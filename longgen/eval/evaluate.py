@@ -296,7 +296,10 @@ def evaluate_target(target: Target, settings: Settings, models: ModelMetrics | N
     result.update(measure(frames, fps, settings, target.geometry, latents))
     if models is not None and models.names:
         t1 = time.perf_counter()
-        summary, detail = models.measure(frames, frame_prompts(target, len(frames), prompt))
+        prompts = frame_prompts(target, len(frames), prompt)
+        if prompts is None and "prompt_fidelity" in models.names:
+            log.info("prompt_fidelity skipped for %s: no story.json beside it and no prompt=…", target.video)
+        summary, detail = models.measure(frames, prompts)
         result["summary"].update(summary)
         result["models"] = {"metrics": models.names, **{k: str(v) for k, v in models.paths.items() if v}, **detail}
         result["timings"]["models"] = round(time.perf_counter() - t1, 3)
@@ -305,7 +308,7 @@ def evaluate_target(target: Target, settings: Settings, models: ModelMetrics | N
 
 
 def to_json(value: Any) -> Any:
-    """numpy → Python, NaN/inf → null, floats rounded to 6 decimals (curves stay compact)."""
+    """numpy → Python, NaN/inf → null, floats to 7 significant digits (curves stay compact)."""
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -315,7 +318,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return round(float(value), 6) if math.isfinite(value) else None
+        return float(f"{float(value):.7g}") if math.isfinite(value) else None
     return value
 
 
