@@ -147,9 +147,19 @@ def test_injected_jump_is_flagged_at_that_boundary_only():
     latent_flagged = [r["latent"] for r in result["seams"] if r["latent_flagged"]]
     assert flagged == [12]
     assert latent_flagged == [17]
-    ratios = {r["latent"]: r["ratio"] for r in result["seams"]}
-    assert ratios[12] > 2.5 and max(v for b, v in ratios.items() if b != 12) < 1.5
+    for key in ("ratio", "warp_ratio"):  # both the frame difference and the motion-compensated one see it
+        ratios = {r["latent"]: r[key] for r in result["seams"]}
+        assert ratios[12] > 2.5 and max(v for b, v in ratios.items() if b != 12) < 1.5, key
     assert result["summary"]["seams_flagged"] == 1 and result["summary"]["latent_seams_flagged"] == 1
+
+
+def test_a_jump_hidden_by_fast_motion_is_caught_by_the_warping_error():
+    frames = panning(GEOMETRY.frames_for(L), 32, 48, dx=3, dy=0).astype(np.int16)
+    frames[4 * 8 - 3:] += 12  # latent 8 onwards a little brighter; the 3 px/frame pan changes frames more
+    result = measure(np.clip(frames, 0, 255).astype(np.uint8), FPS, default_settings(), GEOMETRY)
+    row = {r["latent"]: r for r in result["seams"]}
+    assert row[8]["ratio"] < 2 < row[8]["warp_ratio"]
+    assert [b for b, r in row.items() if r["flagged"]] == [8]
 
 
 def test_seam_ratio_reference_uses_non_boundary_transitions():

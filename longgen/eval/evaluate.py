@@ -43,7 +43,8 @@ from longgen.eval.settings import Settings, default_settings
 log = logging.getLogger("longgen")
 
 SCHEMA = "longgen-eval/1"
-PIXEL_SEAM_FLOOR = 0.5  # ε of the pixel seam ratio, grey levels (seams.py)
+PIXEL_SEAM_FLOOR = 0.5  # ε of the frame-difference seam ratio, grey levels (seams.py)
+WARP_SEAM_FLOOR = 3 * (0.5 / 255) ** 2  # least ε of the warping-error seam ratio: half a grey level in each channel
 
 
 @contextlib.contextmanager
@@ -76,23 +77,27 @@ def flow_stage(small: np.ndarray, factor: int, fps: float, height: int, width: i
     return summary, {"warp": curves.warp, "motion_px": curves.motion}
 
 
-def seam_stage(differences: np.ndarray, geometry: Geometry | None, latents: np.ndarray | None, settings: Settings):
-    """Per-boundary seam ratios in pixels (and latents); empty without a window plan."""
+def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | None, latents: np.ndarray | None,
+               settings: Settings):
+    """Per-boundary seam ratios: frame difference and warping error (pixels), and latents; empty without a plan."""
     if geometry is None:
         return {}, [], None
     length, c = geometry.latent_length, geometry.compression
     boundaries = seams.window_boundaries(geometry.windows, length)
     pixel = seams.seam_ratios(seams.transition_differences_from_pixels(differences, length, c), boundaries,
                               settings.seam_radius, PIXEL_SEAM_FLOOR)
+    warped = seams.transition_differences_from_pixels(warp, length, c)
+    motion = seams.seam_ratios(warped, boundaries, settings.seam_radius,
+                               max(WARP_SEAM_FLOOR, seams.relative_floor(warped)))
     latent: dict[int, float] = {}
     if latents is not None and len(latents) == length:
         moves = seams.transition_differences_from_latents(latents)
-        latent = seams.seam_ratios(moves, boundaries, settings.seam_radius, seams.latent_floor(moves))
+        latent = seams.seam_ratios(moves, boundaries, settings.seam_radius, seams.relative_floor(moves))
     rows = []
     for b in boundaries:
         p = seams.pixel_pair(b, c)
-        row: dict[str, Any] = {"latent": b, "pixel_pair": [p, p + 1], "ratio": pixel.get(b)}
-        row["flagged"] = row["ratio"] is not None and row["ratio"] > settings.seam_ratio
+        row: dict[str, Any] = {"latent": b, "pixel_pair": [p, p + 1], "ratio": pixel.get(b), "warp_ratio": motion.get(b)}
+        row["flagged"] = any(r is not None and r > settings.seam_ratio for r in (row["ratio"], row["warp_ratio"]))
         if latent:
             row["latent_ratio"] = latent.get(b)
             row["latent_flagged"] = row["latent_ratio"] is not None and row["latent_ratio"] > settings.seam_ratio
@@ -101,6 +106,7 @@ def seam_stage(differences: np.ndarray, geometry: Geometry | None, latents: np.n
         "seam_boundaries": len(boundaries),
         "seams_flagged": sum(r["flagged"] for r in rows),
         "seam_max_ratio": max(pixel.values()) if pixel else None,
+        "seam_max_warp_ratio": max(motion.values()) if motion else None,
     }
     if latent:
         summary["latent_seams_flagged"] = sum(r["latent_flagged"] for r in rows)
@@ -166,7 +172,7 @@ def measure(frames: np.ndarray, fps: float, settings: Settings, geometry: Geomet
         summary.update(part)
         curves.update(more)
     with _timed(timings, "seams"):
-        part, seam_rows, geometry_info = seam_stage(differences, geometry, latents, settings)
+        part, seam_rows, geometry_info = seam_stage(differences, curves["warp"], geometry, latents, settings)
         summary.update(part)
     with _timed(timings, "drift"):
         reference = geometry.frames_for(geometry.window) if geometry else settings.drift_reference_frames

@@ -12,13 +12,20 @@ Score of a boundary b: the difference across it against a local reference,
 
     ratio(b) = (D_b + ε) / (median{D_b' : b' within ±R latent frames of b, b' ≠ b, b' not a boundary} + ε)
 
-where D is the mean absolute frame difference across each latent transition — of the decoded frames (grey levels,
-the per-pair curve of flicker.frame_differences taken at the transition pairs), or of the latents themselves when
-latents.safetensors exists. Only transitions between latent frames serve as reference: a causal video VAE decodes
+where D is a per-transition difference:
+- pixels: the mean absolute frame difference across the transition (grey levels; the per-pair curve of
+  flicker.frame_differences taken at the transition pairs) — the measure the issue asks for;
+- motion-compensated: the warping error across the transition (flow.py) — in a moving shot the plain frame
+  difference is dominated by motion, so a brightness or content jump of the size of that motion hides in it, while
+  after warping it stands out (a +25 grey-level jump in a 3.5 px/frame pan: ratio 1.4 in frame difference, 30 in
+  warping error);
+- latents: mean |z_b − z_{b−1}| of the latents themselves when latents.safetensors exists. Only transitions between latent frames serve as reference: a causal video VAE decodes
 each latent frame into a block of c frames, so the pixel change between blocks is typically larger than inside one
 and must be compared with its own kind. If fewer than two non-boundary transitions lie within ±R, all other
-transitions within ±R are used. ε keeps a static video at ratio 1 (0.5 grey level for pixels; 1 % of the median
-transition difference for latents). A boundary is flagged when its ratio exceeds the threshold (default 2).
+transitions within ±R are used. ε keeps a static video at ratio 1 (0.5 grey level for frame differences; for
+warping errors 1 % of the median transition difference but at least the error of half a grey level in every
+channel, 3·(0.5/255)²; for latents 1 % of the median). A boundary is flagged when its frame-difference or
+its warping-error ratio exceeds the threshold (default 2); latent ratios are flagged separately.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ def pixel_pair(boundary: int, compression: int) -> int:
 
 
 def transition_differences_from_pixels(pair_differences: np.ndarray, length: int, compression: int) -> np.ndarray:
-    """D[b] for b = 1 … L−1 (D[0] unused, NaN) from the per-pair pixel differences [T−1]."""
+    """D[b] for b = 1 … L−1 (D[0] unused, NaN) from a per-pair curve of the video [T−1] (frame differences or
+    warping errors)."""
     out = np.full(length, np.nan)
     for b in range(1, length):
         p = pixel_pair(b, compression)
@@ -74,7 +82,7 @@ def seam_ratios(transitions: np.ndarray, boundaries: list[int], radius: int, flo
     return ratios
 
 
-def latent_floor(transitions: np.ndarray) -> float:
-    """ε for latent differences: 1 % of the median transition difference (tiny when the latents never change)."""
+def relative_floor(transitions: np.ndarray) -> float:
+    """ε for warping errors and latents: 1 % of the median transition difference (tiny when nothing changes)."""
     finite = transitions[np.isfinite(transitions)]
     return 0.01 * float(np.median(finite)) + 1e-12 if finite.size else 1e-12
