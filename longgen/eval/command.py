@@ -12,7 +12,6 @@ Order of work, so that bad input fails before any long computation:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -18,6 +18,7 @@ import base64
 import csv
 import html
 import io
+import json
 import os
 import re
 from datetime import datetime
@@ -232,8 +233,6 @@ def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embe
 def load_results(sweep_dir: str | Path) -> tuple[list[dict], list[Path]]:
     """eval.json of each job directory of a sweep (a directory with .hydra/, manifest.json or eval.json), in job
     order, and the job directories that have none."""
-    import json
-
     from longgen.eval.inputs import job_order
 
     jobs = sorted((p for p in Path(sweep_dir).iterdir()
