@@ -160,9 +160,11 @@ class Dino:
     def __init__(self, path: str | None, device: str, metric: str) -> None:
         folder = _check_folder(path, "dino", metric)
         try:
-            from transformers import AutoModel
+            from transformers import AutoConfig, AutoModel
 
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}  # only [CLS] is used
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, **extra).to(device).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"models.dino={path} could not be loaded as a vision transformer: "
                              f"{str(exc).splitlines()[0]}") from exc
