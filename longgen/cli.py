@@ -26,9 +26,12 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
     "resume": ("longgen.resume", None, "continue an interrupted run from its checkpoint (bit-identical result)"),
     "decode": ("longgen.decode", None, "write the video again from a run's saved latents (no sampling)"),
+    "eval": ("longgen.eval.command", "eval", "measure run directories, multirun directories or mp4 files; report for several"),
 }
 #: command → config key that its first plain argument (no '=', not a flag) fills
 POSITIONAL = {"split-prompt": "scenario"}
+#: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
+POSITIONAL_LIST = {"eval": "paths"}
 #: Hydra flags followed by a value, which is not a positional argument
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i"}
@@ -53,6 +56,7 @@ examples:
   longgen generate -m backbone=tiny sampler=syncos,gen-l-video,glc seed=0,1 prompt="a cat"
   longgen resume outputs/2026-11-22/10-31-07-123456
   longgen decode outputs/2026-11-22/10-31-07-123456 writer.crf=10 writer.filename=video_hq.mp4
+  longgen eval multirun/2025-01-01/12-00-00
   longgen generate --cfg job
   longgen generate --help          (options of one command)
 """
@@ -122,7 +126,18 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
                 sub = rest.split(".")[0]
                 if sub not in allowed:
                     return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
+        nested = _primary_nodes(config).get(head)
+        if nested is not None and rest and rest.split(".")[0] not in nested:
+            return f"{head} has no option {rest.split('.')[0]!r}; its options are: {', '.join(sorted(nested))}"
     return None
+
+
+def _primary_nodes(config: str) -> dict[str, dict]:
+    """Top-level keys of a primary config whose value is a mapping of options (e.g. eval's `settings`)."""
+    import yaml
+
+    data = yaml.safe_load((resources.files("longgen.conf") / f"{config}.yaml").read_text()) or {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and k not in ("defaults", "hydra")}
 
 
 def check_group_choices(args: list[str]) -> str | None:
@@ -163,8 +178,30 @@ def check_output_dir(args: list[str]) -> str | None:
     return None
 
 
+def fill_positional_list(key: str, args: list[str]) -> list[str]:
+    """`longgen eval a b x=1` → `x=1 paths=['a','b']`: every plain argument goes into one list-valued key."""
+    out, values, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_FLAGS:
+            takes_value = arg not in ("--info", "-i") or (i + 1 < len(args) and args[i + 1] in _INFO_WORDS)
+            out.extend(args[i: i + (2 if takes_value else 1)])
+            i += 2 if takes_value else 1
+            continue
+        if not arg.startswith("-") and "=" not in arg:
+            values.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    if values:
+        out.append(f"{key}=[{','.join(hydra_quote(v) for v in values)}]")
+    return out
+
+
 def fill_positional(command: str, args: list[str]) -> list[str]:
     """`longgen split-prompt story.txt n=4` → `scenario=story.txt n=4`: the first plain argument becomes KEY=VALUE."""
+    if command in POSITIONAL_LIST:
+        return fill_positional_list(POSITIONAL_LIST[command], args)
     key = POSITIONAL.get(command)
     if key is None:
         return list(args)

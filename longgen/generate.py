@@ -480,3 +480,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with user_errors():
         run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)
+        if cfg.get("eval"):  # `eval=true`: all logic lives in longgen/eval/
+            from longgen.eval.evaluate import evaluate_run_dir
+
+            evaluate_run_dir(hc.runtime.output_dir)
