@@ -68,7 +68,10 @@ def probe(b: int, h: int, nq: int, nk: int, d: int) -> None:
                 return F.scaled_dot_product_attention(q, k, v)
         kernels[name.lower()] = run
     try:
-        from flash_attn_interface import flash_attn_func  # FlashAttention-3 takes [B, N, H, D]
+        try:  # FlashAttention-3 takes [B, N, H, D]: the fa3-fwd package (pip), else flash-attention's hopper build
+            from fa3_fwd_interface import flash_attn_func
+        except ImportError:
+            from flash_attn_interface import flash_attn_func
 
         qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
 
@@ -79,7 +82,7 @@ def probe(b: int, h: int, nq: int, nk: int, d: int) -> None:
 
         kernels["fa3"] = fa3
     except Exception as exc:  # not installed (needs flash-attention's hopper build)
-        print(f"fa3 (flash_attn_interface) unavailable: {exc}")
+        print(f"fa3 (fa3_fwd_interface / flash_attn_interface) unavailable: {exc}")
     try:
         from sageattention import sageattn
 
