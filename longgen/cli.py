@@ -1,18 +1,23 @@
 """`longgen COMMAND [hydra overrides]`: dispatch a subcommand to its `@hydra.main` function.
 
 The command word is removed from argv so that Hydra sees only its own flags and overrides; `-m`, `--cfg job`,
-`--help` and `hydra.run.dir=…` keep working after the command. Config group choices (`backbone=…`, `sampler=…`,
-`writer=…`) are checked against the shipped configs first so a typo gives one clear line.
+`--help` and `hydra.run.dir=…` keep working after the command. Before Hydra starts (and saves the overrides in
+`.hydra/`): a key typed on the command line is refused without being saved (longgen.redact), config group
+choices (`backbone=…`, `sampler=…`, `writer=…`) are checked against the shipped configs so a typo gives one clear
+line, and free-text values (`prompt=a cat, then a dog`, `prompt=cat's`) are quoted for Hydra's override grammar
+(`quote_free_text`).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 from importlib import resources
 
 from longgen import __version__
+from longgen.redact import check_command_line
 
 #: command → (module with a `main`, its primary Hydra config or None for commands that take a path first and
 #: read their config from it, one-line description)
@@ -21,14 +26,21 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
     "resume": ("longgen.resume", None, "continue an interrupted run from its checkpoint (bit-identical result)"),
     "decode": ("longgen.decode", None, "write the video again from a run's saved latents (no sampling)"),
+    "eval": ("longgen.eval.command", "eval", "measure run directories, multirun directories or mp4 files; report for several"),
 }
 #: command → config key that its first plain argument (no '=', not a flag) fills
 POSITIONAL = {"split-prompt": "scenario"}
+#: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
+POSITIONAL_LIST = {"eval": "paths"}
 #: Hydra flags followed by a value, which is not a positional argument
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i"}
 _INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 GROUPS = ("backbone", "sampler", "writer", "splitter")
+#: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
+FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path",
+             "backbone.model_path", "splitter.template"}
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
 
@@ -45,6 +57,7 @@ examples:
   longgen resume outputs/2026-11-22/10-31-07-123456
   longgen generate gpus=2 sampler=syncos story=story.json      (one process per GPU, same video as on one)
   longgen decode outputs/2026-11-22/10-31-07-123456 writer.crf=10 writer.filename=video_hq.mp4
+  longgen eval multirun/2025-01-01/12-00-00
   longgen generate --cfg job
   longgen generate --help          (options of one command)
 """
@@ -114,7 +127,18 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
                 sub = rest.split(".")[0]
                 if sub not in allowed:
                     return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
+        nested = _primary_nodes(config).get(head)
+        if nested is not None and rest and rest.split(".")[0] not in nested:
+            return f"{head} has no option {rest.split('.')[0]!r}; its options are: {', '.join(sorted(nested))}"
     return None
+
+
+def _primary_nodes(config: str) -> dict[str, dict]:
+    """Top-level keys of a primary config whose value is a mapping of options (e.g. eval's `settings`)."""
+    import yaml
+
+    data = yaml.safe_load((resources.files("longgen.conf") / f"{config}.yaml").read_text()) or {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and k not in ("defaults", "hydra")}
 
 
 def check_group_choices(args: list[str]) -> str | None:
@@ -155,8 +179,30 @@ def check_output_dir(args: list[str]) -> str | None:
     return None
 
 
+def fill_positional_list(key: str, args: list[str]) -> list[str]:
+    """`longgen eval a b x=1` → `x=1 paths=['a','b']`: every plain argument goes into one list-valued key."""
+    out, values, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_FLAGS:
+            takes_value = arg not in ("--info", "-i") or (i + 1 < len(args) and args[i + 1] in _INFO_WORDS)
+            out.extend(args[i: i + (2 if takes_value else 1)])
+            i += 2 if takes_value else 1
+            continue
+        if not arg.startswith("-") and "=" not in arg:
+            values.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    if values:
+        out.append(f"{key}=[{','.join(hydra_quote(v) for v in values)}]")
+    return out
+
+
 def fill_positional(command: str, args: list[str]) -> list[str]:
     """`longgen split-prompt story.txt n=4` → `scenario=story.txt n=4`: the first plain argument becomes KEY=VALUE."""
+    if command in POSITIONAL_LIST:
+        return fill_positional_list(POSITIONAL_LIST[command], args)
     key = POSITIONAL.get(command)
     if key is None:
         return list(args)
@@ -174,24 +220,99 @@ def fill_positional(command: str, args: list[str]) -> list[str]:
     return out
 
 
-def several_processes(command: str, rest: list[str]) -> int | None:
-    """`gpus=N`: run the command as N processes (their exit status is returned). Under torchrun (or as one of
-    those N): join the process group; ranks > 0 follow rank 0's jobs and return their status here, rank 0 goes on
-    (None). Alone: None."""
-    from longgen import distributed
-    from longgen.errors import RunFailure, UsageError
+def _parsed(arg: str):
+    """Hydra's reading of one override, or None where its grammar rejects it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     try:
-        code = distributed.launch_if_asked(command, rest)
-        if code is not None:
-            return code
+        return OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return None
+
+
+def _no_interpolation(text: str) -> str:
+    """`text` as an OmegaConf string value that resolves to `text`: `${` would start an interpolation, so it is
+    escaped as `\\${` (a run of k backslashes before it becomes 2k + 1)."""
+    return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", text)
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted Hydra override value that resolves to exactly `text`. Hydra's grammar: inside
+    quotes, `\\'` is a quote and backslashes are literal except a run of them right before a quote (or the closing
+    quote), which must be doubled."""
+    out, i = [], 0
+    text = _no_interpolation(text)
+    while i < len(text):
+        j = i
+        while j < len(text) and text[j] == "\\":
+            j += 1
+        run = j - i
+        if run and (j == len(text) or text[j] == "'"):
+            out.append("\\" * (2 * run))
+        else:
+            out.append("\\" * run)
+        if j < len(text):
+            out.append("\\'" if text[j] == "'" else text[j])
+        i = j + 1
+    return "'" + "".join(out) + "'"
+
+
+def quote_free_text(args: list[str]) -> list[str]:
+    """Quote the value of free-text options (FREE_TEXT) that Hydra would not read as the text typed.
+
+    `prompt=a cat, then a dog` would be a sweep over two prompts (an error without -m) and `prompt=cat's` an
+    unterminated quote; both become `prompt='…'` holding the text as typed. Values Hydra reads as one string
+    (including ones quoted or escaped by the user, and `null`) are left alone. With `-m`, a value Hydra reads as a
+    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted.
+    """
+    multirun = any(a in _MULTIRUN_FLAGS or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") not in FREE_TEXT:
+            out.append(arg)
+            continue
+        parsed = _parsed(arg)
+        if parsed is not None:
+            read = parsed.value()
+            if read is None or isinstance(read, str) or (multirun and parsed.is_sweep_override()):
+                out.append(arg)
+                continue
+        quoted = f"{key}={hydra_quote(value)}"
+        check = _parsed(quoted)
+        # keep the user's text if quoting cannot represent it (Hydra then names the problem itself)
+        out.append(quoted if check is not None and check.value() == _no_interpolation(value) else arg)
+    return out
+
+
+def join_processes(command: str) -> int | None:
+    """Under torchrun, or as one of the processes `gpus=N` started: join the process group. Ranks > 0 follow rank
+    0's jobs and return their exit status here (they never run Hydra); rank 0 and a process alone go on (None)."""
+    from longgen import distributed
+    from longgen.errors import RunFailure
+
+    try:
         group = distributed.attach()
-    except (UsageError, RunFailure) as exc:
+    except RunFailure as exc:
         print(f"longgen: error: {exc}", file=sys.stderr)
         return exc.exit_code
     if group is not None and group.rank != 0:
         return group.follow()
     return None
+
+
+def start_processes(command: str, rest: list[str]) -> int | None:
+    """`gpus=N` (N > 1): run this command as N processes, one per GPU, and return their exit status; None when
+    this process runs it itself (gpus=1, or already one of several)."""
+    from longgen import distributed
+    from longgen.errors import UsageError
+
+    try:
+        return distributed.launch_if_asked(command, rest)
+    except UsageError as exc:
+        print(f"longgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,17 +329,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, config, _ = COMMANDS[command]
     if command in ("generate", "resume"):
-        code = several_processes(command, rest)
+        code = join_processes(command)
         if code is not None:
             return code
     if config is None:  # resume / decode: a path, then options checked by the command itself
+        if command == "resume":
+            code = start_processes(command, rest)
+            if code is not None:
+                return code
         importlib.import_module(module_name).main(rest)
         return 0
     rest = fill_positional(command, rest)
-    problem = check_group_choices(rest) or check_option_keys(config, rest) or check_output_dir(rest)
+    problem = (check_command_line(rest) or check_group_choices(rest) or check_option_keys(config, rest)
+               or check_output_dir(rest))
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
+    rest = quote_free_text(rest)
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.generate import validate_sweep
 
@@ -226,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"longgen: error: {problem}", file=sys.stderr)
             return 2
+    if command == "generate":  # after the checks: a bad option never starts N processes
+        code = start_processes(command, rest)
+        if code is not None:
+            return code
     module = importlib.import_module(module_name)
     sys.argv = [f"longgen {command}", *rest]
     module.main()

@@ -1,9 +1,12 @@
 """The seam between backbones and samplers (DESIGN.md).
 
-A sampler sees only a `Denoiser`: the native window length, the latent frame shape, the noise schedule as
-tensors, and `predict`, which returns the clean-latent estimate x̂0 and the implied noise ε̂ for a batch of windows
-at one timestep with classifier-free guidance applied. Everything model-specific (v-prediction, SNR shift, RoPE,
-dtype, offload, attention processors, micro-batching) stays behind it; samplers never import diffusers.
+A sampler sees only a `Denoiser`: the native window length, the latent frame shape, the noise schedule in the form
+x_t = a_t·x0 + s_t·ε (variance-preserving or rectified flow, `diffusion.NoiseSchedule`), and `predict`, which
+returns the clean-latent estimate x̂0 and the implied noise ε̂ for a batch of windows at one timestep with
+classifier-free guidance applied. Everything model-specific (v- or flow prediction, SNR or timestep shift, RoPE,
+latent layout, dtype, offload, attention processors, micro-batching) stays behind it; samplers never import
+diffusers. A backbone states what else it can do (`per_frame_timesteps`, `anchor_attention`, `predict_grad`);
+samplers that need a capability ask for it and fail with one line where it is missing.
 """
 
 from __future__ import annotations
@@ -40,24 +43,28 @@ class Denoiser(ABC):
     forward_count: int = 0
     #: number of batched transformer calls since the last reset
     call_count: int = 0
+    #: whether `predict` accepts one timestep per latent frame (t a 1-D tensor of M timesteps)
+    per_frame_timesteps: bool = False
     #: where the units of work (transformer calls of micro-batch size, windows, VAE tiles) run: this process, or
     #: spread over a process group (longgen/distributed.py); set per job by generate
     units: Units = Units()
 
     @abstractmethod
     def schedule(self, num_steps: int) -> NoiseSchedule:
-        """Sampling timesteps and ᾱ for `num_steps` steps, from the loaded scheduler."""
+        """Sampling timesteps and their (a, s) coefficients for `num_steps` steps, from the loaded scheduler."""
 
     @abstractmethod
     def predict(
         self,
         x_t: torch.Tensor,
-        t: int,
+        t: float,
         prompt_ids: Sequence[int],
         guidance_scale: float,
     ) -> Prediction:
-        """x̂0 and ε̂ for windows x_t [B, M, C, H, W] (float32) at timestep t, window b conditioned on the encoded
-        prompt `prompt_ids[b]` and guided against the negative prompt with `guidance_scale` (≤ 1: no guidance)."""
+        """x̂0 and ε̂ for windows x_t [B, M, C, H, W] (float32) at model timestep t (a value of the schedule's
+        `timesteps`, or any timestep its `coeffs` accepts), window b conditioned on the encoded prompt
+        `prompt_ids[b]` and guided against the negative prompt with `guidance_scale` (≤ 1: no guidance). Where
+        `per_frame_timesteps` is true, t may also be a 1-D tensor of M timesteps, one per latent frame."""
 
     def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> ContextManager[None]:
         """A context in which every `predict` uses anchor-based attention (GLC-Diffusion Eq. 10): in each attention
@@ -71,7 +78,7 @@ class Denoiser(ABC):
     def predict_grad(
         self,
         x_t: torch.Tensor,
-        t: int,
+        t: float,
         prompt_ids: Sequence[int],
         guidance_scale: float,
     ) -> Prediction:
@@ -79,7 +86,7 @@ class Denoiser(ABC):
         cannot do this raise UsageError."""
         raise UsageError(
             f"the {type(self).__name__} backbone cannot backpropagate through its model: use a sampler option that "
-            f"does not need model gradients (e.g. sampler.vmcr_source=affine)"
+            f"does not need model gradients (e.g. sampler.vmcr_source=tweedie)"
         )
 
     def window_vjp(

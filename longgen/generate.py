@@ -3,10 +3,11 @@
 The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py) and `decode`:
 
 1. `plan_job`   — build sampler, backbone and writer from their config groups, check every option and number,
-                  resolve the length, window plan and story, probe the writer (no weights, nothing written; a bad
+                  resolve the length, window plan and story, probe the writer, check that the weights exist (one
+                  line naming the model and `model_path=`; nothing loaded, nothing written; a bad
                   input fails here in about a second and leaves no run directory behind);
-2. `encode`     — check the weights exist (one line naming the model and `model_path=`), load, count prompt tokens
-                  exactly, encode each unique prompt once;
+2. `encode`     — load the weights (their presence was checked in stage 1), count prompt tokens exactly,
+                  encode each unique prompt once;
 3. `sample`     — draw x_T on the CPU from the seed and run the sampler; after every step the hooks write
                   `checkpoint.safetensors` (every `checkpoint_every` steps / `checkpoint_seconds`, and after the
                   last step), `preview.jpg` (every `preview_every` steps) and honour Ctrl-C/SIGTERM;
@@ -117,15 +118,17 @@ def check_top_level(cfg: DictConfig) -> None:
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
     """The story from prompt=, story= or scenario= (split by the configured splitter; with split=False only checked
     for readability and None returned, so that validating a sweep asks no LLM)."""
-    given = [k for k in ("prompt", "story", "scenario") if cfg.get(k) not in (None, "")]
+    given = [k for k in ("prompt", "prompt_file", "story", "scenario") if cfg.get(k) not in (None, "")]
     if len(given) > 1:
-        raise UsageError(f"give only one of prompt=…, story=… or scenario=… (got {' and '.join(given)})")
+        raise UsageError(f"give only one of prompt=…, prompt_file=…, story=… or scenario=… (got {' and '.join(given)})")
     if not given:
-        raise UsageError('nothing to generate: pass prompt="…", story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
+        raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
     if cfg.get("num_prompts") is not None and given[0] != "scenario":
         raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
+    if given[0] == "prompt_file":
+        return Story.from_prompt_file(cfg.prompt_file)
     if given[0] == "scenario":
         if not split:
             path = Path(str(cfg.scenario)).expanduser()
@@ -173,16 +176,20 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
     writer.check()
+    backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     if story is None:
         story = resolve_story(cfg, choices, split)
         if story is None:
             return None
+    story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
     use_global = cfg.get("use_global_prompt", True)
     used, stripped = story, 0
     if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
         used, stripped = story.without_global()
         log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
                  stripped, len(used.local_prompts))
+    elif warning := story.missing_global_warning():  # local prompts without the global description
+        log.warning(warning)
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
                stripped)
@@ -197,7 +204,6 @@ class Prompts:
 
 def encode(job: Job) -> Prompts:
     backbone = job.backbone
-    backbone.check_available()
     t0 = time.perf_counter()
     backbone.load()
     job.timings["load_s"] = time.perf_counter() - t0
@@ -257,6 +263,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         gen.set_state(resume.generator_state)
         state = resume.state
         log.info("resuming after step %d of %d", state.done, resume.total)
+    progress.label("denoise", f"denoise · {job.plan.count} windows")
     interrupts.sampling = True
     try:
         latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
@@ -434,7 +441,10 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
         # only rank 0 draws progress and handles Ctrl-C/SIGTERM (the others follow its decision)
         with (Interrupts() if writes else contextlib.nullcontext(Interrupts())) as interrupts, \
                 StepProgress(None if writes else False) as progress:
+            progress.label("encode", "load + encode text")
+            progress("encode", 0, 1)
             prompts = encode(job)
+            progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
         return record(job, latents, video, extra)
@@ -510,3 +520,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with user_errors():
         run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)
+        if cfg.get("eval"):  # `eval=true`: all logic lives in longgen/eval/
+            from longgen.eval.evaluate import evaluate_run_dir
+
+            evaluate_run_dir(hc.runtime.output_dir)

@@ -19,17 +19,25 @@ def rich_handler(level: int | str = logging.NOTSET) -> RichHandler:
 
 
 class StepProgress:
-    """Callable `(phase, done, total)` that renders one bar per phase while used as a context manager."""
+    """Callable `(phase, done, total)` that renders one bar per phase while used as a context manager: the stage
+    (encode, denoise, stage 2 of SynCoS, decode), its step count, elapsed time and ETA. `label(phase, text)` sets
+    the text shown for a phase (e.g. "denoise · 10 windows")."""
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = console.is_terminal if enabled is None else enabled
         self._progress: Progress | None = None
         self._tasks: dict[str, int] = {}
+        self._labels: dict[str, str] = {}
+
+    def label(self, phase: str, text: str) -> None:
+        self._labels[phase] = text
+        if self._progress is not None and phase in self._tasks:
+            self._progress.update(self._tasks[phase], description=text)
 
     def __enter__(self) -> "StepProgress":
         if self.enabled:
             self._progress = Progress(
-                TextColumn("{task.description:<10}"),
+                TextColumn("{task.description:<24}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -50,5 +58,5 @@ class StepProgress:
         if self._progress is None:
             return
         if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(phase, total=total)
+            self._tasks[phase] = self._progress.add_task(self._labels.get(phase, phase), total=total)
         self._progress.update(self._tasks[phase], completed=done, total=total)

@@ -208,11 +208,15 @@ def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
+    from longgen.redact import RedactFilter
+
     console = rich_handler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(RedactFilter())
     root.addHandler(console)
     if run_dir is None:
         return
     file_handler = logging.FileHandler(Path(run_dir) / f"{name}.log", mode="a", delay=True)
     file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    file_handler.addFilter(RedactFilter())
     root.addHandler(file_handler)

@@ -1,4 +1,4 @@
-"""Benchmark longgen's samplers on full-size models with random weights (no download) or on the tiny backbone.
+"""Benchmark longgen's samplers on full-size models with random weights (no download) or on a tiny backbone.
 
 Builds the backbone from the shipped config with `random_weights=true` (compute does not depend on weight values),
 then measures, in one process:
@@ -7,8 +7,13 @@ then measures, in one process:
 - text encoding, the sampler's denoising steps (all of them, or a measured slice of `--steps` steps with the rest
   projected from the measured per-kind step times), the streaming decode to mp4, and peak GPU memory.
 
-FLOPs of one transformer forward over T tokens (text + video patches), P parameters, n layers, width d:
-    2·P·T  (every weight used once per token, multiply + add)  +  4·n·T²·d  (QKᵀ and A·V).
+FLOPs of one transformer forward (multiply + add = 2), n layers, width d:
+- CogVideoX, joint attention over T = text + video tokens, P parameters:
+    2·P·T  (every weight used once per token)  +  4·n·T²·d  (QKᵀ and A·V);
+- Wan, self-attention over the N video tokens and cross-attention to the T text tokens: every weight matrix is
+  counted against the tokens it multiplies (video N, text T: the text projection and the cross-attention K/V, time
+  embedding: one row per sample):
+    2·(P_video·N + P_text·T + P_time)  +  4·n·N²·d  +  4·n·N·T·d.
 
 Writes a JSON file and appends a Markdown row to benchmarks/README.md with the exact command and the GPU name.
 The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timing is asserted).
@@ -17,6 +22,7 @@ The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timin
     python scripts/bench.py --workload W2 --steps 6             # SynCoS, 6 measured steps, rest projected
     python scripts/bench.py --workload scaling --windows 4 10 28 --steps 2
     python scripts/bench.py --backbone tiny --workload W1 --steps 2 --no-markdown
+    python scripts/bench.py --backbone wan2.1-t2v-1.3b --workload W1 --steps 3   # Wan 2.1 1.3B, random weights
 """
 
 from __future__ import annotations
@@ -42,13 +48,17 @@ from longgen.windows import latent_length
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: workload → (sampler, its overrides, length)
+#: workload → (sampler, its overrides, length). 4× the native clip: 10 windows on CogVideoX (L = 49), 11 on Wan
+#: (L = 81).
 WORKLOADS = {
-    "W1": ("gen-l-video", [], dict(num_windows=10)),
-    "W2": ("syncos", ["sampler.t_min=900", "sampler.iters=20", "sampler.batch_windows=3"], dict(num_windows=10)),
+    "W1": ("gen-l-video", [], dict(length_factor=4)),
+    "W2": ("syncos", ["sampler.iters=20", "sampler.batch_windows=3"], dict(length_factor=4)),
     "W3": ("glc", [], dict(length_factor=3)),
     "scaling": ("gen-l-video", [], None),
 }
+#: W2's SynCoS t_min per backbone family: CogVideoX t = 900 (the issue-6 target), and on a flow backbone the timestep
+#: of the same SNR (ᾱ_900 = 0.000945 → σ = 1/(1 + √SNR) = 0.970): stage 2 at 5 of 50 steps on both
+W2_T_MIN = {"CogVideoXBackbone": 900, "WanBackbone": 970}
 PROMPTS = [
     "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi trots forward.",
     "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi sniffs a lamp post.",
@@ -86,12 +96,37 @@ def matmul_ceiling(device: torch.device) -> float | None:
 
 
 def forward_flops(backbone, frames: int) -> float:
-    cfg = backbone.pipe.transformer.config
-    params = sum(p.numel() for p in backbone.pipe.transformer.parameters())
+    """FLOPs of one transformer forward of one window (formulas in the module docstring)."""
+    transformer = backbone.pipe.transformer
+    if type(transformer).__name__.startswith("Wan"):
+        return wan_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens)
+    cfg = transformer.config
+    params = sum(p.numel() for p in transformer.parameters())
     c, h, w = backbone.latent_shape
     tokens = cfg.max_text_seq_length + frames * (h // cfg.patch_size) * (w // cfg.patch_size)
     width = cfg.num_attention_heads * cfg.attention_head_dim
     return 2 * params * tokens + 4 * cfg.num_layers * tokens**2 * width
+
+
+def wan_forward_flops(transformer, frames: int, latent_shape, text_tokens: int) -> float:
+    """Wan: weight matrices (parameters with ≥ 2 dims) times the rows they multiply, plus both attentions."""
+    cfg = transformer.config
+    _, h, w = latent_shape
+    _, ph, pw = cfg.patch_size
+    video = frames * (h // ph) * (w // pw)
+    width = cfg.num_attention_heads * cfg.attention_head_dim
+    flops = 0
+    for name, p in transformer.named_parameters():
+        if p.dim() < 2 or "scale_shift_table" in name:
+            continue  # biases, norm weights and modulation tables are not matrix products
+        if "condition_embedder.text_embedder" in name or ".attn2.to_k" in name or ".attn2.to_v" in name:
+            rows = text_tokens
+        elif "condition_embedder.time" in name:
+            rows = 1
+        else:
+            rows = video
+        flops += 2 * p.numel() * rows
+    return flops + 4 * cfg.num_layers * video * video * width + 4 * cfg.num_layers * video * text_tokens * width
 
 
 def time_forward(backbone, batch: int, repeats: int) -> float:
@@ -179,6 +214,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--forward-batch", type=int, default=4, help="windows in the single-forward timing")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="only the one-window forward timing and its peak memory (large models: no sampler run)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (backbone.attention=cudnn …)")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<workload>.json)")
     ap.add_argument("--no-markdown", action="store_true", help="do not append a row to benchmarks/README.md")
@@ -186,8 +223,12 @@ def main() -> None:
 
     sampler_name, sampler_overrides, length_spec = WORKLOADS[args.workload]
     overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides, *args.override]
-    if args.backbone != "tiny":
+    if not args.backbone.startswith("tiny"):
         overrides.append("backbone.random_weights=true")
+    if args.workload == "W2":
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            target = compose("generate", overrides=[f"backbone={args.backbone}"]).backbone._target_
+        overrides.append(f"sampler.t_min={W2_T_MIN[target.rsplit('.', 1)[-1]]}")
     with initialize_config_module("longgen.conf", version_base="1.3"):
         cfg = compose("generate", overrides=overrides)
     backbone = build(cfg.backbone, "backbone", args.backbone)
@@ -221,12 +262,18 @@ def main() -> None:
     result["forward_tflops"] = flops / per_sample / 1e12
     if result["matmul_tflops"]:
         result["ratio_to_matmul"] = result["forward_tflops"] / result["matmul_tflops"]
+    result["forward_peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    print(json.dumps({k: result[k] for k in ("forward_s_per_sample", "forward_tflop", "forward_tflops",
+                                             "forward_peak_gpu_gb")}), flush=True)
 
     runs = []
-    if args.workload == "scaling":
-        lengths = [(n, latent_length(backbone.window, sampler.stride, 4, num_windows=n)) for n in args.windows]
+    if args.forward_only:
+        lengths = []
+    elif args.workload == "scaling":
+        lengths = [(n, latent_length(backbone.window, sampler.stride, backbone.temporal_compression, num_windows=n))
+                   for n in args.windows]
     else:
-        lengths = [(None, latent_length(backbone.window, sampler.stride, 4, **length_spec))]
+        lengths = [(None, latent_length(backbone.window, sampler.stride, backbone.temporal_compression, **length_spec))]
     sched = backbone.schedule(sampler.num_steps)
     for n_windows, length in lengths:
         if device.type == "cuda":
@@ -277,6 +324,14 @@ def append_markdown(result: dict, path: Path) -> None:
         path.write_text("# Benchmarks\n\n")
     ratio = result.get("ratio_to_matmul")
     rows = []
+    if not result["runs"]:  # --forward-only: one row with the forward time and its peak memory
+        rows.append(
+            f"| forward ({result['backbone']['backbone']}) | {result['device']} | 1 | "
+            f"{result['backbone']['window_latent_frames']} | – | – | – | – | {result['forward_s_per_sample']:.3f} | "
+            f"{result['forward_tflops']:.0f} | {(result['matmul_tflops'] or float('nan')):.0f} | "
+            f"{(ratio or float('nan')):.2f} | {(result['forward_peak_gpu_gb'] or float('nan')):.1f} | "
+            f"`{result['command']}` |"
+        )
     for r in result["runs"]:
         rows.append(
             f"| {result['workload']} | {result['device']} | {r['windows']} | {r['latent_length']} | "

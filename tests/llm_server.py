@@ -5,6 +5,11 @@ Each request to POST /v1/chat/completions takes the next step of `script` (the l
   ("status", code, headers, error_text)  that HTTP status with an OpenAI-style error body
   ("sleep", seconds, text)               wait, then answer `text`
   ("reject_schema", text)                400 if the request asks for response_format json_schema, else answer
+  ("completion", choice)                 200 with a chat completion whose only choice is `choice` (a dict: message,
+                                         finish_reason, ...); `None` sends an empty `choices` list
+  ("raw", code, content_type, body)      that status, content type and body text exactly (HTML pages, junk)
+  ("stream_only", text)                  400 "stream must be true" unless the request streams, then `text` as SSE
+  ("sse", text)                          `text` as server-sent events whatever the request asked for
 """
 
 from __future__ import annotations
@@ -13,6 +18,24 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def completion(body: dict, choices: list) -> dict:
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
+        "choices": choices, "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def sse_events(body: dict, text: str, pieces: int = 3) -> list[dict]:
+    """`text` split into `pieces` chat.completion.chunk events (role first, finish_reason last)."""
+    size = max(1, -(-len(text) // pieces))
+    parts = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m")}
+    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in parts]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return events
 
 
 class ScriptedLLM:
@@ -47,20 +70,33 @@ class ScriptedLLM:
                     if (body.get("response_format") or {}).get("type") == "json_schema":
                         return self._send(400, {"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}})
                     return self._answer(step[1], body)
+                if kind == "completion":
+                    return self._send(200, completion(body, [] if step[1] is None else [{"index": 0, **step[1]}]))
+                if kind == "raw":
+                    _, code, content_type, text = step
+                    return self._send_bytes(code, content_type, text.encode())
+                if kind == "stream_only":
+                    if not body.get("stream"):
+                        return self._send(400, {"error": {"message": "stream must be true: this server only streams", "type": "invalid_request_error"}})
+                    return self._sse(step[1], body)
+                if kind == "sse":
+                    return self._sse(step[1], body)
                 return self._answer(step[1], body)
 
             def _answer(self, text, body):
-                self._send(200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                })
+                self._send(200, completion(body, [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]))
+
+            def _sse(self, text, body):
+                data = "".join(f"data: {json.dumps(e)}\n\n" for e in sse_events(body, text)) + "data: [DONE]\n\n"
+                self._send_bytes(200, "text/event-stream", data.encode())
 
             def _send(self, code, payload, headers=None):
-                data = json.dumps(payload).encode()
+                self._send_bytes(code, "application/json", json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, code, content_type, data, headers=None):
                 try:
                     self.send_response(code)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", content_type)
                     self.send_header("content-length", str(len(data)))
                     for k, v in (headers or {}).items():
                         self.send_header(k, v)

@@ -25,3 +25,46 @@ def test_bench_tiny_slice_and_projection(tmp_path):
     assert run["decoded_frames"] == 193
     assert run["sampling_s"] > 0 and "50 steps" in run["sampling_formula"]
     assert result["forward_tflop"] > 0
+
+
+# ------------------------------------------------------------------------------------------ Wan
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("longgen_bench", REPO / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_wan_flop_formula_equals_the_flop_counter():
+    """bench.py's Wan FLOP formula = torch's FlopCounterMode over one tiny-wan forward (attention through the math
+    SDPA kernel, whose matrix products the counter sees), exactly."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from test_wan import make_tiny_wan
+
+    bench = _bench_module()
+    wan = make_tiny_wan()
+    x = torch.randn(1, wan.latent_shape[0], wan.window, *wan.latent_shape[1:])  # Wan's layout [1, C, F, H, W]
+    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
+        wan.pipe.transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=wan._embeds[:1],
+                             return_dict=False)
+    assert bench.forward_flops(wan, wan.window) == counter.get_total_flops() > 0
+
+
+def test_bench_tiny_wan_syncos_slice(tmp_path, monkeypatch):
+    """W2 on tiny-wan, in this process: 4x = 11 windows (L = 81), the SNR-matched t_min, one measured step."""
+    bench = _bench_module()
+    out = tmp_path / "w2.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--backbone", "tiny-wan", "--workload", "W2", "--steps", "1",
+                                      "--forward-batch", "1", "--no-decode", "--no-markdown", "--json", str(out)])
+    bench.main()
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert "sampler.t_min=970" in result["overrides"] and result["sampler"]["t_min"] == 970
+    assert run["windows"] == 11 and run["latent_length"] == 81 and run["frames"] == 321
+    assert run["step_forwards"] == [11 * 2 + 20 * 3 * 2]  # stage 1 + stage 2 (20 iterations x B=3 x CFG) at t=1000
+    assert result["backbone"]["window_latent_frames"] == 21 and result["forward_tflop"] > 0

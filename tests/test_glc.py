@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from longgen.build import build
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import UsageError
-from longgen.samplers.base import SamplingRun
+from longgen.samplers.base import SamplerState, SamplingRun
 from longgen.samplers.gen_l_video import GenLVideoSampler
 from longgen.samplers.glc import (
     GLCSampler,
@@ -26,7 +26,8 @@ from longgen.samplers.glc import (
     default_dilation,
     dilated_clips,
     shifted_starts,
-    vmcr_affine_grad,
+    vmcr_linear_grad,
+    vmcr_slope,
     vmcr_update,
 )
 from longgen.samplers.glc_noise import (
@@ -296,30 +297,40 @@ def _reference_motion_loss(x0, lam_f, lam_mse, lam_phase):
 
 def test_vmcr_gradient_matches_reference_autograd():
     gen = torch.Generator().manual_seed(0)
-    z = torch.randn(7, 3, 8, 8, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(7, 3, 8, 8, generator=gen, dtype=torch.float64)
     eps = torch.randn(7, 3, 8, 8, generator=gen, dtype=torch.float64)
     a_prev, s_prev = 0.3, math.sqrt(1 - 0.09)
+    z_ref = a_prev * x0 + s_prev * eps  # the DDIM result whose clean estimate is x0
+    z = z_ref + 0.1 * torch.randn(7, 3, 8, 8, generator=gen, dtype=torch.float64)  # a moved point (vmcr_iters > 1)
     weights = MotionWeights(0.2, 0.001, 1.0)
-    grad, loss = vmcr_affine_grad(z, eps, a_prev, s_prev, weights)
+    # affine: this step's eps held fixed, x0(z) = (z - s_prev eps) / a_prev
+    grad, loss = vmcr_linear_grad(z, z_ref, x0, vmcr_slope("affine", a_prev), weights)
     zr = z.clone().requires_grad_(True)
     ref_loss = _reference_motion_loss((zr - s_prev * eps) / a_prev, 0.2, 0.001, 1.0)
     (ref_grad,) = torch.autograd.grad(ref_loss, zr)
     assert loss == pytest.approx(ref_loss.item(), rel=1e-10)
     assert torch.allclose(grad, ref_grad, rtol=1e-6, atol=1e-9)
+    # tweedie: slope a_prev, i.e. x0(z) = x0 + a_prev (z - z_ref); at z_ref the gradient is a_prev * grad_x0 l(x0)
+    grad_tw, _ = vmcr_linear_grad(z_ref, z_ref, x0, vmcr_slope("tweedie", a_prev), weights)
+    x0r = x0.clone().requires_grad_(True)
+    (g_x0,) = torch.autograd.grad(_reference_motion_loss(x0r, 0.2, 0.001, 1.0), x0r)
+    assert torch.allclose(grad_tw, a_prev * g_x0, rtol=1e-6, atol=1e-12)
     # sensitive: other weights give another gradient
-    other, _ = vmcr_affine_grad(z, eps, a_prev, s_prev, MotionWeights(0.5, 0.001, 1.0))
+    other, _ = vmcr_linear_grad(z, z_ref, x0, vmcr_slope("affine", a_prev), MotionWeights(0.5, 0.001, 1.0))
     assert not torch.allclose(other, ref_grad, rtol=1e-3)
 
 
 @pytest.mark.parametrize("omega", [2e-5, 1e-4])
-def test_vmcr_update_decreases_the_loss(omega):
+@pytest.mark.parametrize("source", ["tweedie", "affine"])
+def test_vmcr_update_decreases_the_loss(omega, source):
     gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(9, 4, 8, 8, generator=gen, dtype=torch.float64)
     z = torch.randn(9, 4, 8, 8, generator=gen, dtype=torch.float64)
-    eps = torch.randn(9, 4, 8, 8, generator=gen, dtype=torch.float64)
     weights = MotionWeights()
-    grad, before = vmcr_affine_grad(z, eps, 0.5, math.sqrt(0.75), weights)
-    z_new = vmcr_update(z, grad, omega)
-    _, after = vmcr_affine_grad(z_new, eps, 0.5, math.sqrt(0.75), weights)
+    slope = vmcr_slope(source, 0.5)
+    grad, before = vmcr_linear_grad(z, z, x0, slope, weights)
+    z_new = vmcr_update(z, grad, omega / slope**2)  # the same step in x0 for both slopes
+    _, after = vmcr_linear_grad(z_new, z, x0, slope, weights)
     assert after < before
     assert torch.equal(vmcr_update(z, grad, 0.0), z)
 
@@ -337,6 +348,41 @@ def test_vmcr_false_skips_cleanly(tiny2):
     assert torch.equal(none_in_range.sample(_run(tiny2, noise)), a)
     on = GLCSampler(vmcr=True, omega=1e-3, **base)
     assert (on.sample(_run(tiny2, noise)) - a).abs().max() > 1e-6
+
+
+def test_vmcr_change_to_z_is_bounded_at_every_step(tiny2):
+    """Default VMCR (Tweedie slope a_prev, paper omega 2e-5) changes z_{t-1} by |dz|/|z| <= 1e-3 at every step of a
+    run without its trust region (vmcr_max_step = 1e-3) having to act: typically 1e-6..2e-5, with a spike of ~3e-4
+    at one step of this seed where a Fourier coefficient of the motion is near zero (the phase term's gradient grows
+    like 1/|F|). The affine slope 1/a_prev is far stronger at high noise and is held to vmcr_max_step there."""
+    noise = _noise(21, tiny2.latent_shape, seed=12)
+    steps = 10
+    sampler = GLCSampler(num_steps=steps)
+    sampler.sample(_run(tiny2, noise, [0, 1]))
+    changes = [r["vmcr_change"] for r in sampler._trace]
+    assert len(changes) == steps and all(0 < c <= 1e-3 for c in changes), changes
+    assert not any(r["vmcr_limited"] for r in sampler._trace) and sorted(changes)[steps // 2] < 5e-5
+    # the recorded change is |z_with - z_without| / |z_without| of the step, measured here on step 0
+    def first_step(sampler_):
+        run = _run(tiny2, noise, [0, 1])
+        sampler_.begin(run)
+        state = SamplerState(sampler_.initial_state(run))
+        sampler_.step(run, state, 0)
+        return state.tensors["x"]
+
+    with_vmcr = GLCSampler(num_steps=steps)
+    z_with, z_without = first_step(with_vmcr), first_step(GLCSampler(num_steps=steps, vmcr=False))
+    measured = ((z_with - z_without).norm() / z_without.norm()).item()
+    assert with_vmcr._trace[0]["vmcr_change"] == pytest.approx(measured, rel=1e-3)
+    # affine: far stronger at the first step; with the default trust region it is held to 1e-3 of |z|
+    affine = GLCSampler(num_steps=steps, vmcr_source="affine", vmcr_max_step=None)
+    first_step(affine)
+    assert affine._trace[0]["vmcr_change"] > 100 * changes[0]
+    capped = GLCSampler(num_steps=steps, vmcr_source="affine")
+    z_capped = first_step(capped)
+    assert capped._trace[0]["vmcr_limited"] and capped._trace[0]["vmcr_change"] == pytest.approx(1e-3)
+    assert ((z_capped - z_without).norm() / z_without.norm()).item() == pytest.approx(1e-3, rel=1e-3)
+    assert capped.describe()["vmcr_steps_limited"] == 1
 
 
 def test_vmcr_model_source_gradient_matches_autograd_through_the_model(tiny2):
@@ -393,7 +439,8 @@ def test_abam_processors_removed_after_an_exception(tiny2):
     x = torch.randn(3, 13, *tiny2.latent_shape, generator=torch.Generator().manual_seed(0))
     with pytest.raises(KeyError):
         with tiny2.anchor_attention(0.1):
-            assert all(type(p).__name__ == "AnchorAttnProcessor" for p in tiny2.pipe.transformer.attn_processors.values())
+            assert all(type(p).__name__ == "JointAttention" and p.video_kv is not None
+                       for p in tiny2.pipe.transformer.attn_processors.values())
             tiny2.predict(x, 500, [0, 1, 0], 6.0)
             raise KeyError("boom")
     with pytest.raises(ValueError, match="do not add up"):
@@ -454,7 +501,7 @@ class _Bare(Denoiser):
 def test_backbones_without_abam_or_gradients_raise_usage_error():
     with pytest.raises(UsageError, match="abam=false"):
         _Bare().anchor_attention(0.1)
-    with pytest.raises(UsageError, match="vmcr_source=affine"):
+    with pytest.raises(UsageError, match="vmcr_source=tweedie"):
         _Bare().predict_grad(torch.zeros(1, 13, 4, 8, 8), 1, [0], 1.0)
 
 
@@ -482,6 +529,7 @@ def test_model_source_vmcr_runs(tiny2):
         ({"padding": "mirror"}, "padding"),
         ({"filter": "box"}, "filter"),
         ({"vmcr_source": "fresh"}, "vmcr_source"),
+        ({"vmcr_max_step": 0}, "vmcr_max_step"),
         ({"abam_lambda": 2.0}, "abam_lambda"),
         ({"dilation": 0}, "dilation"),
         ({"spatial_cutoff": 0}, "spatial_cutoff"),
@@ -502,17 +550,28 @@ def test_config_defaults_are_the_papers():
     s = build(cfg, "sampler", "glc")
     assert (s.gamma0, s.beta, s.abam_lambda) == (0.005, 0.0005, 0.1)
     assert (s.lambda_f, s.lambda_mse, s.lambda_phase, s.omega) == (0.2, 0.001, 1.0, 2e-5)
+    assert (s.vmcr_source, s.vmcr_max_step) == ("tweedie", 1e-3)  # our choices, see glc.yaml
+    # the manifest says which reading of lambda is used: Eq. 10, lambda weights the clip's own K/V
+    info = s.describe()
+    assert info["abam_anchor_weight"] == pytest.approx(0.9) and "Eq. 10" in info["abam_convention"]
     assert all([s.global_path, s.local_path, s.noise_reinit, s.vmcr, s.abam, s.random_shift])
 
 
 def test_cli_generates_a_glc_video(tmp_path):
     exe = Path(sys.executable).with_name("longgen")
     out = tmp_path / "run"
-    cmd = [str(exe), "generate", "sampler=glc", "backbone=tiny", "num_windows=6", "prompt=a red fox",
+    # a hand-written story whose second local prompt lacks the global description: generate warns (issue 9)
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "A red fox in deep snow.",
+                                 "local": ["A red fox in deep snow. It trots.", "The fox curls up and sleeps."]}))
+    cmd = [str(exe), "generate", "sampler=glc", "backbone=tiny", "num_windows=6", f"story={story}",
            "sampler.num_steps=2", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TERM": "dumb"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    log_text = "".join(p.read_text() for p in out.glob("*.log"))
+    assert "local prompt 2 of 2 does not contain the global prompt" in log_text, log_text[-2000:]
+    assert "local prompt 1" not in log_text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["latent_length"] == 33
     assert manifest["frames"] == 4 * (33 - 1) + 1 == 129

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -177,6 +178,115 @@ def test_parse_answer_names_the_problem(answer, problem):
 def test_parse_answer_accepts_code_fences_and_spacing():
     story = parse_answer('```json\n{"global": "A  cat on a mat.", "local": ["a cat on a mat  It sleeps."]}\n```', 1)
     assert story.local_prompts == ["a cat on a mat  It sleeps."]
+
+
+# ---------------------------------------------------------------------- answers as real models write them
+CAT = "A grey cat on a sunny windowsill."
+CAT1 = {"global": CAT, "local": [f"{CAT} The cat yawns.", f"{CAT} The cat falls asleep."]}
+CAT1_JSON = json.dumps(CAT1)
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(f"<think>The user wants {{\"global\": ..., \"local\": [...]}}. Two events.</think>\n{CAT1_JSON}", id="reasoning-block"),
+    pytest.param(f"Okay, so the format is {{global, local}}; let me write it.</think>\n\n{CAT1_JSON}", id="reasoning-close-only"),
+    pytest.param(json.dumps({"Global_Prompt": CAT, "local prompts": CAT1["local"]}), id="near-miss-keys"),
+    pytest.param(json.dumps({"global": CAT, "locals": CAT1["local"]}), id="near-miss-locals"),
+    pytest.param("{'global': '%s', // shared look\n 'local': ['%s', '%s',],}" % (CAT, *CAT1["local"]), id="json5-quotes-comments-commas"),
+    pytest.param(json.dumps({"global": {"prompt": CAT}, "local": [{"prompt": CAT1["local"][0]}, {"text": CAT1["local"][1]}]}), id="prompts-as-objects"),
+    pytest.param('The format is {"global": "...", "local": ["..."]}. Here is mine:\n' + CAT1_JSON + "\nHope it helps {:}", id="several-objects-one-valid"),
+    pytest.param(json.dumps({"structured_prompt": CAT1}), id="wrapped-object"),
+])
+def test_parse_answer_reads_what_real_models_write(answer):
+    story = parse_answer(answer, 2)
+    assert story.global_prompt == CAT and story.local_prompts == CAT1["local"]
+
+
+@pytest.mark.parametrize("answer,problem", [
+    pytest.param(CAT1_JSON + "\n" + json.dumps({"global": CAT, "local": [f"{CAT} The cat runs.", f"{CAT} The cat sits."]}), "2 different valid stories", id="two-valid-stories"),
+    pytest.param(json.dumps({"global": CAT, "global_prompt": "A dog.", "local": CAT1["local"]}), 'both "global" and "global_prompt"', id="conflicting-keys"),
+    pytest.param(json.dumps({"global": CAT, "local": [CAT1["local"][0], 3]}), "local prompt 2 is a number (3)", id="number-prompt"),
+    pytest.param("<think>First I need to find the events. The cat", "unfinished reasoning", id="unclosed-reasoning"),
+])
+def test_parse_answer_refuses_what_is_ambiguous(answer, problem):
+    with pytest.raises(InvalidAnswer, match=re.escape(problem)):
+        parse_answer(answer, 2)
+
+
+def test_server_that_only_streams_is_asked_again_with_a_stream():
+    with ScriptedLLM([("stream_only", GOOD3)]) as server:
+        story = _splitter(server).split(SCENARIO, 3)
+    assert len(story.local_prompts) == 3
+    assert [bool(r.get("stream")) for r in server.requests] == [False, True]
+
+
+def test_server_that_answers_with_events_is_read_as_a_stream():
+    with ScriptedLLM([("sse", GOOD3)]) as server:
+        story = _splitter(server).split(SCENARIO, 3)
+    assert story.local_prompts[2].endswith("The bear climbs onto a rock.")
+    assert [bool(r.get("stream")) for r in server.requests] == [False, True]
+
+
+@pytest.mark.parametrize("step,expected", [
+    pytest.param(("completion", {"message": {"role": "assistant", "content": None, "refusal": "I can't help with that request."}, "finish_reason": "stop"}),
+                 "refused to split the scenario: \"I can't help with that request.\"", id="refusal-field"),
+    pytest.param(("answer", "I'm sorry, but I can't assist with this scenario."),
+                 "refused to split the scenario: \"I'm sorry, but I can't assist with this scenario.\"", id="refusal-content"),
+    pytest.param(("completion", {"message": {"role": "assistant", "content": '{"global": "A bear.", "local": ["A bear. It wa'}, "finish_reason": "length"}),
+                 "was cut off (finish_reason=length) after 46 characters; raise splitter.max_tokens (now 2048)", id="cut-off"),
+    pytest.param(("completion", None), "empty `choices` list", id="empty-choices"),
+    pytest.param(("raw", 200, "text/html", "<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body>hi</body></html>"),
+                 "did not answer like an OpenAI-compatible API: it sent an HTML page titled 'Welcome to nginx!'", id="html-page"),
+    pytest.param(("raw", 200, "application/json", '{"detail": "Not Found"}'),
+                 "it sent JSON without `choices` (fields: detail)", id="json-not-a-completion"),
+])
+def test_answers_that_are_not_stories_fail_with_one_line_and_no_retry(step, expected):
+    with ScriptedLLM([step]) as server:
+        with pytest.raises(UsageError) as err:
+            _splitter(server).split(SCENARIO, 3)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert len(server.requests) == 1
+
+
+def test_a_server_error_that_echoes_the_key_is_redacted(monkeypatch):
+    plain = "plainsecret-0123456789"  # no provider prefix: redacted because it is the key that was read
+    monkeypatch.setenv("OPENAI_API_KEY", plain)
+    for key in (plain, SECRET):
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        with ScriptedLLM([("status", 402, {}, f"no quota left for key {key} (or sk-proj-Aa11Bb22Cc33Dd44Ee55)")]) as server:
+            with pytest.raises(UsageError) as err:
+                _splitter(server).split(SCENARIO, 3)
+        message = str(err.value)
+        assert "HTTP 402" in message and "no quota left for key [redacted]" in message
+        assert key not in message and "Aa11Bb22" not in message
+
+
+def test_cache_is_keyed_on_the_server(tmp_path):
+    other = story_json("A black bear in a dark forest river.", ["The bear wades in.", "The bear fishes.", "The bear leaves."])
+    with ScriptedLLM([("answer", GOOD3)]) as first, ScriptedLLM([("answer", other)]) as second:
+        a = _splitter(first, cache=True).split(SCENARIO, 3)
+        b = _splitter(second, cache=True).split(SCENARIO, 3)
+        again = _splitter(second, cache=True).split(SCENARIO, 3)
+    assert len(first.requests) == 1 and len(second.requests) == 1  # the second server was asked itself, once
+    assert a.global_prompt != b.global_prompt and again.global_prompt == b.global_prompt
+
+
+def test_api_key_env_holding_a_key_is_refused_without_echoing_it():
+    with pytest.raises(UsageError) as err:
+        LLMSplitter(api_key_env="sk_live_0123456789abcdefABCDEF")
+    assert "NAME of an environment variable" in str(err.value) and "0123456789" not in str(err.value)
+
+
+def test_log_records_are_scrubbed_of_keys(caplog):
+    import logging
+
+    from longgen.redact import RedactFilter, remember
+
+    remember("plain-local-server-key-42")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "sent %s to %s", ("Bearer sk-abcdefghijklmnop0123", "http://u:pw@h/v1?api_key=plain-local-server-key-42"), None)
+    RedactFilter().filter(record)
+    text = record.getMessage()
+    assert "sk-abcdef" not in text and "pw@" not in text and "plain-local-server-key-42" not in text
+    assert text.startswith("sent ") and "[redacted]" in text
 
 
 def test_auto_uses_the_llm_when_a_key_is_set_and_offline_otherwise(monkeypatch):

@@ -4,6 +4,7 @@ prompt, deterministic, no pronoun left at the start of an event."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,17 @@ def test_bad_inputs():
         OfflineSplitter().split("   ", 2)
     with pytest.raises(UsageError, match="num_prompts"):
         OfflineSplitter().split("A cat sleeps.", 0)
+
+
+def test_a_huge_scenario_fails_fast_with_one_line(tmp_path):
+    from longgen.splitters.scenario import read_scenario
+
+    huge = "He runs. " * 750_000  # 6.7 MB: the offline splitter used to work on it for minutes
+    path = tmp_path / "huge.txt"
+    path.write_text(huge)
+    t0 = time.perf_counter()
+    with pytest.raises(UsageError, match=r"huge.txt is 6.8 MB, over the limit of \d+ KiB") as err:
+        read_scenario(path)
+    with pytest.raises(UsageError, match="the scenario is 6749999 characters long, over the limit of 20000"):
+        OfflineSplitter().split(huge, 3)
+    assert time.perf_counter() - t0 < 1.0 and len(str(err.value)) < 300

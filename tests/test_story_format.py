@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -130,4 +132,85 @@ def test_resolve_story_needs_exactly_one_source():
         resolve_story(cfg)
     cfg = OmegaConf.create({"prompt": "a cat", "story": None, "scenario": None, "num_prompts": 2})
     with pytest.raises(UsageError, match="num_prompts"):
+        resolve_story(cfg)
+
+
+# ---------------------------------------------------------------------- limits (issue 11)
+@pytest.mark.parametrize("data,message", [
+    pytest.param({"global": "g", "local": ["g runs", 3]}, "local prompt 2 is a number (3), not text", id="number-prompt"),
+    pytest.param({"global": 7, "local": ["g runs"]}, "`global` must be a string, got a number (7)", id="number-global"),
+    pytest.param({"global": "g", "local": ["a", "b"], "durations": [1e308, 1e308]}, "duration 1 is 1e+308", id="overflowing-durations"),
+    pytest.param({"global": "g", "local": ["a", "b"], "durations": [1, float("nan")]}, "duration 2 is nan", id="nan-duration"),
+    pytest.param({"global": "g", "local": ["a", "b"], "durations": [1, float("inf")]}, "duration 2 is inf", id="inf-duration"),
+    pytest.param({"global": "g", "local": ["e"] * 1001}, "1001 local prompts is more than the 1000", id="too-many-events"),
+])
+def test_story_values_out_of_range_are_named(data, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Story.from_dict(data)
+
+
+def test_error_lines_never_quote_huge_content():
+    # 100 000 durations for 2 prompts and 100 000 unknown keys: both used to be echoed whole into the error line
+    cases = [{"global": "g", "local": ["a", "b"], "durations": [1] * 100_000},
+             {"global": "g", "local": ["a"], **{f"key{i}": 1 for i in range(100_000)}}]
+    for data in cases:
+        with pytest.raises(UsageError) as err:
+            Story.from_dict(data)
+        assert len(str(err.value)) < 400, str(err.value)[:400]
+
+
+def test_a_huge_story_file_fails_fast_before_parsing(tmp_path):
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"global": "g", "local": ["g " + "runs " * 1_000_000]}))  # 5 MB
+    t0 = time.perf_counter()
+    with pytest.raises(UsageError) as err:
+        Story.load(path)
+    assert time.perf_counter() - t0 < 0.5
+    assert "is 5.0 MB, over the limit of 1024 KiB" in str(err.value) and len(str(err.value)) < 300
+
+
+def _plain_prompt_per_window(story, plan):
+    """Which local prompt each window takes, by the documented rule written out: the segment holding its centre."""
+    total = sum(story.durations or [1] * story.num_events)
+    edges = [plan.length * sum((story.durations or [1] * story.num_events)[: i + 1]) / total for i in range(story.num_events)]
+    return [next((i for i, e in enumerate(edges) if s + plan.window / 2 < e), story.num_events - 1) for s in plan.starts]
+
+
+@pytest.mark.parametrize("events,durations,windows", [(1000, None, 2), (4, None, 4), (10, None, 10), (3, [1, 1000, 1], 10)])
+def test_more_events_than_windows_can_show_fail_and_name_a_length_that_fits(events, durations, windows):
+    from longgen.windows import strided_plan
+
+    story = Story("g", [f"g {i}" for i in range(events)], durations=durations)
+    plan_for = lambda n: strided_plan(13 + 4 * (n - 1), 13, 4)  # CogVideoX-2B: window 13, stride 4  # noqa: E731
+    assert len(set(_plain_prompt_per_window(story, plan_for(windows)))) < events  # some event gets no window
+    with pytest.raises(UsageError) as err:
+        story.check_events_fit(plan_for(windows), plan_for)
+    need = int(re.search(r"pass num_windows=(\d+)", str(err.value)).group(1))
+    assert set(_plain_prompt_per_window(story, plan_for(need))) == set(range(events))  # the advice is right
+    story.check_events_fit(plan_for(need), plan_for)
+    assert len(str(err.value)) < 400
+
+
+def test_a_single_window_sampler_cannot_show_several_events():
+    from longgen.windows import WindowPlan
+
+    one_window = lambda n: WindowPlan(13 + 4 * (n - 1), 13 + 4 * (n - 1), (0,))  # the direct sampler's plan  # noqa: E731
+    with pytest.raises(UsageError, match="no video of up to 65536 windows of this sampler fixes that"):
+        Story("g", ["g a", "g b", "g c"]).check_events_fit(one_window(10), one_window)
+    Story.single("g").check_events_fit(one_window(10), one_window)
+
+
+def test_prompt_file_is_one_prompt_read_from_a_file(tmp_path):
+    path = tmp_path / "prompt.txt"
+    path.write_text("A cat, then a dog's ball —\n  rolling \"fast\".\n")
+    cfg = OmegaConf.create({"prompt": None, "prompt_file": str(path), "story": None, "scenario": None, "num_prompts": None})
+    story = resolve_story(cfg)
+    assert story.local_prompts == ["A cat, then a dog's ball — rolling \"fast\"."] and story.source["prompt_file"] == str(path)
+    with pytest.raises(UsageError, match="only one of"):
+        resolve_story(OmegaConf.merge(cfg, {"prompt": "a cat"}))
+    path.write_text("   \n")
+    with pytest.raises(UsageError, match="is empty"):
+        resolve_story(cfg)
+    path.write_text("word " * 20_000)
+    with pytest.raises(UsageError, match="over the limit of 64 KiB"):
         resolve_story(cfg)

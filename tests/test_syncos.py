@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from longgen.errors import UsageError
 from longgen.samplers import syncos
@@ -223,7 +224,8 @@ def _refine_setup(backbone, **kw):
 @pytest.mark.parametrize("residual", ["v", "x0", "eps"])
 def test_stage2_descends_the_residual(tiny2, residual, monkeypatch):
     # a fixed batch (B = N = 3 windows), lr constant: the mean residual norm must go down
-    sampler, sched, plan, run, eps, x0 = _refine_setup(tiny2, iters=12, lr=0.05, lr_decay_rate=1.0, residual=residual)
+    sampler, sched, plan, run, eps, x0 = _refine_setup(tiny2, iters=12, lr=0.05, lr_decay_rate=1.0, residual=residual,
+                                                          batch_windows=3)
     out, trace = sampler.refine(run, x0, eps, plan, [0, 0, 1], sched.step(1), sched, trace=True)
     assert trace.shape == (12,)
     assert not torch.equal(out, x0)
@@ -297,7 +299,7 @@ def test_eps_residual_is_zero_at_t999_and_skipped(tiny2):
     info = sampler.describe()
     assert info["stage2_iterations_skipped_at"] == [999]
     assert info["stage2_timesteps"] == [749]
-    assert tiny2.forward_count == 4 * 3 * 2 + 1 * 2 * 3 * 2
+    assert tiny2.forward_count == 4 * 3 * 2 + 1 * 2 * 2 * 2  # stage 1 + one active step x 2 iters x B=2 x CFG
 
 
 @pytest.mark.parametrize(
@@ -340,7 +342,7 @@ def test_ablation_switches_run_and_matter(tiny2):
     tiny2.forward_count = 0
     out = only2.sample(_run(tiny2, noise))
     assert torch.isfinite(out).all() and (out - noise).abs().max() > 0.1
-    assert tiny2.forward_count == 3 * 2 * 3 * 2 == only2.describe()["forwards_expected"]
+    assert tiny2.forward_count == 3 * 2 * 2 * 2 == only2.describe()["forwards_expected"]  # steps x iters x B x CFG
 
 
 def test_forward_counts_one_call_per_iteration(tiny2):
@@ -353,14 +355,20 @@ def test_forward_counts_one_call_per_iteration(tiny2):
 
 
 def test_forward_plan_cogvideox_2b_4x(tiny2):
-    # 4x CogVideoX-2B: N=10 windows (L=49, stride 4), 50 trailing steps 999..19, CFG; defaults t_min=850, B=4, iters=20
+    # 4x CogVideoX-2B: N=10 windows (L=49, stride 4), 50 trailing steps 999..19, CFG; defaults t_min=900, B=2,
+    # iters=20, chosen to cost what the paper timed (Table 4: SynCoS 29 min / Gen-L-Video 21 min = 1.38x)
     sched = tiny2.schedule(50)
     assert sched.timesteps[:9] == (999, 979, 959, 939, 919, 899, 879, 859, 839)
     info = SynCoSSampler().forward_plan(10, sched)
     assert info["stage1_forwards_per_step"] == 10 * 2
-    assert info["stage2_forwards_per_active_step"] == 20 * 4 * 2
-    assert info["stage2_timesteps"] == [999, 979, 959, 939, 919, 899, 879, 859]
-    assert info["forwards_expected"] == 50 * 20 + 8 * 160 == 2280
+    assert info["stage2_forwards_per_active_step"] == 20 * 2 * 2
+    assert info["stage2_timesteps"] == [999, 979, 959, 939, 919]
+    gen_l_video = 50 * 10 * 2
+    assert info["forwards_expected"] == gen_l_video + 5 * 80 == 1400
+    assert abs(info["forwards_expected"] / gen_l_video - 29 / 21) < 0.03
+    # the YAML ships the same defaults as the constructor
+    cfg = OmegaConf.load(REPO / "conf" / "sampler" / "syncos.yaml")
+    assert (cfg.t_min, cfg.iters, cfg.batch_windows) == (900, 20, 2)
 
 
 # ------------------------------------------------------------------------------------------ structured prompt off
@@ -372,6 +380,22 @@ def test_story_without_global():
     assert changed == 2 and out.global_prompt == g
     single, n = Story.single("a cat").without_global()
     assert single.local_prompts == ["a cat"] and n == 0
+
+
+def test_story_locals_missing_global():
+    g = "A small robot in a neon city at night."
+    story = Story(g, [f"{g} The robot walks.", f"a small  ROBOT in a neon city at night, it waves", "The robot sits."])
+    assert story.locals_missing_global() == [2]  # case, spacing and the final full stop do not matter
+    assert story.missing_global_warning().startswith("local prompt 3 of 3 does not contain the global prompt")
+    several = Story(g, ["The robot walks.", "The robot sits."])
+    assert several.locals_missing_global() == [0, 1]
+    assert "local prompts 1, 2 of 2 do not" in several.missing_global_warning()
+    single = Story.single("a cat")
+    assert single.locals_missing_global() == [] and single.missing_global_warning() is None
+    assert Story("", ["a cat", "a dog"]).locals_missing_global() == []  # no global prompt: nothing to check
+    # the ablation's output is exempt by construction: generate checks only when use_global_prompt=true
+    stripped, _ = Story(g, [f"{g} The robot walks."]).without_global()
+    assert stripped.locals_missing_global() == [0]
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -401,6 +425,6 @@ def test_cli_syncos_writes_video_and_sweeps_a_switch(tmp_path):
         assert m["global_prompt_removed_from"] == 2 and m["use_global_prompt"] is False
         assert json.loads((d / "story.json").read_text())["local"] == ["The robot walks.", "The robot waves."]
         assert m["transformer_forwards"] == m["sampler"]["forwards_expected"]
-    # steps 999, 666, 332: stage 1 on 5 windows x CFG each step; stage 2 (t > 850) at 999 only, 2 iters x B=4 x CFG
-    assert mans[0]["transformer_forwards"] == 3 * 10 + 1 * 2 * 4 * 2
+    # steps 999, 666, 332: stage 1 on 5 windows x CFG each step; stage 2 (t > 900) at 999 only, 2 iters x B=2 x CFG
+    assert mans[0]["transformer_forwards"] == 3 * 10 + 1 * 2 * 2 * 2
     assert mans[1]["transformer_forwards"] == 3 * 10

@@ -1,4 +1,4 @@
-"""Anchor-based attention (ABAM) for the CogVideoX transformer: GLC-Diffusion (Ma et al. 2025, arXiv 2501.05484),
+"""Anchor-based attention (ABAM) for the CogVideoX and Wan transformers: GLC-Diffusion (Ma et al. 2025, arXiv 2501.05484),
 §3.2 "Anchor-Based Attention Mechanism", Eq. 10.
 
 Inside every attention layer, the keys and values of each window (clip) in a batch are blended with those of an
@@ -25,21 +25,26 @@ Which window is the anchor, exactly:
   heads × video tokens × head dim per group, e.g. 2·30·30·17 550·64 fp16 values ≈ 4 GB per group on CogVideoX-2B.
 - Only the video tokens are blended; the text tokens of the joint attention keep each window's own prompt
   (windows of a multi-event story carry different local prompts, and the method's point is visual consistency).
-- With RoPE (CogVideoX-5B) the blend is applied after the rotation; both windows have the same positions, so this
-  equals blending before the rotation.
+- With RoPE (CogVideoX-5B, Wan) the blend is applied after the rotation; both windows have the same positions, so
+  this equals blending before the rotation.
+- Wan (`WanAnchorAttnProcessor`) has separate self-attention (video tokens only) and cross-attention (video queries,
+  text keys/values) in each block. Eq. 10 is applied in the self-attention layers, whose keys/values are the video
+  tokens; the cross-attention layers keep their stock processor (their keys/values are the window's own prompt, as
+  the text tokens of CogVideoX's joint attention are).
 
-`anchored(transformer, strength, groups)` installs these processors on a diffusers CogVideoX transformer and puts the
-original processors back on exit (also on an exception); `AnchorLayout.call(batch)` brackets one `predict`.
+`anchored(transformer, strength, groups, processor, layers)` installs these processors on a diffusers transformer
+(every attention layer, or those whose processor name `layers` accepts) and puts the original processors back on
+exit (also on an exception); `AnchorLayout.call(batch)` brackets one `predict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from longgen.backbones.attention import JointAttention
 from longgen.errors import UsageError
 
 
@@ -118,7 +123,8 @@ class AnchorLayout:
     def blend(
         self, layer: int, rows: Sequence[int], key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10 for the video tokens of one call. key, value: [b, heads, N, head_dim] → same shapes.
+        """Eq. 10 for the video tokens of one call. key, value: [b, ...] (rows first; CogVideoX [b, heads, N, hd],
+        Wan [b, N, heads, hd]) → same shapes.
 
         A call of anchors stores each anchor's keys/values for its (layer, group) and leaves them unchanged
         (λ·K_a + (1 − λ)·K_a = K_a); a call of other rows blends each with its branch's stored anchor."""
@@ -139,72 +145,90 @@ class AnchorLayout:
                 raise RuntimeError("anchor attention: a row ran before its branch's anchor")
             k_rows.append(k_a)
             v_rows.append(v_a)
-        k_anchor = torch.stack(k_rows)  # [b, heads, N, head_dim]
-        v_anchor = torch.stack(v_rows)  # [b, heads, N, head_dim]
+        k_anchor = torch.stack(k_rows)  # key.shape
+        v_anchor = torch.stack(v_rows)  # value.shape
         lam = self.strength
         return lam * key + (1.0 - lam) * k_anchor, lam * value + (1.0 - lam) * v_anchor
 
 
-class AnchorAttnProcessor:
-    """Joint text-video attention of a CogVideoX block with Eq. 10 applied to the video keys and values.
+def anchor_processor(layout: AnchorLayout, layer: int, kernel: str = "sdpa") -> JointAttention:
+    """The joint text-video attention of one CogVideoX block with Eq. 10 applied to its video keys and values,
+    computed with the backbone's attention kernel (longgen/backbones/attention.py: SDPA or FlashAttention-3)."""
 
-    Same call signature as diffusers' CogVideoX processors: returns (video hidden states, text hidden states)."""
+    def blend(k_video: torch.Tensor, v_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = layout.rows(layer, k_video.shape[0])  # k_video, v_video: [b, heads, N, head_dim]
+        return layout.blend(layer, rows, k_video, v_video)
 
-    def __init__(self, layout: AnchorLayout, layer: int) -> None:
+    return JointAttention(kernel, video_kv=blend)
+
+
+def cogvideox_anchor(kernel: str = "sdpa") -> Callable:
+    """The `processor` factory of `anchored` for CogVideoX blocks, on the backbone's attention kernel."""
+    return lambda layout, layer, replaces=None: anchor_processor(layout, layer, kernel)
+
+
+class WanAnchorAttnProcessor:
+    """Self-attention of a Wan block with Eq. 10 applied to its (video) keys and values.
+
+    Same call signature and result as diffusers' `WanAttnProcessor` for a self-attention layer of a text-to-video
+    Wan model (no image tokens): projections, RMS norms of q and k across heads, RoPE on q and k, attention through
+    diffusers' attention dispatcher (so `backbone.attention`'s kernels and any attention backend the layer had still
+    apply), output projection. With λ = 1 it returns the stock processor's output."""
+
+    def __init__(self, layout: AnchorLayout, layer: int, replaces=None) -> None:
         self.layout = layout
         self.layer = layer
+        self.backend = getattr(replaces, "_attention_backend", None)  # the replaced processor's attention backend
 
     def __call__(
         self,
         attn,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
 
-        n_text = encoder_hidden_states.shape[1]
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
         rows = self.layout.rows(self.layer, hidden_states.shape[0])
-        tokens = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # [b, T+N, D]: text tokens first
-        b, n, _ = tokens.shape
-        heads = attn.heads
-
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(b, n, heads, x.shape[-1] // heads).transpose(1, 2)  # [b, heads, T+N, hd]
-
-        q = split_heads(attn.to_q(tokens))
-        k = split_heads(attn.to_k(tokens))
-        v = split_heads(attn.to_v(tokens))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        if image_rotary_emb is not None:  # rotate the video tokens only
-            q = torch.cat([q[:, :, :n_text], apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)], dim=2)
-            if not attn.is_cross_attention:
-                k = torch.cat([k[:, :, :n_text], apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)], dim=2)
-
-        k_video, v_video = self.layout.blend(self.layer, rows, k[:, :, n_text:], v[:, :, n_text:])  # [b, heads, N, hd]
-        k = torch.cat([k[:, :, :n_text], k_video], dim=2)  # [b, heads, T+N, hd]
-        v = torch.cat([v[:, :, :n_text], v_video], dim=2)  # [b, heads, T+N, hd]
-
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, n, b)
-            attention_mask = attention_mask.reshape(b, heads, -1, attention_mask.shape[-1])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, n, -1)  # [b, T+N, heads·hd]
-        out = attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
-        return out[:, n_text:], out[:, :n_text]  # video [b, N, D], text [b, T, D]
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
+        if rotary_emb is not None:
+            # Wan's tables are [1, N, 1, hd] with each angle repeated for the (even, odd) pair it rotates: the
+            # interleaved-pair RoPE of diffusers' apply_rotary_emb with the sequence on dim 1
+            cos, sin = (f[0, :, 0] for f in rotary_emb)  # [N, hd] each
+            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        k, v = self.layout.blend(self.layer, rows, k, v)  # [b, N, heads, hd] each
+        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self.backend)  # [b, N, heads, hd]
+        out = out.flatten(2, 3).type_as(q)  # [b, N, heads·hd]
+        return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
 
 
 @contextlib.contextmanager
-def anchored(transformer, strength: float, groups: Sequence[int] | None = None) -> Iterator[AnchorLayout]:
-    """Install anchor attention on every attention layer of a diffusers transformer for the duration of the block;
-    the original processors (the same objects) are restored on exit, also when the block raises."""
+def anchored(
+    transformer,
+    strength: float,
+    groups: Sequence[int] | None = None,
+    processor: Callable | None = None,
+    layers: Callable[[str], bool] | None = None,
+) -> Iterator[AnchorLayout]:
+    """Install anchor attention on the attention layers of a diffusers transformer whose processor name `layers`
+    accepts (all when None) for the duration of the block: `processor(layout, layer, replaces)` with the layers
+    numbered in call order and `replaces` the processor it stands in for. The original processors (the same
+    objects) are restored on exit, also when the block raises."""
+    processor = processor or cogvideox_anchor()
     layout = AnchorLayout(strength, groups)
     original = dict(transformer.attn_processors)  # name → processor, in call order
-    processors = {name: AnchorAttnProcessor(layout, layer) for layer, name in enumerate(original)}
+    chosen = [name for name in original if layers is None or layers(name)]
+    processors = dict(original)
+    for layer, name in enumerate(chosen):
+        processors[name] = processor(layout, layer, original[name])
     transformer.set_attn_processor(processors)
     try:
         yield layout

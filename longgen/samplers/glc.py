@@ -21,18 +21,39 @@ Per DDIM step t → t_prev (Eq. 1, η = 0; Algorithm 1):
    squares would normalise per frame slightly differently; we follow the closed form the paper states, Eq. 9.)
 4. ABAM (Eq. 10), optional: the predict of step 3 runs inside `Denoiser.anchor_attention(λ, groups=[G, N_local])`,
    so each path's first clip is that path's anchor (per CFG branch, independent of micro-batching; see
-   longgen/backbones/anchor_attention.py).
+   longgen/backbones/anchor_attention.py). λ follows Eq. 10 as written: it weights the clip's own keys/values, so the
+   anchor's share is 1 − λ (the paper's λ = 0.1 → 90 % anchor). The paper's §7 prose describes λ the other way round
+   (larger λ, more anchor); under that reading its 0.1 is our `abam_lambda: 0.9`. `describe()` records
+   `abam_anchor_weight` = 1 − λ and the convention.
 5. VMCR (Eqs. 12–15, Algorithm 1 lines 20–23), optional: motion vectors δ_i = x̂0[i+1] − x̂0[i] of the clean
    estimate belonging to z_{t−1}; loss ℓ = ℓ_pixel + λ_f·ℓ_freq; z_{t−1} ← z_{t−1} − ω·∇_{z_{t−1}} ℓ. The paper leaves
-   open where x̂0 of z_{t−1} comes from. `vmcr_source: affine` (default) keeps this step's noise estimate ε̂ fixed:
-   x̂0(z) = (z − s_prev·ε̂) / a_prev, which equals this step's combined x̂0 at the DDIM result and gives the gradient
-   through that affine map with no extra model call and no backprop through the transformer.
-   `vmcr_source: model` re-predicts x̂0 of z_{t−1} at the next timestep with the same windows and γ (without ABAM)
-   and backpropagates through the transformer window by window (vector-Jacobian products, so memory stays that of
-   one window); it costs one extra predict of every window plus one differentiable forward and backward per window
-   and CFG branch. At the last step there is no next timestep and the affine map is used (on CogVideoX's schedule
-   a_prev = 1, s_prev = 0 there, so it is the identity x̂0 = z_0). VMCR runs at the steps whose timestep t lies in [vmcr_t_min, vmcr_t_max]
-   (all steps by default: the paper applies it at every step), `vmcr_iters` gradient steps each (Algorithm 1: one).
+   open where x̂0 of z_{t−1} comes from, and with it the size of ∇_z ℓ = (∂x̂0/∂z)ᵀ ∇_{x̂0} ℓ:
+   - `vmcr_source: tweedie` (default): x̂0(z) = x̂0 + a_prev·(z − z_{t−1}), this step's combined x̂0 moved with slope
+     a_prev. By Tweedie's formula ∂E[x0|z]/∂z = (a/s²)·Cov[x0|z]; for unit-variance Gaussian latents Cov[x0|z] = s²·I,
+     so the slope is exactly a_prev at every t. No model call.
+   - `vmcr_source: affine`: this step's noise estimate ε̂ held fixed, x̂0(z) = (z − s_prev·ε̂)/a_prev, slope 1/a_prev
+     (192 at CogVideoX's first step). It treats the model as blind to z, which is only right near t = 0.
+   - `vmcr_source: model`: re-predicts x̂0 of z_{t−1} at the next timestep with the same windows and γ (without
+     ABAM) and backpropagates through the transformer window by window (vector-Jacobian products, so memory stays
+     that of one window); one extra predict of every window plus one differentiable forward and backward per window
+     and CFG branch per step. At the last step there is no next timestep and the Tweedie slope is used (on
+     CogVideoX's schedule a_prev = 1 there, where every source is the identity x̂0 = z_0).
+   Measured with scripts/vmcr_scale.py (L = 49, 50 steps; ratios of gradient norms to the model source):
+   - exact posterior mean of white unit Gaussian latents: the model's gain along ∇_{x̂0}ℓ is a_prev; tweedie/model
+     1.02–1.25 from t = 899 down, affine/model 824 at t = 899 falling to 1.08 at t = 39;
+   - frame-correlated Gaussian latents (AR(1), ρ = 0.9): tweedie/model 2.5–16, affine/model 3900 → 2.7
+     (at t = 999 both Gaussian denoisers return x̂0 = 0, a static video with nothing to align);
+   - the untrained tiny CogVideoX: gain 0.37–0.97 at every t (a random network, not a denoiser); tweedie/model
+     0.011 at t = 999, 0.08 at 899, 0.35–1.05 from 799 down; affine/model 414, 55, then 15 → 0.7.
+   So the Tweedie slope is the free estimate that stays within a factor ~16 of a denoiser's Jacobian at every t,
+   where the affine one is off by up to 4000.
+   Size of one step: with the defaults VMCR changes z by ‖Δz‖/‖z‖ ≈ 1e-6–2e-5 on the tiny model, with rare spikes
+   (3e-4 measured) where a spatial frequency of the motion is near zero: the phase term's gradient grows like
+   1/|ℱ(δ)|. `vmcr_max_step` (ours, default 1e-3) is a trust region that caps ‖Δz‖ at that fraction of ‖z‖ in any
+   case; it does not act with the defaults in the tests (tests/test_glc.py). VMCR runs at the steps whose
+   timestep t lies in [vmcr_t_min, vmcr_t_max] (all steps by default: the paper applies it at every step),
+   `vmcr_iters` gradient steps each (Algorithm 1: one). Term scales at the default weights are in
+   conf/sampler/glc.yaml (the phase term is ~75 % of ℓ on unit noise).
    Loss details we chose: cos and the squared L2 norm are over a whole flattened frame δ_i; the sums run over all
    consecutive pairs (δ_i, δ_{i+1}); ℱ is the orthonormal 2D FFT over (height, width) per channel; the phase
    difference is wrapped to [−π, π].
@@ -46,6 +67,7 @@ With global_path, noise_reinit, vmcr, abam and random_shift all off this sampler
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -56,7 +78,6 @@ from longgen.denoiser import Denoiser
 from longgen.diffusion import (
     StepCoeffs,
     ddim_step,
-    eps_from_x0,
     fuse_frames,
     gather_frames,
     scatter_frames,
@@ -66,8 +87,10 @@ from longgen.errors import UsageError
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
 from longgen.samplers.glc_noise import check_filter, reinit_noise
 
+log = logging.getLogger(__name__)
+
 PADDINGS = ("reflect", "replicate", "circular")
-VMCR_SOURCES = ("affine", "model")
+VMCR_SOURCES = ("tweedie", "affine", "model")
 
 
 # ---------------------------------------------------------------------------------------------------- GLCD pieces
@@ -131,22 +154,32 @@ def combine_paths(x0_global: torch.Tensor | None, x0_local: torch.Tensor | None,
 
 
 # ---------------------------------------------------------------------------------------------------- VMCR pieces
-def motion_loss(x0: torch.Tensor, lambda_f: float, lambda_mse: float, lambda_phase: float) -> torch.Tensor:
-    """ℓ_motion = ℓ_pixel + λ_f·ℓ_freq (Eqs. 12–14) of a clean video x0 [L, C, H, W] → scalar."""
+def motion_terms(x0: torch.Tensor, lambda_f: float, lambda_mse: float, lambda_phase: float) -> dict[str, torch.Tensor]:
+    """The weighted terms of ℓ_motion (Eqs. 12–14) of a clean video x0 [L, C, H, W]: {"cos", "mse", "amplitude",
+    "phase"} → scalars whose sum is ℓ_motion = ℓ_pixel + λ_f·ℓ_freq (cos + mse = ℓ_pixel; the other two are
+    λ_f·ℓ_amplitude and λ_f·λ_phase·ℓ_phase)."""
     if x0.shape[0] < 3:
-        return x0.sum() * 0.0  # fewer than two motion vectors: nothing to align
+        zero = x0.sum() * 0.0  # fewer than two motion vectors: nothing to align
+        return {"cos": zero, "mse": zero, "amplitude": zero, "phase": zero}
     delta = x0[1:] - x0[:-1]  # [L−1, C, H, W] motion vectors δ_i (Eq. 12)
     cur, nxt = delta[:-1], delta[1:]  # [L−2, C, H, W] the pairs (δ_i, δ_{i+1})
     cur_flat, nxt_flat = cur.flatten(1), nxt.flatten(1)  # [L−2, C·H·W]
     cos = F.cosine_similarity(cur_flat, nxt_flat, dim=1)  # [L−2]
-    pixel = (1.0 - cos).sum() + lambda_mse * (cur_flat - nxt_flat).pow(2).sum()  # Eq. 13
     spec_cur = torch.fft.fft2(cur, norm="ortho")  # [L−2, C, H, W] complex, over (H, W)
     spec_nxt = torch.fft.fft2(nxt, norm="ortho")  # [L−2, C, H, W] complex
-    amplitude = (spec_cur.abs() - spec_nxt.abs()).abs().sum()  # Eq. 14
     dphi = torch.angle(spec_cur) - torch.angle(spec_nxt)  # [L−2, C, H, W]
     dphi = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi))  # wrapped to [−π, π]
-    phase = dphi.abs().sum()
-    return pixel + lambda_f * (amplitude + lambda_phase * phase)
+    return {
+        "cos": (1.0 - cos).sum(),  # Eq. 13, first part
+        "mse": lambda_mse * (cur_flat - nxt_flat).pow(2).sum(),  # Eq. 13, second part
+        "amplitude": lambda_f * (spec_cur.abs() - spec_nxt.abs()).abs().sum(),  # Eq. 14
+        "phase": lambda_f * lambda_phase * dphi.abs().sum(),  # Eq. 14
+    }
+
+
+def motion_loss(x0: torch.Tensor, lambda_f: float, lambda_mse: float, lambda_phase: float) -> torch.Tensor:
+    """ℓ_motion = ℓ_pixel + λ_f·ℓ_freq (Eqs. 12–14) of a clean video x0 [L, C, H, W] → scalar."""
+    return sum(motion_terms(x0, lambda_f, lambda_mse, lambda_phase).values())
 
 
 @dataclass(frozen=True)
@@ -159,18 +192,26 @@ class MotionWeights:
         return motion_loss(x0, self.lambda_f, self.lambda_mse, self.lambda_phase)
 
 
-def affine_x0(z: torch.Tensor, eps: torch.Tensor, a_prev: float, s_prev: float) -> torch.Tensor:
-    """Clean estimate of z_{t−1} with this step's noise estimate held fixed: (z − s_prev·ε̂) / a_prev. Any shape."""
-    return (z - s_prev * eps) / a_prev
+def vmcr_slope(source: str, a_prev: float) -> float:
+    """∂x̂0/∂z_{t−1} assumed by a fixed-slope VMCR source (a multiple of the identity).
+
+    tweedie: a_prev, the exact Jacobian of the posterior mean E[x0 | z] = a·z for unit-variance Gaussian data
+    (Tweedie: ∂E[x0|z]/∂z = (a/s²)·Cov[x0|z], and Cov[x0|z] = s²·I there since a² + s² = 1);
+    affine: 1/a_prev, the map x̂0 = (z − s_prev·ε̂)/a_prev with this step's ε̂ held fixed."""
+    if source == "affine":
+        return 1.0 / a_prev
+    return a_prev
 
 
-def vmcr_affine_grad(
-    z: torch.Tensor, eps: torch.Tensor, a_prev: float, s_prev: float, weights: MotionWeights
+def vmcr_linear_grad(
+    z: torch.Tensor, z_ref: torch.Tensor, x0_ref: torch.Tensor, slope: float, weights: MotionWeights
 ) -> tuple[torch.Tensor, float]:
-    """(∇_z ℓ_motion(affine_x0(z)), ℓ) for z = z_{t−1} [L, C, H, W]."""
+    """(∇_z ℓ_motion(x̂0(z)), ℓ) for the linearised clean estimate x̂0(z) = x0_ref + slope·(z − z_ref), i.e.
+    slope·∇ℓ at x̂0(z). z, z_ref, x0_ref: [L, C, H, W]. With z_ref = a_prev·x0_ref + s_prev·ε̂ and slope 1/a_prev
+    this is the affine map (z − s_prev·ε̂)/a_prev."""
     zv = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = weights.loss(affine_x0(zv, eps.detach(), a_prev, s_prev))
+        loss = weights.loss(x0_ref.detach() + slope * (zv - z_ref.detach()))
         (grad,) = torch.autograd.grad(loss, zv)
     return grad, float(loss.detach())
 
@@ -178,6 +219,16 @@ def vmcr_affine_grad(
 def vmcr_update(z: torch.Tensor, grad: torch.Tensor, omega: float) -> torch.Tensor:
     """Eq. 15: z ← z − ω·∇_z ℓ_motion."""
     return z - omega * grad
+
+
+def cap_change(z: torch.Tensor, z_ref: torch.Tensor, max_step: float | None) -> tuple[torch.Tensor, float, bool]:
+    """Limit VMCR's total change of one step to ‖z − z_ref‖ ≤ max_step·‖z_ref‖ (a trust region; None: no limit).
+    Returns (z, ‖z − z_ref‖/‖z_ref‖ after the limit, whether it limited). [L, C, H, W] each."""
+    change = z - z_ref  # [L, C, H, W]
+    size, ref = float(change.norm()), float(z_ref.norm())
+    if max_step is None or size <= max_step * ref:
+        return z, size / max(ref, 1e-30), False
+    return z_ref + change * (max_step * ref / size), max_step, True
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
@@ -220,7 +271,7 @@ class GLCSampler(Sampler):
         temporal_cutoff: float = 0.25,
         renormalize_noise: bool = True,
         vmcr: bool = True,
-        vmcr_source: str = "affine",
+        vmcr_source: str = "tweedie",
         lambda_f: float = 0.2,
         lambda_mse: float = 0.001,
         lambda_phase: float = 1.0,
@@ -228,6 +279,7 @@ class GLCSampler(Sampler):
         vmcr_iters: int = 1,
         vmcr_t_min: int = 0,
         vmcr_t_max: int = 1000,
+        vmcr_max_step: float | None = 1e-3,
         abam: bool = True,
         abam_lambda: float = 0.1,
     ) -> None:
@@ -244,13 +296,17 @@ class GLCSampler(Sampler):
         if int(shuffle_group) != shuffle_group or shuffle_group < 1:
             raise UsageError(f"sampler.shuffle_group={shuffle_group} must be a whole number >= 1 (latent frames)")
         if vmcr_source not in VMCR_SOURCES:
-            raise UsageError(f"sampler.vmcr_source={vmcr_source!r}: use affine (no model gradient) or model")
+            raise UsageError(
+                f"sampler.vmcr_source={vmcr_source!r}: use tweedie or affine (no model gradient) or model (backprop)"
+            )
         for name, value in (("lambda_f", lambda_f), ("lambda_mse", lambda_mse), ("lambda_phase", lambda_phase),
                             ("omega", omega)):
             if not value >= 0:
                 raise UsageError(f"sampler.{name}={value} must be >= 0")
         if int(vmcr_iters) != vmcr_iters or vmcr_iters < 1:
             raise UsageError(f"sampler.vmcr_iters={vmcr_iters} must be a whole number >= 1")
+        if vmcr_max_step is not None and not vmcr_max_step > 0:
+            raise UsageError(f"sampler.vmcr_max_step={vmcr_max_step} must be > 0, or null for no limit")
         if vmcr_t_min > vmcr_t_max:
             raise UsageError(f"sampler.vmcr_t_min={vmcr_t_min} is above sampler.vmcr_t_max={vmcr_t_max}")
         if not 0.0 <= abam_lambda <= 1.0:
@@ -281,6 +337,7 @@ class GLCSampler(Sampler):
         self.vmcr_iters = int(vmcr_iters)
         self.vmcr_t_min = vmcr_t_min
         self.vmcr_t_max = vmcr_t_max
+        self.vmcr_max_step = None if vmcr_max_step is None else float(vmcr_max_step)
         self.abam = bool(abam)
         self.abam_lambda = float(abam_lambda)
         #: per-step record of the last sample() (timestep, γ, local starts, VMCR loss): for tests and diagnostics
@@ -372,18 +429,22 @@ class GLCSampler(Sampler):
         return grad, float(loss.detach())
 
     def _vmcr(
-        self, den: Denoiser, z: torch.Tensor, eps: torch.Tensor, c: StepCoeffs, win: _StepWindows, t_next: int | None
-    ) -> tuple[torch.Tensor, float]:
+        self, den: Denoiser, z: torch.Tensor, x0: torch.Tensor, c: StepCoeffs, win: _StepWindows, t_next: int | None
+    ) -> tuple[torch.Tensor, dict]:
+        """VMCR on z = z_{t−1} [L, C, H, W] whose clean estimate is this step's x0 [L, C, H, W] → (z, trace entries)."""
         weights = MotionWeights(self.lambda_f, self.lambda_mse, self.lambda_phase)
-        first = None
+        # the model source needs the next timestep; after the last step the Tweedie slope stands in for it
+        source = self.vmcr_source if (self.vmcr_source != "model" or t_next is not None) else "tweedie"
+        z_ref, first = z, None
         for _ in range(self.vmcr_iters):
-            if self.vmcr_source == "model" and t_next is not None:
+            if source == "model":
                 grad, loss = self._vmcr_model_grad(den, z, win, t_next, weights)
             else:
-                grad, loss = vmcr_affine_grad(z, eps, c.a_prev, c.s_prev, weights)
+                grad, loss = vmcr_linear_grad(z, z_ref, x0, vmcr_slope(source, c.a_prev), weights)
             first = loss if first is None else first
             z = vmcr_update(z, grad, self.omega)  # [L, C, H, W]
-        return z, first
+        z, change, limited = cap_change(z, z_ref, self.vmcr_max_step)
+        return z, {"vmcr_loss": first, "vmcr_change": change, "vmcr_limited": limited}
 
     # ------------------------------------------------------------------ sampling
     def check(self, den: Denoiser, timesteps: tuple[int, ...]) -> None:
@@ -417,17 +478,30 @@ class GLCSampler(Sampler):
         gamma = gamma_at(c.t, self.gamma0, self.beta)
         x0 = self._combined_x0(den, x, win, c.t, gamma, self.abam)  # [L, C, H, W]
         z = ddim_step(x, x0, c)  # [L, C, H, W] z_{t−1}
-        loss = None
+        vmcr = {"vmcr_loss": None, "vmcr_change": 0.0, "vmcr_limited": False}
         if self.vmcr and self.vmcr_t_min <= c.t <= self.vmcr_t_max:
-            eps = eps_from_x0(x, x0, c.a, c.s)  # [L, C, H, W] this step's noise estimate
             t_next = sched.timesteps[i + 1] if i + 1 < len(sched) else None
-            z, loss = self._vmcr(den, z, eps, c, win, t_next)
+            z, vmcr = self._vmcr(den, z, x0, c, win, t_next)
+            if vmcr["vmcr_limited"] and not any(r["vmcr_limited"] for r in self._trace):
+                log.warning("VMCR's change to z at t=%d was limited to sampler.vmcr_max_step=%g of |z| "
+                            "(later limits are counted in the manifest)", c.t, self.vmcr_max_step)
         self._trace.append({
             "t": c.t,
             "gamma": gamma if (self.global_path and self.local_path) else None,
             "local_starts": win.local_starts,
             "windows": int(win.index.shape[0]),
-            "vmcr_loss": loss,
+            **vmcr,
         })
         state.tensors["x"] = z
         state.estimate = x0
+
+    def describe(self) -> dict:
+        info = super().describe()
+        # Eq. 10 as written: λ weights the clip's own K/V, so the anchor's share is 1 − λ (λ = 0.1 → 90 % anchor).
+        # The paper's §7 text reads the other way (a higher λ = more anchor); λ = 0.9 here is that reading.
+        info["abam_anchor_weight"] = 1.0 - self.abam_lambda
+        info["abam_convention"] = "Eq. 10: K = lambda*K_own + (1-lambda)*K_anchor (same for V)"
+        if self._trace:
+            info["vmcr_steps_limited"] = sum(1 for r in self._trace if r["vmcr_limited"])
+            info["vmcr_max_change"] = max(r["vmcr_change"] for r in self._trace)
+        return info

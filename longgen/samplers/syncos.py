@@ -23,16 +23,25 @@ Open choices (shared/reference/methods.md), each a config key; defaults are just
   stage 1's implied DDIM noise (x_t − a_t·x0')/s_t, so that the sampler is exactly Gen-L-Video's η = 0 DDIM
   whenever stage 2 changes nothing. At steps where stage 2 does not run, stage 3 always uses the DDIM noise
   (plain DDIM, as the paper does below t_min), whatever `base_noise` says.
-- `residual`: with y = a·x0' + s·ε_base, a VP model's prediction gives ε̂ − ε_base = (a/s)(x0' − x̂0). The three
-  parameterisations are all positive multiples of (x0' − x̂0):
-    eps: r = ε̂ − ε_base                               = (a/s)·(x0' − x̂0)   (identically 0 when ᾱ_t = 0)
-    v:   r = (a·ε̂ − s·x̂0) − (a·ε_base − s·x0')        = (1/s)·(x0' − x̂0)   (v = a·ε − s·x0, the VP velocity)
+- `residual`: with y = a·x0' + s·ε_base and the model's (x̂0, ε̂) satisfying y = a·x̂0 + s·ε̂, a·(x0' − x̂0) =
+  s·(ε̂ − ε_base). The three parameterisations are all positive multiples of (x0' − x̂0):
+    eps: r = ε̂ − ε_base                               = (a/s)·(x0' − x̂0)   (identically 0 where a = 0)
+    v:   r = v(x̂0, ε̂) − v(x0', ε_base)                = (1/s)·(x0' − x̂0)
     x0:  r = x0' − x̂0                                  = 1·(x0' − x̂0)
-  so with a grounded timestep (one t per step) they differ only by a constant factor, which AdamW almost cancels;
-  what differs is the weight of the residual against the kernel's repulsion term, and the exact zero of `eps` at
-  ᾱ = 0 (t = 999 on CogVideoX's zero-terminal-SNR schedule). That step is guarded: with residual=eps, stage 2
-  skips its iterations where ᾱ_t = 0 (they would apply the repulsion alone, an update driven purely by noise).
-- the CSD weight w(t) = 1 − ᾱ_t (as in CSD); B (`batch_windows`).
+  where v is the velocity the backbone is trained on (`diffusion.path_velocity`): a·ε − s·x0 on a VP model
+  (CogVideoX; the factor uses a² + s² = 1) and ε − x0 on a rectified-flow model (Wan; the factor uses a + s = 1).
+  On a flow model the v residual is exactly the flow score-distillation residual of supplementary §A.2, Eq. 10,
+  v_Φ(x_t, t) − (ε − x). With a grounded timestep (one t per step) the kinds differ only by a constant factor,
+  which AdamW almost cancels; what differs is the weight of the residual against the kernel's repulsion term, and
+  the exact zero of `eps` at a = 0 (t = 999 on CogVideoX's zero-terminal-SNR schedule, σ = 1 at the first step of a
+  flow schedule). That step is guarded: with residual=eps, stage 2 skips its iterations where a_t = 0 (they would
+  apply the repulsion alone, an update driven purely by noise).
+- the timestep rule on a flow model is the same as on a VP one: grounded, stage 2 noises x0' to the step's own σ_t
+  and calls the model at its own t = σ_t·T (the point of the sampling path stage 1 just evaluated; §A.2 keeps the
+  SDS form and only swaps the residual); not grounded, t is uniform in `random_t_range` on the model's timestep
+  axis, i.e. σ = t/T uniform without the sampling shift, the usual rectified-flow training/SDS draw.
+- the CSD weight w(t) = s_t² (`csd_weight`: 1 − ᾱ_t as in CSD on a VP model; σ_t² on a flow model, so that
+  w·r_v = s_t·(x0' − x̂0) on both families); B (`batch_windows`).
 
 CSD kernel mixing (`csd_mix`; the public CSD formula in methods.md): X the B noisy windows flattened,
 d²_ij = ‖x_i − x_j‖², γ = log(B + 1)/median(d²) with the (lower) median over all B² entries including the zero
@@ -73,6 +82,7 @@ from longgen.diffusion import (
     eps_from_x0,
     fuse_windows,
     gather_windows,
+    path_velocity,
 )
 from longgen.errors import UsageError
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
@@ -134,16 +144,22 @@ def csd_mix(x: torch.Tensor, r: torch.Tensor, kernel: str = "rbf") -> torch.Tens
 
 
 def score_residual(
-    kind: str, pred: Prediction, x0: torch.Tensor, eps: torch.Tensor, a: float, s: float
+    kind: str, pred: Prediction, x0: torch.Tensor, eps: torch.Tensor, a: float, s: float, path: str = "vp"
 ) -> torch.Tensor:
     """Score-distillation residual of windows noised as y = a·x0 + s·eps, from the model's guided (x̂0, ε̂).
-    All tensors [B, M, C, H, W]. Each kind is a positive multiple of (x0 − x̂0) (module docstring), so a descent
-    step on x0 moves it towards the model's x̂0."""
+    All tensors [B, M, C, H, W]; `path` the schedule's family ("vp" or "flow"), which fixes the velocity of the v
+    residual. Each kind is a positive multiple of (x0 − x̂0) (module docstring), so a descent step on x0 moves it
+    towards the model's x̂0."""
     if kind == "eps":
         return pred.eps - eps
     if kind == "v":
-        return (a * pred.eps - s * pred.x0) - (a * eps - s * x0)
+        return path_velocity(path, pred.x0, pred.eps, a, s) - path_velocity(path, x0, eps, a, s)
     return x0 - pred.x0
+
+
+def csd_weight(path: str, a: float, s: float) -> float:
+    """CSD's time weight w(t): 1 − ᾱ_t = 1 − a² on a VP path (as in CSD/DreamFusion), s² = σ² on a flow path."""
+    return 1.0 - a * a if path == "vp" else s * s
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
@@ -154,9 +170,9 @@ class SynCoSSampler(Sampler):
         guidance_scale: float = 6.0,
         stride: int = 4,
         eta: float = 0.0,
-        t_min: int = 850,
+        t_min: int = 900,
         iters: int = 20,
-        batch_windows: int = 4,
+        batch_windows: int = 2,
         lr: float = 0.5,
         weight_decay: float = 0.0,
         lr_decay_iters: int = 5,
@@ -240,7 +256,7 @@ class SynCoSSampler(Sampler):
         return self.stage2 and (not self.stage1 or t > self.t_min)
 
     def _skips_iterations(self, c: StepCoeffs) -> bool:
-        """ε-space residual guard: at ᾱ_t = 0 it is identically 0 (methods.md pitfall)."""
+        """ε-space residual guard: at a_t = 0 (ᾱ_t = 0, or σ_t = 1) it is identically 0 (methods.md pitfall)."""
         return self.residual == "eps" and self.grounded_timestep and c.a == 0.0
 
     def forward_plan(self, windows: int, sched: NoiseSchedule) -> dict:
@@ -354,8 +370,8 @@ class SynCoSSampler(Sampler):
                 y = add_noise(x0_win, eps_win, a, s)  # [B, M, C, H, W]
                 # one batched call: B windows × both CFG branches (the backbone micro-batches)
                 pred = den.predict(y, t, window_ids[pick].tolist(), self.guidance_scale)  # [B, M, C, H, W]
-                r = score_residual(self.residual, pred, x0_win, eps_win, a, s)  # [B, M, C, H, W]
-                g = (1.0 - a * a) * csd_mix(y, r, self.kernel)  # [B, M, C, H, W], w(t) = 1 − ᾱ_t
+                r = score_residual(self.residual, pred, x0_win, eps_win, a, s, sched.path)  # [B, M, C, H, W]
+                g = csd_weight(sched.path, a, s) * csd_mix(y, r, self.kernel)  # [B, M, C, H, W]
                 grad = fuse_windows(g, sel, plan.length)  # [L, C, H, W] count-averaged; uncovered frames 0
                 opt.zero_grad(set_to_none=True)
                 param.backward(gradient=grad)

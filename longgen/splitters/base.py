@@ -12,6 +12,10 @@ from longgen.story import Story
 #: Upper bound on local prompts per story; SynCoS used 2 to 4 (supplementary B), more is allowed but bounded so a
 #: typo (num_prompts=40) fails at once.
 MAX_PROMPTS = 16
+#: Upper bound on a scenario's length (after runs of whitespace become one space): a scenario describes one video,
+#: a few sentences to a page; the offline splitter takes about a second at this length in the worst case measured
+#: (thousands of one-verb sentences) and an LLM's context holds it easily.
+MAX_SCENARIO_CHARS = 20_000
 
 
 def check_num_prompts(num_prompts: Any) -> int:
@@ -25,7 +29,13 @@ def check_num_prompts(num_prompts: Any) -> int:
 def check_scenario(scenario: Any) -> str:
     if not isinstance(scenario, str) or not scenario.strip():
         raise UsageError("the scenario is empty: write the whole story of the video as text (one or more sentences)")
-    return " ".join(scenario.split())
+    text = " ".join(scenario.split())
+    if len(text) > MAX_SCENARIO_CHARS:
+        raise UsageError(
+            f"the scenario is {len(text)} characters long, over the limit of {MAX_SCENARIO_CHARS}: a scenario "
+            f"describes one video (a few sentences to a page); shorten it"
+        )
+    return text
 
 
 class Splitter(abc.ABC):

@@ -1,8 +1,10 @@
 """LLM stories on disk, so repeated runs and sweeps reuse one split instead of calling the model again.
 
 Location: `$XDG_CACHE_HOME/longgen/stories/` (`~/.cache/longgen/stories/` when the variable is unset). Key: the
-SHA-256 of the scenario text, the number of prompts, the model name, the instruction template text and the
-temperature. One JSON story file per key, written atomically. The API key is never part of a cached file.
+SHA-256 of the scenario text, the number of prompts, the model name, the instruction template text, the
+temperature and the server's URL (without credentials), so a second server is asked itself instead of being
+handed the first one's story. One JSON story file per key, written atomically. The API key is never part of a
+cached file.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def cache_root() -> Path:
     return root / "longgen" / "stories"
 
 
-def cache_key(scenario: str, num_prompts: int, model: str, template: str, temperature: float) -> str:
+def cache_key(scenario: str, num_prompts: int, model: str, template: str, temperature: float, server: str) -> str:
     payload = json.dumps(
-        {"scenario": scenario, "num_prompts": num_prompts, "model": model, "template": template, "temperature": float(temperature)},
+        {"scenario": scenario, "num_prompts": num_prompts, "model": model, "template": template,
+         "temperature": float(temperature), "server": server},
         sort_keys=True,
         ensure_ascii=False,
     )

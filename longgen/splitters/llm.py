@@ -7,15 +7,25 @@ The answer must be a JSON object `{"global": str, "local": [N str]}`. It is aske
 (`response_format` json_schema), falling back to a JSON object and then to plain text when the server rejects
 the format (`response_format: auto`).
 
+Answers are read as real models write them (`parse_answer`): reasoning before the answer (<think>…</think>),
+prose or code fences around the object, near-miss key names ("global_prompt", "locals"), JSON5 leniency (trailing
+commas, single quotes, comments; the json5 package), prompts written as {"prompt": "…"}, several objects of which
+exactly one is a valid story. A server that only streams (it refuses a plain request naming `stream`, or sends
+server-sent events anyway) is asked again with stream=true.
+
 Failures, each ending in one clear line:
 - an answer that does not parse or breaks the story rules is sent back once with the problem stated; a second
   bad answer fails, quoting the problem;
+- a refusal (the `refusal` field, or an answer that opens "I'm sorry, I can't…"), an answer cut off by
+  max_tokens (finish_reason=length) or stopped by a content filter, an empty `choices` list, an HTML page or
+  other body that is not a chat completion: one line naming it, no retry;
 - timeouts, connection errors, rate limits (429) and server errors (5xx) are retried `max_retries` times with
   exponential backoff (or the server's Retry-After), then fail; the client's own retries are off so these
   bounds are the only ones.
 
 The API key is read from the environment variable named by `api_key_env` at call time and handed to the client
-only; it is not an option, so it cannot reach the saved config, the story, the manifest or the log.
+only, which sends it to whatever `base_url` names; it is not an option, so it cannot reach the saved config, the
+story, the manifest or the log, and every server text quoted in a message is scrubbed of it (longgen.redact).
 """
 
 from __future__ import annotations
@@ -27,12 +37,16 @@ import os
 import re
 import string
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import json5
+
 from longgen.errors import UsageError
+from longgen.redact import env_name_problem, remember, scrub
 from longgen.splitters.base import Splitter, check_num_prompts, check_scenario
 from longgen.splitters.cache import StoryCache, cache_key
 from longgen.story import Story
@@ -40,12 +54,24 @@ from longgen.story import Story
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "template_structured_prompt.txt"
+#: where the openai client sends requests when neither base_url nor $OPENAI_BASE_URL is set
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _FORMATS = ("auto", "json_schema", "json_object", "text")
 _MAX_WAIT_S = 30.0
 
 
 class InvalidAnswer(ValueError):
     """The model's answer is not a valid story; the message is fed back to the model."""
+
+
+@dataclass
+class Reply:
+    """The parts of one chat completion (or of a stream of chunks) that decide what to do with it."""
+
+    content: str | None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    reasoning: str | None = None  # reasoning a server returns beside the content (reasoning_content / reasoning)
 
 
 def load_template(template: str | None) -> tuple[str, str]:
@@ -78,36 +104,169 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).casefold().rstrip(" .")
 
 
-def parse_answer(content: str | None, num_prompts: int) -> Story:
-    """The model's answer as a Story, or InvalidAnswer saying exactly what is wrong."""
-    if content is None or not content.strip():
-        raise InvalidAnswer("the answer was empty")
-    text = content.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
-    if fence:
-        text = fence.group(1).strip()
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0:
-        raise InvalidAnswer("the answer is not a JSON object (no {...} found)")
+# ---------------------------------------------------------------------- reading the model's answer
+#: reasoning that models print before their answer (DeepSeek-R1, Qwen3, QwQ and others: <think>…</think>)
+_REASONING = re.compile(r"<(think|thinking|thought|reasoning|reflection)>.*?</\1>", flags=re.S | re.I)
+_REASONING_OPEN = re.compile(r"<(think|thinking|thought|reasoning|reflection)>", flags=re.I)
+_REASONING_CLOSE = re.compile(r"</(think|thinking|thought|reasoning|reflection)>", flags=re.I)
+#: gpt-oss's harmony format when a server passes it through raw: the answer follows the final-channel marker
+_HARMONY_FINAL = "<|channel|>final<|message|>"
+#: key names models use for the two fields, compared without case, spaces, '_' or '-'
+_ROLES = {"global": "global", "globalprompt": "global", "local": "local", "locals": "local", "localprompt": "local",
+          "localprompts": "local"}
+#: keys of a prompt written as an object ({"prompt": "..."})
+_TEXT_KEYS = ("prompt", "text", "description", "content")
+_REFUSAL_START = re.compile(
+    r"^\W*(i['’]?m sorry|i am sorry|sorry|i can(?:['’]?t|not| not)|i won['’]?t|i will not|i['’]?m unable|i am unable|"
+    r"i['’]?m not able|i am not able|as an ai)\b", flags=re.I)
+
+
+def quote(text: str | None, limit: int = 120) -> str:
+    """A short, single-line, key-free quotation of server text for an error message."""
+    flat = " ".join(scrub(text or "").split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+
+def _answer_text(content: str) -> str:
+    """The answer without the reasoning a model printed before it."""
+    text = content.split(_HARMONY_FINAL)[-1]
+    text = _REASONING.sub(" ", text)
+    close = list(_REASONING_CLOSE.finditer(text))
+    if close:  # the opening tag was part of the prompt template, so only the closing one is in the answer
+        text = text[close[-1].end():]
+    if _REASONING_OPEN.search(text):
+        raise InvalidAnswer("the answer is only unfinished reasoning (a <think> block that is never closed) and no JSON object")
+    return text.strip()
+
+
+def _object_spans(text: str) -> list[str]:
+    """Every top-level {...} in `text`, in order, skipping braces inside strings ("…" or '…') and comments; an
+    object left open at the end of the text is returned as it is (it then fails to parse and says so)."""
+    spans, depth, start, quote_char, i = [], 0, 0, None, 0
+    while i < len(text):
+        ch = text[i]
+        if quote_char:
+            if ch == "\\":
+                i += 1
+            elif ch == quote_char:
+                quote_char = None
+        elif depth and ch in "\"'":
+            quote_char = ch
+        elif depth and text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif depth and text.startswith("/*", i):
+            i = text.find("*/", i + 2) + 1 if "*/" in text[i + 2:] else len(text)
+        elif ch == "{":
+            start = i if depth == 0 else start
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                spans.append(text[start : i + 1])
+        i += 1
+    if depth:
+        spans.append(text[start:])
+    return spans
+
+
+def _load_object(span: str) -> dict:
+    """Strict JSON, else JSON5 (trailing commas, single quotes, comments, unquoted keys: json5 on PyPI)."""
     try:
-        data = json.loads(text[start : end + 1] if end > start else text[start:])
-    except json.JSONDecodeError as exc:
-        raise InvalidAnswer(f"the answer is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise InvalidAnswer("the answer must be a JSON object with keys \"global\" and \"local\"")
-    glob, local = data.get("global"), data.get("local")
-    if not isinstance(glob, str) or not glob.strip():
+        return json.loads(span)
+    except json.JSONDecodeError as strict:
+        try:
+            data = json5.loads(span)
+        except Exception:
+            where = "the answer is not valid JSON: the object is never closed (the answer ends inside it)" if strict.pos >= len(span.rstrip()) else (
+                f"the answer is not valid JSON: {strict.msg} at line {strict.lineno} column {strict.colno}")
+            raise InvalidAnswer(where) from None
+        if not isinstance(data, dict):
+            raise InvalidAnswer("the answer must be a JSON object with keys \"global\" and \"local\"") from None
+        return data
+
+
+def _field_text(value: Any, what: str) -> str:
+    """A prompt given as a string, or as an object holding it ({"prompt": "…"} / {"text": …})."""
+    if isinstance(value, dict):
+        texts = [value[k] for k in value if str(k).casefold() in _TEXT_KEYS and isinstance(value[k], str)]
+        if len(texts) == 1:
+            return texts[0]
+        raise InvalidAnswer(f"{what} is an object without exactly one \"prompt\" string; write it as a string")
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        raise InvalidAnswer(f"{what} is a number ({value!r}), not text")
+    if not isinstance(value, str):
+        raise InvalidAnswer(f"{what} must be a string")
+    return value
+
+
+def _story_fields(data: dict, unwrap: bool = True) -> tuple[Any, Any]:
+    """(global, local) of an answer object, accepting near-miss key names ("global_prompt", "Locals", ...) and
+    one wrapping object ({"structured_prompt": {...}})."""
+    found: dict[str, list[tuple[str, Any]]] = {"global": [], "local": []}
+    for key, value in data.items():
+        role = _ROLES.get(re.sub(r"[\s_\-]+", "", str(key)).casefold())
+        if role:
+            found[role].append((str(key), value))
+    if unwrap and not found["global"] and not found["local"]:
+        inner = [v for v in data.values() if isinstance(v, dict)]
+        if len(inner) == 1:
+            return _story_fields(inner[0], unwrap=False)
+    for role, items in found.items():
+        if len({json.dumps(v, sort_keys=True, default=str) for _, v in items}) > 1:
+            names = " and ".join(f'"{k}"' for k, _ in items)
+            raise InvalidAnswer(f"the object has both {names} with different values; give one \"{role}\"")
+    return (found["global"][0][1] if found["global"] else None), (found["local"][0][1] if found["local"] else None)
+
+
+def _story_from_object(data: dict, num_prompts: int) -> Story:
+    glob, local = _story_fields(data)
+    if glob is None:
+        raise InvalidAnswer('"global" is missing; the object needs keys "global" and "local"')
+    glob = _field_text(glob, '"global"')
+    if not glob.strip():
         raise InvalidAnswer('"global" must be a non-empty string')
     if not isinstance(local, list):
         raise InvalidAnswer('"local" must be a list of strings')
     if len(local) != num_prompts:
         raise InvalidAnswer(f'"local" must hold exactly {num_prompts} prompts, it holds {len(local)}')
-    for i, p in enumerate(local, 1):
-        if not isinstance(p, str) or not p.strip():
-            raise InvalidAnswer(f"local prompt {i} is empty or not a string")
+    prompts = []
+    for i, item in enumerate(local, 1):
+        p = _field_text(item, f"local prompt {i}")
+        if not p.strip():
+            raise InvalidAnswer(f"local prompt {i} is empty")
         if _normal(glob) not in _normal(p):
             raise InvalidAnswer(f"local prompt {i} does not contain the global prompt word for word; start it with the exact global prompt")
-    return Story(global_prompt=glob.strip(), local_prompts=[p.strip() for p in local])
+        prompts.append(p.strip())
+    return Story(global_prompt=glob.strip(), local_prompts=prompts)
+
+
+def parse_answer(content: str | None, num_prompts: int) -> Story:
+    """The model's answer as a Story, or InvalidAnswer saying exactly what is wrong.
+
+    Accepted where the meaning is unambiguous: reasoning before the answer (<think>…</think>), prose or code
+    fences around the object, near-miss key names, JSON5 leniency (trailing commas, single quotes, comments),
+    prompts written as {"prompt": "…"}, and several objects in one answer when exactly one of them is a valid
+    story (or all valid ones are the same story)."""
+    if content is None or not content.strip():
+        raise InvalidAnswer("the answer was empty")
+    text = _answer_text(content)
+    spans = _object_spans(text)
+    if not spans:
+        raise InvalidAnswer("the answer is not a JSON object (no {...} found)")
+    stories: list[Story] = []
+    problems: dict[bool, list[InvalidAnswer]] = {True: [], False: []}
+    for span in spans:
+        try:
+            stories.append(_story_from_object(_load_object(span), num_prompts))
+        except InvalidAnswer as exc:
+            # the problem of an object that tries to be a story matters more than that of an aside like {"note": 1}
+            problems[bool(re.search(r"global|local", span, re.I))].append(exc)
+    distinct = {json.dumps([s.global_prompt, s.local_prompts]): s for s in stories}
+    if len(distinct) == 1:
+        return next(iter(distinct.values()))
+    if len(distinct) > 1:
+        raise InvalidAnswer(f"the answer holds {len(distinct)} different valid stories; give exactly one JSON object")
+    raise (problems[True] + problems[False])[0]
 
 
 def _schema() -> dict[str, Any]:
@@ -148,8 +307,9 @@ class LLMSplitter(Splitter):
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise UsageError("splitter.model must name the chat model, e.g. splitter.model=gpt-4o or a local model name")
-        if not isinstance(api_key_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
-            raise UsageError(f"splitter.api_key_env={api_key_env!r} must be the NAME of an environment variable (the key itself never goes in the config)")
+        problem = env_name_problem(api_key_env) if isinstance(api_key_env, str) else "is not text"
+        if problem:  # never quoted: it may be the key itself
+            raise UsageError(f"splitter.api_key_env {problem}; it must be the NAME of an environment variable such as OPENAI_API_KEY (the key itself never goes in the config)")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
             raise UsageError(f"splitter.temperature={temperature!r} must be a number from 0 to 2")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -176,12 +336,14 @@ class LLMSplitter(Splitter):
         self.template_text, self.template_label = load_template(template)
         self.cache = cache
         self._format = "json_schema" if response_format == "auto" else response_format
+        self._stream = False  # set when the server only answers streaming requests
         self._attempts = 0
 
     # ------------------------------------------------------------------ api key and client
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "").strip()
         if key:
+            remember(key)  # from now on scrubbed from every message and log line
             return key
         if self.base_url:
             # local servers (Ollama, vLLM, LM Studio) ignore the key, but the client needs a value
@@ -197,8 +359,13 @@ class LLMSplitter(Splitter):
 
         return OpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
 
+    def server_url(self) -> str:
+        """The endpoint requests go to (base_url, else $OPENAI_BASE_URL, else OpenAI's), without credentials."""
+        url = self.base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
+        return redact_url(url).rstrip("/")
+
     # ------------------------------------------------------------------ one request with bounded retries
-    def _request(self, client, messages: list[dict[str, str]]) -> str | None:
+    def _request(self, client, messages: list[dict[str, str]]) -> Reply:
         import openai
 
         failures = 0
@@ -211,9 +378,19 @@ class LLMSplitter(Splitter):
             self._attempts += 1
             try:
                 response = client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens, **kwargs
+                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+                    **kwargs, **({"stream": True} if self._stream else {}),
                 )
+                reply = _collect_stream(response) if self._stream else self._reply(response)
+            except _AnswersAsStream:
+                log.info("the server answered with a stream of events; asking for a stream (stream=true)")
+                self._stream = True
+                continue
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if not self._stream and re.search(r"\bstream", _short(exc), flags=re.I):
+                    log.info("the server refused a non-streaming request (HTTP %s: %s); asking for a stream", exc.status_code, _short(exc))
+                    self._stream = True
+                    continue
                 if self.response_format == "auto" and self._format != "text":
                     fallback = "json_object" if self._format == "json_schema" else "text"
                     log.info("the server refused response_format=%s (HTTP %s); trying %s", self._format, exc.status_code, fallback)
@@ -222,7 +399,7 @@ class LLMSplitter(Splitter):
                 raise UsageError(f"splitter=llm: {self._where()} rejected the request (HTTP {exc.status_code}: {_short(exc)}); check splitter.model and splitter.response_format") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise UsageError(
-                    f"splitter=llm: {self._where()} refused the API key from ${self.api_key_env} (HTTP {exc.status_code}); set a valid key"
+                    f"splitter=llm: {self._where()} refused the API key from ${self.api_key_env} (HTTP {exc.status_code}: {_short(exc)}); set a valid key"
                 ) from None
             except openai.NotFoundError:
                 raise UsageError(
@@ -244,9 +421,29 @@ class LLMSplitter(Splitter):
                 log.warning("LLM request failed (%s); retry %d of %d in %.1f s", reason, failures, self.max_retries, wait)
                 time.sleep(wait)
                 continue
-            if not response.choices:
-                return None
-            return response.choices[0].message.content
+            except openai.APIError as exc:  # e.g. an error event in the middle of a stream, or a body that is not JSON
+                raise UsageError(f"splitter=llm: {self._where()} sent an error instead of an answer: {_short(exc)}") from None
+            return reply
+
+    def _reply(self, response: Any) -> Reply:
+        """The first choice of a chat completion; one clear line for anything that is not one."""
+        if isinstance(response, str):
+            if re.match(r"\s*(data|event|id):", response):
+                raise _AnswersAsStream()
+            raise UsageError(f"splitter=llm: {self._where()} did not answer like an OpenAI-compatible API: it sent {_describe_body(response)}; check splitter.base_url (it usually ends in /v1)")
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):
+            raise UsageError(f"splitter=llm: {self._where()} did not answer like an OpenAI-compatible API: it sent {_describe_body(response)}; check splitter.base_url (it usually ends in /v1)")
+        if not choices:
+            raise UsageError(f"splitter=llm: {self._where()} answered with an empty `choices` list (no answer at all); try again, or try another splitter.model")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        return Reply(
+            content=getattr(message, "content", None),
+            finish_reason=getattr(choice, "finish_reason", None),
+            refusal=getattr(message, "refusal", None),
+            reasoning=_extra(message, "reasoning_content") or _extra(message, "reasoning"),
+        )
 
     def _where(self) -> str:
         return f"model {self.model!r} at {redact_url(self.base_url) or 'the default OpenAI endpoint'}"
@@ -290,10 +487,34 @@ class LLMSplitter(Splitter):
             "response_format": self._format,
         }
 
+    def _story(self, reply: Reply, num_prompts: int) -> Story:
+        """The story in a reply. UsageError for what asking again cannot fix (a refusal, a cut-off or filtered
+        answer), InvalidAnswer (fed back to the model once) for the rest."""
+        if reply.refusal:
+            raise UsageError(f"splitter=llm: {self._where()} refused to split the scenario: {quote(reply.refusal)}; rephrase the scenario or try another splitter.model")
+        try:
+            return parse_answer(reply.content, num_prompts)
+        except InvalidAnswer:
+            content = reply.content or ""
+            if reply.finish_reason == "length":
+                only_reasoning = (reply.reasoning and not content.strip()) or (
+                    _REASONING_OPEN.search(content) and not _REASONING_CLOSE.search(content))
+                spent = " (all of it reasoning)" if only_reasoning else ""
+                raise UsageError(
+                    f"splitter=llm: the answer of {self._where()} was cut off (finish_reason=length) after "
+                    f"{len(content)} characters{spent}; raise splitter.max_tokens (now {self.max_tokens})"
+                ) from None
+            if reply.finish_reason == "content_filter":
+                raise UsageError(f"splitter=llm: the server's content filter stopped the answer of {self._where()} (finish_reason=content_filter); rephrase the scenario or try another splitter.model") from None
+            plain = _REASONING.sub(" ", content).strip()
+            if "{" not in plain and _REFUSAL_START.match(plain):
+                raise UsageError(f"splitter=llm: {self._where()} refused to split the scenario: {quote(plain)}; rephrase the scenario or try another splitter.model") from None
+            raise
+
     def split(self, scenario: str, num_prompts: int) -> Story:
         scenario = check_scenario(scenario)
         num_prompts = check_num_prompts(num_prompts)
-        key = cache_key(scenario, num_prompts, self.model, self.template_text, self.temperature)
+        key = cache_key(scenario, num_prompts, self.model, self.template_text, self.temperature, self.server_url())
         store = StoryCache() if self.cache else None
         if store is not None:
             hit = store.load(key)
@@ -305,27 +526,27 @@ class LLMSplitter(Splitter):
         client = self._client()
         self._attempts = 0
         messages = self._messages(scenario, num_prompts)
-        answer = self._request(client, messages)
+        reply = self._request(client, messages)
         try:
-            story = parse_answer(answer, num_prompts)
+            story = self._story(reply, num_prompts)
         except InvalidAnswer as first:
             log.warning("the LLM's answer is not a valid story (%s); asking once more", first)
             messages += [
-                {"role": "assistant", "content": answer or ""},
+                {"role": "assistant", "content": reply.content or ""},
                 {
                     "role": "user",
                     "content": f"That answer cannot be used: {first}. Reply again with only the JSON object "
                     f'{{"global": ..., "local": [...]}} holding exactly {num_prompts} local prompts, each starting with the global prompt.',
                 },
             ]
-            answer = self._request(client, messages)
+            reply = self._request(client, messages)
             try:
-                story = parse_answer(answer, num_prompts)
+                story = self._story(reply, num_prompts)
             except InvalidAnswer as second:
-                start = " ".join((answer or "").split())[:120]
+                finish = f", finish_reason={reply.finish_reason}" if reply.finish_reason not in (None, "stop") else ""
                 raise UsageError(
                     f"splitter=llm: {self._where()} gave no valid story after one retry: {second} (answer began "
-                    f"{start!r}); try another splitter.model, a lower splitter.temperature, or splitter=offline"
+                    f"{quote(reply.content)}{finish}); try another splitter.model, a lower splitter.temperature, or splitter=offline"
                 ) from None
         story.scenario = scenario
         story.source = {**self.describe(), "requests": self._attempts, "cache": "miss" if store is not None else "off", "cache_key": key[:16]}
@@ -334,6 +555,53 @@ class LLMSplitter(Splitter):
         return story
 
 
+class _AnswersAsStream(Exception):
+    """The server sent server-sent events to a request that did not ask for a stream."""
+
+
+def _extra(obj: Any, name: str) -> Any:
+    """A field the openai types do not declare (servers add reasoning_content / reasoning)."""
+    value = getattr(obj, name, None)
+    if value is None:
+        value = (getattr(obj, "model_extra", None) or {}).get(name)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _collect_stream(stream: Any) -> Reply:
+    """Join the chunks of a streamed chat completion (first choice) into one Reply."""
+    content, refusal, reasoning, finish, chunks = [], [], [], None, 0
+    for chunk in stream:
+        if isinstance(chunk, str) or not isinstance(getattr(chunk, "choices", None), list):
+            raise UsageError(f"splitter=llm: the server's stream held {_describe_body(chunk)} instead of chat completion chunks; check splitter.base_url")
+        chunks += 1
+        for choice in chunk.choices:
+            if getattr(choice, "index", 0) != 0:
+                continue
+            delta = getattr(choice, "delta", None)
+            content.append(getattr(delta, "content", None) or "")
+            refusal.append(getattr(delta, "refusal", None) or "")
+            reasoning.append(_extra(delta, "reasoning_content") or _extra(delta, "reasoning") or "")
+            finish = getattr(choice, "finish_reason", None) or finish
+    if not chunks:
+        raise UsageError("splitter=llm: the server's stream ended without a single chunk (no answer at all); try again, or try another splitter.model")
+    return Reply("".join(content), finish, "".join(refusal) or None, "".join(reasoning) or None)
+
+
+def _describe_body(body: Any) -> str:
+    """One phrase for a body that is not a chat completion: an HTML page (with its title), other text, or JSON."""
+    if isinstance(body, str):
+        title = re.search(r"<title[^>]*>(.*?)</title>", body, flags=re.S | re.I)
+        if re.search(r"<!doctype html|<html|<body|<head", body, flags=re.I):
+            return "an HTML page" + (f" titled {quote(title.group(1), 80)}" if title else f" beginning {quote(body, 80)}")
+        return f"text beginning {quote(body, 80)}" if body.strip() else "an empty body"
+    if isinstance(body, list):
+        return f"a JSON list of {len(body)} item(s)"
+    fields = sorted(k for k, v in (getattr(body, "model_extra", None) or {}).items() if v is not None)
+    fields += sorted(k for k in ("id", "object", "model") if getattr(body, k, None) is not None)
+    return f"JSON without `choices` (fields: {', '.join(fields) or 'none'})"
+
+
 def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    """The first line of an error from the client or the server, key-free and at most 160 characters."""
+    text = scrub(str(getattr(exc, "message", None) or exc)).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:160]

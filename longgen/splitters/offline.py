@@ -309,9 +309,11 @@ class OfflineSplitter(Splitter):
                 break
         if len(events) < n:
             events = _stages(events, n)
+        words = [len(e.split()) for e in events]  # kept beside `events` so each merge costs O(events), not O(text)
         while len(events) > n:
-            i = min(range(len(events) - 1), key=lambda k: (len(events[k].split()) + len(events[k + 1].split()), k))
+            i = min(range(len(events) - 1), key=lambda k: (words[k] + words[k + 1], k))
             events[i : i + 2] = [_join(events[i], events[i + 1])]
+            words[i : i + 2] = [len(events[i].split())]
 
         local = [f"{global_prompt} {e}".strip() for e in events]
         return Story(global_prompt=global_prompt, local_prompts=local, scenario=scenario, source=self.describe())

@@ -9,16 +9,18 @@ from omegaconf import DictConfig
 
 from longgen.build import build
 from longgen.errors import UsageError
-from longgen.splitters.base import check_num_prompts, check_scenario
-from longgen.story import Story
+from longgen.splitters.base import MAX_SCENARIO_CHARS, check_num_prompts, check_scenario
+from longgen.story import Story, read_limited
+
+#: bytes read from a scenario file at most: room for MAX_SCENARIO_CHARS characters of up to 4 bytes each in UTF-8
+#: plus line breaks and indentation; a larger file is refused before it is read
+MAX_SCENARIO_BYTES = 96 << 10
 
 
 def read_scenario(path: str | Path) -> str:
     p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read scenario file {p}: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_limited(p, MAX_SCENARIO_BYTES, "scenario file",
+                        f"a scenario describes one video in at most {MAX_SCENARIO_CHARS} characters; is this the right file?")
     if not text.strip():
         raise UsageError(f"scenario file {p} is empty: write the story of the video in it as plain text")
     return check_scenario(text)

@@ -1,0 +1,157 @@
+"""Attention kernels for the CogVideoX transformer's joint text-video attention, and the processor that uses them.
+
+`backbone.attention` picks how softmax(QKᵀ/√d)·V is computed in every attention layer:
+- `auto`, `sdpa`, `cudnn`, `flash`, `efficient`, `math`: torch's scaled_dot_product_attention with that SDPA
+  backend order (diffusers' own processor, backends chosen by the backbone around each call);
+- `fa3`: FlashAttention-3 (Shah et al. 2024, "FlashAttention-3: Fast and Accurate Attention with Asynchrony and
+  Low-precision") forward kernels for Hopper from the `fa3-fwd` package (`pip install "longgen[fa3]"`), through
+  longgen's processor below. The package has bf16 and e4m3 kernels only: fp16 models cast q/k/v to bf16 around the
+  call and the output back (the error this adds is measured in benchmarks/README.md);
+- `fa3-fp8` (opt-in, inexact): the same kernel on e4m3 inputs. Scaling that keeps the error low: K is first
+  "smoothed" by subtracting its mean over tokens per (sample, head) — every score of a query row then shifts by the
+  same constant q·k̄, which softmax cancels (SageAttention, Zhang et al. 2025, §3.2) — then q, k, v are scaled per
+  (sample, head) so their largest magnitude maps to e4m3's largest finite value 448, and the kernel undoes the scales
+  with its q/k/v descale inputs.
+
+`JointAttention` is the processor: it forms q/k/v of the concatenated [text; video] tokens, applies the layer's
+q/k norms and RoPE on the video tokens (CogVideoX-5B), optionally rewrites the video keys/values (GLC's ABAM,
+longgen/backbones/anchor_attention.py, uses this hook so anchor attention runs on the same kernels), calls the
+kernel, and projects the output. The kernels are `torch.library` custom ops, so torch.compile traces through them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from longgen.errors import UsageError
+
+#: e4m3's largest finite magnitude
+E4M3_MAX = 448.0
+KERNELS = ("fa3", "fa3-fp8")
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[b, heads, n, d] → [b, heads, n, d] with torch SDPA (backend set by the caller's sdpa_kernel context)."""
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+
+
+def _fa3_func():
+    try:
+        from fa3_fwd_interface import flash_attn_func
+    except Exception as exc:  # not installed, or its CUDA library does not load here
+        raise UsageError(
+            f"backbone.attention=fa3 needs the fa3-fwd package on an H100/H200 (pip install \"longgen[fa3]\"): "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}; or use backbone.attention=auto"
+        ) from None
+    return flash_attn_func
+
+
+def check_fa3(device: torch.device) -> None:
+    """One line when FlashAttention-3 cannot run here (no CUDA, not a Hopper GPU, package missing)."""
+    if device.type != "cuda":
+        raise UsageError("backbone.attention=fa3 runs on NVIDIA Hopper GPUs (H100/H200) only: use backbone.attention=auto")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) != (9, 0):
+        raise UsageError(f"backbone.attention=fa3 needs a Hopper GPU (sm_90); this one is sm_{major}{minor}: "
+                         f"use backbone.attention=auto")
+    _fa3_func()
+
+
+def fa3_available(device: torch.device) -> bool:
+    try:
+        check_fa3(device)
+    except UsageError:
+        return False
+    return True
+
+
+def fa3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash_attn_func: Callable) -> torch.Tensor:
+    """[b, heads, n, d] → [b, heads, n, d] with FlashAttention-3 in bf16 (fp16 inputs are cast)."""
+    dtype = q.dtype
+    q, k, v = (x.transpose(1, 2).to(torch.bfloat16) for x in (q, k, v))  # [b, n, heads, d]
+    out = flash_attn_func(q, k, v)  # [b, n, heads, d] bf16
+    return out.transpose(1, 2).to(dtype)
+
+
+def fp8_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [b, n, heads, d] → (e4m3 tensor of x / scale, descale [b, heads] float32) with scale = amax/448 per
+    (sample, head)."""
+    amax = x.abs().amax(dim=(1, 3)).float().clamp_min(1e-12)  # [b, heads]
+    scale = amax / E4M3_MAX  # [b, heads]
+    x8 = (x.float() / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return x8, scale.contiguous()
+
+
+def fa3_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash_attn_func: Callable) -> torch.Tensor:
+    """[b, heads, n, d] → [b, heads, n, d] with FlashAttention-3 on e4m3 inputs (K smoothed, per-head scales)."""
+    dtype = q.dtype
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [b, n, heads, d]
+    k = k - k.mean(dim=1, keepdim=True)  # smoothing: softmax is invariant to a per-row constant shift of scores
+    (q8, qs), (k8, ks), (v8, vs) = fp8_per_head(q), fp8_per_head(k), fp8_per_head(v)
+    out = flash_attn_func(q8, k8, v8, q_descale=qs, k_descale=ks, v_descale=vs)  # [b, n, heads, d] bf16
+    return out.transpose(1, 2).to(dtype)
+
+
+def kernel_func(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The attention function for a kernel name ("sdpa", "fa3", "fa3-fp8"), with FlashAttention-3 resolved once
+    here (not inside the traced function)."""
+    if name == "sdpa":
+        return sdpa
+    func = {"fa3": fa3, "fa3-fp8": fa3_fp8}[name]
+    flash = _fa3_func()
+    return lambda q, k, v: func(q, k, v, flash)
+
+
+#: video_kv(k_video, v_video) → (k_video, v_video), each [b, heads, N, d]: a rewrite of the video keys/values
+VideoKV = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class JointAttention:
+    """Processor for a diffusers CogVideoX attention layer (returns (video hidden states, text hidden states), as
+    diffusers' processors do), computing attention with `kernel` and rewriting the video K/V with `video_kv`."""
+
+    def __init__(self, kernel: str = "sdpa", video_kv: VideoKV | None = None) -> None:
+        self.kernel = kernel
+        self.attend = kernel_func(kernel)
+        self.video_kv = video_kv
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if attention_mask is not None:
+            raise UsageError("longgen's attention processor does not take an attention mask (CogVideoX uses none)")
+        n_text = encoder_hidden_states.shape[1]
+        tokens = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # [b, T+N, D]: text tokens first
+        b, n, _ = tokens.shape
+        heads = attn.heads
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b, n, heads, x.shape[-1] // heads).transpose(1, 2)  # [b, heads, T+N, hd]
+
+        q, k, v = split_heads(attn.to_q(tokens)), split_heads(attn.to_k(tokens)), split_heads(attn.to_v(tokens))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:  # rotate the video tokens only
+            q = torch.cat([q[:, :, :n_text], apply_rotary_emb(q[:, :, n_text:], image_rotary_emb)], dim=2)
+            if not attn.is_cross_attention:
+                k = torch.cat([k[:, :, :n_text], apply_rotary_emb(k[:, :, n_text:], image_rotary_emb)], dim=2)
+        if self.video_kv is not None:
+            k_video, v_video = self.video_kv(k[:, :, n_text:], v[:, :, n_text:])  # [b, heads, N, hd]
+            k = torch.cat([k[:, :, :n_text], k_video], dim=2)  # [b, heads, T+N, hd]
+            v = torch.cat([v[:, :, :n_text], v_video], dim=2)  # [b, heads, T+N, hd]
+        out = self.attend(q, k, v)  # [b, heads, T+N, hd]
+        out = out.transpose(1, 2).reshape(b, n, -1)  # [b, T+N, heads·hd]
+        out = attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
+        return out[:, n_text:], out[:, :n_text]  # video [b, N, D], text [b, T, D]

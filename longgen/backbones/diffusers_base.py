@@ -1,0 +1,468 @@
+"""What every diffusers text-to-video backbone shares behind the `Denoiser` seam.
+
+A backbone family (CogVideoX, Wan) subclasses `DiffusersBackbone` and supplies only what is model-specific: how to
+build or load its pipeline, its latent layout and timestep format at the transformer call, how the model output
+becomes (x̂0, ε̂), its noise schedule, its streaming VAE decode and its attention processor for ABAM. This module
+holds the rest, once:
+
+- configuration checks that run before any weights load (dtype, device, micro-batch, attention, compile);
+- finding the weights: a local diffusers folder (`model_path`) checked for completeness, or the hub id through the
+  Hugging Face cache, each failure one line naming the model and how to pass a local copy;
+- `load()`: random-weight build or `from_pretrained`, geometry check, VAE tiling, CPU offload, regional
+  `torch.compile` with an eager fallback;
+- text: each unique prompt encoded once (the pipeline's own `encode_prompt`, or the hashed stand-in encoder for
+  random weights), then the text encoder released, moved to the CPU or kept;
+- `predict`: classifier-free guidance stacked into one batch ([unconditional rows, conditional rows]),
+  micro-batched into transformer calls of `micro_batch` samples, under the chosen SDPA kernels, guided in float32;
+- anchor attention (GLC-Diffusion ABAM) installed for the duration of a block; the manifest description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import warnings
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from longgen import distributed
+from longgen.backbones.anchor_attention import anchored
+from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.denoiser import Denoiser, Prediction
+from longgen.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32}
+MODEL_FILES = ("model_index.json",)
+SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+#: backbone.attention → the torch SDPA kernels allowed (auto: cuDNN first on CUDA, measured fastest on H100 for
+#: CogVideoX's head dim 64 — see benchmarks/README.md; sdpa: torch's own default order)
+ATTENTION = {
+    "auto": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "sdpa": (),
+    "cudnn": ("CUDNN_ATTENTION",),
+    "flash": ("FLASH_ATTENTION",),
+    "efficient": ("EFFICIENT_ATTENTION",),
+    "math": ("MATH",),
+}
+TEXT_ENCODER_POLICIES = ("release", "cpu", "keep")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "free":  # sweeps of one-GPU jobs side by side: a GPU no other longgen job holds
+        return distributed.claim_free_gpu()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"backbone.device={device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"backbone.device={device} but no CUDA GPU is visible: use backbone.device=cpu or auto")
+    return dev
+
+
+class DiffusersBackbone(Denoiser):
+    """A diffusers text-to-video pipeline behind the seam. Construction only checks the configuration; `load()`
+    loads weights. Subclasses call `__init__` with their full option set and implement the abstract hooks."""
+
+    #: family name used in messages ("a diffusers CogVideoX folder")
+    family: str = "diffusers"
+    #: backbone.attention choices beyond the SDPA kernel sets (a family may add its own)
+    extra_attention: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        model_path: str | None,
+        revision: str | None,
+        dtype: str,
+        device: str,
+        num_frames: int,
+        height: int,
+        width: int,
+        fps: int,
+        stride: int,
+        latent_channels: int,
+        temporal_compression: int,
+        spatial_compression: int,
+        patch_size: int,
+        max_text_tokens: int,
+        vae_tiling: bool,
+        cpu_offload: bool,
+        text_encoder: str,
+        micro_batch: int,
+        attention: str,
+        compile: bool | str,
+        random_weights: bool,
+        weights_seed: int,
+        architecture: dict | None,
+        example_config: str,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise UsageError(f"backbone.dtype={dtype!r} is not supported: use float16, bfloat16 or float32")
+        if text_encoder not in TEXT_ENCODER_POLICIES:
+            raise UsageError(f"backbone.text_encoder={text_encoder!r}: use release, cpu or keep")
+        if (num_frames - 1) % temporal_compression != 0:
+            raise UsageError(
+                f"backbone.num_frames={num_frames} must be {temporal_compression}·k+1 (e.g. "
+                f"{temporal_compression * 12 + 1} or {temporal_compression * 20 + 1}) for this VAE"
+            )
+        step = spatial_compression * patch_size  # VAE downsampling × transformer patch size
+        if height % step or width % step:
+            raise UsageError(f"backbone.height/width ({height}×{width}) must be multiples of {step}")
+        if micro_batch < 1:
+            raise UsageError(f"backbone.micro_batch={micro_batch} must be >= 1")
+        if compile not in (True, False, "auto"):
+            raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
+        choices = (*ATTENTION, *self.extra_attention)
+        if attention not in choices:
+            raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(choices)}")
+        if random_weights and not architecture:
+            raise UsageError(f"backbone.random_weights=true needs an `architecture` section (see {example_config})")
+        self.model_id = model_id
+        self.model_path = model_path
+        self.revision = revision
+        self.dtype_name = dtype
+        self.dtype = DTYPES[dtype]
+        self.device_name = device
+        self.num_frames = num_frames
+        self.height, self.width = height, width
+        self.fps = fps
+        self.stride = stride
+        self.temporal_compression = temporal_compression
+        self.spatial_compression = spatial_compression
+        self.max_text_tokens = max_text_tokens
+        self.vae_tiling = vae_tiling
+        self.cpu_offload = cpu_offload
+        self.text_encoder_policy = text_encoder
+        self.micro_batch = micro_batch
+        self.attention = attention
+        self.compile = compile
+        self.random_weights = random_weights
+        self.weights_seed = weights_seed
+        self.architecture = architecture or {}
+        # geometry, known before any weights load
+        self.window = (num_frames - 1) // temporal_compression + 1
+        self.latent_shape = (latent_channels, height // spatial_compression, width // spatial_compression)
+        self.pipe = None
+        self._source: str | None = None
+        self._prompts: list[str] = []
+        self._embeds: torch.Tensor | None = None  # [P, S, D]
+        self._negative: torch.Tensor | None = None  # [1, S, D]
+        self.compiled = False
+        self._anchor_layout = None  # the AnchorLayout while anchor_attention is on
+        self.forward_count = 0
+        self.call_count = 0
+
+    # ------------------------------------------------------------------ hooks for a family
+    @abstractmethod
+    def _build_random(self):
+        """The pipeline with the configured architecture and seeded random weights (no text encoder)."""
+
+    @abstractmethod
+    def _load_pretrained(self, source: str):
+        """The pipeline from a diffusers folder, in the configured dtype, its scheduler fixed to the class the
+        seam's schedule is read from."""
+
+    @abstractmethod
+    def _check_loaded(self, pipe) -> None:
+        """UsageError when the loaded model's compression/channels disagree with the config."""
+
+    @abstractmethod
+    def _blocks(self) -> Sequence[torch.nn.Module]:
+        """The transformer blocks (compiled one by one)."""
+
+    @abstractmethod
+    def _text_shape(self) -> tuple[int, int]:
+        """(sequence length, width) of a prompt embedding from the hashed stand-in encoder."""
+
+    @abstractmethod
+    def _timesteps(self, t, rows: int) -> torch.Tensor:
+        """The transformer's timestep input for `rows` samples at timestep t, on the device: [rows, ...]."""
+
+    @abstractmethod
+    def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One transformer call. x: [b, F, C, H, W] model dtype; emb: [b, S, D]; t: [b, ...] → output
+        [b, F, C, H, W] in the seam's layout."""
+
+    @abstractmethod
+    def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂0, ε̂) from the guided model output `out` for x_t, both [B, M, C, H, W] float32."""
+
+    @abstractmethod
+    def _anchor_processors(self) -> dict:
+        """Keyword arguments of `anchored(...)` for this transformer: the processor class and which layers."""
+
+    # ------------------------------------------------------------------ description
+    @property
+    def label(self) -> str:
+        if self.random_weights:
+            return f"{self.model_id} (random weights, seed {self.weights_seed})"
+        return self.model_path or self.model_id
+
+    def frames_for(self, latent_frames: int) -> int:
+        """Decoded video frames for a latent length: c·(L − 1) + 1 (the first latent frame holds one frame)."""
+        return self.temporal_compression * (latent_frames - 1) + 1
+
+    def check_length(self, latent_frames: int) -> None:
+        """UsageError when the VAE cannot decode this latent length (every length decodes by default)."""
+
+    # ------------------------------------------------------------------ availability and loading
+    def check_available(self) -> None:
+        """Fail fast, before any work, when the weights cannot be found. Sets the local source directory."""
+        if self.random_weights:
+            return
+        if self.model_path:
+            path = Path(self.model_path).expanduser()
+            if not path.is_dir():
+                raise UsageError(
+                    f"backbone.model_path={self.model_path} is not a directory: point it at a local copy of "
+                    f"{self.model_id} (a diffusers folder with model_index.json)"
+                )
+            missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+            missing += [d for d in SUBFOLDERS if not (path / d).is_dir()]
+            if missing:
+                raise UsageError(
+                    f"backbone.model_path={path} is not a diffusers {self.family} folder (missing "
+                    f"{', '.join(missing)}): download it with `huggingface-cli download {self.model_id} --local-dir {path}`"
+                )
+            self._source = str(path)
+            return
+        from huggingface_hub import snapshot_download
+
+        try:
+            self._source = snapshot_download(self.model_id, revision=self.revision)
+        except Exception as exc:  # offline, unknown repo, gated, disk full: all mean "no weights here"
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"cannot load {self.model_id}: not in the local Hugging Face cache and the hub could not be reached "
+                f"({reason}); download it elsewhere (`huggingface-cli download {self.model_id} --local-dir DIR`) "
+                f"and pass backbone.model_path=DIR"
+            ) from exc
+
+    def load(self) -> None:
+        self.device = resolve_device(self.device_name)
+        if self.device.type == "cpu" and self.dtype == torch.float16 and not self.random_weights:
+            log.warning("float16 on the CPU is very slow; pass backbone.dtype=float32 for CPU runs")
+        if self.random_weights:
+            pipe = self._build_random()
+        else:
+            if self._source is None:
+                self.check_available()
+            try:
+                with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones know only it
+                    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                    pipe = self._load_pretrained(self._source)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"could not load {self.family} from {self._source}: {exc}".splitlines()[0]) from exc
+        self._check_loaded(pipe)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.cpu_offload and self.device.type == "cuda":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        self.pipe = pipe
+        self._set_attention_backend()
+        self.compiled = self._compile_blocks()
+
+    def _set_attention_backend(self) -> None:
+        """Families with attention choices beyond the SDPA kernel sets install them here."""
+
+    def _seeded_build(self, build):
+        """Run `build()` (which constructs modules) with the global RNG seeded by `weights_seed`, on the device when
+        it is CUDA (fast init of large models), without disturbing the caller's RNG state."""
+        build_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        with torch.random.fork_rng(devices=[build_device] if build_device.type == "cuda" else []):
+            torch.manual_seed(self.weights_seed)
+            with build_device:
+                return build()
+
+    def _compile_blocks(self) -> bool:
+        """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile
+        time stays at seconds. `auto` compiles on CUDA only; a compile failure falls back to eager (see
+        _transformer)."""
+        want = self.compile if self.compile != "auto" else self.device.type == "cuda"
+        if not want:
+            return False
+        for block in self._blocks():
+            block.compile(dynamic=False)
+        return True
+
+    def _uncompile(self, exc: Exception) -> None:
+        log.warning("torch.compile failed (%s); continuing without compilation", str(exc).splitlines()[0][:200])
+        for block in self._blocks():
+            block._compiled_call_impl = None
+        self.compiled = False
+
+    def release(self) -> None:
+        """Drop every model and cached tensor so a following sweep job starts with free GPU memory."""
+        self.pipe = None
+        self._embeds = self._negative = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.device_name == "free":
+            distributed.release_gpu(getattr(self, "device", None))
+
+    # ------------------------------------------------------------------ text
+    def count_tokens(self, prompt: str) -> tuple[int, bool]:
+        """(token count, exact) for a prompt: exact with the loaded tokenizer, else a word-based estimate."""
+        tok = getattr(self.pipe, "tokenizer", None) if self.pipe is not None else None
+        if tok is not None:
+            return len(tok(prompt, add_special_tokens=True).input_ids), True
+        if self.random_weights:
+            return len(tokenize(prompt)), True
+        # T5's SentencePiece splits English into ~1.3 pieces per word and punctuation mark, plus </s>.
+        return int(math.ceil(len(tokenize(prompt)) * 1.3)) + 1, False
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """[n, S, D] embeddings, in the model dtype on the device."""
+        if self.random_weights:
+            seq, dim = self._text_shape()
+            emb = torch.stack([hashed_embedding(t, seq, dim) for t in texts])
+            return emb.to(self.device, self.dtype)
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=texts,
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=self.max_text_tokens,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        return embeds
+
+    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str = "") -> list[int]:
+        """Encode each unique prompt once; return the id of every input prompt in the embedding table.
+        The text encoder is released (or moved to the CPU) afterwards, per `backbone.text_encoder`."""
+        unique = list(dict.fromkeys(prompts))
+        table = self._encode_texts(unique + [negative_prompt])  # [P+1, S, D]
+        self._prompts = unique
+        self._embeds, self._negative = table[:-1], table[-1:]
+        te = getattr(self.pipe, "text_encoder", None)
+        if te is not None and not self.cpu_offload:
+            if self.text_encoder_policy == "release":
+                self.pipe.text_encoder = None
+                del te
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            elif self.text_encoder_policy == "cpu":
+                te.to("cpu")
+        return [unique.index(p) for p in prompts]
+
+    # ------------------------------------------------------------------ denoising
+    def _attention_kernels(self):
+        names = ATTENTION.get(self.attention, ())
+        if not names or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, n) for n in names], set_priority=True)
+
+    def _transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One counted transformer call under the chosen kernels; falls back to eager when compilation fails."""
+        with self._attention_kernels():
+            try:
+                out = self._call_transformer(x, emb, t)
+            except Exception as exc:
+                if not self.compiled or not type(exc).__module__.startswith("torch._"):
+                    raise
+                self._uncompile(exc)
+                out = self._call_transformer(x, emb, t)
+        self.forward_count += x.shape[0]
+        self.call_count += 1
+        return out
+
+    def predict(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        with torch.no_grad():
+            return self._predict(x_t, t, prompt_ids, guidance_scale)
+
+    def _predict(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        """The guided prediction under whatever grad mode the caller set (predict: none; predict_grad: autograd)."""
+        if self._embeds is None:
+            raise RuntimeError("encode_prompts() must run before predict()")
+        b = x_t.shape[0]
+        ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self._embeds.device)
+        cond = self._embeds.index_select(0, ids)  # [B, S, D]
+        guided = guidance_scale > 1.0
+        if guided:
+            emb = torch.cat([self._negative.expand(b, -1, -1), cond])  # [2B, S, D]: unconditional first
+            x_in = torch.cat([x_t, x_t])  # [2B, M, C, H, W]
+        else:
+            emb, x_in = cond, x_t
+        x_in = x_in.to(self.device, self.dtype)
+        ts = self._timesteps(t, x_in.shape[0])  # [2B or B, ...]
+        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/distributed.py)
+        out = distributed.run_stacked(
+            self._transformer, x_in, emb, ts, self.micro_batch, self.units, self._anchor_layout
+        ).float()  # [2B or B, M, C, H, W]
+        if guided:
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)  # [B, M, C, H, W]
+        x0, eps = self._to_x0_eps(x_t.to(out.device, torch.float32), out, t)
+        return Prediction(x0=x0, eps=eps)
+
+    def predict_grad(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
+        """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""
+        with torch.enable_grad():
+            return self._predict(x_t, t, prompt_ids, guidance_scale)
+
+    @contextlib.contextmanager
+    def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> Iterator[None]:
+        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; the transformer's own
+        processors are restored on exit. How anchors are found across CFG branches and micro-batches:
+        `longgen.backbones.anchor_attention`."""
+        if self.pipe is None:
+            raise RuntimeError("load() must run before anchor_attention()")
+        plain = type(self).predict
+        with anchored(self.pipe.transformer, strength, groups, **self._anchor_processors()) as layout:
+
+            def predict(x_t, t, prompt_ids, guidance_scale):
+                with layout.call(x_t.shape[0]):
+                    return plain(self, x_t, t, prompt_ids, guidance_scale)
+
+            self.predict = predict  # this instance only, for the duration of the block
+            self._anchor_layout = layout
+            try:
+                yield
+            finally:
+                del self.predict
+                self._anchor_layout = None
+
+    # ------------------------------------------------------------------ manifest
+    def _attention_description(self) -> Any:
+        return list(ATTENTION.get(self.attention, ())) or "torch default"
+
+    def describe(self) -> dict:
+        """Facts for the manifest."""
+        info = {
+            "backbone": self.label,
+            "dtype": self.dtype_name,
+            "device": str(getattr(self, "device", self.device_name)),
+            "window_latent_frames": self.window,
+            "latent_shape": list(self.latent_shape),
+            "micro_batch": self.micro_batch,
+            "attention": self.attention,
+            "attention_used": getattr(self, "attention_used", self.attention),
+            "attention_kernels": self._attention_description(),
+            "compile": self.compile,
+            "compiled": self.compiled,
+            "cpu_offload": self.cpu_offload,
+            "vae_tiling": self.vae_tiling,
+        }
+        if self.pipe is not None:
+            proc = self.pipe.transformer.attn_processors
+            info["attention_processors"] = sorted({type(p).__name__ for p in proc.values()})
+        if torch.cuda.is_available() and getattr(self, "device", torch.device("cpu")).type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        return info

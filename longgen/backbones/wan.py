@@ -1,0 +1,341 @@
+"""Wan 2.1 text-to-video (Wan Team 2025, "Wan: Open and Advanced Large-Scale Video Generative Models",
+arXiv 2503.20314) behind the `Denoiser` seam, loaded with diffusers.
+
+One class serves the Wan 2.1 T2V models; the YAML in `conf/backbone/` picks weights and geometry:
+- `wan2.1-t2v-1.3b` / `wan2.1-t2v-14b`: trained weights from a hub id (`Wan-AI/Wan2.1-T2V-*-Diffusers`) or a local
+  diffusers folder (`model_path`), UMT5-XXL text encoder (512 tokens), flow-matching transformer;
+- `tiny-wan`, and any config with `random_weights: true`: the same transformer/VAE classes built from the
+  `architecture` section with seeded random weights and the hashed stand-in text encoder (no download).
+
+What is Wan-specific, and lives here:
+- Rectified flow (SynCoS supplementary §A.2, Eq. 7): x_t = (1 − σ)·x0 + σ·ε with σ = t / T, t the model timestep
+  and T = num_train_timesteps. At the seam this is a = 1 − σ, s = σ. The model predicts the velocity v = ε − x0
+  (Eq. 9), so x̂0 = x_t − σ·v and ε̂ = x_t + (1 − σ)·v (`diffusion.flow_to_x0_eps`).
+- The schedule: the Diffusers repositories ship a `UniPCMultistepScheduler` (a second-order multistep solver)
+  with `flow_shift`; longgen's samplers take first-order steps themselves (DDIM with η = 0, which on a flow path is
+  the Euler step), so the sampling σ come from `FlowMatchEulerDiscreteScheduler` with the same shift — the same
+  treatment as CogVideoX, whose scheduler class is fixed to DDIM. σ = shift·u / (1 + (shift − 1)·u) is applied by
+  that scheduler; `backbone.flow_shift` overrides the loaded value (diffusers' Wan docs: 3.0 for 480p, 5.0 for 720p).
+- Layout: the seam is [B, F, C, H, W]; diffusers' Wan transformer and VAE take [B, C, F, H, W]. The permutes happen
+  only at the transformer call and in the decode.
+- Per-frame timesteps (`per_frame_timesteps = True`): Wan's transformer accepts a timestep per token; `predict`
+  accepts one timestep per latent frame, spread over that frame's tokens (for FIFO-style samplers).
+- ABAM on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`).
+- The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
+  L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
+  frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
+from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone
+from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
+from longgen.distributed import Units
+from longgen.errors import UsageError
+
+#: backbone.attention=fa3: diffusers' FlashAttention-3 backend (needs the `flash_attn_interface` module of
+#: flash-attention's Hopper build)
+FA3_BACKEND = "_flash_3"
+
+
+def cast_like_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast a model built in code to `dtype` the way `from_pretrained(torch_dtype=dtype)` loads it: the modules the
+    class lists in `_keep_in_fp32_modules` (Wan: RoPE tables, time embedder, norms, modulation tables) stay float32,
+    so a random-weight benchmark runs the kernels of the real model."""
+    if dtype == torch.float32:
+        return model
+    torch.nn.Module.to(model, dtype)  # the plain cast (diffusers' own `to` warns about exactly this case)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(k in name.split(".") for k in keep):
+            torch.nn.Module.to(module, torch.float32)
+    return model
+
+
+class WanBackbone(DiffusersBackbone):
+    """A Wan 2.1 text-to-video model. Construction only checks the configuration; `load()` loads weights."""
+
+    family = "Wan"
+    extra_attention = ("fa3",)
+    per_frame_timesteps = True
+
+    def __init__(
+        self,
+        model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        model_path: str | None = None,
+        revision: str | None = None,
+        dtype: str = "bfloat16",
+        vae_dtype: str = "float32",
+        device: str = "auto",
+        num_frames: int = 81,
+        height: int = 480,
+        width: int = 832,
+        fps: int = 16,
+        stride: int = 6,
+        latent_channels: int = 16,
+        temporal_compression: int = 4,
+        spatial_compression: int = 8,
+        max_text_tokens: int = 512,
+        flow_shift: float | None = None,
+        guidance_scale: float = 5.0,
+        negative_prompt: str = "",
+        syncos_t_min: int = 950,
+        vae_tiling: bool = False,
+        cpu_offload: bool = False,
+        text_encoder: str = "release",
+        micro_batch: int = 2,
+        attention: str = "auto",
+        compile: bool | str = "auto",
+        random_weights: bool = False,
+        weights_seed: int = 0,
+        architecture: dict | None = None,
+    ) -> None:
+        super().__init__(
+            model_id=model_id, model_path=model_path, revision=revision, dtype=dtype, device=device,
+            num_frames=num_frames, height=height, width=width, fps=fps, stride=stride,
+            latent_channels=latent_channels, temporal_compression=temporal_compression,
+            spatial_compression=spatial_compression, patch_size=2, max_text_tokens=max_text_tokens,
+            vae_tiling=vae_tiling, cpu_offload=cpu_offload, text_encoder=text_encoder, micro_batch=micro_batch,
+            attention=attention, compile=compile, random_weights=random_weights, weights_seed=weights_seed,
+            architecture=architecture, example_config="conf/backbone/tiny-wan.yaml",
+        )
+        if vae_dtype not in DTYPES:
+            raise UsageError(f"backbone.vae_dtype={vae_dtype!r} is not supported: use float32, bfloat16 or float16")
+        if flow_shift is not None and not flow_shift > 0:
+            raise UsageError(f"backbone.flow_shift={flow_shift} must be > 0 (or null: the loaded scheduler's shift)")
+        if not guidance_scale >= 0:
+            raise UsageError(f"backbone.guidance_scale={guidance_scale} must be >= 0")
+        if int(syncos_t_min) != syncos_t_min or not 0 <= syncos_t_min <= 1000:
+            raise UsageError(f"backbone.syncos_t_min={syncos_t_min} must be a whole timestep in [0, 1000]")
+        if attention == "fa3" and importlib.util.find_spec("flash_attn_interface") is None:
+            raise UsageError(
+                "backbone.attention=fa3 needs FlashAttention-3 (the flash_attn_interface module of flash-attention's "
+                "hopper build) installed: install it or use backbone.attention=auto"
+            )
+        self.vae_dtype_name = vae_dtype
+        self.vae_dtype = DTYPES[vae_dtype]
+        self.flow_shift = None if flow_shift is None else float(flow_shift)
+        # defaults the sampler and generate configs read from here (conf/sampler/*.yaml, conf/generate.yaml)
+        self.guidance_scale = float(guidance_scale)
+        self.negative_prompt = negative_prompt
+        self.syncos_t_min = int(syncos_t_min)
+
+    # ------------------------------------------------------------------ loading
+    def _euler_scheduler(self, config):
+        """FlowMatchEulerDiscreteScheduler with the loaded scheduler's training length and shift (UniPC calls it
+        `flow_shift`, FlowMatch `shift`), or `backbone.flow_shift` when set."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        shift = self.flow_shift
+        if shift is None:
+            shift = config.get("flow_shift", config.get("shift", 1.0))
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
+                                               shift=float(shift))
+
+    def _load_pretrained(self, source: str):
+        from diffusers import AutoencoderKLWan, WanPipeline
+
+        # the VAE in its own dtype (float32: diffusers' Wan docs recommend it for decoding quality)
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=self.vae_dtype)
+        pipe = WanPipeline.from_pretrained(source, vae=vae, torch_dtype=self.dtype)
+        pipe.scheduler = self._euler_scheduler(pipe.scheduler.config)
+        return pipe
+
+    def _build_random(self):
+        """Transformer and VAE of the configured architecture with seeded random weights; no tokenizer/UMT5."""
+        from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+        arch = {k: dict(v) for k, v in self.architecture.items()}
+        for key in ("patch_size",):
+            if key in arch.get("transformer", {}):
+                arch["transformer"][key] = tuple(arch["transformer"][key])
+        transformer, vae = self._seeded_build(lambda: (
+            WanTransformer3DModel(**arch.get("transformer", {})),
+            AutoencoderKLWan(**arch.get("vae", {})),
+        ))
+        cast_like_pretrained(transformer, self.dtype).eval()
+        cast_like_pretrained(vae, self.vae_dtype).eval()
+        scheduler = self._euler_scheduler(arch.get("scheduler", {}))
+        return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+
+    def _check_loaded(self, pipe) -> None:
+        vcfg, tcfg = pipe.vae.config, pipe.transformer.config
+        found = (vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, tcfg.in_channels)
+        wanted = (self.temporal_compression, self.spatial_compression, self.latent_shape[0])
+        if found != wanted or vcfg.z_dim != tcfg.in_channels:
+            raise UsageError(
+                f"the loaded model has temporal/spatial compression {found[0]}/{found[1]} and {found[2]} latent "
+                f"channels, but the backbone config says {wanted[0]}/{wanted[1]}/{wanted[2]}: fix conf/backbone or "
+                f"pick the matching backbone"
+            )
+        if tuple(tcfg.patch_size) != (1, 2, 2):
+            raise UsageError(f"the loaded Wan transformer has patch size {tuple(tcfg.patch_size)}; longgen needs (1, 2, 2)")
+
+    def _set_attention_backend(self) -> None:
+        if self.attention != "fa3":
+            return
+        if self.device.type != "cuda":
+            raise UsageError("backbone.attention=fa3 runs on a CUDA GPU only: use backbone.attention=auto on the CPU")
+        self.pipe.transformer.set_attention_backend(FA3_BACKEND)
+
+    def _blocks(self) -> Sequence[torch.nn.Module]:
+        return self.pipe.transformer.blocks
+
+    def _text_shape(self) -> tuple[int, int]:
+        return self.max_text_tokens, self.pipe.transformer.config.text_dim
+
+    # ------------------------------------------------------------------ denoising
+    def schedule(self, num_steps: int) -> NoiseSchedule:
+        sched = self.pipe.scheduler
+        sched.set_timesteps(num_steps, device="cpu")
+        ts = tuple(float(t) for t in sched.timesteps)  # σ_i·T, shift applied by the scheduler
+        return NoiseSchedule.flow(ts, final_sigma=float(sched.sigmas[-1]),
+                                  num_train_timesteps=sched.config.num_train_timesteps)
+
+    def _sigma(self, t) -> float | torch.Tensor:
+        """σ = t / T: a float for one timestep, [M, 1, 1, 1] float32 for per-frame timesteps."""
+        T = self.pipe.scheduler.config.num_train_timesteps
+        if isinstance(t, torch.Tensor) and t.dim() == 1:
+            return (t.to(self.device, torch.float64) / T).float().reshape(-1, 1, 1, 1)  # [M, 1, 1, 1]
+        return float(t) / T
+
+    def _timesteps(self, t, rows: int) -> torch.Tensor:
+        """[rows] float32 for one timestep; [rows, M] for per-frame timesteps (one per latent frame)."""
+        if isinstance(t, torch.Tensor) and t.dim() == 1:
+            return t.to(self.device, torch.float32)[None].expand(rows, -1)  # [rows, M]
+        return torch.full((rows,), float(t), dtype=torch.float32, device=self.device)  # [rows]
+
+    def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: [b, F, C, H, W]; t: [b] or [b, F] (per frame) → velocity [b, F, C, H, W]."""
+        if t.dim() == 2:  # per frame → per token: each frame has (H/2)·(W/2) patch tokens, frames outermost
+            if t.shape[1] != x.shape[1]:
+                raise ValueError(f"{t.shape[1]} per-frame timesteps for windows of {x.shape[1]} latent frames")
+            tokens = (x.shape[3] // 2) * (x.shape[4] // 2)
+            t = t.repeat_interleave(tokens, dim=1)  # [b, F·(H/2)·(W/2)]
+        out = self.pipe.transformer(
+            hidden_states=x.permute(0, 2, 1, 3, 4),  # [b, C, F, H, W]
+            timestep=t,
+            encoder_hidden_states=emb,
+            return_dict=False,
+        )[0]  # [b, C, F, H, W]
+        return out.permute(0, 2, 1, 3, 4)  # [b, F, C, H, W]
+
+    def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        return flow_to_x0_eps(x_t, out, self._sigma(t))
+
+    def _anchor_processors(self) -> dict:
+        return {"processor": WanAnchorAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
+
+    # ------------------------------------------------------------------ decoding
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Seam latents [1, L, C, H, W] (normalised) → the VAE's [1, C, L, H, W] scale, in the VAE's dtype:
+        z·std + mean per channel, written as WanPipeline writes it (z / (1/std) + mean) so the decode is the
+        pipeline's."""
+        vae = self.pipe.vae
+        z = latents.to(self.device, vae.dtype).permute(0, 2, 1, 3, 4)  # [1, C, L, H, W]
+        c = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        return z / inv_std + mean
+
+    @torch.no_grad()
+    def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
+        """Decode [1, L, C, H, W] latents to uint8 RGB frames [f, H, W, 3], one latent frame (1, then 4 video
+        frames) at a time.
+
+        `AutoencoderKLWan.decode` runs its decoder on one latent frame at a time, carrying a cache of the last
+        frames each causal 3D convolution saw (`feat_cache`, one slot per causal conv, in call order) and marking
+        the first frame (`first_chunk`). This walks the same loop and yields each frame group as it is decoded, so
+        the frames equal a whole decode while memory stays that of one latent frame plus the cache. With tiling on,
+        each spatial tile keeps its own cache and the tiles of each frame group are blended with the VAE's blend
+        functions (equal to `tiled_decode`). The tiles (or the whole frame, untiled) are units of work
+        (`self.units`): on several processes tile k of every frame runs on rank k mod N, which keeps its cache.
+        """
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        vae = self.pipe.vae
+        hook = getattr(vae, "_hf_hook", None)
+        if hook is not None:  # model CPU offload: bring the VAE onto the device first
+            hook.pre_forward(vae)
+        if vae.config.patch_size is not None:
+            raise UsageError("this Wan VAE patchifies its output (Wan 2.2); longgen decodes Wan 2.1 VAEs only")
+        z = self._vae_input(latents)  # [1, C, L, h, w]
+        slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots per decoder
+        tile_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
+        tile_w = vae.tile_sample_min_width // vae.spatial_compression_ratio
+        tiled = vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
+        if not tiled:
+            x = vae.post_quant_conv(z)  # [1, C, L, h, w]: a 1×1×1 convolution, frame by frame the same
+            cache = [None] * slots
+        caches: dict[tuple[int, int], list] = {}
+        for k in range(z.shape[2]):
+            if tiled:
+                pix = self._decode_tiles(vae, z[:, :, k : k + 1], caches, slots, first=k == 0, units=self.units)
+            else:
+
+                def whole(unit: int, k=k) -> torch.Tensor:
+                    return vae.decoder(x[:, :, k : k + 1], feat_cache=cache, feat_idx=[0], first_chunk=k == 0)
+
+                pix = self.units.map(whole, [1], kind="decode")[0]  # one unit: rank 0 decodes
+            pix = pix.clamp(-1.0, 1.0)  # [1, 3, f, H, W], as the VAE's decode clamps
+            frames = (pix[0].float() / 2 + 0.5).clamp(0, 1)  # [3, f, H, W]
+            yield (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()  # [f, H, W, 3]
+
+    @staticmethod
+    def _decode_tiles(vae, z: torch.Tensor, caches: dict, slots: int, first: bool, units=None) -> torch.Tensor:
+        """Spatially tiled decode of one latent frame z [1, C, 1, h, w] → [1, 3, f, H, W] (tiles overlap by the
+        VAE's tile size minus its stride and are blended by its blend functions, then cropped to the stride)."""
+        th = vae.tile_sample_min_height // vae.spatial_compression_ratio
+        tw = vae.tile_sample_min_width // vae.spatial_compression_ratio
+        step_h = vae.tile_sample_stride_height // vae.spatial_compression_ratio
+        step_w = vae.tile_sample_stride_width // vae.spatial_compression_ratio
+        blend_h = vae.tile_sample_min_height - vae.tile_sample_stride_height
+        blend_w = vae.tile_sample_min_width - vae.tile_sample_stride_width
+        keep_h, keep_w = vae.tile_sample_stride_height, vae.tile_sample_stride_width
+        starts_h, starts_w = range(0, z.shape[3], step_h), range(0, z.shape[4], step_w)
+        tiles = [(i, j) for i in starts_h for j in starts_w]
+
+        def decode_tile(k: int) -> torch.Tensor:
+            i, j = tiles[k]
+            cache = caches.setdefault((i, j), [None] * slots)
+            tile = vae.post_quant_conv(z[:, :, :, i : i + th, j : j + tw])  # [1, C, 1, th, tw]
+            return vae.decoder(tile, feat_cache=cache, feat_idx=[0], first_chunk=first)
+
+        decoded = (units or Units()).map(decode_tile, [1] * len(tiles), kind="decode")
+        rows = [decoded[r * len(starts_w) : (r + 1) * len(starts_w)] for r in range(len(starts_h))]
+        out_rows = []
+        for r, row in enumerate(rows):
+            out = []
+            for c, tile in enumerate(row):
+                if r > 0:
+                    tile = vae.blend_v(rows[r - 1][c], tile, blend_h)
+                if c > 0:
+                    tile = vae.blend_h(row[c - 1], tile, blend_w)
+                out.append(tile[:, :, :, :keep_h, :keep_w])
+            out_rows.append(torch.cat(out, dim=4))
+        height = z.shape[3] * vae.spatial_compression_ratio
+        width = z.shape[4] * vae.spatial_compression_ratio
+        return torch.cat(out_rows, dim=3)[:, :, :, :height, :width]  # [1, 3, f, H, W]
+
+    # ------------------------------------------------------------------ manifest
+    def _attention_description(self):
+        if self.attention == "fa3":
+            return f"FlashAttention-3 (diffusers attention backend {FA3_BACKEND})"
+        return super()._attention_description()
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update({
+            "vae_dtype": self.vae_dtype_name,
+            "flow_shift": float(self.pipe.scheduler.shift) if self.pipe is not None else self.flow_shift,
+            "model_defaults": {"guidance_scale": self.guidance_scale, "negative_prompt": self.negative_prompt,
+                               "syncos_t_min": self.syncos_t_min},
+        })
+        return info

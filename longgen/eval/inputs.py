@@ -1,0 +1,180 @@
+"""What `longgen eval` measures: PATHs resolved to videos with what is known about them, and the frames read.
+
+A PATH is
+- a run directory of `longgen generate` (manifest.json beside the video; story.json, latents.safetensors and
+  .hydra/overrides.yaml when present),
+- a directory holding run directories (a multirun, `multirun/DATE/TIME/`; its jobs in job-number order), or
+  a directory of .mp4 files,
+- an .mp4 file (a `video.mp4` inside a run directory counts as that run directory).
+Every PATH is checked before any video is read; problems are one-line UsageErrors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from longgen.errors import UsageError
+
+
+@dataclass
+class Geometry:
+    """Window plan of a run, in latent frames, and how latent frames map to video frames."""
+
+    latent_length: int
+    compression: int                 # video frames per latent frame after the first: frames = c·(L−1)+1
+    window: int                      # latent frames per window
+    windows: list[tuple[int, int]]   # [start, end) of each window
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Geometry | None":
+        try:
+            length, frames = int(manifest["latent_length"]), int(manifest["frames"])
+            windows = [(int(w["start"]), int(w["end"])) for w in manifest["windows"]]
+            window = int(manifest["window"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if length < 2 or (frames - 1) % (length - 1):
+            return None
+        return cls(length, (frames - 1) // (length - 1), window, windows)
+
+    def frames_for(self, latent_frames: int) -> int:
+        return self.compression * (latent_frames - 1) + 1
+
+    def latent_of(self, frame: int) -> int:
+        """The latent frame a video frame decodes from (0 → 0, c·(f−1)+1 … c·f → f)."""
+        return 0 if frame == 0 else (frame - 1) // self.compression + 1
+
+
+@dataclass
+class Target:
+    video: Path
+    label: str
+    run_dir: Path | None = None          # eval.json goes here; None for a bare .mp4
+    manifest: dict | None = None
+    story: dict | None = None            # story.json as written by generate
+    latents: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def geometry(self) -> Geometry | None:
+        return Geometry.from_manifest(self.manifest) if self.manifest else None
+
+
+def job_order(path: Path) -> tuple:
+    match = re.match(r"(\d+)", path.name)
+    return (int(match.group(1)) if match else float("inf"), path.name)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not readable JSON ({exc}); regenerate the run or evaluate its video file") from exc
+
+
+def run_target(run_dir: Path) -> Target:
+    """The video of a `longgen generate` run directory and the facts written beside it."""
+    manifest = _read_json(run_dir / "manifest.json")
+    name = (manifest.get("outputs") or {}).get("video") or "video.mp4"
+    video = run_dir / name
+    if not video.is_file():
+        raise UsageError(f"run directory {run_dir} has no video ({name} is missing); decode its latents first or give another run")
+    story = _read_json(run_dir / "story.json") if (run_dir / "story.json").is_file() else None
+    latents = run_dir / "latents.safetensors"
+    overrides: list[str] = []
+    if (run_dir / ".hydra" / "overrides.yaml").is_file():
+        import yaml
+
+        overrides = [str(o) for o in (yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])]
+    return Target(video=video, label=run_dir.name, run_dir=run_dir, manifest=manifest, story=story,
+                  latents=latents if latents.is_file() else None, overrides=overrides)
+
+
+def resolve(paths: list[str]) -> tuple[list[Target], list[Path]]:
+    """(targets in order, the directories given that hold several runs). Duplicates are evaluated once."""
+    if not paths:
+        raise UsageError("nothing to evaluate: give run directories, multirun directories or .mp4 files, "
+                         "e.g. `longgen eval multirun/2025-01-01/12-00-00`")
+    targets, collections, seen = [], [], set()
+    for raw in paths:
+        path = Path(str(raw)).expanduser()
+        if not path.exists():
+            raise UsageError(f"{raw} does not exist; give a run directory, a multirun directory or an .mp4 file")
+        found = _resolve_one(path, raw)
+        if path.is_dir() and not (path / "manifest.json").is_file():
+            collections.append(path)
+        for target in found:
+            key = target.video.resolve()
+            if key not in seen:
+                seen.add(key)
+                targets.append(target)
+    return targets, collections
+
+
+def _resolve_one(path: Path, raw: str) -> list[Target]:
+    if path.is_file():
+        if path.suffix.lower() != ".mp4":
+            raise UsageError(f"{raw} is not a video: give an .mp4 file, a run directory or a multirun directory")
+        if (path.parent / "manifest.json").is_file() and run_target(path.parent).video.resolve() == path.resolve():
+            return [run_target(path.parent)]
+        return [Target(video=path, label=path.stem)]
+    if (path / "manifest.json").is_file():
+        return [run_target(path)]
+    runs = sorted((p for p in path.iterdir() if p.is_dir() and (p / "manifest.json").is_file()), key=job_order)
+    if runs:
+        return [run_target(p) for p in runs]
+    videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".mp4")
+    if videos:
+        return [Target(video=p, label=p.stem) for p in videos]
+    raise UsageError(f"{raw} holds no run directory (manifest.json + video) and no .mp4 file")
+
+
+def read_video(path: Path) -> tuple[np.ndarray, float]:
+    """All frames of a video as uint8 RGB [T, H, W, 3] and its frame rate."""
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        width, height = meta["size"]
+        frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} is not a video ffmpeg can read ({reason})") from exc
+    if len(frames) < 2:
+        raise UsageError(f"{path} has {len(frames)} frame(s); at least 2 are needed to measure a video")
+    fps = float(meta.get("fps") or 0) or 8.0
+    return np.stack(frames), fps
+
+
+def read_latents(path: Path) -> np.ndarray | None:
+    """Latents [F, C, H, W] from latents.safetensors (key `latents`), or None when unreadable."""
+    from safetensors.numpy import load_file
+
+    try:
+        latents = load_file(str(path)).get("latents")
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return latents if latents is not None and latents.ndim == 4 else None
+
+
+def probe_video(path: Path) -> None:
+    """Fail with one line unless ffmpeg can decode at least the first frame of `path` (cheap; no full read)."""
+    import imageio_ffmpeg
+
+    reader = None
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        next(reader)
+        next(reader)
+    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no frame decoded"
+        raise UsageError(f"{path} is not a video ffmpeg can read ({reason})") from exc
+    finally:
+        if reader is not None:
+            reader.close()
