@@ -15,7 +15,7 @@ without exchange); the rest is unchanged. The VAE decode is projected the same w
 encode stays on rank 0.
 
 Workloads (full-size CogVideoX-2B with random weights, as scripts/bench.py): W1 gen-l-video 4× (10 windows), W2
-syncos 4× with t_min 900, iters 20, B 3; `sweep`: the same short sweep run as N one-GPU jobs side by side (Hydra's
+syncos 4× with t_min 900 (scripts/bench.py's W2_T_MIN on other backbones), iters 20, B 3; `sweep`: the same short sweep run as N one-GPU jobs side by side (Hydra's
 joblib launcher, backbone.device=free) and as one job after another on all N GPUs (gpus=N).
 
     python scripts/bench_multigpu.py --workload W1 --gpus 1 2 --steps 4
@@ -48,7 +48,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import PROMPTS, WORKLOADS, SliceDone, project, sync  # noqa: E402
+from bench import PROMPTS, W2_T_MIN, WORKLOADS, SliceDone, project, sync  # noqa: E402
 
 PROJECT_TO = (1, 2, 4, 8)
 
@@ -144,10 +144,13 @@ def worker(args) -> None:
     overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides,
                  f"backbone.micro_batch={args.micro_batch}", *[f"{k}={v}" for k, v in length.items()],
                  *args.override]
-    if args.backbone != "tiny":
+    if args.backbone not in ("tiny", "tiny-wan"):
         overrides.append("backbone.random_weights=true")
     with initialize_config_module("longgen.conf", version_base="1.3"):
         cfg = compose("generate", overrides=overrides, return_hydra_config=True)
+        if args.workload == "W2":  # t_min 900 on CogVideoX (the same SNR on a flow backbone), as scripts/bench.py
+            overrides.append(f"sampler.t_min={W2_T_MIN.get(str(cfg.backbone._target_).rsplit('.', 1)[-1], 900)}")
+            cfg = compose("generate", overrides=overrides, return_hydra_config=True)
     choices = dict(cfg.hydra.runtime.choices)
     story = Story.from_dict({"global": "", "local": PROMPTS})
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,7 +284,7 @@ def sweep(args, out_dir: Path) -> dict:
     job = [f"backbone={args.backbone}", "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=10",
            f"backbone.micro_batch={args.micro_batch}", "save_latents=true", "prompt=a corgi trots through snow",
            f"seed={seeds}"]
-    if args.backbone != "tiny":
+    if args.backbone not in ("tiny", "tiny-wan"):
         job.append("backbone.random_weights=true")
     cpu = not torch.cuda.is_available()
     base = Path(tempfile.mkdtemp(prefix="longgen-sweep-"))
