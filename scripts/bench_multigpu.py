@@ -392,10 +392,11 @@ def main() -> None:
         result = sweep(args, out_dir)
         if not args.no_markdown:
             with (REPO / "benchmarks" / "README.md").open("a") as f:
-                f.write(f"| sweep {result['jobs']} jobs | {result['device']} | {result['gpus']} | "
-                        f"side by side {result['side_by_side_s']:.0f} s | each on all GPUs "
-                        f"{result['all_gpus_each_s']:.0f} s | latents equal: "
-                        f"{'yes' if result['latents_equal'] else 'NO'} | `{command}` |\n")
+                f.write(f"| sweep of {result['jobs']} jobs (10 steps, 2 windows) | {result['device']} | "
+                        f"{result['gpus']} | 10 | – | – | side by side {result['side_by_side_s'] / 60:.2f}, each on "
+                        f"all GPUs {result['all_gpus_each_s'] / 60:.2f} | "
+                        f"{result['all_gpus_each_s'] / result['side_by_side_s']:.2f}× (side by side) | "
+                        f"{'yes' if result['latents_equal'] else 'NO'} | – | `{command}` |\n")
         return
     from longgen.distributed import launch
 
