@@ -719,22 +719,24 @@ def launch(command: list[str], nprocs: int, grace: float = 30.0) -> int:
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
     base.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo over loopback, whatever the hostname resolves to
     procs: list[subprocess.Popen] = []
-    for rank in range(nprocs):
-        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs),
-               "LOCAL_WORLD_SIZE": str(nprocs), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-               "LONGGEN_LAUNCHER": f"gpus={nprocs}"}
-        # ranks > 0 ignore Ctrl-C from the first instant (rank 0 finishes the step, saves, and stops them)
-        quiet = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if rank else None
-        procs.append(subprocess.Popen(command, env=env, preexec_fn=quiet))
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
-    def forward_term(signum, frame):
+    def forward_term(signum, frame):  # e.g. a scheduler's preemption: rank 0 checkpoints and stops the others
         with contextlib.suppress(ProcessLookupError):
             procs[0].send_signal(signal.SIGTERM)
 
-    old_term = signal.signal(signal.SIGTERM, forward_term)
     try:
+        for rank in range(nprocs):
+            env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs),
+                   "LOCAL_WORLD_SIZE": str(nprocs), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+                   "LONGGEN_LAUNCHER": f"gpus={nprocs}"}
+            procs.append(subprocess.Popen(command, env=env))
+            if rank == 0:
+                # Ctrl-C is rank 0's to handle (finish the step, save, stop the others): the launcher and the ranks
+                # started from here on ignore it (an ignored signal stays ignored across exec)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, forward_term)
         return _supervise(procs, keys, grace)
     finally:
         signal.signal(signal.SIGINT, old_int)
