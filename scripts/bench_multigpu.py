@@ -25,7 +25,7 @@ joblib launcher, backbone.device=free) and as one job after another on all N GPU
 
 Parts are written to --out (default benchmarks/results/) as <workload>-<n>gpu.json, so the GPU counts may also be
 measured by separate commands; every run combines the parts present into <workload>-multigpu.json and appends one
-Markdown row per N > 1 to benchmarks/README.md.
+Markdown row per N > 1 to benchmarks/README.md (`--combine-only` does just that, e.g. after fetching the parts).
 """
 
 from __future__ import annotations
@@ -379,6 +379,8 @@ def main() -> None:
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="skip the micro-batch 1 vs 4 timing")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--no-markdown", action="store_true")
+    ap.add_argument("--combine-only", action="store_true",
+                    help="measure nothing: combine the parts already in --out (e.g. fetched from the GPU machine)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -400,7 +402,7 @@ def main() -> None:
         return
     from longgen.distributed import launch
 
-    for n in args.gpus:
+    for n in [] if args.combine_only else args.gpus:
         part = out_dir / f"{args.workload}-{n}gpu.json"
         cmd = [sys.executable, __file__, "--worker", "--part", str(part), "--workload", args.workload,
                "--backbone", args.backbone, "--steps", str(args.steps), "--micro-batch", str(args.micro_batch),
