@@ -323,6 +323,8 @@ def sweep(args, out_dir: Path) -> dict:
 def combine(args, out_dir: Path) -> dict:
     parts = {}
     for path in sorted(out_dir.glob(f"{args.workload}-*gpu.json")):
+        if not path.stem.split("-")[-1][:-3].isdigit():  # <workload>-<n>gpu.json, not the combined file
+            continue
         part = json.loads(path.read_text())
         if part.get("workload") == args.workload:
             parts[part["world_size"]] = part
