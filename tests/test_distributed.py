@@ -21,16 +21,18 @@ from cli_helpers import error_lines, run_cli
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = str(REPO / "tests" / "dist_driver.py")
 # micro_batch 1: every window × CFG branch is a unit, so every rank of 2 or 3 gets work in every sampler;
-# 32×32 pixels: the tiny VAE's decode is most of a job's time on a CPU
-COMMON = ["backbone=tiny", "backbone.micro_batch=1", "backbone.height=32", "backbone.width=32", "num_windows=2",
+# 16×16 pixels (one transformer token per latent frame): the tiny VAE's decode would otherwise be most of the time
+COMMON = ["backbone=tiny", "backbone.micro_batch=1", "backbone.height=16", "backbone.width=16", "num_windows=2",
           "sampler.num_steps=2", "save_latents=true"]
 
 
 def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]:
-    common = [*COMMON, f"story={story}"]
+    common = [*COMMON, f"story={story}"]  # two local prompts: windows carry different prompt ids
     return [
         # every sampler at its defaults (GLC: global + local paths, ABAM, VMCR affine, noise re-init; SynCoS: stage 2)
-        ["generate", "-m", *common, "sampler=direct,gen-l-video,syncos,glc", f"hydra.sweep.dir={base}/a"],
+        # with one prompt (direct's single window could show only one of the story's two)
+        ["generate", "-m", *COMMON, "prompt=a red fox in snow", "sampler=direct,gen-l-video,syncos,glc",
+         f"hydra.sweep.dir={base}/a"],
         # GLC's model-source VMCR (one vector-Jacobian product per window) and ABAM without guidance (one branch)
         ["generate", *common, "sampler=glc", "sampler.vmcr_source=model", "sampler.guidance_scale=1.0",
          f"hydra.run.dir={base}/b"],
@@ -46,13 +48,18 @@ def _job(name: str, base: Path, story: Path, seed: int) -> list[str]:
             f"hydra.run.dir={base}/{name}"]
 
 
-def _run(argv: list[str], fault: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _start(argv: list[str], fault: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "LONGGEN_DIST_TIMEOUT": "120", "PYTHONPATH": str(REPO / "tests")}
     env.pop("LONGGEN_TEST_FAULT", None)
     if fault:
         env["LONGGEN_TEST_FAULT"] = fault
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _finish(proc: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _latents(run_dir: Path) -> torch.Tensor:
@@ -70,15 +77,16 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
                                                                           "a red fox in snow. It leaps."]}))
     w1, w2, w3 = tmp_path / "w1", tmp_path / "w2", tmp_path / "w3"
 
-    # one process: the reference, with job f run to the end
-    one = _run([sys.executable, DRIVER, json.dumps(_commands(w1, story, [_job("f", w1, story, 7)]))])
-    assert one.returncode == 0, one.stderr[-3000:]
+    # one process: the reference, with job f run to the end (alongside the two-process run: they are independent)
+    one = _start([sys.executable, DRIVER, json.dumps(_commands(w1, story, [_job("f", w1, story, 7)]))])
 
     # two processes through the gpus=N launcher; in job f rank 1 is SIGKILLed at its first call of step 2
     launcher = ("import sys; from longgen.distributed import launch; "
                 "sys.exit(launch([sys.executable, sys.argv[1], sys.argv[2]], 2))")
-    two = _run([sys.executable, "-c", launcher, DRIVER, json.dumps(_commands(w2, story, [_job("f", w2, story, 7)]))],
-               fault="1:kill:7:3")
+    two = _finish(_start([sys.executable, "-c", launcher, DRIVER,
+                          json.dumps(_commands(w2, story, [_job("f", w2, story, 7)]))], fault="1:kill:7:3"))
+    one = _finish(one)
+    assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 1, two.stderr[-3000:]
     lines = error_lines(two)
     assert len(lines) == 1 and "rank 1 was killed by SIGKILL" in lines[0], two.stderr[-3000:]
@@ -90,8 +98,9 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # three processes with torchrun: the same commands, the 2-process run of f resumed, then rank 2 raises in job g
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", DRIVER]
-    three = _run([*torchrun, json.dumps(_commands(w3, story, [["resume", str(killed)], _job("g", w3, story, 8)]))],
-                 fault="2:raise:8:2")
+    three = _finish(_start([*torchrun, json.dumps(_commands(w3, story, [["resume", str(killed)],
+                                                                       _job("g", w3, story, 8)]))],
+                           fault="2:raise:8:2"))
     assert three.returncode != 0
     lines = error_lines(three)
     assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
