@@ -26,7 +26,7 @@ import math
 import pytest
 import torch
 
-from longgen.backbones.anchor_attention import AnchorAttnProcessor, AnchorLayout
+from longgen.backbones.anchor_attention import AnchorLayout, anchor_processor
 from longgen.samplers.base import SamplerState, SamplingRun
 from longgen.samplers.glc import GLCSampler
 from longgen.samplers.syncos import SynCoSSampler
@@ -323,7 +323,7 @@ def test_anchor_attention_processor_matches_written_out_attention(tiny5):
     lam = 0.3
     layout = AnchorLayout(lam)
     with torch.no_grad(), layout.call(3):
-        video, txt = AnchorAttnProcessor(layout, 0)(attn, hidden, text)
+        video, txt = anchor_processor(layout, 0)(attn, hidden, text)
         ref_video, ref_text = _written_out_attention(attn, hidden, text, lam)
     assert torch.allclose(video, ref_video, atol=1e-5) and torch.allclose(txt, ref_text, atol=1e-5)
     # sensitive: blending the text tokens too, or λ = 1, gives something else

@@ -30,7 +30,9 @@ Which window is the anchor, exactly:
 - Wan (`WanAnchorAttnProcessor`) has separate self-attention (video tokens only) and cross-attention (video queries,
   text keys/values) in each block. Eq. 10 is applied in the self-attention layers, whose keys/values are the video
   tokens; the cross-attention layers keep their stock processor (their keys/values are the window's own prompt, as
-  the text tokens of CogVideoX's joint attention are).
+  the text tokens of CogVideoX's joint attention are). The store is larger there: 2·30·32 760·1536 bf16 values
+  ≈ 6 GB per group for Wan-1.3B at 480p, ≈ 62 GB for 14B at 720p (too much next to the model on one 80 GB GPU:
+  sampler.abam=false there).
 
 `anchored(transformer, strength, groups, processor, layers)` installs these processors on a diffusers transformer
 (every attention layer, or those whose processor name `layers` accepts) and puts the original processors back on
