@@ -322,8 +322,15 @@ def test_anchor_attention_processor_matches_written_out_attention(tiny5):
     text = torch.randn(3, 6, dim, generator=gen)  # each window its own prompt tokens
     lam = 0.3
     layout = AnchorLayout(lam)
+    processor = anchor_processor(layout, 0)
     with torch.no_grad(), layout.call(3):
-        video, txt = anchor_processor(layout, 0)(attn, hidden, text)
+        # the backbone's protocol (distributed.run_stacked): the anchor's call first, then the other rows' call
+        assert layout.phases(3) == [([0], [1, 2])]
+        with layout.running([0]):
+            v_anchor, t_anchor = processor(attn, hidden[:1], text[:1])
+        with layout.running([1, 2]):
+            v_rest, t_rest = processor(attn, hidden[1:], text[1:])
+        video, txt = torch.cat([v_anchor, v_rest]), torch.cat([t_anchor, t_rest])
         ref_video, ref_text = _written_out_attention(attn, hidden, text, lam)
     assert torch.allclose(video, ref_video, atol=1e-5) and torch.allclose(txt, ref_text, atol=1e-5)
     # sensitive: blending the text tokens too, or λ = 1, gives something else
