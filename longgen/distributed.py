@@ -166,8 +166,10 @@ class Units:
         self.stats.add(kind, len(out), sum(int(sizes[k]) for k in ks), time.perf_counter() - t0)
         return out
 
-    def _spread(self, fn, sizes, kind) -> list:  # pragma: no cover - Group overrides it
-        raise NotImplementedError
+    def _spread(self, fn, sizes, kind) -> list:
+        """Spread the units over the processes; with one process that is running them all here (`Group`
+        overrides this with the rank k mod N split and the byte all-gather)."""
+        return self._run_here(fn, range(len(sizes)), sizes, kind)
 
     def replicated(self, fn: Callable[[], Any]) -> Any:
         """A call that every rank runs itself (ABAM anchors): timed apart from the units."""

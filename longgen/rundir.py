@@ -173,6 +173,7 @@ def load_run_config(run_dir: Path) -> tuple[DictConfig, dict[str, str]]:
 def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, ...], command: str) -> list[str]:
     """Apply `key=value` overrides (values parsed as YAML, like Hydra's) whose key is under one of `allowed`
     (e.g. "writer" allows writer.crf); anything else is one line. Returns the applied overrides."""
+    import yaml
     from omegaconf import OmegaConf
 
     applied = []
@@ -186,8 +187,6 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
                 f"`longgen {command}` cannot change {key}: it would change the result or does not apply; "
                 f"allowed: {', '.join(allowed)}"
             )
-        import yaml
-
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
