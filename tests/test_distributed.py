@@ -106,6 +106,13 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
     assert not (w3 / "g" / "video.mp4").exists() and (w3 / "g" / "checkpoint.safetensors").is_file()
 
+    # rank 0 alone wrote: each sweep directory holds its jobs and Hydra's multirun.yaml, nothing from other ranks
+    for base in (w2, w3):
+        assert sorted(p.name for p in (base / "a").iterdir()) == ["0_direct", "1_gen-l-video", "2_syncos", "3_glc",
+                                                                  "multirun.yaml"]
+        assert sorted(p.name for p in (base / "a" / "3_glc").iterdir()) == sorted(
+            p.name for p in (w1 / "a" / "3_glc").iterdir())
+
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
     assert len(ref) == 7 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
