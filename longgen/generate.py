@@ -176,10 +176,10 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     backbone.check_length(length)
     plan = sampler.plan(length, backbone.window)
     writer.check()
-    backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     if story is None:
         story = resolve_story(cfg, choices, split)
         if story is None:
+            backbone.check_available()
             return None
     story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
     use_global = cfg.get("use_global_prompt", True)
@@ -191,6 +191,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     elif warning := story.missing_global_warning():  # local prompts without the global description
         log.warning(warning)
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
                stripped)
 

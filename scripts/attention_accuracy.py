@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,19 +27,8 @@ from hydra import compose, initialize_config_module
 from longgen.backbones import attention as kernels
 from longgen.build import build
 
-
-def cuda_time(fn, repeats: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_probe import bench as cuda_time  # noqa: E402  (CUDA-event median after warm-ups)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -423,7 +423,7 @@ def test_cli_syncos_writes_video_and_sweeps_a_switch(tmp_path):
         assert m["latent_length"] == length and m["frames"] == 4 * (length - 1) + 1
         assert (d / "video.mp4").stat().st_size > 0
         assert m["global_prompt_removed_from"] == 2 and m["use_global_prompt"] is False
-        assert json.loads((d / "story.json").read_text())["local"] == ["The robot walks.", "The robot waves."]
+        assert m["local_prompts_used"] == ["The robot walks.", "The robot waves."]  # story.json keeps the story as given
         assert m["transformer_forwards"] == m["sampler"]["forwards_expected"]
     # steps 999, 666, 332: stage 1 on 5 windows x CFG each step; stage 2 (t > 900) at 999 only, 2 iters x B=2 x CFG
     assert mans[0]["transformer_forwards"] == 3 * 10 + 1 * 2 * 2 * 2

@@ -426,10 +426,10 @@ def _compose(*overrides):
 
 def test_config_defaults_follow_the_backbone():
     wan_cfg = _compose("backbone=wan2.1-t2v-1.3b", "sampler=syncos")
-    assert wan_cfg.sampler.guidance_scale == 5.0 and wan_cfg.sampler.t_min == 950 and wan_cfg.sampler.stride == 6
+    assert wan_cfg.sampler.guidance_scale == 5.0 and wan_cfg.sampler.t_min == 970 and wan_cfg.sampler.stride == 6
     assert wan_cfg.negative_prompt.startswith("Bright tones, overexposed") and "walking backwards" in wan_cfg.negative_prompt
     cog = _compose("backbone=cogvideox-2b", "sampler=syncos")
-    assert (cog.sampler.guidance_scale, cog.sampler.t_min, cog.sampler.stride, cog.negative_prompt) == (6.0, 850, 4, "")
+    assert (cog.sampler.guidance_scale, cog.sampler.t_min, cog.sampler.stride, cog.negative_prompt) == (6.0, 900, 4, "")
     assert _compose("backbone=wan2.1-t2v-1.3b", "sampler=glc", "backbone.guidance_scale=7").sampler.guidance_scale == 7
     assert _compose("backbone=wan2.1-t2v-1.3b", "sampler=direct", "sampler.guidance_scale=3").sampler.guidance_scale == 3
     assert _compose("backbone=wan2.1-t2v-1.3b", "model_path=/models/wan").backbone.model_path == "/models/wan"
