@@ -178,3 +178,27 @@ def test_free_gpu_takes_the_first_gpu_nobody_holds(tmp_path, monkeypatch):
     for index in (0, 1, 2):
         distributed.release_gpu(torch.device("cuda", index))
     assert distributed._HELD == {}
+
+
+def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(monkeypatch):
+    """The window fusion must give the same bits on any device: no index_add_ call may hold a frame twice (a CUDA
+    index_add_ adds such positions with atomics in arrival order), and each frame sums in clip-position order."""
+    from longgen.diffusion import scatter_frames
+
+    index = torch.tensor([[0, 1, 2, 3], [2, 3, 4, 5], [1, 1, 5, 0]])  # overlapping windows, a repeat inside a clip
+    values = torch.randn(3, 4, 2, 3, generator=torch.Generator().manual_seed(1))
+    calls = []
+    plain = torch.Tensor.index_add_
+
+    def checked(self, dim, idx, src, *args, **kwargs):
+        calls.append(idx.tolist())
+        assert len(set(idx.tolist())) == idx.numel(), "a frame twice in one index_add_"
+        return plain(self, dim, idx, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", checked)
+    total, count = scatter_frames(values, index, 6)
+    expected = torch.zeros(6, 2, 3)
+    for p, frame in enumerate(index.reshape(-1).tolist()):  # written out: position order
+        expected[frame] = expected[frame] + values.reshape(12, 2, 3)[p]
+    assert torch.equal(total, expected) and count.tolist() == [2, 3, 2, 2, 1, 2]
+    assert len(calls) == 2 * 3  # sum and count, in 3 runs
