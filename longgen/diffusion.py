@@ -238,17 +238,39 @@ def gather_frames(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return video.index_select(0, flat).reshape(n, m, *video.shape[1:])  # [N, M, C, H, W]
 
 
+def distinct_runs(flat: list[int]) -> list[tuple[int, int]]:
+    """Split positions 0..n−1 into consecutive runs [start, end) in which no frame index repeats."""
+    runs, start, seen = [], 0, set()
+    for p, frame in enumerate(flat):
+        if frame in seen:
+            runs.append((start, p))
+            start, seen = p, set()
+        seen.add(frame)
+    runs.append((start, len(flat)))
+    return runs
+
+
 def scatter_frames(
     values: torch.Tensor, index: torch.Tensor, length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjoint of `gather_frames`: sum clip values back into their frames.
-    values: [N, M, C, H, W], index: [N, M] → (sum [L, C, H, W], count [L] float)."""
+    values: [N, M, C, H, W], index: [N, M] → (sum [L, C, H, W], count [L] float).
+
+    Deterministic on every device: each frame sums its contributions in clip-position order. A CUDA index_add_ adds
+    positions that share a frame with atomics in whatever order the threads arrive (different bits from run to run
+    and between processes), so the positions are added in consecutive runs with no repeated frame (one index_add_
+    each, about one per window); on a CPU this is the same arithmetic as a single index_add_."""
     n, m = index.shape
-    flat = index.reshape(-1).to(values.device)  # [N·M]
+    flat = index.reshape(-1)  # [N·M]
+    runs = distinct_runs(flat.tolist())
+    flat = flat.to(values.device)
+    src = values.reshape(n * m, *values.shape[2:])  # [N·M, C, H, W]
+    ones = torch.ones(n * m, dtype=values.dtype, device=values.device)  # [N·M]
     total = torch.zeros((length, *values.shape[2:]), dtype=values.dtype, device=values.device)  # [L, C, H, W]
-    total.index_add_(0, flat, values.reshape(n * m, *values.shape[2:]))
     count = torch.zeros(length, dtype=values.dtype, device=values.device)  # [L]
-    count.index_add_(0, flat, torch.ones(n * m, dtype=values.dtype, device=values.device))
+    for a, b in runs:
+        total.index_add_(0, flat[a:b], src[a:b])
+        count.index_add_(0, flat[a:b], ones[a:b])
     return total, count
 
 

@@ -106,6 +106,13 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
     assert not (w3 / "g" / "video.mp4").exists() and (w3 / "g" / "checkpoint.safetensors").is_file()
 
+    # rank 0 alone wrote: each sweep directory holds its jobs and Hydra's multirun.yaml, nothing from other ranks
+    for base in (w2, w3):
+        assert sorted(p.name for p in (base / "a").iterdir()) == ["0_direct", "1_gen-l-video", "2_syncos", "3_glc",
+                                                                  "multirun.yaml"]
+        assert sorted(p.name for p in (base / "a" / "3_glc").iterdir()) == sorted(
+            p.name for p in (w1 / "a" / "3_glc").iterdir())
+
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
     assert len(ref) == 7 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
@@ -171,3 +178,27 @@ def test_free_gpu_takes_the_first_gpu_nobody_holds(tmp_path, monkeypatch):
     for index in (0, 1, 2):
         distributed.release_gpu(torch.device("cuda", index))
     assert distributed._HELD == {}
+
+
+def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(monkeypatch):
+    """The window fusion must give the same bits on any device: no index_add_ call may hold a frame twice (a CUDA
+    index_add_ adds such positions with atomics in arrival order), and each frame sums in clip-position order."""
+    from longgen.diffusion import scatter_frames
+
+    index = torch.tensor([[0, 1, 2, 3], [2, 3, 4, 5], [1, 1, 5, 0]])  # overlapping windows, a repeat inside a clip
+    values = torch.randn(3, 4, 2, 3, generator=torch.Generator().manual_seed(1))
+    calls = []
+    plain = torch.Tensor.index_add_
+
+    def checked(self, dim, idx, src, *args, **kwargs):
+        calls.append(idx.tolist())
+        assert len(set(idx.tolist())) == idx.numel(), "a frame twice in one index_add_"
+        return plain(self, dim, idx, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", checked)
+    total, count = scatter_frames(values, index, 6)
+    expected = torch.zeros(6, 2, 3)
+    for p, frame in enumerate(index.reshape(-1).tolist()):  # written out: position order
+        expected[frame] = expected[frame] + values.reshape(12, 2, 3)[p]
+    assert torch.equal(total, expected) and count.tolist() == [2, 3, 2, 2, 1, 2]
+    assert len(calls) == 2 * 3  # sum and count, in 3 runs

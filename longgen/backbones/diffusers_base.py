@@ -294,6 +294,16 @@ class DiffusersBackbone(Denoiser):
         want = self.compile if self.compile != "auto" else self.device.type == "cuda"
         if not want:
             return False
+        import torch._inductor.config as inductor
+
+        # By default Inductor picks each reduction kernel's block size and warp count by timing candidates on the
+        # device, and those choices change the summation order: two processes (or a run and its resume) could
+        # compile different numerics. Its deterministic mode keeps only choices that do not affect numerics.
+        if hasattr(inductor, "deterministic"):
+            inductor.deterministic = True
+        else:
+            log.warning("this torch's Inductor has no deterministic mode: compiled runs may differ in the last bits "
+                        "between processes and between a run and its resume (backbone.compile=false avoids it)")
         for block in self._blocks():
             block.compile(dynamic=False)
         return True
