@@ -8,7 +8,9 @@ One class serves every CogVideoX variant; the YAML in `conf/backbone/` picks the
   the compute is that of the real model when the architecture is the real one (benchmarks).
 
 What lives here: the variance-preserving schedule read from `CogVideoXDDIMScheduler`, v-prediction → (x̂0, ε̂),
-RoPE (5B), the joint text-video attention processor for ABAM, and the streaming VAE decode used by the writer.
+RoPE (5B), the joint text-video attention processor for ABAM, per-frame timesteps (`per_frame_timesteps`: each
+latent frame's tokens modulated from its own timestep, `longgen.backbones.frame_timesteps`), and the streaming VAE
+decode used by the writer.
 Loading, text encoding, guidance, micro-batching, offload and compilation are shared with every diffusers backbone
 (`longgen.backbones.diffusers_base`).
 """
@@ -24,6 +26,7 @@ import torch
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
 from longgen.backbones.diffusers_base import DiffusersBackbone
+from longgen.backbones.frame_timesteps import FrameModulation
 from longgen.diffusion import NoiseSchedule, v_to_x0_eps
 from longgen.errors import UsageError
 
@@ -35,6 +38,8 @@ class CogVideoXBackbone(DiffusersBackbone):
     #: FlashAttention-3 through longgen's joint-attention processor (longgen/backbones/attention.py); `auto` picks
     #: fa3 when it can run here (Hopper + fa3-fwd), else the SDPA kernel order (cuDNN first)
     extra_attention = KERNELS
+    #: a timestep per latent frame (t [M] or [B, M]): per-frame adaLN modulation, see frame_timesteps.py
+    per_frame_timesteps = True
 
     def __init__(
         self,
@@ -72,6 +77,7 @@ class CogVideoXBackbone(DiffusersBackbone):
             architecture=architecture, example_config="conf/backbone/tiny.yaml",
         )
         self._rope_cache: dict[int, Any] = {}
+        self._frame_modulation: FrameModulation | None = None
 
     def check_length(self, latent_frames: int) -> None:
         if latent_frames % 2 == 0:
@@ -123,6 +129,7 @@ class CogVideoXBackbone(DiffusersBackbone):
 
     def release(self) -> None:
         self._rope_cache.clear()
+        self._frame_modulation = None
         super().release()
 
     def _text_shape(self) -> tuple[int, int]:
@@ -152,10 +159,25 @@ class CogVideoXBackbone(DiffusersBackbone):
         return self._rope_cache[frames]
 
     def _timesteps(self, t, rows: int) -> torch.Tensor:
+        """[rows] int64 for one timestep; [rows, M] float32 for per-frame timesteps (t [M], or [B, M] with rows a
+        multiple of B: the guidance branches are stacked window-major within each branch)."""
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:
+            frames = t.to(self.device, torch.float32).reshape(-1, t.shape[-1])  # [1 or B, M]
+            return frames.repeat(rows // frames.shape[0], 1)  # [rows, M]
         return torch.full((rows,), int(t), dtype=torch.long, device=self.device)  # [rows]
 
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: [b, F, C, H, W] (CogVideoX's own layout); t: [b] → v [b, F, C, H, W]."""
+        """x: [b, F, C, H, W] (CogVideoX's own layout); t: [b] or [b, F] (per frame) → v [b, F, C, H, W]."""
+        if t.dim() == 2:
+            if t.shape[1] != x.shape[1]:
+                raise ValueError(f"{t.shape[1]} per-frame timesteps for windows of {x.shape[1]} latent frames")
+            if self._frame_modulation is None:
+                self._frame_modulation = FrameModulation(self.pipe.transformer)
+            with self._frame_modulation.installed(t) as mean:  # mean: t̄ [b], the text tokens' timestep
+                return self._run_transformer(x, emb, mean)
+        return self._run_transformer(x, emb, t)
+
+    def _run_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.pipe.transformer(
             hidden_states=x,
             encoder_hidden_states=emb,
@@ -165,8 +187,16 @@ class CogVideoXBackbone(DiffusersBackbone):
         )[0]
 
     def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        acp = float(self.pipe.scheduler.alphas_cumprod[int(t)])
-        a, s = math.sqrt(acp), math.sqrt(1.0 - acp)
+        acp = self.pipe.scheduler.alphas_cumprod
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:  # per frame: a, s [1 or B, M, 1, 1, 1]
+            frames = t.reshape(-1, t.shape[-1]).tolist()  # [1 or B][M]
+            a = [[math.sqrt(float(acp[int(v)])) for v in row] for row in frames]
+            s = [[math.sqrt(1.0 - float(acp[int(v)])) for v in row] for row in frames]
+            shape = (len(frames), len(frames[0]), 1, 1, 1)
+            a_t = torch.tensor(a, dtype=torch.float32, device=out.device).reshape(shape)
+            s_t = torch.tensor(s, dtype=torch.float32, device=out.device).reshape(shape)
+            return v_to_x0_eps(x_t, out, a_t, s_t)
+        a, s = math.sqrt(float(acp[int(t)])), math.sqrt(1.0 - float(acp[int(t)]))
         return v_to_x0_eps(x_t, out, a, s)
 
     def _set_attention_backend(self) -> None:

@@ -402,6 +402,7 @@ class DiffusersBackbone(Denoiser):
         if self._embeds is None:
             raise RuntimeError("encode_prompts() must run before predict()")
         b = x_t.shape[0]
+        self._check_frame_timesteps(t, b, x_t.shape[1])
         ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self._embeds.device)
         cond = self._embeds.index_select(0, ids)  # [B, S, D]
         guided = guidance_scale > 1.0
@@ -421,6 +422,17 @@ class DiffusersBackbone(Denoiser):
             out = out_uncond + guidance_scale * (out_cond - out_uncond)  # [B, M, C, H, W]
         x0, eps = self._to_x0_eps(x_t.to(out.device, torch.float32), out, t)
         return Prediction(x0=x0, eps=eps)
+
+    def _check_frame_timesteps(self, t, batch: int, frames: int) -> None:
+        """A tensor t is a timestep per latent frame: [M] (every window) or [B, M] (one row per window)."""
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return
+        if not self.per_frame_timesteps:
+            raise UsageError(f"the {type(self).__name__} backbone takes one timestep per window, not one per frame: "
+                             f"use a sampler that does not need per-frame timesteps")
+        if t.shape not in ((frames,), (batch, frames)):
+            raise ValueError(f"per-frame timesteps of shape {tuple(t.shape)} for {batch} windows of {frames} "
+                             f"frames: expected ({frames},) or ({batch}, {frames})")
 
     def predict_grad(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
         """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""

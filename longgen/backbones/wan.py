@@ -19,7 +19,8 @@ What is Wan-specific, and lives here:
 - Layout: the seam is [B, F, C, H, W]; diffusers' Wan transformer and VAE take [B, C, F, H, W]. The permutes happen
   only at the transformer call and in the decode.
 - Per-frame timesteps (`per_frame_timesteps = True`): Wan's transformer accepts a timestep per token; `predict`
-  accepts one timestep per latent frame, spread over that frame's tokens (for FIFO-style samplers).
+  accepts one timestep per latent frame (t [M] for every window, or [B, M] one row per window), spread over that
+  frame's tokens (for FIFO-Diffusion).
 - ABAM on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`).
 - The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
   L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
@@ -200,16 +201,19 @@ class WanBackbone(DiffusersBackbone):
                                   num_train_timesteps=sched.config.num_train_timesteps)
 
     def _sigma(self, t) -> float | torch.Tensor:
-        """σ = t / T: a float for one timestep, [M, 1, 1, 1] float32 for per-frame timesteps."""
+        """σ = t / T: a float for one timestep; per-frame timesteps t [M] or [B, M] give [1 or B, M, 1, 1, 1]."""
         T = self.pipe.scheduler.config.num_train_timesteps
-        if isinstance(t, torch.Tensor) and t.dim() == 1:
-            return (t.to(self.device, torch.float64) / T).float().reshape(-1, 1, 1, 1)  # [M, 1, 1, 1]
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:
+            frames = t.to(self.device, torch.float64).reshape(-1, t.shape[-1])  # [1 or B, M]
+            return (frames / T).float()[:, :, None, None, None]  # [1 or B, M, 1, 1, 1]
         return float(t) / T
 
     def _timesteps(self, t, rows: int) -> torch.Tensor:
-        """[rows] float32 for one timestep; [rows, M] for per-frame timesteps (one per latent frame)."""
-        if isinstance(t, torch.Tensor) and t.dim() == 1:
-            return t.to(self.device, torch.float32)[None].expand(rows, -1)  # [rows, M]
+        """[rows] float32 for one timestep; [rows, M] for per-frame timesteps (t [M], or [B, M] with rows a multiple
+        of B: the guidance branches are stacked window-major within each branch)."""
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:
+            frames = t.to(self.device, torch.float32).reshape(-1, t.shape[-1])  # [1 or B, M]
+            return frames.repeat(rows // frames.shape[0], 1)  # [rows, M]
         return torch.full((rows,), float(t), dtype=torch.float32, device=self.device)  # [rows]
 
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
