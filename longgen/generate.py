@@ -48,6 +48,7 @@ from longgen.build import build
 from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, digest, result_config
 from longgen.distributed import PeerFailed, Units, current
 from longgen.errors import Interrupted, RunFailure, UsageError, user_errors
+from longgen.noise import GaussianNoise
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.preview import Preview
 from longgen.progress import StepProgress
@@ -81,6 +82,7 @@ class Job:
     stripped: int
     timings: dict[str, float] = field(default_factory=dict)
     world: Units = field(default_factory=Units)  # this process's share of the work (distributed.py)
+    noise: Any = field(default_factory=GaussianNoise)  # the initial-noise option (noise/ group, longgen/noise.py)
 
     def local_index(self, start: int, size: int) -> int:
         return self.story.prompt_index_at(start + size / 2, self.length)
@@ -164,6 +166,9 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
     backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
+    # runs made before the noise group existed have none in their saved config: they used Gaussian noise
+    noise = build(cfg.noise, "noise", choices.get("noise")) if cfg.get("noise") is not None else GaussianNoise()
+    noise.check(backbone.window)
     length = latent_length(
         backbone.window,
         sampler.stride,
@@ -193,7 +198,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
-               stripped)
+               stripped, noise=noise)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 2: encode
@@ -220,9 +225,10 @@ def encode(job: Job) -> Prompts:
 
 # ---------------------------------------------------------------------------------------------------- stage 3: sample
 def initial_noise(job: Job) -> tuple[torch.Tensor, torch.Generator]:
-    """x_T float32 [1, L, C, H, W] drawn on the CPU from the seed, and the generator the sampler continues."""
+    """x_T float32 [1, L, C, H, W] drawn on the CPU from the seed by the noise option, and the generator the sampler
+    continues."""
     gen = torch.Generator(device="cpu").manual_seed(int(job.cfg.seed))
-    noise = torch.randn((1, job.length, *job.backbone.latent_shape), generator=gen, dtype=torch.float32)
+    noise = job.noise.draw((1, job.length, *job.backbone.latent_shape), gen, job.backbone.window)
     return noise, gen
 
 
@@ -381,7 +387,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "transformer_forwards": int(timings.get("forwards", 0)),
         "transformer_calls": int(timings.get("calls", 0)),
         "peak_gpu_memory_bytes": peak,
-        "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed)",
+        "noise": {"name": job.choices.get("noise", "gaussian"), **job.noise.describe()},
         "checkpoint_every": int(cfg.checkpoint_every),
         "distributed": processes,
         "versions": package_versions(),
