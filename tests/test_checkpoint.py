@@ -26,6 +26,7 @@ from longgen.errors import Interrupted, UsageError
 from longgen.rundir import RunDirectory
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.direct import DirectSampler
+from longgen.samplers.fifo import FIFOSampler
 from longgen.samplers.gen_l_video import GenLVideoSampler
 from longgen.samplers.glc import GLCSampler
 from longgen.samplers.syncos import SynCoSSampler
@@ -90,6 +91,32 @@ def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
     if name in ("syncos", "syncos-csd-only", "glc", "direct"):
         again = _run(tiny2)
         assert not torch.equal(SAMPLERS[name]().sample(again, load_checkpoint(path).state), reference)
+
+
+@pytest.mark.parametrize("stop", [3, 10])  # inside the base clip (7 steps), inside the queue iterations
+def test_fifo_resume_is_bit_identical(tmp_path, stop):
+    small = make_tiny(prompts=("a cat", "a dog runs"), height=16, width=16)
+    fifo = lambda: FIFOSampler(num_partitions=1)  # noqa: E731  M = 13: 7 base-clip steps + 21 iterations
+    reference = fifo().sample(_run(small))
+    path, run = tmp_path / "checkpoint.safetensors", _run(small)
+    hooks = StepHooks(path, lambda state, total: Checkpoint(state, total, run.generator.get_state(), {}, "s"),
+                      Interrupts(), every=1)
+
+    def stop_there(state, total):
+        hooks(state, total)
+        if state.done == stop:
+            raise _Stop
+
+    run.after_step = stop_there
+    with pytest.raises(_Stop):
+        fifo().sample(run)
+    ckpt = load_checkpoint(path)
+    assert ckpt.state.done == stop and ckpt.total == 28
+    fresh = _run(small)
+    fresh.generator.set_state(ckpt.generator_state)
+    assert torch.equal(fifo().sample(fresh, ckpt.state), reference)
+    if stop > 7:  # the queue's noise was drawn: continuing without the saved generator gives another video
+        assert not torch.equal(fifo().sample(_run(small), load_checkpoint(path).state), reference)
 
 
 def test_interrupt_writes_checkpoint_then_stops(tiny2, tmp_path):

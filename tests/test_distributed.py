@@ -39,6 +39,9 @@ def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]
         # SynCoS stage 2 alone, random timesteps and fresh noise per iteration (more draws from the generator)
         ["generate", *common, "sampler=syncos", "sampler.stage1=false", "sampler.stage3=false", "sampler.iters=3",
          "sampler.grounded_timestep=false", "sampler.fixed_noise=false", f"hydra.run.dir={base}/c"],
+        # FIFO-Diffusion (its own step count: 7 base-clip steps + 17 queue iterations) on FreeNoise initial noise
+        ["generate", *[c for c in common if not c.startswith("sampler.num_steps")], "sampler=fifo",
+         "sampler.num_partitions=1", "noise=freenoise", f"hydra.run.dir={base}/d"],
         *tail,
     ]
 
@@ -115,7 +118,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
-    assert len(ref) == 7 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
+    assert len(ref) == 8 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
     for name, run in ref.items():
         if name == "f":
             continue

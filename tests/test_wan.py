@@ -348,7 +348,7 @@ def test_abam_on_wan_is_independent_of_micro_batch(wan):
 
 # ------------------------------------------------------------------------------------------ per-frame timesteps
 def test_per_frame_timesteps(wan):
-    assert wan.per_frame_timesteps is True and CogVideoXBackbone.per_frame_timesteps is False
+    assert wan.per_frame_timesteps is True and CogVideoXBackbone.per_frame_timesteps is True  # both (test_fifo.py)
     x = torch.randn(2, 21, *wan.latent_shape, generator=torch.Generator().manual_seed(3))
     scalar = wan.predict(x, 700.0, [0, 1], 5.0)
     same = wan.predict(x, torch.full((21,), 700.0), [0, 1], 5.0)
