@@ -23,6 +23,13 @@ The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timin
     python scripts/bench.py --workload scaling --windows 4 10 28 --steps 2
     python scripts/bench.py --backbone tiny --workload W1 --steps 2 --no-markdown
     python scripts/bench.py --backbone wan2.1-t2v-1.3b --workload W1 --steps 3   # Wan 2.1 1.3B, random weights
+    python scripts/bench.py --workload W4 --steps 5          # FIFO-Diffusion 4x: base clip + 5 queue iterations, rest projected
+    python scripts/bench.py --workload W5 --steps 6          # Gen-L-Video + FreeNoise noise 4x (the FreeNoise baseline)
+
+FIFO (W4) counts its steps differently from the other samplers: first the base clip's S = n·M DDIM steps in groups of
+K (the windows of one queue iteration), then L + S − M queue iterations of K windows each. `--steps N` runs the
+whole base clip and N queue iterations; the projection adds the measured base clip, the first (measured) iteration
+(it includes the compile of the per-frame path) and the median of the other measured iterations for the rest.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ WORKLOADS = {
     "W1": ("gen-l-video", [], dict(length_factor=4)),
     "W2": ("syncos", ["sampler.iters=20", "sampler.batch_windows=3"], dict(length_factor=4)),
     "W3": ("glc", [], dict(length_factor=3)),
+    "W4": ("fifo", [], dict(length_factor=4)),  # FIFO-Diffusion, n = 4 partitions, lookahead (SynCoS Table 4: 21 min)
+    "W5": ("gen-l-video", ["noise=freenoise"], dict(length_factor=4)),  # the FreeNoise baseline
     "scaling": ("gen-l-video", [], None),
 }
 #: W2's SynCoS t_min per backbone family: CogVideoX t = 900 (the issue-6 target), and on a flow backbone the timestep
@@ -144,11 +153,12 @@ def time_forward(backbone, batch: int, repeats: int) -> float:
     return statistics.median(times) / (2 * batch)
 
 
-def run_sampler(backbone, sampler, length: int, seed: int, steps: int):
-    """Run the sampler; stop after `steps` denoising steps (0 = all). Returns (latents or None, per-step records)."""
+def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_option=None):
+    """Run the sampler; stop after `steps` denoising steps (0 = all; FIFO: the base clip and `steps` queue
+    iterations). Returns (latents or None, per-step records, the sampler's total number of steps)."""
     records: list[dict] = []
-    state = {"t0": None, "fw": 0}
-    sched = backbone.schedule(sampler.num_steps)
+    state = {"t0": None, "fw": 0, "total": 0}
+    sched = backbone.schedule(sampler.num_steps) if sampler.num_steps else None  # FIFO: known after begin
 
     def progress(phase: str, done: int, total: int) -> None:
         if phase != "denoise":
@@ -157,16 +167,17 @@ def run_sampler(backbone, sampler, length: int, seed: int, steps: int):
         now = time.perf_counter()
         records.append({
             "step": done - 1,
-            "t": sched.timesteps[done - 1],
+            "t": sched.timesteps[done - 1] if sched is not None and done <= len(sched) else None,
             "seconds": now - state["t0"],
             "forwards": backbone.forward_count - state["fw"],
         })
-        state["t0"], state["fw"] = now, backbone.forward_count
-        if steps and done >= steps:
+        state["t0"], state["fw"], state["total"] = now, backbone.forward_count, total
+        if steps and done >= steps + (getattr(sampler, "base_steps", None) or 0):
             raise SliceDone
 
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, length, *backbone.latent_shape), generator=gen)
+    shape = (1, length, *backbone.latent_shape)
+    noise = noise_option.draw(shape, gen, backbone.window) if noise_option is not None else torch.randn(shape, generator=gen)
     ids = backbone.encode_prompts(PROMPTS)
     run = SamplingRun(
         denoiser=backbone,
@@ -181,28 +192,39 @@ def run_sampler(backbone, sampler, length: int, seed: int, steps: int):
         latents = sampler.sample(run)
     except SliceDone:
         latents = None
-    return latents, records
+    return latents, records, state["total"]
 
 
-def project(records: list[dict], sampler, sched) -> tuple[float, str]:
+def project(records: list[dict], sampler, sched, total_steps: int) -> tuple[float, str]:
     """Total sampling seconds over all steps from measured steps grouped by their forward count (a step of a kind
     that was not measured is counted at the slowest measured kind, and the formula says so)."""
     by_kind: dict[int, list[float]] = {}
     for r in records:
         by_kind.setdefault(r["forwards"], []).append(r["seconds"])
-    if len(records) == len(sched):
+    if len(records) == total_steps:
         return sum(r["seconds"] for r in records), "measured: all steps"
+    base = getattr(sampler, "base_steps", None)
+    if base:  # FIFO: the base clip (measured whole), then queue iterations of equal cost
+        queue = records[base:]
+        per_iter = statistics.median(r["seconds"] for r in queue[1:] or queue)
+        measured = sum(r["seconds"] for r in records[: base + 1])
+        rest = sampler.iterations - 1
+        return measured + rest * per_iter, (
+            f"base clip ({base} steps) + first queue iteration, measured: {measured:.1f} s; + {rest} iterations × "
+            f"{per_iter:.2f} s (median of measured iterations 2..{len(queue)}); {sampler.iterations} iterations of "
+            f"{sampler.windows_per_iteration} windows in all")
     medians = {k: statistics.median(v) for k, v in by_kind.items()}
     # which steps are of which kind: SynCoS runs stage 2 while t > t_min
     t_min = getattr(sampler, "t_min", None)
     if t_min is not None and getattr(sampler, "stage2", True) and len(medians) > 1:
         heavy, light = max(medians), min(medians)
         n_heavy = sum(1 for t in sched.timesteps if t > t_min)
-        total = n_heavy * medians[heavy] + (len(sched) - n_heavy) * medians[light]
-        return total, (f"{n_heavy} steps with stage 2 × {medians[heavy]:.2f} s + {len(sched) - n_heavy} steps × "
+        total = n_heavy * medians[heavy] + (total_steps - n_heavy) * medians[light]
+        return total, (f"{n_heavy} steps with stage 2 × {medians[heavy]:.2f} s + {total_steps - n_heavy} steps × "
                        f"{medians[light]:.2f} s (medians of the measured steps)")
     per_step = statistics.median(r["seconds"] for r in records[1:] or records)
-    return per_step * len(sched), f"{len(sched)} steps × {per_step:.2f} s (median of measured steps 2..{len(records)})"
+    return per_step * total_steps, (f"{total_steps} steps × {per_step:.2f} s (median of measured steps "
+                                    f"2..{len(records)})")
 
 
 def main() -> None:
@@ -274,18 +296,20 @@ def main() -> None:
                    for n in args.windows]
     else:
         lengths = [(None, latent_length(backbone.window, sampler.stride, backbone.temporal_compression, **length_spec))]
-    sched = backbone.schedule(sampler.num_steps)
+    sched = backbone.schedule(sampler.num_steps) if sampler.num_steps else None  # FIFO: its own schedule
+    noise_option = build(cfg.noise, "noise", "noise")
     for n_windows, length in lengths:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         backbone.forward_count = 0
-        latents, records = run_sampler(backbone, sampler, length, args.seed, args.steps)
-        total, formula = project(records, sampler, sched)
+        latents, records, total_steps = run_sampler(backbone, sampler, length, args.seed, args.steps, noise_option)
+        total, formula = project(records, sampler, sched, total_steps)
         entry = {
             "windows": sampler.plan(length, backbone.window).count if n_windows is None else n_windows,
             "latent_length": length,
             "frames": backbone.frames_for(length),
             "steps_measured": len(records),
+            "steps_total": total_steps,
             "step_seconds": [round(r["seconds"], 3) for r in records],
             "step_forwards": [r["forwards"] for r in records],
             "sampling_s": total,
@@ -309,6 +333,7 @@ def main() -> None:
     result["runs"] = runs
     result["backbone"] = backbone.describe()
     result["sampler"] = {"name": sampler_name, **sampler.describe()}
+    result["noise"] = noise_option.describe()
 
     out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"{args.workload}-{args.backbone}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

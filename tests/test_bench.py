@@ -68,3 +68,33 @@ def test_bench_tiny_wan_syncos_slice(tmp_path, monkeypatch):
     assert run["windows"] == 11 and run["latent_length"] == 81 and run["frames"] == 321
     assert run["step_forwards"] == [11 * 2 + 20 * 3 * 2]  # stage 1 + stage 2 (20 iterations x B=3 x CFG) at t=1000
     assert result["backbone"]["window_latent_frames"] == 21 and result["forward_tflop"] > 0
+
+
+# ------------------------------------------------------------------------------------------ FIFO and FreeNoise
+def test_bench_tiny_fifo_slice_projects_the_queue(tmp_path, monkeypatch):
+    """W4 (FIFO 4x) at 16x16 pixels, in this process: the whole base clip (7 steps of 8 DDIM steps, the last of 4)
+    and 2 queue iterations of 8 windows are measured; the other 86 iterations are projected."""
+    bench = _bench_module()
+    out = tmp_path / "w4.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--backbone", "tiny", "--workload", "W4", "--steps", "2",
+                                      "--forward-batch", "1", "--no-decode", "--no-markdown", "--json", str(out),
+                                      "--override", "backbone.height=16", "backbone.width=16"])
+    bench.main()
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert run["latent_length"] == 49 and run["steps_total"] == 7 + 88 and run["steps_measured"] == 9
+    assert run["step_forwards"] == [16] * 6 + [8] + [16, 16]  # base clip: 8 DDIM steps x CFG; then 8 windows x CFG
+    assert "+ 87 iterations" in run["sampling_formula"] and run["sampling_s"] > sum(run["step_seconds"])
+    assert result["sampler"]["iterations"] == 88 and result["sampler"]["windows_per_iteration"] == 8
+
+
+def test_bench_tiny_freenoise_workload(tmp_path, monkeypatch):
+    bench = _bench_module()
+    out = tmp_path / "w5.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--backbone", "tiny", "--workload", "W5", "--steps", "1",
+                                      "--forward-batch", "1", "--no-decode", "--no-markdown", "--json", str(out),
+                                      "--override", "backbone.height=16", "backbone.width=16"])
+    bench.main()
+    result = json.loads(out.read_text())
+    assert "noise=freenoise" in result["overrides"] and result["noise"]["kind"] == "freenoise"
+    assert result["sampler"]["name"] == "gen-l-video" and result["runs"][0]["step_forwards"] == [20]

@@ -368,3 +368,32 @@ def test_freenoise_order_edge_cases_and_checks():
         FreeNoise(stride=14).check(13)
     with pytest.raises(UsageError, match="noise.stride"):
         FreeNoise(stride=0)
+
+
+def test_the_noise_choice_is_checked_early_and_decides_resumes(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from longgen.checkpoint import Checkpoint, result_config
+    from longgen.generate import initial_noise, plan_job
+    from longgen.samplers.base import SamplerState
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        plain = compose("generate", overrides=["backbone=tiny", "prompt=a cat", "num_windows=3"])
+        free = compose("generate", overrides=["backbone=tiny", "prompt=a cat", "num_windows=3", "noise=freenoise"])
+        bad = compose("generate", overrides=["backbone=tiny", "prompt=a cat", "noise=freenoise", "noise.stride=14"])
+    # the checkpoint's result-determining config holds the noise choice: a resume with another one is refused
+    a, b = result_config(plain), result_config(free)
+    assert a["noise"]["_target_"] == "longgen.noise.GaussianNoise" and b["noise"]["stride"] == 4
+    ckpt = Checkpoint(SamplerState({"x": torch.zeros(1)}), 1, torch.zeros(1, dtype=torch.uint8), a, "s")
+    with pytest.raises(UsageError, match=r"noise\._target_"):
+        ckpt.check_matches(b, "s", tmp_path / "checkpoint.safetensors")
+    # plan stage: a stride longer than the window is one line before any weights load
+    with pytest.raises(UsageError, match="noise.stride=14"):
+        plan_job(bad, tmp_path, {"noise": "freenoise"})
+    # generate's x_T: gaussian is the seed's plain draw, freenoise its rescheduling
+    job = plan_job(free, tmp_path, {"noise": "freenoise"})
+    noise, _ = initial_noise(job)
+    iid = torch.randn((1, 21, *job.backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noise[:, :13], iid[:, :13]) and not torch.equal(noise, iid)
+    job.noise = GaussianNoise()
+    assert torch.equal(initial_noise(job)[0], iid)
