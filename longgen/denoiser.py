@@ -43,7 +43,8 @@ class Denoiser(ABC):
     forward_count: int = 0
     #: number of batched transformer calls since the last reset
     call_count: int = 0
-    #: whether `predict` accepts one timestep per latent frame (t a 1-D tensor of M timesteps)
+    #: whether `predict` accepts one timestep per latent frame (t a tensor of M timesteps, or [B, M]: one row per
+    #: window); the CogVideoX and Wan backbones do (FIFO-Diffusion needs it)
     per_frame_timesteps: bool = False
     #: where the units of work (transformer calls of micro-batch size, windows, VAE tiles) run: this process, or
     #: spread over a process group (longgen/distributed.py); set per job by generate
@@ -64,7 +65,9 @@ class Denoiser(ABC):
         """x̂0 and ε̂ for windows x_t [B, M, C, H, W] (float32) at model timestep t (a value of the schedule's
         `timesteps`, or any timestep its `coeffs` accepts), window b conditioned on the encoded prompt
         `prompt_ids[b]` and guided against the negative prompt with `guidance_scale` (≤ 1: no guidance). Where
-        `per_frame_timesteps` is true, t may also be a 1-D tensor of M timesteps, one per latent frame."""
+        `per_frame_timesteps` is true, t may also be a tensor of timesteps per latent frame: [M] (the same for every
+        window) or [B, M] (window b's frames take row b); x̂0 and ε̂ of each frame then use its own timestep's
+        coefficients. A backbone without the capability raises UsageError for a tensor t."""
 
     def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> ContextManager[None]:
         """A context in which every `predict` uses anchor-based attention (GLC-Diffusion Eq. 10): in each attention
