@@ -312,6 +312,39 @@ def test_the_queue_never_skips_a_noise_level(window, partitions, lookahead, leng
     assert len(through) >= length - window  # frames that entered as pure noise went through every level
 
 
+class GaussianDataDenoiser(ZeroDenoiser):
+    """The exact denoiser for data x0 ~ N(0, v·I): E[x0 | x_t] = a·v / (a²·v + s²) · x_t, frame by frame. Frames do
+    not interact, so under diagonal denoising every frame must follow its own plain DDIM trajectory."""
+
+    var = 0.3
+
+    def predict(self, x_t, t, prompt_ids, guidance_scale):
+        if isinstance(t, torch.Tensor):
+            ts = (t.expand(x_t.shape[0], -1) if t.dim() == 1 else t).long()  # [B, M]
+            acp = self.acp[ts].float()[:, :, None, None, None]  # [B, M, 1, 1, 1]
+        else:
+            acp = torch.tensor(float(self.acp[int(t)]))
+        a, s2 = acp.sqrt(), 1 - acp
+        x0 = a * self.var / (acp * self.var + s2) * x_t
+        return Prediction(x0=x0, eps=(x_t - a * x0) / s2.sqrt())
+
+
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_frames_that_enter_the_tail_follow_their_own_ddim_trajectory(lookahead):
+    den = GaussianDataDenoiser(window=5, channels=8)
+    run = _fifo_run(den, 14)
+    out = FIFOSampler(num_partitions=3, lookahead=lookahead, guidance_scale=1.0).sample(run)
+    sched = den.schedule(15)
+    for v in range(5, 14):  # frames past the base clip start as the run's x_T frame v at the tail
+        x = run.noise[0, v]
+        for i in range(len(sched)):  # plain DDIM, η = 0, over every level
+            c = sched.step(i)
+            x0 = den.predict(x[None, None], c.t, [0], 1.0).x0[0, 0]
+            x = c.a_prev * x0 + c.s_prev * (x - c.a * x0) / c.s
+        assert torch.allclose(out[0, v], x, atol=1e-6), v
+    assert out[0, 5:].std() < 0.9 * run.noise[0, 5:].std()  # denoised towards the data scale (std √0.3)
+
+
 def test_fifo_describes_its_cost(small):
     sampler = FIFOSampler(num_partitions=4)
     total = sampler.begin(_fifo_run(small, 49))
