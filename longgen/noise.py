@@ -42,7 +42,8 @@ class GaussianNoise:
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
     def describe(self) -> dict:
-        return {"kind": "gaussian", "drawn": "float32 [1, L, C, H, W] on the CPU with torch.Generator().manual_seed(seed)"}
+        return {"kind": "gaussian",
+                "drawn": "float32 [1, L, C, H, W] on the CPU with torch.Generator().manual_seed(seed)"}
 
 
 class FreeNoise(GaussianNoise):

@@ -23,7 +23,7 @@ The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timin
     python scripts/bench.py --workload scaling --windows 4 10 28 --steps 2
     python scripts/bench.py --backbone tiny --workload W1 --steps 2 --no-markdown
     python scripts/bench.py --backbone wan2.1-t2v-1.3b --workload W1 --steps 3   # Wan 2.1 1.3B, random weights
-    python scripts/bench.py --workload W4 --steps 5          # FIFO-Diffusion 4x: base clip + 5 queue iterations, rest projected
+    python scripts/bench.py --workload W4 --steps 5    # FIFO 4x: base clip + 5 queue iterations measured, rest projected
     python scripts/bench.py --workload W5 --steps 6          # Gen-L-Video + FreeNoise noise 4x (the FreeNoise baseline)
 
 FIFO (W4) counts its steps differently from the other samplers: first the base clip's S = n·M DDIM steps in groups of
@@ -177,7 +177,10 @@ def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_opt
 
     gen = torch.Generator().manual_seed(seed)
     shape = (1, length, *backbone.latent_shape)
-    noise = noise_option.draw(shape, gen, backbone.window) if noise_option is not None else torch.randn(shape, generator=gen)
+    if noise_option is not None:
+        noise = noise_option.draw(shape, gen, backbone.window)
+    else:
+        noise = torch.randn(shape, generator=gen)
     ids = backbone.encode_prompts(PROMPTS)
     run = SamplingRun(
         denoiser=backbone,
