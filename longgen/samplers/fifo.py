@@ -50,7 +50,8 @@ import torch
 
 from longgen.diffusion import NoiseSchedule, add_noise, ddim_step, gather_windows
 from longgen.errors import UsageError
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
+from longgen.samplers.base import MAX_STEPS, Sampler, SamplerState, SamplingRun, check_common
+from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
 
@@ -118,6 +119,17 @@ class FIFOSampler(Sampler):
         self.discarded: int | None = None  # dequeued repeats of the base clip's frame 0, S − M
 
     # ------------------------------------------------------------------ plan
+    def plan(self, length: int, window: int) -> WindowPlan:
+        """The stride grid (previews, the manifest, the story check); checked before any weights load: the queue's
+        n·M DDIM steps must fit the schedule."""
+        if self.num_partitions * window > MAX_STEPS:
+            raise UsageError(
+                f"sampler.num_partitions={self.num_partitions} gives {self.num_partitions * window} DDIM steps per "
+                f"frame (n × the window of {window} latent frames), more than the {MAX_STEPS} the schedule has: use "
+                f"sampler.num_partitions<={MAX_STEPS // window}"
+            )
+        return super().plan(length, window)
+
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
         if not getattr(den, "per_frame_timesteps", False):
