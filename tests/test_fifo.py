@@ -26,6 +26,16 @@ from longgen.samplers.fifo import FIFOSampler
 from conftest import make_tiny
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run thousands of tiny tensor ops: on a busy 2-core machine, handing each to a second intra-op thread
+    costs 10x more than the op (measured: 1.2 s vs 14 s for one queue oracle)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small():
     """Tiny CogVideoX at 16×16 pixels: one transformer token per latent frame (fast queues)."""
@@ -237,11 +247,11 @@ def test_fifo_equals_the_papers_queue_loop(small, length, partitions, lookahead)
     # both drew the same numbers from the generator, in the same order
     assert torch.equal(run.generator.get_state(), ref_run.generator.get_state())
     assert sampler.iterations == length + partitions * 13 - 13
-    # deterministic per seed; another seed gives another video
-    again = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length))
-    assert torch.equal(again, got)
-    other = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length, seed=1))
-    assert (other - got).abs().max() > 1e-2
+    if partitions == 1:  # deterministic per seed; another seed gives another video (the cheapest case)
+        again = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length))
+        assert torch.equal(again, got)
+        other = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length, seed=1))
+        assert (other - got).abs().max() > 1e-2
 
 
 class ZeroDenoiser(Denoiser):
