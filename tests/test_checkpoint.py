@@ -93,9 +93,23 @@ def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
         assert not torch.equal(SAMPLERS[name]().sample(again, load_checkpoint(path).state), reference)
 
 
+@pytest.fixture(scope="module")
+def small():
+    """16×16 pixels: one transformer token per latent frame."""
+    return make_tiny(prompts=("a cat", "a dog runs"), height=16, width=16)
+
+
+@pytest.fixture
+def one_thread():
+    """FIFO's queue is many tiny tensor ops: one intra-op thread is much faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("stop", [3, 10])  # inside the base clip (7 steps), inside the queue iterations
-def test_fifo_resume_is_bit_identical(tmp_path, stop):
-    small = make_tiny(prompts=("a cat", "a dog runs"), height=16, width=16)
+def test_fifo_resume_is_bit_identical(small, one_thread, tmp_path, stop):
     fifo = lambda: FIFOSampler(num_partitions=1)  # noqa: E731  M = 13: 7 base-clip steps + 21 iterations
     reference = fifo().sample(_run(small))
     path, run = tmp_path / "checkpoint.safetensors", _run(small)
