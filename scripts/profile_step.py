@@ -3,7 +3,8 @@
 Builds the backbone exactly as scripts/bench.py does (full-size, random weights, the shipped config plus
 `--override`s), warms it up (compile), then records with torch.profiler:
 1. one guided predict of `--batch` windows (the transformer alone), and
-2. `--steps` whole sampler steps of the workload (fusion, scheduler maths, optimiser, host syncs included).
+2. `--steps` whole sampler steps of the workload (fusion, scheduler maths, optimiser, host syncs included);
+3. a live preview (`preview_every`): the time to write preview.jpg, against the step time.
 For each it prints the CUDA kernel time grouped into classes (attention kernel, matmuls, normalisation/elementwise,
 copies and casts, other) and the 25 largest kernels, plus the wall time, so the share of the step that is not
 transformer compute — and what it is — can be read off. Writes the tables to `--out` (a text file).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +32,7 @@ from bench import PROMPTS, WORKLOADS, SliceDone, sync  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from longgen.build import build  # noqa: E402
+from longgen.preview import Preview  # noqa: E402
 from longgen.samplers.base import SamplingRun  # noqa: E402
 from longgen.windows import latent_length  # noqa: E402
 
@@ -138,6 +141,23 @@ def main() -> None:
         pass
     report.append(table(prof_box["prof"], prof_box["wall"], f"{args.steps} {args.workload} steps ({sampler_name}, "
                         f"{length} latent frames) after {warm} warm-up steps"))
+
+    # 3. a live preview (generate's preview_every): decode and write preview.jpg of a full-length x̂0
+    plan = sampler.plan(length, backbone.window)
+    estimate = torch.randn((length, *backbone.latent_shape), generator=gen).to(backbone.device)
+    step_wall = prof_box["wall"] / args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (0.5, 1.0):
+            preview = Preview(backbone, plan, Path(tmp), every=1, scale=scale)
+            preview.write(estimate)  # warm-up
+            sync(backbone.device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                preview.write(estimate)
+            sync(backbone.device)
+            secs = (time.perf_counter() - t0) / 3
+            report.append(f"preview_scale={scale}: {secs:.3f} s per preview.jpg ({plan.count} windows) = "
+                          f"{100 * secs / step_wall:.1f} % of a {step_wall:.2f} s step")
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 
