@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -323,7 +324,7 @@ def sweep(args, out_dir: Path) -> dict:
 def combine(args, out_dir: Path) -> dict:
     parts = {}
     for path in sorted(out_dir.glob(f"{args.workload}-*gpu.json")):
-        if not path.stem.split("-")[-1][:-3].isdigit():  # <workload>-<n>gpu.json, not the combined file
+        if not re.fullmatch(rf"{re.escape(args.workload)}-\d+gpu", path.stem):  # not the combined or a variant's file
             continue
         part = json.loads(path.read_text())
         if part.get("workload") == args.workload:

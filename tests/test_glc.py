@@ -579,3 +579,32 @@ def test_cli_generates_a_glc_video(tmp_path):
     assert manifest["sampler"]["name"] == "glc"
     # 2 steps, 3 global clips + 6 or 7 local windows, CFG doubles
     assert manifest["transformer_forwards"] in (36, 38, 40)
+
+
+def test_abam_keeps_one_compiled_graph_for_all_blocks():
+    """Compiled blocks with ABAM on: one graph per distinct call shape, shared by every block, no graph breaks
+    (the blend is an opaque custom op and one processor serves all layers). A processor that closes over its layer
+    index makes Dynamo compile each block separately until its recompile limit (8 here, then eager blocks)."""
+    from torch._dynamo.testing import CompileCounter
+
+    den = make_tiny(prompts=("a cat", "a dog runs"), **{"architecture.transformer.num_layers": 6})
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    try:
+        for block in den._blocks():
+            block.compile(backend=counter, dynamic=False)
+        x = torch.randn(3, 13, *den.latent_shape, generator=torch.Generator().manual_seed(0))
+        den.micro_batch = 2
+        eager = None
+        with den.anchor_attention(0.1, groups=[1, 2]):
+            compiled = den.predict(x, 500, [0, 1, 0], 6.0).x0
+        # calls: per branch the 2 anchors, then the other window: 2 call sizes, and the first block's input has
+        # other strides than the later blocks' (one more graph each): 4 graphs whatever the number of blocks
+        assert counter.frame_count <= 4, counter.frame_count
+        for block in den._blocks():
+            block._compiled_call_impl = None  # back to eager for the reference
+        with den.anchor_attention(0.1, groups=[1, 2]):
+            eager = den.predict(x, 500, [0, 1, 0], 6.0).x0
+        assert (compiled - eager).abs().max() <= 1e-5
+    finally:
+        torch._dynamo.reset()

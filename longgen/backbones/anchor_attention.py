@@ -34,6 +34,12 @@ Which window is the anchor, exactly:
   ≈ 6 GB per group for Wan-1.3B at 480p, ≈ 62 GB for 14B at 720p (too much next to the model on one 80 GB GPU:
   sampler.abam=false there).
 
+Compilation: the blend is the custom op `longgen::anchor_blend` (opaque to torch.compile), and one processor
+object serves every layer; the op finds its layer by counting its calls within the transformer call in flight
+(layers run in order). So the compiled blocks see no per-layer Python constants and no Python bookkeeping: they
+keep one compiled graph for all blocks, as without ABAM (closures over the layer index made Dynamo recompile per
+layer, run past its recompile limit and fall back to eager blocks, +19 % per step).
+
 `anchored(transformer, strength, groups, processor, layers)` installs these processors on a diffusers transformer
 (every attention layer, or those whose processor name `layers` accepts) and puts the original processors back on
 exit (also on an exception); `AnchorLayout.call(batch)` brackets one `predict`.
@@ -67,6 +73,7 @@ class AnchorLayout:
         self._group_start: list[int] = []  # group → its anchor's in-branch row
         self._planned = False  # the backbone asked for this predict's phases
         self._rows: list[int] | None = None  # rows of the transformer call in flight
+        self._next_layer = 0  # the layer whose blend comes next in the transformer call in flight
         self._store: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}  # (layer, group) → branch, K, V
 
     @contextlib.contextmanager
@@ -108,11 +115,19 @@ class AnchorLayout:
     @contextlib.contextmanager
     def running(self, rows: Sequence[int]) -> Iterator[None]:
         """Bracket one transformer call over these stacked rows."""
-        self._rows = list(rows)
+        self._rows, self._next_layer = list(rows), 0
+        _ACTIVE.append(self)
         try:
             yield
         finally:
+            _ACTIVE.remove(self)
             self._rows = None
+
+    def blend_next(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`blend` for the next anchored layer of the transformer call in flight (layers are called in order)."""
+        layer = self._next_layer
+        self._next_layer += 1
+        return self.blend(layer, self.rows(layer, key.shape[0]), key, value)
 
     def rows(self, layer: int, size: int) -> list[int]:
         """Rows (in the CFG-stacked batch) of the transformer call in flight."""
@@ -153,20 +168,38 @@ class AnchorLayout:
         return lam * key + (1.0 - lam) * k_anchor, lam * value + (1.0 - lam) * v_anchor
 
 
-def anchor_processor(layout: AnchorLayout, layer: int, kernel: str = "sdpa") -> JointAttention:
-    """The joint text-video attention of one CogVideoX block with Eq. 10 applied to its video keys and values,
-    computed with the backbone's attention kernel (longgen/backbones/attention.py: SDPA or FlashAttention-3)."""
+#: the AnchorLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
+_ACTIVE: list[AnchorLayout] = []
 
-    def blend(k_video: torch.Tensor, v_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = layout.rows(layer, k_video.shape[0])  # k_video, v_video: [b, heads, N, head_dim]
-        return layout.blend(layer, rows, k_video, v_video)
 
-    return JointAttention(kernel, video_kv=blend)
+@torch.library.custom_op("longgen::anchor_blend", mutates_args=())
+def anchor_blend(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10 for the next anchored layer of the transformer call in flight (`AnchorLayout.blend_next`).
+    key, value: [b, ...] rows first → new tensors of the same shapes (an anchor call's are copies)."""
+    if len(_ACTIVE) != 1:
+        raise RuntimeError("anchor attention ran outside (or nested in) a transformer call of the backbone")
+    k, v = _ACTIVE[0].blend_next(key, value)
+    if k is key:  # a custom op may not return its inputs
+        k, v = key.clone(), value.clone()
+    return k, v
+
+
+@anchor_blend.register_fake
+def _anchor_blend_shapes(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(key), torch.empty_like(value)
+
+
+def anchor_processor(kernel: str = "sdpa") -> JointAttention:
+    """The joint text-video attention of a CogVideoX block with Eq. 10 applied to its video keys and values
+    ([b, heads, N, head_dim]), computed with the backbone's attention kernel (longgen/backbones/attention.py: SDPA
+    or FlashAttention-3)."""
+    return JointAttention(kernel, video_kv=anchor_blend)
 
 
 def cogvideox_anchor(kernel: str = "sdpa") -> Callable:
-    """The `processor` factory of `anchored` for CogVideoX blocks, on the backbone's attention kernel."""
-    return lambda layout, layer, replaces=None: anchor_processor(layout, layer, kernel)
+    """The `processor` factory of `anchored` for CogVideoX blocks: one processor object for every layer."""
+    shared: dict[str, JointAttention] = {}
+    return lambda layout, layer, replaces=None: shared.setdefault("processor", anchor_processor(kernel))
 
 
 class WanAnchorAttnProcessor:
@@ -178,8 +211,7 @@ class WanAnchorAttnProcessor:
     apply), output projection. With λ = 1 it returns the stock processor's output."""
 
     def __init__(self, layout: AnchorLayout, layer: int, replaces=None) -> None:
-        self.layout = layout
-        self.layer = layer
+        # the layout and layer are found at run time by the `anchor_blend` op (see the module docstring)
         self.backend = getattr(replaces, "_attention_backend", None)  # the replaced processor's attention backend
 
     def __call__(
@@ -195,7 +227,6 @@ class WanAnchorAttnProcessor:
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
-        rows = self.layout.rows(self.layer, hidden_states.shape[0])
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
         k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
@@ -205,7 +236,7 @@ class WanAnchorAttnProcessor:
             cos, sin = (f[0, :, 0] for f in rotary_emb)  # [N, hd] each
             q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
             k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-        k, v = self.layout.blend(self.layer, rows, k, v)  # [b, N, heads, hd] each
+        k, v = anchor_blend(k, v)  # [b, N, heads, hd] each
         out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self.backend)  # [b, N, heads, hd]
         out = out.flatten(2, 3).type_as(q)  # [b, N, heads·hd]
