@@ -155,17 +155,19 @@ class AnchorLayout:
             return key, value
         if any(anchor):
             raise RuntimeError("anchor attention: a transformer call mixed anchor rows with other rows")
-        k_rows, v_rows = [], []
+        stored = []
         for row in rows:
             branch, k_a, v_a = self._store[(layer, self._group_of[row % self._batch])]
             if branch != row // self._batch:
                 raise RuntimeError("anchor attention: a row ran before its branch's anchor")
-            k_rows.append(k_a)
-            v_rows.append(v_a)
-        k_anchor = torch.stack(k_rows)  # key.shape
-        v_anchor = torch.stack(v_rows)  # value.shape
-        lam = self.strength
-        return lam * key + (1.0 - lam) * k_anchor, lam * value + (1.0 - lam) * v_anchor
+            stored.append((k_a, v_a))
+        if all(k is stored[0][0] for k, _ in stored):  # one anchor for the whole call (the usual case): broadcast
+            k_anchor, v_anchor = stored[0][0][None], stored[0][1][None]  # [1, ...]
+        else:
+            k_anchor = torch.stack([k for k, _ in stored])  # key.shape
+            v_anchor = torch.stack([v for _, v in stored])  # value.shape
+        # λ·K + (1 − λ)·K_a as one fused pass over the tensors (lerp from the anchor towards the row's own)
+        return torch.lerp(k_anchor, key, self.strength), torch.lerp(v_anchor, value, self.strength)
 
 
 #: the AnchorLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
