@@ -8,7 +8,8 @@ One class serves every CogVideoX variant; the YAML in `conf/backbone/` picks the
   the compute is that of the real model when the architecture is the real one (benchmarks).
 
 What lives here: the variance-preserving schedule read from `CogVideoXDDIMScheduler`, v-prediction → (x̂0, ε̂),
-RoPE (5B), the joint text-video attention processor for ABAM, and the streaming VAE decode used by the writer.
+RoPE (5B), the joint text-video attention processors for ABAM and cross-shot attention, the VAE encode of video
+frames (`longgen extend`), and the streaming VAE decode used by the writer.
 Loading, text encoding, guidance, micro-batching, offload and compilation are shared with every diffusers backbone
 (`longgen.backbones.diffusers_base`).
 """
@@ -23,6 +24,7 @@ import torch
 
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
+from longgen.backbones.shot_attention import cogvideox_shot
 from longgen.backbones.diffusers_base import DiffusersBackbone
 from longgen.diffusion import NoiseSchedule, v_to_x0_eps
 from longgen.errors import UsageError
@@ -190,6 +192,11 @@ class CogVideoXBackbone(DiffusersBackbone):
         """ABAM processors on the kernel in use (FlashAttention-3 or SDPA)."""
         used = getattr(self, "attention_used", self.attention)
         return {"processor": cogvideox_anchor(used if used in KERNELS else "sdpa")}
+
+    def _shot_processors(self) -> dict:
+        """Cross-shot attention processors on the kernel in use (FlashAttention-3 or SDPA)."""
+        used = getattr(self, "attention_used", self.attention)
+        return {"processor": cogvideox_shot(used if used in KERNELS else "sdpa")}
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

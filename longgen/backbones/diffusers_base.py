@@ -14,7 +14,8 @@ holds the rest, once:
   random weights), then the text encoder released, moved to the CPU or kept;
 - `predict`: classifier-free guidance stacked into one batch ([unconditional rows, conditional rows]),
   micro-batched into transformer calls of `micro_batch` samples, under the chosen SDPA kernels, guided in float32;
-- anchor attention (GLC-Diffusion ABAM) installed for the duration of a block; the manifest description.
+- anchor attention (GLC-Diffusion ABAM) and cross-shot attention (multi-shot scenes) installed for the duration of
+  a block; the manifest description.
 """
 
 from __future__ import annotations
@@ -448,6 +449,28 @@ class DiffusersBackbone(Denoiser):
             finally:
                 del self.predict
                 self._anchor_layout = None
+
+    @contextlib.contextmanager
+    def shot_attention(self, share: float, guided: bool) -> Iterator[Any]:
+        """Cross-shot attention (longgen/backbones/shot_attention.py) for every `predict` inside the block: the
+        family's processors are installed and the layout takes the place run_stacked reads anchors from; the
+        transformer's own processors are restored on exit."""
+        from longgen.backbones.shot_attention import shared_attention
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before shot_attention()")
+        if self._anchor_layout is not None:
+            raise UsageError("cross-shot attention cannot run inside anchor attention (ABAM): turn one off")
+        with shared_attention(self.pipe.transformer, share, guided, **self._shot_processors()) as layout:
+            self._anchor_layout = layout
+            try:
+                yield layout
+            finally:
+                self._anchor_layout = None
+
+    def _shot_processors(self) -> dict:
+        """Keyword arguments of `shared_attention(...)` for this transformer (processor factory, which layers)."""
+        raise UsageError(f"the {self.family} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)")
 
     # ------------------------------------------------------------------ manifest
     def _attention_description(self) -> Any:

@@ -20,7 +20,8 @@ What is Wan-specific, and lives here:
   only at the transformer call and in the decode.
 - Per-frame timesteps (`per_frame_timesteps = True`): Wan's transformer accepts a timestep per token; `predict`
   accepts one timestep per latent frame, spread over that frame's tokens (for FIFO-style samplers).
-- ABAM on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`).
+- ABAM and cross-shot attention on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`,
+  `shot_attention.WanShotAttnProcessor`).
 - The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
   L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
   frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does.
@@ -36,6 +37,7 @@ import torch
 
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone
+from longgen.backbones.shot_attention import WanShotAttnProcessor
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.distributed import Units
 from longgen.errors import UsageError
@@ -232,6 +234,9 @@ class WanBackbone(DiffusersBackbone):
 
     def _anchor_processors(self) -> dict:
         return {"processor": WanAnchorAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
+
+    def _shot_processors(self) -> dict:
+        return {"processor": WanShotAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
 
     # ------------------------------------------------------------------ decoding
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
