@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import UsageError
 from longgen.options import flag, number, whole
@@ -74,6 +75,8 @@ class ShotOptions:
 
     @classmethod
     def from_config(cls, node: Any, scene_prompt: bool = True) -> "ShotOptions":
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
         node = dict(node or {})
         unknown = set(node) - {"windows", "cross_attention", "reference"}
         if unknown:
@@ -339,9 +342,9 @@ def _check_shots_fit(take: Take, prompts: Sequence[str]) -> None:
     if missed:
         names = ", ".join(str(take.shots[i] + 1) for i in missed)
         raise UsageError(
-            f"shot(s) {names} continue(s) the previous shot without a cut, but the take's {take.windows.count} "
-            f"window(s) leave no window for it: give those shots more windows (shots.windows=[…]), a longer video, "
-            f"or start them with [SHOT CUT]"
+            f"shot(s) {names} get no window: shots {take.shots[0] + 1}–{take.shots[-1] + 1} have no cut between them, "
+            f"so they share one continuous take whose {take.windows.count} window(s) each show the shot at their "
+            f"centre; give those shots more windows (shots.windows=[…]) or a longer video, or start them with [SHOT CUT]"
         )
 
 
