@@ -40,7 +40,19 @@ SAMPLERS = {
     "syncos": lambda: SynCoSSampler(num_steps=4, t_min=0, iters=2, batch_windows=3),
     "syncos-csd-only": lambda: SynCoSSampler(num_steps=4, iters=2, batch_windows=3, stage1=False, stage3=False),
     "glc": lambda: GLCSampler(num_steps=4, vmcr_source="affine"),
+    "shots": lambda: _shots(),
 }
+
+
+def _shots():
+    """A two-shot scene: GLC (shifts from each take's own generator) on both takes, cross-shot attention on."""
+    from longgen.shots import ShotOptions, ShotsSampler, plan_shots
+    from longgen.story import Story
+
+    options = ShotOptions(windows=(1, 2), cross_attention=0.5)
+    inner = GLCSampler(num_steps=4, vmcr_source="affine", abam=False)
+    story = Story.from_dict({"shots": ["a cat", "[SHOT CUT] a dog runs"]})
+    return ShotsSampler(inner, plan_shots(story, options, 13, 4, L3, 3, inner.plan, lambda n: 4 * n - 3), options)
 
 
 @pytest.fixture(scope="module")

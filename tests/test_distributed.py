@@ -39,6 +39,10 @@ def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]
         # SynCoS stage 2 alone, random timesteps and fresh noise per iteration (more draws from the generator)
         ["generate", *common, "sampler=syncos", "sampler.stage1=false", "sampler.stage3=false", "sampler.iters=3",
          "sampler.grounded_timestep=false", "sampler.fixed_noise=false", f"hydra.run.dir={base}/c"],
+        # a two-shot scene (two takes, each with its own generator) with cross-shot attention: the reference
+        # window's capture runs on every rank, the shared calls are ordinary units
+        ["generate", *COMMON, f"story={story.with_name('scene.json')}", "sampler=gen-l-video",
+         "shots.cross_attention=0.5", f"hydra.run.dir={base}/s"],
         *tail,
     ]
 
@@ -75,6 +79,8 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     story = tmp_path / "story.json"
     story.write_text(json.dumps({"global": "a red fox in snow", "local": ["a red fox in snow. It sniffs.",
                                                                           "a red fox in snow. It leaps."]}))
+    (tmp_path / "scene.json").write_text(json.dumps({"characters": {"1": "a red fox"}, "environment": "snow",
+                                                     "shots": ["Character 1 sniffs.", "[SHOT CUT] Character 1 leaps."]}))
     w1, w2, w3 = tmp_path / "w1", tmp_path / "w2", tmp_path / "w3"
 
     # one process: the reference, with job f run to the end (alongside the two-process run: they are independent)
@@ -115,7 +121,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
-    assert len(ref) == 7 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
+    assert len(ref) == 8 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
     for name, run in ref.items():
         if name == "f":
             continue
