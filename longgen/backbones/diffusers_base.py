@@ -70,6 +70,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def pixels_to_vae(frames, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 RGB frames [f, H, W, 3] (numpy) → a VAE input [1, 3, f, H, W] in [−1, 1] (the inverse of the decode's
+    (x / 2 + 0.5)·255)."""
+    x = torch.as_tensor(frames).to(device=device, dtype=torch.float32)  # [f, H, W, 3]
+    x = x.permute(3, 0, 1, 2)[None] / 127.5 - 1.0  # [1, 3, f, H, W]
+    return x.to(dtype)
+
+
 class DiffusersBackbone(Denoiser):
     """A diffusers text-to-video pipeline behind the seam. Construction only checks the configuration; `load()`
     loads weights. Subclasses call `__init__` with their full option set and implement the abstract hooks."""
