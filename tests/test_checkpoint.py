@@ -41,7 +41,18 @@ SAMPLERS = {
     "syncos-csd-only": lambda: SynCoSSampler(num_steps=4, iters=2, batch_windows=3, stage1=False, stage3=False),
     "glc": lambda: GLCSampler(num_steps=4, vmcr_source="affine"),
     "shots": lambda: _shots(),
+    "extend": lambda: _extend(),
 }
+
+
+def _extend():
+    """`longgen extend`'s sampler: SynCoS (stage 2 draws from the generator) with a 5-frame history put back after
+    every step (replacement)."""
+    from longgen.extend import HistorySampler
+
+    sampler = HistorySampler(SynCoSSampler(num_steps=4, t_min=0, iters=2, batch_windows=3), 5, "replace", 0)
+    sampler.history = torch.randn((5, 4, 8, 8), generator=torch.Generator().manual_seed(9))
+    return sampler
 
 
 def _shots():
@@ -99,7 +110,7 @@ def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
     resumed = SAMPLERS[name]().sample(fresh, ckpt.state)
     assert torch.equal(resumed, reference)
     # metamorphic: resuming without restoring the generator changes every sampler that draws after step 2
-    if name in ("syncos", "syncos-csd-only", "glc", "direct"):
+    if name in ("syncos", "syncos-csd-only", "glc", "direct", "extend"):
         again = _run(tiny2)
         assert not torch.equal(SAMPLERS[name]().sample(again, load_checkpoint(path).state), reference)
 
