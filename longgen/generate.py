@@ -144,6 +144,9 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
         raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
     if cfg.get("num_prompts") is not None and given[0] != "scenario":
         raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
+    if cfg.get("multi_shot") and given[0] != "scenario":
+        raise UsageError("multi_shot=true asks the splitter to write shots from a scenario=…; a story file says itself "
+                         "whether it has shots: drop multi_shot=true")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
     if given[0] == "prompt_file":
@@ -156,7 +159,8 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
             return None
         from longgen.splitters.scenario import split_scenario_file
 
-        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts)
+        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts,
+                                   shots=bool(cfg.get("multi_shot", False)))
     return Story.load(str(cfg.story))
 
 

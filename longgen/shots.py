@@ -45,6 +45,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -105,10 +106,16 @@ def take_seed(seed: int, take: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------- prompts
 def _substitute(text: str, characters: dict[str, str]) -> str:
-    """`text` with every "Character ID" replaced by that character's description (capitalised at a sentence start)."""
+    """`text` with every "Character ID" replaced by that character's description — its later mentions in the same
+    text definite ("a tall woman …" → "the tall woman …") — capitalised at a sentence start."""
+    seen: set[str] = set()
 
     def repl(match) -> str:
-        desc = characters[match.group(1)].strip().rstrip(".")
+        cid = match.group(1)
+        desc = characters[cid].strip().rstrip(".")
+        if cid in seen:
+            desc = re.sub(r"^(?:a|an)\s+", "the ", desc, flags=re.I)
+        seen.add(cid)
         before = text[: match.start()].rstrip()
         if not before or before[-1] in ".!?":
             desc = desc[:1].upper() + desc[1:]

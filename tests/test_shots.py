@@ -351,3 +351,48 @@ def test_bad_shot_options_are_one_line(tmp_path):
             _plan_job(overrides, tmp_path)
     proc = run_cli("generate", "backbone=tiny", f"story={story}", "shots.windows=[1,2]", f"hydra.run.dir={tmp_path / 'x'}")
     assert proc.returncode == 2 and len(error_lines(proc)) == 1 and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- splitters
+HARBOUR = ("A tall woman in a green raincoat waits at a rainy harbour at dusk. She looks at the sea. "
+           "Then she waves at the ferry.")
+
+
+def test_offline_splitter_writes_shots_naming_the_subject_as_a_character(tmp_path):
+    from longgen.splitters.offline import OfflineSplitter
+
+    story = OfflineSplitter().split_shots(HARBOUR, 3)
+    assert story.multi_shot and story.characters == {"1": "a tall woman in a green raincoat"}
+    assert [s.cut for s in story.shots] == [False, True, True]
+    assert all(s.prompt.startswith("Character 1 ") for s in story.shots)
+    assert shot_prompts(story)[2] == "A tall woman in a green raincoat waves at the ferry. At a rainy harbour at dusk."
+    # generate splits a scenario into shots with multi_shot=true
+    scenario = tmp_path / "harbour.txt"
+    scenario.write_text(HARBOUR)
+    job = _plan_job([f"scenario={scenario}", "num_prompts=2", "multi_shot=true", "splitter=offline",
+                     "sampler=gen-l-video"], tmp_path)
+    assert job.shots is not None and len(job.given_story.shots) == 2
+
+
+def test_llm_splitter_asks_for_shots_and_reads_them(monkeypatch, tmp_path):
+    from llm_server import ScriptedLLM
+
+    from longgen.splitters.llm import LLMSplitter
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    two = json.dumps({"characters": [{"id": "1", "description": "a tall woman"}], "environment": "a harbour",
+                      "story": "she waits", "shots": ["Wide shot: Character 1 waits.", "[SHOT CUT] Character 1 waves."]})
+    three = json.dumps({"characters": {"1": "a tall woman"}, "environment": "a harbour", "story": "she waits",
+                        "shots": ["Wide shot: Character 1 waits.", "Character 1 looks at the sea.",
+                                  "[SHOT CUT] Close-up: Character 1 waves."]})
+    with ScriptedLLM([("answer", two), ("answer", three)]) as server:
+        splitter = LLMSplitter(model="m", base_url=server.url, timeout=5.0, max_retries=0, backoff=0.0, cache=False)
+        story = splitter.split_shots(HARBOUR, 3)
+    first, retry = server.requests
+    assert "Character ID" in first["messages"][0]["content"] and "exactly 3" in first["messages"][0]["content"]
+    assert first["response_format"]["json_schema"]["name"] == "multi_shot_scene"
+    assert '"shots" must hold exactly 3' in retry["messages"][-1]["content"]  # the problem fed back once
+    assert story.characters == {"1": "a tall woman"} and [s.cut for s in story.shots] == [False, False, True]
+    assert story.source["form"] == "multi-shot" and story.source["template"] == "template_multi_shot.txt"
+    assert not splitter._shots  # the events form is back afterwards
