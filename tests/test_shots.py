@@ -31,7 +31,7 @@ from longgen.samplers.direct import DirectSampler
 from longgen.samplers.gen_l_video import GenLVideoSampler
 from longgen.samplers.glc import GLCSampler
 from longgen.samplers.syncos import SynCoSSampler
-from longgen.shots import ShotOptions, ShotsSampler, decode_takes, plan_shots, shot_prompts, take_seed
+from longgen.shots import ShotOptions, ShotsSampler, decode_takes, plan_shots, shot_prompts
 from longgen.story import Story
 
 from cli_helpers import error_lines, run_cli
@@ -85,7 +85,7 @@ def test_windows_stay_inside_their_take_and_the_shot_map_partitions_the_video(sa
     assert latent[0] == 0 and latent[-1] == plan.length and all(a == b for a, b in zip(latent[1:-1:2], latent[2::2]))
     assert video[0] == 0 and video[-1] == plan.frames and all(a == b for a, b in zip(video[1:-1:2], video[2::2]))
     assert plan.frames == sum(4 * (t.length - 1) + 1 for t in plan.takes)  # each take decodes on its own
-    assert [t.seed for t in plan.takes] == [take_seed(0, k) for k in range(len(takes))] and plan.takes[0].seed == 0
+    assert plan.takes[0].seed == 0 and len({t.seed for t in plan.takes}) == len(takes)  # independent noise per take
 
 
 def test_durations_share_the_length_and_shots_without_a_window_are_refused():
@@ -216,34 +216,37 @@ def _softmax_attention(q, k, v):
 
 @pytest.mark.parametrize("share", [1.0, 0.5])
 def test_cogvideox_layer_attends_to_own_and_reference_tokens(tiny16, share):
+    """Guided: rows [unconditional, conditional] each attend to their own branch's reference tokens."""
     from longgen.backbones.shot_attention import ShotLayout, cogvideox_shot
 
     attn = tiny16.pipe.transformer.transformer_blocks[0].attn1
     g = torch.Generator().manual_seed(0)
     d, n_text, n_video = attn.to_q.in_features, 5, 12
-    text, video = torch.randn(1, n_text, d, generator=g), torch.randn(1, n_video, d, generator=g)
-    ref_text, ref_video = torch.randn(1, n_text, d, generator=g), torch.randn(1, n_video, d, generator=g)
-    layout = ShotLayout(share, guided=False)
+    text, video = torch.randn(2, n_text, d, generator=g), torch.randn(2, n_video, d, generator=g)  # rows: branches
+    ref_text, ref_video = torch.randn(2, n_text, d, generator=g), torch.randn(2, n_video, d, generator=g)
+    layout = ShotLayout(share, guided=True)
     proc = cogvideox_shot()(layout, 0, attn.processor)
     with torch.no_grad():
-        layout.phases(1)
-        with layout.capturing(), layout.running([0]):
-            proc(attn, ref_video, ref_text)
-        with layout.sharing(), layout.running([0]):
+        layout.phases(2)
+        with layout.capturing():
+            for row in (1, 0):  # one call per row, in any order
+                with layout.running([row]):
+                    proc(attn, ref_video[row : row + 1], ref_text[row : row + 1])
+        with layout.sharing(), layout.running([0, 1]):
             got_video, got_text = proc(attn, video, text)
 
-        def heads(x):  # [1, n, D] → [1, heads, n, hd]
-            return x.reshape(1, x.shape[1], attn.heads, -1).transpose(1, 2)
+        def heads(x):  # [b, n, D] → [b, heads, n, hd]
+            return x.reshape(x.shape[0], x.shape[1], attn.heads, -1).transpose(1, 2)
 
         def qkv(tokens):
             q, k, v = heads(attn.to_q(tokens)), heads(attn.to_k(tokens)), heads(attn.to_v(tokens))
             return attn.norm_q(q), attn.norm_k(k), v
 
         q, k, v = qkv(torch.cat([text, video], 1))
-        _, k_ref, v_ref = qkv(torch.cat([ref_text, ref_video], 1))
+        _, k_ref, v_ref = qkv(torch.cat([ref_text, ref_video], 1))  # row b: branch b's reference
         keep = [n_text + i for i in _kept(n_video, share)]  # reference video tokens only
         out = _softmax_attention(q, torch.cat([k, k_ref[:, :, keep]], 2), torch.cat([v, v_ref[:, :, keep]], 2))
-        out = attn.to_out[0](out.transpose(1, 2).reshape(1, n_text + n_video, -1))
+        out = attn.to_out[0](out.transpose(1, 2).reshape(2, n_text + n_video, -1))
     torch.testing.assert_close(got_video, out[:, n_text:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_text, out[:, :n_text], atol=1e-5, rtol=1e-5)
 
