@@ -94,6 +94,9 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     scene = None
     if target.is_dir():
         cfg, choices = load_run_config(target)
+        if cfg.get("video") is not None:
+            raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
+                             f"finish an interrupted one with `longgen resume {target}`")
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
         out_dir = target
         scene = scene_job(target, cfg, choices)
