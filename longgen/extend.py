@@ -42,15 +42,13 @@ The run directory is claimed, locked and refused when it holds another run's res
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import gc
 import logging
 import math
-import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -310,6 +308,7 @@ class HistorySampler(Sampler):
                              "(SynCoS with stage1=false): use another sampler")
         x = tensors["x"].clone()  # [L, C, H, W]
         h = self.frames
+        # [h, C, H, W]: the history at its fixed level t_c (per-frame) or at the level a, s of this point (replace)
         x[:h] = self._known if self.context == "per-frame" else a * self._history + s * self._eps
         tensors["x"] = x
 

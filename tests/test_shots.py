@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from longgen.denoiser import Denoiser, Prediction
