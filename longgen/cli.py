@@ -26,10 +26,11 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "split-prompt": ("longgen.split_prompt", "split_prompt", "split a scenario into a global prompt and N local prompts (story.json)"),
     "resume": ("longgen.resume", None, "continue an interrupted run from its checkpoint (bit-identical result)"),
     "decode": ("longgen.decode", None, "write the video again from a run's saved latents (no sampling)"),
+    "extend": ("longgen.extend", "extend", "continue a video (any mp4) from its last frames: extended.mp4 + continuation.mp4"),
     "eval": ("longgen.eval.command", "eval", "measure run directories, multirun directories or mp4 files; report for several"),
 }
 #: command → config key that its first plain argument (no '=', not a flag) fills
-POSITIONAL = {"split-prompt": "scenario"}
+POSITIONAL = {"split-prompt": "scenario", "extend": "video"}
 #: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
 POSITIONAL_LIST = {"eval": "paths"}
 #: Hydra flags followed by a value, which is not a positional argument
@@ -38,7 +39,7 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
 _INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 GROUPS = ("backbone", "sampler", "writer", "splitter")
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
-FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path",
+FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
              "backbone.model_path", "splitter.template"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
@@ -58,6 +59,7 @@ examples:
   longgen generate gpus=2 sampler=syncos story=story.json      (one process per GPU, same video as on one)
   longgen decode outputs/2026-11-22/10-31-07-123456 writer.crf=10 writer.filename=video_hq.mp4
   longgen eval multirun/2025-01-01/12-00-00
+  longgen extend outputs/2026-11-22/10-31-07-123456/video.mp4 prompt="the fox runs on" num_windows=3
   longgen generate --cfg job
   longgen generate --help          (options of one command)
 """

@@ -5,7 +5,8 @@ when sampling finished but the video was not written; backbone and writer come f
 may be overridden (writer.*, backbone.device/dtype/vae_tiling/cpu_offload, model_path). For a latents file
 (`[F, C, H, W]` under key `latents`, as generate writes it) the backbone is chosen as for generate
 (`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder). Only the VAE's
-decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true.
+decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true. A
+multi-shot run directory is decoded take by take, as generate decodes it (a bare latents file is one take).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def read_latents(path: Path) -> torch.Tensor:
     return latents.float()
 
 
-def run_latents(run_dir: Path, cfg, choices) -> torch.Tensor:
+def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
     """A run directory's final latents [F, C, H, W]: latents.safetensors, else a finished checkpoint."""
     from longgen.checkpoint import load_checkpoint
 
@@ -73,16 +74,33 @@ def run_latents(run_dir: Path, cfg, choices) -> torch.Tensor:
     if ckpt.state.done < ckpt.total:
         raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
                          f"finish it with `longgen resume {run_dir}`")
-    sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
+    sampler = scene.sampler if scene is not None else build(cfg.sampler, "sampler", choices.get("sampler"))
     return sampler.finish(ckpt.state)[0]  # [F, C, H, W]
 
 
+def scene_job(run_dir: Path, cfg, choices):
+    """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run."""
+    from longgen.generate import plan_job
+    from longgen.story import Story
+
+    path = run_dir / "story.json"
+    story = Story.load(path) if path.is_file() else None
+    if story is None or not story.multi_shot:
+        return None
+    return plan_job(cfg, run_dir, choices, story=story)
+
+
 def run_decode(target: Path, overrides: list[str]) -> dict:
+    scene = None
     if target.is_dir():
         cfg, choices = load_run_config(target)
+        if cfg.get("video") is not None:
+            raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
+                             f"finish an interrupted one with `longgen resume {target}`")
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
         out_dir = target
-        latents = run_latents(target, cfg, choices)
+        scene = scene_job(target, cfg, choices)
+        latents = run_latents(target, cfg, choices, scene)
     elif target.is_file():
         cfg, choices = compose_for_file(overrides)
         out_dir = Path(str(cfg.get("out") or target.parent)).expanduser()
@@ -90,13 +108,16 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         latents = read_latents(target)
     else:
         raise UsageError(f"{target}: no such run directory or latents file")
-    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
+    backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
     if tuple(latents.shape[1:]) != tuple(backbone.latent_shape):
         raise UsageError(f"the latents' frames are {list(latents.shape[1:])} but {backbone.label} expects "
                          f"{list(backbone.latent_shape)}: pick the backbone they were sampled with (backbone=…)")
-    backbone.check_length(latents.shape[0])
+    if scene is None:
+        backbone.check_length(latents.shape[0])
+    elif latents.shape[0] != scene.length:
+        raise UsageError(f"{target}: the latents hold {latents.shape[0]} frames but the run's shots take {scene.length}")
     rundir = RunDirectory(out_dir).claim()
     try:
         if (out_dir / writer.filename).exists() and not cfg.get("overwrite", False):
@@ -106,8 +127,12 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         backbone.load()
         try:
             with StepProgress() as progress:
-                video = writer.write(backbone.decode_stream(latents[None].to(backbone.device)), out_dir, backbone.fps,
-                                     backbone.frames_for(latents.shape[0]), progress)
+                z = latents[None].to(backbone.device)  # [1, F, C, H, W]
+                if scene is not None:  # multi-shot: every take on its own (hard cuts)
+                    chunks, total = scene.decode_stream(z), scene.frames
+                else:
+                    chunks, total = backbone.decode_stream(z), backbone.frames_for(latents.shape[0])
+                video = writer.write(chunks, out_dir, backbone.fps, total, progress)
         finally:
             backbone.release()
     finally:

@@ -5,7 +5,8 @@ x_t = a_t·x0 + s_t·ε (variance-preserving or rectified flow, `diffusion.Noise
 returns the clean-latent estimate x̂0 and the implied noise ε̂ for a batch of windows at one timestep with
 classifier-free guidance applied. Everything model-specific (v- or flow prediction, SNR or timestep shift, RoPE,
 latent layout, dtype, offload, attention processors, micro-batching) stays behind it; samplers never import
-diffusers. A backbone states what else it can do (`per_frame_timesteps`, `anchor_attention`, `predict_grad`);
+diffusers. A backbone states what else it can do (`per_frame_timesteps`, `anchor_attention`, `shot_attention`,
+`predict_grad`);
 samplers that need a capability ask for it and fail with one line where it is missing.
 """
 
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ContextManager, Sequence
+from typing import TYPE_CHECKING, ContextManager, Sequence
 
 import torch
 
 from longgen.diffusion import NoiseSchedule
 from longgen.distributed import Units
 from longgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from longgen.backbones.shot_attention import ShotLayout
 
 
 @dataclass
@@ -76,6 +80,17 @@ class Denoiser(ABC):
         is its anchor, per guidance branch. Backbones that cannot do this raise UsageError."""
         raise UsageError(
             f"the {type(self).__name__} backbone has no anchor-based attention: turn it off (sampler.abam=false)"
+        )
+
+    def shot_attention(self, share: float, guided: bool) -> ContextManager["ShotLayout"]:
+        """A context for multi-shot sampling (longgen/shots.py) with cross-shot attention: it yields a layout whose
+        `capturing()` makes the `predict` calls inside keep the reference shot's attention keys/values, and whose
+        `sharing()` makes every layer of the `predict` calls inside also attend to a share `share` of them
+        (longgen/backbones/shot_attention.py); elsewhere `predict` is unchanged. `guided`: whether the predicts use
+        classifier-free guidance (each branch keeps its own reference). Backbones that cannot do this raise
+        UsageError."""
+        raise UsageError(
+            f"the {type(self).__name__} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)"
         )
 
     def predict_grad(

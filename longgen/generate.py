@@ -3,7 +3,8 @@
 The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py) and `decode`:
 
 1. `plan_job`   — build sampler, backbone and writer from their config groups, check every option and number,
-                  resolve the length, window plan and story, probe the writer, check that the weights exist (one
+                  resolve the length, window plan and story (a multi-shot story: its takes and shots, the sampler
+                  run on every take, longgen/shots.py), probe the writer, check that the weights exist (one
                   line naming the model and `model_path=`; nothing loaded, nothing written; a bad
                   input fails here in about a second and leaves no run directory behind);
 2. `encode`     — load the weights (their presence was checked in stage 1), count prompt tokens exactly,
@@ -11,7 +12,8 @@ The flow is five named stages, shared by `generate`, `resume` (longgen/resume.py
 3. `sample`     — draw x_T on the CPU from the seed and run the sampler; after every step the hooks write
                   `checkpoint.safetensors` (every `checkpoint_every` steps / `checkpoint_seconds`, and after the
                   last step), `preview.jpg` (every `preview_every` steps) and honour Ctrl-C/SIGTERM;
-4. `decode`     — stream-decode into the mp4 (written under a temporary name, renamed when verified);
+4. `decode`     — stream-decode into the mp4 (written under a temporary name, renamed when verified; the takes of
+                  a multi-shot story each on their own, so cuts are hard);
 5. `record`     — story.json, manifest.json, optional latents.safetensors; the checkpoint is then removed.
 
 Before stage 2 the run directory is claimed (`rundir.RunDirectory`: a lock, refusal of another run's results
@@ -54,6 +56,7 @@ from longgen.preview import Preview
 from longgen.progress import StepProgress
 from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
 from longgen.samplers.base import Sampler, SamplingRun
+from longgen.shots import ShotPlan, check_single_shot_options, decode_takes, plan_scene
 from longgen.story import Story, check_text_limit
 from longgen.windows import WindowPlan, latent_length
 
@@ -83,13 +86,29 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     world: Units = field(default_factory=Units)  # this process's share of the work (distributed.py)
     noise: Any = field(default_factory=GaussianNoise)  # the initial-noise option (noise/ group, longgen/noise.py)
+    shots: ShotPlan | None = None  # multi-shot story: takes, shots and their frames (longgen/shots.py)
 
     def local_index(self, start: int, size: int) -> int:
+        if self.shots is not None:  # the shot (one local prompt each) whose segment holds the window's centre
+            return self.shots.shot_at(start + size / 2)
         return self.story.prompt_index_at(start + size / 2, self.length)
 
     def window_map(self) -> list[dict]:
+        if self.shots is not None:
+            return self.shots.window_map()
         return [{"start": s, "end": s + self.plan.window, "local_prompt": self.local_index(s, self.plan.window)}
                 for s in self.plan.starts]
+
+    @property
+    def frames(self) -> int:
+        """Video frames: the latent decoded at once, or each take of a multi-shot story on its own."""
+        return self.shots.frames if self.shots is not None else self.backbone.frames_for(self.length)
+
+    def decode_stream(self, latents: torch.Tensor):
+        """uint8 frame chunks [f, H, W, 3] of latents [1, L, C, H, W], cut at every take of a multi-shot story."""
+        if self.shots is not None:
+            return decode_takes(self.backbone, latents, self.shots)
+        return self.backbone.decode_stream(latents)
 
     def story_hash(self) -> str:
         return digest(self.story.to_dict())
@@ -127,6 +146,9 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
         raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
     if cfg.get("num_prompts") is not None and given[0] != "scenario":
         raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
+    if cfg.get("multi_shot") and given[0] != "scenario":
+        raise UsageError("multi_shot=true asks the splitter to write shots from a scenario=…; a story file says itself "
+                         "whether it has shots: drop multi_shot=true")
     if given[0] == "prompt":
         return Story.single(str(cfg.prompt))
     if given[0] == "prompt_file":
@@ -139,14 +161,9 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
             return None
         from longgen.splitters.scenario import split_scenario_file
 
-        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts)
-    story = Story.load(str(cfg.story))
-    if story.multi_shot:
-        raise UsageError(
-            f"{cfg.story} is a multi-shot (LCT) story with {story.num_events} shots; generate cannot sample "
-            f"multi-shot stories yet: give a story with `global` and `local` prompts"
-        )
-    return story
+        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts,
+                                   shots=bool(cfg.get("multi_shot", False)))
+    return Story.load(str(cfg.story))
 
 
 def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
@@ -186,19 +203,25 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
         if story is None:
             backbone.check_available()
             return None
-    story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
     use_global = cfg.get("use_global_prompt", True)
-    used, stripped = story, 0
-    if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
-        used, stripped = story.without_global()
-        log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
-                 stripped, len(used.local_prompts))
-    elif warning := story.missing_global_warning():  # local prompts without the global description
-        log.warning(warning)
+    used, stripped, shots = story, 0, None
+    if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/shots.py)
+        shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
+        length, plan = shots.length, shots.window_plan()
+        check_latent_budget(length, backbone.latent_shape, backbone.label)
+    else:
+        check_single_shot_options(cfg)
+        story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
+        if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
+            used, stripped = story.without_global()
+            log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
+                     stripped, len(used.local_prompts))
+        elif warning := story.missing_global_warning():  # local prompts without the global description
+            log.warning(warning)
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
-               stripped, noise=noise)
+               stripped, noise=noise, shots=shots)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 2: encode
@@ -309,14 +332,14 @@ def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint:
     latents.safetensors when checkpoints are off) and the error line says how to finish."""
     out = job.out_dir
     t0 = time.perf_counter()
-    total = job.backbone.frames_for(job.length)
+    total = job.frames
     if not job.world.writes:  # another rank writes the video; this one decodes its share of the tiles
-        for _ in job.backbone.decode_stream(latents):
+        for _ in job.decode_stream(latents):
             pass
         job.timings["decode_s"] = time.perf_counter() - t0
         return {}
     try:
-        video = job.writer.write(job.backbone.decode_stream(latents), out, job.backbone.fps, total, progress)
+        video = job.writer.write(job.decode_stream(latents), out, job.backbone.fps, total, progress)
     except (Exception, KeyboardInterrupt) as exc:
         kept = keep_latents(latents, out)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -379,6 +402,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "use_global_prompt": job.use_global,
         "global_prompt_removed_from": job.stripped,
         **({"local_prompts_used": job.story.local_prompts} if job.stripped else {}),
+        **({"shots": job.shots.shot_map(), "takes": job.shots.take_map()} if job.shots is not None else {}),
         "frames": video["frames"],
         "fps": video["fps"],
         "width": video["width"],
@@ -501,9 +525,10 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost
         log.info(
-            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d local prompt(s)",
-            choices.get("sampler"), job.backbone.label, job.length, job.backbone.frames_for(job.length),
-            job.plan.count, job.plan.window, job.sampler.stride, len(job.story.local_prompts),
+            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d %s",
+            choices.get("sampler"), job.backbone.label, job.length, job.frames, job.plan.count, job.plan.window,
+            job.sampler.stride, len(job.story.local_prompts),
+            f"shot(s) in {len(job.shots.takes)} take(s)" if job.shots is not None else "local prompt(s)",
         )
         with world.job(job_message(job)):
             return execute(job)

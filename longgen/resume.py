@@ -1,4 +1,5 @@
-"""`longgen resume RUN_DIR [KEY=VALUE ...]`: continue an interrupted run from its checkpoint.
+"""`longgen resume RUN_DIR [KEY=VALUE ...]`: continue an interrupted run from its checkpoint (a `longgen generate`
+run, or a `longgen extend` run, which re-reads its input video and continues through longgen/extend.py).
 
 The run is rebuilt from the directory's own `.hydra/config.yaml` and `story.json` through the same stages as
 `generate` (plan → encode → sample → decode → record); the sampler continues after the checkpoint's step with the
@@ -46,7 +47,13 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         if not (run_dir / "story.json").is_file():
             raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
         ckpt = load_checkpoint(path)
-        job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
+        extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/extend.py)
+        if extend:
+            from longgen.extend import execute_extend, plan_extend
+
+            job = plan_extend(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
+        else:
+            job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
         world = current()
         world.adopt(job)
         ckpt.check_matches(result_config(cfg), job.story_hash(), path)
@@ -54,8 +61,11 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
                  f" with {' '.join(applied)}" if applied else "")
+        extra = {"resumed": {"after_step": ckpt.state.done, "overrides": applied}}
+        if extend:
+            return execute_extend(job, resume=ckpt, extra=extra)
         with world.job(job_message(job, resume=ckpt)):  # the other ranks (gpus=N, torchrun) resume it too
-            return execute(job, resume=ckpt, extra={"resumed": {"after_step": ckpt.state.done, "overrides": applied}})
+            return execute(job, resume=ckpt, extra=extra)
     finally:
         rundir.release()
 

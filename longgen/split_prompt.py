@@ -1,6 +1,7 @@
 """`longgen split-prompt SCENARIO num_prompts=N`: scenario text → structured prompt (SynCoS supplementary Fig. 8).
 
-Runs the configured splitter (conf/splitter/: auto, llm, offline), prints the story as a Rich table on stdout,
+Runs the configured splitter (conf/splitter/: auto, llm, offline) — into N events, or with multi_shot=true into the
+multi-shot form of N shots (longgen/shots.py) — prints the story as a Rich table on stdout,
 and writes story.json into Hydra's run directory (and to `out=…` when given). Nothing is written when the split
 fails. The story's `source` records which splitter and model produced it; the API key is never recorded.
 """
@@ -25,10 +26,24 @@ log = logging.getLogger("longgen")
 
 
 def story_table(story: Story) -> Table:
-    """Global prompt, then each local prompt's event (the text after the global prompt it repeats)."""
+    """Global prompt, then each local prompt's event (the text after the global prompt it repeats); for a
+    multi-shot story its characters, environment and story, then each shot (✂ marks a cut)."""
     src = story.source or {}
     title = f"story from splitter={src.get('splitter', '?')}" + (f" ({src['model']})" if src.get("model") else "")
     table = Table(title=title, show_lines=True, expand=True)
+    if story.multi_shot:
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("prompt")
+        table.add_column("duration", justify="right", no_wrap=True)
+        for cid, desc in (story.characters or {}).items():
+            table.add_row(f"Character {escape(cid)}", escape(desc), "")
+        for key in ("environment", "story"):
+            if getattr(story, key):
+                table.add_row(key, escape(getattr(story, key)), "")
+        for i, shot in enumerate(story.shots):
+            weight = story.durations[i] if story.durations else 1
+            table.add_row(f"{'✂ ' if shot.cut else ''}shot {i + 1}", escape(shot.prompt), f"{weight:g}")
+        return table
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("prompt")
     table.add_column("duration", justify="right", no_wrap=True)
@@ -43,7 +58,8 @@ def story_table(story: Story) -> Table:
 
 
 def run_split_prompt(cfg: DictConfig, out_dir: Path, choices: dict) -> Story:
-    story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts)
+    story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts,
+                                shots=bool(cfg.get("multi_shot", False)))
     out = Path(str(cfg.out)).expanduser() if cfg.get("out") not in (None, "") else None
     if out is not None and out.is_dir():
         raise UsageError(f"out={cfg.out} is a directory; give a file path such as out={out / 'story.json'}")

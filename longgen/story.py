@@ -14,8 +14,8 @@ marker ("[SHOT CUT]" in LCT's data). In a file:
      "story": "she waits for a ferry", "shots": ["Character 1 looks at the sea.",
      "[SHOT CUT] Close-up: Character 1 smiles."], "durations": [1, 1]}
 
-(a shot may also be written {"prompt": "...", "cut": true}). Such stories are validated here; `generate` does not
-sample them yet and says so.
+(a shot may also be written {"prompt": "...", "cut": true}). Such stories are validated here and sampled by
+longgen/shots.py (each run of shots between cuts is its own segment of the video).
 
 `check_text_limit` compares prompts with a text encoder's token limit before (estimated) and after (exact) the
 tokenizer is available, reporting every over-long prompt with its length. `Story.check_events_fit` refuses a
@@ -41,7 +41,8 @@ from longgen.errors import UsageError
 
 #: LCT's mark before a shot that begins with a hard cut (LCT §3.2.1).
 CUT_MARKER = "[SHOT CUT]"
-_CHARACTER_REF = re.compile(r"\bCharacter\s+([A-Za-z0-9_-]+)")
+#: a reference to a character in a shot prompt, "Character ID" (LCT §3.2.1); group 1 is the id
+CHARACTER_REF = re.compile(r"\bCharacter\s+([A-Za-z0-9_-]+)")
 _CHARACTER_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _SIMPLE_KEYS = ("global", "local", "durations", "scenario", "source")
 _SHOT_KEYS = ("characters", "environment", "story", "shots", "durations", "scenario", "source")
@@ -196,7 +197,7 @@ class Story:
         for i, shot in enumerate(self.shots, 1):
             if not shot.prompt:
                 raise UsageError(f"story: shot {i} is empty; every shot needs a prompt")
-            missing = sorted({m for m in _CHARACTER_REF.findall(shot.prompt) if m not in chars})
+            missing = sorted({m for m in CHARACTER_REF.findall(shot.prompt) if m not in chars})
             if missing:
                 known = _listed(list(chars)) or "none"
                 raise UsageError(

@@ -41,7 +41,29 @@ SAMPLERS = {
     "syncos": lambda: SynCoSSampler(num_steps=4, t_min=0, iters=2, batch_windows=3),
     "syncos-csd-only": lambda: SynCoSSampler(num_steps=4, iters=2, batch_windows=3, stage1=False, stage3=False),
     "glc": lambda: GLCSampler(num_steps=4, vmcr_source="affine"),
+    "shots": lambda: _shots(),
+    "extend": lambda: _extend(),
 }
+
+
+def _extend():
+    """`longgen extend`'s sampler: Gen-L-Video with a 5-frame history put back at every step's level (replacement)."""
+    from longgen.extend import HistorySampler
+
+    sampler = HistorySampler(GenLVideoSampler(num_steps=4), 5, "replace", 0)
+    sampler.history = torch.randn((5, 4, 8, 8), generator=torch.Generator().manual_seed(9))
+    return sampler
+
+
+def _shots():
+    """A two-shot scene: GLC (shifts from each take's own generator) on both takes, cross-shot attention on."""
+    from longgen.shots import ShotOptions, ShotsSampler, plan_shots
+    from longgen.story import Story
+
+    options = ShotOptions(windows=(1, 2), cross_attention=0.5)
+    inner = GLCSampler(num_steps=4, vmcr_source="affine", abam=False)
+    story = Story.from_dict({"shots": ["a cat", "[SHOT CUT] a dog runs"]})
+    return ShotsSampler(inner, plan_shots(story, options, 13, 4, L3, 3, inner.plan, lambda n: 4 * n - 3), options)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,10 @@ def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]
         # FIFO-Diffusion (its own step count: 7 base-clip steps + 17 queue iterations) on FreeNoise initial noise
         ["generate", *[c for c in common if not c.startswith("sampler.num_steps")], "sampler=fifo",
          "sampler.num_partitions=1", "noise=freenoise", f"hydra.run.dir={base}/d"],
+        # a two-shot scene (two takes, each with its own generator) with cross-shot attention: the reference
+        # window's capture runs on every rank, the shared calls are ordinary units
+        ["generate", *COMMON, f"story={story.with_name('scene.json')}", "sampler=gen-l-video",
+         "shots.cross_attention=0.5", f"hydra.run.dir={base}/s"],
         *tail,
     ]
 
@@ -78,6 +82,8 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     story = tmp_path / "story.json"
     story.write_text(json.dumps({"global": "a red fox in snow", "local": ["a red fox in snow. It sniffs.",
                                                                           "a red fox in snow. It leaps."]}))
+    (tmp_path / "scene.json").write_text(json.dumps({"characters": {"1": "a red fox"}, "environment": "snow",
+                                                     "shots": ["Character 1 sniffs.", "[SHOT CUT] Character 1 leaps."]}))
     w1, w2, w3 = tmp_path / "w1", tmp_path / "w2", tmp_path / "w3"
 
     # one process: the reference, with job f run to the end (alongside the two-process run: they are independent)

@@ -118,11 +118,15 @@ def test_generate_checks_every_local_prompt_and_the_negative_prompt():
     check_prompt_lengths(story, _Backbone(exact=True, random_weights=True), "")  # a warning only
 
 
-def test_generate_refuses_multi_shot_stories(tmp_path):
+def test_generate_reads_multi_shot_stories(tmp_path):
+    """generate samples them (longgen/shots.py, tests/test_shots.py); multi_shot=true is for scenarios only."""
     path = tmp_path / "scene.json"
     path.write_text(json.dumps(MULTI))
     cfg = OmegaConf.create({"prompt": None, "story": str(path), "scenario": None, "num_prompts": None})
-    with pytest.raises(UsageError, match="multi-shot .* with 3 shots; generate cannot sample multi-shot stories yet"):
+    story = resolve_story(cfg)
+    assert story.multi_shot and story.num_events == 3
+    cfg.multi_shot = True
+    with pytest.raises(UsageError, match="multi_shot=true asks the splitter"):
         resolve_story(cfg)
 
 

@@ -8,8 +8,9 @@ One class serves every CogVideoX variant; the YAML in `conf/backbone/` picks the
   the compute is that of the real model when the architecture is the real one (benchmarks).
 
 What lives here: the variance-preserving schedule read from `CogVideoXDDIMScheduler`, v-prediction → (x̂0, ε̂),
-RoPE (5B), the joint text-video attention processor for ABAM, per-frame timesteps (`per_frame_timesteps`: each
-latent frame's tokens modulated from its own timestep, `longgen.backbones.frame_timesteps`), and the streaming VAE
+RoPE (5B), the joint text-video attention processors for ABAM and cross-shot attention, per-frame timesteps
+(`per_frame_timesteps`: each latent frame's tokens modulated from its own timestep,
+`longgen.backbones.frame_timesteps`), the VAE encode of video frames (`longgen extend`), and the streaming VAE
 decode used by the writer.
 Loading, text encoding, guidance, micro-batching, offload and compilation are shared with every diffusers backbone
 (`longgen.backbones.diffusers_base`).
@@ -25,8 +26,9 @@ import torch
 
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
-from longgen.backbones.diffusers_base import DiffusersBackbone
+from longgen.backbones.diffusers_base import DiffusersBackbone, pixels_to_vae
 from longgen.backbones.frame_timesteps import FrameModulation
+from longgen.backbones.shot_attention import cogvideox_shot
 from longgen.diffusion import NoiseSchedule, v_to_x0_eps
 from longgen.errors import UsageError
 
@@ -220,6 +222,25 @@ class CogVideoXBackbone(DiffusersBackbone):
         """ABAM processors on the kernel in use (FlashAttention-3 or SDPA)."""
         used = getattr(self, "attention_used", self.attention)
         return {"processor": cogvideox_anchor(used if used in KERNELS else "sdpa")}
+
+    def _shot_processors(self) -> dict:
+        """Cross-shot attention processors on the kernel in use (FlashAttention-3 or SDPA)."""
+        used = getattr(self, "attention_used", self.attention)
+        return {"processor": cogvideox_shot(used if used in KERNELS else "sdpa")}
+
+    # ------------------------------------------------------------------ encoding (longgen extend)
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 RGB frames [f, H, W, 3] with f = c·(L − 1) + 1 → latents [1, L, C, h, w] float32 on the seam's scale:
+        the mean of the VAE's posterior (not a sample: the same frames give the same latents) times the VAE's
+        scaling factor, the inverse of `decode_stream`'s division."""
+        vae = self.pipe.vae
+        hook = getattr(vae, "_hf_hook", None)
+        if hook is not None:  # model CPU offload: bring the VAE onto the device first
+            hook.pre_forward(vae)
+        x = pixels_to_vae(frames, self.device, vae.dtype)  # [1, 3, f, H, W]
+        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor  # [1, C, L, h, w]
+        return z.permute(0, 2, 1, 3, 4).float()  # [1, L, C, h, w]
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

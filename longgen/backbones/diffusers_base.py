@@ -14,7 +14,8 @@ holds the rest, once:
   random weights), then the text encoder released, moved to the CPU or kept;
 - `predict`: classifier-free guidance stacked into one batch ([unconditional rows, conditional rows]),
   micro-batched into transformer calls of `micro_batch` samples, under the chosen SDPA kernels, guided in float32;
-- anchor attention (GLC-Diffusion ABAM) installed for the duration of a block; the manifest description.
+- anchor attention (GLC-Diffusion ABAM) and cross-shot attention (multi-shot scenes) installed for the duration of
+  a block; the manifest description.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"backbone.device={device} but no CUDA GPU is visible: use backbone.device=cpu or auto")
     return dev
+
+
+def pixels_to_vae(frames, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 RGB frames [f, H, W, 3] (numpy) → a VAE input [1, 3, f, H, W] in [−1, 1] (the inverse of the decode's
+    (x / 2 + 0.5)·255)."""
+    x = torch.as_tensor(frames).to(device=device, dtype=torch.float32)  # [f, H, W, 3]
+    x = x.permute(3, 0, 1, 2)[None] / 127.5 - 1.0  # [1, 3, f, H, W]
+    return x.to(dtype)
 
 
 class DiffusersBackbone(Denoiser):
@@ -460,6 +469,28 @@ class DiffusersBackbone(Denoiser):
             finally:
                 del self.predict
                 self._anchor_layout = None
+
+    @contextlib.contextmanager
+    def shot_attention(self, share: float, guided: bool) -> Iterator[Any]:
+        """Cross-shot attention (longgen/backbones/shot_attention.py) for every `predict` inside the block: the
+        family's processors are installed and the layout takes the place run_stacked reads anchors from; the
+        transformer's own processors are restored on exit."""
+        from longgen.backbones.shot_attention import shared_attention
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before shot_attention()")
+        if self._anchor_layout is not None:
+            raise UsageError("cross-shot attention cannot run inside anchor attention (ABAM): turn one off")
+        with shared_attention(self.pipe.transformer, share, guided, **self._shot_processors()) as layout:
+            self._anchor_layout = layout
+            try:
+                yield layout
+            finally:
+                self._anchor_layout = None
+
+    def _shot_processors(self) -> dict:
+        """Keyword arguments of `shared_attention(...)` for this transformer (processor factory, which layers)."""
+        raise UsageError(f"the {self.family} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)")
 
     # ------------------------------------------------------------------ manifest
     def _attention_description(self) -> Any:

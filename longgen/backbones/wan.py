@@ -21,10 +21,12 @@ What is Wan-specific, and lives here:
 - Per-frame timesteps (`per_frame_timesteps = True`): Wan's transformer accepts a timestep per token; `predict`
   accepts one timestep per latent frame (t [M] for every window, or [B, M] one row per window), spread over that
   frame's tokens (for FIFO-Diffusion).
-- ABAM on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`).
+- ABAM and cross-shot attention on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`,
+  `shot_attention.WanShotAttnProcessor`).
 - The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
   L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
-  frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does.
+  frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does;
+  `encode_frames` encodes video frames for `longgen extend`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import numpy as np
 import torch
 
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
-from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone
+from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, pixels_to_vae
+from longgen.backbones.shot_attention import WanShotAttnProcessor
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.distributed import Units
 from longgen.errors import UsageError
@@ -237,6 +240,9 @@ class WanBackbone(DiffusersBackbone):
     def _anchor_processors(self) -> dict:
         return {"processor": WanAnchorAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
 
+    def _shot_processors(self) -> dict:
+        return {"processor": WanShotAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
+
     # ------------------------------------------------------------------ decoding
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         """Seam latents [1, L, C, H, W] (normalised) → the VAE's [1, C, L, H, W] scale, in the VAE's dtype:
@@ -248,6 +254,20 @@ class WanBackbone(DiffusersBackbone):
         mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(z.device, z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
         return z / inv_std + mean
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 RGB frames [f, H, W, 3] with f = 4·(L − 1) + 1 → latents [1, L, C, h, w] float32 on the seam's scale:
+        the mean of the VAE's posterior, normalised per channel ((z − mean)/std), the inverse of `_vae_input`."""
+        vae = self.pipe.vae
+        hook = getattr(vae, "_hf_hook", None)
+        if hook is not None:  # model CPU offload: bring the VAE onto the device first
+            hook.pre_forward(vae)
+        z = vae.encode(pixels_to_vae(frames, self.device, vae.dtype)).latent_dist.mode()  # [1, C, L, h, w]
+        c = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        return ((z - mean) * inv_std).permute(0, 2, 1, 3, 4).float()  # [1, L, C, h, w]
 
     @torch.no_grad()
     def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:

@@ -31,3 +31,15 @@ class AutoSplitter(LLMSplitter):
             story = OfflineSplitter().split(scenario, num_prompts)
         story.source = {**story.source, "selected_by": "auto"}
         return story
+
+    def split_shots(self, scenario: str, num_prompts: int) -> Story:
+        if self.uses_llm():
+            story = super().split_shots(scenario, num_prompts)
+        else:
+            log.info(
+                "splitter=auto: no $%s and no splitter.base_url, so the offline rule-based splitter writes the shots "
+                "(rough); set the key or pass splitter=llm splitter.base_url=… for an LLM split", self.api_key_env,
+            )
+            story = OfflineSplitter().split_shots(scenario, num_prompts)
+        story.source = {**story.source, "selected_by": "auto"}
+        return story

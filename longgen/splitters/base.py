@@ -1,5 +1,7 @@
 """What every splitter provides: `split(scenario, num_prompts) -> Story` with exactly `num_prompts` local prompts,
-each containing the global prompt, and `describe()` for provenance (recorded as the story's `source`)."""
+each containing the global prompt, `split_shots(scenario, num_prompts)` for the multi-shot form (characters,
+environment, story and exactly `num_prompts` shots; longgen/shots.py samples it), and `describe()` for provenance
+(recorded as the story's `source`)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ class Splitter(abc.ABC):
     @abc.abstractmethod
     def split(self, scenario: str, num_prompts: int) -> Story:
         """A valid story with exactly `num_prompts` local prompts for `scenario`."""
+
+    def split_shots(self, scenario: str, num_prompts: int) -> Story:
+        """A valid multi-shot story (LCT form: characters, environment, story, shots) with exactly `num_prompts`
+        shots for `scenario`."""
+        raise UsageError(f"splitter={self.name} cannot write multi-shot stories: use splitter=llm or splitter=offline")
 
     def describe(self) -> dict[str, Any]:
         return {"splitter": self.name}

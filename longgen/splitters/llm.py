@@ -54,6 +54,8 @@ from longgen.story import Story
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "template_structured_prompt.txt"
+#: the instructions for the multi-shot form (LCT §3.2.1: characters, environment, story, shots with [SHOT CUT])
+DEFAULT_SHOT_TEMPLATE = "template_multi_shot.txt"
 #: where the openai client sends requests when neither base_url nor $OPENAI_BASE_URL is set
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _FORMATS = ("auto", "json_schema", "json_object", "text")
@@ -74,11 +76,11 @@ class Reply:
     reasoning: str | None = None  # reasoning a server returns beside the content (reasoning_content / reasoning)
 
 
-def load_template(template: str | None) -> tuple[str, str]:
-    """(text, label) of the instruction template: the shipped one, or a file the user names."""
+def load_template(template: str | None, default: str = DEFAULT_TEMPLATE) -> tuple[str, str]:
+    """(text, label) of the instruction template: the shipped one (`default`), or a file the user names."""
     if template in (None, ""):
-        text = resources.files("longgen.prompts").joinpath(DEFAULT_TEMPLATE).read_text(encoding="utf-8")
-        return text, DEFAULT_TEMPLATE
+        text = resources.files("longgen.prompts").joinpath(default).read_text(encoding="utf-8")
+        return text, default
     path = Path(str(template)).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
@@ -269,6 +271,97 @@ def parse_answer(content: str | None, num_prompts: int) -> Story:
     raise (problems[True] + problems[False])[0]
 
 
+#: key names models use for the multi-shot fields, compared without case, spaces, '_' or '-'
+_SHOT_ROLES = {"characters": "characters", "character": "characters", "environment": "environment",
+               "setting": "environment", "story": "story", "storyoverview": "story", "shots": "shots",
+               "shotprompts": "shots"}
+
+
+def _shot_story_from_object(data: dict, num_shots: int) -> Story:
+    """A multi-shot story from an answer object: near-miss key names, characters as {"1": "…"} or as a list of
+    {"id", "description"}, shots as strings or {"prompt", "cut"}; then the story rules (longgen/story.py)."""
+    found: dict[str, Any] = {}
+    for key, value in data.items():
+        role = _SHOT_ROLES.get(re.sub(r"[\s_\-]+", "", str(key)).casefold())
+        if role:
+            found[role] = value
+    if "shots" not in found:
+        inner = [v for v in data.values() if isinstance(v, dict)]
+        if len(inner) == 1 and not found:
+            return _shot_story_from_object(inner[0], num_shots)
+        raise InvalidAnswer('"shots" is missing; the object needs keys "characters", "environment", "story" and "shots"')
+    chars = found.get("characters") or {}
+    if isinstance(chars, list):
+        table = {}
+        for i, item in enumerate(chars, 1):
+            if not isinstance(item, dict):
+                raise InvalidAnswer('"characters" must map each id to a description, e.g. {"1": "a tall woman ..."}')
+            cid = str(item.get("id", i)).strip()
+            table[cid.removeprefix("Character ").strip()] = _field_text(
+                {k: v for k, v in item.items() if k != "id"}, f"character {cid}")
+        chars = table
+    if not isinstance(chars, dict):
+        raise InvalidAnswer('"characters" must map each id to a description, e.g. {"1": "a tall woman ..."}')
+    chars = {str(k).removeprefix("Character ").strip(): v for k, v in chars.items()}
+    shots = found["shots"]
+    if not isinstance(shots, list):
+        raise InvalidAnswer('"shots" must be a list of shot prompts')
+    if len(shots) != num_shots:
+        raise InvalidAnswer(f'"shots" must hold exactly {num_shots} shot prompts, it holds {len(shots)}')
+    shots = [item if isinstance(item, dict) and "cut" in item else _field_text(item, f"shot {i}")
+             for i, item in enumerate(shots, 1)]
+    story = {"characters": chars, "shots": shots}
+    for key in ("environment", "story"):
+        if found.get(key) not in (None, ""):
+            story[key] = _field_text(found[key], f'"{key}"')
+    try:
+        return Story.from_dict(story, where="answer")
+    except UsageError as exc:
+        raise InvalidAnswer(str(exc).removeprefix("answer: ")) from None
+
+
+def parse_shots_answer(content: str | None, num_shots: int) -> Story:
+    """The model's answer as a multi-shot Story (read as leniently as `parse_answer`), or InvalidAnswer."""
+    if content is None or not content.strip():
+        raise InvalidAnswer("the answer was empty")
+    spans = _object_spans(_answer_text(content))
+    if not spans:
+        raise InvalidAnswer("the answer is not a JSON object (no {...} found)")
+    stories, problems = [], []
+    for span in spans:
+        try:
+            stories.append(_shot_story_from_object(_load_object(span), num_shots))
+        except InvalidAnswer as exc:
+            problems.append(exc)
+    distinct = {json.dumps(s.to_dict(), sort_keys=True): s for s in stories}
+    if len(distinct) == 1:
+        return next(iter(distinct.values()))
+    if len(distinct) > 1:
+        raise InvalidAnswer(f"the answer holds {len(distinct)} different valid scenes; give exactly one JSON object")
+    raise problems[0]
+
+
+def _shot_schema() -> dict[str, Any]:
+    """Structured outputs cannot have free keys, so characters are a list of {id, description} here."""
+    character = {"type": "object", "properties": {"id": {"type": "string"}, "description": {"type": "string"}},
+                 "required": ["id", "description"], "additionalProperties": False}
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "multi_shot_scene",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"characters": {"type": "array", "items": character},
+                               "environment": {"type": "string"}, "story": {"type": "string"},
+                               "shots": {"type": "array", "items": {"type": "string"}}},
+                "required": ["characters", "environment", "story", "shots"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
 def _schema() -> dict[str, Any]:
     return {
         "type": "json_schema",
@@ -303,6 +396,7 @@ class LLMSplitter(Splitter):
         max_tokens: int = 2048,
         response_format: str = "auto",
         template: str | None = None,
+        shot_template: str | None = None,
         cache: bool = True,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -334,7 +428,9 @@ class LLMSplitter(Splitter):
         self.max_tokens = max_tokens
         self.response_format = response_format
         self.template_text, self.template_label = load_template(template)
+        self.shot_template_text, self.shot_template_label = load_template(shot_template, DEFAULT_SHOT_TEMPLATE)
         self.cache = cache
+        self._shots = False  # the split in progress asks for the multi-shot form
         self._format = "json_schema" if response_format == "auto" else response_format
         self._stream = False  # set when the server only answers streaming requests
         self._attempts = 0
@@ -372,7 +468,7 @@ class LLMSplitter(Splitter):
         while True:
             kwargs: dict[str, Any] = {}
             if self._format == "json_schema":
-                kwargs["response_format"] = _schema()
+                kwargs["response_format"] = _shot_schema() if self._shots else _schema()
             elif self._format == "json_object":
                 kwargs["response_format"] = {"type": "json_object"}
             self._attempts += 1
@@ -471,20 +567,27 @@ class LLMSplitter(Splitter):
         return max(0.0, min(wait, _MAX_WAIT_S))
 
     # ------------------------------------------------------------------ split
+    @property
+    def _template(self) -> tuple[str, str]:
+        """(text, label) of the instructions for the form being asked for."""
+        return (self.shot_template_text, self.shot_template_label) if self._shots else (self.template_text, self.template_label)
+
     def _messages(self, scenario: str, num_prompts: int) -> list[dict[str, str]]:
-        system = string.Template(self.template_text).safe_substitute(num_prompts=num_prompts)
-        user = f"Scenario: {scenario}\nNumber of local prompts: {num_prompts}"
+        system = string.Template(self._template[0]).safe_substitute(num_prompts=num_prompts)
+        user = f"Scenario: {scenario}\nNumber of {'shots' if self._shots else 'local prompts'}: {num_prompts}"
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def describe(self) -> dict[str, Any]:
+        text, label = self._template
         return {
             "splitter": "llm",
             "model": self.model,
             "base_url": redact_url(self.base_url),
             "temperature": self.temperature,
-            "template": self.template_label,
-            "template_sha256": hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()[:16],
+            "template": label,
+            "template_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
             "response_format": self._format,
+            **({"form": "multi-shot"} if self._shots else {}),
         }
 
     def _story(self, reply: Reply, num_prompts: int) -> Story:
@@ -493,7 +596,7 @@ class LLMSplitter(Splitter):
         if reply.refusal:
             raise UsageError(f"splitter=llm: {self._where()} refused to split the scenario: {quote(reply.refusal)}; rephrase the scenario or try another splitter.model")
         try:
-            return parse_answer(reply.content, num_prompts)
+            return (parse_shots_answer if self._shots else parse_answer)(reply.content, num_prompts)
         except InvalidAnswer:
             content = reply.content or ""
             if reply.finish_reason == "length":
@@ -512,13 +615,25 @@ class LLMSplitter(Splitter):
             raise
 
     def split(self, scenario: str, num_prompts: int) -> Story:
+        self._shots = False
+        return self._split(scenario, num_prompts)
+
+    def split_shots(self, scenario: str, num_prompts: int) -> Story:
+        """The multi-shot form (LCT §3.2.1) with exactly `num_prompts` shots, from the multi-shot template."""
+        self._shots = True
+        try:
+            return self._split(scenario, num_prompts)
+        finally:
+            self._shots = False
+
+    def _split(self, scenario: str, num_prompts: int) -> Story:
         scenario = check_scenario(scenario)
         num_prompts = check_num_prompts(num_prompts)
-        key = cache_key(scenario, num_prompts, self.model, self.template_text, self.temperature, self.server_url())
+        key = cache_key(scenario, num_prompts, self.model, self._template[0], self.temperature, self.server_url())
         store = StoryCache() if self.cache else None
         if store is not None:
             hit = store.load(key)
-            if hit is not None and hit.num_events == num_prompts and not hit.multi_shot:
+            if hit is not None and hit.num_events == num_prompts and hit.multi_shot == self._shots:
                 log.info("splitter=llm: reusing the cached story %s (splitter.cache=false asks the model again)", store.path(key))
                 hit.source = {**hit.source, "cache": "hit"}
                 return hit
@@ -535,8 +650,11 @@ class LLMSplitter(Splitter):
                 {"role": "assistant", "content": reply.content or ""},
                 {
                     "role": "user",
-                    "content": f"That answer cannot be used: {first}. Reply again with only the JSON object "
-                    f'{{"global": ..., "local": [...]}} holding exactly {num_prompts} local prompts, each starting with the global prompt.',
+                    "content": f"That answer cannot be used: {first}. Reply again with only the JSON object " + (
+                        f'{{"characters": {{...}}, "environment": ..., "story": ..., "shots": [...]}} holding exactly '
+                        f'{num_prompts} shot prompts that name characters as "Character ID".' if self._shots else
+                        f'{{"global": ..., "local": [...]}} holding exactly {num_prompts} local prompts, each starting '
+                        f'with the global prompt.'),
                 },
             ]
             reply = self._request(client, messages)

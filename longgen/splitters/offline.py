@@ -16,11 +16,14 @@ prompts.
    (", continuing", ", finishing").
 5. Local prompt i = global prompt + " " + event i, so every local prompt contains the global one. Same input,
    same output.
+6. Multi-shot form (`split_shots`, LCT §3.2.1): the subject phrase is "Character 1", the setting and description
+   are the environment, and each event is a shot naming "Character 1"; shots after the first start with a cut.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from longgen.splitters.base import Splitter, check_num_prompts, check_scenario
 from longgen.story import Story
@@ -269,54 +272,100 @@ class OfflineSplitter(Splitter):
         return {"splitter": "offline", "rules": "longgen.splitters.offline (rule based, rough)"}
 
     def split(self, scenario: str, num_prompts: int) -> Story:
-        scenario = check_scenario(scenario)
-        n = check_num_prompts(num_prompts)
-        clauses = _clauses(scenario)
-        # a clause with a verb, or one that starts with a pronoun, is an event; the rest describe the scene
-        is_event = [_first_verb(c.split()) is not None or _word(c.split()[0]) in SUBJECT_PRONOUNS | POSSESSIVES for c in clauses]
-        events = [c for c, e in zip(clauses, is_event) if e]
-        description = [c for c, e in zip(clauses, is_event) if not e]
+        scene = _analyse(scenario, num_prompts)
+        local = [f"{scene.global_prompt} {e}".strip() for e in scene.events]
+        return Story(global_prompt=scene.global_prompt, local_prompts=local, scenario=scene.scenario,
+                     source=self.describe())
 
-        subject = next((s for s in map(_subject, events) if s), None)
-        if subject is None and events and _word(events[0].split()[0]) in PRONOUN_NOUNS:
-            subject = PRONOUN_NOUNS[_word(events[0].split()[0])]
-        ref = _definite(_head(subject)) if subject else None
-        parts: list[str] = []
-        if subject and _word(_head(subject).split()[-1]) in CAMERA_WORDS:
-            target = next((p for p in (_place_after_verb(e, tuple(PREPOSITIONS)) for e in events) if p), None)
-            if target:
-                parts.append(target.split(" ", 1)[1] if " " in target else target)
-        elif subject:
-            parts.append(subject)
-            preps = STATIC_PREPS + tuple(PATH_PREPS)
-            setting = next((_as_setting(p) for p in (_place_after_verb(e, preps) for e in events) if p), None)
-            if setting and setting.lower() not in subject.lower():
-                parts[-1] = f"{subject} {setting}"
-        parts += description
-        if not parts:
-            parts = [events[0]] if events else [scenario]
-        global_prompt = _finish(_sentence_case(", ".join(p.strip() for p in parts)))
+    def split_shots(self, scenario: str, num_prompts: int) -> Story:
+        """The multi-shot form (LCT §3.2.1): the subject becomes "Character 1" (its phrase the description), the
+        setting and the other description the environment, each event a shot; every shot after the first starts
+        with a cut (rules cannot tell a continuing shot from a new one)."""
+        scene = _analyse(scenario, num_prompts)
+        characters, environment, events = {}, scene.global_prompt, list(scene.events)
+        if scene.subject and not scene.camera:
+            characters = {"1": scene.subject[:1].lower() + scene.subject[1:]}
+            rest = [_as_setting(scene.setting)] if scene.setting else []
+            rest += scene.description
+            environment = _finish(_sentence_case(", ".join(p.strip() for p in rest))) if rest else None
+            # the subject as events name it: "the red fox", or shortened to its noun, "the fox"
+            names = sorted({scene.ref, f"the {_head(scene.subject).split()[-1]}"}, key=len, reverse=True)
+            ref = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b", flags=re.I)
+            events = [ref.sub("Character 1", e) for e in events]
+        shots = [e if k == 0 else f"[SHOT CUT] {e}" for k, e in enumerate(events)]
+        data = {"characters": characters, "shots": shots}
+        if environment:
+            data["environment"] = environment
+        story = Story.from_dict(data)
+        story.scenario, story.source = scene.scenario, {**self.describe(), "form": "multi-shot"}
+        return story
 
-        events = [_resolve(e, subject, ref) for e in events]
-        while len(events) < n:
-            order = sorted(range(len(events)), key=lambda i: (-len(events[i].split()), i))
-            for i in order:
-                halves = _split_further(events[i].rstrip("."))
-                if halves:
-                    events[i : i + 1] = [_resolve(h, subject, ref) for h in halves]
-                    break
-            else:
+
+@dataclass
+class _Scene:
+    """What the rules read from a scenario (see the module docstring)."""
+
+    scenario: str
+    subject: str | None  # the noun phrase before the first verb ("A red fox"), None when there is none
+    camera: bool  # the subject is the camera (the global prompt then describes what it looks at)
+    setting: str | None  # the first place phrase after a verb ("across a snowy field")
+    description: list[str]  # clauses without a verb
+    ref: str | None  # how events name the subject ("the red fox")
+    global_prompt: str
+    events: list[str]  # exactly N, subjects written out
+
+
+def _analyse(scenario: str, num_prompts: int) -> _Scene:
+    scenario = check_scenario(scenario)
+    n = check_num_prompts(num_prompts)
+    clauses = _clauses(scenario)
+    # a clause with a verb, or one that starts with a pronoun, is an event; the rest describe the scene
+    is_event = [_first_verb(c.split()) is not None or _word(c.split()[0]) in SUBJECT_PRONOUNS | POSSESSIVES for c in clauses]
+    events = [c for c, e in zip(clauses, is_event) if e]
+    description = [c for c, e in zip(clauses, is_event) if not e]
+
+    subject = next((s for s in map(_subject, events) if s), None)
+    if subject is None and events and _word(events[0].split()[0]) in PRONOUN_NOUNS:
+        subject = PRONOUN_NOUNS[_word(events[0].split()[0])]
+    ref = _definite(_head(subject)) if subject else None
+    camera = bool(subject) and _word(_head(subject).split()[-1]) in CAMERA_WORDS
+    parts: list[str] = []
+    setting = None
+    if camera:
+        target = next((p for p in (_place_after_verb(e, tuple(PREPOSITIONS)) for e in events) if p), None)
+        if target:
+            parts.append(target.split(" ", 1)[1] if " " in target else target)
+    elif subject:
+        parts.append(subject)
+        preps = STATIC_PREPS + tuple(PATH_PREPS)
+        setting = next((p for p in (_place_after_verb(e, preps) for e in events) if p), None)
+        if setting and _as_setting(setting).lower() in subject.lower():
+            setting = None
+        if setting:
+            parts[-1] = f"{subject} {_as_setting(setting)}"
+    parts += description
+    if not parts:
+        parts = [events[0]] if events else [scenario]
+    global_prompt = _finish(_sentence_case(", ".join(p.strip() for p in parts)))
+
+    events = [_resolve(e, subject, ref) for e in events]
+    while len(events) < n:
+        order = sorted(range(len(events)), key=lambda i: (-len(events[i].split()), i))
+        for i in order:
+            halves = _split_further(events[i].rstrip("."))
+            if halves:
+                events[i : i + 1] = [_resolve(h, subject, ref) for h in halves]
                 break
-        if len(events) < n:
-            events = _stages(events, n)
-        words = [len(e.split()) for e in events]  # kept beside `events` so each merge costs O(events), not O(text)
-        while len(events) > n:
-            i = min(range(len(events) - 1), key=lambda k: (words[k] + words[k + 1], k))
-            events[i : i + 2] = [_join(events[i], events[i + 1])]
-            words[i : i + 2] = [len(events[i].split())]
-
-        local = [f"{global_prompt} {e}".strip() for e in events]
-        return Story(global_prompt=global_prompt, local_prompts=local, scenario=scenario, source=self.describe())
+        else:
+            break
+    if len(events) < n:
+        events = _stages(events, n)
+    words = [len(e.split()) for e in events]  # kept beside `events` so each merge costs O(events), not O(text)
+    while len(events) > n:
+        i = min(range(len(events) - 1), key=lambda k: (words[k] + words[k + 1], k))
+        events[i : i + 2] = [_join(events[i], events[i + 1])]
+        words[i : i + 2] = [len(events[i].split())]
+    return _Scene(scenario, subject, camera, setting, description, ref, global_prompt, events)
 
 
 def _stages(events: list[str], n: int) -> list[str]:

@@ -26,13 +26,15 @@ def read_scenario(path: str | Path) -> str:
     return check_scenario(text)
 
 
-def split_scenario_file(node: DictConfig, choice: str | None, path: Any, num_prompts: Any) -> Story:
-    """Check N and the splitter options, read the scenario, split it. The story records the scenario file."""
+def split_scenario_file(node: DictConfig, choice: str | None, path: Any, num_prompts: Any,
+                        shots: bool = False) -> Story:
+    """Check N and the splitter options, read the scenario, split it (into N shots of the multi-shot form with
+    `shots`). The story records the scenario file."""
     if path in (None, ""):
         raise UsageError("pass scenario=path/to/scenario.txt (a text file with the story of the video)")
     n = check_num_prompts(num_prompts)
     splitter = build(node, "splitter", choice)
     text = read_scenario(path)
-    story = splitter.split(text, n)
+    story = splitter.split_shots(text, n) if shots else splitter.split(text, n)
     story.source = {**story.source, "scenario_file": str(path)}
     return story

@@ -1,0 +1,253 @@
+"""Cross-shot attention for multi-shot scenes (longgen/shots.py), on the CogVideoX and Wan transformers.
+
+What it does. LCT (Guo et al. 2025, §3.2.2) lets every shot of a scene attend to every other shot's tokens (full
+attention over the scene) and learns, by fine-tuning, to use that for consistent characters, places, light and
+colour. Without training, the closest public mechanisms keep the model's own attention and only widen what it sees:
+- StoryDiffusion's consistent self-attention (Zhou et al. 2024, §3.1): in each self-attention layer, the keys and
+  values of an image are concatenated with tokens sampled from the other images of the batch, at a sampling rate;
+  the queries stay the image's own;
+- GLC-Diffusion's anchor-based attention (Ma et al. 2025, Eq. 10): every clip's keys/values are tied to those of one
+  anchor clip at the same denoising step.
+Here, per denoising step, one *reference* window (the first window of the reference shot's take) runs through the
+model once at that step's timestep (the *capture*), and each layer keeps its video keys and values, per guidance
+branch. During the step, every attention layer of every other take appends a share r (`shots.cross_attention`, the
+sampling rate) of those reference tokens to its own video keys and values: its queries — video and, on CogVideoX's
+joint attention, text — attend to its own tokens and to the reference's. r = 0 installs nothing (shots are
+independent, bit for bit); r = 1 appends every reference token, i.e. full attention from each shot to the pair
+(own shot, reference window), LCT's scene attention restricted to the shots that matter for consistency.
+
+Details:
+- Tokens are taken evenly spaced over the reference's video tokens (frame-major order, so every frame and every
+  region contributes): n = ⌈r·N⌉ tokens at positions ⌊j·N/n⌋ — deterministic (no random generator, the same on
+  every process and after a resume) where StoryDiffusion samples at random.
+- Positional encoding: RoPE (CogVideoX-5B, Wan) is applied to the reference keys inside the capture, at the
+  reference window's own positions, before they are kept; the receiving shot's tokens keep theirs. CogVideoX-2B adds
+  its positional embedding to the tokens before the blocks, so its keys carry it already. (LCT gives every shot
+  distinct absolute positions with its interleaved RoPE; a model not trained for that would see positions it never
+  saw, so the shared tokens keep the positions they had in their own window.)
+- Guidance branches: unconditional rows see the reference's unconditional keys/values and conditional rows its
+  conditional ones (mixing them would leak the reference prompt into the unconditional estimate).
+- Only the video keys/values are shared; the text tokens of CogVideoX's joint attention stay each shot's own.
+  Wan: the self-attention layers (`attn1`); its cross-attention layers keep their text keys/values.
+- Calls and processes: the capture's rows run in calls of their own on every process (`phases` hands them to
+  `distributed.run_stacked` as "anchors", the same protocol as ABAM), so every process holds the reference
+  keys/values, and the sharing calls are ordinary units of work: the result is the same bytes on 1 or N processes.
+  While no capture or sharing is open (the reference take's own step), the installed processors call the
+  processors they replaced, so the reference take is computed exactly as alone.
+- Memory: the kept tokens, 2 (K, V) × 2 branches × layers × heads × r·N × head dim, e.g. r = 0.5 on CogVideoX-2B:
+  2·2·30·30·8775·64 fp16 values ≈ 4 GB.
+
+`shared_attention(transformer, share, guided, processor, layers)` installs the processors for the duration of a
+block and yields the `ShotLayout`; `DiffusersBackbone.shot_attention` (the `Denoiser` seam) wraps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from longgen.backbones.attention import JointAttention
+from longgen.errors import UsageError
+
+MODES = ("off", "capture", "share")
+
+
+class ShotLayout:
+    """The reference keys/values per (layer, guidance branch), and what the predict calls of the moment do:
+    `off` (plain attention through the replaced processors), `capture` (keep the reference's keys/values) or
+    `share` (append them). Speaks `distributed.run_stacked`'s layout protocol (`phases`, `running`)."""
+
+    def __init__(self, share: float, guided: bool) -> None:
+        if not 0.0 < float(share) <= 1.0:
+            raise UsageError(f"cross-shot attention share {share} must be in (0, 1] (0 turns it off)")
+        self.share = float(share)
+        self.guided = bool(guided)
+        self.mode = "off"
+        self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._total: int | None = None  # CFG-stacked rows of the predict in flight
+        self._rows: list[int] | None = None  # rows of the transformer call in flight
+        self._index: dict[tuple[int, str], torch.Tensor] = {}  # (N, device) → kept token positions
+
+    # ------------------------------------------------------------------ modes
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Predict calls inside keep their keys/values as the reference (replacing the previous step's)."""
+        self._store.clear()
+        self.mode = "capture"
+        try:
+            yield
+            if not self._store:
+                raise RuntimeError("cross-shot attention: the capture ran no attention layer")
+        finally:
+            self.mode = "off"
+
+    @contextlib.contextmanager
+    def sharing(self) -> Iterator[None]:
+        """Predict calls inside attend to the captured reference tokens as well."""
+        if not self._store:
+            raise RuntimeError("cross-shot attention: sharing asked before any reference was captured")
+        self.mode = "share"
+        try:
+            yield
+        finally:
+            self.mode = "off"
+
+    # ------------------------------------------------------------------ run_stacked's protocol
+    def phases(self, total: int) -> list[tuple[list[int], list[int]]]:
+        """Capture: every row runs in calls of their own on every process (so each process keeps the reference);
+        otherwise all rows are ordinary units."""
+        self._total = total
+        if self.mode == "capture":
+            return [(list(range(total)), [])]
+        return [([], list(range(total)))]
+
+    @contextlib.contextmanager
+    def running(self, rows: Sequence[int]) -> Iterator[None]:
+        self._rows = list(rows)
+        try:
+            yield
+        finally:
+            self._rows = None
+
+    def rows(self, size: int) -> list[int]:
+        if self._rows is None or self._total is None:
+            raise RuntimeError("cross-shot attention processors ran outside a predict call of the backbone")
+        if len(self._rows) != size:
+            raise RuntimeError(f"cross-shot attention: a call of {size} rows where {len(self._rows)} were announced")
+        return self._rows
+
+    def branch(self, row: int) -> int:
+        """0 for an unconditional row, 1 for a conditional one (rows are [unconditional…, conditional…])."""
+        return row // (self._total // 2) if self.guided else 1
+
+    # ------------------------------------------------------------------ the keys and values
+    def kept_positions(self, tokens: int, device: torch.device) -> torch.Tensor:
+        """⌈r·N⌉ evenly spaced token positions of N: [n] int64."""
+        key = (tokens, str(device))
+        if key not in self._index:
+            n = max(1, math.ceil(self.share * tokens))
+            self._index[key] = (torch.arange(n, device=device) * tokens) // n  # [n]
+        return self._index[key]
+
+    def apply(self, layer: int, size: int, key: torch.Tensor, value: torch.Tensor, dim: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video keys/values of one call, rows first with tokens on `dim` (CogVideoX [b, heads, N, hd], dim 2;
+        Wan [b, N, heads, hd], dim 1). Capture: keep each branch's kept tokens, return them unchanged. Share:
+        return them with the reference tokens of each row's branch appended on `dim`."""
+        rows = self.rows(size)
+        if self.mode == "capture":
+            index = self.kept_positions(key.shape[dim], key.device)
+            for i, row in enumerate(rows):
+                # clone: keep only these tokens alive, not the whole call's tensor
+                self._store[(layer, self.branch(row))] = (key[i].index_select(dim - 1, index).clone(),
+                                                          value[i].index_select(dim - 1, index).clone())
+            return key, value
+        if self.mode != "share":
+            raise RuntimeError(f"cross-shot attention: keys/values rewritten in mode {self.mode!r}")
+        ref = [self._store[(layer, self.branch(row))] for row in rows]
+        k_ref = torch.stack([k for k, _ in ref]).to(key.dtype)  # [b, …, n, …]
+        v_ref = torch.stack([v for _, v in ref]).to(value.dtype)
+        return torch.cat([key, k_ref], dim=dim), torch.cat([value, v_ref], dim=dim)  # tokens N + n on `dim`
+
+
+# ---------------------------------------------------------------------------------------------------- CogVideoX
+class CogVideoXShotProcessor:
+    """A CogVideoX joint text-video attention layer with the reference shot's video keys/values appended
+    (longgen's JointAttention on the backbone's kernel); while the layout is `off` it calls the processor it
+    replaced, so nothing changes."""
+
+    def __init__(self, layout: ShotLayout, layer: int, replaces, kernel: str = "sdpa") -> None:
+        self.layout, self.layer, self.replaced = layout, layer, replaces
+        self.joint = JointAttention(kernel, video_kv=self._video_kv)
+
+    def _video_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layout.apply(self.layer, key.shape[0], key, value, dim=2)  # [b, heads, N(+n), hd]
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.layout.mode == "off":
+            return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask,
+                                 image_rotary_emb=image_rotary_emb)
+        return self.joint(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
+def cogvideox_shot(kernel: str = "sdpa") -> Callable:
+    """The `processor` factory of `shared_attention` for CogVideoX blocks, on the backbone's attention kernel."""
+    return lambda layout, layer, replaces: CogVideoXShotProcessor(layout, layer, replaces, kernel)
+
+
+# ---------------------------------------------------------------------------------------------------- Wan
+class WanShotAttnProcessor:
+    """A Wan self-attention layer (video tokens only) with the reference shot's keys/values appended after the
+    rotary embedding; while the layout is `off` it calls the processor it replaced. The projections, the RMS norms
+    of q and k across heads, the interleaved-pair RoPE and the output projection are those of diffusers'
+    WanAttnProcessor for a text-to-video model; attention goes through diffusers' dispatcher with the replaced
+    processor's backend."""
+
+    def __init__(self, layout: ShotLayout, layer: int, replaces) -> None:
+        self.layout, self.layer, self.replaced = layout, layer, replaces
+        self.backend = getattr(replaces, "_attention_backend", None)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if self.layout.mode == "off":
+            return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise RuntimeError("WanShotAttnProcessor is for the self-attention layers of a text-to-video Wan model")
+        split = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, N, D] → [b, N, heads, hd]
+        q = split(attn.norm_q(attn.to_q(hidden_states)))
+        k = split(attn.norm_k(attn.to_k(hidden_states)))
+        v = split(attn.to_v(hidden_states))
+        if rotary_emb is not None:
+            # the tables are [1, N, 1, hd], each angle repeated for the (even, odd) channel pair it rotates
+            cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each
+            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        k, v = self.layout.apply(self.layer, hidden_states.shape[0], k, v, dim=1)  # [b, N(+n), heads, hd]
+        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self.backend)  # [b, N, heads, hd]
+        out = out.flatten(2, 3).type_as(q)  # [b, N, D]
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+# ---------------------------------------------------------------------------------------------------- installing
+@contextlib.contextmanager
+def shared_attention(
+    transformer,
+    share: float,
+    guided: bool,
+    processor: Callable,
+    layers: Callable[[str], bool] | None = None,
+) -> Iterator[ShotLayout]:
+    """Install `processor(layout, layer, replaces)` on the attention layers of a diffusers transformer whose
+    processor name `layers` accepts (all when None), numbered in call order, for the duration of the block; the
+    original processors (the same objects) are restored on exit, also when the block raises."""
+    layout = ShotLayout(share, guided)
+    original = dict(transformer.attn_processors)  # name → processor, in call order
+    chosen = [name for name in original if layers is None or layers(name)]
+    processors = dict(original)
+    for layer, name in enumerate(chosen):
+        processors[name] = processor(layout, layer, original[name])
+    transformer.set_attn_processor(processors)
+    try:
+        yield layout
+    finally:
+        transformer.set_attn_processor(dict(original))  # set_attn_processor consumes the dict it is given
