@@ -608,3 +608,27 @@ def test_abam_keeps_one_compiled_graph_for_all_blocks():
         assert (compiled - eager).abs().max() <= 1e-5
     finally:
         torch._dynamo.reset()
+
+
+def test_anchor_blend_op_agrees_with_its_shape_function():
+    """The custom op's outputs have the layout its fake (shape) function promises the compiler — Inductor asserts
+    it on the GPU — for CogVideoX's strided [b, heads, N, hd] views, and they are Eq. 10 written out."""
+    from longgen.backbones.anchor_attention import AnchorLayout, anchor_blend
+
+    gen = torch.Generator().manual_seed(0)
+    key = torch.randn(2, 6, 3, 4, generator=gen).transpose(1, 2)  # [b, heads, N, hd], not contiguous
+    value = torch.randn(2, 6, 3, 4, generator=gen).transpose(1, 2)
+    layout = AnchorLayout(0.3)
+    with layout.call(2):
+        layout.phases(2)  # one branch: row 0 is the anchor, row 1 the other
+        with layout.running([0]):
+            for _ in range(30):  # store the anchor for layers 0..29
+                k0, v0 = anchor_blend(key[:1], value[:1])
+        assert torch.equal(k0, key[:1]) and k0.stride() == key[:1].stride()
+        with layout.running([1]):
+            k1, v1 = anchor_blend(key[1:], value[1:])
+            assert k1.stride() == key[1:].stride() and v1.stride() == value[1:].stride()
+            assert torch.allclose(k1, 0.3 * key[1:] + 0.7 * key[:1], atol=1e-6)
+            assert torch.allclose(v1, 0.3 * value[1:] + 0.7 * value[:1], atol=1e-6)
+            torch.library.opcheck(anchor_blend, (key[1:], value[1:]),
+                                  test_utils=("test_schema", "test_faketensor"))

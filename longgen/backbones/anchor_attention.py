@@ -123,11 +123,17 @@ class AnchorLayout:
             _ACTIVE.remove(self)
             self._rows = None
 
-    def blend_next(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`blend` for the next anchored layer of the transformer call in flight (layers are called in order)."""
+    def blend_next(
+        self, key: torch.Tensor, value: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        """`blend` for the next anchored layer of the transformer call in flight (layers are called in order), written
+        into `out` (tensors shaped as key and value)."""
         layer = self._next_layer
         self._next_layer += 1
-        return self.blend(layer, self.rows(layer, key.shape[0]), key, value)
+        k, v = self.blend(layer, self.rows(layer, key.shape[0]), key, value, out=out)
+        if k is key:  # an anchor call: its keys/values pass unchanged
+            out[0].copy_(key)
+            out[1].copy_(value)
 
     def rows(self, layer: int, size: int) -> list[int]:
         """Rows (in the CFG-stacked batch) of the transformer call in flight."""
@@ -138,7 +144,8 @@ class AnchorLayout:
         return self._rows
 
     def blend(
-        self, layer: int, rows: Sequence[int], key: torch.Tensor, value: torch.Tensor
+        self, layer: int, rows: Sequence[int], key: torch.Tensor, value: torch.Tensor,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 10 for the video tokens of one call. key, value: [b, ...] (rows first; CogVideoX [b, heads, N, hd],
         Wan [b, N, heads, hd]) → same shapes.
@@ -167,7 +174,9 @@ class AnchorLayout:
             k_anchor = torch.stack([k for k, _ in stored])  # key.shape
             v_anchor = torch.stack([v for _, v in stored])  # value.shape
         # λ·K + (1 − λ)·K_a as one fused pass over the tensors (lerp from the anchor towards the row's own)
-        return torch.lerp(k_anchor, key, self.strength), torch.lerp(v_anchor, value, self.strength)
+        k_out, v_out = out if out is not None else (None, None)
+        return (torch.lerp(k_anchor, key, self.strength, out=k_out),
+                torch.lerp(v_anchor, value, self.strength, out=v_out))
 
 
 #: the AnchorLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
@@ -180,10 +189,10 @@ def anchor_blend(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, 
     key, value: [b, ...] rows first → new tensors of the same shapes (an anchor call's are copies)."""
     if len(_ACTIVE) != 1:
         raise RuntimeError("anchor attention ran outside (or nested in) a transformer call of the backbone")
-    k, v = _ACTIVE[0].blend_next(key, value)
-    if k is key:  # a custom op may not return its inputs
-        k, v = key.clone(), value.clone()
-    return k, v
+    # outputs laid out exactly as the inputs (what the shape function promises the compiler), written in place
+    k_out, v_out = torch.empty_like(key), torch.empty_like(value)
+    _ACTIVE[0].blend_next(key, value, out=(k_out, v_out))
+    return k_out, v_out
 
 
 @anchor_blend.register_fake
