@@ -54,8 +54,13 @@ def kernel_class(name: str) -> str:
 
 
 def table(prof, wall_s: float, title: str) -> str:
+    from torch.autograd import DeviceType
+
     device_attr = "self_device_time_total" if hasattr(prof.key_averages()[0], "self_device_time_total") else "self_cuda_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, device_attr, 0) > 0]
+    # GPU kernels only: not the CPU ops that launched them (their device time would count twice) and not the
+    # profiler's own "Command Buffer Full" waits
+    events = [e for e in prof.key_averages() if getattr(e, "device_type", None) == DeviceType.CUDA
+              and getattr(e, device_attr, 0) > 0 and "Command Buffer" not in e.key]
     cpu_only = not events
     if cpu_only:  # CPU run: operator self times instead of kernels
         device_attr = "self_cpu_time_total"
