@@ -124,7 +124,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
-    assert len(ref) == 8 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
+    assert len(ref) == 9 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
     for name, run in ref.items():
         if name == "f":
             continue

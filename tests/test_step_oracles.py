@@ -322,7 +322,7 @@ def test_anchor_attention_processor_matches_written_out_attention(tiny5):
     text = torch.randn(3, 6, dim, generator=gen)  # each window its own prompt tokens
     lam = 0.3
     layout = AnchorLayout(lam)
-    processor = anchor_processor(layout, 0)
+    processor = anchor_processor()  # one processor for every layer; the layout finds the layer at run time
     with torch.no_grad(), layout.call(3):
         # the backbone's protocol (distributed.run_stacked): the anchor's call first, then the other rows' call
         assert layout.phases(3) == [([0], [1, 2])]
