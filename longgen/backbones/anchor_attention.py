@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import JointAttention
+from longgen.backbones.attention import JointAttention, processors_installed
 from longgen.errors import UsageError
 
 
@@ -268,13 +268,5 @@ def anchored(
     objects) are restored on exit, also when the block raises."""
     processor = processor or cogvideox_anchor()
     layout = AnchorLayout(strength, groups)
-    original = dict(transformer.attn_processors)  # name → processor, in call order
-    chosen = [name for name in original if layers is None or layers(name)]
-    processors = dict(original)
-    for layer, name in enumerate(chosen):
-        processors[name] = processor(layout, layer, original[name])
-    transformer.set_attn_processor(processors)
-    try:
+    with processors_installed(transformer, layout, processor, layers):
         yield layout
-    finally:
-        transformer.set_attn_processor(dict(original))  # set_attn_processor consumes the dict it is given

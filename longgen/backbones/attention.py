@@ -21,7 +21,8 @@ kernel, and projects the output. The kernels are `torch.library` custom ops, so 
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -155,3 +156,23 @@ class JointAttention:
         out = out.transpose(1, 2).reshape(b, n, -1)  # [b, T+N, heads·hd]
         out = attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
         return out[:, n_text:], out[:, :n_text]  # video [b, N, D], text [b, T, D]
+
+
+@contextlib.contextmanager
+def processors_installed(
+    transformer, layout: Any, processor: Callable, layers: Callable[[str], bool] | None = None
+) -> Iterator[Any]:
+    """Install `processor(layout, layer, replaces)` on the attention layers of a diffusers transformer whose
+    processor name `layers` accepts (all when None), the layers numbered in call order and `replaces` the processor
+    each stands in for, for the duration of the block; yields `layout`. The original processors (the same objects)
+    are restored on exit, also when the block raises. Used by ABAM and cross-shot attention."""
+    original = dict(transformer.attn_processors)  # name → processor, in call order
+    chosen = [name for name in original if layers is None or layers(name)]
+    processors = dict(original)
+    for layer, name in enumerate(chosen):
+        processors[name] = processor(layout, layer, original[name])
+    transformer.set_attn_processor(processors)
+    try:
+        yield layout
+    finally:
+        transformer.set_attn_processor(dict(original))  # set_attn_processor consumes the dict it is given
