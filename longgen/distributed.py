@@ -151,18 +151,22 @@ class Units:
         return getattr(self.denoiser, "device", None) or torch.device("cpu")
 
     # ------------------------------------------------------------------ running units
-    def map(self, fn: Callable[[int], Any], sizes: Sequence[int], kind: str = "predict") -> list:
+    def map(self, fn: Callable[[int], Any], sizes: Sequence[int], kind: str = "predict", wait: bool = True) -> list:
         """[fn(0), …, fn(n−1)] for n = len(sizes) units; sizes[k] is unit k's number of samples (for the
-        statistics). fn returns a tensor or a tuple of tensors. Every process receives every result."""
+        statistics). fn returns a tensor or a tuple of tensors. Every process receives every result.
+        `wait=False` lets a single process return while the device still works on the results (the streamed
+        decode queues the next batch before handing over the last); the statistics then time the queueing only.
+        Several processes always wait: results travel between them as finished bytes."""
         self.stats.plans[(kind, tuple(int(s) for s in sizes))] += 1
         if self.size == 1 or self._alone:
-            return self._run_here(fn, range(len(sizes)), sizes, kind)
+            return self._run_here(fn, range(len(sizes)), sizes, kind, wait)
         return self._spread(fn, sizes, kind)
 
-    def _run_here(self, fn, ks, sizes, kind) -> list:
+    def _run_here(self, fn, ks, sizes, kind, wait: bool = True) -> list:
         t0 = time.perf_counter()
         out = [fn(k) for k in ks]
-        _sync(self.device)
+        if wait:
+            _sync(self.device)
         self.stats.add(kind, len(out), sum(int(sizes[k]) for k in ks), time.perf_counter() - t0)
         return out
 

@@ -4,7 +4,8 @@
    median of 10) and relative L2 error against an fp32 reference on two heads, for cuDNN SDPA (fp16, bf16),
    FlashAttention-3 bf16 (and fed fp16 tensors, cast by longgen), FlashAttention-3 e4m3 with longgen's scaling.
 2. A whole window's clean estimate x̂0 (2 windows, CFG 6, t = 979) through the real transformer, for each
-   `backbone.attention`, against the fp16 cuDNN path: relative
+   `backbone.attention` (and with the feed-forward's GELU in the GEMM epilogue, `backbone.fused_gelu=true`),
+   against the fp16 cuDNN path with the feed-forward as diffusers writes it: relative
    L2 error of x̂0 and seconds per forward (eager, median of 3). (An earlier version also tried torchao FP8 linear
    layers; the numbers are in benchmarks/README.md.)
 
@@ -66,11 +67,13 @@ def op_level() -> dict:
 def window_level(backbone_name: str, only: list[str] | None = None) -> dict:
     results = {}
     base = ["backbone.random_weights=true", "backbone.compile=false"]
+    unfused = "backbone.fused_gelu=false"  # the feed-forward as diffusers writes it (GEMM, then GELU)
     configs = [
-        ("cudnn-fp16", ["backbone.attention=cudnn", "backbone.dtype=float16"]),
-        ("cudnn-bf16", ["backbone.attention=cudnn", "backbone.dtype=bfloat16"]),
-        ("fa3-fp16-model", ["backbone.attention=fa3", "backbone.dtype=float16"]),
-        ("fa3-fp8-fp16-model", ["backbone.attention=fa3-fp8", "backbone.dtype=float16"]),
+        ("cudnn-fp16", ["backbone.attention=cudnn", "backbone.dtype=float16", unfused]),
+        ("cudnn-bf16", ["backbone.attention=cudnn", "backbone.dtype=bfloat16", unfused]),
+        ("fa3-fp16-model", ["backbone.attention=fa3", "backbone.dtype=float16", unfused]),
+        ("fa3-fp16-model-fused-gelu", ["backbone.attention=fa3", "backbone.dtype=float16", "backbone.fused_gelu=true"]),
+        ("fa3-fp8-fp16-model", ["backbone.attention=fa3-fp8", "backbone.dtype=float16", unfused]),
     ]
     reference = None
     for label, extra in configs:

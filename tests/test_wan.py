@@ -392,7 +392,8 @@ def test_stream_decode_equals_whole_decode_and_streams(wan, length):
     try:
         stream = wan.decode_stream(latents)
         first = next(stream)
-        assert len(calls) == 1 and first.shape[0] == 1  # one latent frame decoded, the causal first frame
+        # the causal first frame comes out while at most the next latent frame is being decoded (one group ahead)
+        assert len(calls) == min(2, length) and first.shape[0] == 1
         chunks = [first, *stream]
     finally:
         hook.remove()

@@ -26,11 +26,20 @@ import torch
 
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
-from longgen.backbones.diffusers_base import DiffusersBackbone, pixels_to_vae
+from longgen.backbones.diffusers_base import DiffusersBackbone, HostFrames, pixels_to_vae
 from longgen.backbones.frame_timesteps import FrameModulation
+from longgen.backbones.group_norm import parallel_group_norms
 from longgen.backbones.shot_attention import cogvideox_shot
 from longgen.diffusion import NoiseSchedule, v_to_x0_eps
 from longgen.errors import UsageError
+
+
+#: `backbone.vae_norm`: the VAE's group normalisations as split-block reductions (`parallel`, longgen/backbones/
+#: group_norm.py; 4.5 s of a 14.4 s 4× decode on an H100 was torch's kernel) or torch's own kernel (`native`)
+VAE_NORMS = ("parallel", "native")
+#: GPU memory a whole-frame (untiled) decode of one temporal batch needs per output pixel, fp16: measured peak
+#: 18.4 GB with 3.8 GB of weights at 480×720 on an H100 (42 KB/pixel), plus 13 % margin (`vae_tiling=auto`)
+UNTILED_DECODE_BYTES_PER_PIXEL = 48_000
 
 
 class CogVideoXBackbone(DiffusersBackbone):
@@ -59,12 +68,14 @@ class CogVideoXBackbone(DiffusersBackbone):
         temporal_compression: int = 4,
         spatial_compression: int = 8,
         max_text_tokens: int = 226,
-        vae_tiling: bool = True,
+        vae_tiling: bool | str = "auto",
+        vae_norm: str = "parallel",
         cpu_offload: bool = False,
         text_encoder: str = "release",
         micro_batch: int = 4,
         attention: str = "auto",
         compile: bool | str = "auto",
+        fused_gelu: bool | str = "auto",
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -75,9 +86,12 @@ class CogVideoXBackbone(DiffusersBackbone):
             latent_channels=latent_channels, temporal_compression=temporal_compression,
             spatial_compression=spatial_compression, patch_size=2, max_text_tokens=max_text_tokens,
             vae_tiling=vae_tiling, cpu_offload=cpu_offload, text_encoder=text_encoder, micro_batch=micro_batch,
-            attention=attention, compile=compile, random_weights=random_weights, weights_seed=weights_seed,
+            attention=attention, compile=compile, fused_gelu=fused_gelu, random_weights=random_weights, weights_seed=weights_seed,
             architecture=architecture, example_config="conf/backbone/tiny.yaml",
         )
+        if vae_norm not in VAE_NORMS:
+            raise UsageError(f"backbone.vae_norm={vae_norm!r}: use {' or '.join(VAE_NORMS)}")
+        self.vae_norm = vae_norm
         self._rope_cache: dict[int, Any] = {}
         self._frame_modulation: FrameModulation | None = None
 
@@ -125,6 +139,11 @@ class CogVideoXBackbone(DiffusersBackbone):
                 f"the backbone config says {self.temporal_compression}/{self.spatial_compression}/{self.latent_shape[0]}: "
                 f"fix conf/backbone or pick the matching backbone"
             )
+
+    def load(self) -> None:
+        super().load()
+        if self.vae_norm == "parallel":  # the VAE's group norms with split-block statistics (group_norm.py)
+            parallel_group_norms(self.pipe.vae)
 
     def _blocks(self) -> Sequence[torch.nn.Module]:
         return self.pipe.transformer.transformer_blocks
@@ -228,6 +247,11 @@ class CogVideoXBackbone(DiffusersBackbone):
         used = getattr(self, "attention_used", self.attention)
         return {"processor": cogvideox_shot(used if used in KERNELS else "sdpa")}
 
+    def describe(self) -> dict:
+        info = super().describe()
+        info["vae_norm"] = self.vae_norm
+        return info
+
     # ------------------------------------------------------------------ encoding (longgen extend)
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
@@ -263,8 +287,9 @@ class CogVideoXBackbone(DiffusersBackbone):
         fb = vae.num_latent_frames_batch_size
         rem = n % fb
         bounds = [(0, fb + rem)] + [(fb * k + rem, fb * (k + 1) + rem) for k in range(1, max(n // fb, 1))]
-        tiled = vae.use_tiling and (z.shape[4] > vae.tile_latent_min_width or z.shape[3] > vae.tile_latent_min_height)
+        tiled = self._tiled_decode(vae, z)
         caches: dict[tuple[int, int], Any] = {}
+        pending = None  # the previous batch's frames on their way to the host
         for lo, hi in bounds:
             zb = z[:, :, lo:hi]  # [1, C, b, H, W]
             if tiled:
@@ -275,9 +300,41 @@ class CogVideoXBackbone(DiffusersBackbone):
                     pix, caches[(0, 0)] = self._decode_block(vae, zb, caches.get((0, 0)))
                     return pix
 
-                pix = self.units.map(whole, [1], kind="decode")[0]  # one unit: rank 0 decodes
-            frames = (pix[0].float() / 2 + 0.5).clamp(0, 1)  # [3, f, H, W]
-            yield (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()  # [f, H, W, 3]
+                pix = self.units.map(whole, [1], kind="decode", wait=False)[0]  # one unit: rank 0 decodes
+            # this batch's kernels are queued: hand over the previous batch while the device works on this one
+            if pending is not None:
+                yield pending.wait()
+            pending = HostFrames(pix[0])
+        if pending is not None:
+            yield pending.wait()
+
+    def _tiled_decode(self, vae, z: torch.Tensor) -> bool:
+        """Whether to decode in spatial tiles. diffusers' CogVideoX tiles are half the frame each way, so a tiled
+        480×720 decode runs 3 × 3 overlapping tiles: 2.25× the convolutions and 15.1 s against 6.5 s whole on an
+        H100 (scripts/decode_probe.py). `vae_tiling=auto` therefore decodes whole frames when the GPU has room
+        (measured need, UNTILED_DECODE_BYTES_PER_PIXEL) and tiles otherwise; `true` tiles whenever the frame is
+        larger than a tile, `false` never tiles."""
+        larger = z.shape[4] > vae.tile_latent_min_width or z.shape[3] > vae.tile_latent_min_height
+        if not (vae.use_tiling and larger):
+            return False
+        if self.vae_tiling is True:
+            return True
+        if self.device.type != "cuda":
+            return True  # host memory: keep the bounded tiled decode
+        pixels = z.shape[3] * z.shape[4] * self.spatial_compression**2
+        need = UNTILED_DECODE_BYTES_PER_PIXEL * pixels * vae.dtype.itemsize // 2
+        return self._gpu_room() < need
+
+    def _gpu_room(self) -> int:
+        """Bytes this process can still allocate on its GPU. One process also sees what others hold (the free
+        memory); several ranks must take the same decision, so they count only the card's size and their own
+        (equal) allocations."""
+        allocated = torch.cuda.memory_allocated(self.device)
+        room = torch.cuda.get_device_properties(self.device).total_memory - allocated
+        if self.units.size == 1:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            room = min(room, free + torch.cuda.memory_reserved(self.device) - allocated)
+        return room
 
     @staticmethod
     def _decode_block(vae, z: torch.Tensor, cache):

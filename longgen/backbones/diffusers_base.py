@@ -29,10 +29,12 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from longgen import distributed
 from longgen.backbones.anchor_attention import anchored
+from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import UsageError
@@ -78,6 +80,30 @@ def pixels_to_vae(frames, device: torch.device, dtype: torch.dtype) -> torch.Ten
     return x.to(dtype)
 
 
+class HostFrames:
+    """Decoded pixels [3, f, H, W] in [-1, 1] → uint8 frames [f, H, W, 3] copied to the host without blocking.
+
+    The conversion and the device-to-host copy are queued behind the decode that produced them; `wait()` returns
+    the frames once that copy is done, so the caller can queue the next batch's decode before waiting (on CUDA the
+    copy goes to pinned memory and overlaps nothing but its own stream's work; on the CPU it is a plain copy)."""
+
+    def __init__(self, pix: torch.Tensor) -> None:
+        frames = (pix.float() / 2 + 0.5).clamp(0, 1)  # [3, f, H, W]
+        frames = (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8)  # [f, H, W, 3]
+        if frames.device.type == "cuda":
+            self.host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            self.host.copy_(frames, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(torch.cuda.current_stream(frames.device))
+        else:
+            self.host, self.done = frames.cpu(), None
+
+    def wait(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy()
+
+
 class DiffusersBackbone(Denoiser):
     """A diffusers text-to-video pipeline behind the seam. Construction only checks the configuration; `load()`
     loads weights. Subclasses call `__init__` with their full option set and implement the abstract hooks."""
@@ -105,12 +131,13 @@ class DiffusersBackbone(Denoiser):
         spatial_compression: int,
         patch_size: int,
         max_text_tokens: int,
-        vae_tiling: bool,
+        vae_tiling: bool | str,
         cpu_offload: bool,
         text_encoder: str,
         micro_batch: int,
         attention: str,
         compile: bool | str,
+        fused_gelu: bool | str,
         random_weights: bool,
         weights_seed: int,
         architecture: dict | None,
@@ -132,6 +159,13 @@ class DiffusersBackbone(Denoiser):
             raise UsageError(f"backbone.micro_batch={micro_batch} must be >= 1")
         if compile not in (True, False, "auto"):
             raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
+        if vae_tiling not in (True, False, "auto"):
+            raise UsageError(f"backbone.vae_tiling={vae_tiling!r}: use auto, true or false")
+        if fused_gelu not in (True, False, "auto"):
+            raise UsageError(f"backbone.fused_gelu={fused_gelu!r}: use auto, true or false")
+        if fused_gelu is True and (device == "cpu" or DTYPES[dtype] == torch.float32):
+            raise UsageError(f"backbone.fused_gelu=true needs a CUDA device and float16/bfloat16 weights (here "
+                             f"{device}, {dtype}): use fused_gelu=auto or false")
         choices = (*ATTENTION, *self.extra_attention)
         if attention not in choices:
             raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(choices)}")
@@ -156,6 +190,8 @@ class DiffusersBackbone(Denoiser):
         self.micro_batch = micro_batch
         self.attention = attention
         self.compile = compile
+        self.fused_gelu = fused_gelu
+        self.fused_gelu_layers = 0
         self.random_weights = random_weights
         self.weights_seed = weights_seed
         self.architecture = architecture or {}
@@ -282,10 +318,24 @@ class DiffusersBackbone(Denoiser):
             pipe.to(self.device)
         self.pipe = pipe
         self._set_attention_backend()
+        self._fuse_gelu()
         self.compiled = self._compile_blocks()
 
     def _set_attention_backend(self) -> None:
         """Families with attention choices beyond the SDPA kernel sets install them here."""
+
+    def _fuse_gelu(self) -> None:
+        """The feed-forwards' projection + tanh GELU as one cuBLASLt call (longgen/backbones/fused_gelu.py): `auto`
+        on CUDA in fp16/bf16, `true` insists (one line where it cannot run)."""
+        if self.fused_gelu is False:
+            return
+        able = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+        if not able:
+            if self.fused_gelu is True:
+                raise UsageError(f"backbone.fused_gelu=true needs a CUDA device and float16/bfloat16 weights (here "
+                                 f"{self.device.type}, {self.dtype_name}): use fused_gelu=auto or false")
+            return
+        self.fused_gelu_layers = fuse_gelu_projections(self.pipe.transformer)
 
     def _seeded_build(self, build):
         """Run `build()` (which constructs modules) with the global RNG seeded by `weights_seed`, on the device when
@@ -510,6 +560,8 @@ class DiffusersBackbone(Denoiser):
             "attention_kernels": self._attention_description(),
             "compile": self.compile,
             "compiled": self.compiled,
+            "fused_gelu": self.fused_gelu,
+            "fused_gelu_layers": self.fused_gelu_layers,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
         }

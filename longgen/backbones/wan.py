@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
-from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, pixels_to_vae
+from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
 from longgen.backbones.shot_attention import WanShotAttnProcessor
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.distributed import Units
@@ -97,6 +97,7 @@ class WanBackbone(DiffusersBackbone):
         micro_batch: int = 2,
         attention: str = "auto",
         compile: bool | str = "auto",
+        fused_gelu: bool | str = "auto",
         random_weights: bool = False,
         weights_seed: int = 0,
         architecture: dict | None = None,
@@ -107,7 +108,7 @@ class WanBackbone(DiffusersBackbone):
             latent_channels=latent_channels, temporal_compression=temporal_compression,
             spatial_compression=spatial_compression, patch_size=2, max_text_tokens=max_text_tokens,
             vae_tiling=vae_tiling, cpu_offload=cpu_offload, text_encoder=text_encoder, micro_batch=micro_batch,
-            attention=attention, compile=compile, random_weights=random_weights, weights_seed=weights_seed,
+            attention=attention, compile=compile, fused_gelu=fused_gelu, random_weights=random_weights, weights_seed=weights_seed,
             architecture=architecture, example_config="conf/backbone/tiny-wan.yaml",
         )
         if vae_dtype not in DTYPES:
@@ -294,11 +295,12 @@ class WanBackbone(DiffusersBackbone):
         slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots per decoder
         tile_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
         tile_w = vae.tile_sample_min_width // vae.spatial_compression_ratio
-        tiled = vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
+        tiled = self.vae_tiling is True and vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
         if not tiled:
             x = vae.post_quant_conv(z)  # [1, C, L, h, w]: a 1×1×1 convolution, frame by frame the same
             cache = [None] * slots
         caches: dict[tuple[int, int], list] = {}
+        pending = None  # the previous frame group on its way to the host
         for k in range(z.shape[2]):
             if tiled:
                 pix = self._decode_tiles(vae, z[:, :, k : k + 1], caches, slots, first=k == 0, units=self.units)
@@ -307,10 +309,13 @@ class WanBackbone(DiffusersBackbone):
                 def whole(unit: int, k=k) -> torch.Tensor:
                     return vae.decoder(x[:, :, k : k + 1], feat_cache=cache, feat_idx=[0], first_chunk=k == 0)
 
-                pix = self.units.map(whole, [1], kind="decode")[0]  # one unit: rank 0 decodes
-            pix = pix.clamp(-1.0, 1.0)  # [1, 3, f, H, W], as the VAE's decode clamps
-            frames = (pix[0].float() / 2 + 0.5).clamp(0, 1)  # [3, f, H, W]
-            yield (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()  # [f, H, W, 3]
+                pix = self.units.map(whole, [1], kind="decode", wait=False)[0]  # one unit: rank 0 decodes
+            # this group's kernels are queued: hand over the previous group while the device works on this one
+            if pending is not None:
+                yield pending.wait()
+            pending = HostFrames(pix[0].clamp(-1.0, 1.0))  # [3, f, H, W], as the VAE's decode clamps
+        if pending is not None:
+            yield pending.wait()
 
     @staticmethod
     def _decode_tiles(vae, z: torch.Tensor, caches: dict, slots: int, first: bool, units=None) -> torch.Tensor:
