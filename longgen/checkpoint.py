@@ -45,6 +45,7 @@ HARMLESS = (
     "backbone.device",
     "backbone.cpu_offload",
     "backbone.vae_tiling",
+    "backbone.vae_norm",
     "backbone.text_encoder",
     "save_latents",
     "checkpoint_every",

@@ -2,7 +2,7 @@
 
 For a run directory the latents are its `latents.safetensors`, or the final state in `checkpoint.safetensors`
 when sampling finished but the video was not written; backbone and writer come from the run's saved config and
-may be overridden (writer.*, backbone.device/dtype/vae_tiling/cpu_offload, model_path). For a latents file
+may be overridden (writer.*, backbone.device/dtype/vae_tiling/vae_norm/cpu_offload, model_path). For a latents file
 (`[F, C, H, W]` under key `latents`, as generate writes it) the backbone is chosen as for generate
 (`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder). Only the VAE's
 decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true. A
@@ -35,7 +35,7 @@ log = logging.getLogger("longgen")
 
 #: what decode may change in a run directory's saved config
 DECODE_OPTIONS = ("writer", "model_path", "backbone.model_path", "backbone.device", "backbone.dtype",
-                  "backbone.vae_tiling", "backbone.cpu_offload", "overwrite")
+                  "backbone.vae_tiling", "backbone.vae_norm", "backbone.cpu_offload", "overwrite")
 
 USAGE = """usage: longgen decode RUN_DIR [KEY=VALUE ...]
        longgen decode LATENTS.safetensors [backbone=NAME] [out=DIR] [KEY=VALUE ...]

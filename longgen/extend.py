@@ -46,7 +46,6 @@ import copy
 import gc
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from longgen import __version__
 from longgen.build import build
 from longgen.checkpoint import Checkpoint, Interrupts
 from longgen.denoiser import Denoiser, Prediction
@@ -71,11 +69,13 @@ from longgen.generate import (
     discard_if_unused,
     encode,
     keep_latents,
+    manifest_head,
     package_versions,
     resolve_story,
     resume_command,
     sample,
     save_latents,
+    video_facts,
     write_run_config,
 )
 from longgen.options import check_latent_budget, flag, whole
@@ -548,11 +548,7 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
                     for w in job.window_map()]
         geometry = {"latent_length": k + n, "window": job.plan.window, "windows": windows}
     manifest = {
-        "longgen": __version__,
-        "command": " ".join(sys.argv),
-        "seed": int(cfg.seed),
-        "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
-        "backbone": {"name": job.choices.get("backbone"), **backbone.describe()},
+        **manifest_head(job),
         "input": {"path": str(src.path), "width": src.width, "height": src.height, "fps": src.fps,
                   "frames": src.frames, "fit": src.describe_fit()},
         "history": {"latent_frames": job.history, "video_frames": backbone.frames_for(job.history),
@@ -564,12 +560,7 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
         "sampling_windows": job.window_map(),
         **geometry,
         "local_prompts": len(job.story.local_prompts),
-        "frames": video["frames"],
-        "fps": video["fps"],
-        "width": video["width"],
-        "height": video["height"],
-        "timings": {key: round(v, 3) for key, v in timings.items() if key.endswith("_s")},
-        "transformer_forwards": int(timings.get("forwards", 0)),
+        **video_facts(video, timings),
         "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed); the history's "
                  "slice is its noise",
         "versions": package_versions(),

@@ -376,6 +376,29 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def manifest_head(job) -> dict:
+    """What every manifest opens with (generate and extend): version, command, seed, sampler and backbone."""
+    return {
+        "longgen": __version__,
+        "command": " ".join(sys.argv),
+        "seed": int(job.cfg.seed),
+        "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
+        "backbone": {"name": job.choices.get("backbone"), **job.backbone.describe()},
+    }
+
+
+def video_facts(video: dict, timings: dict) -> dict:
+    """The written video's geometry and the run's stage timings, for the manifest."""
+    return {
+        "frames": video["frames"],
+        "fps": video["fps"],
+        "width": video["width"],
+        "height": video["height"],
+        "timings": {k: round(v, 3) for k, v in timings.items() if k.endswith("_s")},
+        "transformer_forwards": int(timings.get("forwards", 0)),
+    }
+
+
 def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = None) -> dict:
     """Stage 5: latents (if asked), story, manifest; then the checkpoint is no longer needed."""
     out, backbone, cfg, timings = job.out_dir, job.backbone, job.cfg, job.timings
@@ -389,11 +412,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
     write_text(out / "story.json", job.given_story.to_json())
     peak = torch.cuda.max_memory_allocated(backbone.device) if backbone.device.type == "cuda" else None
     manifest = {
-        "longgen": __version__,
-        "command": " ".join(sys.argv),
-        "seed": int(cfg.seed),
-        "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
-        "backbone": {"name": job.choices.get("backbone"), **backbone.describe()},
+        **manifest_head(job),
         "latent_length": job.length,
         "window": job.plan.window,
         "stride": job.sampler.stride,
@@ -403,12 +422,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "global_prompt_removed_from": job.stripped,
         **({"local_prompts_used": job.story.local_prompts} if job.stripped else {}),
         **({"shots": job.shots.shot_map(), "takes": job.shots.take_map()} if job.shots is not None else {}),
-        "frames": video["frames"],
-        "fps": video["fps"],
-        "width": video["width"],
-        "height": video["height"],
-        "timings": {k: round(v, 3) for k, v in timings.items() if k.endswith("_s")},
-        "transformer_forwards": int(timings.get("forwards", 0)),
+        **video_facts(video, timings),
         "transformer_calls": int(timings.get("calls", 0)),
         "peak_gpu_memory_bytes": peak,
         "noise": {"name": job.choices.get("noise", "gaussian"), **job.noise.describe()},

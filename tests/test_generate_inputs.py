@@ -4,7 +4,6 @@ few CLI runs for what only the CLI shows."""
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
@@ -15,10 +14,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from longgen.errors import RunFailure, UsageError
+from longgen.errors import UsageError
 from longgen.generate import plan_job, validate_sweep
 from longgen.rundir import atomic_file, write_json
-from longgen.writer import Mp4Writer
 
 from cli_helpers import error_lines, run_cli
 
@@ -103,7 +101,6 @@ def _small_files():
 
 
 def test_a_full_disk_during_the_video_leaves_no_truncated_file(tmp_path):
-    import numpy as np
 
     code = (
         "import numpy as np, sys\n"

@@ -3,7 +3,6 @@ prompt, deterministic, no pronoun left at the start of an event."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

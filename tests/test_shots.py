@@ -404,3 +404,66 @@ def test_llm_splitter_asks_for_shots_and_reads_them(monkeypatch, tmp_path):
     assert story.characters == {"1": "a tall woman"} and [s.cut for s in story.shots] == [False, False, True]
     assert story.source["form"] == "multi-shot" and story.source["template"] == "template_multi_shot.txt"
     assert not splitter._shots  # the events form is back afterwards
+
+
+def test_cross_attention_keeps_one_compiled_graph_for_all_blocks():
+    """Compiled blocks with cross-shot attention: one graph per mode and call shape, shared by every block (one
+    processor object for all layers, the keys/values through the opaque `shot_kv` op, which counts the layers). A
+    processor per layer closing over its index makes Dynamo compile each block apart, up to its recompile limit."""
+    from torch._dynamo.testing import CompileCounter
+
+    den = make_tiny(prompts=("a cat", "a dog runs"), **{"architecture.transformer.num_layers": 6})
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    x = torch.randn(2, den.window, *den.latent_shape, generator=torch.Generator().manual_seed(0))
+
+    def scene():
+        with den.shot_attention(0.5, guided=True) as layout:
+            with layout.capturing():
+                den.predict(x[:1], 500, [0], 6.0)
+            with layout.sharing():
+                return den.predict(x, 500, [1, 1], 6.0).x0
+
+    try:
+        for block in den._blocks():
+            block.compile(backend=counter, dynamic=False)
+        compiled = scene()
+        # capture (its own call per row: 1 row) and share (one call of 4 rows), and the first block's input has
+        # other strides than the later blocks': a handful of graphs whatever the number of blocks
+        assert counter.frame_count <= 4, counter.frame_count
+        for block in den._blocks():
+            block._compiled_call_impl = None  # back to eager for the reference
+        eager = scene()
+        assert (compiled - eager).abs().max() <= 1e-5
+    finally:
+        torch._dynamo.reset()
+
+
+def test_shot_kv_op_agrees_with_its_shape_function():
+    """The op's outputs have the shapes and layouts its fake function promises the compiler, for CogVideoX's strided
+    [b, heads, N, hd] views: copies laid out as the inputs while capturing, N + n tokens while sharing, with the
+    branch's kept reference tokens appended and layers counted per transformer call."""
+    from longgen.backbones.shot_attention import ShotLayout, shot_kv
+
+    gen = torch.Generator().manual_seed(0)
+    key = torch.randn(2, 6, 3, 4, generator=gen).transpose(1, 2)  # [b, heads, N=6, hd], not contiguous
+    value = torch.randn(2, 6, 3, 4, generator=gen).transpose(1, 2)
+    layout = ShotLayout(0.5, guided=True)
+    layout.phases(2)
+    with layout.capturing():
+        for row in (0, 1):
+            with layout.running([row]):
+                for layer in range(3):  # each layer keeps a different reference
+                    k0, v0 = shot_kv(key[row : row + 1] + layer, value[row : row + 1] - layer, 2, 0)
+                    assert torch.equal(k0, key[row : row + 1] + layer) and k0.stride() == key[row : row + 1].stride()
+    keep = _kept(6, 0.5)  # 3 tokens
+    with layout.sharing(), layout.running([0, 1]):
+        for layer in range(3):
+            k, v = shot_kv(key, value, 2, len(keep))
+            assert k.shape == (2, 3, 6 + 3, 4) and k.is_contiguous()
+            for row in (0, 1):  # each row gets its own branch's reference of this layer
+                assert torch.equal(k[row, :, 6:], key[row, :, keep] + layer)
+                assert torch.equal(v[row, :, 6:], value[row, :, keep] - layer)
+                assert torch.equal(k[row, :, :6], key[row])
+    with layout.sharing(), layout.running([0, 1]):
+        torch.library.opcheck(shot_kv, (key, value, 2, len(keep)), test_utils=("test_schema", "test_faketensor"))

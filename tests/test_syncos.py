@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -384,7 +383,7 @@ def test_story_without_global():
 
 def test_story_locals_missing_global():
     g = "A small robot in a neon city at night."
-    story = Story(g, [f"{g} The robot walks.", f"a small  ROBOT in a neon city at night, it waves", "The robot sits."])
+    story = Story(g, [f"{g} The robot walks.", "a small  ROBOT in a neon city at night, it waves", "The robot sits."])
     assert story.locals_missing_global() == [2]  # case, spacing and the final full stop do not matter
     assert story.missing_global_warning().startswith("local prompt 3 of 3 does not contain the global prompt")
     several = Story(g, ["The robot walks.", "The robot sits."])

@@ -34,6 +34,11 @@ Details:
   keys/values, and the sharing calls are ordinary units of work: the result is the same bytes on 1 or N processes.
   While no capture or sharing is open (the reference take's own step), the installed processors call the
   processors they replaced, so the reference take is computed exactly as alone.
+- Compilation: one processor object serves every layer whose replaced processor is the same (or an equal
+  stateless one), and the keys/values go through the opaque custom op `longgen::shot_kv`, which finds its layer
+  by counting its calls inside the transformer call; so compiled blocks keep one graph per mode and call shape (a
+  processor per layer, closing over its index, made Dynamo recompile per block up to its limit and run the rest
+  eagerly).
 - Memory: the kept tokens, 2 (K, V) × 2 branches × layers × heads × r·N × head dim, e.g. r = 0.5 on CogVideoX-2B:
   2·2·30·30·8775·64 fp16 values ≈ 4 GB.
 
@@ -69,6 +74,7 @@ class ShotLayout:
         self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._total: int | None = None  # CFG-stacked rows of the predict in flight
         self._rows: list[int] | None = None  # rows of the transformer call in flight
+        self._next_layer = 0  # the layer whose keys/values come next in the transformer call in flight
         self._index: dict[tuple[int, str], torch.Tensor] = {}  # (N, device) → kept token positions
 
     # ------------------------------------------------------------------ modes
@@ -106,10 +112,13 @@ class ShotLayout:
 
     @contextlib.contextmanager
     def running(self, rows: Sequence[int]) -> Iterator[None]:
-        self._rows = list(rows)
+        """Bracket one transformer call over these stacked rows."""
+        self._rows, self._next_layer = list(rows), 0
+        _ACTIVE.append(self)
         try:
             yield
         finally:
+            _ACTIVE.remove(self)
             self._rows = None
 
     def rows(self, size: int) -> list[int]:
@@ -124,13 +133,23 @@ class ShotLayout:
         return row // (self._total // 2) if self.guided else 1
 
     # ------------------------------------------------------------------ the keys and values
+    def kept_count(self, tokens: int) -> int:
+        """n = ⌈r·N⌉ reference tokens kept of N."""
+        return max(1, math.ceil(self.share * tokens))
+
     def kept_positions(self, tokens: int, device: torch.device) -> torch.Tensor:
         """⌈r·N⌉ evenly spaced token positions of N: [n] int64."""
         key = (tokens, str(device))
         if key not in self._index:
-            n = max(1, math.ceil(self.share * tokens))
+            n = self.kept_count(tokens)
             self._index[key] = (torch.arange(n, device=device) * tokens) // n  # [n]
         return self._index[key]
+
+    def apply_next(self, key: torch.Tensor, value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`apply` for the next layer of the transformer call in flight (layers are called in order)."""
+        layer = self._next_layer
+        self._next_layer += 1
+        return self.apply(layer, key.shape[0], key, value, dim)
 
     def apply(self, layer: int, size: int, key: torch.Tensor, value: torch.Tensor, dim: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,18 +172,84 @@ class ShotLayout:
         return torch.cat([key, k_ref], dim=dim), torch.cat([value, v_ref], dim=dim)  # tokens N + n on `dim`
 
 
+#: the ShotLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
+_ACTIVE: list[ShotLayout] = []
+
+
+@torch.library.custom_op("longgen::shot_kv", mutates_args=())
+def shot_kv(key: torch.Tensor, value: torch.Tensor, dim: int, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The video keys/values of the next layer of the transformer call in flight (`ShotLayout.apply_next`), rows
+    first with tokens on `dim`. `kept` = 0 while capturing (copies of the inputs, laid out as them) and n while
+    sharing (new contiguous tensors with N + n tokens on `dim`): the shape the caller promises the compiler."""
+    if len(_ACTIVE) != 1:
+        raise RuntimeError("cross-shot attention ran outside (or nested in) a transformer call of the backbone")
+    k, v = _ACTIVE[0].apply_next(key, value, dim)
+    if kept == 0:
+        if k is not key:
+            raise RuntimeError("cross-shot attention: keys/values were extended while capturing")
+        k_out, v_out = torch.empty_like(key), torch.empty_like(value)
+        return k_out.copy_(key), v_out.copy_(value)
+    if k.shape[dim] != key.shape[dim] + kept:
+        raise RuntimeError(f"cross-shot attention: {k.shape[dim] - key.shape[dim]} reference tokens where {kept} "
+                           f"were announced")
+    return k.contiguous(), v.contiguous()
+
+
+@shot_kv.register_fake
+def _shot_kv_shapes(key: torch.Tensor, value: torch.Tensor, dim: int, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if kept == 0:
+        return torch.empty_like(key), torch.empty_like(value)
+    grown = lambda t: t.new_empty((*t.shape[:dim], t.shape[dim] + kept, *t.shape[dim + 1 :]))  # noqa: E731
+    return grown(key), grown(value)
+
+
+def layout_kv(layout: ShotLayout, key: torch.Tensor, value: torch.Tensor, dim: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Capture or share one layer's video keys/values through the op (the mode is read here, in Python, so a
+    compiled block specialises on it and on the share r that fixes n)."""
+    kept = layout.kept_count(key.shape[dim]) if layout.mode == "share" else 0
+    return shot_kv(key, value, dim, kept)
+
+
+def equivalent(a, b) -> bool:
+    """Whether two attention processors compute the same thing: the same object, or the same class with equal
+    attributes (diffusers gives every layer its own stateless processor instance)."""
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(vars(a) == vars(b))
+    except (TypeError, RuntimeError):  # attributes that cannot be compared (tensors)
+        return False
+
+
+def shared_factory(make: Callable) -> Callable:
+    """A `processor(layout, layer, replaces)` factory that builds one processor per distinct replaced processor
+    (normally one for the whole transformer) with `make(layout, replaces)`."""
+    built: list[tuple[object, object]] = []
+
+    def factory(layout: ShotLayout, layer: int, replaces):
+        for old, proc in built:
+            if equivalent(old, replaces) and proc.layout is layout:
+                return proc
+        proc = make(layout, replaces)
+        built.append((replaces, proc))
+        return proc
+
+    return factory
+
+
 # ---------------------------------------------------------------------------------------------------- CogVideoX
 class CogVideoXShotProcessor:
     """A CogVideoX joint text-video attention layer with the reference shot's video keys/values appended
     (longgen's JointAttention on the backbone's kernel); while the layout is `off` it calls the processor it
-    replaced, so nothing changes."""
+    replaced, so nothing changes. The layer is found at run time by the `shot_kv` op."""
 
     def __init__(self, layout: ShotLayout, layer: int, replaces, kernel: str = "sdpa") -> None:
-        self.layout, self.layer, self.replaced = layout, layer, replaces
+        self.layout, self.replaced = layout, replaces
         self.joint = JointAttention(kernel, video_kv=self._video_kv)
 
     def _video_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layout.apply(self.layer, key.shape[0], key, value, dim=2)  # [b, heads, N(+n), hd]
+        return layout_kv(self.layout, key, value, dim=2)  # [b, heads, N(+n), hd]
 
     def __call__(
         self,
@@ -181,8 +266,9 @@ class CogVideoXShotProcessor:
 
 
 def cogvideox_shot(kernel: str = "sdpa") -> Callable:
-    """The `processor` factory of `shared_attention` for CogVideoX blocks, on the backbone's attention kernel."""
-    return lambda layout, layer, replaces: CogVideoXShotProcessor(layout, layer, replaces, kernel)
+    """The `processor` factory of `shared_attention` for CogVideoX blocks, on the backbone's attention kernel: one
+    processor object for all layers whose processors are alike."""
+    return shared_factory(lambda layout, replaces: CogVideoXShotProcessor(layout, 0, replaces, kernel))
 
 
 # ---------------------------------------------------------------------------------------------------- Wan
@@ -191,10 +277,10 @@ class WanShotAttnProcessor:
     rotary embedding; while the layout is `off` it calls the processor it replaced. The projections, the RMS norms
     of q and k across heads, the interleaved-pair RoPE and the output projection are those of diffusers'
     WanAttnProcessor for a text-to-video model; attention goes through diffusers' dispatcher with the replaced
-    processor's backend."""
+    processor's backend. The layer is found at run time by the `shot_kv` op."""
 
     def __init__(self, layout: ShotLayout, layer: int, replaces) -> None:
-        self.layout, self.layer, self.replaced = layout, layer, replaces
+        self.layout, self.replaced = layout, replaces
         self.backend = getattr(replaces, "_attention_backend", None)
 
     def __call__(
@@ -221,11 +307,16 @@ class WanShotAttnProcessor:
             cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each
             q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
             k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-        k, v = self.layout.apply(self.layer, hidden_states.shape[0], k, v, dim=1)  # [b, N(+n), heads, hd]
+        k, v = layout_kv(self.layout, k, v, dim=1)  # [b, N(+n), heads, hd]
         out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self.backend)  # [b, N, heads, hd]
         out = out.flatten(2, 3).type_as(q)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def wan_shot() -> Callable:
+    """The `processor` factory of `shared_attention` for Wan self-attention layers: one object for alike layers."""
+    return shared_factory(lambda layout, replaces: WanShotAttnProcessor(layout, 0, replaces))
 
 
 # ---------------------------------------------------------------------------------------------------- installing

@@ -39,7 +39,7 @@ import torch
 
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
-from longgen.backbones.shot_attention import WanShotAttnProcessor
+from longgen.backbones.shot_attention import wan_shot
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.distributed import Units
 from longgen.errors import UsageError
@@ -242,7 +242,7 @@ class WanBackbone(DiffusersBackbone):
         return {"processor": WanAnchorAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
 
     def _shot_processors(self) -> dict:
-        return {"processor": WanShotAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
+        return {"processor": wan_shot(), "layers": lambda name: name.endswith(".attn1.processor")}
 
     # ------------------------------------------------------------------ decoding
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:

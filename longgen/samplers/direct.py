@@ -7,7 +7,6 @@ other samplers are pinned to (tests compare it with diffusers' `CogVideoXPipelin
 
 from __future__ import annotations
 
-import torch
 
 from longgen.diffusion import ddim_step
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
