@@ -151,6 +151,16 @@ def test_vae_tiling_auto_decodes_whole_frames_when_the_gpu_has_room(monkeypatch)
         make_tiny(vae_tiling="maybe")
 
 
+def test_vae_tiling_auto_per_family():
+    """CogVideoX decides per decode (tiling enabled, `_tiled_decode` chooses); Wan, which streams one latent frame
+    at a time, decodes untiled under `auto` and tiles only when asked."""
+    from test_wan import make_tiny_wan
+
+    assert make_tiny(vae_tiling="auto").pipe.vae.use_tiling
+    assert not make_tiny_wan(vae_tiling="auto").pipe.vae.use_tiling
+    assert make_tiny_wan(vae_tiling=True).pipe.vae.use_tiling
+
+
 def test_stream_decode_runs_one_batch_ahead():
     """The next temporal batch is queued before the previous batch is handed over (decode overlaps the writer),
     and never more than one: memory stays bounded."""

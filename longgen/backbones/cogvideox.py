@@ -51,6 +51,8 @@ class CogVideoXBackbone(DiffusersBackbone):
     extra_attention = KERNELS
     #: a timestep per latent frame (t [M] or [B, M]): per-frame adaLN modulation, see frame_timesteps.py
     per_frame_timesteps = True
+    #: `vae_tiling=auto`: whole frames when the GPU has room, else tiles (`_tiled_decode`)
+    decides_tiling = True
 
     def __init__(
         self,

@@ -108,6 +108,9 @@ class DiffusersBackbone(Denoiser):
     """A diffusers text-to-video pipeline behind the seam. Construction only checks the configuration; `load()`
     loads weights. Subclasses call `__init__` with their full option set and implement the abstract hooks."""
 
+    #: whether `vae_tiling=auto` lets the family decide per decode (it then enables the VAE's tiling and chooses
+    #: whole frames or tiles in `decode_stream`); otherwise `auto` decodes untiled
+    decides_tiling = False
     #: family name used in messages ("a diffusers CogVideoX folder")
     family: str = "diffusers"
     #: backbone.attention choices beyond the SDPA kernel sets (a family may add its own)
@@ -310,7 +313,7 @@ class DiffusersBackbone(Denoiser):
             except (OSError, ValueError) as exc:
                 raise UsageError(f"could not load {self.family} from {self._source}: {exc}".splitlines()[0]) from exc
         self._check_loaded(pipe)
-        if self.vae_tiling:
+        if self.vae_tiling is True or (self.vae_tiling == "auto" and self.decides_tiling):
             pipe.vae.enable_tiling()
         if self.cpu_offload and self.device.type == "cuda":
             pipe.enable_model_cpu_offload(device=self.device)

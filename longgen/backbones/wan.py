@@ -91,7 +91,7 @@ class WanBackbone(DiffusersBackbone):
         guidance_scale: float = 5.0,
         negative_prompt: str = "",
         syncos_t_min: int = 950,
-        vae_tiling: bool = False,
+        vae_tiling: bool | str = False,
         cpu_offload: bool = False,
         text_encoder: str = "release",
         micro_batch: int = 2,
@@ -295,7 +295,7 @@ class WanBackbone(DiffusersBackbone):
         slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots per decoder
         tile_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
         tile_w = vae.tile_sample_min_width // vae.spatial_compression_ratio
-        tiled = self.vae_tiling is True and vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
+        tiled = vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
         if not tiled:
             x = vae.post_quant_conv(z)  # [1, C, L, h, w]: a 1×1×1 convolution, frame by frame the same
             cache = [None] * slots
