@@ -610,6 +610,25 @@ def test_abam_keeps_one_compiled_graph_for_all_blocks():
         torch._dynamo.reset()
 
 
+def test_anchor_blend_op_counts_layers_per_transformer_call():
+    """The op finds its layer by counting its calls inside a transformer call: layer l of the other rows blends with
+    layer l's anchor, not with another layer's."""
+    from longgen.backbones.anchor_attention import AnchorLayout, anchor_blend
+
+    key = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))  # [b, heads, N, hd]
+    layout = AnchorLayout(0.5)
+    with layout.call(2):
+        layout.phases(2)
+        with layout.running([0]):
+            for layer in range(3):  # a different anchor per layer
+                anchor_blend(key[:1] + 10 * layer, key[:1] - 10 * layer)
+        with layout.running([1]):
+            for layer in range(3):
+                k, v = anchor_blend(key[1:], key[1:])
+                assert torch.allclose(k, 0.5 * key[1:] + 0.5 * (key[:1] + 10 * layer), atol=1e-6)
+                assert torch.allclose(v, 0.5 * key[1:] + 0.5 * (key[:1] - 10 * layer), atol=1e-6)
+
+
 def test_anchor_blend_op_agrees_with_its_shape_function():
     """The custom op's outputs have the layout its fake (shape) function promises the compiler — Inductor asserts
     it on the GPU — for CogVideoX's strided [b, heads, N, hd] views, and they are Eq. 10 written out."""

@@ -52,12 +52,16 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import JointAttention, processors_installed
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed
 from longgen.errors import UsageError
 
 
-class AnchorLayout:
+class AnchorLayout(CallInFlight):
     """Where the anchors are in the rows of one `predict` call, and their keys/values per layer."""
+
+    #: the AnchorLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
+    ACTIVE: list["AnchorLayout"] = []
+    what = "anchor attention"
 
     def __init__(self, strength: float, groups: Sequence[int] | None = None) -> None:
         if not 0.0 <= float(strength) <= 1.0:
@@ -72,8 +76,6 @@ class AnchorLayout:
         self._group_of: list[int] = []  # in-branch row → group
         self._group_start: list[int] = []  # group → its anchor's in-branch row
         self._planned = False  # the backbone asked for this predict's phases
-        self._rows: list[int] | None = None  # rows of the transformer call in flight
-        self._next_layer = 0  # the layer whose blend comes next in the transformer call in flight
         self._store: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}  # (layer, group) → branch, K, V
 
     @contextlib.contextmanager
@@ -112,24 +114,12 @@ class AnchorLayout:
             out.append((anchors, others))
         return out
 
-    @contextlib.contextmanager
-    def running(self, rows: Sequence[int]) -> Iterator[None]:
-        """Bracket one transformer call over these stacked rows."""
-        self._rows, self._next_layer = list(rows), 0
-        _ACTIVE.append(self)
-        try:
-            yield
-        finally:
-            _ACTIVE.remove(self)
-            self._rows = None
-
     def blend_next(
         self, key: torch.Tensor, value: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]
     ) -> None:
         """`blend` for the next anchored layer of the transformer call in flight (layers are called in order), written
         into `out` (tensors shaped as key and value)."""
-        layer = self._next_layer
-        self._next_layer += 1
+        layer = self.next_layer()
         k, v = self.blend(layer, self.rows(layer, key.shape[0]), key, value, out=out)
         if k is key:  # an anchor call: its keys/values pass unchanged
             out[0].copy_(key)
@@ -179,19 +169,14 @@ class AnchorLayout:
                 torch.lerp(v_anchor, value, self.strength, out=v_out))
 
 
-#: the AnchorLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
-_ACTIVE: list[AnchorLayout] = []
-
-
 @torch.library.custom_op("longgen::anchor_blend", mutates_args=())
 def anchor_blend(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 10 for the next anchored layer of the transformer call in flight (`AnchorLayout.blend_next`).
     key, value: [b, ...] rows first → new tensors of the same shapes (an anchor call's are copies)."""
-    if len(_ACTIVE) != 1:
-        raise RuntimeError("anchor attention ran outside (or nested in) a transformer call of the backbone")
+    layout = AnchorLayout.in_flight()
     # outputs laid out exactly as the inputs (what the shape function promises the compiler), written in place
     k_out, v_out = torch.empty_like(key), torch.empty_like(value)
-    _ACTIVE[0].blend_next(key, value, out=(k_out, v_out))
+    layout.blend_next(key, value, out=(k_out, v_out))
     return k_out, v_out
 
 

@@ -22,7 +22,7 @@ kernel, and projects the output. The kernels are `torch.library` custom ops, so 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,42 @@ class JointAttention:
         out = out.transpose(1, 2).reshape(b, n, -1)  # [b, T+N, heads·hd]
         out = attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
         return out[:, n_text:], out[:, :n_text]  # video [b, N, D], text [b, T, D]
+
+
+class CallInFlight:
+    """The transformer call in flight, for layouts whose attention goes through a custom op (ABAM's `anchor_blend`,
+    cross-shot attention's `shot_kv`): its stacked rows, and which layer's turn is next. An op cannot be given the
+    layer index (one processor object serves every layer, so compiled blocks share one graph); it finds the layout
+    with `in_flight()` and counts layers with `next_layer()` (layers are called in order). Subclasses set `ACTIVE`,
+    their own registry, and `what` (their name in errors)."""
+
+    ACTIVE: ClassVar[list]
+    what: ClassVar[str]
+    _rows: list[int] | None = None
+    _next_layer = 0
+
+    @contextlib.contextmanager
+    def running(self, rows: Sequence[int]) -> Iterator[None]:
+        """Bracket one transformer call over these stacked rows."""
+        self._rows, self._next_layer = list(rows), 0
+        self.ACTIVE.append(self)
+        try:
+            yield
+        finally:
+            self.ACTIVE.remove(self)
+            self._rows = None
+
+    def next_layer(self) -> int:
+        layer = self._next_layer
+        self._next_layer += 1
+        return layer
+
+    @classmethod
+    def in_flight(cls):
+        """The layout whose transformer call is running (exactly one: nesting is an error)."""
+        if len(cls.ACTIVE) != 1:
+            raise RuntimeError(f"{cls.what} ran outside (or nested in) a transformer call of the backbone")
+        return cls.ACTIVE[0]
 
 
 @contextlib.contextmanager

@@ -50,20 +50,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 
-from longgen.backbones.attention import JointAttention, processors_installed
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed
 from longgen.errors import UsageError
 
 MODES = ("off", "capture", "share")
 
 
-class ShotLayout:
+class ShotLayout(CallInFlight):
     """The reference keys/values per (layer, guidance branch), and what the predict calls of the moment do:
     `off` (plain attention through the replaced processors), `capture` (keep the reference's keys/values) or
     `share` (append them). Speaks `distributed.run_stacked`'s layout protocol (`phases`, `running`)."""
+
+    #: the ShotLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
+    ACTIVE: list["ShotLayout"] = []
+    what = "cross-shot attention"
 
     def __init__(self, share: float, guided: bool) -> None:
         if not 0.0 < float(share) <= 1.0:
@@ -73,8 +77,6 @@ class ShotLayout:
         self.mode = "off"
         self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._total: int | None = None  # CFG-stacked rows of the predict in flight
-        self._rows: list[int] | None = None  # rows of the transformer call in flight
-        self._next_layer = 0  # the layer whose keys/values come next in the transformer call in flight
         self._index: dict[tuple[int, str], torch.Tensor] = {}  # (N, device) → kept token positions
 
     # ------------------------------------------------------------------ modes
@@ -110,17 +112,6 @@ class ShotLayout:
             return [(list(range(total)), [])]
         return [([], list(range(total)))]
 
-    @contextlib.contextmanager
-    def running(self, rows: Sequence[int]) -> Iterator[None]:
-        """Bracket one transformer call over these stacked rows."""
-        self._rows, self._next_layer = list(rows), 0
-        _ACTIVE.append(self)
-        try:
-            yield
-        finally:
-            _ACTIVE.remove(self)
-            self._rows = None
-
     def rows(self, size: int) -> list[int]:
         if self._rows is None or self._total is None:
             raise RuntimeError("cross-shot attention processors ran outside a predict call of the backbone")
@@ -147,9 +138,7 @@ class ShotLayout:
 
     def apply_next(self, key: torch.Tensor, value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`apply` for the next layer of the transformer call in flight (layers are called in order)."""
-        layer = self._next_layer
-        self._next_layer += 1
-        return self.apply(layer, key.shape[0], key, value, dim)
+        return self.apply(self.next_layer(), key.shape[0], key, value, dim)
 
     def apply(self, layer: int, size: int, key: torch.Tensor, value: torch.Tensor, dim: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,18 +161,12 @@ class ShotLayout:
         return torch.cat([key, k_ref], dim=dim), torch.cat([value, v_ref], dim=dim)  # tokens N + n on `dim`
 
 
-#: the ShotLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
-_ACTIVE: list[ShotLayout] = []
-
-
 @torch.library.custom_op("longgen::shot_kv", mutates_args=())
 def shot_kv(key: torch.Tensor, value: torch.Tensor, dim: int, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The video keys/values of the next layer of the transformer call in flight (`ShotLayout.apply_next`), rows
     first with tokens on `dim`. `kept` = 0 while capturing (copies of the inputs, laid out as them) and n while
     sharing (new contiguous tensors with N + n tokens on `dim`): the shape the caller promises the compiler."""
-    if len(_ACTIVE) != 1:
-        raise RuntimeError("cross-shot attention ran outside (or nested in) a transformer call of the backbone")
-    k, v = _ACTIVE[0].apply_next(key, value, dim)
+    k, v = ShotLayout.in_flight().apply_next(key, value, dim)
     if kept == 0:
         if k is not key:
             raise RuntimeError("cross-shot attention: keys/values were extended while capturing")
