@@ -21,25 +21,21 @@ class AutoSplitter(LLMSplitter):
         return bool(os.environ.get(self.api_key_env, "").strip() or self.base_url)
 
     def split(self, scenario: str, num_prompts: int) -> Story:
-        if self.uses_llm():
-            story = super().split(scenario, num_prompts)
-        else:
-            log.info(
-                "splitter=auto: no $%s and no splitter.base_url, so the offline rule-based splitter is used (rough); "
-                "set the key or pass splitter=llm splitter.base_url=… for an LLM split", self.api_key_env,
-            )
-            story = OfflineSplitter().split(scenario, num_prompts)
-        story.source = {**story.source, "selected_by": "auto"}
-        return story
+        return self._either("split", "splitter is used", scenario, num_prompts)
 
     def split_shots(self, scenario: str, num_prompts: int) -> Story:
+        return self._either("split_shots", "splitter writes the shots", scenario, num_prompts)
+
+    def _either(self, method: str, offline_does: str, scenario: str, num_prompts: int) -> Story:
+        """`method` of the LLM splitter when a key or server is configured, else of the offline splitter (logged as
+        "the offline rule-based <offline_does>")."""
         if self.uses_llm():
-            story = super().split_shots(scenario, num_prompts)
+            story = getattr(super(), method)(scenario, num_prompts)
         else:
             log.info(
-                "splitter=auto: no $%s and no splitter.base_url, so the offline rule-based splitter writes the shots "
-                "(rough); set the key or pass splitter=llm splitter.base_url=… for an LLM split", self.api_key_env,
+                "splitter=auto: no $%s and no splitter.base_url, so the offline rule-based %s (rough); set the key "
+                "or pass splitter=llm splitter.base_url=… for an LLM split", self.api_key_env, offline_does,
             )
-            story = OfflineSplitter().split_shots(scenario, num_prompts)
+            story = getattr(OfflineSplitter(), method)(scenario, num_prompts)
         story.source = {**story.source, "selected_by": "auto"}
         return story
