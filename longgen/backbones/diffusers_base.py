@@ -80,6 +80,18 @@ def pixels_to_vae(frames, device: torch.device, dtype: torch.dtype) -> torch.Ten
     return x.to(dtype)
 
 
+def fusion_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the feed-forward's GELU epilogue can run here (longgen/backbones/fused_gelu.py)."""
+    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+def check_fused_gelu(device: torch.device, dtype: torch.dtype) -> None:
+    """`backbone.fused_gelu=true` where the epilogue cannot run: one line."""
+    if not fusion_runs(device, dtype):
+        raise UsageError(f"backbone.fused_gelu=true needs a CUDA device and float16/bfloat16 weights (here "
+                         f"{device.type}, {str(dtype).removeprefix('torch.')}): use fused_gelu=auto or false")
+
+
 class HostFrames:
     """Decoded pixels [3, f, H, W] in [-1, 1] → uint8 frames [f, H, W, 3] copied to the host without blocking.
 
@@ -166,9 +178,8 @@ class DiffusersBackbone(Denoiser):
             raise UsageError(f"backbone.vae_tiling={vae_tiling!r}: use auto, true or false")
         if fused_gelu not in (True, False, "auto"):
             raise UsageError(f"backbone.fused_gelu={fused_gelu!r}: use auto, true or false")
-        if fused_gelu is True and (device == "cpu" or DTYPES[dtype] == torch.float32):
-            raise UsageError(f"backbone.fused_gelu=true needs a CUDA device and float16/bfloat16 weights (here "
-                             f"{device}, {dtype}): use fused_gelu=auto or false")
+        if fused_gelu is True:  # what is known before loading (an `auto` device is checked again at load)
+            check_fused_gelu(torch.device("cpu" if device == "cpu" else "cuda"), DTYPES[dtype])
         choices = (*ATTENTION, *self.extra_attention)
         if attention not in choices:
             raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(choices)}")
@@ -332,11 +343,9 @@ class DiffusersBackbone(Denoiser):
         on CUDA in fp16/bf16, `true` insists (one line where it cannot run)."""
         if self.fused_gelu is False:
             return
-        able = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
-        if not able:
-            if self.fused_gelu is True:
-                raise UsageError(f"backbone.fused_gelu=true needs a CUDA device and float16/bfloat16 weights (here "
-                                 f"{self.device.type}, {self.dtype_name}): use fused_gelu=auto or false")
+        if self.fused_gelu is True:
+            check_fused_gelu(self.device, self.dtype)
+        elif not fusion_runs(self.device, self.dtype):
             return
         self.fused_gelu_layers = fuse_gelu_projections(self.pipe.transformer)
 
