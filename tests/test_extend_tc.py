@@ -151,6 +151,12 @@ def test_extend_defaults_on_wan_noise_the_history_to_t_c_and_time_prompts_from_t
             got[match[0]] = texts[b]
     assert got == expected
     assert [w["local_prompt"] for w in manifest["sampling_windows"]] == [0, 0, 0, 1, 2]
+    # extended.mp4 as latent frames (what `longgen eval RUN_DIR` scores): the input's 21 frames are k = 6 latent
+    # frames, the join at latent frame k, so sampled latent frame f ≥ h sits at f − h + k
+    k = (21 - 1) // 4 + 1
+    assert manifest["latent_length"] == k + new and manifest["windows"][0] == {"start": 0, "end": k, "segment": "input"}
+    assert manifest["windows"][1:] == [{"start": max(k, st - h + k), "end": st + m - h + k,
+                                        "local_prompt": story["local"].index(expected[st])} for st in starts]
     # the output's history latents are the encoded input's exactly
     latents = load_file(out / "latents.safetensors")["latents"]
     assert latents.shape[0] == length and torch.equal(latents[:h].double(), z_h)
