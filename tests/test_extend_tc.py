@@ -8,7 +8,8 @@ to t_c), context=per-frame (auto on both tiny backbones), against oracles writte
   latents are z_h;
 - the prompts' time origin: the story's local prompts lie over the new part only, so a window gets the prompt of the
   segment (equal shares of the L − h new latent frames) that holds its centre counted from the join, s + M/2 − h
-  (windows centred in the history take the first prompt).
+  (windows centred in the history take the first prompt); the manifest places each window in extended.mp4's
+  latent frames, where the join is the input's k-th latent frame.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ def test_extend_defaults_on_wan_noise_the_history_to_t_c_and_time_prompts_from_t
     x_start = torch.cat([known, x_T[h:]])  # [L, C, H, W]
     got = {}
     for x, t, texts in calls:
-        levels = t.reshape(-1, m).expand(x.shape[0], -1) if isinstance(t, torch.Tensor) else torch.full((x.shape[0], m), t)
+        if isinstance(t, torch.Tensor):
+            levels = t.reshape(-1, m).expand(x.shape[0], -1)  # [B, M]
+        else:
+            levels = torch.full((x.shape[0], m), t)
         for b in range(x.shape[0]):
             if first not in levels[b].tolist():
                 continue
