@@ -19,7 +19,7 @@ started=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl || exit 1
 [ -x "$site/ffmpeg" ] || { xz -dc "$repo/.whl/ffmpeg.xz" > "$site/ffmpeg" && chmod +x "$site/ffmpeg"; } || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$site" "$repo" || exit 1
-export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PYTHONUNBUFFERED=1
+export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PYTHONUNBUFFERED=1 LANE_LOG=$out/lane-failures.log
 cd /tmp || exit 1   # import the installed package, never the checkout
 python3 -c "import longgen, torch; assert '$site' in longgen.__file__, longgen.__file__; print('longgen from', longgen.__file__, '| torch', torch.__version__, '|', torch.cuda.get_device_name())" || exit 1
 
