@@ -34,6 +34,15 @@ class Interrupted(Exception):
     exit_code = 130
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the GPU ran out of memory: torch.cuda.OutOfMemoryError from the caching allocator, or the
+    driver's own `CUDA error: out of memory` (torch.AcceleratorError, a RuntimeError), which is what a fresh
+    process gets when another one already holds the GPU's memory (seen while building a model on an H200)."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA error: out of memory" in str(exc)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a UsageError, RunFailure, Interrupted or Ctrl-C as one `longgen: error: …` line on stderr (also into

@@ -49,7 +49,7 @@ from longgen import __version__
 from longgen.build import build
 from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, digest, result_config
 from longgen.distributed import PeerFailed, Units, current
-from longgen.errors import Interrupted, RunFailure, UsageError, user_errors
+from longgen.errors import Interrupted, RunFailure, UsageError, out_of_memory, user_errors
 from longgen.noise import GaussianNoise
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.preview import Preview
@@ -236,7 +236,9 @@ def encode(job: Job) -> Prompts:
     t0 = time.perf_counter()
     try:
         backbone.load()
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
         raise RunFailure(f"out of GPU memory while loading {backbone.label} (nothing was sampled yet): free GPU memory "
                          f"held by other processes, or add backbone.cpu_offload=true") from None
     job.timings["load_s"] = time.perf_counter() - t0
@@ -310,7 +312,9 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
     except PeerFailed as exc:
         raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
         raise RunFailure(f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
                          f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the "
                          f"GPU); {kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) "
@@ -359,7 +363,7 @@ def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted while writing the video; {kept}; finish with: {resume_hint}") from None
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
+        if out_of_memory(exc):
             reason = "out of GPU memory while decoding (try backbone.vae_tiling=true or backbone.cpu_offload=true)"
         raise RunFailure(f"writing the video failed: {reason}; {kept}; finish with: {resume_hint}") from exc
     job.timings["decode_s"] = time.perf_counter() - t0

@@ -6,7 +6,8 @@
 #   bash scripts/gpu_lane.sh                      # the whole lane: parallel part, then the cases that need the GPU alone
 #   bash scripts/gpu_lane.sh -k "cog and syncos"  # a selection (pytest -k)
 #
-# Environment: LANE_WORKERS (parallel pytest workers, default 4), LANE_COMMIT (recorded in the report; the commit
+# Environment: LANE_WORKERS (parallel pytest workers, default 3: each case runs full-size models, and more at once ran the
+# H200 out of memory), LANE_COMMIT (recorded in the report; the commit
 # of the checkout when git is there), OUT (where the JUnit XML and the report go; default ./lane-out).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +26,7 @@ python3 -c "import longgen, torch; assert '$site' in longgen.__file__, longgen._
 
 tests=$repo/tests/gpu
 common=(-p no:cacheprovider -rA -o "addopts=" --rootdir "$repo/tests/gpu")
-python3 -m pytest "$tests" "${common[@]}" -m "gpu and not alone" -n "${LANE_WORKERS:-4}" --junitxml="$out/lane-parallel.xml" "$@"
+python3 -m pytest "$tests" "${common[@]}" -m "gpu and not alone" -n "${LANE_WORKERS:-3}" --junitxml="$out/lane-parallel.xml" "$@"
 first=$?
 python3 -m pytest "$tests" "${common[@]}" -m "gpu and alone" --junitxml="$out/lane-alone.xml" "$@"
 second=$?

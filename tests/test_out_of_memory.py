@@ -10,32 +10,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from cli_helpers import error_lines
 
 DRIVER = """
 import sys, torch
 from longgen.backbones.cogvideox import CogVideoXBackbone as Backbone
-method, after = sys.argv[1], int(sys.argv[2])
+method, after, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 original = getattr(Backbone, method)
 calls = [0]
 def failing(self, *args, **kwargs):
     calls[0] += 1
     if calls[0] > after:
+        if kind == "driver":  # what a new process gets when another holds the GPU (torch.AcceleratorError)
+            raise RuntimeError("CUDA error: out of memory")
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     return original(self, *args, **kwargs)
 setattr(Backbone, method, failing)
 from longgen.cli import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 RUN = ["generate", "backbone=tiny", "backbone.height=16", "backbone.width=16", "backbone.micro_batch=2",
        "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=4", "prompt=a cat"]
 
 
-def _run(method: str, after: int, *args: str) -> subprocess.CompletedProcess:
+def _run(method: str, after: int, *args: str, kind: str = "allocator") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, method, str(after), *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", DRIVER, method, str(after), kind, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_out_of_memory_while_sampling_keeps_the_finished_steps(tmp_path):
@@ -51,7 +55,22 @@ def test_out_of_memory_while_sampling_keeps_the_finished_steps(tmp_path):
 
 
 def test_out_of_memory_while_loading_is_one_line(tmp_path):
-    proc = _run("load", 0, *RUN, f"hydra.run.dir={tmp_path / 'run'}")
+    # the driver's error (a RuntimeError, not torch's OutOfMemoryError): what building a model on a full GPU raised
+    proc = _run("load", 0, *RUN, f"hydra.run.dir={tmp_path / 'run'}", kind="driver")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     (line,) = error_lines(proc)
     assert "out of GPU memory while loading" in line and "backbone.cpu_offload=true" in line
+
+
+def test_out_of_memory_in_longgen_decode_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    latents = tmp_path / "latents.safetensors"
+    save_file({"latents": torch.randn(5, 4, 2, 2)}, str(latents))
+    out = tmp_path / "out"
+    proc = _run("decode_stream", 0, "decode", str(latents), "backbone=tiny", "backbone.height=16",
+                "backbone.width=16", f"out={out}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert "out of GPU memory while decoding" in line and "backbone.vae_tiling=true" in line
+    assert not (out / "video.mp4").exists() and latents.is_file()

@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(not (torch.cuda.is_available() or DRY), reason="GPU lane: needs CUDA (scripts/gpu_lane.sh)"),
 ]
 
-PROMPT = "prompt=a red fox walks through a snowy birch forest, soft morning light"
+PROMPT = "prompt=a red fox walks through a snowy birch forest in soft morning light"  # no comma: -m sweeps
 if DRY:
     COG_MODEL = ["backbone=tiny", "backbone.height=16", "backbone.width=16"]
     WAN_MODEL = ["backbone=tiny-wan", "backbone.height=16", "backbone.width=16"]
