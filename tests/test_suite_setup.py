@@ -1,20 +1,27 @@
-"""Every third-party module that longgen/ or tests/ imports is declared in pyproject.toml.
+"""What a fresh install and a small machine need from the suite itself.
 
-A fresh install (a new virtual environment, the README's set-up) has only what pyproject declares: a module that
-happens to be on the developer's machine (scipy once was) passes locally and fails for every new user. The scan reads
-every import statement, lazy ones inside functions included, and maps each top-level module to the distributions
-that provide it in this environment.
+Every third-party module that longgen/ or tests/ imports is declared in pyproject.toml: a fresh install (a new
+virtual environment, the README's set-up) has only what pyproject declares, and a module that happens to be on the
+developer's machine (scipy once was) passes locally and fails for every new user. The scan reads every import
+statement, lazy ones inside functions included, and maps each top-level module to the distributions that provide it.
+
+Every test process and every process a test starts computes with one intra-op thread (tests/conftest.py says why).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import cli_helpers
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -87,3 +94,19 @@ def test_an_undeclared_import_is_reported_with_where_it_is():
     modules = {"scipy": "tests/test_eval_metrics.py:215", "numpy": "longgen/eval/drift.py:19"}
     missing = undeclared(modules, declared={"numpy"})
     assert len(missing) == 1 and missing[0].startswith("scipy (tests/test_eval_metrics.py:215; provided by ['scipy'])")
+
+
+def test_tests_and_the_processes_they_start_compute_with_one_thread():
+    assert torch.get_num_threads() == 1
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           env=os.environ, capture_output=True, text=True, timeout=120)
+    assert child.stdout.strip() == "1", child.stderr
+
+
+def test_run_cli_gives_its_child_one_thread_whatever_the_environment(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    seen = {}
+    monkeypatch.setattr(cli_helpers.subprocess, "run", lambda argv, **kwargs: seen.update(kwargs["env"]))
+    cli_helpers.run_cli("--help")
+    assert seen["OMP_NUM_THREADS"] == "1" and seen["MKL_NUM_THREADS"] == "1"
