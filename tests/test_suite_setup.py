@@ -63,7 +63,7 @@ def imported_modules(root: Path) -> dict[str, str]:
 
 def third_party(modules: dict[str, str]) -> dict[str, str]:
     """Drop the standard library, longgen itself and the test helpers that tests/ imports by file name."""
-    local = {"longgen"} | {p.stem for p in (REPO / "tests").glob("*.py")}
+    local = {"longgen"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
     return {m: where for m, where in modules.items() if m not in sys.stdlib_module_names and m not in local}
 
 
