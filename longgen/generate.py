@@ -234,7 +234,11 @@ class Prompts:
 def encode(job: Job) -> Prompts:
     backbone = job.backbone
     t0 = time.perf_counter()
-    backbone.load()
+    try:
+        backbone.load()
+    except torch.cuda.OutOfMemoryError:
+        raise RunFailure(f"out of GPU memory while loading {backbone.label} (nothing was sampled yet): free GPU memory "
+                         f"held by other processes, or add backbone.cpu_offload=true") from None
     job.timings["load_s"] = time.perf_counter() - t0
     check_prompt_lengths(job.story, backbone, job.cfg.negative_prompt or "")  # exact now that the tokenizer is here
     t0 = time.perf_counter()
@@ -257,6 +261,13 @@ def initial_noise(job: Job) -> tuple[torch.Tensor, torch.Generator]:
 
 def resume_command(job: Job) -> str:
     return f"longgen resume {shlex.quote(str(job.out_dir))}"
+
+
+def kept_checkpoint(job: Job, hooks: StepHooks) -> str:
+    """Where a failed sample stage's finished steps are, and how to continue them."""
+    if hooks.saved_at is None:
+        return "no checkpoint was written yet"
+    return f"the checkpoint after step {hooks.saved_at} is kept in {hooks.path}; continue with: {resume_command(job)}"
 
 
 def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepProgress,
@@ -298,9 +309,12 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
     try:
         latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
     except PeerFailed as exc:
-        kept = (f"the checkpoint after step {hooks.saved_at} is kept in {hooks.path}; continue with: "
-                f"{resume_command(job)}") if hooks.saved_at is not None else "no checkpoint was written yet"
-        raise PeerFailed(f"{exc}; {kept}") from None
+        raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
+    except torch.cuda.OutOfMemoryError:
+        raise RunFailure(f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
+                         f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the "
+                         f"GPU); {kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) "
+                         f"and resume, or start anew with a smaller backbone.micro_batch") from None
     finally:
         interrupts.sampling = False
     if latents.device.type == "cuda":

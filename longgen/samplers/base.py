@@ -36,6 +36,13 @@ class SamplerState:
     done: int = 0
     estimate: torch.Tensor | None = None
 
+    def placed_on(self, device: torch.device) -> "SamplerState":
+        """This state with its floating-point tensors on `device` (dtype kept), as a resumed run needs them: a
+        checkpoint is read on the CPU. Integer tensors (saved generator states, uint8) stay on the CPU, where
+        `torch.Generator.set_state` wants them."""
+        tensors = {k: v.to(device) if v.is_floating_point() else v for k, v in self.tensors.items()}
+        return SamplerState(tensors, self.done, self.estimate)
+
 
 def _no_callback(state: SamplerState, total: int) -> None:
     return None
@@ -86,7 +93,7 @@ class Sampler(ABC):
         """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
         tensors and step count, with run.generator already restored to the state saved with it)."""
         total = self.begin(run)
-        state = resume if resume is not None else SamplerState(self.initial_state(run))
+        state = resume.placed_on(run.noise.device) if resume is not None else SamplerState(self.initial_state(run))
         for i in range(state.done, total):
             self.step(run, state, i)
             state.done = i + 1

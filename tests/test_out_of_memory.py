@@ -1,0 +1,57 @@
+"""Running out of GPU memory is one line that says what is kept and how to continue, never a traceback (issue 23).
+
+No GPU here: the tiny backbone's `predict` (or `load`) raises torch.cuda.OutOfMemoryError — what PyTorch raises
+on a GPU — from the Nth call on, inside a real CLI process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_helpers import error_lines
+
+DRIVER = """
+import sys, torch
+from longgen.backbones.cogvideox import CogVideoXBackbone as Backbone
+method, after = sys.argv[1], int(sys.argv[2])
+original = getattr(Backbone, method)
+calls = [0]
+def failing(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] > after:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return original(self, *args, **kwargs)
+setattr(Backbone, method, failing)
+from longgen.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+RUN = ["generate", "backbone=tiny", "backbone.height=16", "backbone.width=16", "backbone.micro_batch=2",
+       "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=4", "prompt=a cat"]
+
+
+def _run(method: str, after: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", DRIVER, method, str(after), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_out_of_memory_while_sampling_keeps_the_finished_steps(tmp_path):
+    run = tmp_path / "run"
+    # Gen-L-Video asks for all windows of a step in one predict: the 3rd call is step 3's
+    proc = _run("predict", 2, *RUN, f"hydra.run.dir={run}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert "out of GPU memory while sampling" in line and "backbone.micro_batch=2" in line
+    assert f"checkpoint after step 2 is kept in {run / 'checkpoint.safetensors'}" in line
+    assert f"longgen resume {run}" in line
+    assert "out of GPU memory" in (run / "generate.log").read_text()
+
+
+def test_out_of_memory_while_loading_is_one_line(tmp_path):
+    proc = _run("load", 0, *RUN, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert "out of GPU memory while loading" in line and "backbone.cpu_offload=true" in line
