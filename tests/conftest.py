@@ -1,15 +1,28 @@
-"""Shared fixtures: the tiny random CogVideoX backbone built from conf/backbone/tiny.yaml (no downloads)."""
+"""Shared fixtures: the tiny random CogVideoX backbone built from conf/backbone/tiny.yaml (no downloads).
+
+Every test process and every process a test starts computes with one intra-op thread: the suite runs several
+processes at once (pytest-xdist workers, CLI subprocesses, torchrun ranks), and each one taking a thread per core
+over-subscribes a small machine several times over (a 2-core machine took 30+ min instead of a few). The variables
+are set here, before torch is imported, and inherited by every child started with os.environ.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from omegaconf import OmegaConf
+from cli_helpers import ONE_THREAD
 
-from longgen.build import build
+os.environ.update(ONE_THREAD)
 
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from longgen.build import build  # noqa: E402
+
+torch.set_num_threads(1)  # in case something imported torch before the variables were set
 REPO = Path(__file__).resolve().parents[1]
 
 

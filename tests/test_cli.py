@@ -44,22 +44,6 @@ def test_generate_writes_video_story_config_manifest_latents(tmp_path):
     assert (out / ".hydra" / "config.yaml").exists()
 
 
-def _latents(tmp_path, name, *extra):
-    out = tmp_path / name
-    proc = run_cli("generate", *FAST, "num_windows=2", "prompt=a cat", "save_latents=true", *extra,
-                   f"hydra.run.dir={out}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    return load_file(str(out / "latents.safetensors"))["latents"]
-
-
-def test_same_seed_same_latents_other_seed_differs(tmp_path):
-    a = _latents(tmp_path, "a", "seed=7")
-    b = _latents(tmp_path, "b", "seed=7")
-    c = _latents(tmp_path, "c", "seed=8")
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-
-
 def test_story_file_maps_windows_to_prompts_by_centre(tmp_path):
     story = tmp_path / "story.json"
     story.write_text(json.dumps({"global": "a fox", "local": ["a fox walks", "a fox jumps"], "durations": [1, 3]}))
@@ -72,25 +56,28 @@ def test_story_file_maps_windows_to_prompts_by_centre(tmp_path):
     assert [w["local_prompt"] for w in manifest["windows"]] == [0, 1, 1, 1, 1]
 
 
-def test_multirun_one_directory_per_job(tmp_path):
-    proc = run_cli("generate", "-m", "backbone=tiny", "sampler=direct,gen-l-video", "seed=0,1",
-                   "sampler.num_steps=1", "num_windows=1", "prompt=a cat", f"hydra.sweep.dir={tmp_path}/sweep",
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def test_same_seed_same_latents_other_seed_differs_and_joblib_multirun_one_directory_per_job(tmp_path):
+    """One single run and one multirun through the joblib launcher (2 worker processes) share the start-up costs:
+    the same seed gives the same latents in another process, another seed differs, each job has its directory.
+    (The default basic launcher's sweeps run in test_syncos, test_wan_cli, test_eval_cli and test_distributed.)"""
+    common = [*FAST, "num_windows=2", "prompt=a cat", "save_latents=true"]
+    single = run_cli("generate", *common, "seed=7", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    sweep = run_cli("generate", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *common,
+                    "sampler=direct,syncos", "seed=7,8", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert jobs == ["0_direct", "1_direct", "2_gen-l-video", "3_gen-l-video"]
+    assert jobs == ["0_direct", "1_direct", "2_syncos", "3_syncos"]
     for job in jobs:
-        assert (tmp_path / "sweep" / job / "video.mp4").exists()
+        assert {"video.mp4", "manifest.json"} <= {p.name for p in (tmp_path / "sweep" / job).iterdir()}
 
+    def latents(run):
+        return load_file(str(run / "latents.safetensors"))["latents"]
 
-def test_multirun_joblib_launcher(tmp_path):
-    proc = run_cli("generate", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "backbone=tiny",
-                   "sampler=gen-l-video", "seed=0,1", "sampler.num_steps=1", "num_windows=1", "prompt=a cat",
-                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert jobs == ["0_gen-l-video", "1_gen-l-video"]
-    assert all((tmp_path / "sweep" / j / "manifest.json").exists() for j in jobs)
+    a = latents(tmp_path / "a")
+    b, c = latents(tmp_path / "sweep" / "2_syncos"), latents(tmp_path / "sweep" / "3_syncos")
+    assert torch.equal(a, b)  # seed 7 on the default sampler (syncos), alone and as a job of the sweep
+    assert not torch.allclose(a, c)
 
 
 def _write(tmp_path, name, text):
