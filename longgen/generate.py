@@ -308,8 +308,8 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
     job.timings["sample_s"] = counters["sample_s"] + time.perf_counter() - started
     job.timings["forwards"] = counters["forwards"] + backbone.forward_count
     job.timings["calls"] = counters["calls"] + backbone.call_count
-    if not torch.isfinite(latents).all():
-        log.warning("the sampled latents contain NaN/inf values; the video will be corrupt")
+    if not torch.isfinite(latents).all():  # never written as a video (the hooks never save such a state either)
+        raise RunFailure(f"the sampled latents hold NaN/inf values; no video is written; {hooks.kept()}")
     if interrupts.requested:
         raise Interrupted(f"stopped by {interrupts.requested} after sampling finished; the latents are in "
                           f"{hooks.path}; write the video with: {resume_command(job)}")
@@ -318,13 +318,11 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
 
 # ---------------------------------------------------------------------------------------------------- stage 4: decode
 def save_latents(latents: torch.Tensor, path: Path) -> None:
-    """Final latents [F, C, H, W] under key `latents`, written atomically."""
-    from safetensors.torch import save_file
+    """Final latents [F, C, H, W] under key `latents`, written atomically and verified (checkpoint.write_verified:
+    their sha256 in the metadata; OSError when the write fails)."""
+    from longgen.checkpoint import write_verified
 
-    from longgen.rundir import atomic_file
-
-    with atomic_file(path) as tmp:
-        save_file({"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+    write_verified(path, {"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, {})
 
 
 def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint: str) -> dict:
@@ -445,6 +443,18 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
     return manifest
 
 
+@contextlib.contextmanager
+def recording(job: Job, latents: torch.Tensor, video: dict):
+    """Stage 5's writes (latents, story, manifest): a failed one (e.g. a full disk) is one line naming the written
+    video and where the sampled latents are kept, and the command that finishes the run."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunFailure(f"writing the run's record failed ({exc.strerror or exc}): free some space; the video is written to "
+                         f"{video['path']}; {keep_latents(latents, job.out_dir)}; finish with: {resume_command(job)}"
+                         ) from None
+
+
 def validate_sweep(args: list[str]) -> str | None:
     """Before a multirun starts: compose every job of the sweep and run its plan stage (no weights, no LLM), so
     one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
@@ -492,7 +502,8 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
             progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
-        return record(job, latents, video, extra)
+        with recording(job, latents, video):
+            return record(job, latents, video, extra)
     finally:
         job.backbone.release()
         gc.collect()
