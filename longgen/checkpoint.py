@@ -64,12 +64,18 @@ HARMLESS = (
     "overwrite",
     "eval",
     "gpus",  # the latents are the same bytes on any number of GPUs (distributed.py)
+    "video",  # where an extend run's input lies; its content is checked by its sha256 (Checkpoint.inputs)
 )
 
 
 def result_config(cfg: DictConfig) -> dict:
     """The resolved config without the HARMLESS options: what the sampled latents depend on."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+    return without_harmless(OmegaConf.to_container(cfg, resolve=True))
+
+
+def without_harmless(data: dict) -> dict:
+    """A resolved config (a copy of its top level) without the HARMLESS options."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key in HARMLESS:
         head, _, rest = key.partition(".")
         if rest:
@@ -107,8 +113,9 @@ class Checkpoint:
 
     def check_matches(self, config: dict, story_hash: str, path: Path) -> None:
         """One line naming what differs when the checkpoint belongs to another configuration or story."""
-        if digest(config) != digest(self.config):
-            old, new = flat(self.config), flat(config)
+        saved = without_harmless(self.config)  # options made harmless since the checkpoint was written count too
+        if digest(config) != digest(saved):
+            old, new = flat(saved), flat(config)
             diffs = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
             shown = ", ".join(f"{k} ({old.get(k, '<unset>')} → {new.get(k, '<unset>')})" for k in diffs[:4])
             more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""

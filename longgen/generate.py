@@ -113,6 +113,10 @@ class Job:
     def story_hash(self) -> str:
         return digest(self.story.to_dict())
 
+    def inputs(self) -> dict:
+        """Files the run reads besides the story, recorded in every checkpoint (extend: its input video)."""
+        return {}
+
 
 def check_top_level(cfg: DictConfig) -> None:
     """Numbers and switches of conf/generate.yaml, as the command line delivers them."""
@@ -273,7 +277,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
             "forwards": counters["forwards"] + backbone.forward_count,
             "calls": counters["calls"] + backbone.call_count,
             "sample_s": counters["sample_s"] + time.perf_counter() - started,
-        })
+        }, inputs=job.inputs())
 
     preview = Preview(backbone, job.plan, job.out_dir, int(cfg.preview_every), float(cfg.preview_scale))
     hooks = StepHooks(job.out_dir / CHECKPOINT, snapshot, interrupts, int(cfg.checkpoint_every),

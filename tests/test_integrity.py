@@ -100,9 +100,9 @@ def test_cli_nan_stops_with_one_line_and_no_video(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- item 10
-def _fault(fault: str, *args: str) -> subprocess.CompletedProcess:
+def _fault(fault: str, *args: str, command: str = "generate") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(HERE / "fault_driver.py"), fault, "generate", *args],
+    return subprocess.run([sys.executable, str(HERE / "fault_driver.py"), fault, command, *args],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -136,3 +136,43 @@ def test_a_full_disk_is_one_line_naming_what_is_kept(reference, tmp_path, fault,
         assert resumed.returncode == 0, resumed.stderr
         assert torch.equal(load_file(out / "latents.safetensors")["latents"],
                            load_file(reference / "latents.safetensors")["latents"])
+
+
+# ---------------------------------------------------------------------------------------------------- item 5
+EXTEND = ["backbone=tiny", "backbone.num_frames=17", "backbone.stride=2", "backbone.height=16", "backbone.width=16",
+          "sampler=gen-l-video", "sampler.num_steps=3", "num_windows=2", "prompt=a cat"]
+
+
+def test_extend_resume_checks_the_input_video_by_its_hash(tmp_path):
+    from test_extend import make_video
+
+    src = tmp_path / "in" / "input.mp4"
+    src.parent.mkdir()
+    make_video(src, 20, (16, 16), 8)
+    out = tmp_path / "run"
+    # started from its own folder with a relative path; stopped by a full disk at the second checkpoint
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(HERE / "fault_driver.py"), "checkpoint:2", "extend", "input.mp4",
+                           *EXTEND, f"hydra.run.dir={out}"], cwd=src.parent, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and (out / "checkpoint.safetensors").is_file(), proc.stderr
+    ckpt = load_checkpoint(out / "checkpoint.safetensors")
+    assert ckpt.inputs["video"]["path"] == str(src.resolve())
+    original = src.read_bytes()
+    make_video(src, 20, (16, 16), 4)  # another video under the same name
+    changed = run_cli("resume", str(out), cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    line, = error_lines(changed)
+    assert f"{src.resolve()} changed since this extend run started" in line
+    moved = tmp_path / "elsewhere.mp4"
+    moved.write_bytes(original)
+    src.unlink()
+    gone = run_cli("resume", str(out), cwd=tmp_path)
+    assert gone.returncode == 2 and "is gone: give it with video=PATH" in error_lines(gone)[0]
+    elsewhere = tmp_path / "other-cwd"
+    elsewhere.mkdir()
+    resumed = run_cli("resume", str(out), "video=../elsewhere.mp4", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"]["after_step"] == 1 and manifest["input"]["path"] == str(moved.resolve())
+    assert (out / "extended.mp4").is_file()
