@@ -68,3 +68,48 @@ def test_an_answer_under_the_limit_still_parses():
     with ScriptedLLM([("trickle", GOOD2, 0.0, 30.0)]) as server:
         story = _splitter(server, timeout=5.0).split(SCENARIO, 2)
     assert story.local_prompts[1] == "A brown bear in a river. The bear catches a salmon."
+
+
+# ---------------------------------------------------------------------------------------------------- eval (item 8)
+def _write_video(path, frames: int, width: int, height: int) -> None:
+    """A moving pattern written frame by frame (never all in memory)."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=8, macro_block_size=2, ffmpeg_log_level="quiet")
+    writer.send(None)
+    for t in range(frames):
+        writer.send(np.stack([(x * 3 + t * 9) % 256, (y * 5 + t * 4) % 256, (x + y + t * 6) % 256], -1).astype(np.uint8))
+    writer.close()
+
+
+def _peak_bytes(path, settings) -> tuple[int, dict]:
+    import tracemalloc
+
+    from longgen.eval.evaluate import evaluate_target
+    from longgen.eval.inputs import Target
+
+    tracemalloc.start()
+    try:
+        result = evaluate_target(Target(video=path, label="v"), settings)
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_eval_memory_is_bounded_in_resolution_and_flat_in_length(tmp_path):
+    import dataclasses
+
+    from longgen.eval.settings import default_settings
+
+    settings = dataclasses.replace(default_settings(), analysis_long_side=32, stats_long_side=16)
+    w, h = 320, 240
+    full = w * h * 3  # bytes of one full frame
+    _write_video(tmp_path / "short.mp4", 40, w, h)
+    _write_video(tmp_path / "long.mp4", 80, w, h)
+    short, result = _peak_bytes(tmp_path / "short.mp4", settings)
+    long, _ = _peak_bytes(tmp_path / "long.mp4", settings)
+    assert result["video_info"]["frames"] == 40 and result["video_info"]["analysis_size"] == [32, 24]
+    assert short < 10 * full  # the 40 full frames (4.6 MB here) are never held together
+    assert long - short < 4 * full  # 40 more frames add only their analysis copies (2.3 kB each), not 40 full frames
