@@ -57,7 +57,7 @@ from longgen.progress import StepProgress
 from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
 from longgen.samplers.base import Sampler, SamplingRun
 from longgen.shots import ShotPlan, check_single_shot_options, decode_takes, plan_scene
-from longgen.story import Story, check_text_limit
+from longgen.story import Story, check_text_limit, without_cut_markers
 from longgen.windows import WindowPlan, latent_length
 
 log = logging.getLogger("longgen")
@@ -172,7 +172,7 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
 
 def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
     """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
-    prompts = [(f"local prompt {i}", p) for i, p in enumerate(story.local_prompts, 1)]
+    prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
     strict = not getattr(backbone, "random_weights", False)
     for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
@@ -245,7 +245,8 @@ def encode(job: Job) -> Prompts:
     # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
     # (GLC's global path); each unique prompt is encoded once
     glob = job.story.global_prompt.strip()
-    all_ids = backbone.encode_prompts(job.story.local_prompts + ([glob] if glob else []), job.cfg.negative_prompt or "")
+    texts = [without_cut_markers(p) for p in job.story.local_prompts + ([glob] if glob else [])]
+    all_ids = backbone.encode_prompts(texts, job.cfg.negative_prompt or "")
     job.timings["encode_text_s"] = time.perf_counter() - t0
     return Prompts(all_ids[: len(job.story.local_prompts)], {"global": all_ids[-1]} if glob else {})
 
