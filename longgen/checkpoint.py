@@ -5,7 +5,15 @@ unpickled) holds everything that continues a run to the same bytes as an uninter
 - the sampler's state tensors (`state.<name>`, e.g. x_t [L, C, H, W] float32, exactly as on the device),
 - the run's CPU generator state (`generator`, uint8) — every random draw of every sampler comes from it,
 - metadata (JSON strings): the number of finished steps and the total, the result-determining part of the resolved
-  config and its hash, the story's hash, the forward counters and sampling time so far, the longgen version.
+  config and its hash, the story's hash, the forward counters and sampling time so far, the longgen version, the
+  run's inputs (an extend run's video: absolute path and sha256), and `tensors_sha256`: the sha256 of every
+  tensor's name, dtype, shape and bytes (`tensor_digest`; ~10 ms for a 17 MB CogVideoX checkpoint).
+
+Integrity: a checkpoint is written under a temporary name, read back and checked against its tensor hash, and only
+then renamed over the previous one, so the previous checkpoint stays intact until the next one is verified on disk
+(a full disk or a failed write leaves it as it was). `load_checkpoint` recomputes the hash, so a flipped bit in the
+tensor data is one line ("damaged"), never a resume. A step whose state holds NaN/inf is never saved: the run stops
+with one line naming the step and the last good checkpoint, which is kept.
 
 `resume` rebuilds the run from the saved config, re-runs the sampler's `begin` (which draws nothing), restores the
 tensors and the generator, and continues at the next step. The config is compared key by key, so an override
@@ -18,6 +26,7 @@ outside sampling, raises KeyboardInterrupt at once; atomic writers remove their 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from longgen import __version__
-from longgen.errors import Interrupted, UsageError
+from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.rundir import atomic_file
 from longgen.samplers.base import SamplerState
 
@@ -55,12 +64,18 @@ HARMLESS = (
     "overwrite",
     "eval",
     "gpus",  # the latents are the same bytes on any number of GPUs (distributed.py)
+    "video",  # where an extend run's input lies; its content is checked by its sha256 (Checkpoint.inputs)
 )
 
 
 def result_config(cfg: DictConfig) -> dict:
     """The resolved config without the HARMLESS options: what the sampled latents depend on."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+    return without_harmless(OmegaConf.to_container(cfg, resolve=True))
+
+
+def without_harmless(data: dict) -> dict:
+    """A resolved config (a copy of its top level) without the HARMLESS options."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key in HARMLESS:
         head, _, rest = key.partition(".")
         if rest:
@@ -94,11 +109,13 @@ class Checkpoint:
     story_hash: str
     counters: dict = field(default_factory=dict)  # forwards, calls, sample_s so far
     version: str = __version__
+    inputs: dict = field(default_factory=dict)  # files the run reads besides the story, e.g. {"video": {"path", "sha256"}}
 
     def check_matches(self, config: dict, story_hash: str, path: Path) -> None:
         """One line naming what differs when the checkpoint belongs to another configuration or story."""
-        if digest(config) != digest(self.config):
-            old, new = flat(self.config), flat(config)
+        saved = without_harmless(self.config)  # options made harmless since the checkpoint was written count too
+        if digest(config) != digest(saved):
+            old, new = flat(saved), flat(config)
             diffs = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
             shown = ", ".join(f"{k} ({old.get(k, '<unset>')} → {new.get(k, '<unset>')})" for k in diffs[:4])
             more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
@@ -110,12 +127,50 @@ class Checkpoint:
             raise UsageError(f"{path} was made from another story than the run directory's story.json: start a new run")
 
 
-def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor (sorted by name): its name, dtype, shape and raw bytes (CPU tensors)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes as stored, any dtype (bfloat16 too)
+    return h.hexdigest()
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file with `tensors_sha256` in its metadata, written under a temporary name, read back and
+    checked against that hash, then renamed over `path` (whatever was there stays intact until then). Every failure
+    is an OSError: safetensors can return without an error when a write fails (a full disk leaves a short file),
+    and the read-back catches that."""
     from safetensors.torch import save_file
 
+    meta = {**metadata, "tensors_sha256": tensor_digest(tensors)}
+    with atomic_file(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            written, back = _read_tensors(tmp)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own error type
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise OSError(errno.EIO, f"{path.name} could not be written or read back ({reason}); is the disk full?") from None
+        if written.get("tensors_sha256") != meta["tensors_sha256"] or tensor_digest(back) != meta["tensors_sha256"]:
+            raise OSError(errno.EIO, f"{path.name} read back differs from what was written; is the disk full?")
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` verified (write_verified): the previous checkpoint is replaced only by a checked one. OSError
+    (e.g. a full disk) propagates with nothing replaced."""
     tensors = {f"state.{k}": v.detach().to("cpu").contiguous() for k, v in ckpt.state.tensors.items()}
     tensors["generator"] = ckpt.generator_state.contiguous()
-    meta = {
+    write_verified(path, tensors, {
         "format": "longgen-checkpoint-1",
         "done": str(ckpt.state.done),
         "total": str(ckpt.total),
@@ -124,38 +179,55 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "story_hash": ckpt.story_hash,
         "counters": json.dumps(ckpt.counters),
         "version": ckpt.version,
-    }
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        "inputs": json.dumps(ckpt.inputs, sort_keys=True),
+    })
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at `path` from its header (no tensors read), or None when there is none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return int((f.metadata() or {})["done"])
+    except Exception:
+        return None
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Read and verify a checkpoint; a missing, truncated or foreign file is one line."""
-    from safetensors import safe_open
-
+    """Read and verify a checkpoint; a missing, truncated, foreign or damaged file (its tensors no longer match
+    their hash) is one line."""
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: nothing to resume (was the run started with checkpoint_every=0?)")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "longgen-checkpoint-1":
-                raise ValueError("not a longgen checkpoint")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = _read_tensors(path)
+        if meta.get("format") != "longgen-checkpoint-1":
+            raise ValueError("not a longgen checkpoint")
         config = json.loads(meta["config"])
         if digest(config) != meta["config_hash"]:
             raise ValueError("its config does not match its hash")
+        if "tensors_sha256" not in meta:  # written before checkpoints carried a hash
+            log.warning("%s carries no tensor hash (an older longgen wrote it): its data cannot be verified", path)
+        elif tensor_digest(tensors) != meta["tensors_sha256"]:
+            raise ValueError("its tensor data does not match its sha256: the file was altered or the disk damaged it")
         state = SamplerState(
             {k.removeprefix("state."): v.to(device) for k, v in tensors.items() if k.startswith("state.")},
             done=int(meta["done"]),
         )
         ckpt = Checkpoint(state, int(meta["total"]), tensors["generator"], config, meta["story_hash"],
-                          json.loads(meta["counters"]), meta["version"])
+                          json.loads(meta["counters"]), meta["version"], json.loads(meta.get("inputs", "{}")))
     except Exception as exc:  # safetensors raises its own error types for truncated headers/data
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path} is damaged or not a longgen checkpoint ({reason}): start a new run") from None
     if not state.tensors or not 0 <= state.done <= ckpt.total:
         raise UsageError(f"{path} is damaged (no state or step {state.done} of {ckpt.total}): start a new run")
     return ckpt
+
+
+def all_finite(state: SamplerState) -> bool:
+    """No NaN/inf in any floating-point tensor of the state (one device sync)."""
+    flags = [torch.isfinite(t).all() for t in state.tensors.values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class Interrupts:
@@ -217,11 +289,25 @@ class StepHooks:
             return True
         return bool(self.seconds) and time.monotonic() - self._last >= self.seconds
 
+    def kept(self) -> str:
+        """What a stopped run still has: the last good checkpoint (verified when written) and how to continue."""
+        step = self.saved_at if self.saved_at is not None else checkpoint_step(self.path)
+        if step is None:
+            return "no checkpoint was written yet: start the run again"
+        return f"the last good checkpoint (after step {step}) is kept in {self.path}; continue with: {self.resume_command}"
+
     def __call__(self, state: SamplerState, total: int) -> None:
+        if not all_finite(state):
+            raise RunFailure(f"the sampler's state after step {state.done} of {total} holds NaN/inf values; it was not "
+                             f"saved and no video is written; {self.kept()}")
         if self.preview is not None:
             self.preview(state, total)
         if self._due(state.done, total):
-            save_checkpoint(self.path, self.make(state, total))
+            try:
+                save_checkpoint(self.path, self.make(state, total))
+            except OSError as exc:
+                raise RunFailure(f"writing the checkpoint after step {state.done} of {total} failed "
+                                 f"({exc.strerror or exc}): free some space; {self.kept()}") from None
             self._last = time.monotonic()
             self.saved_at = state.done
         if self.interrupts.requested and state.done < total:

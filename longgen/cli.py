@@ -41,6 +41,9 @@ GROUPS = ("backbone", "sampler", "writer", "splitter")
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
 FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
              "backbone.model_path", "splitter.template"}
+#: free text that is only ever text: `${…}` in it is kept as typed, never an OmegaConf interpolation (it could
+#: pull an environment value such as an API key into story.json, the saved config and the checkpoints)
+TEXT_ONLY = {"prompt", "negative_prompt"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
@@ -117,6 +120,11 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
             choices[key] = value.split(",")[0].strip()
     for arg in args:
         key, sep, _ = arg.partition("=")
+        if sep and key.startswith("+") and not key.startswith("++"):
+            typo = _typo_of(key.lstrip("+").partition(".")[0], top)
+            if typo:
+                return (f"unknown option {key!r}: did you mean {typo}=…? (+KEY adds a new key; "
+                        f"options of `longgen {config.replace('_', '-')}`: {', '.join(sorted(top))})")
         if not sep or key.startswith(("+", "~", "hydra.", "hydra/", "-")) or key == "hydra":
             continue
         head, _, rest = key.partition(".")
@@ -133,6 +141,16 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
         if nested is not None and rest and rest.split(".")[0] not in nested:
             return f"{head} has no option {rest.split('.')[0]!r}; its options are: {', '.join(sorted(nested))}"
     return None
+
+
+def _typo_of(name: str, known: set[str]) -> str | None:
+    """The known option `name` is a near-miss of (`seeed` → `seed`), or None (a deliberately new key)."""
+    import difflib
+
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _primary_nodes(config: str) -> dict[str, dict]:
@@ -276,7 +294,7 @@ def quote_free_text(args: list[str]) -> list[str]:
             out.append(arg)
             continue
         parsed = _parsed(arg)
-        if parsed is not None:
+        if parsed is not None and not (key.lstrip("+~") in TEXT_ONLY and "${" in value):
             read = parsed.value()
             if read is None or isinstance(read, str) or (multirun and parsed.is_sweep_override()):
                 out.append(arg)

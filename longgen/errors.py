@@ -57,6 +57,9 @@ def user_errors() -> Iterator[None]:
         for handler in logging.getLogger().handlers:  # keep it in the run's log file, print it once
             # (not when the run directory was discarded: an input error caught before any work)
             if isinstance(handler, logging.FileHandler) and os.path.isdir(os.path.dirname(handler.baseFilename)):
-                handler.handle(record)
-        print(f"longgen: error: {exc}", file=sys.stderr)
+                with contextlib.suppress(OSError):  # a directory that takes no file (/proc, read-only, full)
+                    handler.handle(record)
+        from longgen.redact import scrub
+
+        print(f"longgen: error: {scrub(str(exc))}", file=sys.stderr)  # as every log record: never a key
         sys.exit(exc.exit_code)

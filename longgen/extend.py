@@ -36,7 +36,9 @@ The flow composes generate's stages (longgen/generate.py) with three of its own:
    `longgen eval RUN_DIR` scores it with every other metric.
 
 The run directory is claimed, locked and refused when it holds another run's results exactly as for generate
-(longgen/rundir.py); every file is written atomically.
+(longgen/rundir.py); every file is written atomically. The input is recorded by its absolute path (in the saved
+config) and its sha256 (in every checkpoint and the manifest): `longgen resume` refuses an input that changed since,
+and takes `video=PATH` again (a moved file, another working directory) when its hash matches (`check_input_video`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from __future__ import annotations
 import collections
 import copy
 import gc
+import hashlib
 import logging
 import math
 import time
@@ -137,6 +140,7 @@ class Source:
     out_width: int
     out_height: int
     resize: bool  # whether frames are resized/cropped
+    sha256: str = ""  # of the file's bytes
     frames: int = 0  # frames after resampling
     tail: np.ndarray | None = None  # [K, H, W, 3] the last K frames after resampling and fitting
 
@@ -176,6 +180,27 @@ class Source:
             reader.close()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_input_video(path: Path, recorded: dict) -> None:
+    """On resume: the input video at `path` (the saved config's, or `video=` given again) must be the file the run
+    started from, by its sha256; one line otherwise."""
+    path = Path(str(path)).expanduser()
+    again = f"give it with video=PATH (the run started from {recorded.get('path')})"
+    if not path.is_file():
+        raise UsageError(f"the input video {path} of this extend run is gone: {again}, or start a new run")
+    if file_sha256(path) != recorded.get("sha256"):
+        raise UsageError(f"{path} changed since this extend run started (its sha256 differs from the recorded one): "
+                         f"put the original back or {again}; or start a new run")
+
+
 def read_source(path: Path, backbone: Any, keep: int, resize: bool) -> Source:
     """Read the input once: its geometry and rate, its frame count at the backbone's rate and its last `keep`
     frames, fitted. One line for a missing file, something that is not a video, a size the backbone cannot take
@@ -195,7 +220,7 @@ def read_source(path: Path, backbone: Any, keep: int, resize: bool) -> Source:
     if (width, height) != (want_w, want_h) and not resize:
         raise UsageError(f"{path} is {width}×{height} but {backbone.label} makes {want_w}×{want_h} videos: "
                          f"pass resize=true (resized and center-cropped) or give a {want_w}×{want_h} video")
-    source = Source(path, width, height, fps, float(backbone.fps), want_w, want_h, resize)
+    source = Source(path.resolve(), width, height, fps, float(backbone.fps), want_w, want_h, resize, file_sha256(path))
     tail: collections.deque = collections.deque(maxlen=keep)
     for frame in source.stream():
         tail.append(frame)
@@ -355,6 +380,9 @@ class ExtendJob(Job):
     def window_map(self) -> list[dict]:
         return [{"start": s, "end": s + self.plan.window, "local_prompt": self.local_index(s, self.plan.window)}
                 for s in self.plan.starts]
+
+    def inputs(self) -> dict:
+        return {"video": {"path": str(self.source.path), "sha256": self.source.sha256}}
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -549,7 +577,7 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
         geometry = {"latent_length": k + n, "window": job.plan.window, "windows": windows}
     manifest = {
         **manifest_head(job),
-        "input": {"path": str(src.path), "width": src.width, "height": src.height, "fps": src.fps,
+        "input": {"path": str(src.path), "sha256": src.sha256, "width": src.width, "height": src.height, "fps": src.fps,
                   "frames": src.frames, "fit": src.describe_fit()},
         "history": {"latent_frames": job.history, "video_frames": backbone.frames_for(job.history),
                     "context": job.context, "t_c": int(cfg.t_c) if job.context == "per-frame" else None},
@@ -616,6 +644,7 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
     rundir = RunDirectory(out_dir).claim()
     try:
         check_fresh(rundir, bool(cfg.get("overwrite", False)))
+        cfg.video = str(job.source.path)  # absolute: `longgen resume` works from any working directory
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())
         src = job.source

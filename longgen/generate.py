@@ -57,7 +57,7 @@ from longgen.progress import StepProgress
 from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
 from longgen.samplers.base import Sampler, SamplingRun
 from longgen.shots import ShotPlan, check_single_shot_options, decode_takes, plan_scene
-from longgen.story import Story, check_text_limit
+from longgen.story import Story, check_text_limit, without_cut_markers
 from longgen.windows import WindowPlan, latent_length
 
 log = logging.getLogger("longgen")
@@ -112,6 +112,10 @@ class Job:
 
     def story_hash(self) -> str:
         return digest(self.story.to_dict())
+
+    def inputs(self) -> dict:
+        """Files the run reads besides the story, recorded in every checkpoint (extend: its input video)."""
+        return {}
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -168,7 +172,7 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
 
 def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
     """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
-    prompts = [(f"local prompt {i}", p) for i, p in enumerate(story.local_prompts, 1)]
+    prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
     strict = not getattr(backbone, "random_weights", False)
     for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
@@ -247,7 +251,8 @@ def encode(job: Job) -> Prompts:
     # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
     # (GLC's global path); each unique prompt is encoded once
     glob = job.story.global_prompt.strip()
-    all_ids = backbone.encode_prompts(job.story.local_prompts + ([glob] if glob else []), job.cfg.negative_prompt or "")
+    texts = [without_cut_markers(p) for p in job.story.local_prompts + ([glob] if glob else [])]
+    all_ids = backbone.encode_prompts(texts, job.cfg.negative_prompt or "")
     job.timings["encode_text_s"] = time.perf_counter() - t0
     return Prompts(all_ids[: len(job.story.local_prompts)], {"global": all_ids[-1]} if glob else {})
 
@@ -286,7 +291,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
             "forwards": counters["forwards"] + backbone.forward_count,
             "calls": counters["calls"] + backbone.call_count,
             "sample_s": counters["sample_s"] + time.perf_counter() - started,
-        })
+        }, inputs=job.inputs())
 
     preview = Preview(backbone, job.plan, job.out_dir, int(cfg.preview_every), float(cfg.preview_scale))
     hooks = StepHooks(job.out_dir / CHECKPOINT, snapshot, interrupts, int(cfg.checkpoint_every),
@@ -326,8 +331,8 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
     job.timings["sample_s"] = counters["sample_s"] + time.perf_counter() - started
     job.timings["forwards"] = counters["forwards"] + backbone.forward_count
     job.timings["calls"] = counters["calls"] + backbone.call_count
-    if not torch.isfinite(latents).all():
-        log.warning("the sampled latents contain NaN/inf values; the video will be corrupt")
+    if not torch.isfinite(latents).all():  # never written as a video (the hooks never save such a state either)
+        raise RunFailure(f"the sampled latents hold NaN/inf values; no video is written; {hooks.kept()}")
     if interrupts.requested:
         raise Interrupted(f"stopped by {interrupts.requested} after sampling finished; the latents are in "
                           f"{hooks.path}; write the video with: {resume_command(job)}")
@@ -336,13 +341,11 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
 
 # ---------------------------------------------------------------------------------------------------- stage 4: decode
 def save_latents(latents: torch.Tensor, path: Path) -> None:
-    """Final latents [F, C, H, W] under key `latents`, written atomically."""
-    from safetensors.torch import save_file
+    """Final latents [F, C, H, W] under key `latents`, written atomically and verified (checkpoint.write_verified:
+    their sha256 in the metadata; OSError when the write fails)."""
+    from longgen.checkpoint import write_verified
 
-    from longgen.rundir import atomic_file
-
-    with atomic_file(path) as tmp:
-        save_file({"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+    write_verified(path, {"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, {})
 
 
 def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint: str) -> dict:
@@ -463,6 +466,18 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
     return manifest
 
 
+@contextlib.contextmanager
+def recording(job: Job, latents: torch.Tensor, video: dict):
+    """Stage 5's writes (latents, story, manifest): a failed one (e.g. a full disk) is one line naming the written
+    video and where the sampled latents are kept, and the command that finishes the run."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunFailure(f"writing the run's record failed ({exc.strerror or exc}): free some space; the video is written to "
+                         f"{video['path']}; {keep_latents(latents, job.out_dir)}; finish with: {resume_command(job)}"
+                         ) from None
+
+
 def validate_sweep(args: list[str]) -> str | None:
     """Before a multirun starts: compose every job of the sweep and run its plan stage (no weights, no LLM), so
     one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
@@ -510,7 +525,8 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
             progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
-        return record(job, latents, video, extra)
+        with recording(job, latents, video):
+            return record(job, latents, video, extra)
     finally:
         job.backbone.release()
         gc.collect()

@@ -5,8 +5,9 @@ The run is rebuilt from the directory's own `.hydra/config.yaml` and `story.json
 `generate` (plan → encode → sample → decode → record); the sampler continues after the checkpoint's step with the
 saved tensors and generator state, so the video is bit-identical to an uninterrupted run on the same machine and
 software. Only options that cannot change the sampled latents may be overridden (checkpoint.HARMLESS: writer
-options, the device, offload, tiling, where the weights are); anything else is refused with one line, and a
-checkpoint whose recorded config or story differs from the directory's is refused too.
+options, the device, offload, tiling, where the weights are, where an extend run's input video lies); anything else
+is refused with one line, and a checkpoint whose recorded config or story differs from the directory's is refused
+too, as is an extend run whose input video no longer has the sha256 its checkpoint recorded.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         ckpt = load_checkpoint(path)
         extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/extend.py)
         if extend:
-            from longgen.extend import execute_extend, plan_extend
+            from longgen.extend import check_input_video, execute_extend, plan_extend
 
+            if "video" in ckpt.inputs:  # older checkpoints recorded no hash
+                check_input_video(cfg.video, ckpt.inputs["video"])
+            cfg.video = str(Path(str(cfg.video)).expanduser().resolve())  # saved absolute when given again
             job = plan_extend(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
         else:
             job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))

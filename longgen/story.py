@@ -59,6 +59,15 @@ MAX_PROMPT_FILE_BYTES = 64 << 10
 MAX_WINDOWS_SEARCHED = 1 << 16
 
 
+_ANY_CUT_MARKER = re.compile(re.escape(CUT_MARKER), flags=re.I)
+
+
+def without_cut_markers(text: str) -> str:
+    """`text` as the text encoder gets it: every "[SHOT CUT]" marker (a cut is told by the shot plan, never by the
+    prompt; a stray one in a prompt or mid-shot would be read as words) removed and the spaces tidied."""
+    return " ".join(_ANY_CUT_MARKER.sub(" ", text).split()) if CUT_MARKER.casefold() in text.casefold() else text
+
+
 def cut(text: str, limit: int = 60) -> str:
     """`text` cut to `limit` characters, for user data in an error line."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -89,7 +98,7 @@ def read_limited(path: Path, limit: int, what: str, fix: str) -> str:
             size = "too large"
         raise UsageError(f"{what} {path} is {size}, over the limit of {limit // 1024} KiB; {fix}")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (some Windows editors write one) is not text
     except UnicodeDecodeError as exc:
         raise UsageError(f"cannot read {what} {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 

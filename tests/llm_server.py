@@ -10,6 +10,12 @@ Each request to POST /v1/chat/completions takes the next step of `script` (the l
   ("raw", code, content_type, body)      that status, content type and body text exactly (HTML pages, junk)
   ("stream_only", text)                  400 "stream must be true" unless the request streams, then `text` as SSE
   ("sse", text)                          `text` as server-sent events whatever the request asked for
+  ("trickle", text, gap_s, most_s)       the headers at once, then the completion holding `text` one byte every
+                                         `gap_s` seconds, for at most `most_s` seconds (then the connection closes)
+  ("huge", nbytes)                       a completion whose content is `nbytes` of "x", sent in 64 KiB pieces
+  ("endless", most_bytes)                server-sent events of "x" without end (stops at `most_bytes` or when the
+                                         client hangs up)
+`sent` counts the body bytes the huge and endless steps managed to send (bounded loops, loopback only).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class ScriptedLLM:
         self.script = list(script)
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.sent = 0
         self._lock = threading.Lock()
         owner = self
 
@@ -81,6 +88,17 @@ class ScriptedLLM:
                     return self._sse(step[1], body)
                 if kind == "sse":
                     return self._sse(step[1], body)
+                if kind == "trickle":
+                    return self._trickle(step[1], step[2], step[3], body)
+                if kind == "huge":
+                    head = json.dumps(completion(body, [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "@"}}]))
+                    before, after = head.split("@")
+                    pieces = [before.encode(), *[b"x" * (1 << 16)] * (step[1] >> 16), after.encode()]
+                    return self._pieces(200, "application/json", pieces, sum(map(len, pieces)))
+                if kind == "endless":
+                    event = sse_events(body, "x" * 4096, pieces=1)[1]
+                    piece = f"data: {json.dumps(event)}\n\n".encode()
+                    return self._pieces(200, "text/event-stream", [piece] * (step[1] // len(piece)), None)
                 return self._answer(step[1], body)
 
             def _answer(self, text, body):
@@ -89,6 +107,37 @@ class ScriptedLLM:
             def _sse(self, text, body):
                 data = "".join(f"data: {json.dumps(e)}\n\n" for e in sse_events(body, text)) + "data: [DONE]\n\n"
                 self._send_bytes(200, "text/event-stream", data.encode())
+
+            def _trickle(self, text, gap, most, body):
+                data = json.dumps(completion(body, [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}])).encode()
+                end = time.monotonic() + most
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        if time.monotonic() > end:
+                            break
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(gap)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _pieces(self, code, content_type, pieces, length):
+                try:
+                    self.send_response(code)
+                    self.send_header("content-type", content_type)
+                    if length is not None:
+                        self.send_header("content-length", str(length))
+                    self.end_headers()
+                    for piece in pieces:
+                        self.wfile.write(piece)
+                        with owner._lock:
+                            owner.sent += len(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, code, payload, headers=None):
                 self._send_bytes(code, "application/json", json.dumps(payload).encode(), headers)

@@ -81,8 +81,10 @@ def test_values_hydra_already_reads_as_text_are_left_alone_and_sweeps_survive_mu
     from longgen.cli import quote_free_text
 
     kept = ["prompt=a cat", "prompt=null", "prompt='a cat, then a dog'", "prompt=a cat\\, then a dog", "seed=0,1",
-            "sampler=syncos,glc", "prompt=${oc.env:HOME}"]
+            "sampler=syncos,glc", "story=${oc.env:HOME}/story.json"]
     assert quote_free_text(kept) == kept
+    # a prompt is only ever text: an interpolation in it is kept as typed (issue 28), never resolved
+    assert quote_free_text(["prompt=${oc.env:HOME}"]) == ["prompt='\\${oc.env:HOME}'"]
     assert quote_free_text(["-m", "prompt=a cat,a dog", "prompt=cat's"]) == ["-m", "prompt=a cat,a dog", "prompt='cat\\'s'"]
 
 

@@ -16,6 +16,11 @@ warping errors and SSIM values are those of the downscaled frames (compare them 
 PySceneDetect itself downscales frames wider than 256 pixels before detecting cuts, so detection at 360 pixels is
 at least as fine as its default.
 
+Memory: a video is read one frame at a time (`read_streamed`): the full-resolution differences are taken against
+the previous frame, every frame is downscaled to its analysis size at once, and the model metrics see chunks of
+`models.batch` full frames; so at most one chunk of full frames is held, whatever the length (a 1-minute 4K clip
+was 45 GB read whole), and what grows with the length is the analysis frames (≤ 360 pixels on the long side).
+
 eval.json (written atomically: a temporary file, then a rename) holds `summary` (one number per metric, the report
 and the table read these), `curves` (per frame or per pair, for plots), `seams` (per window boundary), `scenes`,
 `geometry`, `settings`, `timings`.
@@ -30,14 +35,15 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 
 from longgen.errors import UsageError
 from longgen.eval import drift, flicker, flow, scenes, seams, similarity
-from longgen.eval.inputs import Geometry, Target, read_latents, read_video
+from longgen.eval.inputs import Geometry, Target, read_latents
 from longgen.eval.settings import Settings, default_settings
 
 log = logging.getLogger("longgen")
@@ -54,14 +60,90 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = round(time.perf_counter() - t0, 3)
 
 
+def analysis_factor(height: int, width: int, long_side: int) -> int:
+    """The smallest whole factor k with max(H, W)/k ≤ long_side."""
+    return max(1, math.ceil(max(height, width) / long_side))
+
+
+def downscale(frame: np.ndarray, k: int) -> np.ndarray:
+    """One uint8 frame [H, W, 3] area-downscaled by the whole factor k → [H // k, W // k, 3]."""
+    if k == 1:
+        return frame
+    h, w = frame.shape[:2]
+    return cv2.resize(frame, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+
+
 def analysis_frames(frames: np.ndarray, long_side: int) -> tuple[np.ndarray, int]:
     """Frames area-downscaled by the smallest whole factor k with max(H, W)/k ≤ long_side, and k."""
-    h, w = frames.shape[1:3]
-    k = max(1, math.ceil(max(h, w) / long_side))
+    k = analysis_factor(*frames.shape[1:3], long_side)
     if k == 1:
         return frames, 1
-    size = (max(1, w // k), max(1, h // k))
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]), k
+    return np.stack([downscale(f, k) for f in frames]), k
+
+
+@dataclass
+class Video:
+    """What the metrics need of a video: its geometry and rate, the full-resolution differences of consecutive
+    frames (float64 [T − 1]) and the analysis frames (uint8 [T, h, w, 3], downscaled by `factor`)."""
+
+    fps: float
+    height: int
+    width: int
+    differences: np.ndarray
+    small: np.ndarray
+    factor: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.small)
+
+    @classmethod
+    def of(cls, frames: np.ndarray, fps: float, long_side: int) -> "Video":
+        """From frames already in memory (uint8 [T, H, W, 3])."""
+        small, factor = analysis_frames(frames, long_side)
+        return cls(fps, *frames.shape[1:3], flicker.frame_differences(frames), small, factor)
+
+
+def read_streamed(path: Path, long_side: int, chunk: int = 16,
+                  on_chunk: Callable[[np.ndarray], None] | None = None) -> Video:
+    """Read a video one frame at a time into a `Video` (never more than `chunk` full frames held); `on_chunk`
+    receives the full frames in chunks of `chunk` (uint8 [n, H, W, 3]) for the model metrics. One line when ffmpeg
+    cannot read it or it has fewer than 2 frames."""
+    import imageio_ffmpeg
+
+    differences: list[float] = []
+    small: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    previous = None
+    reader = None
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        width, height = (int(v) for v in meta["size"])
+        factor = analysis_factor(height, width, long_side)
+        for raw in reader:
+            frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+            if previous is not None:
+                differences.append(float(cv2.absdiff(frame, previous).mean()))  # as flicker.frame_differences
+            small.append(downscale(frame, factor))
+            previous = frame
+            if on_chunk is not None:
+                held.append(frame)
+                if len(held) == chunk:
+                    on_chunk(np.stack(held))
+                    held = []
+        if on_chunk is not None and held:
+            on_chunk(np.stack(held))
+    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} is not a video ffmpeg can read ({reason})") from None
+    finally:
+        if reader is not None:
+            reader.close()
+    if len(small) < 2:
+        raise UsageError(f"{path} has {len(small)} frame(s); at least 2 are needed to measure a video")
+    fps = float(meta.get("fps") or 0) or 8.0
+    return Video(fps, height, width, np.asarray(differences, dtype=np.float64), np.stack(small), factor)
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -158,14 +240,19 @@ def similarity_stage(small: np.ndarray, differences: np.ndarray, fps: float, set
 def measure(frames: np.ndarray, fps: float, settings: Settings, geometry: Geometry | None = None,
             latents: np.ndarray | None = None) -> dict:
     """Every weight-free metric of uint8 RGB frames [T, H, W, 3]."""
+    return measure_video(Video.of(frames, fps, settings.analysis_long_side), settings, geometry, latents)
+
+
+def measure_video(video: Video, settings: Settings, geometry: Geometry | None = None,
+                  latents: np.ndarray | None = None) -> dict:
+    """Every weight-free metric of a video (its differences and analysis frames)."""
     timings: dict[str, float] = {}
-    height, width = frames.shape[1:3]
+    height, width, fps, small, factor = video.height, video.width, video.fps, video.small, video.factor
     with _timed(timings, "flicker"):
-        differences = flicker.frame_differences(frames)
+        differences = video.differences
         summary: dict[str, Any] = {"flicker": flicker.temporal_flickering(differences)}
         curves: dict[str, Any] = {"frame_mae": differences}
     with _timed(timings, "downscale"):
-        small, factor = analysis_frames(frames, settings.analysis_long_side)
         tiny, _ = analysis_frames(small, settings.stats_long_side)
     with _timed(timings, "flow"):
         part, more = flow_stage(small, factor, fps, height, width, settings)
@@ -187,7 +274,7 @@ def measure(frames: np.ndarray, fps: float, settings: Settings, geometry: Geomet
         summary.update(part)
         curves.update(more)
     return {
-        "video_info": {"frames": len(frames), "fps": fps, "width": width, "height": height,
+        "video_info": {"frames": video.frames, "fps": fps, "width": width, "height": height,
                        "analysis_size": [small.shape[2], small.shape[1]], "analysis_factor": factor,
                        "stats_size": [tiny.shape[2], tiny.shape[1]]},
         "summary": summary,
@@ -238,21 +325,42 @@ class ModelMetrics:
                 self.dino = Dino(self.paths["dino"], self.device, name)
 
     def measure(self, frames: np.ndarray, prompts: tuple[str, list[str], np.ndarray] | None) -> tuple[dict, dict]:
+        """The metrics of frames held in memory (uint8 [T, H, W, 3])."""
+        self.start()
+        self.add(frames)
+        return self.finish(prompts)
+
+    def start(self) -> None:
+        """Begin a video whose frames arrive in chunks (`add`), then `finish`."""
+        self._clip_images: list[np.ndarray] = []
+        self._dino_images: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def add(self, frames: np.ndarray) -> None:
+        """The image features of one chunk of frames (uint8 [n, H, W, 3]); the frames are not kept."""
+        t0 = time.perf_counter()
+        if self.clip is not None:
+            self._clip_images.append(self.clip.image_features(frames, self.batch))
+        if "subject_consistency" in self.names:
+            self._dino_images.append(self.dino.image_features(frames, self.batch))
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self, prompts: tuple[str, list[str], np.ndarray] | None) -> tuple[dict, dict]:
         from longgen.eval.semantic import prompt_fidelity, vbench_consistency
 
         summary: dict[str, Any] = {}
         detail: dict[str, Any] = {}
         if not self.names:
             return summary, detail
-        clip_images = self.clip.image_features(frames, self.batch) if self.clip is not None else None
+        clip_images = np.concatenate(self._clip_images) if self._clip_images else None
         if "subject_consistency" in self.names:
-            summary["subject_consistency"] = vbench_consistency(self.dino.image_features(frames, self.batch))
+            summary["subject_consistency"] = vbench_consistency(np.concatenate(self._dino_images))
         if "background_consistency" in self.names:
             summary["background_consistency"] = vbench_consistency(clip_images)
         if "prompt_fidelity" in self.names and prompts is not None:
             glob, local, frame_prompt = prompts
             texts = self.clip.text_features([glob, *local])  # [1 + P, D]
-            summary["prompt_fidelity_global"] = prompt_fidelity(clip_images, texts[:1], np.zeros(len(frames), int))[0]
+            summary["prompt_fidelity_global"] = prompt_fidelity(clip_images, texts[:1], np.zeros(len(clip_images), int))[0]
             per_segment = prompt_fidelity(clip_images, texts[1:], frame_prompt)
             present = [v for v in per_segment if np.isfinite(v)]
             summary["prompt_fidelity_local"] = float(np.mean(present))
@@ -295,20 +403,24 @@ def evaluate_target(target: Target, settings: Settings, models: ModelMetrics | N
                     prompt: str | None = None) -> dict:
     """Read the target's video (and latents), run every metric, return the eval.json content."""
     t0 = time.perf_counter()
-    frames, fps = read_video(target.video)
+    with_models = models is not None and bool(models.names)
+    if with_models:
+        models.start()
+    video = read_streamed(target.video, settings.analysis_long_side, chunk=models.batch if with_models else 16,
+                          on_chunk=models.add if with_models else None)  # the model metrics see full frames
     latents = read_latents(target.latents) if target.latents else None
     result = {"schema": SCHEMA, "label": target.label, "video": str(target.video),
               "run_dir": str(target.run_dir) if target.run_dir else None, "run": run_facts(target)}
-    result.update(measure(frames, fps, settings, target.geometry, latents))
-    if models is not None and models.names:
+    result.update(measure_video(video, settings, target.geometry, latents))
+    if with_models:
         t1 = time.perf_counter()
-        prompts = frame_prompts(target, len(frames), prompt)
+        prompts = frame_prompts(target, video.frames, prompt)
         if prompts is None and "prompt_fidelity" in models.names:
             log.info("prompt_fidelity skipped for %s: no story.json beside it and no prompt=…", target.video)
-        summary, detail = models.measure(frames, prompts)
+        summary, detail = models.finish(prompts)
         result["summary"].update(summary)
         result["models"] = {"metrics": models.names, **{k: str(v) for k, v in models.paths.items() if v}, **detail}
-        result["timings"]["models"] = round(time.perf_counter() - t1, 3)
+        result["timings"]["models"] = round(models.seconds + time.perf_counter() - t1, 3)
     result["timings"]["total"] = round(time.perf_counter() - t0, 3)
     return result
 

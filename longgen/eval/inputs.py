@@ -123,6 +123,8 @@ def _resolve_one(path: Path, raw: str) -> list[Target]:
         if (path.parent / "manifest.json").is_file() and run_target(path.parent).video.resolve() == path.resolve():
             return [run_target(path.parent)]
         return [Target(video=path, label=path.stem)]
+    if not path.is_dir():  # a device, a FIFO, a socket
+        raise UsageError(f"{raw} is neither a file nor a directory; give a run directory, a multirun directory or an .mp4 file")
     if (path / "manifest.json").is_file():
         return [run_target(path)]
     runs = sorted((p for p in path.iterdir() if p.is_dir() and (p / "manifest.json").is_file()), key=job_order)

@@ -21,7 +21,11 @@ Failures, each ending in one clear line:
   other body that is not a chat completion: one line naming it, no retry;
 - timeouts, connection errors, rate limits (429) and server errors (5xx) are retried `max_retries` times with
   exponential backoff (or the server's Retry-After), then fail; the client's own retries are off so these
-  bounds are the only ones.
+  bounds are the only ones;
+- every request has a wall-clock deadline of `timeout` seconds for the whole answer, not only between two reads
+  (a server that trickles a byte now and then cannot hold the split), and an answer is cut off past
+  `answer_byte_limit(max_tokens)` bytes (a runaway or endless answer cannot fill the memory): a deadline counts
+  as a timeout (retried), an oversized answer fails at once.
 
 The API key is read from the environment variable named by `api_key_env` at call time and handed to the client
 only, which sends it to whatever `base_url` names; it is not an option, so it cannot reach the saved config, the
@@ -36,11 +40,12 @@ import logging
 import os
 import re
 import string
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import json5
@@ -60,6 +65,15 @@ DEFAULT_SHOT_TEMPLATE = "template_multi_shot.txt"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _FORMATS = ("auto", "json_schema", "json_object", "text")
 _MAX_WAIT_S = 30.0
+#: bytes per requested token an answer may take: a streamed answer spends ~200 bytes of event JSON per token
+_BYTES_PER_TOKEN = 256
+#: the least an answer may take, whatever max_tokens says (an error page, a long reasoning preamble)
+_MIN_ANSWER_BYTES = 4 << 20
+
+
+def answer_byte_limit(max_tokens: int) -> int:
+    """Most bytes read of one answer (body or event stream) before it is cut off."""
+    return max(_MIN_ANSWER_BYTES, _BYTES_PER_TOKEN * int(max_tokens))
 
 
 class InvalidAnswer(ValueError):
@@ -453,7 +467,9 @@ class LLMSplitter(Splitter):
     def _client(self):
         from openai import OpenAI
 
-        return OpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
+        http_client = bounded_http_client(self.timeout, answer_byte_limit(self.max_tokens))
+        return OpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0,
+                      http_client=http_client)
 
     def server_url(self) -> str:
         """The endpoint requests go to (base_url, else $OPENAI_BASE_URL, else OpenAI's), without credentials."""
@@ -472,12 +488,22 @@ class LLMSplitter(Splitter):
             elif self._format == "json_object":
                 kwargs["response_format"] = {"type": "json_object"}
             self._attempts += 1
-            try:
+            stream = self._stream
+
+            def attempt() -> Reply:
                 response = client.chat.completions.create(
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
-                    **kwargs, **({"stream": True} if self._stream else {}),
+                    **kwargs, **({"stream": True} if stream else {}),
                 )
-                reply = _collect_stream(response) if self._stream else self._reply(response)
+                return _collect_stream(response) if stream else self._reply(response)
+
+            try:
+                reply = within(self.timeout, attempt)
+            except AnswerTooLarge as exc:
+                raise UsageError(
+                    f"splitter=llm: {self._where()} sent more than {exc.limit // (1 << 20)} MiB without finishing its "
+                    f"answer (cut off there); check the server, or lower splitter.max_tokens (now {self.max_tokens})"
+                ) from None
             except _AnswersAsStream:
                 log.info("the server answered with a stream of events; asking for a stream (stream=true)")
                 self._stream = True
@@ -501,7 +527,8 @@ class LLMSplitter(Splitter):
                 raise UsageError(
                     f"splitter=llm: {self._where()} answered 404: no model {self.model!r} there, or splitter.base_url lacks the /v1 path"
                 ) from None
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.APIStatusError) as exc:
+            except (Deadline, openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                    openai.APIStatusError) as exc:
                 status = getattr(exc, "status_code", None)
                 if isinstance(exc, openai.APIStatusError) and not isinstance(exc, openai.RateLimitError) and status not in (408, 409) and status < 500:
                     raise UsageError(f"splitter=llm: {self._where()} answered HTTP {status}: {_short(exc)}") from None
@@ -547,7 +574,7 @@ class LLMSplitter(Splitter):
     def _reason(self, exc: Exception) -> str:
         import openai
 
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, (Deadline, openai.APITimeoutError)):
             return f"timed out after {self.timeout:g} s"
         if isinstance(exc, openai.RateLimitError):
             return "rate limited (HTTP 429)"
@@ -675,6 +702,79 @@ class LLMSplitter(Splitter):
 
 class _AnswersAsStream(Exception):
     """The server sent server-sent events to a request that did not ask for a stream."""
+
+
+class Deadline(Exception):
+    """A request ran past its wall-clock deadline (counted as a timeout)."""
+
+
+class AnswerTooLarge(Exception):
+    """A response body grew past the byte limit; reading stopped there."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is longer than {limit} bytes")
+        self.limit = limit
+
+
+def within(seconds: float, call: Callable[[], Reply]) -> Reply:
+    """call() on a helper thread, waited for at most `seconds` of wall-clock time (Deadline past it). The client's
+    own timeout only bounds the wait between two reads, so a server that trickles its answer would hold the call
+    for ever; here the caller is free at the deadline, and the helper stops at its next chunk (bounded_http_client
+    gives every body the same deadline) or at the client's read timeout."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["reply"] = call()
+        except BaseException as exc:  # handed to the caller, who decides
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=run, name="longgen-llm-request", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        raise Deadline(f"no complete answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["reply"]
+
+
+def bounded_http_client(seconds: float, limit: int):
+    """The openai client's own default HTTP client (proxies and the rest as it sets them) with a response hook that
+    wraps every body: reading stops with AnswerTooLarge past `limit` bytes, and with Deadline at the first chunk
+    that arrives more than `seconds` after the headers. The HTTP library is the one the installed openai client is
+    built on (httpx, in newer releases named httpx2), found through the client class it exports."""
+    import importlib
+
+    import openai
+
+    default = getattr(openai, "DefaultHttpx2Client", None) or getattr(openai, "DefaultHttpxClient")
+    client = default()
+    base = next(c for c in type(client).__mro__ if c.__name__ == "Client" and not c.__module__.startswith("openai"))
+    http = importlib.import_module(base.__module__.split(".")[0])
+
+    class BoundedBody(http.SyncByteStream):
+        def __init__(self, inner: Any, deadline: float) -> None:
+            self.inner, self.deadline = inner, deadline
+
+        def __iter__(self):
+            size = 0
+            for chunk in self.inner:
+                size += len(chunk)
+                if size > limit:
+                    raise AnswerTooLarge(limit)
+                if time.monotonic() > self.deadline:
+                    raise Deadline(f"the answer was still arriving after {seconds:g} s")
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def bound(response: Any) -> None:
+        response.stream = BoundedBody(response.stream, time.monotonic() + seconds)
+
+    client.event_hooks = {"response": [bound]}
+    return client
 
 
 def _extra(obj: Any, name: str) -> Any:

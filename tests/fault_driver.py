@@ -1,0 +1,86 @@
+"""Run the real CLI with one fault planted (tests of issue 28): `python fault_driver.py FAULT longgen-args...`.
+
+FAULT is one of
+  checkpoint:N  the N-th checkpoint write (and every later one) fails with ENOSPC, the earlier ones succeed
+  latents       writing latents.safetensors fails with ENOSPC
+  video         ffmpeg's pipe breaks while the video is written, the disk full
+  record        writing manifest.json fails with ENOSPC
+  nan:N         the backbone's N-th prediction (and every later one) is NaN
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+
+def _full(name: str):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+
+
+def plant(fault: str) -> None:
+    kind, _, arg = fault.partition(":")
+    if kind in ("checkpoint", "latents"):
+        import safetensors.torch
+
+        real, calls = safetensors.torch.save_file, []
+
+        def save_file(tensors, filename, metadata=None):
+            if os.path.basename(str(filename)).startswith(f".{kind}."):
+                calls.append(filename)
+                if kind == "latents" or len(calls) >= int(arg):
+                    raise _full(str(filename))
+            return real(tensors, filename, metadata=metadata)
+
+        safetensors.torch.save_file = save_file
+    elif kind == "video":
+        from longgen.writer import Mp4Writer
+
+        import collections
+        import shutil
+
+        class FullPipe:  # ffmpeg exits when its output fails, so its stdin breaks
+            def send(self, frame):
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+        usage = collections.namedtuple("usage", "total used free")
+        shutil.disk_usage = lambda path: usage(1 << 30, 1 << 30, 0)
+        real_send = Mp4Writer._send
+        Mp4Writer._send = staticmethod(lambda writer, frame, out_dir: real_send(FullPipe(), frame, out_dir))
+    elif kind == "record":
+        import longgen.generate
+
+        real_json = longgen.generate.write_json
+
+        def write_json(path, data):
+            if os.path.basename(str(path)) == "manifest.json":
+                raise _full(str(path))
+            return real_json(path, data)
+
+        longgen.generate.write_json = write_json
+    elif kind == "nan":
+        import torch
+
+        from longgen.backbones.diffusers_base import DiffusersBackbone
+
+        real_predict, calls = DiffusersBackbone.predict, []
+
+        def predict(self, x_t, t, prompt_ids, guidance_scale):
+            pred = real_predict(self, x_t, t, prompt_ids, guidance_scale)
+            calls.append(1)
+            if len(calls) >= int(arg):
+                pred.x0.fill_(float("nan"))
+                pred.eps.fill_(float("nan"))
+            return pred
+
+        DiffusersBackbone.predict = predict
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    plant(sys.argv[1])
+    from longgen.cli import main
+
+    sys.exit(main(sys.argv[2:]))
