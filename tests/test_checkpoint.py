@@ -84,11 +84,8 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
-def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
-    reference = SAMPLERS[name]().sample(_run(tiny2))
-    path = tmp_path / "checkpoint.safetensors"
-    run = _run(tiny2)
+def checkpoint_after_two_steps(sampler, run: SamplingRun, path: Path, name: str) -> Checkpoint:
+    """Run `sampler` with generate's step hooks writing `path` every step, stop it after step 2, read it back."""
 
     def snapshot(state, total):
         return Checkpoint(state, total, run.generator.get_state(), {"sampler": name}, "story")
@@ -102,8 +99,15 @@ def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
 
     run.after_step = stop_after_two
     with pytest.raises(_Stop):
-        SAMPLERS[name]().sample(run)
-    ckpt = load_checkpoint(path)
+        sampler.sample(run)
+    return load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_resume_from_a_saved_checkpoint_is_bit_identical(tiny2, tmp_path, name):
+    reference = SAMPLERS[name]().sample(_run(tiny2))
+    path = tmp_path / "checkpoint.safetensors"
+    ckpt = checkpoint_after_two_steps(SAMPLERS[name](), _run(tiny2), path, name)
     assert ckpt.state.done == 2 and ckpt.total == 4
     fresh = _run(tiny2)  # a new process would rebuild the run from the seed, then restore the generator
     fresh.generator.set_state(ckpt.generator_state)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint
 from longgen.denoiser import Prediction
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.fifo import FIFOSampler
 
 from conftest import make_tiny
-from test_checkpoint import L3, SAMPLERS
+from test_checkpoint import L3, SAMPLERS, checkpoint_after_two_steps
 
 CASES = {**SAMPLERS, "fifo": lambda: FIFOSampler(num_partitions=1)}
 ELSEWHERE = torch.device("meta")
@@ -57,23 +56,7 @@ def _run(denoiser, device):
 
 def _checkpoint(tiny2, tmp_path, name):
     """Two steps on the CPU, saved to disk the way generate saves them, and read back (on the CPU)."""
-    path = tmp_path / "checkpoint.safetensors"
-    run = _run(tiny2, "cpu")
-
-    def snapshot(state, total):
-        return Checkpoint(state, total, run.generator.get_state(), {"sampler": name}, "story")
-
-    hooks = StepHooks(path, snapshot, Interrupts(), every=1)
-
-    def stop_after_two(state, total):
-        hooks(state, total)
-        if state.done == 2:
-            raise _Seen
-
-    run.after_step = stop_after_two
-    with pytest.raises(_Seen):
-        CASES[name]().sample(run)
-    return load_checkpoint(path)
+    return checkpoint_after_two_steps(CASES[name](), _run(tiny2, "cpu"), tmp_path / "checkpoint.safetensors", name)
 
 
 @pytest.mark.parametrize("name", list(CASES))
