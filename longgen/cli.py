@@ -13,11 +13,12 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 
 from longgen import __version__
 from longgen.redact import check_command_line
+from longgen.rundir import note_existing_dirs
 
 #: command → (module with a `main`, its primary Hydra config or None for commands that take a path first and
 #: read their config from it, one-line description)
@@ -359,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
                 return code
         importlib.import_module(module_name).main(rest)
         return 0
+    if command == "generate" and rest[:1] == ["--rerun-failed"]:
+        from longgen.errors import user_errors
+        from longgen.sweep import rerun_failed
+
+        if len(rest) != 2:
+            print("longgen: error: usage: longgen generate --rerun-failed SWEEP_DIR", file=sys.stderr)
+            return 2
+        with user_errors():
+            return rerun_failed(Path(rest[1]).expanduser())
     rest = fill_positional(command, rest)
     problem = (check_command_line(rest) or check_group_choices(rest) or check_option_keys(config, rest)
                or check_output_dir(rest))
@@ -366,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
     rest = quote_free_text(rest)
+    note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.generate import validate_sweep
 

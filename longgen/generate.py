@@ -43,6 +43,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from longgen import __version__
@@ -54,10 +55,11 @@ from longgen.noise import GaussianNoise
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.preview import Preview
 from longgen.progress import StepProgress
-from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
+from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, made_by_this_command, write_json, write_text
 from longgen.samplers.base import Sampler, SamplingRun
 from longgen.shots import ShotPlan, check_single_shot_options, decode_takes, plan_scene
 from longgen.story import Story, check_text_limit, without_cut_markers
+from longgen.sweep import recorded_job
 from longgen.windows import WindowPlan, latent_length
 
 log = logging.getLogger("longgen")
@@ -543,19 +545,23 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
 
 
 def discard_if_unused(out_dir: Path) -> None:
-    """After an input error caught before any work: remove the run directory Hydra made, if it holds nothing but
-    this run's log (and its parent date folder, if that is empty then)."""
+    """After an input error caught before any work: remove the run directory Hydra made for this command, if it
+    holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
+    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
             handler.close()
+    if not made_by_this_command(out_dir):
+        return
     try:
         entries = list(out_dir.iterdir())
     except OSError:
         return
     if all(e.is_file() and e.suffix == ".log" for e in entries):
         shutil.rmtree(out_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            out_dir.parent.rmdir()  # only succeeds when empty
+        if made_by_this_command(out_dir.parent):
+            with contextlib.suppress(OSError):
+                out_dir.parent.rmdir()  # only succeeds when empty
 
 
 def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
@@ -598,7 +604,9 @@ def job_message(job: Job, resume: Checkpoint | None = None) -> dict:
 @hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    with user_errors():
+    # in a sweep (-m), a failed job is recorded and the next one runs (longgen/sweep.py)
+    job = recorded_job(hc) if hc.mode == RunMode.MULTIRUN else contextlib.nullcontext()
+    with user_errors(), job:
         run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)
         if cfg.get("eval"):  # `eval=true`: all logic lives in longgen/eval/
             from longgen.eval.evaluate import evaluate_run_dir

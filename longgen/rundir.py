@@ -37,6 +37,35 @@ os.umask(_UMASK)
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[a-z0-9]+)?$")
 
 
+#: the directories (absolute) that existed when this command started, among the run or sweep directory given on
+#: the command line and their parents; kept in the environment so a sweep's worker processes see it too. Clean-up
+#: after an early input error removes only directories this command made (issue 28: a typo once deleted a user's
+#: folder). "*": a directory given through an interpolation, so unknown: nothing is removed.
+EXISTING_DIRS_ENV = "LONGGEN_EXISTING_DIRS"
+
+
+def note_existing_dirs(args: list[str]) -> None:
+    """Before Hydra makes any directory: remember which of the given run/sweep directories (and their parents)
+    already exist."""
+    existing: list[str] = []
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir"):
+            continue
+        if "${" in value:
+            existing.append("*")
+            continue
+        path = Path(value.strip("'\"")).expanduser().absolute()
+        existing += [str(d) for d in (path, *path.parents) if d.is_dir()]
+    os.environ[EXISTING_DIRS_ENV] = json.dumps(existing)
+
+
+def made_by_this_command(path: Path) -> bool:
+    """Whether `path` did not exist before this command started (see note_existing_dirs)."""
+    existing = json.loads(os.environ.get(EXISTING_DIRS_ENV, "[]"))
+    return "*" not in existing and str(path.absolute()) not in existing
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a fresh temporary path in path's directory; rename it to `path` when the block ends without error.

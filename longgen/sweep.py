@@ -1,0 +1,148 @@
+"""A sweep (`longgen generate -m …`) survives a failed job, says what failed, and can re-run only those jobs.
+
+- Each job of a multirun runs inside `recorded_job`: a job that fails (a bad input, out of memory, a full disk, a
+  failed LLM split, any exception) prints its one error line, leaves it in its log, is recorded in the sweep's
+  ledger, and the launcher goes on with the next job (Hydra's basic launcher and joblib both stop at the first
+  job that raises). Ctrl-C/SIGTERM still stops the whole sweep, after the running job saved its checkpoint.
+- The ledger is `SWEEP_DIR/sweep-jobs.jsonl`: one JSON line per finished job (appended by whichever process ran
+  it, so joblib's workers write it too): job number, overrides, run directory, status, error line.
+- `SweepSummary` (a Hydra callback, conf/generate.yaml) writes `SWEEP_DIR/sweep.json` (done / failed / not run)
+  at the end, logs one line per failed job, and makes the command exit with status 1 if any job failed.
+- `longgen generate --rerun-failed SWEEP_DIR` runs each failed job again in its own job directory — continuing
+  it with `longgen resume` where a checkpoint is kept, else generating it anew with the job's overrides — and
+  rewrites the ledger and sweep.json with the new outcomes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from longgen.errors import Interrupted, RunFailure, UsageError
+from longgen.redact import scrub
+from longgen.rundir import CHECKPOINT, write_json
+
+log = logging.getLogger("longgen")
+
+LEDGER = "sweep-jobs.jsonl"
+SUMMARY = "sweep.json"
+
+
+# ---------------------------------------------------------------------------------------------------- one job
+@contextlib.contextmanager
+def recorded_job(hc: Any) -> Iterator[None]:
+    """Run one multirun job; record its outcome in the sweep's ledger; a failure does not end the sweep."""
+    entry = {"job": int(hc.job.num), "overrides": list(hc.overrides.task), "run_dir": str(hc.runtime.output_dir)}
+    ledger = Path(str(hc.sweep.dir)) / LEDGER
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt):
+        _append(ledger, {**entry, "status": "interrupted"})
+        raise  # the caller's user_errors prints it and ends the sweep
+    except (UsageError, RunFailure) as exc:
+        _failed(ledger, entry, str(exc))
+    except Exception as exc:  # a bug or an unexpected library error: its traceback goes to the job's log only
+        log.debug("job %d failed:\n%s", entry["job"], traceback.format_exc())
+        _failed(ledger, entry, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+    else:
+        _append(ledger, {**entry, "status": "done"})
+
+
+def _failed(ledger: Path, entry: dict, line: str) -> None:
+    line = scrub(line)
+    log.error("sweep job %d failed: %s", entry["job"], line)
+    print(f"longgen: error: sweep job {entry['job']} ({' '.join(entry['overrides'])}): {line}", file=sys.stderr)
+    _append(ledger, {**entry, "status": "failed", "error": line})
+
+
+def _append(ledger: Path, entry: dict) -> None:
+    """One line, appended with a single write (O_APPEND): lines of concurrent workers never interleave."""
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_ledger(sweep_dir: Path) -> dict[int, dict]:
+    """The latest outcome of every job of the sweep, by job number."""
+    jobs: dict[int, dict] = {}
+    path = sweep_dir / LEDGER
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                jobs[int(entry["job"])] = entry
+    return jobs
+
+
+def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = None) -> dict:
+    done = [j for j in sorted(jobs) if jobs[j]["status"] == "done"]
+    failed = [j for j in sorted(jobs) if jobs[j]["status"] != "done"]
+    not_run = [j for j in range(planned) if j not in jobs] if planned is not None else []
+    summary = {"done": done, "failed": failed, "not_run": not_run, "jobs": [jobs[j] for j in sorted(jobs)]}
+    write_json(sweep_dir / SUMMARY, summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- the sweep
+class SweepSummary(Callback):
+    """At the end of a multirun: sweep.json, one line per failed job, exit status 1 if any failed."""
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        jobs = read_ledger(sweep_dir)
+        summary = write_summary(sweep_dir, jobs)
+        log.info("sweep %s: %d done, %d failed (%s)", sweep_dir, len(summary["done"]), len(summary["failed"]),
+                 sweep_dir / SUMMARY)
+        if summary["failed"]:
+            print(f"longgen: error: {len(summary['failed'])} of {len(jobs)} sweep jobs failed "
+                  f"({', '.join(str(j) for j in summary['failed'])}; see {sweep_dir / SUMMARY}); run them again "
+                  f"with: longgen generate --rerun-failed {sweep_dir}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------------------------------------- re-run
+def rerun_failed(sweep_dir: Path) -> int:
+    """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory; exit status."""
+    jobs = read_ledger(sweep_dir)
+    if not jobs:
+        raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
+    failed = [j for j in sorted(jobs) if jobs[j]["status"] != "done"]
+    if not failed:
+        print(f"longgen: every job of {sweep_dir} is done; nothing to run again")
+        return 0
+    for number in failed:
+        entry = jobs[number]
+        run_dir = Path(entry["run_dir"])
+        if (run_dir / CHECKPOINT).is_file():
+            command = ["resume", str(run_dir)]
+        else:
+            command = ["generate", *entry["overrides"], f"hydra.run.dir={run_dir}"]
+        print(f"longgen: sweep job {number}: longgen {' '.join(command)}", file=sys.stderr)
+        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command])
+        jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
+                        **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
+        _append(sweep_dir / LEDGER, jobs[number])
+        if proc.returncode == 130:
+            break
+    summary = write_summary(sweep_dir, jobs)
+    print(f"longgen: sweep {sweep_dir}: {len(summary['done'])} done, {len(summary['failed'])} failed", file=sys.stderr)
+    return 1 if summary["failed"] else 0
