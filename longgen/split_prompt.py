@@ -58,11 +58,13 @@ def story_table(story: Story) -> Table:
 
 
 def run_split_prompt(cfg: DictConfig, out_dir: Path, choices: dict) -> Story:
-    story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts,
-                                shots=bool(cfg.get("multi_shot", False)))
     out = Path(str(cfg.out)).expanduser() if cfg.get("out") not in (None, "") else None
     if out is not None and out.is_dir():
         raise UsageError(f"out={cfg.out} is a directory; give a file path such as out={out / 'story.json'}")
+    if out is not None and (out.exists() or out.is_symlink()) and not cfg.get("overwrite", False):
+        raise UsageError(f"out={cfg.out} exists: pass overwrite=true to replace it, or give another out= path")
+    story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts,
+                                shots=bool(cfg.get("multi_shot", False)))
     story.save(out_dir / "story.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,17 @@ def test_help_and_cfg_work_after_the_command(tmp_path):
     proc = _cli(["split-prompt", "s.txt", "num_prompts=3", "--cfg", "job"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "scenario: s.txt" in proc.stdout and "num_prompts: 3" in proc.stdout
+
+
+def test_out_never_overwrites_an_existing_file_unless_asked(tmp_path):
+    """Issue 28: `out=FILE` replaced any existing file."""
+    mine = tmp_path / "notes.json"
+    mine.write_text("the user's own file\n")
+    proc = _cli(["split-prompt", str(EXAMPLE), "num_prompts=2", f"out={mine}", f"hydra.run.dir={tmp_path / 'a'}"],
+                tmp_path)
+    assert proc.returncode == 2 and "pass overwrite=true" in proc.stderr, proc.stderr
+    assert mine.read_text() == "the user's own file\n" and not (tmp_path / "a" / "story.json").exists()
+    proc = _cli(["split-prompt", str(EXAMPLE), "num_prompts=2", f"out={mine}", "overwrite=true",
+                 f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(mine.read_text())["local"]) == 2
