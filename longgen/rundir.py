@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
@@ -146,8 +147,22 @@ class RunDirectory:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        try:
+            self.refuse_links()
+        except UsageError:
+            self.release()
+            raise
         remove_stale_temps(self.path)
         return self
+
+    def refuse_links(self) -> None:
+        """A run never writes outside its directory: refuse symbolic links where longgen writes into or appends to
+        an existing name (`.hydra/`, the logs). Final files are written by renaming a new file over the name, which
+        replaces a link rather than following it."""
+        planted = [p.name for p in self.path.iterdir() if p.is_symlink() and (p.name == ".hydra" or p.suffix == ".log")]
+        if planted:
+            raise UsageError(f"{self.path} holds symbolic links where longgen writes ({', '.join(sorted(planted))}): "
+                             f"remove them or pick another run directory")
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -173,8 +188,17 @@ class RunDirectory:
                 f"{self.path} already holds a finished run ({', '.join(found)}): pick another directory or pass "
                 f"overwrite=true to replace it"
             )
-        for name in found:
-            (self.path / name).unlink()
+        for name in [*found, *self.previous_extras()]:
+            (self.path / name).unlink(missing_ok=True)
+
+    def previous_extras(self) -> list[str]:
+        """What else the previous run wrote here, removed by overwrite=true so the new run never shows or names it:
+        its evaluation, preview and the other files its manifest lists (extend's second video, say)."""
+        names = {"eval.json", "preview.jpg"}
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            outputs = json.loads((self.path / "manifest.json").read_text()).get("outputs", {})
+            names |= {v for v in outputs.values() if isinstance(v, str) and "/" not in v and not v.startswith(".")}
+        return sorted(n for n in names if (self.path / n).is_file() and not (self.path / n).is_symlink())
 
 
 # ---------------------------------------------------------------------------------------------------- saved config
@@ -225,11 +249,25 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
     return applied
 
 
+class RunLog(logging.FileHandler):
+    """The run's log file (generate.log, …), appended and never opened through a symbolic link: a link planted
+    under the log's name would carry the log outside the run directory. Such a link gets nothing (the run is then
+    refused with one line when it claims the directory, RunDirectory.refuse_links)."""
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.baseFilename, flags, 0o666)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            return open(os.devnull, "a", encoding=self.encoding)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
     """For commands that run without Hydra (resume, decode): the Rich console handler and the run's log file
     (appended), as conf/hydra/job_logging/rich.yaml sets them up for generate."""
-    import logging
-
     from longgen.progress import rich_handler
 
     root = logging.getLogger()
@@ -244,7 +282,7 @@ def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
     root.addHandler(console)
     if run_dir is None:
         return
-    file_handler = logging.FileHandler(Path(run_dir) / f"{name}.log", mode="a", delay=True)
+    file_handler = RunLog(Path(run_dir) / f"{name}.log", mode="a", delay=True)
     file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     file_handler.addFilter(RedactFilter())
     root.addHandler(file_handler)

@@ -78,3 +78,35 @@ def test_sweep_directories_are_unique_per_start():
         hydra = OmegaConf.to_container(OmegaConf.load(conf / f"{config}.yaml").hydra, resolve=False)
         for key in ("run", "sweep"):
             assert hydra[key]["dir"].endswith("${now:%H-%M-%S-%f}"), (config, key, hydra[key]["dir"])
+
+
+def test_planted_links_never_carry_a_run_outside_its_directory(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "generate.log").write_text("")
+    for name, target in ((".hydra", outside), ("generate.log", outside / "generate.log")):
+        run = tmp_path / f"run-{name.strip('.')}"
+        run.mkdir()
+        (run / name).symlink_to(target)
+        proc = run_cli("generate", *SMALL, f"hydra.run.dir={run}")
+        assert proc.returncode == 2 and "symbolic links where longgen writes" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["generate.log"]
+    assert (outside / "generate.log").read_text() == ""
+
+
+def test_overwrite_removes_what_the_previous_run_wrote(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("generate", *SMALL, "sampler.num_steps=2", "preview_every=1", "writer.filename=first.mp4",
+                    f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run / "eval.json").write_text("{}")  # what eval=true leaves
+    (run / "mine.txt").write_text("a user's file")
+    assert (run / "preview.jpg").is_file() and (run / "first.mp4").is_file()
+    second = run_cli("generate", *SMALL, "overwrite=true", f"hydra.run.dir={run}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["outputs"]["preview"] is None and manifest["outputs"]["video"] == "video.mp4"
+    assert not (run / "preview.jpg").exists() and not (run / "eval.json").exists()
+    assert not (run / "first.mp4").exists()  # the previous run's video, named in its manifest
+    assert (run / "mine.txt").read_text() == "a user's file"  # never a file longgen did not write
