@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen import __version__
 from longgen.errors import Interrupted, RunFailure, UsageError
-from longgen.rundir import atomic_file
+from longgen.rundir import atomic_file, write_bytes
 from longgen.samplers.base import SamplerState
 
 log = logging.getLogger("longgen")
@@ -149,12 +150,15 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
     checked against that hash, then renamed over `path` (whatever was there stays intact until then). Every failure
     is an OSError: safetensors can return without an error when a write fails (a full disk leaves a short file),
     and the read-back catches that."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {**metadata, "tensors_sha256": tensor_digest(tensors)}
     with atomic_file(path) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata=meta)
+            # the bytes are written by us into atomic_file's temporary (made with the user's umask and removed on
+            # any failure); safetensors' own save_file goes through a private temporary file of 0600 that an
+            # interrupted write left behind
+            write_bytes(tmp, save(tensors, metadata=meta))
             written, back = _read_tensors(tmp)
         except OSError:
             raise

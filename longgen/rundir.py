@@ -84,6 +84,14 @@ def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` into the file at `path` (a temporary of atomic_file), flushed to the disk before it is renamed."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)

@@ -22,18 +22,18 @@ def _full(name: str):
 def plant(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     if kind in ("checkpoint", "latents"):
-        import safetensors.torch
+        import longgen.checkpoint
 
-        real, calls = safetensors.torch.save_file, []
+        real, calls = longgen.checkpoint.write_bytes, []
 
-        def save_file(tensors, filename, metadata=None):
-            if os.path.basename(str(filename)).startswith(f".{kind}."):
-                calls.append(filename)
+        def write_bytes(path, data):
+            if os.path.basename(str(path)).startswith(f".{kind}."):
+                calls.append(path)
                 if kind == "latents" or len(calls) >= int(arg):
-                    raise _full(str(filename))
-            return real(tensors, filename, metadata=metadata)
+                    raise _full(str(path))
+            return real(path, data)
 
-        safetensors.torch.save_file = save_file
+        longgen.checkpoint.write_bytes = write_bytes
     elif kind == "video":
         from longgen.writer import Mp4Writer
 

@@ -110,3 +110,20 @@ def test_overwrite_removes_what_the_previous_run_wrote(tmp_path):
     assert not (run / "preview.jpg").exists() and not (run / "eval.json").exists()
     assert not (run / "first.mp4").exists()  # the previous run's video, named in its manifest
     assert (run / "mine.txt").read_text() == "a user's file"  # never a file longgen did not write
+
+
+def test_checkpoints_and_latents_take_the_users_umask_and_leave_no_temporaries(tmp_path):
+    import stat
+
+    import torch
+
+    from longgen.checkpoint import write_verified
+
+    old = os.umask(0o022)
+    try:
+        write_verified(tmp_path / "checkpoint.safetensors", {"state.x": torch.ones(3)}, {"format": "test"})
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "checkpoint.safetensors").stat().st_mode)
+    assert mode == 0o644, oct(mode)  # safetensors' own writer made 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]
