@@ -41,7 +41,7 @@ _INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchp
 GROUPS = ("backbone", "sampler", "writer", "splitter")
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
 FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
-             "backbone.model_path", "splitter.template"}
+             "backbone.model_path", "splitter.template", "hydra.run.dir", "hydra.sweep.dir"}
 #: free text that is only ever text: `${…}` in it is kept as typed, never an OmegaConf interpolation (it could
 #: pull an environment value such as an API key into story.json, the saved config and the checkpoints)
 TEXT_ONLY = {"prompt", "negative_prompt"}

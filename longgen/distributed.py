@@ -696,9 +696,13 @@ def gpu_count(value: str, command: str, args: list[str]) -> int:
 
 def _cpu_hint(what: str, n: str, command: str, rest: str, visible: int = 0) -> str:
     seen = f"only {visible} CUDA GPU(s) are visible" if visible else "no CUDA GPU is visible"
+    if command == "resume":  # the run directory comes first: `longgen resume RUN_DIR [KEY=VALUE ...]`
+        run_dir, _, options = rest.partition(" ")
+        line = f"resume {run_dir} backbone.device=cpu {options}"
+    else:
+        line = f"{command} backbone.device=cpu {rest}"
     return (f"{what} starts one process per CUDA GPU of this host, but {seen}; to run {n} processes on the CPU "
-            f"use torchrun (gloo): torchrun --standalone --nproc-per-node={n} -m longgen.cli {command} "
-            f"backbone.device=cpu {rest}".rstrip())
+            f"use torchrun (gloo): torchrun --standalone --nproc-per-node={n} -m longgen.cli {line}".rstrip())
 
 
 def check_launch(command: str, args: list[str], size: int) -> None:

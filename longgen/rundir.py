@@ -125,6 +125,11 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise UsageError(f"{what}={path} lies under the file {probe}: pick another directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{what}={path}: {probe} is not writable: pick a writable directory")
+    try:  # what access() cannot see: a read-only file system, /proc or /sys, root's writes refused
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".longgen-probe-"))
+    except OSError as exc:
+        raise UsageError(f"{what}={path}: cannot create a directory in {probe} ({exc.strerror}): pick a writable "
+                         f"directory") from None
 
 
 class RunDirectory:

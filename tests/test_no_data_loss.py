@@ -127,3 +127,21 @@ def test_checkpoints_and_latents_take_the_users_umask_and_leave_no_temporaries(t
     mode = stat.S_IMODE((tmp_path / "checkpoint.safetensors").stat().st_mode)
     assert mode == 0o644, oct(mode)  # safetensors' own writer made 0600
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]
+
+
+def test_the_cpu_hint_of_resume_names_the_run_directory_first():
+    """Issue 28: the torchrun line suggested for `longgen resume RUN gpus=N` on a machine without GPUs put an option
+    where resume reads its run directory."""
+    from longgen.distributed import _cpu_hint
+
+    line = _cpu_hint("gpus=2", "2", "resume", "runs/fox writer.crf=20")
+    assert line.endswith("-m longgen.cli resume runs/fox backbone.device=cpu writer.crf=20")
+    assert _cpu_hint("gpus=2", "2", "generate", "prompt=x").endswith("-m longgen.cli generate backbone.device=cpu prompt=x")
+
+
+def test_unwritable_and_non_ascii_run_directories(tmp_path):
+    proc = run_cli("generate", *SMALL, "hydra.run.dir=/proc/longgen-run")
+    assert proc.returncode == 2 and "cannot create a directory in /proc" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("generate", *SMALL, "hydra.run.dir=vidéos/ñ", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "vidéos" / "ñ" / "video.mp4").is_file()
