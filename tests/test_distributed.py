@@ -115,10 +115,13 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
     assert not (w3 / "g" / "video.mp4").exists() and (w3 / "g" / "checkpoint.safetensors").is_file()
 
-    # rank 0 alone wrote: each sweep directory holds its jobs and Hydra's multirun.yaml, nothing from other ranks
+    # rank 0 alone wrote: each sweep directory holds its jobs, Hydra's multirun.yaml and the sweep's ledger and
+    # summary (each job recorded once), nothing from other ranks
     for base in (w2, w3):
         assert sorted(p.name for p in (base / "a").iterdir()) == ["0_direct", "1_gen-l-video", "2_syncos", "3_glc",
-                                                                  "multirun.yaml"]
+                                                                  "multirun.yaml", "sweep-jobs.jsonl", "sweep.json"]
+        assert len((base / "a" / "sweep-jobs.jsonl").read_text().splitlines()) == 4
+        assert json.loads((base / "a" / "sweep.json").read_text())["done"] == [0, 1, 2, 3]
         assert sorted(p.name for p in (base / "a" / "3_glc").iterdir()) == sorted(
             p.name for p in (w1 / "a" / "3_glc").iterdir())
 
