@@ -559,9 +559,13 @@ def discard_if_unused(out_dir: Path) -> None:
         return
     if all(e.is_file() and e.suffix == ".log" for e in entries):
         shutil.rmtree(out_dir, ignore_errors=True)
-        if made_by_this_command(out_dir.parent):
-            with contextlib.suppress(OSError):
-                out_dir.parent.rmdir()  # only succeeds when empty
+        parent = out_dir.parent
+        while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
