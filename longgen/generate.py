@@ -541,7 +541,8 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
     write_text(target / "config.yaml", OmegaConf.to_yaml(cfg))
     if hc is not None:
         write_text(target / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
-        write_text(target / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))))
+        overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # a prompt's `\${` keeps its escape
+        write_text(target / "overrides.yaml", OmegaConf.to_yaml(overrides))
 
 
 def discard_if_unused(out_dir: Path) -> None:

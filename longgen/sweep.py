@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.redact import scrub
@@ -42,7 +42,9 @@ SUMMARY = "sweep.json"
 @contextlib.contextmanager
 def recorded_job(hc: Any) -> Iterator[None]:
     """Run one multirun job; record its outcome in the sweep's ledger; a failure does not end the sweep."""
-    entry = {"job": int(hc.job.num), "overrides": list(hc.overrides.task), "run_dir": str(hc.runtime.output_dir)}
+    # unresolved: a prompt's escaped `\${…}` read through the config would lose its escape (and re-run differently)
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
+    entry = {"job": int(hc.job.num), "overrides": overrides, "run_dir": str(hc.runtime.output_dir)}
     ledger = Path(str(hc.sweep.dir)) / LEDGER
     try:
         yield
@@ -122,6 +124,8 @@ class SweepSummary(Callback):
 # ---------------------------------------------------------------------------------------------------- re-run
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory; exit status."""
+    from longgen.cli import AS_RECORDED_ENV, hydra_quote
+
     jobs = read_ledger(sweep_dir)
     if not jobs:
         raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
@@ -135,9 +139,11 @@ def rerun_failed(sweep_dir: Path) -> int:
         if (run_dir / CHECKPOINT).is_file():
             command = ["resume", str(run_dir)]
         else:
-            command = ["generate", *entry["overrides"], f"hydra.run.dir={run_dir}"]
+            command = ["generate", *entry["overrides"], f"hydra.run.dir={hydra_quote(str(run_dir))}"]
         print(f"longgen: sweep job {number}: longgen {' '.join(command)}", file=sys.stderr)
-        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command])
+        # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
+        env = {**os.environ, AS_RECORDED_ENV: "1"}
+        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env)
         jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
                         **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
         _append(sweep_dir / LEDGER, jobs[number])
