@@ -146,6 +146,19 @@ def check_writable_dir(path: Path, what: str) -> None:
                          f"directory") from None
 
 
+#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links) and
+#: longgen's ledger (appended)
+SWEEP_FILES = ("multirun.yaml", "sweep-jobs.jsonl")
+
+
+def refuse_sweep_links(path: Path) -> None:
+    """A sweep never writes outside its directory: one line if a symbolic link was planted under a name it writes."""
+    planted = [n for n in SWEEP_FILES if (Path(path) / n).is_symlink()]
+    if planted:
+        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(planted)}): remove them or "
+                         f"pick another sweep directory")
+
+
 class RunDirectory:
     """A run directory held by this process."""
 
