@@ -11,6 +11,7 @@ line, and free-text values (`prompt=a cat, then a dog`, `prompt=cat's`) are quot
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from importlib import resources
@@ -45,6 +46,8 @@ FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "o
 #: free text that is only ever text: `${…}` in it is kept as typed, never an OmegaConf interpolation (it could
 #: pull an environment value such as an API key into story.json, the saved config and the checkpoints)
 TEXT_ONLY = {"prompt", "negative_prompt"}
+#: set by `longgen generate --rerun-failed` for the re-run it starts: the overrides are a job's, already quoted
+AS_RECORDED_ENV = "LONGGEN_OVERRIDES_AS_RECORDED"
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 USAGE = """usage: longgen COMMAND [OVERRIDES] [HYDRA FLAGS]
@@ -185,7 +188,7 @@ def check_group_choices(args: list[str]) -> str | None:
 def check_output_dir(args: list[str]) -> str | None:
     """An error line when the run (or sweep) directory cannot be created: Hydra would fail with a traceback."""
     from longgen.errors import UsageError
-    from longgen.rundir import check_writable_dir
+    from longgen.rundir import check_writable_dir, refuse_sweep_links
 
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -195,6 +198,8 @@ def check_output_dir(args: list[str]) -> str | None:
         return None  # an interpolation: only Hydra can resolve it
     try:
         check_writable_dir(Path(path), key)
+        if multirun:
+            refuse_sweep_links(Path(path))
     except UsageError as exc:
         return str(exc)
     return None
@@ -375,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
-    rest = quote_free_text(rest)
+    if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
+        rest = quote_free_text(rest)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.generate import validate_sweep

@@ -541,7 +541,8 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
     write_text(target / "config.yaml", OmegaConf.to_yaml(cfg))
     if hc is not None:
         write_text(target / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
-        write_text(target / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))))
+        overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # a prompt's `\${` keeps its escape
+        write_text(target / "overrides.yaml", OmegaConf.to_yaml(overrides))
 
 
 def discard_if_unused(out_dir: Path) -> None:
@@ -559,9 +560,13 @@ def discard_if_unused(out_dir: Path) -> None:
         return
     if all(e.is_file() and e.suffix == ".log" for e in entries):
         shutil.rmtree(out_dir, ignore_errors=True)
-        if made_by_this_command(out_dir.parent):
-            with contextlib.suppress(OSError):
-                out_dir.parent.rmdir()  # only succeeds when empty
+        parent = out_dir.parent
+        while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:

@@ -38,17 +38,23 @@ os.umask(_UMASK)
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[a-z0-9]+)?$")
 
 
-#: the directories (absolute) that existed when this command started, among the run or sweep directory given on
-#: the command line and their parents; kept in the environment so a sweep's worker processes see it too. Clean-up
-#: after an early input error removes only directories this command made (issue 28: a typo once deleted a user's
-#: folder). "*": a directory given through an interpolation, so unknown: nothing is removed.
+#: the directories that existed when this command started, among the run or sweep directory given on the command
+#: line and their parents, by identity (device:inode, so `../x`, `x/..` or a link naming one still matches it);
+#: kept in the environment so a sweep's worker processes see it too. Clean-up after an early input error removes
+#: only directories this command made (issue 28: a typo once deleted a user's folder). "*": a directory given
+#: through an interpolation, or a process started without the longgen command (the variable unset), so unknown:
+#: nothing is removed.
 EXISTING_DIRS_ENV = "LONGGEN_EXISTING_DIRS"
 
 
 def note_existing_dirs(args: list[str]) -> None:
     """Before Hydra makes any directory: remember which of the given run/sweep directories (and their parents)
     already exist."""
-    existing: list[str] = []
+    cwd = Path.cwd()
+    existing = [_identity(d) for d in (cwd, *cwd.parents)]
+    for base in ("outputs", "multirun"):  # the default directories' bases and what is under them (DATE, extend/, …)
+        with contextlib.suppress(OSError):
+            existing += [_identity(d) for d in (cwd / base, *(cwd / base).iterdir()) if d.is_dir()]
     for arg in args:
         key, _, value = arg.lstrip("+").partition("=")
         if key not in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -56,15 +62,23 @@ def note_existing_dirs(args: list[str]) -> None:
         if "${" in value:
             existing.append("*")
             continue
-        path = Path(value.strip("'\"")).expanduser().absolute()
-        existing += [str(d) for d in (path, *path.parents) if d.is_dir()]
+        path = Path(os.path.abspath(value.strip("'\"")))  # as Hydra makes it: `..` folded, `~` not expanded
+        existing += [_identity(d) for d in (path, *path.parents) if d.is_dir()]
     os.environ[EXISTING_DIRS_ENV] = json.dumps(existing)
 
 
+def _identity(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def made_by_this_command(path: Path) -> bool:
-    """Whether `path` did not exist before this command started (see note_existing_dirs)."""
-    existing = json.loads(os.environ.get(EXISTING_DIRS_ENV, "[]"))
-    return "*" not in existing and str(path.absolute()) not in existing
+    """Whether the directory `path` did not exist before this command started (see note_existing_dirs)."""
+    existing = json.loads(os.environ.get(EXISTING_DIRS_ENV, '["*"]'))
+    try:
+        return "*" not in existing and _identity(Path(path)) not in existing
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -130,6 +144,19 @@ def check_writable_dir(path: Path, what: str) -> None:
     except OSError as exc:
         raise UsageError(f"{what}={path}: cannot create a directory in {probe} ({exc.strerror}): pick a writable "
                          f"directory") from None
+
+
+#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links) and
+#: longgen's ledger (appended)
+SWEEP_FILES = ("multirun.yaml", "sweep-jobs.jsonl")
+
+
+def refuse_sweep_links(path: Path) -> None:
+    """A sweep never writes outside its directory: one line if a symbolic link was planted under a name it writes."""
+    planted = [n for n in SWEEP_FILES if (Path(path) / n).is_symlink()]
+    if planted:
+        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(planted)}): remove them or "
+                         f"pick another sweep directory")
 
 
 class RunDirectory:

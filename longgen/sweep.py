@@ -7,7 +7,8 @@
 - The ledger is `SWEEP_DIR/sweep-jobs.jsonl`: one JSON line per finished job (appended by whichever process ran
   it, so joblib's workers write it too): job number, overrides, run directory, status, error line.
 - `SweepSummary` (a Hydra callback, conf/generate.yaml) writes `SWEEP_DIR/sweep.json` (done / failed / not run)
-  at the end, logs one line per failed job, and makes the command exit with status 1 if any job failed.
+  when the sweep starts (every job not run), when a job is interrupted and at the end; at the end it logs one
+  line per failed job and makes the command exit with status 1 if any job failed.
 - `longgen generate --rerun-failed SWEEP_DIR` runs each failed job again in its own job directory — continuing
   it with `longgen resume` where a checkpoint is kept, else generating it anew with the job's overrides — and
   rewrites the ledger and sweep.json with the new outcomes.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.redact import scrub
@@ -42,12 +43,15 @@ SUMMARY = "sweep.json"
 @contextlib.contextmanager
 def recorded_job(hc: Any) -> Iterator[None]:
     """Run one multirun job; record its outcome in the sweep's ledger; a failure does not end the sweep."""
-    entry = {"job": int(hc.job.num), "overrides": list(hc.overrides.task), "run_dir": str(hc.runtime.output_dir)}
+    # unresolved: a prompt's escaped `\${…}` read through the config would lose its escape (and re-run differently)
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
+    entry = {"job": int(hc.job.num), "overrides": overrides, "run_dir": str(hc.runtime.output_dir)}
     ledger = Path(str(hc.sweep.dir)) / LEDGER
     try:
         yield
     except (Interrupted, KeyboardInterrupt):
         _append(ledger, {**entry, "status": "interrupted"})
+        write_summary(ledger.parent, read_ledger(ledger.parent))  # the later jobs listed as not run
         raise  # the caller's user_errors prints it and ends the sweep
     except (UsageError, RunFailure) as exc:
         _failed(ledger, entry, str(exc))
@@ -88,10 +92,16 @@ def read_ledger(sweep_dir: Path) -> dict[int, dict]:
 
 
 def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = None) -> dict:
+    """sweep.json: jobs done, failed (or interrupted) and not run; `planned` (the sweep's job count) is kept from
+    the summary written when the sweep started when not given."""
+    if planned is None:
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            planned = int(json.loads((sweep_dir / SUMMARY).read_text())["planned"])
     done = [j for j in sorted(jobs) if jobs[j]["status"] == "done"]
     failed = [j for j in sorted(jobs) if jobs[j]["status"] != "done"]
     not_run = [j for j in range(planned) if j not in jobs] if planned is not None else []
-    summary = {"done": done, "failed": failed, "not_run": not_run, "jobs": [jobs[j] for j in sorted(jobs)]}
+    summary = {"planned": planned, "done": done, "failed": failed, "not_run": not_run,
+               "jobs": [jobs[j] for j in sorted(jobs)]}
     write_json(sweep_dir / SUMMARY, summary)
     return summary
 
@@ -104,7 +114,15 @@ class SweepSummary(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(self.sweep_dir, {}, sum(len(batch) for batch in batches))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
@@ -122,6 +140,8 @@ class SweepSummary(Callback):
 # ---------------------------------------------------------------------------------------------------- re-run
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory; exit status."""
+    from longgen.cli import AS_RECORDED_ENV, hydra_quote
+
     jobs = read_ledger(sweep_dir)
     if not jobs:
         raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
@@ -135,9 +155,11 @@ def rerun_failed(sweep_dir: Path) -> int:
         if (run_dir / CHECKPOINT).is_file():
             command = ["resume", str(run_dir)]
         else:
-            command = ["generate", *entry["overrides"], f"hydra.run.dir={run_dir}"]
+            command = ["generate", *entry["overrides"], f"hydra.run.dir={hydra_quote(str(run_dir))}"]
         print(f"longgen: sweep job {number}: longgen {' '.join(command)}", file=sys.stderr)
-        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command])
+        # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
+        env = {**os.environ, AS_RECORDED_ENV: "1"}
+        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env)
         jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
                         **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
         _append(sweep_dir / LEDGER, jobs[number])
