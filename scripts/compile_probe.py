@@ -1,0 +1,58 @@
+"""Do two processes compute the same bytes with compiled CogVideoX-2B blocks? (issue 23's lane finding)
+
+Builds the backbone from conf/backbone/cogvideox-2b.yaml with random weights, then runs a fixed sequence of
+guided predictions whose CFG-stacked rows split into calls of different sizes (micro_batch from argv), and prints
+one sha256 per prediction as JSON. Compare the lines of several processes started with different environments
+(PYTHONHASHSEED, TORCHINDUCTOR_CACHE_DIR, TORCHINDUCTOR_FORCE_DISABLE_CACHES) to find what breaks exactness.
+
+    python3 scripts/compile_probe.py --micro-batch 4 --tag a
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from longgen.backbones.cogvideox import CogVideoXBackbone
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone" / "cogvideox-2b.yaml"
+WINDOWS = [3, 1, 2, 3]  # guided: rows 6, 2, 4, 6 -> calls (4, 2), (2), (4), (4, 2) at micro_batch 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--compile", default="auto")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--conf", type=Path, default=CONF, help="a CogVideoX backbone config (tiny.yaml for a CPU check)")
+    args = parser.parse_args()
+    conf = OmegaConf.to_container(OmegaConf.load(args.conf))
+    conf.pop("_target_")
+    frames = (conf["num_frames"] - 1) // conf["temporal_compression"] + 1
+    shape = (frames, conf["latent_channels"], conf["height"] // 8, conf["width"] // 8)
+    conf.update(model_path=None, random_weights=True, micro_batch=args.micro_batch,
+                compile={"auto": "auto", "true": True, "false": False}[args.compile])
+    start = time.time()
+    bb = CogVideoXBackbone(**conf)
+    bb.load()
+    bb.encode_prompts(["a red fox runs through snow", "the fox sleeps"], "")
+    gen = torch.Generator("cpu").manual_seed(0)
+    hashes = []
+    for b in WINDOWS:
+        x = torch.randn(b, *shape, generator=gen).to(bb.device)
+        pred = bb.predict(x, 700, [k % 2 for k in range(b)], 6.0)
+        hashes.append(hashlib.sha256(pred.x0.cpu().numpy().tobytes()).hexdigest()[:16])
+    env = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FORCE_DISABLE_CACHES")}
+    print(json.dumps({"tag": args.tag, "micro_batch": args.micro_batch, "compiled": bb.compiled, "env": env,
+                      "hashes": hashes, "seconds": round(time.time() - start, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
