@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from longgen import distributed
+from longgen.backbones import compile_determinism
 from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
@@ -365,16 +366,11 @@ class DiffusersBackbone(Denoiser):
         want = self.compile if self.compile != "auto" else self.device.type == "cuda"
         if not want:
             return False
-        import torch._inductor.config as inductor
-
-        # By default Inductor picks each reduction kernel's block size and warp count by timing candidates on the
-        # device, and those choices change the summation order: two processes (or a run and its resume) could
-        # compile different numerics. Its deterministic mode keeps only choices that do not affect numerics.
-        if hasattr(inductor, "deterministic"):
-            inductor.deterministic = True
-        else:
-            log.warning("this torch's Inductor has no deterministic mode: compiled runs may differ in the last bits "
-                        "between processes and between a run and its resume (backbone.compile=false avoids it)")
+        # Inductor picks some kernels' launch configurations by timing them; for reductions that changes the
+        # summation order, so processes could differ (compile_determinism.py).
+        if not compile_determinism.install():
+            log.warning("this torch's Inductor cannot fix its reduction kernels: compiled runs may differ in the last "
+                        "bits between processes and between a run and its resume (backbone.compile=false avoids it)")
         for block in self._blocks():
             block.compile(dynamic=False)
         return True
