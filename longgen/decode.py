@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from longgen.build import build
-from longgen.errors import RunFailure, UsageError, out_of_memory, user_errors
+from longgen.errors import UsageError, out_of_memory_as, user_errors
 from longgen.progress import StepProgress
 from longgen.rundir import (
     CHECKPOINT,
@@ -124,21 +124,18 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
             raise UsageError(f"{out_dir / writer.filename} exists: pass overwrite=true to replace it, or "
                              f"writer.filename=OTHER.mp4")
         backbone.check_available()
+        no_room = (f"out of GPU memory while decoding {target} (nothing was written; the latents are untouched): "
+                   f"free GPU memory, or add backbone.vae_tiling=true (or backbone.cpu_offload=true)")
         try:
-            backbone.load()
-            with StepProgress() as progress:
-                z = latents[None].to(backbone.device)  # [1, F, C, H, W]
-                if scene is not None:  # multi-shot: every take on its own (hard cuts)
-                    chunks, total = scene.decode_stream(z), scene.frames
-                else:
-                    chunks, total = backbone.decode_stream(z), backbone.frames_for(latents.shape[0])
-                video = writer.write(chunks, out_dir, backbone.fps, total, progress)
-        except RuntimeError as exc:
-            if not out_of_memory(exc):
-                raise
-            raise RunFailure(f"out of GPU memory while decoding {target} (nothing was written; the latents are "
-                             f"untouched): free GPU memory, or add backbone.vae_tiling=true (or "
-                             f"backbone.cpu_offload=true)") from None
+            with out_of_memory_as(no_room):
+                backbone.load()
+                with StepProgress() as progress:
+                    z = latents[None].to(backbone.device)  # [1, F, C, H, W]
+                    if scene is not None:  # multi-shot: every take on its own (hard cuts)
+                        chunks, total = scene.decode_stream(z), scene.frames
+                    else:
+                        chunks, total = backbone.decode_stream(z), backbone.frames_for(latents.shape[0])
+                    video = writer.write(chunks, out_dir, backbone.fps, total, progress)
         finally:
             backbone.release()
     finally:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class UsageError(Exception):
@@ -41,6 +41,18 @@ def out_of_memory(exc: BaseException) -> bool:
     if not isinstance(exc, RuntimeError):
         return False
     return type(exc).__name__ == "OutOfMemoryError" or "CUDA error: out of memory" in str(exc)
+
+
+@contextlib.contextmanager
+def out_of_memory_as(message: str | Callable[[], str]) -> Iterator[None]:
+    """Turn running out of GPU memory inside the block into one RunFailure line; `message` (or what it returns,
+    computed at failure time: what was kept) says what happened and what to change. Other errors pass through."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
+        raise RunFailure(message() if callable(message) else message) from None
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ from longgen import __version__
 from longgen.build import build
 from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, digest, result_config
 from longgen.distributed import PeerFailed, Units, current
-from longgen.errors import Interrupted, RunFailure, UsageError, out_of_memory, user_errors
+from longgen.errors import Interrupted, RunFailure, UsageError, out_of_memory, out_of_memory_as, user_errors
 from longgen.noise import GaussianNoise
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.preview import Preview
@@ -240,13 +240,9 @@ class Prompts:
 def encode(job: Job) -> Prompts:
     backbone = job.backbone
     t0 = time.perf_counter()
-    try:
+    with out_of_memory_as(f"out of GPU memory while loading {backbone.label} (nothing was sampled yet): free GPU "
+                          f"memory held by other processes, or add backbone.cpu_offload=true"):
         backbone.load()
-    except RuntimeError as exc:
-        if not out_of_memory(exc):
-            raise
-        raise RunFailure(f"out of GPU memory while loading {backbone.label} (nothing was sampled yet): free GPU memory "
-                         f"held by other processes, or add backbone.cpu_offload=true") from None
     job.timings["load_s"] = time.perf_counter() - t0
     check_prompt_lengths(job.story, backbone, job.cfg.negative_prompt or "")  # exact now that the tokenizer is here
     t0 = time.perf_counter()
@@ -315,17 +311,15 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         log.info("resuming after step %d of %d", state.done, resume.total)
     progress.label("denoise", f"denoise · {job.plan.count} windows")
     interrupts.sampling = True
+    no_room = (lambda: f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
+               f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the GPU); "
+               f"{kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) and resume, or "
+               f"start anew with a smaller backbone.micro_batch")
     try:
-        latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
+        with out_of_memory_as(no_room):
+            latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
     except PeerFailed as exc:
         raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
-    except RuntimeError as exc:
-        if not out_of_memory(exc):
-            raise
-        raise RunFailure(f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
-                         f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the "
-                         f"GPU); {kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) "
-                         f"and resume, or start anew with a smaller backbone.micro_batch") from None
     finally:
         interrupts.sampling = False
     if latents.device.type == "cuda":
