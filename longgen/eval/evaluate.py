@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from longgen.errors import UsageError
 from longgen.eval import drift, flicker, flow, scenes, seams, similarity
 from longgen.eval.inputs import Geometry, Target, read_latents
 from longgen.eval.settings import Settings, default_settings
+from longgen.rundir import write_text
 
 log = logging.getLogger("longgen")
 
@@ -441,13 +441,8 @@ def to_json(value: Any) -> Any:
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(to_json(data), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """eval.json through a fresh, unpredictable temporary file in its directory, renamed into place."""
+    write_text(path, json.dumps(to_json(data), indent=1, allow_nan=False) + "\n")
 
 
 def _nanmean(values: np.ndarray) -> float | None:

@@ -29,6 +29,7 @@ import numpy as np
 from longgen.errors import UsageError
 from longgen.eval import plots
 from longgen.eval.catalogue import COLUMNS, arrow, present, show
+from longgen.rundir import atomic_file, write_bytes
 
 EMBED_LIMIT_BYTES = 32 * 1024 * 1024
 FIXED_FIELDS = ["label", "group", "sampler", "seed", "video", "frames", "fps", "width", "height"]
@@ -74,13 +75,9 @@ def mean_std(values: list) -> tuple[float | None, float | None, int]:
 
 # ---------------------------------------------------------------------------------------------------- files
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """A report file through a fresh, unpredictable temporary file in its directory, renamed into place."""
+    with atomic_file(path) as tmp:
+        write_bytes(tmp, data)
 
 
 def csv_text(results: list[dict], labels: list[str]) -> str:
