@@ -14,16 +14,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Sequence
+from typing import ContextManager, Protocol, Sequence
 
 import torch
 
 from longgen.diffusion import NoiseSchedule
-from longgen.distributed import Units
 from longgen.errors import UsageError
+from longgen.parallel.units import Units
 
-if TYPE_CHECKING:
-    from longgen.backbones.shot_attention import ShotLayout
+
+class ShotSharing(Protocol):
+    """What a multi-shot sampler holds while cross-shot attention is on (a backbone's implementation:
+    longgen/backbones/shot_attention.py): two contexts for the `predict` calls made inside them."""
+
+    def capturing(self) -> ContextManager[None]:
+        """The calls inside keep the reference shot's attention keys and values."""
+
+    def sharing(self) -> ContextManager[None]:
+        """Every layer of the calls inside also attends to the kept keys and values."""
 
 
 @dataclass
@@ -51,7 +59,7 @@ class Denoiser(ABC):
     #: window); the CogVideoX and Wan backbones do (FIFO-Diffusion needs it)
     per_frame_timesteps: bool = False
     #: where the units of work (transformer calls of micro-batch size, windows, VAE tiles) run: this process, or
-    #: spread over a process group (longgen/distributed.py); set per job by generate
+    #: spread over a process group (longgen/parallel/units.py); set per job by generate
     units: Units = Units()
 
     @abstractmethod
@@ -82,8 +90,8 @@ class Denoiser(ABC):
             f"the {type(self).__name__} backbone has no anchor-based attention: turn it off (sampler.abam=false)"
         )
 
-    def shot_attention(self, share: float, guided: bool) -> ContextManager["ShotLayout"]:
-        """A context for multi-shot sampling (longgen/shots.py) with cross-shot attention: it yields a layout whose
+    def shot_attention(self, share: float, guided: bool) -> ContextManager[ShotSharing]:
+        """A context for multi-shot sampling (longgen/run/shots.py) with cross-shot attention: it yields a layout whose
         `capturing()` makes the `predict` calls inside keep the reference shot's attention keys/values, and whose
         `sharing()` makes every layer of the `predict` calls inside also attend to a share `share` of them
         (longgen/backbones/shot_attention.py); elsewhere `predict` is unchanged. `guided`: whether the predicts use

@@ -15,7 +15,7 @@ marker ("[SHOT CUT]" in LCT's data). In a file:
      "[SHOT CUT] Close-up: Character 1 smiles."], "durations": [1, 1]}
 
 (a shot may also be written {"prompt": "...", "cut": true}). Such stories are validated here and sampled by
-longgen/shots.py (each run of shots between cuts is its own segment of the video).
+longgen/run/shots.py (each run of shots between cuts is its own segment of the video).
 
 `check_text_limit` compares prompts with a text encoder's token limit before (estimated) and after (exact) the
 tokenizer is available, reporting every over-long prompt with its length. `Story.check_events_fit` refuses a

@@ -1,6 +1,6 @@
 """Multi-GPU benchmark: the same workload on 1 and on N GPUs of one host, same process layout, latents compared.
 
-For each GPU count the script starts that many worker processes with longgen's launcher (`distributed.launch`, the
+For each GPU count the script starts that many worker processes with longgen's launcher (`parallel.launcher.launch`, the
 code path of `longgen generate gpus=N`; one worker for 1 GPU, so both sides run in the same kind of process). Each
 worker builds the job with generate's own stages (plan → encode), samples a measured slice of `--steps` denoising
 steps of the full 50-step schedule, hashes the sampler state after the slice, decodes it (timed, frames hashed), and
@@ -133,13 +133,14 @@ def worker(args) -> None:
     """One rank of an N-GPU (or 1-GPU) measurement; rank 0 writes the part."""
     from hydra import compose, initialize_config_module
 
-    from longgen import distributed
-    from longgen.generate import encode, initial_noise, plan_job
+    from longgen.parallel import units
+    from longgen.run.stages import encode, initial_noise
+    from longgen.run.job import plan_job
     from longgen.samplers.base import SamplingRun
     from longgen.story import Story
 
-    distributed.attach()
-    world = distributed.current()
+    units.attach()
+    world = units.current()
     logging.getLogger("longgen").setLevel(logging.ERROR)  # the plan's notes would print once per rank
     sampler_name, sampler_overrides, length = WORKLOADS[args.workload]
     overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides,
@@ -403,7 +404,7 @@ def main() -> None:
                         f"{result['all_gpus_each_s'] / result['side_by_side_s']:.2f}× (side by side) | "
                         f"{'yes' if result['latents_equal'] else 'NO'} | – | `{command}` |\n")
         return
-    from longgen.distributed import launch
+    from longgen.parallel.launcher import launch
 
     for n in [] if args.combine_only else args.gpus:
         part = out_dir / f"{args.workload}-{n}gpu.json"

@@ -32,7 +32,7 @@ from bench import PROMPTS, WORKLOADS, SliceDone, sync  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from longgen.build import build  # noqa: E402
-from longgen.preview import Preview  # noqa: E402
+from longgen.run.preview import Preview  # noqa: E402
 from longgen.samplers.base import SamplingRun  # noqa: E402
 from longgen.windows import latent_length  # noqa: E402
 

@@ -3,7 +3,7 @@
     python tests/dist_driver.py '[["generate", "-m", ...], ["resume", DIR]]'          (alone)
     torchrun --standalone --nproc-per-node=3 tests/dist_driver.py '[...]'            (3 processes)
 
-Ranks > 0 follow every job of every command inside the first `cli.main` call (distributed.Group.follow), so the
+Ranks > 0 follow every job of every command inside the first `cli.main` call (parallel.units.Group.follow), so the
 commands share one start-up. LONGGEN_TEST_FAULT="RANK:MODE:WEIGHTS_SEED:CALL" makes rank RANK fail at its
 CALL-th transformer call of the job whose backbone.weights_seed is WEIGHTS_SEED: MODE raise (an exception) or kill
 (SIGKILL, as the kernel's out-of-memory killer would). The exit status is the first failing command's.

@@ -22,9 +22,9 @@ def _full(name: str):
 def plant(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     if kind in ("checkpoint", "latents"):
-        import longgen.checkpoint
+        import longgen.run.checkpoint
 
-        real, calls = longgen.checkpoint.write_bytes, []
+        real, calls = longgen.run.checkpoint.write_bytes, []
 
         def write_bytes(path, data):
             if os.path.basename(str(path)).startswith(f".{kind}."):
@@ -33,7 +33,7 @@ def plant(fault: str) -> None:
                     raise _full(str(path))
             return real(path, data)
 
-        longgen.checkpoint.write_bytes = write_bytes
+        longgen.run.checkpoint.write_bytes = write_bytes
     elif kind == "video":
         from longgen.writer import Mp4Writer
 
@@ -49,16 +49,16 @@ def plant(fault: str) -> None:
         real_send = Mp4Writer._send
         Mp4Writer._send = staticmethod(lambda writer, frame, out_dir: real_send(FullPipe(), frame, out_dir))
     elif kind == "record":
-        import longgen.generate
+        import longgen.run.stages
 
-        real_json = longgen.generate.write_json
+        real_json = longgen.run.stages.write_json
 
         def write_json(path, data):
             if os.path.basename(str(path)) == "manifest.json":
                 raise _full(str(path))
             return real_json(path, data)
 
-        longgen.generate.write_json = write_json
+        longgen.run.stages.write_json = write_json
     elif kind == "nan":
         import torch
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint
+from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint
 from longgen.errors import Interrupted, UsageError
 from longgen.rundir import RunDirectory
 from longgen.samplers.base import SamplingRun
@@ -48,7 +48,7 @@ SAMPLERS = {
 
 def _extend():
     """`longgen extend`'s sampler: Gen-L-Video with a 5-frame history put back at every step's level (replacement)."""
-    from longgen.extend import HistorySampler
+    from longgen.run.extend import HistorySampler
 
     sampler = HistorySampler(GenLVideoSampler(num_steps=4), 5, "replace", 0)
     sampler.history = torch.randn((5, 4, 8, 8), generator=torch.Generator().manual_seed(9))
@@ -57,7 +57,7 @@ def _extend():
 
 def _shots():
     """A two-shot scene: GLC (shifts from each take's own generator) on both takes, cross-shot attention on."""
-    from longgen.shots import ShotOptions, ShotsSampler, plan_shots
+    from longgen.run.shots import ShotOptions, ShotsSampler, plan_shots
     from longgen.story import Story
 
     options = ShotOptions(windows=(1, 2), cross_attention=0.5)

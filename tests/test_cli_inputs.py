@@ -71,14 +71,14 @@ def _read_back(arg: str):
     "ends with a backslash \\", "back\\'slash quote", "costs ${5}, then more", "a \\${x}, too", "true", "1e3",
 ])
 def test_free_text_prompts_reach_the_config_as_typed(text):
-    from longgen.cli import quote_free_text
+    from longgen.overrides import quote_free_text
 
     (arg,) = quote_free_text([f"prompt={text}"])
     assert _read_back(arg) == text
 
 
 def test_values_hydra_already_reads_as_text_are_left_alone_and_sweeps_survive_multirun():
-    from longgen.cli import quote_free_text
+    from longgen.overrides import quote_free_text
 
     kept = ["prompt=a cat", "prompt=null", "prompt='a cat, then a dog'", "prompt=a cat\\, then a dog", "seed=0,1",
             "sampler=syncos,glc", "story=${oc.env:HOME}/story.json"]

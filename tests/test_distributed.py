@@ -90,7 +90,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     one = _start([sys.executable, DRIVER, json.dumps(_commands(w1, story, [_job("f", w1, story, 7)]))])
 
     # two processes through the gpus=N launcher; in job f rank 1 is SIGKILLed at its first call of step 2
-    launcher = ("import sys; from longgen.distributed import launch; "
+    launcher = ("import sys; from longgen.parallel.launcher import launch; "
                 "sys.exit(launch([sys.executable, sys.argv[1], sys.argv[2]], 2))")
     two = _finish(_start([sys.executable, "-c", launcher, DRIVER,
                           json.dumps(_commands(w2, story, [_job("f", w2, story, 7)]))], fault="1:kill:7:3"))
@@ -164,32 +164,32 @@ def test_free_gpu_takes_the_first_gpu_nobody_holds(tmp_path, monkeypatch):
     import threading
     import types
 
-    from longgen import distributed
+    from longgen.parallel import pool
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid=f"uuid-{i}"))
-    monkeypatch.setattr(distributed.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(distributed, "_HELD", {})
+    monkeypatch.setattr(pool.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(pool, "_HELD", {})
     folder = tmp_path / f"longgen-gpus-{os.getuid()}"
     folder.mkdir()
     other = os.open(folder / "GPU-uuid-0.lock", os.O_RDWR | os.O_CREAT)  # another job holds GPU 0
     fcntl.flock(other, fcntl.LOCK_EX)
-    assert distributed.claim_free_gpu() == torch.device("cuda", 1)
-    assert distributed.claim_free_gpu() == torch.device("cuda", 2)
+    assert pool.claim_free_gpu() == torch.device("cuda", 1)
+    assert pool.claim_free_gpu() == torch.device("cuda", 2)
     got = []
-    waiter = threading.Thread(target=lambda: got.append(distributed.claim_free_gpu(poll=0.01)))
+    waiter = threading.Thread(target=lambda: got.append(pool.claim_free_gpu(poll=0.01)))
     waiter.start()
     waiter.join(0.3)
     assert waiter.is_alive() and not got  # every GPU is held: it waits
     os.close(other)  # the other job ends
     waiter.join(5)
     assert got == [torch.device("cuda", 0)]
-    distributed.release_gpu(torch.device("cuda", 1))
-    assert distributed.claim_free_gpu() == torch.device("cuda", 1)
+    pool.release_gpu(torch.device("cuda", 1))
+    assert pool.claim_free_gpu() == torch.device("cuda", 1)
     for index in (0, 1, 2):
-        distributed.release_gpu(torch.device("cuda", index))
-    assert distributed._HELD == {}
+        pool.release_gpu(torch.device("cuda", index))
+    assert pool._HELD == {}
 
 
 def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(monkeypatch):

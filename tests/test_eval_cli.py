@@ -85,7 +85,7 @@ def test_eval_on_a_multirun_directory_groups_runs_by_their_overrides(sweep, tmp_
 
 
 def test_a_bare_mp4_gets_its_result_in_the_commands_directory(sweep, tmp_path):
-    from longgen.eval.command import run_eval
+    from longgen.commands.eval import run_eval
 
     shutil.copy(sweep / "0_gen-l-video" / "video.mp4", tmp_path / "loose clip.mp4")
     [result] = run_eval(_config(paths=[str(tmp_path / "loose clip.mp4")]), tmp_path / "cmd")
@@ -96,7 +96,7 @@ def test_a_bare_mp4_gets_its_result_in_the_commands_directory(sweep, tmp_path):
 
 
 def test_report_goes_into_a_multirun_directory_given_alone(tmp_path):
-    from longgen.eval.command import report_dir
+    from longgen.commands.eval import report_dir
     from longgen.eval.inputs import Target
 
     multi, other = tmp_path / "multi", tmp_path / "other"
@@ -155,7 +155,7 @@ def _config(**overrides):
     (lambda d: (d / "f").write_text("x"), {"paths": ["RUN", "RUN"], "out": "f"}, "is a file"),
 ])
 def test_bad_inputs_fail_before_any_work(sweep, tmp_path, monkeypatch, setup, overrides, message):
-    from longgen.eval.command import run_eval
+    from longgen.commands.eval import run_eval
 
     monkeypatch.chdir(tmp_path)
     if setup is not None:

@@ -1,4 +1,4 @@
-"""`longgen extend` (longgen/extend.py) on the tiny random backbones (short windows so that runs take seconds).
+"""`longgen extend` (longgen/run/extend.py) on the tiny random backbones (short windows so that runs take seconds).
 
 - per-frame context (tiny Wan, which has per-frame timesteps), t_c = 0: the output's history latents equal the VAE
   encoding of the input's last frames bit for bit; the model is told t_c for exactly the history frames; the frames
@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from longgen.errors import UsageError
 from longgen.eval.inputs import read_video
-from longgen.extend import HistorySampler, KnownFrames, fit_frame, plan_extend, run_extend
+from longgen.run.extend import HistorySampler, KnownFrames, fit_frame, plan_extend
+from longgen.commands.extend import run_extend
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.gen_l_video import GenLVideoSampler
 from longgen.writer import Mp4Writer

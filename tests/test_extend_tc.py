@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from longgen.extend import HistorySampler, run_extend
+from longgen.run.extend import HistorySampler
+from longgen.commands.extend import run_extend
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.gen_l_video import GenLVideoSampler
 

@@ -417,8 +417,9 @@ def test_freenoise_order_edge_cases_and_checks():
 def test_the_noise_choice_is_checked_early_and_decides_resumes(tmp_path):
     from hydra import compose, initialize_config_module
 
-    from longgen.checkpoint import Checkpoint, result_config
-    from longgen.generate import initial_noise, plan_job
+    from longgen.run.checkpoint import Checkpoint, result_config
+    from longgen.run.stages import initial_noise
+    from longgen.run.job import plan_job
     from longgen.samplers.base import SamplerState
 
     with initialize_config_module("longgen.conf", version_base="1.3"):

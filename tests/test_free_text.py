@@ -13,7 +13,7 @@ import types
 import pytest
 from hydra import compose, initialize_config_module
 
-from longgen.cli import check_option_keys, quote_free_text
+from longgen.overrides import check_option_keys, quote_free_text
 from longgen.errors import UsageError, user_errors
 from longgen.story import Story, without_cut_markers
 
@@ -67,7 +67,7 @@ def test_decode_of_a_directory_that_takes_no_log_is_one_line():
 
 
 def test_stray_cut_markers_never_reach_the_text_encoder():
-    from longgen.generate import encode
+    from longgen.run.stages import encode
 
     assert without_cut_markers("a cat [shot cut]  walks [SHOT CUT]") == "a cat walks"
     sent = []

@@ -68,7 +68,8 @@ def test_rescheduled_noise_has_exactly_l_frames_and_follows_the_rule(length, win
 def test_generate_x_t_with_latent_frames_is_l_frames_of_freenoise():
     """generate's x_T for latent_frames=23 on the tiny CogVideoX (window 13, stride 4): the windows end-aligned
     (starts 0, 4, 8, 10), the noise 23 frames long, frame for frame the rule above."""
-    from longgen.generate import initial_noise, plan_job
+    from longgen.run.stages import initial_noise
+    from longgen.run.job import plan_job
 
     with initialize_config_module("longgen.conf", version_base="1.3"):
         cfg = compose("generate", overrides=["backbone=tiny", "prompt=a cat", "latent_frames=23", "noise=freenoise",

@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from longgen.errors import UsageError
-from longgen.generate import plan_job, validate_sweep
+from longgen.run.job import plan_job
+from longgen.commands.generate import validate_sweep
 from longgen.rundir import atomic_file, write_json
 
 from cli_helpers import error_lines, run_cli

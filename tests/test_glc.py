@@ -424,7 +424,7 @@ def test_abam_lambda_one_is_plain_attention_and_lambda_below_one_differs(tiny2):
     before = dict(tiny2.pipe.transformer.attn_processors)
     plain = GLCSampler(abam=False, **base).sample(_run(tiny2, noise, [0, 1]))
     one = GLCSampler(abam=True, abam_lambda=1.0, **base).sample(_run(tiny2, noise, [0, 1]))
-    # equal up to rounding: ABAM runs each branch's anchors in calls of their own (distributed.run_stacked), so the
+    # equal up to rounding: ABAM runs each branch's anchors in calls of their own (micro_batch.run_stacked), so the
     # transformer calls hold other batches than the plain predict's
     assert (one - plain).abs().max() <= 1e-5
     low = GLCSampler(abam=True, abam_lambda=0.1, **base).sample(_run(tiny2, noise, [0, 1]))

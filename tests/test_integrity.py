@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longgen.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint, save_checkpoint
+from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint, save_checkpoint
 from longgen.errors import RunFailure, UsageError
 from longgen.samplers.base import SamplerState
 
@@ -51,18 +51,18 @@ def test_a_flipped_bit_in_the_tensor_data_is_damage(tmp_path):
 
 
 def test_a_failed_or_unverified_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import longgen.checkpoint
+    import longgen.run.checkpoint
 
     path = tmp_path / "checkpoint.safetensors"
     save_checkpoint(path, _ckpt(1))
-    real = longgen.checkpoint.write_bytes
+    real = longgen.run.checkpoint.write_bytes
 
     def short_write(filename, data):  # a write that ends short without an error (a full disk, a network mount)
         real(filename, data)
         with open(filename, "r+b") as f:
             f.truncate(os.path.getsize(filename) - 7)
 
-    monkeypatch.setattr(longgen.checkpoint, "write_bytes", short_write)
+    monkeypatch.setattr(longgen.run.checkpoint, "write_bytes", short_write)
     with pytest.raises(OSError, match="is the disk full"):
         save_checkpoint(path, _ckpt(2))
 
@@ -70,7 +70,7 @@ def test_a_failed_or_unverified_write_keeps_the_previous_checkpoint(tmp_path, mo
         real(filename, data)
         _flip_data_bit(Path(filename))
 
-    monkeypatch.setattr(longgen.checkpoint, "write_bytes", flipped_write)
+    monkeypatch.setattr(longgen.run.checkpoint, "write_bytes", flipped_write)
     with pytest.raises(OSError, match="differs from what was written"):
         save_checkpoint(path, _ckpt(2))
     assert load_checkpoint(path).state.done == 1

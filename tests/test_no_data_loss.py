@@ -117,7 +117,7 @@ def test_checkpoints_and_latents_take_the_users_umask_and_leave_no_temporaries(t
 
     import torch
 
-    from longgen.checkpoint import write_verified
+    from longgen.run.checkpoint import write_verified
 
     old = os.umask(0o022)
     try:
@@ -132,7 +132,7 @@ def test_checkpoints_and_latents_take_the_users_umask_and_leave_no_temporaries(t
 def test_the_cpu_hint_of_resume_names_the_run_directory_first():
     """Issue 28: the torchrun line suggested for `longgen resume RUN gpus=N` on a machine without GPUs put an option
     where resume reads its run directory."""
-    from longgen.distributed import _cpu_hint
+    from longgen.parallel.launcher import _cpu_hint
 
     line = _cpu_hint("gpus=2", "2", "resume", "runs/fox writer.crf=20")
     assert line.endswith("-m longgen.cli resume runs/fox backbone.device=cpu writer.crf=20")

@@ -1,4 +1,4 @@
-"""Cross-shot attention through the whole multi-shot sampler (longgen/shots.py with
+"""Cross-shot attention through the whole multi-shot sampler (longgen/run/shots.py with
 longgen/backbones/shot_attention.py), against attention written out row by row.
 
 A scene of two takes (a cut between its two shots), two windows each, Gen-L-Video for 2 steps with guidance on the
@@ -25,7 +25,7 @@ import torch
 
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.gen_l_video import GenLVideoSampler
-from longgen.shots import ShotOptions, ShotsSampler, plan_shots
+from longgen.run.shots import ShotOptions, ShotsSampler, plan_shots
 from longgen.story import Story
 
 from conftest import make_tiny

@@ -1,4 +1,4 @@
-"""Multi-shot scenes (longgen/shots.py) and cross-shot attention (longgen/backbones/shot_attention.py).
+"""Multi-shot scenes (longgen/run/shots.py) and cross-shot attention (longgen/backbones/shot_attention.py).
 
 - the plan: takes between cuts partition the latent, every sampler's windows stay inside their take, the shot map's
   latent and video ranges partition the video (frames_for per take);
@@ -30,7 +30,7 @@ from longgen.samplers.direct import DirectSampler
 from longgen.samplers.gen_l_video import GenLVideoSampler
 from longgen.samplers.glc import GLCSampler
 from longgen.samplers.syncos import SynCoSSampler
-from longgen.shots import ShotOptions, ShotsSampler, decode_takes, plan_shots, shot_prompts
+from longgen.run.shots import ShotOptions, ShotsSampler, decode_takes, plan_shots, shot_prompts
 from longgen.story import Story
 
 from cli_helpers import error_lines, run_cli
@@ -336,7 +336,7 @@ def test_generate_writes_a_shot_map_that_matches_the_video(tmp_path, tiny16):
 
 
 def _plan_job(overrides, tmp_path):
-    from longgen.generate import plan_job
+    from longgen.run.job import plan_job
 
     with initialize_config_module("longgen.conf", version_base="1.3"):
         cfg = compose("generate", overrides=["backbone=tiny", *overrides], return_hydra_config=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from longgen.cli import fill_positional
+from longgen.overrides import fill_positional
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "prompts" / "storytelling_paper_boat.txt"

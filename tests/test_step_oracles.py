@@ -324,7 +324,7 @@ def test_anchor_attention_processor_matches_written_out_attention(tiny5):
     layout = AnchorLayout(lam)
     processor = anchor_processor()  # one processor for every layer; the layout finds the layer at run time
     with torch.no_grad(), layout.call(3):
-        # the backbone's protocol (distributed.run_stacked): the anchor's call first, then the other rows' call
+        # the backbone's protocol (micro_batch.run_stacked): the anchor's call first, then the other rows' call
         assert layout.phases(3) == [([0], [1, 2])]
         with layout.running([0]):
             v_anchor, t_anchor = processor(attn, hidden[:1], text[:1])

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from longgen.errors import UsageError
-from longgen.generate import check_prompt_lengths, resolve_story
+from longgen.run.job import check_prompt_lengths, resolve_story
 from longgen.story import Story, check_text_limit
 
 MULTI = {
@@ -119,7 +119,7 @@ def test_generate_checks_every_local_prompt_and_the_negative_prompt():
 
 
 def test_generate_reads_multi_shot_stories(tmp_path):
-    """generate samples them (longgen/shots.py, tests/test_shots.py); multi_shot=true is for scenarios only."""
+    """generate samples them (longgen/run/shots.py, tests/test_shots.py); multi_shot=true is for scenarios only."""
     path = tmp_path / "scene.json"
     path.write_text(json.dumps(MULTI))
     cfg = OmegaConf.create({"prompt": None, "story": str(path), "scenario": None, "num_prompts": None})

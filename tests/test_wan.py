@@ -307,7 +307,7 @@ def test_abam_on_wan_is_eq10_at_the_stock_attention_call(wan, monkeypatch):
     plain = wan.predict(x, t, ids, 1.0).x0
     before = dict(wan.pipe.transformer.attn_processors)
     with wan.anchor_attention(1.0):
-        # equal up to rounding: the anchor runs in a call of its own (distributed.run_stacked), so the transformer
+        # equal up to rounding: the anchor runs in a call of its own (micro_batch.run_stacked), so the transformer
         # calls hold other batches than the plain predict's
         assert (wan.predict(x, t, ids, 1.0).x0 - plain).abs().max() <= 1e-5
     with wan.anchor_attention(lam):

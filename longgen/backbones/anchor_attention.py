@@ -14,7 +14,7 @@ Which window is the anchor, exactly:
   branch has its own anchor: unconditional rows blend with the unconditional anchor's K/V, conditional rows with the
   conditional anchor's (mixing branches would leak the prompt into the unconditional estimate).
 - The backbone splits those rows into transformer calls (micro-batches, possibly spread over several processes:
-  longgen/distributed.py). Each branch runs in two phases (`AnchorLayout.phases`): its anchor rows first, in calls
+  longgen/parallel/units.py). Each branch runs in two phases (`AnchorLayout.phases`): its anchor rows first, in calls
   of their own, which store their K/V per layer; then its other rows, each blending with its group's stored anchor.
   The anchor's own K/V are unchanged by the blend (λ·K_a + (1 − λ)·K_a = K_a), so an anchor call is plain attention
   and the stored K/V are exactly those of the anchor at this timestep. The calls are the same whatever the number of

@@ -32,13 +32,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from longgen import distributed
 from longgen.backbones import compile_determinism
 from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import UsageError
+from longgen.parallel import pool
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "free":  # sweeps of one-GPU jobs side by side: a GPU no other longgen job holds
-        return distributed.claim_free_gpu()
+        return pool.claim_free_gpu()
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -389,7 +390,7 @@ class DiffusersBackbone(Denoiser):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if self.device_name == "free":
-            distributed.release_gpu(getattr(self, "device", None))
+            pool.release_gpu(getattr(self, "device", None))
 
     # ------------------------------------------------------------------ text
     def count_tokens(self, prompt: str) -> tuple[int, bool]:
@@ -480,8 +481,8 @@ class DiffusersBackbone(Denoiser):
             emb, x_in = cond, x_t
         x_in = x_in.to(self.device, self.dtype)
         ts = self._timesteps(t, x_in.shape[0])  # [2B or B, ...]
-        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/distributed.py)
-        out = distributed.run_stacked(
+        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/backbones/micro_batch.py)
+        out = run_stacked(
             self._transformer, x_in, emb, ts, self.micro_batch, self.units, self._anchor_layout
         ).float()  # [2B or B, M, C, H, W]
         if guided:

@@ -1,4 +1,4 @@
-"""Cross-shot attention for multi-shot scenes (longgen/shots.py), on the CogVideoX and Wan transformers.
+"""Cross-shot attention for multi-shot scenes (longgen/run/shots.py), on the CogVideoX and Wan transformers.
 
 What it does. LCT (Guo et al. 2025, §3.2.2) lets every shot of a scene attend to every other shot's tokens (full
 attention over the scene) and learns, by fine-tuning, to use that for consistent characters, places, light and
@@ -30,7 +30,7 @@ Details:
 - Only the video keys/values are shared; the text tokens of CogVideoX's joint attention stay each shot's own.
   Wan: the self-attention layers (`attn1`); its cross-attention layers keep their text keys/values.
 - Calls and processes: the capture's rows run in calls of their own on every process (`phases` hands them to
-  `distributed.run_stacked` as "anchors", the same protocol as ABAM), so every process holds the reference
+  `micro_batch.run_stacked` as "anchors", the same protocol as ABAM), so every process holds the reference
   keys/values, and the sharing calls are ordinary units of work: the result is the same bytes on 1 or N processes.
   While no capture or sharing is open (the reference take's own step), the installed processors call the
   processors they replaced, so the reference take is computed exactly as alone.
@@ -63,7 +63,7 @@ MODES = ("off", "capture", "share")
 class ShotLayout(CallInFlight):
     """The reference keys/values per (layer, guidance branch), and what the predict calls of the moment do:
     `off` (plain attention through the replaced processors), `capture` (keep the reference's keys/values) or
-    `share` (append them). Speaks `distributed.run_stacked`'s layout protocol (`phases`, `running`)."""
+    `share` (append them). Speaks `micro_batch.run_stacked`'s layout protocol (`phases`, `running`)."""
 
     #: the ShotLayout whose transformer call is in flight (at most one; a list so that nesting is detected)
     ACTIVE: list["ShotLayout"] = []

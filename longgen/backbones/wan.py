@@ -41,7 +41,7 @@ from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
 from longgen.backbones.shot_attention import wan_shot
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
-from longgen.distributed import Units
+from longgen.parallel.units import Units
 from longgen.errors import UsageError
 
 #: backbone.attention=fa3: diffusers' FlashAttention-3 backend (needs the `flash_attn_interface` module of

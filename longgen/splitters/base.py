@@ -1,6 +1,6 @@
 """What every splitter provides: `split(scenario, num_prompts) -> Story` with exactly `num_prompts` local prompts,
 each containing the global prompt, `split_shots(scenario, num_prompts)` for the multi-shot form (characters,
-environment, story and exactly `num_prompts` shots; longgen/shots.py samples it), and `describe()` for provenance
+environment, story and exactly `num_prompts` shots; longgen/run/shots.py samples it), and `describe()` for provenance
 (recorded as the story's `source`)."""
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class SweepSummary(Callback):
 # ---------------------------------------------------------------------------------------------------- re-run
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory; exit status."""
-    from longgen.cli import AS_RECORDED_ENV, hydra_quote
+    from longgen.overrides import AS_RECORDED_ENV, hydra_quote
 
     jobs = read_ledger(sweep_dir)
     if not jobs:

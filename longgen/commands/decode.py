@@ -64,7 +64,7 @@ def read_latents(path: Path) -> torch.Tensor:
 
 def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
     """A run directory's final latents [F, C, H, W]: latents.safetensors, else a finished checkpoint."""
-    from longgen.checkpoint import load_checkpoint
+    from longgen.run.checkpoint import load_checkpoint
 
     if (run_dir / LATENTS).is_file():
         return read_latents(run_dir / LATENTS)
@@ -80,7 +80,7 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
 
 def scene_job(run_dir: Path, cfg, choices):
     """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run."""
-    from longgen.generate import plan_job
+    from longgen.run.job import plan_job
     from longgen.story import Story
 
     path = run_dir / "story.json"
@@ -148,7 +148,7 @@ def compose_for_file(overrides: list[str]):
     """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
     from hydra import compose, initialize_config_module
 
-    from longgen.cli import check_group_choices, check_option_keys
+    from longgen.overrides import check_group_choices, check_option_keys
 
     extra = [o for o in overrides if o.startswith("out=")]
     rest = [o for o in overrides if not o.startswith("out=")]

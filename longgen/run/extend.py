@@ -2,7 +2,8 @@
 longgen made or any other — from its last frames, with the story of the new part (LCT's shot extension, Guo et al.
 2025, §3.2.3 and Fig. 1, done without training).
 
-The flow composes generate's stages (longgen/generate.py) with three of its own:
+The stages of an extend run (the command is longgen/commands/extend.py); they compose the shared stages
+(longgen/run/job.py, longgen/run/stages.py) with three of their own:
 1. plan (`plan_extend`): options; backbone, sampler and writer; the new part's story; and the input video, streamed
    once: its frames are resampled to the backbone's frame rate (nearest frame in time, when the rates differ) and
    resized and center-cropped to the backbone's size (reported; `resize=false` refuses a video of another size), and
@@ -55,35 +56,29 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import cv2
-import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from longgen.build import build
-from longgen.checkpoint import Checkpoint, Interrupts
 from longgen.denoiser import Denoiser, Prediction
-from longgen.distributed import current
-from longgen.errors import Interrupted, RunFailure, UsageError, user_errors
-from longgen.generate import (
-    Job,
-    check_prompt_lengths,
-    discard_if_unused,
+from longgen.errors import Interrupted, RunFailure, UsageError
+from longgen.options import check_latent_budget, flag, whole
+from longgen.parallel.units import current
+from longgen.progress import StepProgress
+from longgen.run.checkpoint import Checkpoint, Interrupts
+from longgen.run.job import Job, check_prompt_lengths, resolve_story
+from longgen.run.stages import (
     encode,
     keep_latents,
     manifest_head,
     package_versions,
-    resolve_story,
     resume_command,
     sample,
     save_latents,
     video_facts,
-    write_run_config,
 )
-from longgen.options import check_latent_budget, flag, whole
-from longgen.progress import StepProgress
-from longgen.rundir import CHECKPOINT, LATENTS, RunDirectory, write_json, write_text
+from longgen.rundir import CHECKPOINT, LATENTS, write_json, write_text
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun
 from longgen.story import Story
 from longgen.windows import latent_length
@@ -621,46 +616,3 @@ def execute_extend(job: ExtendJob, resume: Checkpoint | None = None, extra: dict
     finally:
         job.backbone.release()
         gc.collect()
-
-
-def check_fresh(rundir: RunDirectory, overwrite: bool) -> None:
-    """As generate: a directory holding another run's results (or an unfinished run) is refused."""
-    rundir.check_fresh(EXTENDED, overwrite)
-    if (rundir.path / CONTINUATION).exists():
-        if not overwrite:
-            raise UsageError(f"{rundir.path} already holds a finished run ({CONTINUATION}): pick another directory "
-                             f"or pass overwrite=true to replace it")
-        (rundir.path / CONTINUATION).unlink()
-
-
-def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
-    try:
-        job = plan_extend(cfg, out_dir, choices)
-    except UsageError:
-        discard_if_unused(out_dir)
-        raise
-    if current().size > 1:
-        raise UsageError("longgen extend runs in one process: start it without torchrun / gpus=N")
-    rundir = RunDirectory(out_dir).claim()
-    try:
-        check_fresh(rundir, bool(cfg.get("overwrite", False)))
-        cfg.video = str(job.source.path)  # absolute: `longgen resume` works from any working directory
-        write_run_config(out_dir, cfg, hc)
-        write_text(out_dir / "story.json", job.given_story.to_json())
-        src = job.source
-        log.info("%s: %dx%d at %g fps, %d frames as extend takes it%s", src.path, src.width, src.height, src.fps,
-                 src.frames, f" ({src.describe_fit()})" if src.describe_fit() else "")
-        log.info("%s on %s: %d history + %d new latent frames (%d new video frames), %d windows, context %s%s",
-                 choices.get("sampler"), job.backbone.label, job.history, job.new_frames,
-                 job.backbone.temporal_compression * job.new_frames, job.plan.count, job.context,
-                 f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "")
-        return execute_extend(job)
-    finally:
-        rundir.release()
-
-
-@hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="extend")
-def main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    with user_errors():
-        run_extend(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)

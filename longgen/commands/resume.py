@@ -1,5 +1,5 @@
 """`longgen resume RUN_DIR [KEY=VALUE ...]`: continue an interrupted run from its checkpoint (a `longgen generate`
-run, or a `longgen extend` run, which re-reads its input video and continues through longgen/extend.py).
+run, or a `longgen extend` run, which re-reads its input video and continues through longgen/run/extend.py).
 
 The run is rebuilt from the directory's own `.hydra/config.yaml` and `story.json` through the same stages as
 `generate` (plan → encode → sample → decode → record); the sampler continues after the checkpoint's step with the
@@ -18,11 +18,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from longgen.checkpoint import HARMLESS, load_checkpoint, result_config
-from longgen.distributed import current
 from longgen.errors import UsageError, user_errors
-from longgen.generate import execute, job_message, plan_job
-from longgen.rundir import CHECKPOINT, RunDirectory, apply_overrides, load_run_config, setup_logging, write_text
+from longgen.parallel.units import current
+from longgen.run.checkpoint import HARMLESS, load_checkpoint, result_config
+from longgen.run.job import job_message, plan_job
+from longgen.run.stages import execute
+from longgen.rundir import (
+    CHECKPOINT,
+    RunDirectory,
+    apply_overrides,
+    load_run_config,
+    setup_logging,
+    write_text,
+)
 from longgen.story import Story
 
 log = logging.getLogger("longgen")
@@ -48,9 +56,13 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         if not (run_dir / "story.json").is_file():
             raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
         ckpt = load_checkpoint(path)
-        extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/extend.py)
+        extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/run/extend.py)
         if extend:
-            from longgen.extend import check_input_video, execute_extend, plan_extend
+            from longgen.run.extend import (
+                check_input_video,
+                execute_extend,
+                plan_extend,
+            )
 
             if "video" in ckpt.inputs:  # older checkpoints recorded no hash
                 check_input_video(cfg.video, ckpt.inputs["video"])

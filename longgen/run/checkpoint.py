@@ -30,7 +30,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field

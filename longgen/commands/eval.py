@@ -20,7 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import UsageError, user_errors
-from longgen.eval.evaluate import ModelMetrics, evaluate_target, to_json, write_json_atomic
+from longgen.eval.evaluate import (
+    ModelMetrics,
+    evaluate_target,
+    to_json,
+    write_json_atomic,
+)
 from longgen.eval.inputs import Target, probe_video, resolve
 from longgen.eval.settings import Settings
 from longgen.eval.table import print_table

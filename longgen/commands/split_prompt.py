@@ -1,7 +1,7 @@
 """`longgen split-prompt SCENARIO num_prompts=N`: scenario text → structured prompt (SynCoS supplementary Fig. 8).
 
 Runs the configured splitter (conf/splitter/: auto, llm, offline) — into N events, or with multi_shot=true into the
-multi-shot form of N shots (longgen/shots.py) — prints the story as a Rich table on stdout,
+multi-shot form of N shots (longgen/run/shots.py) — prints the story as a Rich table on stdout,
 and writes story.json into Hydra's run directory (and to `out=…` when given). Nothing is written when the split
 fails. The story's `source` records which splitter and model produced it; the API key is never recorded.
 """

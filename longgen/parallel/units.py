@@ -1,10 +1,12 @@
 """Several processes, one per GPU, sampling one video: window-parallel generation, bit-identical to one process.
 
-Everything about ranks lives in this module; samplers never see them (DESIGN.md, "Growing the house").
+Everything about ranks lives in this package (this module; the `gpus=N` launcher in launcher.py; the free-GPU pool
+in pool.py); samplers never see them (DESIGN.md, "Growing the house"). Nothing here imports the stage library:
+rank > 0 receives its job runner (`Group.follow(runner)`, longgen/run/follower.py).
 
 Units of work. A backbone cuts each guided `predict` into transformer calls of at most `backbone.micro_batch`
 samples: the CFG-stacked rows [unconditional windows, conditional windows] are taken in order, `micro_batch` at a
-time (`run_stacked`). That cut depends only on the batch and `micro_batch`, never on the number of processes, and
+time (`run_stacked`, longgen/backbones/micro_batch.py). That cut depends only on the batch and `micro_batch`, never on the number of processes, and
 the one-process path uses exactly the same calls. `Units.map(fn, sizes)` runs the units: in one process all of them
 in order; in a group of N processes unit k runs on rank k mod N, and every rank receives every unit's output as raw
 bytes (`Group._exchange`: one broadcast per rank, no reduction), so every rank holds the same tensors a single
@@ -45,21 +47,17 @@ Sweeps of one-GPU jobs running side by side (e.g. Hydra's joblib launcher) pin e
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import pickle
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -490,8 +488,9 @@ class Group(Units):
         }
 
     # ------------------------------------------------------------------ followers
-    def follow(self) -> int:
-        """Ranks > 0: run every job rank 0 publishes, until it ends. Returns the exit status."""
+    def follow(self, runner: Callable[[dict, "Group"], None]) -> int:
+        """Ranks > 0: run every job rank 0 publishes with `runner(message, group)` (longgen/run/follower.py), until
+        rank 0 ends. Returns the exit status."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides what Ctrl-C does (finish the step, save)
         logging.getLogger().handlers.clear()
         logging.getLogger().addHandler(logging.NullHandler())
@@ -503,7 +502,7 @@ class Group(Units):
                 if message is None:
                     return self._leave(0)
                 self._jobs += 1
-                run_follower_job(message, self)
+                runner(message, self)
             except BaseException as exc:  # noqa: BLE001 - every failure must reach rank 0 as one line
                 if not isinstance(exc, PeerFailed):
                     self.fail(f"rank {self.rank} failed: {_reason(exc)}")
@@ -564,20 +563,6 @@ class Group(Units):
             dist.destroy_process_group()
 
 
-def run_follower_job(message: dict, group: Group) -> None:
-    """A rank > 0 runs one published job with the stages of `generate`, writing nothing."""
-    from omegaconf import OmegaConf
-
-    from longgen.generate import execute, plan_job
-    from longgen.story import Story
-
-    cfg = OmegaConf.create(message["cfg"])
-    story = Story.from_dict(message["story"])
-    job = plan_job(cfg, Path(message["out_dir"]), dict(message["choices"]), story=story)
-    group.adopt(job)
-    execute(job, resume=message.get("resume"))
-
-
 # ---------------------------------------------------------------------------------------------------- this process
 _GROUP: Group | None = None
 
@@ -603,272 +588,4 @@ def current() -> Units:
     return _GROUP if _GROUP is not None else Units()
 
 
-# ---------------------------------------------------------------------------------------------------- unit plans
-def _take(t: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    """Rows of t (the first dimension), a view when they are consecutive."""
-    if rows == list(range(rows[0], rows[0] + len(rows))):
-        return t[rows[0] : rows[0] + len(rows)]
-    return t.index_select(0, torch.as_tensor(rows, device=t.device))
-
-
-def _chunks(rows: Sequence[int], size: int) -> list[list[int]]:
-    rows = list(rows)
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
-def run_stacked(
-    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    emb: torch.Tensor,
-    ts: torch.Tensor,
-    micro_batch: int,
-    units: Units,
-    layout: Any = None,
-) -> torch.Tensor:
-    """All R rows of a CFG-stacked batch through `call(x_rows, emb_rows, t_rows)` → [R, ...] in row order.
-
-    Rows go through the transformer in calls of at most `micro_batch` consecutive rows (the units of work), spread
-    over the processes by `units`. With anchor attention (`layout`, an AnchorLayout inside its predict), each branch
-    runs its anchor rows first, in calls of their own on every process, then its other rows as units (module
-    docstring). x: [R, F, C, H, W]; emb: [R, S, D]; ts: [R, ...]."""
-    total = x.shape[0]
-    out: list[torch.Tensor | None] = [None] * total
-    phases = layout.phases(total) if layout is not None else [([], list(range(total)))]
-    for anchors, others in phases:
-        for chunk in _chunks(anchors, micro_batch):
-            def anchor_call(chunk=chunk):
-                with layout.running(chunk):
-                    return call(_take(x, chunk), _take(emb, chunk), _take(ts, chunk))
-
-            res = units.replicated(anchor_call)
-            for i, r in enumerate(chunk):
-                out[r] = res[i]
-        calls = _chunks(others, micro_batch)
-
-        def unit(k: int) -> torch.Tensor:
-            rows = calls[k]
-            ctx = layout.running(rows) if layout is not None else contextlib.nullcontext()
-            with ctx:
-                return call(_take(x, rows), _take(emb, rows), _take(ts, rows))
-
-        for rows, res in zip(calls, units.map(unit, [len(c) for c in calls])):
-            for i, r in enumerate(rows):
-                out[r] = res[i]
-    return torch.stack(out)  # [R, ...]
-
-
-# ---------------------------------------------------------------------------------------------------- launching
-def requested_gpus(command: str, args: list[str]) -> str | None:
-    """The `gpus=` value of a generate/resume command line (resume: else the run's saved config), or None."""
-    given = [a.partition("=")[2] for a in args if a.partition("=")[0].lstrip("+") == "gpus"]
-    if given:
-        return given[-1].strip()
-    if command == "resume" and args and not args[0].startswith("-"):
-        saved = Path(args[0]).expanduser() / ".hydra" / "config.yaml"
-        with contextlib.suppress(Exception):
-            import yaml
-
-            value = (yaml.safe_load(saved.read_text()) or {}).get("gpus")
-            return None if value is None else str(value)
-    return None
-
-
-def gpu_count(value: str, command: str, args: list[str]) -> int:
-    """Processes to start for `gpus=value` on this host: one per GPU; one line when they are not there."""
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    rest = " ".join(a for a in args if a.partition("=")[0].lstrip("+") != "gpus")
-    if value == "all":
-        if visible == 0:
-            raise UsageError(_cpu_hint("gpus=all", "N", command, rest))
-        return visible
-    if "," in value or "(" in value:
-        raise UsageError(f"gpus={value} cannot be swept: every job of a sweep runs on the same processes")
-    try:
-        n = int(value)
-    except ValueError:
-        raise UsageError(f"gpus={value!r}: give a number of GPUs (e.g. gpus=2) or gpus=all") from None
-    if n < 1:
-        raise UsageError(f"gpus={value}: give a number of GPUs >= 1 (or gpus=all)")
-    if n > visible:
-        raise UsageError(_cpu_hint(f"gpus={n}", str(n), command, rest, visible))
-    return n
-
-
-def _cpu_hint(what: str, n: str, command: str, rest: str, visible: int = 0) -> str:
-    seen = f"only {visible} CUDA GPU(s) are visible" if visible else "no CUDA GPU is visible"
-    if command == "resume":  # the run directory comes first: `longgen resume RUN_DIR [KEY=VALUE ...]`
-        run_dir, _, options = rest.partition(" ")
-        line = f"resume {run_dir} backbone.device=cpu {options}"
-    else:
-        line = f"{command} backbone.device=cpu {rest}"
-    return (f"{what} starts one process per CUDA GPU of this host, but {seen}; to run {n} processes on the CPU "
-            f"use torchrun (gloo): torchrun --standalone --nproc-per-node={n} -m longgen.cli {line}".rstrip())
-
-
-def check_launch(command: str, args: list[str], size: int) -> None:
-    """Command-line combinations that cannot work on several processes, refused before anything starts."""
-    launchers = [a for a in args if a.partition("=")[0] == "hydra/launcher"]
-    if size > 1 and launchers:
-        raise UsageError(
-            f"{launchers[-1]} with {size} processes: a sweep on several processes runs its jobs one after another, "
-            f"each on all of them; to run one-GPU jobs side by side use gpus=1 with hydra/launcher=joblib and "
-            f"backbone.device=free"
-        )
-
-
-def launch(command: list[str], nprocs: int, grace: float = 30.0) -> int:
-    """Run `command` as `nprocs` processes with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT; the key-value store lives here, so it outlives any rank). Returns the exit status: rank 0's, or 1
-    with one line when a rank died without saying why. Ctrl-C is left to rank 0 (the others ignore it); SIGTERM is
-    passed on to rank 0."""
-    import torch.distributed as dist
-
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=DEFAULT_TIMEOUT))
-    keys = dist.PrefixStore("longgen/", store)
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
-    base.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo over loopback, whatever the hostname resolves to
-    procs: list[subprocess.Popen] = []
-    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-
-    def forward_term(signum, frame):  # e.g. a scheduler's preemption: rank 0 checkpoints and stops the others
-        with contextlib.suppress(ProcessLookupError):
-            procs[0].send_signal(signal.SIGTERM)
-
-    try:
-        for rank in range(nprocs):
-            env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs),
-                   "LOCAL_WORLD_SIZE": str(nprocs), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-                   "LONGGEN_LAUNCHER": f"gpus={nprocs}"}
-            procs.append(subprocess.Popen(command, env=env))
-            if rank == 0:
-                # Ctrl-C is rank 0's to handle (finish the step, save, stop the others): the launcher and the ranks
-                # started from here on ignore it (an ignored signal stays ignored across exec)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, forward_term)
-        return _supervise(procs, keys, grace)
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
-def _supervise(procs: list[subprocess.Popen], keys, grace: float) -> int:
-    stop_at: float | None = None  # when a follower failed: rank 0 has until then to report and exit
-    while True:
-        code0 = procs[0].poll()
-        if code0 is not None:
-            _await(procs[1:], grace)
-            if code0 < 0:  # killed: it could not say why
-                name = signal.Signals(-code0).name
-                print(f"longgen: error: rank 0 was killed by {name}"
-                      f"{' (out of host memory?)' if name == 'SIGKILL' else ''}; the run directory keeps the last "
-                      f"checkpoint: continue with `longgen resume RUN_DIR`", file=sys.stderr, flush=True)
-                return 1
-            return code0
-        for rank, p in enumerate(procs[1:], 1):
-            code = p.poll()
-            if code is not None and code != 0 and stop_at is None:
-                if code < 0:
-                    name = signal.Signals(-code).name
-                    why = f"rank {rank} was killed by {name}{' (out of host memory?)' if name == 'SIGKILL' else ''}"
-                else:
-                    why = f"rank {rank} exited with status {code}"
-                with contextlib.suppress(Exception):
-                    keys.compare_set("fail", "", why)
-                stop_at = time.monotonic() + grace
-        if stop_at is not None and time.monotonic() > stop_at:
-            procs[0].send_signal(signal.SIGTERM)
-            stop_at = time.monotonic() + 1e9
-            _await(procs[:1], 10.0)
-        time.sleep(0.05)
-
-
-def _await(procs: list[subprocess.Popen], grace: float) -> None:
-    deadline = time.monotonic() + grace
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-#: flags that only print (help, config): they never start processes
-_SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version"}
-
-
-def launch_if_asked(command: str, args: list[str]) -> int | None:
-    """`gpus=N` (N > 1, or all with several GPUs) outside a process group: run the command as N processes and return
-    their exit status; None when this process should run the command itself."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        check_launch(command, args, int(os.environ["WORLD_SIZE"]))
-        return None
-    value = requested_gpus(command, args)
-    if value in (None, "1") or any(a in _SHOW_ONLY for a in args):
-        return None
-    n = gpu_count(value, command, args)
-    check_launch(command, args, n)
-    if n == 1:
-        return None
-    return launch([sys.executable, "-m", "longgen.cli", command, *args], n)
-
-
 # ---------------------------------------------------------------------------------------------------- GPU pool
-_HELD: dict[int, int] = {}  # device index → fd holding its lock
-
-
-def _gpu_key(index: int) -> str:
-    props = torch.cuda.get_device_properties(index)
-    uuid = getattr(props, "uuid", None)
-    if uuid is not None:
-        return f"GPU-{uuid}"
-    bus = getattr(props, "pci_bus_id", None)
-    return f"pci-{bus}" if bus is not None else f"index-{index}-{os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
-
-
-def claim_free_gpu(poll: float = 1.0) -> torch.device:
-    """`backbone.device=free`: the first visible CUDA GPU that no other longgen process on this host holds (an
-    exclusive flock on a file named after the GPU's UUID), held until `release_gpu` or the process ends. Waits when
-    every GPU is taken (more parallel jobs than GPUs)."""
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        raise UsageError("backbone.device=free picks a free CUDA GPU, but no CUDA GPU is visible: use "
-                         "backbone.device=cpu")
-    folder = Path(tempfile.gettempdir()) / f"longgen-gpus-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    waiting = False
-    while True:
-        for index in range(torch.cuda.device_count()):
-            if index in _HELD:
-                continue
-            fd = os.open(folder / f"{_gpu_key(index)}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            _HELD[index] = fd
-            log.info("backbone.device=free: using cuda:%d", index)
-            return torch.device("cuda", index)
-        if not waiting:
-            log.info("backbone.device=free: every GPU is held by another longgen job; waiting for one")
-            waiting = True
-        time.sleep(poll)
-
-
-def release_gpu(device: torch.device | None) -> None:
-    """Give back a GPU taken by `claim_free_gpu` (nothing for any other device)."""
-    if device is None or device.type != "cuda":
-        return
-    fd = _HELD.pop(device.index if device.index is not None else 0, None)
-    if fd is not None:
-        os.close(fd)

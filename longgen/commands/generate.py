@@ -1,0 +1,99 @@
+"""`longgen generate`: story → backbone → sampler → streaming mp4, in Hydra's run directory.
+
+A thin command over the stage library (longgen/run/): plan the job (run/job.py), claim the run directory, write the
+run's config and story, then run stages 2–5 (run/stages.py). Under `-m` every job's plan is checked before the
+first job starts (`validate_sweep`), and a failed job is recorded while the sweep goes on (run/sweep.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from longgen.errors import UsageError, user_errors
+from longgen.parallel.units import current
+from longgen.run.job import discard_if_unused, job_message, plan_job, write_run_config
+from longgen.run.stages import execute
+from longgen.run.sweep import recorded_job
+from longgen.rundir import RunDirectory, write_text
+
+log = logging.getLogger("longgen")
+
+
+def validate_sweep(args: list[str]) -> str | None:
+    """Before a multirun starts: compose every job of the sweep and run its plan stage (no weights, no LLM), so
+    one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
+    error line naming the first bad job, else None."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0]
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    quiet = logging.getLogger("longgen")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
+    try:
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            for number_, job in enumerate(jobs):
+                try:
+                    cfg = compose("generate", overrides=job, return_hydra_config=True)
+                    choices = dict(cfg.hydra.runtime.choices)
+                    plan_job(cfg, Path("."), choices, split=False)
+                except UsageError as exc:
+                    return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
+                except Exception as exc:  # e.g. Hydra's own composition errors
+                    return f"sweep job {number_} ({' '.join(job)}): {str(exc).strip().splitlines()[0]}; no job was started"
+    finally:
+        quiet.setLevel(level)
+    return None
+
+
+def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
+    """Generate one video into `out_dir`; return the manifest."""
+    world = current()
+    try:
+        job = plan_job(cfg, out_dir, choices)
+        world.adopt(job)
+    except UsageError:
+        discard_if_unused(out_dir)
+        raise
+    rundir = RunDirectory(out_dir).claim()
+    try:
+        rundir.check_fresh(job.writer.filename, bool(cfg.get("overwrite", False)))
+        write_run_config(out_dir, cfg, hc)
+        write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost
+        log.info(
+            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d %s",
+            choices.get("sampler"), job.backbone.label, job.length, job.frames, job.plan.count, job.plan.window,
+            job.sampler.stride, len(job.story.local_prompts),
+            f"shot(s) in {len(job.shots.takes)} take(s)" if job.shots is not None else "local prompt(s)",
+        )
+        with world.job(job_message(job)):
+            return execute(job)
+    finally:
+        rundir.release()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    # in a sweep (-m), a failed job is recorded and the next one runs (longgen/run/sweep.py)
+    job = recorded_job(hc) if hc.mode == RunMode.MULTIRUN else contextlib.nullcontext()
+    with user_errors(), job:
+        run_generate(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), hc)
+        if cfg.get("eval"):  # `eval=true`: all logic lives in longgen/eval/
+            from longgen.eval.evaluate import evaluate_run_dir
+
+            evaluate_run_dir(hc.runtime.output_dir)

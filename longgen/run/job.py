@@ -1,0 +1,247 @@
+"""Stage 1 of every run, plan: the job — sampler, backbone and writer built from their config groups, every
+option and number checked, the story resolved (split from a scenario when asked), the length and window plan
+worked out — before anything loads or is written. Also what the commands share around it: writing the run's
+`.hydra/` config once the directory is claimed, discarding a directory an input error left unused, and the message
+that hands a job to the other ranks (longgen/run/follower.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from longgen.build import build
+from longgen.errors import UsageError
+from longgen.noise import GaussianNoise
+from longgen.options import check_latent_budget, flag, number, whole
+from longgen.parallel.units import Units
+from longgen.run.checkpoint import Checkpoint, digest
+from longgen.run.shots import (
+    ShotPlan,
+    check_single_shot_options,
+    decode_takes,
+    plan_scene,
+)
+from longgen.rundir import made_by_this_command, write_text
+from longgen.samplers.base import Sampler
+from longgen.story import Story, check_text_limit, without_cut_markers
+from longgen.windows import WindowPlan, latent_length
+
+log = logging.getLogger("longgen")
+
+#: most windows a video may have (a 1-minute CogVideoX video has 28; this bound keeps plans and manifests sane)
+MAX_WINDOWS = 10_000
+
+
+# ---------------------------------------------------------------------------------------------------- stage 1: plan
+@dataclass
+class Job:
+    """Everything decided before any weights load."""
+
+    cfg: DictConfig
+    choices: dict[str, Any]
+    out_dir: Path
+    sampler: Sampler
+    backbone: Any
+    writer: Any
+    length: int
+    plan: WindowPlan
+    given_story: Story  # as the user gave it (or the splitter wrote it): story.json
+    story: Story  # as the windows use it (without the global description when use_global_prompt=false)
+    use_global: bool
+    stripped: int
+    timings: dict[str, float] = field(default_factory=dict)
+    world: Units = field(default_factory=Units)  # this process's share of the work (distributed.py)
+    noise: Any = field(default_factory=GaussianNoise)  # the initial-noise option (noise/ group, longgen/noise.py)
+    shots: ShotPlan | None = None  # multi-shot story: takes, shots and their frames (longgen/run/shots.py)
+
+    def local_index(self, start: int, size: int) -> int:
+        if self.shots is not None:  # the shot (one local prompt each) whose segment holds the window's centre
+            return self.shots.shot_at(start + size / 2)
+        return self.story.prompt_index_at(start + size / 2, self.length)
+
+    def window_map(self) -> list[dict]:
+        if self.shots is not None:
+            return self.shots.window_map()
+        return [{"start": s, "end": s + self.plan.window, "local_prompt": self.local_index(s, self.plan.window)}
+                for s in self.plan.starts]
+
+    @property
+    def frames(self) -> int:
+        """Video frames: the latent decoded at once, or each take of a multi-shot story on its own."""
+        return self.shots.frames if self.shots is not None else self.backbone.frames_for(self.length)
+
+    def decode_stream(self, latents: torch.Tensor):
+        """uint8 frame chunks [f, H, W, 3] of latents [1, L, C, H, W], cut at every take of a multi-shot story."""
+        if self.shots is not None:
+            return decode_takes(self.backbone, latents, self.shots)
+        return self.backbone.decode_stream(latents)
+
+    def story_hash(self) -> str:
+        return digest(self.story.to_dict())
+
+    def inputs(self) -> dict:
+        """Files the run reads besides the story, recorded in every checkpoint (extend: its input video)."""
+        return {}
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Numbers and switches of conf/generate.yaml, as the command line delivers them."""
+    whole("seed", cfg.seed, 0, 2**63 - 1)
+    if cfg.get("num_windows") is not None:
+        whole("num_windows", cfg.num_windows, 1, MAX_WINDOWS)
+    if cfg.get("length_factor") is not None:
+        number("length_factor", cfg.length_factor, 1.0, float(MAX_WINDOWS))
+    if cfg.get("latent_frames") is not None:
+        whole("latent_frames", cfg.latent_frames, 1, MAX_WINDOWS * 100)
+    if cfg.get("num_prompts") is not None:
+        whole("num_prompts", cfg.num_prompts, 1, 1000)
+    for name in ("save_latents", "use_global_prompt", "overwrite"):
+        flag(name, cfg.get(name, False))
+    whole("checkpoint_every", cfg.checkpoint_every, 0)
+    if cfg.get("checkpoint_seconds") is not None:
+        number("checkpoint_seconds", cfg.checkpoint_seconds, 0.0, lo_open=True)
+    whole("preview_every", cfg.preview_every, 0)
+    number("preview_scale", cfg.preview_scale, 0.0, 1.0, lo_open=True)
+    if cfg.get("gpus", 1) != "all":
+        whole("gpus", cfg.get("gpus", 1), 1, 4096)
+
+
+def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
+    """The story from prompt=, story= or scenario= (split by the configured splitter; with split=False only checked
+    for readability and None returned, so that validating a sweep asks no LLM)."""
+    given = [k for k in ("prompt", "prompt_file", "story", "scenario") if cfg.get(k) not in (None, "")]
+    if len(given) > 1:
+        raise UsageError(f"give only one of prompt=…, prompt_file=…, story=… or scenario=… (got {' and '.join(given)})")
+    if not given:
+        raise UsageError('nothing to generate: pass prompt="…", prompt_file=prompt.txt, story=path/to/story.json or scenario=path/to/scenario.txt num_prompts=N')
+    if cfg.get("num_prompts") is not None and given[0] != "scenario":
+        raise UsageError("num_prompts=… is the number of local prompts to split a scenario=… into; drop it or pass scenario=")
+    if cfg.get("multi_shot") and given[0] != "scenario":
+        raise UsageError("multi_shot=true asks the splitter to write shots from a scenario=…; a story file says itself "
+                         "whether it has shots: drop multi_shot=true")
+    if given[0] == "prompt":
+        return Story.single(str(cfg.prompt))
+    if given[0] == "prompt_file":
+        return Story.from_prompt_file(cfg.prompt_file)
+    if given[0] == "scenario":
+        if not split:
+            path = Path(str(cfg.scenario)).expanduser()
+            if not path.is_file():
+                raise UsageError(f"scenario={cfg.scenario}: no such file")
+            return None
+        from longgen.splitters.scenario import split_scenario_file
+
+        return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts,
+                                   shots=bool(cfg.get("multi_shot", False)))
+    return Story.load(str(cfg.story))
+
+
+def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
+    """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
+    prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
+    prompts.append(("negative_prompt", negative_prompt))
+    strict = not getattr(backbone, "random_weights", False)
+    for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
+        log.warning(warning)
+
+
+def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Story | None = None,
+             split: bool = True) -> Job | None:
+    """Stage 1. `story` given (resume): use it instead of the config's prompt/story/scenario. With split=False
+    (sweep validation) a scenario is not split and None is returned after every other check."""
+    check_top_level(cfg)
+    sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
+    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
+    writer = build(cfg.writer, "writer", choices.get("writer"))
+    # runs made before the noise group existed have none in their saved config: they used Gaussian noise
+    noise = build(cfg.noise, "noise", choices.get("noise")) if cfg.get("noise") is not None else GaussianNoise()
+    noise.check(backbone.window)
+    length = latent_length(
+        backbone.window,
+        sampler.stride,
+        backbone.temporal_compression,
+        num_windows=cfg.num_windows,
+        length_factor=cfg.length_factor,
+        latent_frames=cfg.latent_frames,
+    )
+    check_latent_budget(length, backbone.latent_shape, backbone.label)
+    backbone.check_length(length)
+    plan = sampler.plan(length, backbone.window)
+    writer.check()
+    if story is None:
+        story = resolve_story(cfg, choices, split)
+        if story is None:
+            backbone.check_available()
+            return None
+    use_global = cfg.get("use_global_prompt", True)
+    used, stripped, shots = story, 0, None
+    if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/run/shots.py)
+        shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
+        length, plan = shots.length, shots.window_plan()
+        check_latent_budget(length, backbone.latent_shape, backbone.label)
+    else:
+        check_single_shot_options(cfg)
+        story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
+        if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
+            used, stripped = story.without_global()
+            log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
+                     stripped, len(used.local_prompts))
+        elif warning := story.missing_global_warning():  # local prompts without the global description
+            log.warning(warning)
+    check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
+    return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
+               stripped, noise=noise, shots=shots)
+
+
+def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
+    """.hydra/config.yaml (+ hydra.yaml, overrides.yaml), as Hydra writes them, once the directory is ours."""
+    target = out_dir / ".hydra"
+    target.mkdir(exist_ok=True)
+    write_text(target / "config.yaml", OmegaConf.to_yaml(cfg))
+    if hc is not None:
+        write_text(target / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
+        overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # a prompt's `\${` keeps its escape
+        write_text(target / "overrides.yaml", OmegaConf.to_yaml(overrides))
+
+
+def discard_if_unused(out_dir: Path) -> None:
+    """After an input error caught before any work: remove the run directory Hydra made for this command, if it
+    holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
+    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
+            handler.close()
+    if not made_by_this_command(out_dir):
+        return
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
+        return
+    if all(e.is_file() and e.suffix == ".log" for e in entries):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        parent = out_dir.parent
+        while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
+
+
+def job_message(job: Job, resume: Checkpoint | None = None) -> dict:
+    """What the other ranks need to run this job (distributed.run_follower_job): everything resolved here."""
+    return {
+        "cfg": OmegaConf.to_container(job.cfg, resolve=True),
+        "choices": dict(job.choices),
+        "out_dir": str(job.out_dir),
+        "story": job.given_story.to_dict(),
+        "resume": resume,
+    }
