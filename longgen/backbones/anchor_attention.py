@@ -185,6 +185,7 @@ def _anchor_blend_shapes(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.
     return torch.empty_like(key), torch.empty_like(value)
 
 
+# derived from diffusers models/attention_processor.py (CogVideoXAttnProcessor2_0), version 0.42
 def anchor_processor(kernel: str = "sdpa") -> JointAttention:
     """The joint text-video attention of a CogVideoX block with Eq. 10 applied to its video keys and values
     ([b, heads, N, head_dim]), computed with the backbone's attention kernel (longgen/backbones/attention.py: SDPA
@@ -198,6 +199,7 @@ def cogvideox_anchor(kernel: str = "sdpa") -> Callable:
     return lambda layout, layer, replaces=None: shared.setdefault("processor", anchor_processor(kernel))
 
 
+# derived from diffusers models/transformers/transformer_wan.py (WanAttnProcessor), version 0.42
 class WanAnchorAttnProcessor:
     """Self-attention of a Wan block with Eq. 10 applied to its (video) keys and values.
 

@@ -110,6 +110,7 @@ def kernel_func(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor
 VideoKV = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+# derived from diffusers models/attention_processor.py (CogVideoXAttnProcessor2_0), version 0.42
 class JointAttention:
     """Processor for a diffusers CogVideoX attention layer (returns (video hidden states, text hidden states), as
     diffusers' processors do), computing attention with `kernel` and rewriting the video K/V with `video_kv`."""

@@ -160,6 +160,7 @@ class CogVideoXBackbone(DiffusersBackbone):
         return tcfg.max_text_seq_length, tcfg.text_embed_dim
 
     # ------------------------------------------------------------------ denoising
+    # derived from diffusers schedulers/scheduling_ddim_cogvideox.py (CogVideoXDDIMScheduler.step), version 0.42
     def schedule(self, num_steps: int) -> NoiseSchedule:
         sched = self.pipe.scheduler
         sched.set_timesteps(num_steps, device="cpu")
@@ -255,6 +256,7 @@ class CogVideoXBackbone(DiffusersBackbone):
         return info
 
     # ------------------------------------------------------------------ encoding (longgen extend)
+    # derived from diffusers pipelines/cogvideo/pipeline_cogvideox_video2video.py (CogVideoXVideoToVideoPipeline.prepare_latents), version 0.42
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 RGB frames [f, H, W, 3] with f = c·(L − 1) + 1 → latents [1, L, C, h, w] float32 on the seam's scale:
@@ -269,6 +271,8 @@ class CogVideoXBackbone(DiffusersBackbone):
         return z.permute(0, 2, 1, 3, 4).float()  # [1, L, C, h, w]
 
     # ------------------------------------------------------------------ decoding
+    # derived from diffusers pipelines/cogvideo/pipeline_cogvideox.py (CogVideoXPipeline.decode_latents), version 0.42
+    # derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (AutoencoderKLCogVideoX._decode), version 0.42
     @torch.no_grad()
     def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """Decode [1, L, C, H, W] latents to uint8 RGB frames [f, H, W, 3], a few at a time.
@@ -310,6 +314,7 @@ class CogVideoXBackbone(DiffusersBackbone):
         if pending is not None:
             yield pending.wait()
 
+    # derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (AutoencoderKLCogVideoX._decode), version 0.42
     def _tiled_decode(self, vae, z: torch.Tensor) -> bool:
         """Whether to decode in spatial tiles. diffusers' CogVideoX tiles are half the frame each way, so a tiled
         480×720 decode runs 3 × 3 overlapping tiles: 2.25× the convolutions and 15.1 s against 6.5 s whole on an
@@ -338,12 +343,14 @@ class CogVideoXBackbone(DiffusersBackbone):
             room = min(room, free + torch.cuda.memory_reserved(self.device) - allocated)
         return room
 
+    # derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (AutoencoderKLCogVideoX._decode), version 0.42
     @staticmethod
     def _decode_block(vae, z: torch.Tensor, cache):
         if vae.post_quant_conv is not None:
             z = vae.post_quant_conv(z)
         return vae.decoder(z, conv_cache=cache)
 
+    # derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (AutoencoderKLCogVideoX.tiled_decode), version 0.42
     def _decode_tiles(self, vae, z: torch.Tensor, caches: dict) -> torch.Tensor:
         """Spatially tiled decode of one temporal batch z [1, C, b, h, w] → [1, 3, f, H, W]."""
         th, tw = vae.tile_latent_min_height, vae.tile_latent_min_width

@@ -74,6 +74,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+# derived from diffusers image_processor.py (VaeImageProcessor.normalize), version 0.42
 def pixels_to_vae(frames, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 RGB frames [f, H, W, 3] (numpy) → a VAE input [1, 3, f, H, W] in [−1, 1] (the inverse of the decode's
     (x / 2 + 0.5)·255)."""
@@ -94,6 +95,7 @@ def check_fused_gelu(device: torch.device, dtype: torch.dtype) -> None:
                          f"{device.type}, {str(dtype).removeprefix('torch.')}): use fused_gelu=auto or false")
 
 
+# derived from diffusers image_processor.py (VaeImageProcessor.denormalize, VaeImageProcessor.numpy_to_pil), version 0.42
 class HostFrames:
     """Decoded pixels [3, f, H, W] in [-1, 1] → uint8 frames [f, H, W, 3] copied to the host without blocking.
 
@@ -465,6 +467,7 @@ class DiffusersBackbone(Denoiser):
         with torch.no_grad():
             return self._predict(x_t, t, prompt_ids, guidance_scale)
 
+    # derived from diffusers pipelines/cogvideo/pipeline_cogvideox.py (CogVideoXPipeline.__call__), version 0.42
     def _predict(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
         """The guided prediction under whatever grad mode the caller set (predict: none; predict_grad: autograd)."""
         if self._embeds is None:

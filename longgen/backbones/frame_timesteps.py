@@ -60,6 +60,7 @@ def _tokens_by_frame(h: torch.Tensor, frames: int) -> torch.Tensor:
     return h.reshape(b, frames, n // frames, dim)  # [b, F, P, dim]
 
 
+# derived from diffusers models/normalization.py (CogVideoXLayerNormZero), version 0.42
 class FrameNormZero(nn.Module):
     """Per-frame stand-in for a CogVideoX block's `CogVideoXLayerNormZero` (norm1 / norm2). Called like it, with
     `temb` the stack [b, F + 1, D] (frames, then the text tokens' embedding); returns the modulated video tokens
@@ -88,6 +89,7 @@ class FrameNormZero(nn.Module):
         return video, text, gate, text_gate[:, None, :]
 
 
+# derived from diffusers models/normalization.py (AdaLayerNorm), version 0.42
 class FrameAdaNorm(nn.Module):
     """Per-frame stand-in for the transformer's output `AdaLayerNorm` (norm_out, shift-then-scale chunks), applied
     to the video tokens [b, F·P, dim] with `temb` the stack [b, F + 1, D]."""
@@ -106,6 +108,7 @@ class FrameAdaNorm(nn.Module):
         return (video * (1 + scale) + shift).flatten(1, 2)  # [b, F·P, dim]
 
 
+# derived from diffusers models/transformers/cogvideox_transformer_3d.py (CogVideoXTransformer3DModel.forward), version 0.42
 class FrameModulation:
     """The per-frame wrappers of one CogVideoX transformer, installed by `installed(...)` for one call."""
 

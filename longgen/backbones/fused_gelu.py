@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 
+# derived from diffusers models/activations.py (GELU), version 0.42
 class EpilogueGELU(nn.Module):
     """Drop-in for diffusers' `GELU(approximate="tanh")` with a bias: same `proj` parameters, one cuBLASLt call."""
 
@@ -32,6 +33,7 @@ class EpilogueGELU(nn.Module):
         return out.view(*hidden_states.shape[:-1], out.shape[-1])
 
 
+# derived from diffusers models/activations.py (GELU), version 0.42
 def fusable(module: nn.Module) -> bool:
     """A diffusers tanh-GELU projection with a bias (what the epilogue computes)."""
     from diffusers.models.activations import GELU

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D, CogVideoXEncoder3D), version 0.42
+# (the maths is torch's nn.GroupNorm; these VAE blocks hold plain nn.GroupNorm, which it replaces)
 class ParallelGroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` whose per-group moments are split-block reductions (see the module docstring)."""
 
@@ -60,6 +62,7 @@ class ParallelGroupNorm(nn.GroupNorm):
         return y.reshape(x.shape)  # a view unless N > 1 in channels-last layout
 
 
+# derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D, CogVideoXEncoder3D), version 0.42
 def parallel_group_norms(root: nn.Module) -> int:
     """Replace every `nn.GroupNorm` under `root` by a `ParallelGroupNorm` sharing its parameters; returns how many."""
     swaps = []

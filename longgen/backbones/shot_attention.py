@@ -222,6 +222,7 @@ def shared_factory(make: Callable) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------------- CogVideoX
+# derived from diffusers models/attention_processor.py (CogVideoXAttnProcessor2_0), version 0.42
 class CogVideoXShotProcessor:
     """A CogVideoX joint text-video attention layer with the reference shot's video keys/values appended
     (longgen's JointAttention on the backbone's kernel); while the layout is `off` it calls the processor it
@@ -255,6 +256,7 @@ def cogvideox_shot(kernel: str = "sdpa") -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------------- Wan
+# derived from diffusers models/transformers/transformer_wan.py (WanAttnProcessor), version 0.42
 class WanShotAttnProcessor:
     """A Wan self-attention layer (video tokens only) with the reference shot's keys/values appended after the
     rotary embedding; while the layout is `off` it calls the processor it replaced. The projections, the RMS norms

@@ -49,6 +49,7 @@ from longgen.errors import UsageError
 FA3_BACKEND = "_flash_3"
 
 
+# derived from diffusers models/modeling_utils.py (ModelMixin.from_pretrained), version 0.42
 def cast_like_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast a model built in code to `dtype` the way `from_pretrained(torch_dtype=dtype)` loads it: the modules the
     class lists in `_keep_in_fp32_modules` (Wan: RoPE tables, time embedder, norms, modulation tables) stay float32,
@@ -220,6 +221,7 @@ class WanBackbone(DiffusersBackbone):
             return frames.repeat(rows // frames.shape[0], 1)  # [rows, M]
         return torch.full((rows,), float(t), dtype=torch.float32, device=self.device)  # [rows]
 
+    # derived from diffusers models/transformers/transformer_wan.py (WanTransformer3DModel.forward), version 0.42
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [b, F, C, H, W]; t: [b] or [b, F] (per frame) → velocity [b, F, C, H, W]."""
         if t.dim() == 2:  # per frame → per token: each frame has (H/2)·(W/2) patch tokens, frames outermost
@@ -245,6 +247,7 @@ class WanBackbone(DiffusersBackbone):
         return {"processor": wan_shot(), "layers": lambda name: name.endswith(".attn1.processor")}
 
     # ------------------------------------------------------------------ decoding
+    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__), version 0.42
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         """Seam latents [1, L, C, H, W] (normalised) → the VAE's [1, C, L, H, W] scale, in the VAE's dtype:
         z·std + mean per channel, written as WanPipeline writes it (z / (1/std) + mean) so the decode is the
@@ -256,6 +259,7 @@ class WanBackbone(DiffusersBackbone):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
         return z / inv_std + mean
 
+    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__), version 0.42
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 RGB frames [f, H, W, 3] with f = 4·(L − 1) + 1 → latents [1, L, C, h, w] float32 on the seam's scale:
@@ -270,6 +274,7 @@ class WanBackbone(DiffusersBackbone):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
         return ((z - mean) * inv_std).permute(0, 2, 1, 3, 4).float()  # [1, L, C, h, w]
 
+    # derived from diffusers models/autoencoders/autoencoder_kl_wan.py (AutoencoderKLWan._decode), version 0.42
     @torch.no_grad()
     def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """Decode [1, L, C, H, W] latents to uint8 RGB frames [f, H, W, 3], one latent frame (1, then 4 video
@@ -317,6 +322,7 @@ class WanBackbone(DiffusersBackbone):
         if pending is not None:
             yield pending.wait()
 
+    # derived from diffusers models/autoencoders/autoencoder_kl_wan.py (AutoencoderKLWan.tiled_decode), version 0.42
     @staticmethod
     def _decode_tiles(vae, z: torch.Tensor, caches: dict, slots: int, first: bool, units=None) -> torch.Tensor:
         """Spatially tiled decode of one latent frame z [1, C, 1, h, w] → [1, 3, f, H, W] (tiles overlap by the
