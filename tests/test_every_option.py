@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 import longgen.conf
 from longgen.backbones.diffusers_base import MODEL_FILES, SUBFOLDERS
 from longgen.build import build
-from longgen.generate import plan_job  # the generate command's planning step (moving to longgen/run/: fix here)
+from longgen.run.job import plan_job  # stage 1 of every run: what generate checks before anything loads
 
 CONF = Path(longgen.conf.__file__).resolve().parent  # what initialize_config_module("longgen.conf") reads
 REPO = Path(__file__).resolve().parents[1]
