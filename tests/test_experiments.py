@@ -108,9 +108,12 @@ def test_experiment_composes_and_plans_on_tiny_backbones(name, backbone, geometr
 @pytest.mark.parametrize("workload", sorted(WORKLOAD))
 def test_bench_workload_resolves_to_its_stated_setting(workload, backbone, geometry):
     """scripts/bench.py --workload WN on the full-size backbones (random weights, nothing loaded)."""
-    cfg, overrides = _bench_module().compose_workload(workload, backbone)
+    bench = _bench_module()
+    cfg, overrides = bench.compose_workload(workload, backbone)
     assert f"+experiment={WORKLOAD[workload]}" in overrides and "backbone.random_weights=true" in overrides
     _check(WORKLOAD[workload], cfg, geometry)
+    length = bench.workload_length(cfg, build(cfg.backbone, "backbone"), build(cfg.sampler, "sampler"))
+    assert length == EXPECTED[WORKLOAD[workload]][geometry][1]  # the length bench samples
     sampler = _resolved(cfg)[1]
     stated = BY_BACKBONE[backbone]
     assert sampler["stride"] == stated["stride"] and sampler["guidance_scale"] == stated["guidance_scale"]
@@ -161,3 +164,12 @@ def test_option_checks_follow_the_experiments_sampler():
     assert check_option_keys("generate", ["+experiment=freenoise-4x", "noise.stride=2"]) is None
     assert "selects noise=…, which `longgen extend` does not have" in check_option_keys(
         "extend", ["+experiment=syncos-4x"])
+
+
+def test_a_second_length_names_the_experiments_factor():
+    """An experiment sets length_factor; num_windows=3 typed with it is refused with the way out."""
+    from longgen.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"\(got num_windows, length_factor\); set the other to null, e\.g\. "
+                                         r"length_factor=null after \+experiment="):
+        latent_length(13, 4, 4, num_windows=3, length_factor=4)
