@@ -102,7 +102,7 @@ def projections(one: dict, many: dict | None, sampler_info: dict) -> dict:
     out = {"seconds_per_sample": per_sample, "exchange_s_per_map": exchange, "seconds_per_tile": per_tile}
     for gpus in PROJECT_TO:
         records = [{**s, "seconds": predicted_step(s, per_sample, gpus, exchange)} for s in one["steps"]]
-        total, _ = project(records, _SamplerLike(sampler_info), _Sched(one["timesteps"]))
+        total, _ = project(records, _SamplerLike(sampler_info), _Sched(one["timesteps"]), len(one["timesteps"]))
         dec = decode_rest + sum(rank_load(s, gpus) * c for s, c in tiles) * per_tile
         out[f"{gpus}"] = {"sampling_s": total, "decode_s": dec, "end_to_end_s": total + dec}
     return out
@@ -231,7 +231,7 @@ def worker(args) -> None:
             "peak_gpu_gb": torch.cuda.max_memory_allocated(backbone.device) / 2**30
             if backbone.device.type == "cuda" else None,
         }
-        total, formula = project(steps, sampler, sched)
+        total, formula = project(steps, sampler, sched, len(sched))
         part["sampling_s"], part["sampling_formula"] = total, formula
         part["end_to_end_s"] = total + decode_s
         Path(args.part).write_text(json.dumps(part, indent=2, default=str) + "\n")
