@@ -21,7 +21,6 @@ POSITIONAL_LIST = {"eval": "paths"}
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i"}
 _INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-GROUPS = ("backbone", "sampler", "writer", "splitter")
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
 FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
              "backbone.model_path", "splitter.template", "hydra.run.dir", "hydra.sweep.dir"}
@@ -38,6 +37,32 @@ def group_options(group: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_groups() -> tuple[str, ...]:
+    """The config groups: the folders of the shipped conf/ (hydra/ holds Hydra's own settings, not a group)."""
+    root = resources.files("longgen.conf")
+    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")))
+
+
+GROUPS = config_groups()
+
+
+def _selected_groups(group: str, choice: str) -> dict[str, str]:
+    """Group choices that a config added with `+group=choice` selects (`override /sampler: fifo` in its defaults
+    list, as an experiment file does)."""
+    import yaml
+
+    path = resources.files("longgen.conf") / group / f"{choice}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    picked = {}
+    for entry in data.get("defaults", []) or []:
+        if isinstance(entry, dict):
+            (key, value), = entry.items()
+            picked[key.removeprefix("override").strip().lstrip("/")] = value
+    return picked
 
 
 def _yaml_keys(path) -> set[str]:
@@ -73,13 +98,22 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
     """An error line for `key=value` / `group.key=value` overrides naming an option that does not exist.
     (`+key=value` adds a key on purpose and is left to Hydra.)"""
     top, choices = _primary_defaults(config)
+    command = f"longgen {config.replace('_', '-')}"
+    for arg in args:  # a group added with +group=choice (+experiment=syncos-4x) may select other groups' options
+        key, sep, value = arg.partition("=")
+        added = key.lstrip("+")
+        if sep and key.startswith("+") and added in GROUPS and added not in choices:
+            picked = _selected_groups(added, value.split(",")[0].strip())
+            if missing := sorted(set(picked) - set(choices)):
+                return f"{added} {value!r} selects {missing[0]}=…, which `{command}` does not have"
+            choices.update(picked)
     for arg in args:
         key, sep, value = arg.partition("=")
         if key in GROUPS and sep:
             choices[key] = value.split(",")[0].strip()
     for arg in args:
         key, sep, _ = arg.partition("=")
-        if sep and key.startswith("+") and not key.startswith("++"):
+        if sep and key.startswith("+") and not key.startswith("++") and key.lstrip("+") not in GROUPS:
             typo = _typo_of(key.lstrip("+").partition(".")[0], top)
             if typo:
                 return (f"unknown option {key!r}: did you mean {typo}=…? (+KEY adds a new key; "
@@ -87,6 +121,8 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
         if not sep or key.startswith(("+", "~", "hydra.", "hydra/", "-")) or key == "hydra":
             continue
         head, _, rest = key.partition(".")
+        if head in GROUPS and head not in top:
+            return f"`{command}` selects no {head} by default: add one with +{arg}"
         if head not in top:
             return f"unknown option {key!r}; options of `longgen {config.replace('_', '-')}`: {', '.join(sorted(top))}"
         if head in GROUPS and rest and head in choices:

@@ -87,7 +87,8 @@ def latent_length(
     """
     given = {k: v for k, v in dict(num_windows=num_windows, length_factor=length_factor, latent_frames=latent_frames).items() if v is not None}
     if len(given) > 1:
-        raise UsageError(f"give only one of num_windows, length_factor, latent_frames (got {', '.join(given)})")
+        raise UsageError(f"give only one of num_windows, length_factor, latent_frames (got {', '.join(given)}); "
+                         f"set the other to null, e.g. length_factor=null after +experiment=…, which sets length_factor")
     if stride <= 0 or stride > window:
         check_geometry(window, window, stride)
     if num_windows is not None:

@@ -18,6 +18,11 @@ FLOPs of one transformer forward (multiply + add = 2), n layers, width d:
 Writes a JSON file and appends a Markdown row to benchmarks/README.md with the exact command and the GPU name.
 The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timing is asserted).
 
+Each workload is an experiment of the `experiment/` config group (conf/experiment/NAME.yaml, mapped in WORKLOADS):
+the config is composed exactly as `longgen generate +experiment=NAME backbone=…` composes it, so the command line
+runs what the benchmark times. The length is the experiment's `length_factor`, resolved per backbone as generate
+resolves it (4x: 10 windows on CogVideoX, 11 on Wan).
+
     python scripts/bench.py --workload W1 --steps 0             # W1 end to end
     python scripts/bench.py --workload W2 --steps 6             # SynCoS, 6 measured steps, rest projected
     python scripts/bench.py --workload scaling --windows 4 10 28 --steps 2
@@ -47,6 +52,7 @@ from pathlib import Path
 import torch
 
 from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
 from longgen.build import build
 from longgen.samplers.base import SamplingRun
@@ -54,24 +60,40 @@ from longgen.windows import latent_length
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: workload → (sampler, its overrides, length). 4× the native clip: 10 windows on CogVideoX (L = 49), 11 on Wan
-#: (L = 81).
+#: benchmark workload → its experiment, conf/experiment/NAME.yaml (sampler, its knobs, noise and length);
+#: `scaling` is W1's Gen-L-Video at the window counts of --windows
 WORKLOADS = {
-    "W1": ("gen-l-video", [], dict(length_factor=4)),
-    "W2": ("syncos", ["sampler.iters=20", "sampler.batch_windows=3"], dict(length_factor=4)),
-    "W3": ("glc", [], dict(length_factor=3)),
-    "W4": ("fifo", [], dict(length_factor=4)),  # FIFO-Diffusion, n = 4 partitions, lookahead (SynCoS Table 4: 21 min)
-    "W5": ("gen-l-video", ["noise=freenoise"], dict(length_factor=4)),  # the FreeNoise baseline
-    "scaling": ("gen-l-video", [], None),
+    "W1": "gen-l-video-4x",
+    "W2": "syncos-4x",
+    "W3": "glc-3x",
+    "W4": "fifo-4x",  # FIFO-Diffusion, n = 4 partitions, lookahead (SynCoS Table 4: 21 min)
+    "W5": "freenoise-4x",  # the FreeNoise baseline: Gen-L-Video with FreeNoise's initial noise
+    "scaling": "gen-l-video-4x",
 }
-#: W2's SynCoS t_min per backbone family: CogVideoX t = 900 (the issue-6 target), and on a flow backbone the timestep
-#: of the same SNR (ᾱ_900 = 0.000945 → σ = 1/(1 + √SNR) = 0.970): stage 2 at 5 of 50 steps on both
-W2_T_MIN = {"CogVideoXBackbone": 900, "WanBackbone": 970}
 PROMPTS = [
     "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi trots forward.",
     "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi sniffs a lamp post.",
     "A corgi in a red scarf on a snowy village street at dusk, warm window light, cinematic. The corgi leaps into a drift.",
 ]
+
+
+def compose_workload(workload: str, backbone: str, extra: list[str] | tuple[str, ...] = ()
+                     ) -> tuple[DictConfig, list[str]]:
+    """generate's config for `workload` on `backbone` and the overrides it was composed from: the workload's
+    experiment, the backbone (full-size ones with random weights: no download), then `extra`, as
+    `longgen generate +experiment=NAME backbone=NAME ...` composes them."""
+    overrides = [f"+experiment={WORKLOADS[workload]}", f"backbone={backbone}", *extra]
+    if not backbone.startswith("tiny"):
+        overrides.append("backbone.random_weights=true")
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        return compose("generate", overrides=overrides, return_hydra_config=True), overrides
+
+
+def workload_length(cfg: DictConfig, backbone, sampler) -> int:
+    """Latent frames of the composed config's video (num_windows / length_factor / latent_frames), resolved as
+    generate's plan resolves them for this backbone and sampler."""
+    return latent_length(backbone.window, sampler.stride, backbone.temporal_compression, num_windows=cfg.num_windows,
+                         length_factor=cfg.length_factor, latent_frames=cfg.latent_frames)
 
 
 class SliceDone(Exception):
@@ -245,16 +267,8 @@ def main() -> None:
     ap.add_argument("--no-markdown", action="store_true", help="do not append a row to benchmarks/README.md")
     args = ap.parse_args()
 
-    sampler_name, sampler_overrides, length_spec = WORKLOADS[args.workload]
-    overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides, *args.override]
-    if not args.backbone.startswith("tiny"):
-        overrides.append("backbone.random_weights=true")
-    if args.workload == "W2":
-        with initialize_config_module("longgen.conf", version_base="1.3"):
-            target = compose("generate", overrides=[f"backbone={args.backbone}"]).backbone._target_
-        overrides.append(f"sampler.t_min={W2_T_MIN[target.rsplit('.', 1)[-1]]}")
-    with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=overrides)
+    cfg, overrides = compose_workload(args.workload, args.backbone, args.override)
+    sampler_name = cfg.hydra.runtime.choices.sampler
     backbone = build(cfg.backbone, "backbone", args.backbone)
     sampler = build(cfg.sampler, "sampler", sampler_name)
     writer = build(cfg.writer, "writer", "mp4")
@@ -297,7 +311,7 @@ def main() -> None:
         lengths = [(n, latent_length(backbone.window, sampler.stride, backbone.temporal_compression, num_windows=n))
                    for n in args.windows]
     else:
-        lengths = [(None, latent_length(backbone.window, sampler.stride, backbone.temporal_compression, **length_spec))]
+        lengths = [(None, workload_length(cfg, backbone, sampler))]
     sched = backbone.schedule(sampler.num_steps) if sampler.num_steps else None  # FIFO: its own schedule
     noise_option = build(cfg.noise, "noise", "noise")
     for n_windows, length in lengths:

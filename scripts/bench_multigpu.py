@@ -14,8 +14,9 @@ a step's model time is, for each `map` of the step, the largest load of any rank
 without exchange); the rest is unchanged. The VAE decode is projected the same way over its tiles; the H.264
 encode stays on rank 0.
 
-Workloads (full-size CogVideoX-2B with random weights, as scripts/bench.py): W1 gen-l-video 4× (10 windows), W2
-syncos 4× with t_min 900 (scripts/bench.py's W2_T_MIN on other backbones), iters 20, B 3; `sweep`: the same short sweep run as N one-GPU jobs side by side (Hydra's
+Workloads (full-size CogVideoX-2B with random weights, composed by scripts/bench.py from conf/experiment/): W1
+gen-l-video 4× (10 windows, gen-l-video-4x), W2 syncos 4× (syncos-4x: the backbone's t_min, 900 on CogVideoX),
+iters 20, B 3; `sweep`: the same short sweep run as N one-GPU jobs side by side (Hydra's
 joblib launcher, backbone.device=free) and as one job after another on all N GPUs (gpus=N).
 
     python scripts/bench_multigpu.py --workload W1 --gpus 1 2 --steps 4
@@ -49,7 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import PROMPTS, W2_T_MIN, WORKLOADS, SliceDone, project, sync  # noqa: E402
+from bench import PROMPTS, SliceDone, compose_workload, project, sync  # noqa: E402
 
 PROJECT_TO = (1, 2, 4, 8)
 
@@ -101,7 +102,7 @@ def projections(one: dict, many: dict | None, sampler_info: dict) -> dict:
     out = {"seconds_per_sample": per_sample, "exchange_s_per_map": exchange, "seconds_per_tile": per_tile}
     for gpus in PROJECT_TO:
         records = [{**s, "seconds": predicted_step(s, per_sample, gpus, exchange)} for s in one["steps"]]
-        total, _ = project(records, _SamplerLike(sampler_info), _Sched(one["timesteps"]))
+        total, _ = project(records, _SamplerLike(sampler_info), _Sched(one["timesteps"]), len(one["timesteps"]))
         dec = decode_rest + sum(rank_load(s, gpus) * c for s, c in tiles) * per_tile
         out[f"{gpus}"] = {"sampling_s": total, "decode_s": dec, "end_to_end_s": total + dec}
     return out
@@ -131,28 +132,17 @@ def digest(tensors: list[torch.Tensor]) -> str:
 
 def worker(args) -> None:
     """One rank of an N-GPU (or 1-GPU) measurement; rank 0 writes the part."""
-    from hydra import compose, initialize_config_module
-
     from longgen.parallel import units
-    from longgen.run.stages import encode, initial_noise
     from longgen.run.job import plan_job
+    from longgen.run.stages import encode, initial_noise
     from longgen.samplers.base import SamplingRun
     from longgen.story import Story
 
     units.attach()
     world = units.current()
     logging.getLogger("longgen").setLevel(logging.ERROR)  # the plan's notes would print once per rank
-    sampler_name, sampler_overrides, length = WORKLOADS[args.workload]
-    overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides,
-                 f"backbone.micro_batch={args.micro_batch}", *[f"{k}={v}" for k, v in length.items()],
-                 *args.override]
-    if args.backbone not in ("tiny", "tiny-wan"):
-        overrides.append("backbone.random_weights=true")
-    with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=overrides, return_hydra_config=True)
-        if args.workload == "W2":  # t_min 900 on CogVideoX (the same SNR on a flow backbone), as scripts/bench.py
-            overrides.append(f"sampler.t_min={W2_T_MIN.get(str(cfg.backbone._target_).rsplit('.', 1)[-1], 900)}")
-            cfg = compose("generate", overrides=overrides, return_hydra_config=True)
+    cfg, overrides = compose_workload(args.workload, args.backbone,
+                                      [f"backbone.micro_batch={args.micro_batch}", *args.override])
     choices = dict(cfg.hydra.runtime.choices)
     story = Story.from_dict({"global": "", "local": PROMPTS})
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +232,7 @@ def worker(args) -> None:
             "peak_gpu_gb": torch.cuda.max_memory_allocated(backbone.device) / 2**30
             if backbone.device.type == "cuda" else None,
         }
-        total, formula = project(steps, sampler, sched)
+        total, formula = project(steps, sampler, sched, len(sched))
         part["sampling_s"], part["sampling_formula"] = total, formula
         part["end_to_end_s"] = total + decode_s
         Path(args.part).write_text(json.dumps(part, indent=2, default=str) + "\n")

@@ -27,14 +27,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PROMPTS, WORKLOADS, SliceDone, sync  # noqa: E402
-
-from hydra import compose, initialize_config_module  # noqa: E402
+from bench import PROMPTS, WORKLOADS, SliceDone, compose_workload, sync, workload_length  # noqa: E402
 
 from longgen.build import build  # noqa: E402
 from longgen.run.preview import Preview  # noqa: E402
 from longgen.samplers.base import SamplingRun  # noqa: E402
-from longgen.windows import latent_length  # noqa: E402
 
 #: kernel-name patterns → class (first match wins)
 CLASSES = [
@@ -90,12 +87,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    sampler_name, sampler_overrides, length_spec = WORKLOADS[args.workload]
-    overrides = [f"backbone={args.backbone}", f"sampler={sampler_name}", *sampler_overrides, *args.override]
-    if not args.backbone.startswith("tiny"):
-        overrides.append("backbone.random_weights=true")
-    with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=overrides)
+    cfg, overrides = compose_workload(args.workload, args.backbone, args.override)
+    sampler_name = cfg.hydra.runtime.choices.sampler
     backbone = build(cfg.backbone, "backbone", args.backbone)
     sampler = build(cfg.sampler, "sampler", sampler_name)
     backbone.load()
@@ -116,7 +109,7 @@ def main() -> None:
     report.append(table(prof, wall, f"one guided predict of {args.batch} windows ({2 * args.batch} samples)"))
 
     # 2. whole sampler steps: two warm-up steps, then `steps` profiled
-    length = latent_length(backbone.window, backbone.stride, length_spec["length_factor"] if length_spec else 4)
+    length = workload_length(cfg, backbone, sampler)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn((1, length, *backbone.latent_shape), generator=gen).to(backbone.device)
     prof_box: dict = {}

@@ -60,7 +60,6 @@ def plant(fault: str) -> None:
 
         longgen.run.stages.write_json = write_json
     elif kind == "nan":
-        import torch
 
         from longgen.backbones.diffusers_base import DiffusersBackbone
 

@@ -56,7 +56,7 @@ def test_bench_wan_flop_formula_equals_the_flop_counter():
 
 
 def test_bench_tiny_wan_syncos_slice(tmp_path, monkeypatch):
-    """W2 on tiny-wan, in this process: 4x = 11 windows (L = 81), the SNR-matched t_min, one measured step."""
+    """W2 on tiny-wan, in this process: 4x = 11 windows (L = 81), the backbone's t_min, one measured step."""
     bench = _bench_module()
     out = tmp_path / "w2.json"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--backbone", "tiny-wan", "--workload", "W2", "--steps", "1",
@@ -64,7 +64,8 @@ def test_bench_tiny_wan_syncos_slice(tmp_path, monkeypatch):
     bench.main()
     result = json.loads(out.read_text())
     run = result["runs"][0]
-    assert "sampler.t_min=970" in result["overrides"] and result["sampler"]["t_min"] == 970
+    # the experiment leaves t_min to the backbone (backbone.syncos_t_min: 950 on tiny-wan, 970 on Wan 2.1)
+    assert "+experiment=syncos-4x" in result["overrides"] and result["sampler"]["t_min"] == 950
     assert run["windows"] == 11 and run["latent_length"] == 81 and run["frames"] == 321
     assert run["step_forwards"] == [11 * 2 + 20 * 3 * 2]  # stage 1 + stage 2 (20 iterations x B=3 x CFG) at t=1000
     assert result["backbone"]["window_latent_frames"] == 21 and result["forward_tflop"] > 0
@@ -96,5 +97,5 @@ def test_bench_tiny_freenoise_workload(tmp_path, monkeypatch):
                                       "--override", "backbone.height=16", "backbone.width=16"])
     bench.main()
     result = json.loads(out.read_text())
-    assert "noise=freenoise" in result["overrides"] and result["noise"]["kind"] == "freenoise"
+    assert "+experiment=freenoise-4x" in result["overrides"] and result["noise"]["kind"] == "freenoise"
     assert result["sampler"]["name"] == "gen-l-video" and result["runs"][0]["step_forwards"] == [20]

@@ -5,7 +5,6 @@ generate.log too); extend runs record their input video's hash and refuse a chan
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess

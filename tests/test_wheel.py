@@ -48,3 +48,10 @@ def test_installed_wheel_generates(installed, tmp_path):
                 "prompt=a cat", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "video.mp4").exists()
+
+
+def test_installed_wheel_ships_the_experiments(installed, tmp_path):
+    """conf/experiment/ is package data too: `+experiment=NAME` composes from outside the checkout."""
+    proc = _run(installed, tmp_path, "generate", "+experiment=syncos-4x", "backbone=tiny", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "SynCoSSampler" in proc.stdout and "batch_windows: 3" in proc.stdout and "length_factor: 4" in proc.stdout
