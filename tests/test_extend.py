@@ -189,3 +189,25 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     proc = run_cli("extend", str(tmp_path / "short.mp4"), *COG, "prompt=a cat", f"hydra.run.dir={out}")
     assert proc.returncode == 2 and len(error_lines(proc)) == 1 and "has 4 frame" in error_lines(proc)[0]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- noise group
+def test_extend_plans_like_generate_and_takes_the_noise_group(tmp_path):
+    """extend builds its parts through generate's stage 1 (run/job.py), so noise=freenoise works: the new part's
+    starting noise changes, the history stays the input's encoding bit for bit, and the manifest names the noise."""
+    from safetensors.torch import load_file
+
+    make_video(tmp_path / "in.mp4", 17, (16, 16), 8)
+    common = [*COG, f"video={tmp_path / 'in.mp4'}", "prompt=the pattern drifts on", "sampler=gen-l-video",
+              "sampler.num_steps=2", "num_windows=3", "context=replace", "save_latents=true"]
+    runs = {}
+    for noise in ("gaussian", "freenoise"):
+        cfg, choices = compose_extend([*common, f"noise={noise}"])
+        manifest = run_extend(cfg, tmp_path / noise, choices)
+        assert manifest["noise"]["name"] == noise
+        runs[noise] = (manifest, load_file(tmp_path / noise / "latents.safetensors")["latents"])
+    h = runs["gaussian"][0]["history"]["latent_frames"]
+    (_, plain), (_, rescheduled) = runs["gaussian"], runs["freenoise"]
+    assert torch.equal(plain[:h], rescheduled[:h])  # the history is the input's encoding either way
+    assert not torch.allclose(plain[h:], rescheduled[h:])  # the new part started from other noise
+    assert runs["freenoise"][0]["noise"]["kind"] == "freenoise"

@@ -60,14 +60,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from longgen.build import build
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
-from longgen.options import check_latent_budget, flag, whole
+from longgen.options import flag, whole
 from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
-from longgen.run.job import Job, check_prompt_lengths, resolve_story
+from longgen.run.job import Job, build_parts, check_prompt_lengths, planned_length, resolve_story
 from longgen.run.stages import (
     encode,
     keep_latents,
@@ -81,7 +80,6 @@ from longgen.run.stages import (
 from longgen.rundir import CHECKPOINT, LATENTS, write_json, write_text
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun
 from longgen.story import Story
-from longgen.windows import latent_length
 
 log = logging.getLogger("longgen")
 
@@ -399,17 +397,14 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     check_options(cfg)
     if cfg.get("video") in (None, ""):
         raise UsageError("give the video to continue: longgen extend VIDEO.mp4 prompt=\"…\"")
-    inner = build(cfg.sampler, "sampler", choices.get("sampler"))
-    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
-    writer = build(cfg.writer, "writer", choices.get("writer"))
+    parts = build_parts(cfg, choices)  # generate's stage 1 parts: sampler, backbone, writer, noise (noise=…)
+    inner, backbone, writer = parts.sampler, parts.backbone, parts.writer
     m = backbone.window
-    length = latent_length(m, inner.stride, backbone.temporal_compression, num_windows=cfg.num_windows)
+    length = planned_length(cfg, parts)
     h = int(cfg.history) if cfg.get("history") is not None else m - inner.stride
     if not 1 <= h < min(m, length):
         raise UsageError(f"history={h} latent frames: it must be at least 1 and less than a window "
                          f"({m} latent frames on {backbone.label}), so that the first window holds new frames")
-    check_latent_budget(length, backbone.latent_shape, backbone.label)
-    backbone.check_length(length)
     context = cfg.context
     if context == "auto":
         context = "per-frame" if backbone.per_frame_timesteps else "replace"
@@ -439,7 +434,8 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     backbone.check_available()
     sampler = HistorySampler(inner, h, context, float(cfg.t_c))
     return ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
-                     bool(cfg.get("use_global_prompt", True)), stripped, source=source, history=h, context=context)
+                     bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, source=source, history=h,
+                     context=context)
 
 
 def encode_history(job: ExtendJob) -> None:
@@ -584,8 +580,6 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
         **geometry,
         "local_prompts": len(job.story.local_prompts),
         **video_facts(video, timings),
-        "noise": "float32 [1, L, C, H, W] drawn on the CPU with torch.Generator().manual_seed(seed); the history's "
-                 "slice is its noise",
         "versions": package_versions(),
         "outputs": {"video": EXTENDED, "continuation": CONTINUATION, "story": "story.json",
                     "config": ".hydra/config.yaml",

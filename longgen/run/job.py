@@ -152,27 +152,52 @@ def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> N
         log.warning(warning)
 
 
-def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Story | None = None,
-             split: bool = True) -> Job | None:
-    """Stage 1. `story` given (resume): use it instead of the config's prompt/story/scenario. With split=False
-    (sweep validation) a scenario is not split and None is returned after every other check."""
-    check_top_level(cfg)
+@dataclass
+class Parts:
+    """What the config groups build: the sampler, the backbone (nothing loaded), the writer and the initial noise."""
+
+    sampler: Sampler
+    backbone: Any
+    writer: Any
+    noise: Any
+
+
+def build_parts(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
+    """Build every group's object, each checking its own options (a typo fails here, in about a second)."""
     sampler = build(cfg.sampler, "sampler", choices.get("sampler"))
     backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     # runs made before the noise group existed have none in their saved config: they used Gaussian noise
     noise = build(cfg.noise, "noise", choices.get("noise")) if cfg.get("noise") is not None else GaussianNoise()
     noise.check(backbone.window)
+    return Parts(sampler, backbone, writer, noise)
+
+
+def planned_length(cfg: DictConfig, parts: Parts) -> int:
+    """The video's latent length L from num_windows, length_factor or latent_frames (whichever the config sets),
+    checked against the memory budget and the backbone's VAE."""
+    backbone = parts.backbone
     length = latent_length(
         backbone.window,
-        sampler.stride,
+        parts.sampler.stride,
         backbone.temporal_compression,
         num_windows=cfg.num_windows,
-        length_factor=cfg.length_factor,
-        latent_frames=cfg.latent_frames,
+        length_factor=cfg.get("length_factor"),
+        latent_frames=cfg.get("latent_frames"),
     )
     check_latent_budget(length, backbone.latent_shape, backbone.label)
     backbone.check_length(length)
+    return length
+
+
+def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Story | None = None,
+             split: bool = True) -> Job | None:
+    """Stage 1. `story` given (resume): use it instead of the config's prompt/story/scenario. With split=False
+    (sweep validation) a scenario is not split and None is returned after every other check."""
+    check_top_level(cfg)
+    parts = build_parts(cfg, choices)
+    sampler, backbone, writer, noise = parts.sampler, parts.backbone, parts.writer, parts.noise
+    length = planned_length(cfg, parts)
     plan = sampler.plan(length, backbone.window)
     writer.check()
     if story is None:

@@ -219,13 +219,14 @@ def package_versions() -> dict[str, str]:
 
 
 def manifest_head(job) -> dict:
-    """What every manifest opens with (generate and extend): version, command, seed, sampler and backbone."""
+    """What every manifest opens with (generate and extend): version, command, seed, sampler, backbone, noise."""
     return {
         "longgen": __version__,
         "command": " ".join(sys.argv),
         "seed": int(job.cfg.seed),
         "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
         "backbone": {"name": job.choices.get("backbone"), **job.backbone.describe()},
+        "noise": {"name": job.choices.get("noise", "gaussian"), **job.noise.describe()},
     }
 
 
@@ -267,7 +268,6 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         **video_facts(video, timings),
         "transformer_calls": int(timings.get("calls", 0)),
         "peak_gpu_memory_bytes": peak,
-        "noise": {"name": job.choices.get("noise", "gaussian"), **job.noise.describe()},
         "checkpoint_every": int(cfg.checkpoint_every),
         "distributed": processes,
         "versions": package_versions(),
