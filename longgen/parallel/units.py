@@ -357,6 +357,248 @@ class Group(Units):
     def _exchange(self, outs: dict[int, Any], counts: dict[int, tuple[int, int]]) -> tuple[dict, list]:
         """Every rank's unit results to every rank, as bytes. Returns ({unit: result}, [(forwards, calls)] of the
         units run elsewhere)."""
+        meta, data = self._pack(outs, counts)
+        metas, buffers = self._share(meta, data)
+        return self._unpack(outs, metas, buffers)
+
+    def _pack(self, outs: dict[int, Any], counts: dict[int, tuple[int, int]]) -> tuple[list[int], torch.Tensor]:
+        """This rank's results as one byte buffer (each tensor at a multiple of _ALIGN) and the metadata that
+        describes it: per unit [k, single, n tensors, forwards, calls], then per tensor [dtype, ndim, *shape, offset]."""
+        meta: list[int] = []
+        chunks: list[torch.Tensor] = []
+        offset = 0
+        device = self.device
+        for k in sorted(outs):
+            single = isinstance(outs[k], torch.Tensor)
+            tensors = [outs[k]] if single else list(outs[k])
+            meta += [k, int(single), len(tensors), *counts[k]]
+            for t in tensors:
+                t = t.detach().contiguous()
+                raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
+                meta += [_DTYPES.index(t.dtype), t.dim(), *t.shape, offset]
+                pad = -raw.numel() % _ALIGN
+                chunks.append(raw.to(device))
+                if pad:
+                    chunks.append(torch.zeros(pad, dtype=torch.uint8, device=device))
+                offset += raw.numel() + pad
+        data = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8, device=device)
+        return meta, data
+
+    def _share(self, meta: list[int], data: torch.Tensor) -> tuple[list[list[int]], dict[int, torch.Tensor]]:
+        """Every rank's metadata (as lists) and byte buffer (ranks with no bytes have none)."""
+        import torch.distributed as dist
+
+        device = self.device
+        # 1. how much metadata and data each rank has (CPU tensors: gloo)
+        mine = torch.tensor([len(meta), data.numel()], dtype=torch.int64)
+        sizes = [torch.empty(2, dtype=torch.int64) for _ in range(self.size)]
+        self._wait([dist.all_gather(sizes, mine, async_op=True)])
+        longest = max(int(s[0]) for s in sizes)
+        # 2. the metadata, padded to the longest
+        padded = torch.zeros(max(longest, 1), dtype=torch.int64)
+        padded[: len(meta)] = torch.tensor(meta, dtype=torch.int64)
+        metas = [torch.empty_like(padded) for _ in range(self.size)]
+        self._wait([dist.all_gather(metas, padded, async_op=True)])
+        # 3. the bytes: one broadcast from each rank that has any (NCCL for CUDA tensors)
+        buffers, works = {}, []
+        for r in range(self.size):
+            n = int(sizes[r][1])
+            if n == 0:
+                continue
+            buffers[r] = data if r == self.rank else torch.empty(n, dtype=torch.uint8, device=device)
+            works.append(dist.broadcast(buffers[r], src=r, async_op=True))
+        self._wait(works)
+        return [metas[r][: int(sizes[r][0])].tolist() for r in range(self.size)], buffers
+
+    def _unpack(self, outs: dict[int, Any], metas: list[list[int]], buffers: dict[int, torch.Tensor]
+                ) -> tuple[dict, list]:
+        """The units' results, this rank's own as computed and the others' as views of their buffers."""
+        results: dict[int, Any] = {}
+        remote: list[tuple[int, int]] = []
+        for r, m in enumerate(metas):
+            i = 0
+            while i < len(m):
+                k, single, n, fw, calls = m[i : i + 5]
+                i += 5
+                tensors = []
+                for _ in range(n):
+                    dtype, ndim = _DTYPES[m[i]], m[i + 1]
+                    shape, start = m[i + 2 : i + 2 + ndim], m[i + 2 + ndim]
+                    i += 3 + ndim
+                    if r != self.rank:
+                        tensors.append(self._view(buffers.get(r), start, dtype, shape))
+                if r == self.rank:
+                    results[k] = outs[k]
+                else:
+                    results[k] = tensors[0] if single else tuple(tensors)
+                    remote.append((fw, calls))
+        return results, remote
+
+    def _view(self, buffer: torch.Tensor | None, start: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        """A tensor of `shape` and `dtype` read from `buffer` at byte `start` (no copy)."""
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * torch.empty(0, dtype=dtype).element_size()
+        raw = buffer[start : start + nbytes] if nbytes else torch.empty(0, dtype=torch.uint8, device=self.device)
+        return raw.view(dtype).reshape(shape)
+
+    # ------------------------------------------------------------------ jobs
+    def adopt(self, job) -> None:
+        """Make a planned job this world's: the backbone runs its units here; fresh statistics."""
+        gpus = job.cfg.get("gpus", 1)
+        if self.size == 1 and gpus not in (1, "all", None):
+            raise UsageError(f"gpus={gpus} but this process runs alone: start it with `longgen generate gpus={gpus} …` "
+                             f"or under torchrun")
+        job.world = self
+        job.backbone.units = self
+        self.denoiser = job.backbone
+        self.stats = RankStats()
+
+    @contextlib.contextmanager
+    def job(self, message: dict) -> Iterator[None]:
+        """Bracket one job on rank 0 (the other ranks receive `message` and run it too)."""
+        yield
+
+    def report(self, timings: dict) -> None:
+        """Followers: hand this rank's timings to rank 0 (nothing to do alone)."""
+
+    def summary(self, timings: dict) -> dict:
+        """The manifest's `distributed` entry: world size, backend, devices and per-rank timings."""
+        return {
+            "world_size": self.size,
+            "backend": self.backend,
+            "launcher": self.launcher,
+            "ranks": [self._rank_entry(timings)],
+            "unit_plans": _plans(self.stats.plans),
+        }
+
+    def _rank_entry(self, timings: dict) -> dict:
+        dev = self.device
+        entry = {"rank": self.rank, "host": os.uname().nodename, "device": str(dev)}
+        if dev.type == "cuda":
+            entry["gpu"] = torch.cuda.get_device_name(dev)
+        entry.update({k: round(v, 3) for k, v in timings.items() if k.endswith("_s")})
+        entry.update(self.stats.to_dict())
+        return entry
+
+
+def _plans(plans: Counter) -> dict[str, int]:
+    """{"predict 4,4,2": 50, …}: how often each unit layout occurred (for projections to other GPU counts)."""
+    return {f"{kind} {','.join(map(str, sizes))}": n for (kind, sizes), n in sorted(plans.items())}
+
+
+# ---------------------------------------------------------------------------------------------------- N processes
+class Group(Units):
+    """This process as rank `rank` of `size` (torch.distributed initialised from torchrun's environment)."""
+
+    def __init__(self, rank: int, size: int, local_rank: int, backend: str, store, launcher: str) -> None:
+        super().__init__()
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.backend, self.launcher = backend, launcher
+        self.store = store
+        self.timeout = float(os.environ.get("LONGGEN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+        self.broken = False
+        self._parent = os.getppid()
+        self._jobs = 0  # jobs published (rank 0) or received (followers)
+
+    @classmethod
+    def from_env(cls) -> "Group":
+        import torch.distributed as dist
+
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        cuda = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        backend = "cpu:gloo,cuda:nccl" if cuda and dist.is_nccl_available() else "gloo"
+        timeout = float(os.environ.get("LONGGEN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout + 60))
+            store = dist.PrefixStore("longgen/", dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                timeout=timedelta(seconds=timeout), wait_for_workers=False))
+        except Exception as exc:
+            raise RunFailure(f"rank {rank}: could not join the other {size - 1} process(es): {_reason(exc)}") from None
+        launcher = os.environ.get("LONGGEN_LAUNCHER", "torchrun")
+        return cls(rank, size, local_rank, "nccl+gloo" if "nccl" in backend else "gloo", store, launcher)
+
+    # ------------------------------------------------------------------ failure detection
+    def fail(self, reason: str) -> None:
+        """Record the first failure for every rank (and the launcher) to see."""
+        with contextlib.suppress(Exception):
+            self.store.compare_set("fail", "", reason)
+
+    def check(self) -> None:
+        """Raise PeerFailed when another rank failed, rank 0 ended, or the launcher is gone."""
+        try:
+            if self.store.check(["fail"]):
+                raise PeerFailed(self.store.get("fail").decode())
+            if self.rank != 0 and self.store.check(["end"]):
+                raise PeerFailed("rank 0 stopped")
+        except PeerFailed:
+            self.broken = True
+            raise
+        except Exception as exc:  # the store lived in the launcher (or rank 0), which is gone
+            self.broken = True
+            raise PeerFailed(f"lost the other processes ({_reason(exc)})") from None
+        if os.getppid() != self._parent:
+            self.broken = True
+            raise PeerFailed("the launching process ended")
+
+    def _wait(self, works: list) -> None:
+        """Wait for async collectives, polling for failures (a blocking NCCL wait would hang on a dead peer)."""
+        start = time.monotonic()
+        next_check = start
+        nap = 1e-4  # grows to 5 ms: prompt when the others are ready, light on a shared CPU when they are not
+        for work in works:
+            while not work.is_completed():
+                now = time.monotonic()
+                if now >= next_check:
+                    self.check()
+                    next_check = now + 0.05
+                if now - start > self.timeout:
+                    self.broken = True
+                    raise PeerFailed(f"no answer from the other processes for {self.timeout:.0f} s "
+                                     f"(LONGGEN_DIST_TIMEOUT)")
+                time.sleep(nap)
+                nap = min(nap * 2, 0.005)
+            try:
+                work.wait()
+            except Exception as exc:  # gloo: a peer's connection closed; its reason may be on its way
+                self.broken = True
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    self.check()
+                    time.sleep(0.05)
+                raise PeerFailed(f"lost contact with another process ({_reason(exc)})") from None
+
+    # ------------------------------------------------------------------ units
+    def _spread(self, fn, sizes, kind) -> list:
+        den = self.denoiser
+        before = (getattr(den, "forward_count", 0), getattr(den, "call_count", 0))
+        mine = range(self.rank, len(sizes), self.size)
+        t0 = time.perf_counter()
+        outs = {}
+        counts = {}
+        for k in mine:
+            f0, c0 = getattr(den, "forward_count", 0), getattr(den, "call_count", 0)
+            outs[k] = fn(k)
+            counts[k] = (getattr(den, "forward_count", 0) - f0, getattr(den, "call_count", 0) - c0)
+        _sync(self.device)
+        self.stats.add(kind, len(outs), sum(int(sizes[k]) for k in mine), time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        results, remote = self._exchange(outs, counts)
+        self.stats.comm_s += time.perf_counter() - t1
+        if den is not None and hasattr(den, "forward_count"):
+            # every rank counts the forwards and calls of every unit, as one process would
+            den.forward_count = before[0] + sum(f for f, _ in counts.values()) + sum(f for f, _ in remote)
+            den.call_count = before[1] + sum(c for _, c in counts.values()) + sum(c for _, c in remote)
+        return [results[k] for k in range(len(sizes))]
+
+    def _exchange(self, outs: dict[int, Any], counts: dict[int, tuple[int, int]]) -> tuple[dict, list]:
+        """Every rank's unit results to every rank, as bytes. Returns ({unit: result}, [(forwards, calls)] of the
+        units run elsewhere)."""
         import torch.distributed as dist
 
         meta: list[int] = []

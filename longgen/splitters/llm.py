@@ -478,27 +478,15 @@ class LLMSplitter(Splitter):
 
     # ------------------------------------------------------------------ one request with bounded retries
     def _request(self, client, messages: list[dict[str, str]]) -> Reply:
+        """One answer from the server: retries transient failures, adapts to a server that refuses a response
+        format or insists on streaming, and turns every other failure into one UsageError line."""
         import openai
 
         failures = 0
         while True:
-            kwargs: dict[str, Any] = {}
-            if self._format == "json_schema":
-                kwargs["response_format"] = _shot_schema() if self._shots else _schema()
-            elif self._format == "json_object":
-                kwargs["response_format"] = {"type": "json_object"}
             self._attempts += 1
-            stream = self._stream
-
-            def attempt() -> Reply:
-                response = client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
-                    **kwargs, **({"stream": True} if stream else {}),
-                )
-                return _collect_stream(response) if stream else self._reply(response)
-
             try:
-                reply = within(self.timeout, attempt)
+                return within(self.timeout, self._attempt(client, messages))
             except AnswerTooLarge as exc:
                 raise UsageError(
                     f"splitter=llm: {self._where()} sent more than {exc.limit // (1 << 20)} MiB without finishing its "
@@ -507,18 +495,9 @@ class LLMSplitter(Splitter):
             except _AnswersAsStream:
                 log.info("the server answered with a stream of events; asking for a stream (stream=true)")
                 self._stream = True
-                continue
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if not self._stream and re.search(r"\bstream", _short(exc), flags=re.I):
-                    log.info("the server refused a non-streaming request (HTTP %s: %s); asking for a stream", exc.status_code, _short(exc))
-                    self._stream = True
-                    continue
-                if self.response_format == "auto" and self._format != "text":
-                    fallback = "json_object" if self._format == "json_schema" else "text"
-                    log.info("the server refused response_format=%s (HTTP %s); trying %s", self._format, exc.status_code, fallback)
-                    self._format = fallback
-                    continue
-                raise UsageError(f"splitter=llm: {self._where()} rejected the request (HTTP {exc.status_code}: {_short(exc)}); check splitter.model and splitter.response_format") from None
+                if not self._adapt_to_refusal(exc):
+                    raise UsageError(f"splitter=llm: {self._where()} rejected the request (HTTP {exc.status_code}: {_short(exc)}); check splitter.model and splitter.response_format") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise UsageError(
                     f"splitter=llm: {self._where()} refused the API key from ${self.api_key_env} (HTTP {exc.status_code}: {_short(exc)}); set a valid key"
@@ -529,24 +508,61 @@ class LLMSplitter(Splitter):
                 ) from None
             except (Deadline, openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                     openai.APIStatusError) as exc:
-                status = getattr(exc, "status_code", None)
-                if isinstance(exc, openai.APIStatusError) and not isinstance(exc, openai.RateLimitError) and status not in (408, 409) and status < 500:
-                    raise UsageError(f"splitter=llm: {self._where()} answered HTTP {status}: {_short(exc)}") from None
                 failures += 1
-                reason = self._reason(exc)
-                if failures > self.max_retries:
-                    raise UsageError(
-                        f"splitter=llm: no answer from {self._where()} after {failures} attempt(s): {reason}; check the "
-                        f"server and splitter.base_url, raise splitter.timeout (now {self.timeout:g} s) or "
-                        f"splitter.max_retries (now {self.max_retries}), or use splitter=offline"
-                    ) from None
-                wait = self._wait(failures, exc)
-                log.warning("LLM request failed (%s); retry %d of %d in %.1f s", reason, failures, self.max_retries, wait)
-                time.sleep(wait)
-                continue
+                self._wait_to_retry(exc, failures)
             except openai.APIError as exc:  # e.g. an error event in the middle of a stream, or a body that is not JSON
                 raise UsageError(f"splitter=llm: {self._where()} sent an error instead of an answer: {_short(exc)}") from None
-            return reply
+
+    def _attempt(self, client, messages: list[dict[str, str]]) -> Callable[[], Reply]:
+        """The call for one attempt with the current response format and streaming choice."""
+        kwargs: dict[str, Any] = {}
+        if self._format == "json_schema":
+            kwargs["response_format"] = _shot_schema() if self._shots else _schema()
+        elif self._format == "json_object":
+            kwargs["response_format"] = {"type": "json_object"}
+        stream = self._stream
+
+        def attempt() -> Reply:
+            response = client.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+                **kwargs, **({"stream": True} if stream else {}),
+            )
+            return _collect_stream(response) if stream else self._reply(response)
+
+        return attempt
+
+    def _adapt_to_refusal(self, exc: Any) -> bool:
+        """A 400/422 that a change of request can fix: ask for a stream, or fall back to a simpler response format
+        (response_format=auto). False when nothing is left to try."""
+        if not self._stream and re.search(r"\bstream", _short(exc), flags=re.I):
+            log.info("the server refused a non-streaming request (HTTP %s: %s); asking for a stream", exc.status_code, _short(exc))
+            self._stream = True
+            return True
+        if self.response_format == "auto" and self._format != "text":
+            fallback = "json_object" if self._format == "json_schema" else "text"
+            log.info("the server refused response_format=%s (HTTP %s); trying %s", self._format, exc.status_code, fallback)
+            self._format = fallback
+            return True
+        return False
+
+    def _wait_to_retry(self, exc: Exception, failures: int) -> None:
+        """Sleep before the next attempt after a transient failure; UsageError for a client error (4xx other than
+        408/409/429) or when splitter.max_retries are spent."""
+        import openai
+
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, openai.APIStatusError) and not isinstance(exc, openai.RateLimitError) and status not in (408, 409) and status < 500:
+            raise UsageError(f"splitter=llm: {self._where()} answered HTTP {status}: {_short(exc)}") from None
+        reason = self._reason(exc)
+        if failures > self.max_retries:
+            raise UsageError(
+                f"splitter=llm: no answer from {self._where()} after {failures} attempt(s): {reason}; check the "
+                f"server and splitter.base_url, raise splitter.timeout (now {self.timeout:g} s) or "
+                f"splitter.max_retries (now {self.max_retries}), or use splitter=offline"
+            ) from None
+        wait = self._wait(failures, exc)
+        log.warning("LLM request failed (%s); retry %d of %d in %.1f s", reason, failures, self.max_retries, wait)
+        time.sleep(wait)
 
     def _reply(self, response: Any) -> Reply:
         """The first choice of a chat completion; one clear line for anything that is not one."""
