@@ -179,7 +179,7 @@ def check_group_choices(args: list[str]) -> str | None:
 def check_output_dir(args: list[str]) -> str | None:
     """An error line when the run (or sweep) directory cannot be created: Hydra would fail with a traceback."""
     from longgen.errors import UsageError
-    from longgen.rundir import check_writable_dir, refuse_sweep_links
+    from longgen.rundir import check_writable_dir, refuse_run_links, refuse_sweep_links
 
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -191,6 +191,8 @@ def check_output_dir(args: list[str]) -> str | None:
         check_writable_dir(Path(path), key)
         if multirun:
             refuse_sweep_links(Path(path))
+        else:  # split-prompt and eval let Hydra write .hydra/ and the log: a planted link must stop them first
+            refuse_run_links(Path(path))
     except UsageError as exc:
         return str(exc)
     return None

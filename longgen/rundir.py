@@ -159,6 +159,19 @@ def refuse_sweep_links(path: Path) -> None:
                          f"pick another sweep directory")
 
 
+def refuse_run_links(path: Path) -> None:
+    """A run never writes outside its directory: refuse symbolic links where longgen or Hydra writes into or appends
+    to an existing name (`.hydra/`, the logs). Final files are written by renaming a new file over the name, which
+    replaces a link rather than following it. Checked before Hydra starts (every command) and again at claim."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    planted = [p.name for p in path.iterdir() if p.is_symlink() and (p.name == ".hydra" or p.suffix == ".log")]
+    if planted:
+        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(sorted(planted))}): "
+                         f"remove them or pick another run directory")
+
+
 class RunDirectory:
     """A run directory held by this process."""
 
@@ -196,13 +209,7 @@ class RunDirectory:
         return self
 
     def refuse_links(self) -> None:
-        """A run never writes outside its directory: refuse symbolic links where longgen writes into or appends to
-        an existing name (`.hydra/`, the logs). Final files are written by renaming a new file over the name, which
-        replaces a link rather than following it."""
-        planted = [p.name for p in self.path.iterdir() if p.is_symlink() and (p.name == ".hydra" or p.suffix == ".log")]
-        if planted:
-            raise UsageError(f"{self.path} holds symbolic links where longgen writes ({', '.join(sorted(planted))}): "
-                             f"remove them or pick another run directory")
+        refuse_run_links(self.path)
 
     def release(self) -> None:
         if self._lock_fd is not None:

@@ -95,6 +95,23 @@ def test_planted_links_never_carry_a_run_outside_its_directory(tmp_path):
     assert (outside / "generate.log").read_text() == ""
 
 
+def test_split_prompt_and_eval_refuse_a_planted_hydra_link_before_hydra_writes(tmp_path):
+    """These two let Hydra write .hydra/ and their log itself: the check has to come before Hydra starts."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    scenario = tmp_path / "scenario.txt"
+    scenario.write_text("A fox wakes up. It runs through the snow. It finds its den.")
+    commands = {"split-prompt": [str(scenario), "splitter=offline", "num_prompts=3"], "eval": [str(scenario)]}
+    for command, args in commands.items():
+        run = tmp_path / f"run-{command}"
+        run.mkdir()
+        (run / ".hydra").symlink_to(outside)
+        proc = run_cli(command, *args, f"hydra.run.dir={run}")
+        assert proc.returncode == 2 and "symbolic links where longgen writes" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert list(outside.iterdir()) == []
+
+
 def test_overwrite_removes_what_the_previous_run_wrote(tmp_path):
     run = tmp_path / "run"
     first = run_cli("generate", *SMALL, "sampler.num_steps=2", "preview_every=1", "writer.filename=first.mp4",
