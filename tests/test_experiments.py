@@ -162,8 +162,8 @@ def test_option_checks_follow_the_experiments_sampler():
                                                                                   "sampler.iters=30"])
     assert check_option_keys("generate", ["+experiment=fifo-4x", "sampler=syncos", "sampler.iters=30"]) is None
     assert check_option_keys("generate", ["+experiment=freenoise-4x", "noise.stride=2"]) is None
-    assert "selects noise=…, which `longgen extend` does not have" in check_option_keys(
-        "extend", ["+experiment=syncos-4x"])
+    assert check_option_keys("extend", ["+experiment=syncos-4x"]) is None  # extend has the noise group too
+    assert "which `longgen split-prompt` does not have" in check_option_keys("split_prompt", ["+experiment=syncos-4x"])
 
 
 def test_a_second_length_names_the_experiments_factor():
