@@ -91,7 +91,7 @@ EDGES = [
     (GLCSampler, "sampler", "vmcr_source", "model", "fresh", "sampler.vmcr_source='fresh': use one of tweedie, affine, model"),
     (GLCSampler, "sampler", "omega", 0.0, -1.0, "sampler.omega=-1.0 must be a finite number >= 0"),
     (GLCSampler, "sampler", "vmcr_iters", 1, 0, "sampler.vmcr_iters=0 must be a whole number >= 1"),
-    (GLCSampler, "sampler", "vmcr_t_max", 1000, 1001, "sampler.vmcr_t_max=1001 must be a whole number between 0 and 1000"),
+    (GLCSampler, "sampler", "vmcr_t_max", 3000, 2.5, "sampler.vmcr_t_max=2.5 must be a whole number (a timestep)"),
     (GLCSampler, "sampler", "vmcr_max_step", None, 0, "sampler.vmcr_max_step=0 must be a finite number > 0, or null for no limit"),
     (GLCSampler, "sampler", "abam_lambda", 1.0, 1.01,
      "sampler.abam_lambda=1.01 must be a finite number between 0 and 1 (1 = plain attention)"),

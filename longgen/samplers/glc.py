@@ -283,8 +283,8 @@ class GLCSampler(Sampler):
     lambda_phase: float = option(1.0, Number(0))
     omega: float = option(2e-5, Number(0))
     vmcr_iters: int = option(1, Whole(1))
-    vmcr_t_min: int = option(0, Whole(0, 1000, note="a timestep"))
-    vmcr_t_max: int = option(1000, Whole(0, 1000, note="a timestep"))
+    vmcr_t_min: int = option(0, Whole(note="a timestep"))  # a window past [0, 1000] holds no step: VMCR never runs
+    vmcr_t_max: int = option(1000, Whole(note="a timestep"))
     vmcr_max_step: float | None = option(1e-3, Number(0, above=True, null="no limit"))
     # ABAM (Eq. 10)
     abam: bool = option(True, flag)
