@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
         return run_app(module_name, "longgen", rest)
     rest = absolute_config_path(fill_positional(command, rest))
-    problem = (check_command_line(rest) or check_search_path(rest, config) or check_group_choices(rest, config)
-               or check_option_keys(config, rest) or check_output_dir(rest))
+    problem = command_line_problem(config, rest)
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
@@ -155,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             return code
     return run_app(module_name, f"longgen {command}", rest)
+
+
+def command_line_problem(config: str, rest: list[str]) -> str | None:
+    """The first problem the checks before Hydra find on a command whose primary config is `config`, else None."""
+    from longgen.errors import UsageError
+
+    try:
+        return (check_command_line(rest) or check_search_path(rest, config) or check_group_choices(rest, config)
+                or check_option_keys(config, rest) or check_output_dir(rest))
+    except UsageError as exc:  # a user's config file that is not YAML
+        return str(exc)
 
 
 def run_app(module_name: str, prog: str, rest: list[str]) -> int:

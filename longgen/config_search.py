@@ -97,9 +97,17 @@ def _entry_root(entry: str) -> Traversable | None:
 
 
 def _yaml(node: Traversable) -> dict:
+    """The mapping a config file holds; UsageError naming the file where it is not YAML (a user's own file)."""
     import yaml
 
-    data = yaml.safe_load(node.read_text()) or {}
+    from longgen.errors import UsageError
+
+    try:
+        data = yaml.safe_load(node.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UsageError(f"{node} is not valid YAML{where}: {str(getattr(exc, 'problem', exc)).splitlines()[0]}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -131,7 +139,10 @@ class ConfigSearch:
         roots, unseen = [], []
         for entry in entries:
             root = _entry_root(str(entry))
-            (roots.append(root) if root is not None else unseen.append(str(entry)))
+            if root is not None:
+                roots.append(root)
+            else:
+                unseen.append(str(entry))
         return cls(tuple(roots), primary, tuple(unseen))
 
     def find(self, relative: str) -> Traversable | None:

@@ -16,6 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 import longgen.conf
+from longgen.cli import command_line_problem
 from longgen.config_search import ConfigSearch, absolute_config_path, check_search_path, overrides_only
 from longgen.overrides import check_group_choices, check_option_keys, fill_positional
 
@@ -81,6 +82,12 @@ def test_search_path_problems_are_one_line(user_dir, tmp_path):
     assert missing.startswith(f"--config-path {user_dir} has no generate.yaml") and "--config-dir" in missing
     assert check_search_path(["-cn", "nope"], "generate") == "--config-name nope: no nope.yaml on the config search path"
     assert check_search_path(["-cd", str(user_dir)], "generate") is None
+
+
+def test_a_users_file_that_is_not_yaml_is_one_line(user_dir):
+    (user_dir / "backbone" / "broken.yaml").write_text("a: [1\nb: 2\n")
+    problem = command_line_problem("generate", ["-cd", str(user_dir), "backbone=broken", "backbone.a=2"])
+    assert problem == f"{user_dir / 'backbone' / 'broken.yaml'} is not valid YAML (line 2): expected ',' or ']', but got ':'"
 
 
 def test_what_cannot_be_read_here_is_left_to_hydra(user_dir):
