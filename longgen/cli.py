@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from longgen import __version__
+from longgen.config_search import COMPLETION_FLAGS, absolute_config_path, check_search_path
 from longgen.overrides import (
     AS_RECORDED_ENV,
     check_group_choices,
@@ -54,6 +55,8 @@ examples:
   longgen eval multirun/2025-01-01/12-00-00
   longgen extend outputs/2026-11-22/10-31-07-123456/video.mp4 prompt="the fox runs on" num_windows=3
   longgen generate --cfg job
+  longgen generate --config-dir my_conf backbone=my-backbone   (your own group files next to the shipped ones)
+  eval "$(longgen -sc install=bash)"   (shell completion of commands, config groups and keys; zsh, fish too)
   longgen generate --help          (options of one command)
 """
 
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "--version":
         print(f"longgen {__version__}")
         return 0
+    if args[0] in COMPLETION_FLAGS:
+        return shell_completion(args[1:])
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
@@ -127,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with user_errors():
             return rerun_failed(Path(rest[1]).expanduser())
-    rest = fill_positional(command, rest)
-    problem = (check_command_line(rest) or check_group_choices(rest) or check_option_keys(config, rest)
-               or check_output_dir(rest))
+    if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
+        return run_app(module_name, "longgen", rest)
+    rest = absolute_config_path(fill_positional(command, rest))
+    problem = command_line_problem(config, rest)
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
@@ -147,10 +153,51 @@ def main(argv: list[str] | None = None) -> int:
         code = start_processes(command, rest)
         if code is not None:
             return code
+    return run_app(module_name, f"longgen {command}", rest)
+
+
+def command_line_problem(config: str, rest: list[str]) -> str | None:
+    """The first problem the checks before Hydra find on a command whose primary config is `config`, else None."""
+    from longgen.errors import UsageError
+
+    try:
+        return (check_command_line(rest) or check_search_path(rest, config) or check_group_choices(rest, config)
+                or check_option_keys(config, rest) or check_output_dir(rest))
+    except UsageError as exc:  # a user's config file that is not YAML
+        return str(exc)
+
+
+def run_app(module_name: str, prog: str, rest: list[str]) -> int:
+    """Run a command's `@hydra.main` function on `rest`, as the program `prog`."""
     module = importlib.import_module(module_name)
-    sys.argv = [f"longgen {command}", *rest]
+    sys.argv = [prog, *rest]
     module.main()
     return 0
+
+
+def shell_completion(args: list[str]) -> int:
+    """`longgen -sc install=bash` (or zsh, fish; uninstall=…) prints Hydra's completion script for `longgen`. The
+    script calls `longgen -sc query=SHELL` with the line typed so far in $COMP_LINE: the command word is completed
+    here; after it, the command's Hydra app completes its config groups and keys (Hydra's own completion), given
+    the line without the command word so that it reads only its own part."""
+    word = args[0] if args else ""
+    if not word.startswith("query="):
+        return run_app(COMMANDS["generate"][0], "longgen", ["-sc", *args])
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if len(words) < 2 or (len(words) == 2 and not line.endswith(" ")):  # still typing the command
+        typed = words[1] if len(words) == 2 else ""
+        print("\n".join(name for name in COMMANDS if name.startswith(typed)))
+        return 0
+    module_name, config, _ = COMMANDS.get(words[1], (None, None, None))
+    if config is None:  # an unknown word, or a command that takes a path: the shell completes file names
+        return 0
+    start = line.index(words[1], line.index(words[0]) + len(words[0]))
+    os.environ["COMP_LINE"] = line[:start] + line[start + len(words[1]):].lstrip(" ")
+    point = os.environ.get("COMP_POINT", "")
+    if point.isdigit():
+        os.environ["COMP_POINT"] = str(max(0, int(point) - (len(line) - len(os.environ["COMP_LINE"]))))
+    return run_app(module_name, "longgen", ["-sc", word])
 
 
 if __name__ == "__main__":

@@ -26,9 +26,12 @@ seed gives the same x_T on any device; `gaussian` draws exactly what longgen alw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from longgen.errors import UsageError
+from longgen.options import Whole, check_fields, option
 
 
 class GaussianNoise:
@@ -46,17 +49,16 @@ class GaussianNoise:
                 "drawn": "float32 [1, L, C, H, W] on the CPU with torch.Generator().manual_seed(seed)"}
 
 
+@dataclass(eq=False)
 class FreeNoise(GaussianNoise):
-    """FreeNoise noise rescheduling: the first `window` frames i.i.d., later frames locally shuffled repeats."""
+    """FreeNoise noise rescheduling: the first `window` frames i.i.d., later frames locally shuffled repeats. The
+    options (conf/noise/freenoise.yaml) are declared with their accepted values (longgen.options)."""
 
-    def __init__(self, window: int | None = None, stride: int = 4) -> None:
-        from longgen.options import whole
+    window: int | None = option(None, Whole(1, note="latent frames", null="the backbone's window"))
+    stride: int = option(4, Whole(1, note="latent frames"))
 
-        if window is not None:
-            whole("noise.window", window, 1)
-        whole("noise.stride", stride, 1)
-        self.window = None if window is None else int(window)
-        self.stride = int(stride)
+    def __post_init__(self) -> None:
+        check_fields(self, "noise")
 
     def _window(self, window: int) -> int:
         return self.window if self.window is not None else window

@@ -2,25 +2,23 @@
 
 Before Hydra starts (and saves the overrides in `.hydra/`): a key typed on the command line is refused without
 being saved (longgen.redact), config group choices (`backbone=…`, `sampler=…`, `writer=…`) are checked against the
-shipped configs so a typo gives one clear line, option keys are checked against the configs (with a suggestion for
-a likely typo), the output directory is checked, positional arguments fill their keys, and free-text values
+configs on the command line's search path (the shipped conf/, plus `--config-dir`, `--config-path`,
+`hydra.searchpath`: longgen/config_search.py) so a typo gives one clear line, option keys are checked against the
+same configs (with a suggestion for a likely typo), the output directory is checked, positional arguments fill their keys, and free-text values
 (`prompt=a cat, then a dog`, `prompt=cat's`) are quoted for Hydra's override grammar (`quote_free_text`).
 """
 
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
+
+from longgen.config_search import ConfigSearch, overrides_only, takes_value
 
 #: command → config key that its first plain argument (no '=', not a flag) fills
 POSITIONAL = {"split-prompt": "scenario", "extend": "video"}
 #: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
 POSITIONAL_LIST = {"eval": "paths"}
-#: Hydra flags followed by a value, which is not a positional argument
-_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                "--experimental-rerun", "--info", "-i"}
-_INFO_WORDS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
 FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
              "backbone.model_path", "splitter.template", "hydra.run.dir", "hydra.sweep.dir"}
@@ -32,59 +30,36 @@ AS_RECORDED_ENV = "LONGGEN_OVERRIDES_AS_RECORDED"
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 
-def group_options(group: str) -> list[str]:
-    folder = resources.files("longgen.conf") / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def group_options(group: str, search: ConfigSearch | None = None) -> list[str]:
+    """The choices of a config group on `search` (by default the shipped conf/ alone)."""
+    return (search or ConfigSearch.of([], "generate")).options(group)
 
 
-def config_groups() -> tuple[str, ...]:
-    """The config groups: the folders of the shipped conf/ (hydra/ holds Hydra's own settings, not a group)."""
-    root = resources.files("longgen.conf")
-    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")))
-
-
-GROUPS = config_groups()
-
-
-def _selected_groups(group: str, choice: str) -> dict[str, str]:
+def _selected_groups(search: ConfigSearch, group: str, choice: str) -> dict[str, str]:
     """Group choices that a config added with `+group=choice` selects (`override /sampler: fifo` in its defaults
     list, as an experiment file does)."""
-    import yaml
-
-    path = resources.files("longgen.conf") / group / f"{choice}.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
     picked = {}
-    for entry in data.get("defaults", []) or []:
+    for entry in search.load(f"{group}/{choice}.yaml").get("defaults", []) or []:
         if isinstance(entry, dict):
             (key, value), = entry.items()
             picked[key.removeprefix("override").strip().lstrip("/")] = value
     return picked
 
 
-def _yaml_keys(path) -> set[str]:
-    """Top-level keys of a config file, including those it inherits through its defaults list."""
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
+def _yaml_keys(search: ConfigSearch, group: str, choice: str) -> set[str]:
+    """Top-level keys of a group's config file, including those it inherits through its defaults list."""
+    data = search.load(f"{group}/{choice}.yaml")
     keys = {k for k in data if k != "defaults"}
     for entry in data.get("defaults", []) or []:
         if isinstance(entry, str) and entry != "_self_" and "/" not in entry and "override" not in entry:
-            parent = path.parent / f"{entry}.yaml"
-            if parent.is_file():
-                keys |= _yaml_keys(parent)
+            if entry != choice and search.find(f"{group}/{entry}.yaml") is not None:
+                keys |= _yaml_keys(search, group, entry)
     return keys
 
 
-def _primary_defaults(config: str) -> tuple[set[str], dict[str, str]]:
-    """(top-level keys, default choice per group) of a primary config."""
-    import yaml
-
-    path = resources.files("longgen.conf") / f"{config}.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
+def _primary_defaults(search: ConfigSearch) -> tuple[set[str], dict[str, str]]:
+    """(top-level keys, default choice per group) of the primary config."""
+    data = search.load(f"{search.primary}.yaml")
     choices = {}
     for entry in data.get("defaults", []) or []:
         if isinstance(entry, dict):
@@ -94,47 +69,66 @@ def _primary_defaults(config: str) -> tuple[set[str], dict[str, str]]:
     return {k for k in data if k != "defaults"} | set(choices), choices
 
 
-def check_option_keys(config: str, args: list[str]) -> str | None:
-    """An error line for `key=value` / `group.key=value` overrides naming an option that does not exist.
-    (`+key=value` adds a key on purpose and is left to Hydra.)"""
-    top, choices = _primary_defaults(config)
-    command = f"longgen {config.replace('_', '-')}"
-    for arg in args:  # a group added with +group=choice (+experiment=syncos-4x) may select other groups' options
+def _added_groups(search: ConfigSearch, groups: tuple[str, ...], choices: dict[str, str], args: list[str],
+                  command: str) -> str | None:
+    """Update `choices` with what each `+group=choice` (+experiment=syncos-4x) selects; an error line when it
+    selects a group the command does not have."""
+    for arg in args:
         key, sep, value = arg.partition("=")
         added = key.lstrip("+")
-        if sep and key.startswith("+") and added in GROUPS and added not in choices:
-            picked = _selected_groups(added, value.split(",")[0].strip())
+        if sep and key.startswith("+") and added in groups and added not in choices:
+            picked = _selected_groups(search, added, value.split(",")[0].strip())
             if missing := sorted(set(picked) - set(choices)):
                 return f"{added} {value!r} selects {missing[0]}=…, which `{command}` does not have"
             choices.update(picked)
+    return None
+
+
+def check_option_keys(config: str, args: list[str]) -> str | None:
+    """An error line for `key=value` / `group.key=value` overrides naming an option that does not exist.
+    (`+key=value` adds a key on purpose and is left to Hydra.) The configs are read from the command line's
+    search path (longgen/config_search.py: --config-dir, --config-path, hydra.searchpath)."""
+    search = ConfigSearch.of(args, config)
+    args = overrides_only(args)
+    groups = search.groups()
+    top, choices = _primary_defaults(search)
+    command = f"longgen {config.replace('_', '-')}"
+    if problem := _added_groups(search, groups, choices, args, command):
+        return problem
     for arg in args:
         key, sep, value = arg.partition("=")
-        if key in GROUPS and sep:
+        if key in groups and sep:
             choices[key] = value.split(",")[0].strip()
     for arg in args:
-        key, sep, _ = arg.partition("=")
-        if sep and key.startswith("+") and not key.startswith("++") and key.lstrip("+") not in GROUPS:
-            typo = _typo_of(key.lstrip("+").partition(".")[0], top)
-            if typo:
-                return (f"unknown option {key!r}: did you mean {typo}=…? (+KEY adds a new key; "
-                        f"options of `longgen {config.replace('_', '-')}`: {', '.join(sorted(top))})")
-        if not sep or key.startswith(("+", "~", "hydra.", "hydra/", "-")) or key == "hydra":
-            continue
-        head, _, rest = key.partition(".")
-        if head in GROUPS and head not in top:
-            return f"`{command}` selects no {head} by default: add one with +{arg}"
-        if head not in top:
-            return f"unknown option {key!r}; options of `longgen {config.replace('_', '-')}`: {', '.join(sorted(top))}"
-        if head in GROUPS and rest and head in choices:
-            path = resources.files("longgen.conf") / head / f"{choices[head]}.yaml"
-            if path.is_file():
-                allowed = _yaml_keys(path) - {"_target_"}
-                sub = rest.split(".")[0]
-                if sub not in allowed:
-                    return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
-        nested = _primary_nodes(config).get(head)
-        if nested is not None and rest and rest.split(".")[0] not in nested:
-            return f"{head} has no option {rest.split('.')[0]!r}; its options are: {', '.join(sorted(nested))}"
+        if problem := _option_problem(search, groups, top, choices, arg, command):
+            return problem
+    return None
+
+
+def _option_problem(search: ConfigSearch, groups: tuple[str, ...], top: set[str], choices: dict[str, str],
+                    arg: str, command: str) -> str | None:
+    """The error line for one override naming an option that does not exist, else None."""
+    key, sep, _ = arg.partition("=")
+    if sep and key.startswith("+") and not key.startswith("++") and key.lstrip("+") not in groups:
+        typo = _typo_of(key.lstrip("+").partition(".")[0], top)
+        if typo:
+            return (f"unknown option {key!r}: did you mean {typo}=…? (+KEY adds a new key; "
+                    f"options of `{command}`: {', '.join(sorted(top))})")
+    if not sep or key.startswith(("+", "~", "hydra.", "hydra/", "-")) or key == "hydra":
+        return None
+    head, _, rest = key.partition(".")
+    if head in groups and head not in top:
+        return f"`{command}` selects no {head} by default: add one with +{arg}"
+    if head not in top:
+        return f"unknown option {key!r}; options of `{command}`: {', '.join(sorted(top))}"
+    sub = rest.split(".")[0]
+    if head in groups and rest and head in choices and search.find(f"{head}/{choices[head]}.yaml") is not None:
+        allowed = _yaml_keys(search, head, choices[head]) - {"_target_"}
+        if sub not in allowed:
+            return f"{head}={choices[head]} has no option {sub!r}; its options are: {', '.join(sorted(allowed))}"
+    nested = _primary_nodes(search).get(head)
+    if nested is not None and rest and sub not in nested:
+        return f"{head} has no option {sub!r}; its options are: {', '.join(sorted(nested))}"
     return None
 
 
@@ -148,30 +142,28 @@ def _typo_of(name: str, known: set[str]) -> str | None:
     return close[0] if close else None
 
 
-def _primary_nodes(config: str) -> dict[str, dict]:
-    """Top-level keys of a primary config whose value is a mapping of options (e.g. eval's `settings`)."""
-    import yaml
-
-    data = yaml.safe_load((resources.files("longgen.conf") / f"{config}.yaml").read_text()) or {}
+def _primary_nodes(search: ConfigSearch) -> dict[str, dict]:
+    """Top-level keys of the primary config whose value is a mapping of options (e.g. eval's `settings`)."""
+    data = search.load(f"{search.primary}.yaml")
     return {k: v for k, v in data.items() if isinstance(v, dict) and k not in ("defaults", "hydra")}
 
 
-def check_group_choices(args: list[str]) -> str | None:
-    """An error line for `group=choice` overrides naming a config that does not exist, else None."""
-    for arg in args:
+def check_group_choices(args: list[str], config: str = "generate") -> str | None:
+    """An error line for `group=choice` overrides naming a config that does not exist on the command line's search
+    path, else None. Where part of the search path cannot be read here, an unknown choice is left to Hydra."""
+    search = ConfigSearch.of(args, config)
+    groups = search.groups()
+    for arg in overrides_only(args):
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
-        if not sep or key not in GROUPS:
+        if not sep or key not in groups or value.startswith("glob("):
             continue
-        options = group_options(key)
+        options = search.options(key)
         sweep = value
-        for prefix in ("choice(", "glob("):
-            if sweep.startswith(prefix) and sweep.endswith(")"):
-                sweep = sweep[len(prefix) : -1]
-        if value.startswith("glob("):
-            continue
+        if sweep.startswith("choice(") and sweep.endswith(")"):
+            sweep = sweep[len("choice(") : -1]
         for choice in (c.strip().strip("'\"") for c in sweep.split(",")):
-            if choice and choice not in options:
+            if choice and choice not in options and not search.unseen:
                 return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
     return None
 
@@ -203,10 +195,10 @@ def fill_positional_list(key: str, args: list[str]) -> list[str]:
     out, values, i = [], [], 0
     while i < len(args):
         arg = args[i]
-        if arg in _VALUE_FLAGS:
-            takes_value = arg not in ("--info", "-i") or (i + 1 < len(args) and args[i + 1] in _INFO_WORDS)
-            out.extend(args[i: i + (2 if takes_value else 1)])
-            i += 2 if takes_value else 1
+        if arg.startswith("-"):  # Hydra's flags, with their value where they take one
+            width = 2 if takes_value(args, i) else 1
+            out.extend(args[i: i + width])
+            i += width
             continue
         if not arg.startswith("-") and "=" not in arg:
             values.append(arg)
@@ -229,9 +221,8 @@ def fill_positional(command: str, args: list[str]) -> list[str]:
     i = 0
     while i < len(out):
         arg = out[i]
-        if arg in _VALUE_FLAGS:
-            takes_value = arg not in ("--info", "-i") or (i + 1 < len(out) and out[i + 1] in _INFO_WORDS)
-            i += 2 if takes_value else 1
+        if arg.startswith("-"):  # Hydra's flags, with their value where they take one
+            i += 2 if takes_value(out, i) else 1
             continue
         if not done and not arg.startswith("-") and "=" not in arg:
             out[i], done = f"{key}={arg}", True

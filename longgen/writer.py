@@ -12,33 +12,49 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from longgen.errors import RunFailure, UsageError
+from longgen.options import Whole, check_fields, flag, option
 from longgen.rundir import atomic_file
 
 
+def mp4_name(name: str, value: object) -> str:
+    """Rule of `filename` (longgen.options): a plain file name ending in .mp4, written into the run directory."""
+    if not isinstance(value, str) or not value.endswith(".mp4") or "/" in value:
+        raise UsageError(f"{name}={value!r} must be a plain file name ending in .mp4")
+    return value
+
+
+@dataclass(frozen=True)
+class FfmpegName:
+    """Rule of a name handed to ffmpeg as it is (codec, preset): text; `check()` then tries it before any
+    sampling."""
+
+    example: str
+
+    def __call__(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise UsageError(f"{name}={value!r} must be a name ffmpeg knows, such as {self.example}")
+        return value
+
+
+@dataclass(eq=False)
 class Mp4Writer:
-    def __init__(
-        self,
-        filename: str = "video.mp4",
-        codec: str = "libx264",
-        crf: int = 18,
-        preset: str = "medium",
-        burn_frame_index: bool = False,
-    ) -> None:
-        if not filename.endswith(".mp4") or "/" in filename:
-            raise UsageError(f"writer.filename={filename!r} must be a plain file name ending in .mp4")
-        if not 0 <= crf <= 51:
-            raise UsageError(f"writer.crf={crf} must be between 0 (lossless) and 51")
-        self.filename = filename
-        self.codec = codec
-        self.crf = crf
-        self.preset = preset
-        self.burn_frame_index = burn_frame_index
+    """The options (conf/writer/mp4.yaml), each with its accepted values (longgen.options)."""
+
+    filename: str = option("video.mp4", mp4_name)
+    codec: str = option("libx264", FfmpegName("libx264"))
+    crf: int = option(18, Whole(0, 51, note="0 = lossless"))
+    preset: str = option("medium", FfmpegName("medium"))
+    burn_frame_index: bool = option(False, flag)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "writer")
 
     def write(
         self,

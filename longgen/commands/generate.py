@@ -31,11 +31,13 @@ def validate_sweep(args: list[str]) -> str | None:
     """Before a multirun starts: compose every job of the sweep and run its plan stage (no weights, no LLM), so
     one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
     error line naming the first bad job, else None."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    from longgen.config_search import compose_setup, overrides_only
+
+    overrides = [a for a in overrides_only(args) if "=" in a and not a.lstrip("+~").startswith("hydra")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -45,10 +47,11 @@ def validate_sweep(args: list[str]) -> str | None:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
     try:
-        with initialize_config_module("longgen.conf", version_base="1.3"):
+        context, primary, search_path = compose_setup(args, "generate")  # --config-dir, --config-path as the run
+        with context:
             for number_, job in enumerate(jobs):
                 try:
-                    cfg = compose("generate", overrides=job, return_hydra_config=True)
+                    cfg = compose(primary, overrides=job + search_path, return_hydra_config=True)
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                 except UsageError as exc:

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from longgen.denoiser import Denoiser
+from longgen.options import Number, Whole, check_fields
 from longgen.windows import WindowPlan, strided_plan
 
 
@@ -78,7 +79,10 @@ class SamplingRun:
 
 
 class Sampler(ABC):
-    """A long-video sampler. Constructed from its YAML before any weights load, so bad keywords fail fast."""
+    """A long-video sampler. Constructed from its YAML before any weights load, so bad keywords fail fast.
+
+    A sampler declares its options as dataclass fields with their rules (see DirectSampler); adding one touches
+    its module and its YAML only."""
 
     #: the stride (latent frames) of the sampler's window grid; also sets the video length for num_windows=N
     stride: int
@@ -88,6 +92,16 @@ class Sampler(ABC):
     def plan(self, length: int, window: int) -> WindowPlan:
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""
         return strided_plan(length, window, self.stride)
+
+    def __post_init__(self) -> None:
+        """A sampler declared as a dataclass of its options (`option(default, rule)` fields, longgen.options) is
+        checked here, when Hydra constructs it from its YAML before any weights load: each option against its
+        rule, then `check_options`."""
+        check_fields(self, "sampler")
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Checks that involve several options (each option's own range is declared with its field)."""
 
     def sample(self, run: SamplingRun, resume: SamplerState | None = None) -> torch.Tensor:
         """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
@@ -125,14 +139,8 @@ class Sampler(ABC):
 
 #: most sampling steps: one per training timestep of the schedules in use (1000 on CogVideoX and Wan)
 MAX_STEPS = 1000
-
-
-def check_common(num_steps: int, guidance_scale: float, stride: int | None = None, eta: float = 0.0) -> None:
-    """Range checks shared by the samplers' constructors (clear errors before any weights load)."""
-    from longgen.options import number, whole
-
-    whole("sampler.num_steps", num_steps, 1, MAX_STEPS)
-    number("sampler.guidance_scale", guidance_scale, 0.0, 100.0)
-    if stride is not None:
-        whole("sampler.stride", stride, 1)
-    number("sampler.eta", eta, 0.0, 1.0)
+#: rules of the options most samplers share (longgen.options; a sampler declares each option with its rule)
+NUM_STEPS = Whole(1, MAX_STEPS)
+GUIDANCE = Number(0, 100)
+STRIDE = Whole(1)
+ETA = Number(0, 1)

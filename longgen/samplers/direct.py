@@ -7,19 +7,22 @@ other samplers are pinned to (tests compare it with diffusers' `CogVideoXPipelin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 from longgen.diffusion import ddim_step
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
+from longgen.options import option
+from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
 from longgen.windows import WindowPlan
 
 
+@dataclass(eq=False)
 class DirectSampler(Sampler):
-    def __init__(self, num_steps: int = 50, guidance_scale: float = 6.0, eta: float = 0.0, stride: int = 4) -> None:
-        check_common(num_steps, guidance_scale, stride, eta)
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.eta = float(eta)
-        self.stride = int(stride)  # only sets the video length for num_windows=N
+    """The options (conf/sampler/direct.yaml), each with its accepted values."""
+
+    num_steps: int = option(50, NUM_STEPS)
+    guidance_scale: float = option(6.0, GUIDANCE)
+    eta: float = option(0.0, ETA)
+    stride: int = option(4, STRIDE)  # only sets the video length for num_windows=N
 
     def plan(self, length: int, window: int) -> WindowPlan:
         return WindowPlan(length, length, (0,))

@@ -50,7 +50,8 @@ import torch
 
 from longgen.diffusion import NoiseSchedule, add_noise, ddim_step, gather_windows
 from longgen.errors import UsageError
-from longgen.samplers.base import MAX_STEPS, Sampler, SamplerState, SamplingRun, check_common
+from longgen.options import Whole, flag, option
+from longgen.samplers.base import ETA, GUIDANCE, MAX_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
 from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
@@ -90,25 +91,18 @@ def queue_plan(window: int, partitions: int, lookahead: bool) -> QueuePlan:
     return QueuePlan(window, levels, head, starts, updates)
 
 
+@dataclass(eq=False)
 class FIFOSampler(Sampler):
-    def __init__(
-        self,
-        num_partitions: int = 4,
-        lookahead: bool = True,
-        guidance_scale: float = 6.0,
-        eta: float = 0.0,
-        stride: int = 4,
-    ) -> None:
-        from longgen.options import flag, whole
+    """The options (conf/sampler/fifo.yaml), each with its accepted values; the rest is set by `begin`."""
 
-        check_common(1, guidance_scale, stride, eta)
-        whole("sampler.num_partitions", num_partitions, 1, 64)
-        flag("sampler.lookahead", lookahead)
-        self.num_partitions = int(num_partitions)
-        self.lookahead = bool(lookahead)
-        self.guidance_scale = float(guidance_scale)
-        self.eta = float(eta)
-        self.stride = int(stride)  # only sets the video length for num_windows=N and the preview/manifest windows
+    num_partitions: int = option(4, Whole(1, 64))
+    lookahead: bool = option(True, flag)
+    guidance_scale: float = option(6.0, GUIDANCE)
+    eta: float = option(0.0, ETA)
+    stride: int = option(4, STRIDE)  # only sets the video length for num_windows=N and the preview/manifest windows
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         # set by begin (the backbone's window decides them); recorded in the manifest
         self.num_steps: int | None = None  # S = n·M DDIM steps per frame
         self.queue_frames: int | None = None

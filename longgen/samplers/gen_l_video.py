@@ -10,11 +10,14 @@ update is affine in x̂0 (diffusion.ddim_step).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from longgen.denoiser import Denoiser
 from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
+from longgen.options import option
+from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
 from longgen.windows import WindowPlan
 
 
@@ -27,13 +30,14 @@ def fused_x0(
     return fuse_windows(pred.x0, plan.starts, plan.length)  # [L, C, H, W]
 
 
+@dataclass(eq=False)
 class GenLVideoSampler(Sampler):
-    def __init__(self, num_steps: int = 50, guidance_scale: float = 6.0, stride: int = 4, eta: float = 0.0) -> None:
-        check_common(num_steps, guidance_scale, stride, eta)
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.stride = int(stride)
-        self.eta = float(eta)
+    """The options (conf/sampler/gen-l-video.yaml), each with its accepted values."""
+
+    num_steps: int = option(50, NUM_STEPS)
+    guidance_scale: float = option(6.0, GUIDANCE)
+    stride: int = option(4, STRIDE)
+    eta: float = option(0.0, ETA)
 
     def begin(self, run: SamplingRun) -> int:
         self._plan = self.plan(run.length, run.denoiser.window)

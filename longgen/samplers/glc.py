@@ -84,8 +84,9 @@ from longgen.diffusion import (
     window_index,
 )
 from longgen.errors import UsageError
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
-from longgen.samplers.glc_noise import check_filter, reinit_noise
+from longgen.options import Number, OneOf, Whole, flag, option
+from longgen.samplers.base import GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.glc_noise import FILTERS, reinit_noise
 
 log = logging.getLogger(__name__)
 
@@ -250,98 +251,55 @@ class _StepWindows:
         return torch.cat([i for i in (self.global_index, self.local_index) if i is not None])  # [G + N, M]
 
 
+@dataclass(eq=False)
 class GLCSampler(Sampler):
-    def __init__(
-        self,
-        num_steps: int = 50,
-        guidance_scale: float = 6.0,
-        stride: int = 4,
-        global_path: bool = True,
-        local_path: bool = True,
-        random_shift: bool = True,
-        gamma0: float = 0.005,
-        beta: float = 0.0005,
-        dilation: int | None = None,
-        padding: str = "reflect",
-        noise_reinit: bool = True,
-        shuffle_group: int = 4,
-        filter: str = "butterworth",
-        filter_order: int = 4,
-        spatial_cutoff: float = 0.25,
-        temporal_cutoff: float = 0.25,
-        renormalize_noise: bool = True,
-        vmcr: bool = True,
-        vmcr_source: str = "tweedie",
-        lambda_f: float = 0.2,
-        lambda_mse: float = 0.001,
-        lambda_phase: float = 1.0,
-        omega: float = 2e-5,
-        vmcr_iters: int = 1,
-        vmcr_t_min: int = 0,
-        vmcr_t_max: int = 1000,
-        vmcr_max_step: float | None = 1e-3,
-        abam: bool = True,
-        abam_lambda: float = 0.1,
-    ) -> None:
-        check_common(num_steps, guidance_scale, stride)
-        if not (global_path or local_path):
-            raise UsageError("sampler.global_path and sampler.local_path are both false: keep at least one path on")
-        if not gamma0 >= 0 or not math.isfinite(beta):
-            raise UsageError(f"sampler.gamma0={gamma0} must be >= 0 and sampler.beta={beta} a finite number")
-        if dilation is not None and (int(dilation) != dilation or dilation < 1):
-            raise UsageError(f"sampler.dilation={dilation} must be a whole number >= 1, or null for ⌈L/M⌉")
-        if padding not in PADDINGS:
-            raise UsageError(f"sampler.padding={padding!r} is not a padding mode: use one of {', '.join(PADDINGS)}")
-        check_filter(filter, spatial_cutoff, temporal_cutoff, filter_order)
-        if int(shuffle_group) != shuffle_group or shuffle_group < 1:
-            raise UsageError(f"sampler.shuffle_group={shuffle_group} must be a whole number >= 1 (latent frames)")
-        if vmcr_source not in VMCR_SOURCES:
-            raise UsageError(
-                f"sampler.vmcr_source={vmcr_source!r}: use tweedie or affine (no model gradient) or model (backprop)"
-            )
-        for name, value in (("lambda_f", lambda_f), ("lambda_mse", lambda_mse), ("lambda_phase", lambda_phase),
-                            ("omega", omega)):
-            if not value >= 0:
-                raise UsageError(f"sampler.{name}={value} must be >= 0")
-        if int(vmcr_iters) != vmcr_iters or vmcr_iters < 1:
-            raise UsageError(f"sampler.vmcr_iters={vmcr_iters} must be a whole number >= 1")
-        if vmcr_max_step is not None and not vmcr_max_step > 0:
-            raise UsageError(f"sampler.vmcr_max_step={vmcr_max_step} must be > 0, or null for no limit")
-        if vmcr_t_min > vmcr_t_max:
-            raise UsageError(f"sampler.vmcr_t_min={vmcr_t_min} is above sampler.vmcr_t_max={vmcr_t_max}")
-        if not 0.0 <= abam_lambda <= 1.0:
-            raise UsageError(f"sampler.abam_lambda={abam_lambda} must be in [0, 1] (1 = plain attention)")
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.stride = int(stride)
-        self.global_path = bool(global_path)
-        self.local_path = bool(local_path)
-        self.random_shift = bool(random_shift)
-        self.gamma0 = float(gamma0)
-        self.beta = float(beta)
-        self.dilation = None if dilation is None else int(dilation)
-        self.padding = padding
-        self.noise_reinit = bool(noise_reinit)
-        self.shuffle_group = int(shuffle_group)
-        self.filter = filter
-        self.filter_order = int(filter_order)
-        self.spatial_cutoff = float(spatial_cutoff)
-        self.temporal_cutoff = float(temporal_cutoff)
-        self.renormalize_noise = bool(renormalize_noise)
-        self.vmcr = bool(vmcr)
-        self.vmcr_source = vmcr_source
-        self.lambda_f = float(lambda_f)
-        self.lambda_mse = float(lambda_mse)
-        self.lambda_phase = float(lambda_phase)
-        self.omega = float(omega)
-        self.vmcr_iters = int(vmcr_iters)
-        self.vmcr_t_min = vmcr_t_min
-        self.vmcr_t_max = vmcr_t_max
-        self.vmcr_max_step = None if vmcr_max_step is None else float(vmcr_max_step)
-        self.abam = bool(abam)
-        self.abam_lambda = float(abam_lambda)
+    """The options (conf/sampler/glc.yaml, which says where each default comes from), each with its accepted
+    values."""
+
+    num_steps: int = option(50, NUM_STEPS)
+    guidance_scale: float = option(6.0, GUIDANCE)
+    stride: int = option(4, STRIDE)
+    # GLCD (Eqs. 4-9) and the paths' switches
+    global_path: bool = option(True, flag)
+    local_path: bool = option(True, flag)
+    random_shift: bool = option(True, flag)
+    gamma0: float = option(0.005, Number(0))
+    beta: float = option(0.0005, Number())
+    dilation: int | None = option(None, Whole(1, null="⌈L/M⌉"))
+    padding: str = option("reflect", OneOf(PADDINGS))
+    # noise re-initialisation (Eq. 11; longgen/samplers/glc_noise.py)
+    noise_reinit: bool = option(True, flag)
+    shuffle_group: int = option(4, Whole(1, note="latent frames"))
+    filter: str = option("butterworth", OneOf(FILTERS))
+    filter_order: int = option(4, Whole(1))
+    spatial_cutoff: float = option(0.25, Number(0, above=True, note="1 = the Nyquist frequency"))
+    temporal_cutoff: float = option(0.25, Number(0, above=True, note="1 = the Nyquist frequency"))
+    renormalize_noise: bool = option(True, flag)
+    # VMCR (Eqs. 12-15)
+    vmcr: bool = option(True, flag)
+    vmcr_source: str = option("tweedie", OneOf(VMCR_SOURCES, "tweedie or affine: no model gradient; model: backprop"))
+    lambda_f: float = option(0.2, Number(0))
+    lambda_mse: float = option(0.001, Number(0))
+    lambda_phase: float = option(1.0, Number(0))
+    omega: float = option(2e-5, Number(0))
+    vmcr_iters: int = option(1, Whole(1))
+    vmcr_t_min: int = option(0, Whole(note="a timestep"))  # a window past [0, 1000] holds no step: VMCR never runs
+    vmcr_t_max: int = option(1000, Whole(note="a timestep"))
+    vmcr_max_step: float | None = option(1e-3, Number(0, above=True, null="no limit"))
+    # ABAM (Eq. 10)
+    abam: bool = option(True, flag)
+    abam_lambda: float = option(0.1, Number(0, 1, note="1 = plain attention"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: per-step record of the last sample() (timestep, γ, local starts, VMCR loss): for tests and diagnostics
         self._trace: list[dict] = []
+
+    def check_options(self) -> None:
+        if not (self.global_path or self.local_path):
+            raise UsageError("sampler.global_path and sampler.local_path are both false: keep at least one path on")
+        if self.vmcr_t_min > self.vmcr_t_max:
+            raise UsageError(f"sampler.vmcr_t_min={self.vmcr_t_min} is above sampler.vmcr_t_max={self.vmcr_t_max}")
 
     # ------------------------------------------------------------------ setup
     def initial_noise(self, run: SamplingRun) -> torch.Tensor:

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -85,7 +86,8 @@ from longgen.diffusion import (
     path_velocity,
 )
 from longgen.errors import UsageError
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun, check_common
+from longgen.options import Number, OneOf, Whole, flag, option
+from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
 from longgen.samplers.gen_l_video import fused_x0
 from longgen.windows import WindowPlan
 
@@ -163,92 +165,58 @@ def csd_weight(path: str, a: float, s: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
+def timestep_range(name: str, value: object) -> tuple[int, int]:
+    """Rule of `random_t_range`: [low, high], whole timesteps with 0 <= low <= high <= 999 (longgen.options)."""
+    rt = list(value) if isinstance(value, (list, tuple)) else None
+    if rt is None or len(rt) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v
+                                         for v in rt) or not 0 <= rt[0] <= rt[1] <= 999:
+        raise UsageError(f"{name}={value!r} must be [low, high] whole timesteps, 0 <= low <= high <= 999")
+    return int(rt[0]), int(rt[1])
+
+
+@dataclass(eq=False)
 class SynCoSSampler(Sampler):
-    def __init__(
-        self,
-        num_steps: int = 50,
-        guidance_scale: float = 6.0,
-        stride: int = 4,
-        eta: float = 0.0,
-        t_min: int = 900,
-        iters: int = 20,
-        batch_windows: int = 2,
-        lr: float = 0.5,
-        weight_decay: float = 0.0,
-        lr_decay_iters: int = 5,
-        lr_decay_rate: float = 0.5,
-        residual: str = "v",
-        kernel: str = "rbf",
-        base_noise: str = "fresh",
-        stage1: bool = True,
-        stage2: bool = True,
-        stage3: bool = True,
-        grounded_timestep: bool = True,
-        fixed_noise: bool = True,
-        random_t_range: Sequence[int] = (20, 980),
-    ) -> None:
-        check_common(num_steps, guidance_scale, stride, eta)
-        for name, flag in (("stage1", stage1), ("stage2", stage2), ("stage3", stage3),
-                           ("grounded_timestep", grounded_timestep), ("fixed_noise", fixed_noise)):
-            if not isinstance(flag, bool):
-                raise UsageError(f"sampler.{name}={flag!r} must be true or false")
-        variant = (stage1, stage2, stage3)
+    """The options (conf/sampler/syncos.yaml, which says why each default), each with its accepted values."""
+
+    num_steps: int = option(50, NUM_STEPS)
+    guidance_scale: float = option(6.0, GUIDANCE)
+    stride: int = option(4, STRIDE)
+    eta: float = option(0.0, ETA)
+    t_min: int = option(900, Whole(0, 1000, note="a timestep; paper: 800-900"))
+    iters: int = option(20, Whole(0, note="paper: 20-50"))
+    batch_windows: int = option(2, Whole(1))
+    lr: float = option(0.5, Number(0, above=True, note="paper: 0.5-1"))
+    weight_decay: float = option(0.0, Number(0))
+    lr_decay_iters: int = option(5, Whole(1))
+    lr_decay_rate: float = option(0.5, Number(0, 1, above=True, note="1 keeps the lr constant"))
+    residual: str = option("v", OneOf(RESIDUALS))
+    kernel: str = option("rbf", OneOf(KERNELS))
+    base_noise: str = option("fresh", OneOf(BASE_NOISES))
+    stage1: bool = option(True, flag)
+    stage2: bool = option(True, flag)
+    stage3: bool = option(True, flag)
+    grounded_timestep: bool = option(True, flag)
+    fixed_noise: bool = option(True, flag)
+    random_t_range: tuple[int, int] = option((20, 980), timestep_range)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.variant = VARIANTS[(self.stage1, self.stage2, self.stage3)]
+        self._run_info: dict = {}
+
+    def check_options(self) -> None:
+        variant = (self.stage1, self.stage2, self.stage3)
         if variant not in VARIANTS:
             raise UsageError(
                 f"sampler.stage1/stage2/stage3={'/'.join(str(v).lower() for v in variant)} is not a defined variant: "
                 "use true/true/true (SynCoS), true/false/true (Gen-L-Video, paper Table 3 row 1) or "
                 "false/true/false (stage 2 only, Table 3 row 2)"
             )
-        if int(t_min) != t_min or not 0 <= t_min <= 1000:
-            raise UsageError(f"sampler.t_min={t_min} must be a whole timestep in [0, 1000] (paper: 800-900)")
-        if int(iters) != iters or iters < 0:
-            raise UsageError(f"sampler.iters={iters} must be a whole number >= 0 (paper: 20-50)")
-        if int(batch_windows) != batch_windows or batch_windows < 1:
-            raise UsageError(f"sampler.batch_windows={batch_windows} must be a whole number >= 1")
-        if not lr > 0:
-            raise UsageError(f"sampler.lr={lr} must be > 0 (paper: 0.5-1)")
-        if not weight_decay >= 0:
-            raise UsageError(f"sampler.weight_decay={weight_decay} must be >= 0")
-        if int(lr_decay_iters) != lr_decay_iters or lr_decay_iters < 1:
-            raise UsageError(f"sampler.lr_decay_iters={lr_decay_iters} must be a whole number >= 1")
-        if not 0 < lr_decay_rate <= 1:
-            raise UsageError(f"sampler.lr_decay_rate={lr_decay_rate} must be in (0, 1] (1 keeps the lr constant)")
-        if residual not in RESIDUALS:
-            raise UsageError(f"sampler.residual={residual!r}: use one of {', '.join(RESIDUALS)}")
-        if kernel not in KERNELS:
-            raise UsageError(f"sampler.kernel={kernel!r}: use one of {', '.join(KERNELS)}")
-        if base_noise not in BASE_NOISES:
-            raise UsageError(f"sampler.base_noise={base_noise!r}: use one of {', '.join(BASE_NOISES)}")
-        if base_noise == "ddim" and not stage1:
+        if self.base_noise == "ddim" and not self.stage1:
             raise UsageError(
                 "sampler.base_noise=ddim takes the noise implied by stage 1, which is off (stage1=false): "
                 "use sampler.base_noise=fresh"
             )
-        rt = list(random_t_range) if isinstance(random_t_range, (list, tuple)) else None
-        if rt is None or len(rt) != 2 or any(int(v) != v for v in rt) or not 0 <= rt[0] <= rt[1] <= 999:
-            raise UsageError(
-                f"sampler.random_t_range={random_t_range!r} must be [low, high] whole timesteps, 0 <= low <= high <= 999"
-            )
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.stride = int(stride)
-        self.eta = float(eta)
-        self.t_min = int(t_min)
-        self.iters = int(iters)
-        self.batch_windows = int(batch_windows)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.lr_decay_iters = int(lr_decay_iters)
-        self.lr_decay_rate = float(lr_decay_rate)
-        self.residual = residual
-        self.kernel = kernel
-        self.base_noise = base_noise
-        self.stage1, self.stage2, self.stage3 = stage1, stage2, stage3
-        self.grounded_timestep = grounded_timestep
-        self.fixed_noise = fixed_noise
-        self.random_t_range = (int(rt[0]), int(rt[1]))
-        self.variant = VARIANTS[variant]
-        self._run_info: dict = {}
 
     # ------------------------------------------------------------------ schedule of the stages
     def stage2_at(self, t: int) -> bool:
