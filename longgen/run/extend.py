@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from longgen.backbones.face import Backbone
 from longgen.build import build
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
@@ -196,7 +197,7 @@ def check_input_video(path: Path, recorded: dict) -> None:
                          f"put the original back or {again}; or start a new run")
 
 
-def read_source(path: Path, backbone: Any, keep: int, resize: bool) -> Source:
+def read_source(path: Path, backbone: Backbone, keep: int, resize: bool) -> Source:
     """Read the input once: its geometry and rate, its frame count at the backbone's rate and its last `keep`
     frames, fitted. One line for a missing file, something that is not a video, a size the backbone cannot take
     with resize=false, or a video shorter than `keep` frames."""
@@ -400,7 +401,7 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if cfg.get("video") in (None, ""):
         raise UsageError("give the video to continue: longgen extend VIDEO.mp4 prompt=\"…\"")
     inner = build(cfg.sampler, "sampler", choices.get("sampler"))
-    backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
+    backbone: Backbone = build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     m = backbone.window
     length = latent_length(m, inner.stride, backbone.temporal_compression, num_windows=cfg.num_windows)
