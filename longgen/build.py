@@ -40,6 +40,10 @@ def build(node: DictConfig, group: str, choice: str | None = None) -> Any:
     target = get_class(node._target_)
     params = inspect.signature(target.__init__).parameters
     allowed = [p for p in params if p not in ("self",) and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    # keys the node holds for other groups to read, not options of its target (a backbone's sampling defaults,
+    # longgen/backbones/face.py): accepted, and left out of the constructor call
+    config_only = [k for k in getattr(target, "config_only", ()) if k not in allowed]
+    allowed += config_only
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     given = [k for k in node.keys() if not str(k).startswith("_")]
     unknown = [k for k in given if k not in allowed]
@@ -53,6 +57,8 @@ def build(node: DictConfig, group: str, choice: str | None = None) -> Any:
         raise UsageError(f"{label}: {str(exc).splitlines()[0]}") from None
     kwargs.pop("_target_", None)
     reject_non_finite(group, kwargs)
+    for key in config_only:
+        kwargs.pop(key, None)
     check_kinds(group, kwargs, params)
     try:
         return instantiate({"_target_": node._target_, **kwargs}, _convert_="all")

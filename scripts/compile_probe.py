@@ -78,6 +78,8 @@ def main() -> None:
     tuned = trace_autotuning()
     conf = OmegaConf.to_container(OmegaConf.load(args.conf))
     conf.pop("_target_")
+    for key in CogVideoXBackbone.config_only:  # the sampling defaults are the samplers' (backbones/face.py)
+        conf.pop(key, None)
     frames = (conf["num_frames"] - 1) // conf["temporal_compression"] + 1
     shape = (frames, conf["latent_channels"], conf["height"] // 8, conf["width"] // 8)
     conf.update(model_path=None, random_weights=True, micro_batch=args.micro_batch,

@@ -137,7 +137,7 @@ def profile_decode(backbone, latents: torch.Tensor, title: str) -> str:
     return table(prof, wall, title)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="cogvideox-2b")
     ap.add_argument("--length-factor", type=int, default=4)
@@ -149,8 +149,11 @@ def main() -> None:
     ap.add_argument("--conv-bench", action="store_true")
     ap.add_argument("--override", nargs="*", default=[])
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     overrides = [f"backbone={args.backbone}", "backbone.vae_norm=native", *args.override]
     if not args.backbone.startswith("tiny"):
         overrides.append("backbone.random_weights=true")
@@ -158,7 +161,7 @@ def main() -> None:
         cfg = compose("generate", overrides=overrides)
     backbone = build(cfg.backbone, "backbone", args.backbone)
     backbone.load()
-    length = latent_length(backbone.window, backbone.stride, args.length_factor)
+    length = latent_length(backbone.window, int(cfg.backbone.stride), args.length_factor)
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn((1, length, *backbone.latent_shape), generator=gen).to(backbone.device)
     vae = backbone.pipe.vae

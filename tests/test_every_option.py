@@ -84,7 +84,8 @@ def code_nodes(node, path: str = ""):
 
 
 def check_named_code(label: str, resolved: dict) -> None:
-    """Every named target imports; a `_target_`'s constructor accepts every key given next to it."""
+    """Every named target imports; a `_target_`'s constructor accepts every key given next to it (or its class
+    holds the key for the other groups, `config_only`: longgen/build.py leaves it out of the call)."""
     for path, node in code_nodes(resolved):
         for key in CODE_KEYS:
             if key not in node:
@@ -98,7 +99,8 @@ def check_named_code(label: str, resolved: dict) -> None:
             params = inspect.signature(target).parameters
             if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
                 continue
-            refused = [k for k in node if not str(k).startswith("_") and k not in params]
+            held = getattr(target, "config_only", ())  # keys for the other groups, which build() does not pass
+            refused = [k for k in node if not str(k).startswith("_") and k not in params and k not in held]
             assert not refused, (f"{label}: {node[key]}'s constructor takes no {', '.join(map(repr, refused))} "
                                  f"(it takes {', '.join(params)})")
 

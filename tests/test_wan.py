@@ -280,7 +280,8 @@ def test_syncos_stage2_descends_on_flow(wan, monkeypatch):
 
 def test_syncos_default_t_min_on_wan(wan):
     """The Wan configs' t_min (950, the SNR of CogVideoX's 850) puts stage 2 at 7 of 50 steps."""
-    info = SynCoSSampler(t_min=wan.syncos_t_min).forward_plan(11, wan.schedule(50))
+    t_min = OmegaConf.load(REPO / "conf" / "backbone" / "tiny-wan.yaml").syncos_t_min  # read by conf/sampler/syncos.yaml
+    info = SynCoSSampler(t_min=t_min).forward_plan(11, wan.schedule(50))
     assert len(info["stage2_timesteps"]) == 7 and min(info["stage2_timesteps"]) > 950
 
 

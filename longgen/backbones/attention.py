@@ -1,8 +1,18 @@
-"""Attention kernels for the CogVideoX transformer's joint text-video attention, and the processor that uses them.
+"""`backbone.attention`, resolved once at load; the attention kernels for the CogVideoX transformer's joint text-video
+attention, and the processor that uses them.
 
-`backbone.attention` picks how softmax(QKᵀ/√d)·V is computed in every attention layer:
-- `auto`, `sdpa`, `cudnn`, `flash`, `efficient`, `math`: torch's scaled_dot_product_attention with that SDPA
-  backend order (diffusers' own processor, backends chosen by the backbone around each call);
+`backbone.attention` picks how softmax(QKᵀ/√d)·V is computed in every attention layer. `resolve_attention` turns
+the configured value into the one choice a loaded backbone runs (`AttentionChoice`, recorded in the manifest as
+`attention_used` and `attention_kernels`):
+- `sdpa`, `cudnn`, `flash`, `efficient`, `math`: torch's scaled_dot_product_attention (the model's own diffusers
+  processors) with that SDPA backend set around each transformer call on CUDA; off CUDA the sets do not apply and
+  torch's SDPA runs as it is (`sdpa`);
+- a family's own kernels (`Kernel`, listed by the family): CogVideoX's `fa3` and `fa3-fp8` below, Wan's `fa3`
+  (diffusers' FlashAttention-3 backend, longgen/backbones/wan.py);
+- `auto`: the first of the family's `auto_attention` kernels that runs here (CogVideoX: `fa3`; Wan: none), else on
+  CUDA the SDPA order cuDNN, flash, efficient, math (recorded as `cudnn-first`), else torch's SDPA (`sdpa`).
+
+The kernels of CogVideoX's joint attention:
 - `fa3`: FlashAttention-3 (Shah et al. 2024, "FlashAttention-3: Fast and Accurate Attention with Asynchrony and
   Low-precision") forward kernels for Hopper from the `fa3-fwd` package (`pip install "longgen[fa3]"`), through
   longgen's processor below. The package has bf16 and e4m3 kernels only: fp16 models cast q/k/v to bf16 around the
@@ -22,7 +32,9 @@ kernel, and projects the output. The kernels are `torch.library` custom ops, so 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +44,98 @@ from longgen.errors import UsageError
 #: e4m3's largest finite magnitude
 E4M3_MAX = 448.0
 KERNELS = ("fa3", "fa3-fp8")
+#: backbone.attention → the torch SDPA kernels allowed around each transformer call on CUDA, in priority order
+#: (auto: cuDNN first, measured fastest on H100 for CogVideoX's head dim 64 — see benchmarks/README.md; sdpa:
+#: torch's own default order)
+SDPA_KERNELS = {
+    "auto": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "sdpa": (),
+    "cudnn": ("CUDNN_ATTENTION",),
+    "flash": ("FLASH_ATTENTION",),
+    "efficient": ("EFFICIENT_ATTENTION",),
+    "math": ("MATH",),
+}
+#: the name `attention_used` records for auto's SDPA order
+AUTO_SDPA = "cudnn-first"
+
+
+# ---------------------------------------------------------------------------------------------------- resolution
+class Kernel(ABC):
+    """An attention implementation a family offers beyond the SDPA kernel sets, chosen by `backbone.attention=name`
+    (or by `auto`, where the family lists it in `auto_attention`)."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        #: what the manifest records as `attention_kernels`
+        self.description = description
+
+    def check_installed(self) -> None:
+        """At construction: one line when what it needs is not installed (by default it is checked at load)."""
+
+    @abstractmethod
+    def check(self, device: torch.device) -> None:
+        """At load: one line (UsageError) when it cannot run on `device`."""
+
+    def runs_on(self, device: torch.device) -> bool:
+        try:
+            self.check(device)
+        except UsageError:
+            return False
+        return True
+
+    @abstractmethod
+    def install(self, transformer: torch.nn.Module) -> None:
+        """Make every attention layer of the loaded transformer use it."""
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """`backbone.attention` resolved on the loaded device: what every transformer call runs."""
+
+    asked: str  # backbone.attention as configured
+    used: str  # a family kernel's name, or the SDPA set that applies (`cudnn-first` for auto's, `sdpa`: none)
+    sdpa: tuple[str, ...] = ()  # torch SDPBackend names set around each transformer call, in priority order
+    kernel: Kernel | None = None  # the family kernel installed at load; None: the model's own SDPA processors
+
+    @property
+    def description(self) -> Any:
+        """The manifest's `attention_kernels`: the family kernel, or the SDPA kernels set ("torch default": none)."""
+        if self.kernel is not None:
+            return self.kernel.description
+        return list(self.sdpa) or "torch default"
+
+    def around_calls(self) -> ContextManager[None]:
+        """The SDPA kernel set for the duration of a transformer call (nothing to set: a null context)."""
+        if not self.sdpa:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, n) for n in self.sdpa], set_priority=True)
+
+
+def attention_choices(kernels: Mapping[str, Kernel]) -> tuple[str, ...]:
+    """Every value `backbone.attention` takes on a family with these kernels."""
+    return (*SDPA_KERNELS, *kernels)
+
+
+def resolve_attention(asked: str, device: torch.device, kernels: Mapping[str, Kernel],
+                      auto_tries: Sequence[str]) -> AttentionChoice:
+    """The one resolution of `backbone.attention` (module docstring), on the device the backbone loads onto: a
+    family kernel asked by name is checked (one line where it cannot run here); `auto` takes the first of
+    `auto_tries` that runs here, else the SDPA order cuDNN first; the SDPA sets apply on CUDA only."""
+    if asked in kernels:
+        kernels[asked].check(device)
+        return AttentionChoice(asked, asked, kernel=kernels[asked])
+    if asked == "auto":
+        for name in auto_tries:
+            if kernels[name].runs_on(device):
+                return AttentionChoice(asked, name, kernel=kernels[name])
+    if device.type != "cuda":
+        return AttentionChoice(asked, "sdpa")
+    return AttentionChoice(asked, AUTO_SDPA if asked == "auto" else asked, SDPA_KERNELS[asked])
+
+
+# ---------------------------------------------------------------------------------------------------- the kernels
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -61,12 +165,18 @@ def check_fa3(device: torch.device) -> None:
     _fa3_func()
 
 
-def fa3_available(device: torch.device) -> bool:
-    try:
+class JointKernel(Kernel):
+    """FlashAttention-3 (`fa3`) or its e4m3 variant (`fa3-fp8`) in every layer of a CogVideoX transformer, through
+    `JointAttention` (Hopper GPUs with the fa3-fwd package)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, f"FlashAttention-3 (fa3-fwd){' on e4m3 inputs' if name == 'fa3-fp8' else ''}")
+
+    def check(self, device: torch.device) -> None:
         check_fa3(device)
-    except UsageError:
-        return False
-    return True
+
+    def install(self, transformer: torch.nn.Module) -> None:
+        transformer.set_attn_processor(JointAttention(self.name))
 
 
 def fa3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash_attn_func: Callable) -> torch.Tensor:

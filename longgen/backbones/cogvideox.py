@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from longgen.backbones.anchor_attention import cogvideox_anchor
-from longgen.backbones.attention import KERNELS, JointAttention, check_fa3, fa3_available
+from longgen.backbones.attention import KERNELS, JointKernel
 from longgen.backbones.diffusers_base import DiffusersBackbone, HostFrames, pixels_to_vae
 from longgen.backbones.frame_timesteps import FrameModulation
 from longgen.backbones.group_norm import parallel_group_norms
@@ -46,51 +46,21 @@ class CogVideoXBackbone(DiffusersBackbone):
     """A CogVideoX text-to-video model. Construction only checks the configuration; `load()` loads weights."""
 
     family = "CogVideoX"
-    #: FlashAttention-3 through longgen's joint-attention processor (longgen/backbones/attention.py); `auto` picks
-    #: fa3 when it can run here (Hopper + fa3-fwd), else the SDPA kernel order (cuDNN first)
-    extra_attention = KERNELS
+    #: the shared options' defaults (DiffusersOptions) for CogVideoX-2B; conf/backbone/cogvideox-2b.yaml gives them all
+    option_defaults = dict(model_id="THUDM/CogVideoX-2b", dtype="float16", num_frames=49, height=480, width=720,
+                           fps=8, max_text_tokens=226, vae_tiling="auto", micro_batch=4)
+    #: FlashAttention-3 through longgen's joint-attention processor (longgen/backbones/attention.py); `auto` takes
+    #: fa3 where it runs (a Hopper GPU with fa3-fwd), else the SDPA kernel order (cuDNN first)
+    attention_kernels = {name: JointKernel(name) for name in KERNELS}
+    auto_attention = ("fa3",)
     #: a timestep per latent frame (t [M] or [B, M]): per-frame adaLN modulation, see frame_timesteps.py
     per_frame_timesteps = True
     #: `vae_tiling=auto`: whole frames when the GPU has room, else tiles (`_tiled_decode`)
     decides_tiling = True
 
-    def __init__(
-        self,
-        model_id: str = "THUDM/CogVideoX-2b",
-        model_path: str | None = None,
-        revision: str | None = None,
-        dtype: str = "float16",
-        device: str = "auto",
-        num_frames: int = 49,
-        height: int = 480,
-        width: int = 720,
-        fps: int = 8,
-        stride: int = 4,
-        latent_channels: int = 16,
-        temporal_compression: int = 4,
-        spatial_compression: int = 8,
-        max_text_tokens: int = 226,
-        vae_tiling: bool | str = "auto",
-        vae_norm: str = "parallel",
-        cpu_offload: bool = False,
-        text_encoder: str = "release",
-        micro_batch: int = 4,
-        attention: str = "auto",
-        compile: bool | str = "auto",
-        fused_gelu: bool | str = "auto",
-        random_weights: bool = False,
-        weights_seed: int = 0,
-        architecture: dict | None = None,
-    ) -> None:
-        super().__init__(
-            model_id=model_id, model_path=model_path, revision=revision, dtype=dtype, device=device,
-            num_frames=num_frames, height=height, width=width, fps=fps, stride=stride,
-            latent_channels=latent_channels, temporal_compression=temporal_compression,
-            spatial_compression=spatial_compression, patch_size=2, max_text_tokens=max_text_tokens,
-            vae_tiling=vae_tiling, cpu_offload=cpu_offload, text_encoder=text_encoder, micro_batch=micro_batch,
-            attention=attention, compile=compile, fused_gelu=fused_gelu, random_weights=random_weights, weights_seed=weights_seed,
-            architecture=architecture, example_config="conf/backbone/tiny.yaml",
-        )
+    def __init__(self, *, vae_norm: str = "parallel", **shared: Any) -> None:
+        """`vae_norm`: CogVideoX's own option; `shared`: the DiffusersOptions, handed over whole."""
+        super().__init__(**shared)
         if vae_norm not in VAE_NORMS:
             raise UsageError(f"backbone.vae_norm={vae_norm!r}: use {' or '.join(VAE_NORMS)}")
         self.vae_norm = vae_norm
@@ -223,32 +193,19 @@ class CogVideoXBackbone(DiffusersBackbone):
         a, s = math.sqrt(float(acp[int(t)])), math.sqrt(1.0 - float(acp[int(t)]))
         return v_to_x0_eps(x_t, out, a, s)
 
-    def _set_attention_backend(self) -> None:
-        """Install the FlashAttention-3 processor on every attention layer when asked, or when `auto` finds it
-        usable; `attention_used` records the kernel that runs."""
-        kernel = self.attention
-        if kernel == "auto" and self.device.type == "cuda" and fa3_available(self.device):
-            kernel = "fa3"
-        self.attention_used = kernel
-        if kernel in KERNELS:
-            check_fa3(self.device)
-            self.pipe.transformer.set_attn_processor(JointAttention(kernel))
-
-    def _attention_description(self):
-        used = getattr(self, "attention_used", self.attention)
-        if used in KERNELS:
-            return f"FlashAttention-3 (fa3-fwd){' on e4m3 inputs' if used == 'fa3-fp8' else ''}"
-        return super()._attention_description()
+    def _processor_kernel(self) -> str:
+        """The kernel the ABAM and cross-shot processors compute with: the resolved FlashAttention-3 kernel, else
+        SDPA."""
+        kernel = self.attention_choice.kernel
+        return kernel.name if kernel is not None else "sdpa"
 
     def _anchor_processors(self) -> dict:
         """ABAM processors on the kernel in use (FlashAttention-3 or SDPA)."""
-        used = getattr(self, "attention_used", self.attention)
-        return {"processor": cogvideox_anchor(used if used in KERNELS else "sdpa")}
+        return {"processor": cogvideox_anchor(self._processor_kernel())}
 
     def _shot_processors(self) -> dict:
         """Cross-shot attention processors on the kernel in use (FlashAttention-3 or SDPA)."""
-        used = getattr(self, "attention_used", self.attention)
-        return {"processor": cogvideox_shot(used if used in KERNELS else "sdpa")}
+        return {"processor": cogvideox_shot(self._processor_kernel())}
 
     def describe(self) -> dict:
         info = super().describe()

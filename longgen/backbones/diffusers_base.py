@@ -5,10 +5,12 @@ build or load its pipeline, its latent layout and timestep format at the transfo
 becomes (x̂0, ε̂), its noise schedule, its streaming VAE decode and its attention processor for ABAM. This module
 holds the rest, once:
 
-- configuration checks that run before any weights load (dtype, device, micro-batch, attention, compile);
+- the shared options (`DiffusersOptions`, one object a family hands over whole) and their checks, which run before
+  any weights load (dtype, geometry, micro-batch, attention, compile);
 - finding the weights: a local diffusers folder (`model_path`) checked for completeness, or the hub id through the
   Hugging Face cache, each failure one line naming the model and how to pass a local copy;
-- `load()`: random-weight build or `from_pretrained`, geometry check, VAE tiling, CPU offload, regional
+- `load()`: `backbone.attention` resolved on the device (longgen/backbones/attention.py), random-weight build or
+  `from_pretrained`, geometry check, VAE tiling, CPU offload, the family's attention kernel installed, regional
   `torch.compile` with an eager fallback;
 - text: each unique prompt encoded once (the pipeline's own `encode_prompt`, or the hashed stand-in encoder for
   random weights), then the text encoder released, moved to the CPU or kept;
@@ -22,22 +24,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import math
 import warnings
 from abc import abstractmethod
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from longgen.backbones import compile_determinism
 from longgen.backbones.anchor_attention import anchored
+from longgen.backbones.attention import AttentionChoice, Kernel, attention_choices, resolve_attention
+from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.backbones.micro_batch import run_stacked
-from longgen.denoiser import Denoiser, Prediction
+from longgen.denoiser import Prediction
 from longgen.errors import UsageError
 from longgen.parallel import pool
 
@@ -47,16 +53,6 @@ DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfl
           "float32": torch.float32, "fp32": torch.float32}
 MODEL_FILES = ("model_index.json",)
 SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
-#: backbone.attention → the torch SDPA kernels allowed (auto: cuDNN first on CUDA, measured fastest on H100 for
-#: CogVideoX's head dim 64 — see benchmarks/README.md; sdpa: torch's own default order)
-ATTENTION = {
-    "auto": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
-    "sdpa": (),
-    "cudnn": ("CUDNN_ATTENTION",),
-    "flash": ("FLASH_ATTENTION",),
-    "efficient": ("EFFICIENT_ATTENTION",),
-    "math": ("MATH",),
-}
 TEXT_ENCODER_POLICIES = ("release", "cpu", "keep")
 
 
@@ -120,102 +116,137 @@ class HostFrames:
         return self.host.numpy()
 
 
-class DiffusersBackbone(Denoiser):
+@dataclass(frozen=True, kw_only=True)
+class DiffusersOptions:
+    """The options every diffusers backbone takes: the keys of conf/backbone/*.yaml that are not a family's own
+    (those are its constructor's keyword arguments) nor the model's sampling defaults (face.SAMPLING_DEFAULTS).
+    Where a field has no default here, each family gives its own (`DiffusersBackbone.option_defaults`)."""
+
+    model_id: str  # hub id of the weights (and the model's name in messages)
+    model_path: str | None = None  # local diffusers folder of the weights
+    revision: str | None = None  # hub revision
+    dtype: str  # transformer and text encoder dtype: float16, bfloat16 or float32 (fp16, bf16, fp32)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, free (a GPU no other longgen job holds)
+    num_frames: int  # native clip length in video frames: temporal_compression·k + 1
+    height: int  # frame size in pixels: multiples of spatial_compression × the transformer's patch size
+    width: int
+    fps: int
+    latent_channels: int = 16
+    temporal_compression: int = 4  # the VAE's
+    spatial_compression: int = 8  # the VAE's
+    max_text_tokens: int  # the text encoder's tokens per prompt
+    vae_tiling: bool | str  # auto, true, false
+    cpu_offload: bool = False  # diffusers model CPU offload (CUDA)
+    text_encoder: str = "release"  # after encoding: release, cpu or keep
+    micro_batch: int  # samples (windows × CFG branches) per transformer call
+    attention: str = "auto"  # longgen/backbones/attention.py
+    compile: bool | str = "auto"  # torch.compile of each transformer block: auto (CUDA), true, false
+    fused_gelu: bool | str = "auto"  # longgen/backbones/fused_gelu.py: auto, true, false
+    random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
+    weights_seed: int = 0
+    architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
+
+    def check(self, patch_size: int, attention: Sequence[str], example_config: str) -> None:
+        """One line (UsageError) for the first option a family of this transformer `patch_size`, `attention`
+        choices and random-weight example config cannot take; nothing is loaded."""
+        if self.dtype not in DTYPES:
+            raise UsageError(f"backbone.dtype={self.dtype!r} is not supported: use float16, bfloat16 or float32")
+        if self.text_encoder not in TEXT_ENCODER_POLICIES:
+            raise UsageError(f"backbone.text_encoder={self.text_encoder!r}: use release, cpu or keep")
+        c = self.temporal_compression
+        if (self.num_frames - 1) % c != 0:
+            raise UsageError(f"backbone.num_frames={self.num_frames} must be {c}·k+1 (e.g. {c * 12 + 1} or "
+                             f"{c * 20 + 1}) for this VAE")
+        step = self.spatial_compression * patch_size  # VAE downsampling × transformer patch size
+        if self.height % step or self.width % step:
+            raise UsageError(f"backbone.height/width ({self.height}×{self.width}) must be multiples of {step}")
+        if self.micro_batch < 1:
+            raise UsageError(f"backbone.micro_batch={self.micro_batch} must be >= 1")
+        for key in ("compile", "vae_tiling", "fused_gelu"):
+            if getattr(self, key) not in (True, False, "auto"):
+                raise UsageError(f"backbone.{key}={getattr(self, key)!r}: use auto, true or false")
+        if self.fused_gelu is True:  # what is known before loading (an `auto` device is checked again at load)
+            check_fused_gelu(torch.device("cpu" if self.device == "cpu" else "cuda"), DTYPES[self.dtype])
+        if self.attention not in attention:
+            raise UsageError(f"backbone.attention={self.attention!r}: use one of {', '.join(attention)}")
+        if self.random_weights and not self.architecture:
+            raise UsageError(f"backbone.random_weights=true needs an `architecture` section (see {example_config})")
+
+
+def options_signature(family: type, own: inspect.Signature) -> inspect.Signature:
+    """The constructor signature a family shows (to `longgen.build`, Hydra and help): its own keyword options
+    (`own`, without its **shared) followed by every DiffusersOptions field with the family's default."""
+    shared = {f.name for f in fields(DiffusersOptions)}
+    params = [p for p in own.parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in shared]
+    for f in fields(DiffusersOptions):
+        default = family.option_defaults.get(f.name, f.default)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                        default=inspect.Parameter.empty if default is MISSING else default))
+    return own.replace(parameters=params)
+
+
+class DiffusersBackbone(Backbone):
     """A diffusers text-to-video pipeline behind the seam. Construction only checks the configuration; `load()`
-    loads weights. Subclasses call `__init__` with their full option set and implement the abstract hooks."""
+    loads weights. A family takes its own options as keyword arguments and hands the shared ones, whole, to
+    `__init__` (`**shared`, checked as one DiffusersOptions); it implements the abstract hooks."""
 
     #: whether `vae_tiling=auto` lets the family decide per decode (it then enables the VAE's tiling and chooses
     #: whole frames or tiles in `decode_stream`); otherwise `auto` decodes untiled
     decides_tiling = False
     #: family name used in messages ("a diffusers CogVideoX folder")
     family: str = "diffusers"
-    #: backbone.attention choices beyond the SDPA kernel sets (a family may add its own)
-    extra_attention: tuple[str, ...] = ()
+    #: the family's defaults for the DiffusersOptions fields without one (and any it sets otherwise)
+    option_defaults: ClassVar[dict[str, Any]] = {}
+    #: the transformer's spatial patch size (frame sizes are multiples of spatial_compression × patch_size)
+    patch_size: ClassVar[int] = 2
+    #: the shipped random-weight config named where `architecture` is missing
+    example_config: ClassVar[str] = "conf/backbone/tiny.yaml"
+    #: attention kernels beyond the SDPA kernel sets, by `backbone.attention` name (longgen/backbones/attention.py)
+    attention_kernels: ClassVar[Mapping[str, Kernel]] = {}
+    #: the kernels `backbone.attention=auto` takes, in this order, where they run (else SDPA, cuDNN first)
+    auto_attention: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        *,
-        model_id: str,
-        model_path: str | None,
-        revision: str | None,
-        dtype: str,
-        device: str,
-        num_frames: int,
-        height: int,
-        width: int,
-        fps: int,
-        stride: int,
-        latent_channels: int,
-        temporal_compression: int,
-        spatial_compression: int,
-        patch_size: int,
-        max_text_tokens: int,
-        vae_tiling: bool | str,
-        cpu_offload: bool,
-        text_encoder: str,
-        micro_batch: int,
-        attention: str,
-        compile: bool | str,
-        fused_gelu: bool | str,
-        random_weights: bool,
-        weights_seed: int,
-        architecture: dict | None,
-        example_config: str,
-    ) -> None:
-        if dtype not in DTYPES:
-            raise UsageError(f"backbone.dtype={dtype!r} is not supported: use float16, bfloat16 or float32")
-        if text_encoder not in TEXT_ENCODER_POLICIES:
-            raise UsageError(f"backbone.text_encoder={text_encoder!r}: use release, cpu or keep")
-        if (num_frames - 1) % temporal_compression != 0:
-            raise UsageError(
-                f"backbone.num_frames={num_frames} must be {temporal_compression}·k+1 (e.g. "
-                f"{temporal_compression * 12 + 1} or {temporal_compression * 20 + 1}) for this VAE"
-            )
-        step = spatial_compression * patch_size  # VAE downsampling × transformer patch size
-        if height % step or width % step:
-            raise UsageError(f"backbone.height/width ({height}×{width}) must be multiples of {step}")
-        if micro_batch < 1:
-            raise UsageError(f"backbone.micro_batch={micro_batch} must be >= 1")
-        if compile not in (True, False, "auto"):
-            raise UsageError(f"backbone.compile={compile!r}: use auto, true or false")
-        if vae_tiling not in (True, False, "auto"):
-            raise UsageError(f"backbone.vae_tiling={vae_tiling!r}: use auto, true or false")
-        if fused_gelu not in (True, False, "auto"):
-            raise UsageError(f"backbone.fused_gelu={fused_gelu!r}: use auto, true or false")
-        if fused_gelu is True:  # what is known before loading (an `auto` device is checked again at load)
-            check_fused_gelu(torch.device("cpu" if device == "cpu" else "cuda"), DTYPES[dtype])
-        choices = (*ATTENTION, *self.extra_attention)
-        if attention not in choices:
-            raise UsageError(f"backbone.attention={attention!r}: use one of {', '.join(choices)}")
-        if random_weights and not architecture:
-            raise UsageError(f"backbone.random_weights=true needs an `architecture` section (see {example_config})")
-        self.model_id = model_id
-        self.model_path = model_path
-        self.revision = revision
-        self.dtype_name = dtype
-        self.dtype = DTYPES[dtype]
-        self.device_name = device
-        self.num_frames = num_frames
-        self.height, self.width = height, width
-        self.fps = fps
-        self.stride = stride
-        self.temporal_compression = temporal_compression
-        self.spatial_compression = spatial_compression
-        self.max_text_tokens = max_text_tokens
-        self.vae_tiling = vae_tiling
-        self.cpu_offload = cpu_offload
-        self.text_encoder_policy = text_encoder
-        self.micro_batch = micro_batch
-        self.attention = attention
-        self.compile = compile
-        self.fused_gelu = fused_gelu
-        self.fused_gelu_layers = 0
-        self.random_weights = random_weights
-        self.weights_seed = weights_seed
-        self.architecture = architecture or {}
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every family's constructor shows its whole option set (`options_signature`), so `longgen.build` checks
+        config keys and their kinds against it as against any constructor."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in vars(cls):  # no options of its own: a constructor of its own to carry the signature
+            inherited = cls.__init__
+
+            def __init__(self, **shared: Any) -> None:
+                inherited(self, **shared)
+
+            cls.__init__ = __init__
+        cls.__init__.__signature__ = options_signature(cls, inspect.signature(cls.__init__))
+
+    def __init__(self, **shared: Any) -> None:
+        """`shared`: the DiffusersOptions fields (the family's `option_defaults` fill those not given)."""
+        options = DiffusersOptions(**{**self.option_defaults, **shared})
+        options.check(self.patch_size, attention_choices(self.attention_kernels), self.example_config)
+        if options.attention in self.attention_kernels:
+            self.attention_kernels[options.attention].check_installed()
+        self.options = options
+        self.model_id, self.model_path, self.revision = options.model_id, options.model_path, options.revision
+        self.dtype_name, self.dtype = options.dtype, DTYPES[options.dtype]
+        self.device_name = options.device
+        self.num_frames, self.height, self.width, self.fps = (options.num_frames, options.height, options.width,
+                                                              options.fps)
+        self.temporal_compression = options.temporal_compression
+        self.spatial_compression = options.spatial_compression
+        self.max_text_tokens = options.max_text_tokens
+        self.vae_tiling, self.cpu_offload = options.vae_tiling, options.cpu_offload
+        self.text_encoder_policy = options.text_encoder
+        self.micro_batch = options.micro_batch
+        self.attention = options.attention  # as configured; resolved at load (`attention_choice`)
+        self.attention_choice: AttentionChoice | None = None
+        self.compile, self.fused_gelu, self.fused_gelu_layers = options.compile, options.fused_gelu, 0
+        self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
+        self.architecture = options.architecture or {}
         # geometry, known before any weights load
-        self.window = (num_frames - 1) // temporal_compression + 1
-        self.latent_shape = (latent_channels, height // spatial_compression, width // spatial_compression)
+        self.window = (options.num_frames - 1) // options.temporal_compression + 1
+        self.latent_shape = (options.latent_channels, options.height // options.spatial_compression,
+                             options.width // options.spatial_compression)
         self.pipe = None
         self._source: str | None = None
         self._prompts: list[str] = []
@@ -276,9 +307,6 @@ class DiffusersBackbone(Denoiser):
         """Decoded video frames for a latent length: c·(L − 1) + 1 (the first latent frame holds one frame)."""
         return self.temporal_compression * (latent_frames - 1) + 1
 
-    def check_length(self, latent_frames: int) -> None:
-        """UsageError when the VAE cannot decode this latent length (every length decodes by default)."""
-
     # ------------------------------------------------------------------ availability and loading
     def check_available(self) -> None:
         """Fail fast, before any work, when the weights cannot be found. Sets the local source directory."""
@@ -314,6 +342,8 @@ class DiffusersBackbone(Denoiser):
 
     def load(self) -> None:
         self.device = resolve_device(self.device_name)
+        self.attention_choice = resolve_attention(self.attention, self.device, self.attention_kernels,
+                                                  self.auto_attention)
         if self.device.type == "cpu" and self.dtype == torch.float16 and not self.random_weights:
             log.warning("float16 on the CPU is very slow; pass backbone.dtype=float32 for CPU runs")
         if self.random_weights:
@@ -335,12 +365,10 @@ class DiffusersBackbone(Denoiser):
         else:
             pipe.to(self.device)
         self.pipe = pipe
-        self._set_attention_backend()
+        if self.attention_choice.kernel is not None:
+            self.attention_choice.kernel.install(pipe.transformer)
         self._fuse_gelu()
         self.compiled = self._compile_blocks()
-
-    def _set_attention_backend(self) -> None:
-        """Families with attention choices beyond the SDPA kernel sets install them here."""
 
     def _fuse_gelu(self) -> None:
         """The feed-forwards' projection + tanh GELU as one cuBLASLt call (longgen/backbones/fused_gelu.py): `auto`
@@ -441,17 +469,9 @@ class DiffusersBackbone(Denoiser):
         return [unique.index(p) for p in prompts]
 
     # ------------------------------------------------------------------ denoising
-    def _attention_kernels(self):
-        names = ATTENTION.get(self.attention, ())
-        if not names or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([getattr(SDPBackend, n) for n in names], set_priority=True)
-
     def _transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One counted transformer call under the chosen kernels; falls back to eager when compilation fails."""
-        with self._attention_kernels():
+        with self.attention_choice.around_calls():
             try:
                 out = self._call_transformer(x, emb, t)
             except Exception as exc:
@@ -555,9 +575,6 @@ class DiffusersBackbone(Denoiser):
         raise UsageError(f"the {self.family} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)")
 
     # ------------------------------------------------------------------ manifest
-    def _attention_description(self) -> Any:
-        return list(ATTENTION.get(self.attention, ())) or "torch default"
-
     def describe(self) -> dict:
         """Facts for the manifest."""
         info = {
@@ -567,9 +584,9 @@ class DiffusersBackbone(Denoiser):
             "window_latent_frames": self.window,
             "latent_shape": list(self.latent_shape),
             "micro_batch": self.micro_batch,
-            "attention": self.attention,
-            "attention_used": getattr(self, "attention_used", self.attention),
-            "attention_kernels": self._attention_description(),
+            "attention": self.attention,  # as configured; what runs is resolved at load (attention.py)
+            "attention_used": self.attention_choice.used if self.attention_choice else None,
+            "attention_kernels": self.attention_choice.description if self.attention_choice else None,
             "compile": self.compile,
             "compiled": self.compiled,
             "fused_gelu": self.fused_gelu,

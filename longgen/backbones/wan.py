@@ -32,12 +32,13 @@ What is Wan-specific, and lives here:
 from __future__ import annotations
 
 import importlib.util
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
+from longgen.backbones.attention import Kernel
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
 from longgen.backbones.shot_attention import wan_shot
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
@@ -47,6 +48,28 @@ from longgen.errors import UsageError
 #: backbone.attention=fa3: diffusers' FlashAttention-3 backend (needs the `flash_attn_interface` module of
 #: flash-attention's Hopper build)
 FA3_BACKEND = "_flash_3"
+
+
+class BackendKernel(Kernel):
+    """FlashAttention-3 in every attention layer of a Wan transformer through diffusers' attention backend
+    `FA3_BACKEND` (`backbone.attention=fa3`; never taken by `auto`)."""
+
+    def __init__(self) -> None:
+        super().__init__("fa3", f"FlashAttention-3 (diffusers attention backend {FA3_BACKEND})")
+
+    def check_installed(self) -> None:
+        if importlib.util.find_spec("flash_attn_interface") is None:
+            raise UsageError(
+                "backbone.attention=fa3 needs FlashAttention-3 (the flash_attn_interface module of flash-attention's "
+                "hopper build) installed: install it or use backbone.attention=auto"
+            )
+
+    def check(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise UsageError("backbone.attention=fa3 runs on a CUDA GPU only: use backbone.attention=auto on the CPU")
+
+    def install(self, transformer: torch.nn.Module) -> None:
+        transformer.set_attention_backend(FA3_BACKEND)
 
 
 # derived from diffusers models/modeling_utils.py (ModelMixin.from_pretrained), version 0.42
@@ -68,70 +91,25 @@ class WanBackbone(DiffusersBackbone):
     """A Wan 2.1 text-to-video model. Construction only checks the configuration; `load()` loads weights."""
 
     family = "Wan"
-    extra_attention = ("fa3",)
+    #: the shared options' defaults (DiffusersOptions) for Wan 2.1 T2V 1.3B; conf/backbone/wan2.1-t2v-1.3b.yaml gives
+    #: them all
+    option_defaults = dict(model_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype="bfloat16", num_frames=81, height=480,
+                           width=832, fps=16, max_text_tokens=512, vae_tiling=False, micro_batch=2)
+    example_config = "conf/backbone/tiny-wan.yaml"
+    #: diffusers' FlashAttention-3 backend by name only: `auto` takes the SDPA kernel order (cuDNN first)
+    attention_kernels = {"fa3": BackendKernel()}
     per_frame_timesteps = True
 
-    def __init__(
-        self,
-        model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        model_path: str | None = None,
-        revision: str | None = None,
-        dtype: str = "bfloat16",
-        vae_dtype: str = "float32",
-        device: str = "auto",
-        num_frames: int = 81,
-        height: int = 480,
-        width: int = 832,
-        fps: int = 16,
-        stride: int = 6,
-        latent_channels: int = 16,
-        temporal_compression: int = 4,
-        spatial_compression: int = 8,
-        max_text_tokens: int = 512,
-        flow_shift: float | None = None,
-        guidance_scale: float = 5.0,
-        negative_prompt: str = "",
-        syncos_t_min: int = 950,
-        vae_tiling: bool | str = False,
-        cpu_offload: bool = False,
-        text_encoder: str = "release",
-        micro_batch: int = 2,
-        attention: str = "auto",
-        compile: bool | str = "auto",
-        fused_gelu: bool | str = "auto",
-        random_weights: bool = False,
-        weights_seed: int = 0,
-        architecture: dict | None = None,
-    ) -> None:
-        super().__init__(
-            model_id=model_id, model_path=model_path, revision=revision, dtype=dtype, device=device,
-            num_frames=num_frames, height=height, width=width, fps=fps, stride=stride,
-            latent_channels=latent_channels, temporal_compression=temporal_compression,
-            spatial_compression=spatial_compression, patch_size=2, max_text_tokens=max_text_tokens,
-            vae_tiling=vae_tiling, cpu_offload=cpu_offload, text_encoder=text_encoder, micro_batch=micro_batch,
-            attention=attention, compile=compile, fused_gelu=fused_gelu, random_weights=random_weights, weights_seed=weights_seed,
-            architecture=architecture, example_config="conf/backbone/tiny-wan.yaml",
-        )
+    def __init__(self, *, vae_dtype: str = "float32", flow_shift: float | None = None, **shared: Any) -> None:
+        """`vae_dtype`, `flow_shift`: Wan's own options; `shared`: the DiffusersOptions, handed over whole."""
+        super().__init__(**shared)
         if vae_dtype not in DTYPES:
             raise UsageError(f"backbone.vae_dtype={vae_dtype!r} is not supported: use float32, bfloat16 or float16")
         if flow_shift is not None and not flow_shift > 0:
             raise UsageError(f"backbone.flow_shift={flow_shift} must be > 0 (or null: the loaded scheduler's shift)")
-        if not guidance_scale >= 0:
-            raise UsageError(f"backbone.guidance_scale={guidance_scale} must be >= 0")
-        if int(syncos_t_min) != syncos_t_min or not 0 <= syncos_t_min <= 1000:
-            raise UsageError(f"backbone.syncos_t_min={syncos_t_min} must be a whole timestep in [0, 1000]")
-        if attention == "fa3" and importlib.util.find_spec("flash_attn_interface") is None:
-            raise UsageError(
-                "backbone.attention=fa3 needs FlashAttention-3 (the flash_attn_interface module of flash-attention's "
-                "hopper build) installed: install it or use backbone.attention=auto"
-            )
         self.vae_dtype_name = vae_dtype
         self.vae_dtype = DTYPES[vae_dtype]
         self.flow_shift = None if flow_shift is None else float(flow_shift)
-        # defaults the sampler and generate configs read from here (conf/sampler/*.yaml, conf/generate.yaml)
-        self.guidance_scale = float(guidance_scale)
-        self.negative_prompt = negative_prompt
-        self.syncos_t_min = int(syncos_t_min)
 
     # ------------------------------------------------------------------ loading
     def _euler_scheduler(self, config):
@@ -183,13 +161,6 @@ class WanBackbone(DiffusersBackbone):
             )
         if tuple(tcfg.patch_size) != (1, 2, 2):
             raise UsageError(f"the loaded Wan transformer has patch size {tuple(tcfg.patch_size)}; longgen needs (1, 2, 2)")
-
-    def _set_attention_backend(self) -> None:
-        if self.attention != "fa3":
-            return
-        if self.device.type != "cuda":
-            raise UsageError("backbone.attention=fa3 runs on a CUDA GPU only: use backbone.attention=auto on the CPU")
-        self.pipe.transformer.set_attention_backend(FA3_BACKEND)
 
     def _blocks(self) -> Sequence[torch.nn.Module]:
         return self.pipe.transformer.blocks
@@ -360,17 +331,10 @@ class WanBackbone(DiffusersBackbone):
         return torch.cat(out_rows, dim=3)[:, :, :, :height, :width]  # [1, 3, f, H, W]
 
     # ------------------------------------------------------------------ manifest
-    def _attention_description(self):
-        if self.attention == "fa3":
-            return f"FlashAttention-3 (diffusers attention backend {FA3_BACKEND})"
-        return super()._attention_description()
-
     def describe(self) -> dict:
         info = super().describe()
         info.update({
             "vae_dtype": self.vae_dtype_name,
             "flow_shift": float(self.pipe.scheduler.shift) if self.pipe is not None else self.flow_shift,
-            "model_defaults": {"guidance_scale": self.guidance_scale, "negative_prompt": self.negative_prompt,
-                               "syncos_t_min": self.syncos_t_min},
         })
         return info

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from longgen.backbones.face import Backbone
 from longgen.build import build
 from longgen.errors import UsageError, out_of_memory_as, user_errors
 from longgen.progress import StepProgress
@@ -108,7 +109,7 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         latents = read_latents(target)
     else:
         raise UsageError(f"{target}: no such run directory or latents file")
-    backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
+    backbone: Backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
     if tuple(latents.shape[1:]) != tuple(backbone.latent_shape):

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from longgen.backbones.face import Backbone
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.options import flag, whole
@@ -194,7 +195,7 @@ def check_input_video(path: Path, recorded: dict) -> None:
                          f"put the original back or {again}; or start a new run")
 
 
-def read_source(path: Path, backbone: Any, keep: int, resize: bool) -> Source:
+def read_source(path: Path, backbone: Backbone, keep: int, resize: bool) -> Source:
     """Read the input once: its geometry and rate, its frame count at the backbone's rate and its last `keep`
     frames, fitted. One line for a missing file, something that is not a video, a size the backbone cannot take
     with resize=false, or a video shorter than `keep` frames."""
@@ -398,7 +399,8 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if cfg.get("video") in (None, ""):
         raise UsageError("give the video to continue: longgen extend VIDEO.mp4 prompt=\"…\"")
     parts = build_parts(cfg, choices)  # generate's stage 1 parts: sampler, backbone, writer, noise (noise=…)
-    inner, backbone, writer = parts.sampler, parts.backbone, parts.writer
+    inner, writer = parts.sampler, parts.writer
+    backbone: Backbone = parts.backbone
     m = backbone.window
     length = planned_length(cfg, parts)
     h = int(cfg.history) if cfg.get("history") is not None else m - inner.stride

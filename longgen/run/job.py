@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from longgen.backbones.face import Backbone
 from longgen.build import build
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
@@ -48,7 +49,7 @@ class Job:
     choices: dict[str, Any]
     out_dir: Path
     sampler: Sampler
-    backbone: Any
+    backbone: Backbone
     writer: Any
     length: int
     plan: WindowPlan
@@ -143,7 +144,7 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
     return Story.load(str(cfg.story))
 
 
-def check_prompt_lengths(story: Story, backbone: Any, negative_prompt: str) -> None:
+def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str) -> None:
     """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
     prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
@@ -157,7 +158,7 @@ class Parts:
     """What the config groups build: the sampler, the backbone (nothing loaded), the writer and the initial noise."""
 
     sampler: Sampler
-    backbone: Any
+    backbone: Backbone
     writer: Any
     noise: Any
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longgen.backbones.face import Backbone
 from longgen.rundir import atomic_file
 from longgen.samplers.base import SamplerState
 from longgen.windows import WindowPlan
@@ -48,7 +48,7 @@ def contact_sheet(images: list[np.ndarray], columns: int | None = None) -> np.nd
 class Preview:
     """After-step callback that writes `out_dir/preview.jpg` every `every` steps (and after the last)."""
 
-    def __init__(self, backbone: Any, plan: WindowPlan, out_dir: Path, every: int, scale: float = 0.5) -> None:
+    def __init__(self, backbone: Backbone, plan: WindowPlan, out_dir: Path, every: int, scale: float = 0.5) -> None:
         self.backbone, self.plan, self.path = backbone, plan, Path(out_dir) / "preview.jpg"
         self.every, self.scale = every, scale
         self.written = 0

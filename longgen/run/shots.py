@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from longgen.backbones.face import Backbone
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
@@ -320,7 +321,7 @@ def plan_shots(
     return ShotPlan(takes, prompts, [s.cut for s in story.shots], window, frames_for)
 
 
-def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Any, length: int,
+def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, length: int,
                noise: Any = None) -> tuple[ShotPlan, "ShotsSampler", Story]:
     """The plan stage of `generate` for a multi-shot story: the shot plan, the sampler that runs the configured one
     on every take, and the story the text encoder sees (one local prompt per shot, LCT's global prompt as global)."""
@@ -500,7 +501,7 @@ def _take_state(state: SamplerState, take: int) -> SamplerState:
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
-def decode_takes(backbone: Any, latents: torch.Tensor, plan: ShotPlan) -> Iterator[Any]:
+def decode_takes(backbone: Backbone, latents: torch.Tensor, plan: ShotPlan) -> Iterator[Any]:
     """Frames of every take, each decoded on its own (the VAE's causal cache starts fresh at every cut).
     latents: [1, L, C, H, W] → uint8 chunks [f, H, W, 3] in video order."""
     for take in plan.takes:

@@ -218,6 +218,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def model_defaults(job) -> dict:
+    """The sampling defaults the backbone's config names for the other groups (`Backbone.config_only`: stride,
+    guidance_scale, negative_prompt, syncos_t_min where given), resolved; the run's own values are the sampler's."""
+    node = job.cfg.backbone
+    return {key: node[key] for key in job.backbone.config_only if key in node}
+
+
 def manifest_head(job) -> dict:
     """What every manifest opens with (generate and extend): version, command, seed, sampler, backbone, noise."""
     return {
@@ -225,7 +232,8 @@ def manifest_head(job) -> dict:
         "command": " ".join(sys.argv),
         "seed": int(job.cfg.seed),
         "sampler": {"name": job.choices.get("sampler"), **job.sampler.describe()},
-        "backbone": {"name": job.choices.get("backbone"), **job.backbone.describe()},
+        "backbone": {"name": job.choices.get("backbone"), **job.backbone.describe(),
+                     "model_defaults": model_defaults(job)},
         "noise": {"name": job.choices.get("noise", "gaussian"), **job.noise.describe()},
     }
 

@@ -1,0 +1,101 @@
+"""What the stages ask of a backbone: its declared face (DESIGN.md, "The layers").
+
+A sampler sees a backbone only through the seam, `longgen.denoiser.Denoiser` (window, latent shape, schedule,
+`predict`, the capabilities). The stages of a run (longgen/run/, longgen/commands/) need more: the lifecycle (find
+the weights, load, release), the text side (count tokens, encode prompts), the video side (which latent lengths
+decode, how many frames they become, the decode stream, the encode of frames for `extend`), the geometry and frame
+rate of the videos it makes, and a description for the manifest. `Backbone` declares all of it, once, so
+`Job.backbone` has a type and a new family knows what to implement; the diffusers families get it from
+`longgen.backbones.diffusers_base.DiffusersBackbone`. Nothing else of a backbone object is the stages' business
+(tests/test_backbone_face.py reads the stages and holds them to this list).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from longgen.denoiser import Denoiser
+
+#: keys a backbone config may hold that are not the backbone's options: the model's own sampling defaults, read
+#: by the other groups' configs through interpolation (conf/sampler/*.yaml `stride: ${backbone.stride}`,
+#: `guidance_scale: ${oc.select:backbone.guidance_scale,6.0}`, `t_min: ${oc.select:backbone.syncos_t_min,900}`,
+#: conf/generate.yaml and conf/extend.yaml `negative_prompt`). `longgen.build.build` accepts them in the
+#: backbone's node and does not pass them to its constructor; the manifest records them as `model_defaults`.
+SAMPLING_DEFAULTS = ("stride", "guidance_scale", "negative_prompt", "syncos_t_min")
+
+
+class Backbone(Denoiser):
+    """A text-to-video model as the stages use it: the seam a sampler sees, plus what a run needs around it.
+    Construction only checks the configuration; `load()` brings the weights."""
+
+    #: config keys held for the other groups, not passed to the constructor (see SAMPLING_DEFAULTS)
+    config_only: ClassVar[tuple[str, ...]] = SAMPLING_DEFAULTS
+
+    #: frames per second of the videos it makes
+    fps: int
+    #: video frame size in pixels
+    width: int
+    height: int
+    #: video frames per latent frame (after the first, which holds one)
+    temporal_compression: int
+    #: the text encoder's tokens per prompt
+    max_text_tokens: int
+    #: built with seeded random weights (and a stand-in text encoder: token limits are advisory)
+    random_weights: bool
+    #: the configured device (`backbone.device`), resolved to `device` at load; the gpus=N launcher may pin it to
+    #: its rank's GPU before then
+    device_name: str
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """The model's name in messages and the manifest."""
+
+    # ------------------------------------------------------------------ lifecycle
+    @abstractmethod
+    def check_available(self) -> None:
+        """One line (UsageError), before any work, when the weights cannot be found."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the weights onto the device; afterwards `device` is set and every other method may run."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Drop the models and cached tensors (the next job of a sweep starts with free memory)."""
+
+    # ------------------------------------------------------------------ text
+    @abstractmethod
+    def count_tokens(self, prompt: str) -> tuple[int, bool]:
+        """(token count, exact) for a prompt: exact once the tokenizer is loaded, else an estimate."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str = "") -> list[int]:
+        """Encode the prompts (and the negative prompt guidance is taken against); return each prompt's id, the
+        `prompt_ids` of `predict`."""
+
+    # ------------------------------------------------------------------ lengths
+    @abstractmethod
+    def frames_for(self, latent_frames: int) -> int:
+        """Video frames that `latent_frames` latent frames decode to."""
+
+    def check_length(self, latent_frames: int) -> None:
+        """UsageError when the VAE cannot decode this latent length (every length decodes by default)."""
+
+    # ------------------------------------------------------------------ video
+    @abstractmethod
+    def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
+        """Latents [1, L, C, H, W] → uint8 RGB frames [f, H, W, 3], a few at a time, `frames_for(L)` in all."""
+
+    @abstractmethod
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 RGB frames [f, H, W, 3], f = `frames_for(L)` → latents [1, L, C, h, w] float32 on the seam's scale
+        (`longgen extend`)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Facts for the manifest (model, dtype, device, attention, compile, ...)."""
