@@ -133,8 +133,7 @@ def test_config_path_relative_to_the_working_directory_through_the_cli(full_copy
     assert refused.returncode == 2 and error_lines(refused)[0].startswith("longgen: error: unknown sampler 'gen-l-video'")
 
 
-@pytest.mark.parametrize("args", [["generate", "-sc", "install=bash"], ["generate", "--shell-completion", "install=bash"],
-                                  ["-sc", "install=bash"]])
+@pytest.mark.parametrize("args", [["generate", "-sc", "install=bash"], ["generate", "--shell-completion", "install=bash"]])
 def test_shell_completion_installs_for_longgen(args):
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
