@@ -79,4 +79,4 @@ def test_incomplete_model_folder_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "missing transformer, vae, scheduler, text_encoder, tokenizer" in lines[0]
-    assert "huggingface-cli download THUDM/CogVideoX-2b" in lines[0]
+    assert "hf download THUDM/CogVideoX-2b" in lines[0]

@@ -92,7 +92,7 @@ def test_incomplete_wan_folder_is_a_one_line_error(tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert "not a diffusers Wan folder (missing transformer, vae, scheduler, text_encoder, tokenizer)" in message
-    assert "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in message
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in message
 
 
 def test_cli_every_sampler_on_tiny_wan(tmp_path):

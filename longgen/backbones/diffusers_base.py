@@ -300,7 +300,7 @@ class DiffusersBackbone(Backbone):
     @property
     def label(self) -> str:
         if self.random_weights:
-            return f"{self.model_id} (random weights, seed {self.weights_seed})"
+            return f"{self.model_id} (random weights, backbone.weights_seed={self.weights_seed})"
         return self.model_path or self.model_id
 
     def frames_for(self, latent_frames: int) -> int:
@@ -324,7 +324,7 @@ class DiffusersBackbone(Backbone):
             if missing:
                 raise UsageError(
                     f"backbone.model_path={path} is not a diffusers {self.family} folder (missing "
-                    f"{', '.join(missing)}): download it with `huggingface-cli download {self.model_id} --local-dir {path}`"
+                    f"{', '.join(missing)}): download it with `hf download {self.model_id} --local-dir {path}`"
                 )
             self._source = str(path)
             return
@@ -336,7 +336,7 @@ class DiffusersBackbone(Backbone):
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise UsageError(
                 f"cannot load {self.model_id}: not in the local Hugging Face cache and the hub could not be reached "
-                f"({reason}); download it elsewhere (`huggingface-cli download {self.model_id} --local-dir DIR`) "
+                f"({reason}); download it elsewhere (`hf download {self.model_id} --local-dir DIR`) "
                 f"and pass backbone.model_path=DIR"
             ) from exc
 

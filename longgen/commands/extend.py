@@ -51,10 +51,11 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
         src = job.source
         log.info("%s: %dx%d at %g fps, %d frames as extend takes it%s", src.path, src.width, src.height, src.fps,
                  src.frames, f" ({src.describe_fit()})" if src.describe_fit() else "")
-        log.info("%s on %s: %d history + %d new latent frames (%d new video frames), %d windows, context %s%s",
+        log.info("%s on %s: %d history + %d new latent frames (%d new video frames), %d windows, context %s%s; "
+                 "seed %d; run directory %s",
                  choices.get("sampler"), job.backbone.label, job.history, job.new_frames,
                  job.backbone.temporal_compression * job.new_frames, job.plan.count, job.context,
-                 f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "")
+                 f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "", int(cfg.seed), out_dir)
         return execute_extend(job)
     finally:
         rundir.release()

@@ -78,10 +78,12 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost
         log.info(
-            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d %s",
+            "%s on %s: %d latent frames (%d video frames), %d windows of %d, stride %d, %d %s; seed %d; run "
+            "directory %s",
             choices.get("sampler"), job.backbone.label, job.length, job.frames, job.plan.count, job.plan.window,
             job.sampler.stride, len(job.story.local_prompts),
             f"shot(s) in {len(job.shots.takes)} take(s)" if job.shots is not None else "local prompt(s)",
+            int(cfg.seed), out_dir,
         )
         with world.job(job_message(job)):
             return execute(job)

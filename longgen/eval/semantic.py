@@ -19,7 +19,7 @@ the frames of its segment of the story, then averaged over segments. Prompts lon
 (77 tokens) are truncated by its tokenizer.
 
 Weights: a transformers folder (`save_pretrained` layout: config.json + weights, with the tokenizer for CLIP),
-e.g. `huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR` (or facebook/dino-vitb16) on a
+e.g. `hf download openai/clip-vit-base-patch32 --local-dir DIR` (or facebook/dino-vitb16) on a
 machine with network. Loaded with `local_files_only=True`.
 """
 
@@ -66,7 +66,7 @@ def _check_folder(path: str | None, key: str, metric: str) -> Path:
     if path in (None, ""):
         raise UsageError(
             f"{metric} needs local {key.upper()} weights: pass models.{key}=/path/to/folder (a transformers folder, "
-            f"e.g. `huggingface-cli download {example} --local-dir DIR` on a machine with network); nothing is downloaded"
+            f"e.g. `hf download {example} --local-dir DIR` on a machine with network); nothing is downloaded"
         )
     folder = Path(str(path)).expanduser()
     if not (folder / "config.json").is_file():

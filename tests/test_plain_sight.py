@@ -1,0 +1,30 @@
+"""What a user sees without asking (issue 25, "plain sight", first part): the run's seed and directory on the start
+line, the final latents kept so that `longgen decode` works after any run, and the hub client's current command in
+the missing-weights line."""
+
+from __future__ import annotations
+
+from cli_helpers import run_cli
+
+TINY = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler=gen-l-video", "num_windows=2",
+        "sampler.num_steps=2", "prompt=a fox"]
+
+
+def test_start_line_names_seed_and_run_directory_and_decode_works_after_a_plain_run(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("generate", *TINY, "seed=7", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = " ".join((run / "generate.log").read_text().split())  # the log keeps the start line whole
+    assert "seed 7" in start and f"run directory {run}" in start
+    assert "random weights, backbone.weights_seed=0" in start  # the weights' seed is not the run's seed
+    assert (run / "latents.safetensors").is_file()  # kept by default
+    again = run_cli("decode", str(run), "writer.filename=again.mp4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "again.mp4").stat().st_size > 0
+
+
+def test_save_latents_false_drops_them(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("generate", *TINY, "save_latents=false", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (run / "latents.safetensors").exists() and (run / "video.mp4").is_file()
