@@ -35,15 +35,23 @@ def group_options(group: str, search: ConfigSearch | None = None) -> list[str]:
     return (search or ConfigSearch.of([], "generate")).options(group)
 
 
+def _defaults_choices(data: dict, overrides: bool) -> dict[str, str]:
+    """Group → choice named in a config's defaults list: its own `group: choice` entries, and with `overrides` also
+    its `override /group: choice` entries (an experiment file's way of selecting other groups)."""
+    picked = {}
+    for entry in data.get("defaults", []) or []:
+        if isinstance(entry, dict):
+            (key, value), = entry.items()
+            if key.startswith("override") and not overrides:
+                continue
+            picked[key.removeprefix("override").strip().lstrip("/")] = value
+    return picked
+
+
 def _selected_groups(search: ConfigSearch, group: str, choice: str) -> dict[str, str]:
     """Group choices that a config added with `+group=choice` selects (`override /sampler: fifo` in its defaults
     list, as an experiment file does)."""
-    picked = {}
-    for entry in search.load(f"{group}/{choice}.yaml").get("defaults", []) or []:
-        if isinstance(entry, dict):
-            (key, value), = entry.items()
-            picked[key.removeprefix("override").strip().lstrip("/")] = value
-    return picked
+    return _defaults_choices(search.load(f"{group}/{choice}.yaml"), overrides=True)
 
 
 def _yaml_keys(search: ConfigSearch, group: str, choice: str) -> set[str]:
@@ -60,12 +68,7 @@ def _yaml_keys(search: ConfigSearch, group: str, choice: str) -> set[str]:
 def _primary_defaults(search: ConfigSearch) -> tuple[set[str], dict[str, str]]:
     """(top-level keys, default choice per group) of the primary config."""
     data = search.load(f"{search.primary}.yaml")
-    choices = {}
-    for entry in data.get("defaults", []) or []:
-        if isinstance(entry, dict):
-            (group, choice), = entry.items()
-            if not group.startswith("override"):
-                choices[group] = choice
+    choices = _defaults_choices(data, overrides=False)
     return {k for k in data if k != "defaults"} | set(choices), choices
 
 
@@ -188,6 +191,18 @@ def check_output_dir(args: list[str]) -> str | None:
     except UsageError as exc:
         return str(exc)
     return None
+
+
+def path_first(argv: list[str] | None, usage: str) -> tuple[Path, list[str]]:
+    """`longgen COMMAND PATH [KEY=VALUE ...]` (resume, decode: commands that read their config from PATH): the path
+    and the overrides. Prints `usage` and exits on -h/--help (status 0) or without arguments (status 2)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage)
+        sys.exit(0 if args else 2)
+    return Path(args[0]).expanduser(), args[1:]
 
 
 def fill_positional_list(key: str, args: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from longgen.errors import UsageError
 
@@ -153,23 +153,24 @@ SWEEP_FILES = ("multirun.yaml", "sweep-jobs.jsonl")
 
 def refuse_sweep_links(path: Path) -> None:
     """A sweep never writes outside its directory: one line if a symbolic link was planted under a name it writes."""
-    planted = [n for n in SWEEP_FILES if (Path(path) / n).is_symlink()]
-    if planted:
-        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(planted)}): remove them or "
-                         f"pick another sweep directory")
+    _refuse_links(Path(path), lambda entry: entry.name in SWEEP_FILES, "sweep")
 
 
 def refuse_run_links(path: Path) -> None:
     """A run never writes outside its directory: refuse symbolic links where longgen or Hydra writes into or appends
     to an existing name (`.hydra/`, the logs). Final files are written by renaming a new file over the name, which
     replaces a link rather than following it. Checked before Hydra starts (every command) and again at claim."""
-    path = Path(path)
+    _refuse_links(Path(path), lambda entry: entry.name == ".hydra" or entry.suffix == ".log", "run")
+
+
+def _refuse_links(path: Path, written: Callable[[Path], bool], kind: str) -> None:
+    """One line naming the symbolic links in `path` whose names longgen or Hydra writes through (`written`)."""
     if not path.is_dir():
         return
-    planted = [p.name for p in path.iterdir() if p.is_symlink() and (p.name == ".hydra" or p.suffix == ".log")]
+    planted = sorted(entry.name for entry in path.iterdir() if entry.is_symlink() and written(entry))
     if planted:
-        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(sorted(planted))}): "
-                         f"remove them or pick another run directory")
+        raise UsageError(f"{path} holds symbolic links where longgen writes ({', '.join(planted)}): remove them or "
+                         f"pick another {kind} directory")
 
 
 class RunDirectory:
@@ -201,15 +202,12 @@ class RunDirectory:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
         try:
-            self.refuse_links()
+            refuse_run_links(self.path)
         except UsageError:
             self.release()
             raise
         remove_stale_temps(self.path)
         return self
-
-    def refuse_links(self) -> None:
-        refuse_run_links(self.path)
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -299,7 +297,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
 class RunLog(logging.FileHandler):
     """The run's log file (generate.log, …), appended and never opened through a symbolic link: a link planted
     under the log's name would carry the log outside the run directory. Such a link gets nothing (the run is then
-    refused with one line when it claims the directory, RunDirectory.refuse_links)."""
+    refused with one line when it claims the directory, refuse_run_links)."""
 
     def _open(self):
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -12,7 +12,6 @@ multi-shot run directory is decoded take by take, as generate decodes it (a bare
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 from longgen.backbones.face import Backbone
 from longgen.build import build
 from longgen.errors import UsageError, out_of_memory_as, user_errors
+from longgen.overrides import check_group_choices, check_option_keys, path_first
 from longgen.progress import StepProgress
 from longgen.rundir import (
     CHECKPOINT,
@@ -149,8 +149,6 @@ def compose_for_file(overrides: list[str]):
     """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
     from hydra import compose, initialize_config_module
 
-    from longgen.overrides import check_group_choices, check_option_keys
-
     extra = [o for o in overrides if o.startswith("out=")]
     rest = [o for o in overrides if not o.startswith("out=")]
     problem = check_group_choices(rest) or check_option_keys("generate", rest)
@@ -165,11 +163,7 @@ def compose_for_file(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE.format(allowed=", ".join(DECODE_OPTIONS)))
-        sys.exit(0 if args else 2)
-    target = Path(args[0]).expanduser()
+    target, overrides = path_first(argv, USAGE.format(allowed=", ".join(DECODE_OPTIONS)))
     with user_errors():
         setup_logging(target if target.is_dir() else None, "decode")
-        run_decode(target, args[1:])
+        run_decode(target, overrides)

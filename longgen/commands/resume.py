@@ -13,12 +13,12 @@ too, as is an extend run whose input video no longer has the sha256 its checkpoi
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from longgen.errors import UsageError, user_errors
+from longgen.overrides import path_first
 from longgen.parallel.units import current
 from longgen.run.checkpoint import HARMLESS, load_checkpoint, result_config
 from longgen.run.job import job_message, plan_job
@@ -87,12 +87,8 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE.format(allowed=", ".join(HARMLESS)))
-        sys.exit(0 if args else 2)
-    run_dir = Path(args[0]).expanduser()
+    run_dir, overrides = path_first(argv, USAGE.format(allowed=", ".join(HARMLESS)))
     with user_errors():
         if run_dir.is_dir():
             setup_logging(run_dir)
-        run_resume(run_dir, args[1:])
+        run_resume(run_dir, overrides)
