@@ -268,6 +268,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "window": job.plan.window,
         "stride": job.sampler.stride,
         "windows": job.window_map(),
+        **({"events": job.event_table()} if job.events is not None else {}),
         "local_prompts": len(job.story.local_prompts),
         "use_global_prompt": job.use_global,
         "global_prompt_removed_from": job.stripped,
