@@ -181,14 +181,15 @@ def assign_events(centres: Sequence[float], edges: Sequence[float]) -> list[int]
     highs = np.array(edges, dtype=float)  # [K]
     c = np.asarray(centres, dtype=float)[:, None]  # [N, 1]
     cost = np.maximum(np.maximum(lows[None] - c, c - highs[None]), 0.0)  # [N, K] distance to each segment
-    best = np.full((n, k), np.inf)  # [N, K] least cost of windows 0..j with window j on event e
+    # [N, K] least cost of windows 0..j with window j on event e; a path from (0, 0) to (N − 1, K − 1) that stays
+    # or steps one event per window visits every event, so reaching the last event is all that is asked
+    best = np.full((n, k), np.inf)
     stay = np.zeros((n, k), dtype=bool)  # window j − 1 has the same event as window j
     best[0, 0] = cost[0, 0]
     for j in range(1, n):
         same, step = best[j - 1], np.concatenate(([np.inf], best[j - 1, :-1]))  # [K] each
         stay[j] = same <= step
         best[j] = cost[j] + np.minimum(same, step)
-        best[j, : max(0, k - (n - j))] = np.inf  # too few windows left for the remaining events
     events, e = [0] * n, k - 1
     for j in range(n - 1, -1, -1):
         events[j] = e
