@@ -157,6 +157,9 @@ def test_times_with_relative_durations_and_a_timeline_longer_than_the_video_are_
                                          r"pass num_windows=13 or end the last event by 12\.12 s"):
         timed((0, 20), (20, 30)).event_plan(plan_for(4), CLOCK, plan_for)
     assert CLOCK.seconds(plan_for(13).length) >= 30 > CLOCK.seconds(plan_for(12).length)  # the advice is the least
+    with pytest.raises(UsageError, match=r"the events end at 12.2 s but the video is 12\.12 s .* num_windows=5 "):
+        timed((0, 2), (2, 12.2)).event_plan(plan_for(4), CLOCK, plan_for)  # a 16th of a second over: still refused
+    timed((0, 2), (2, 12.125)).event_plan(plan_for(4), CLOCK, plan_for)  # exactly the video: fine
 
 
 # ---------------------------------------------------------------------------------------------------- LCT characters
