@@ -33,8 +33,8 @@ longgen/run/shots.py (each run of shots between cuts is its own segment of the v
 
 `check_text_limit` compares prompts with a text encoder's token limit before (estimated) and after (exact) the
 tokenizer is available, reporting every over-long prompt with its length. `Story.check_events_fit` refuses a
-window plan that would leave a local prompt without any window (its event would silently vanish) and says how
-many windows are needed.
+window plan with fewer windows than local prompts (an event would silently vanish) and says how many windows are
+needed.
 
 Limits, so that a wrong file fails in a moment with one short line: a story file of at most MAX_STORY_BYTES, at
 most MAX_EVENTS local prompts, durations finite and at most MAX_DURATION, a prompt file of at most
@@ -377,12 +377,19 @@ class Story:
         end, video = timeline[-1][1], clock.seconds(length)
         if end > video + TIME_TOLERANCE:
             frames = round(clock.frame_at(length))
-            longer = self._windows_needed(lambda n: clock.seconds(plan_for(n).length) >= end - TIME_TOLERANCE,
-                                          1) if plan_for else None
+            longer = self._windows_needed(self._holds(end, clock, plan_for), 1) if plan_for else None
             fix = f"pass num_windows={longer} or end" if longer else "end"
             raise UsageError(f"story: the events end at {end:g} s but the video is {video:.2f} s ({frames} frames at "
                              f"{clock.fps:g} fps); {fix} the last event by {video:.2f} s")
         return [clock.latent_at(e) for _, e in timeline[:-1]] + [float(length)]
+
+    def _holds(self, end: float, clock: Clock, plan_for: Callable[[int], Any]) -> Callable[[int], bool]:
+        """Whether a video of n windows holds a timeline ending at `end` seconds: long enough, a window per event."""
+        def holds(n: int) -> bool:
+            plan = plan_for(n)
+            return plan.count >= self.num_events and clock.seconds(plan.length) >= end - TIME_TOLERANCE
+
+        return holds
 
     def timeline_note(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> str | None:
         """A line for the log when a timed story ends before the video does (its last event runs on), naming the
@@ -395,7 +402,7 @@ class Story:
         note = (f"the events end at {end:g} s and the video at {video:.2f} s: local prompt {self.num_events} runs on "
                 f"to the video's end")
         if plan_for is not None:
-            need = self._windows_needed(lambda n: clock.seconds(plan_for(n).length) >= end - TIME_TOLERANCE, 0)
+            need = self._windows_needed(self._holds(end, clock, plan_for), 0)
             if need is not None and plan_for(need).length < length:
                 note += f" (num_windows={need} makes a {clock.seconds(plan_for(need).length):.2f} s video)"
         return note

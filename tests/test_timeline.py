@@ -122,7 +122,9 @@ def test_a_timeline_that_ends_early_runs_its_last_event_on_and_says_so():
     story = timed((0, 2), (2, 4))  # 4 s; 4 windows are 12.125 s, 2 windows (L = 17) 8.125 s, 1 window 6.125 s
     assert story.event_edges(25, CLOCK)[-1] == 25
     note = story.timeline_note(25, CLOCK, plan_for)
-    assert "the events end at 4 s and the video at 12.12 s" in note and "num_windows=1 makes a 6.12 s video" in note
+    # 1 window would hold the 4 s but not the 2 events: the advice is 2 windows
+    assert "the events end at 4 s and the video at 12.12 s" in note and "num_windows=2 makes a 8.12 s video" in note
+    assert "num_windows=3 makes" in timed((0, 1), (1, 2), (2, 3)).timeline_note(25, CLOCK, plan_for)
     assert timed((0, 2), (2, 12.125)).timeline_note(25, CLOCK, plan_for) is None
 
 

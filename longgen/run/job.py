@@ -255,13 +255,20 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     return job
 
 
+#: events whose plan is logged one line each at start; the manifest lists them all
+LOGGED_EVENTS = 20
+
+
 def log_event_plan(job: Job) -> None:
-    """The plan of a story of several events, one line each: its windows, video frames and seconds."""
+    """The plan of a story of several events, one line each (at most LOGGED_EVENTS): its windows, video frames and
+    seconds, and the start of its prompt after the global description."""
     table = job.event_table()
     if table is None or len(table) < 2:
         return
     glob = job.story.global_prompt.strip()
-    for row, prompt in zip(table, job.story.local_prompts):
+    if len(table) > LOGGED_EVENTS:
+        log.info("the first %d of %d events (manifest.json `events` lists them all):", LOGGED_EVENTS, len(table))
+    for row, prompt in zip(table[:LOGGED_EVENTS], job.story.local_prompts):
         event = prompt.strip()[len(glob):].lstrip(" ,;:.-") if glob and prompt.strip().startswith(glob) else prompt
         windows = row["windows"]
         span = f"{windows[0] + 1}" if len(windows) == 1 else f"{windows[0] + 1}-{windows[-1] + 1}"
