@@ -433,6 +433,14 @@ class ShotsSampler(Sampler):
             self._reference_prompt = ref.run.prompt_for_window(0, den.window)
         return steps.pop()
 
+    def forwards_per_step(self, total: int) -> list[float] | None:
+        """Every take's sampler's forwards, plus the reference window's capture per step with cross-shot attention."""
+        takes = [t.sampler.forwards_per_step(total) for t in self._takes]
+        if any(work is None for work in takes):
+            return None
+        capture = (2 if self.inner.guidance_scale > 1.0 else 1) if self.sharing else 0
+        return [sum(step) + capture for step in zip(*takes)]
+
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         for t in self._takes:
