@@ -17,6 +17,12 @@ CONFIGS = {"generate": "generate", "extend": "extend", "split-prompt": "split_pr
 MAX_LINES = 52
 
 
+def continued_notes(config: str) -> list[str]:
+    """The indented comment lines that continue an option's note (before `hydra:`)."""
+    text = (CONF / f"{config}.yaml").read_text().split("\nhydra:")[0]
+    return [m.group(1).strip() for m in re.finditer(r"^ +# (.+)$", text, re.M)]
+
+
 def single_line_notes(config: str) -> dict[str, str]:
     """`key: value  # note` lines of a primary config at the top level (outside `defaults` and `hydra`), read
     here on their own, without the help page's parser."""
@@ -47,6 +53,8 @@ def test_help_is_short_and_lists_groups_and_the_documented_options(command, caps
     for key, note in notes.items():
         shown = [line for line in lines if re.match(rf"^ {{1,2}}{key}(=\S+|\.\*:)?\s", line)]
         assert shown and note in shown[0], f"{command} --help: {key} without its note {note!r}"
+    for note in continued_notes(CONFIGS[command]):
+        assert note in page, f"{command} --help lacks the continued note {note!r}"
     assert "_target_" not in page  # no config dump
 
 
