@@ -56,7 +56,7 @@ from longgen.backbones.face import Backbone
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, guidance_branches
 from longgen.story import CHARACTER_REF, Story
 from longgen.windows import WindowPlan
 
@@ -438,7 +438,7 @@ class ShotsSampler(Sampler):
         takes = [t.sampler.forwards_per_step(total) for t in self._takes]
         if any(work is None for work in takes):
             return None
-        capture = (2 if self.inner.guidance_scale > 1.0 else 1) if self.sharing else 0
+        capture = guidance_branches(self.inner.guidance_scale) if self.sharing else 0
         return [sum(step) + capture for step in zip(*takes)]
 
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ def _no_progress(phase: str, done: int, total: int) -> None:
     return None
 
 
-def _no_weights(phase: str, work: list[int] | None) -> None:
+def _no_weights(phase: str, work: list[float] | None) -> None:
     return None
 
 
@@ -74,7 +74,7 @@ class SamplingRun:
     #: encoded-prompt ids by role, for samplers that need more than the per-window local prompt
     prompt_ids: dict[str, int] = field(default_factory=dict)
     after_step: Callable[[SamplerState, int], None] = _no_callback
-    weigh: Callable[[str, list[int] | None], None] = _no_weights
+    weigh: Callable[[str, list[float] | None], None] = _no_weights
 
     @property
     def length(self) -> int:
@@ -129,7 +129,7 @@ class Sampler(ABC):
         """Plan the run (windows, schedule, prompt ids; checks and log lines) without drawing random numbers;
         return the number of steps."""
 
-    def forwards_per_step(self, total: int) -> list[int] | None:
+    def forwards_per_step(self, total: int) -> list[float] | None:
         """The transformer forwards (one per window sample and guidance branch, as `Denoiser.forward_count` counts
         them) each of the `total` steps will spend, from the plan `begin` made (called after it; draws nothing).
         The progress ETA weighs steps by them. None: not known, every step weighs the same."""
