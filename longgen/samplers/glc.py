@@ -85,7 +85,7 @@ from longgen.diffusion import (
 )
 from longgen.errors import UsageError
 from longgen.options import Number, OneOf, Whole, flag, option
-from longgen.samplers.base import GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun, guidance_branches
 from longgen.samplers.glc_noise import FILTERS, reinit_noise
 
 log = logging.getLogger(__name__)
@@ -423,7 +423,27 @@ class GLCSampler(Sampler):
         self.check(run.denoiser, self._sched.timesteps)
         self._trace = []
         self._global_index, self._global_ids = self._global(run)
+        self._length, self._window = run.length, run.denoiser.window
         return len(self._sched)
+
+    def forwards_per_step(self, total: int) -> list[float]:
+        """G global clips and the local windows (their mean count over the random shifts, which are drawn per
+        step) through one predict; with vmcr_source=model, at the VMCR steps that have a next timestep, per
+        iteration another predict of every window and one differentiable forward per window whose backward pass
+        is counted as two forwards."""
+        cfg = guidance_branches(self.guidance_scale)
+        clips = 0 if self._global_index is None else int(self._global_index.shape[0])
+        if self.local_path:
+            offsets = range(self.stride) if self.random_shift else range(1)
+            clips += sum(len(shifted_starts(self._length, self._window, self.stride, r)) for r in offsets) / len(offsets)
+        per_step = []
+        for i in range(total):
+            t = self._sched.step(i).t
+            model_vmcr = (self.vmcr and self.vmcr_source == "model" and self.vmcr_t_min <= t <= self.vmcr_t_max
+                          and i + 1 < len(self._sched))
+            # each model-VMCR iteration: a predict of every window, then a forward (1) and backward (2) per window
+            per_step.append(clips * cfg * (1 + 4 * self.vmcr_iters * model_vmcr))
+        return per_step
 
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         return {"x": self.initial_noise(run)}  # [L, C, H, W]
