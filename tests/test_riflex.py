@@ -69,14 +69,25 @@ def test_plan_follows_the_formulas_written_out(dim, base, native, published_k):
     assert (chosen.k, chosen.chosen) == (1, "backbone.riflex")
 
 
-def test_tiny_wan_table_differs_from_diffusers_only_in_the_intrinsic_component(wan_riflex):
+def _wan_rope_case(head_dim: int | None, loaded):
+    """(rope module as the backbone uses it, diffusers' unmodified module, plan): tiny-wan as loaded with
+    riflex=true, or a bare diffusers rotary module of Wan 2.1's head size patched the way load() patches it."""
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-    rope = wan_riflex.pipe.transformer.rope
-    plain = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)  # diffusers' own table
-    p = wan_riflex.riflex_plan
+    if head_dim is None:
+        rope = loaded.pipe.transformer.rope
+        return rope, WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len), loaded.riflex_plan
+    rope = WanRotaryPosEmbed(head_dim, (1, 2, 2), 1024)
+    p = riflex.plan(0, rope.t_dim, 10000.0, 21)
+    riflex.patch_wan_rope(rope, p)
+    return rope, WanRotaryPosEmbed(head_dim, (1, 2, 2), 1024), p
+
+
+@pytest.mark.parametrize("head_dim", [None, 128])  # tiny-wan's 8 (k = 1 of 2), Wan 2.1's 128 (k = 5 of 22)
+def test_tiny_wan_table_differs_from_diffusers_only_in_the_intrinsic_component(wan_riflex, head_dim):
+    rope, plain, p = _wan_rope_case(head_dim, wan_riflex)
     k, _, theta_new = _by_hand(rope.t_dim, 10000.0, 21)
-    assert (p.k, wan_riflex.window, wan_riflex.native_window) == (k, 41, 21)
+    assert (p.k, p.window, wan_riflex.window, wan_riflex.native_window) == (k, 41, 41, 21)
     cols = [2 * (k - 1), 2 * (k - 1) + 1]  # the component's interleaved (cos, sin) pair of columns
     others = [c for c in range(rope.freqs_cos.shape[1]) if c not in cols]
     for mine, theirs in ((rope.freqs_cos, plain.freqs_cos), (rope.freqs_sin, plain.freqs_sin)):
@@ -89,8 +100,8 @@ def test_tiny_wan_table_differs_from_diffusers_only_in_the_intrinsic_component(w
     # what a window's forward reads: position p of a 41-frame window is row p of the table
     cos, _ = rope(torch.zeros(1, 4, 41, 2, 2))  # [1, 41·1·1, 1, D]
     assert torch.equal(cos[0, :, 0, : rope.t_dim], rope.freqs_cos[:41, : rope.t_dim])
-    info = wan_riflex.describe()["riflex"]
-    assert (info["k"], info["window"]) == (k, 41) and info["theta_new"] == pytest.approx(theta_new)
+    info = wan_riflex.describe()["riflex"]  # the manifest's record
+    assert (info["k"], info["window"]) == (wan_riflex.riflex_plan.k, 41)
 
 
 def test_riflex_false_leaves_the_model_bytes_alone():
