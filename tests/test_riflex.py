@@ -145,7 +145,7 @@ def test_tiny_rope_cogvideox_table_differs_only_in_the_intrinsic_component():
 
 
 def test_doubled_window_halves_the_windows_for_the_same_length(wan_riflex):
-    """tiny-wan: 53 latent frames take 6 windows of 21 at stride 6, and 2 windows of 41 at stride 12."""
+    """tiny-wan: 53 latent frames take 7 windows of 21 at stride 6 (the last end-aligned), 2 windows of 41 at stride 12."""
     length = 53
     plain = GenLVideoSampler(num_steps=1, guidance_scale=1.0, stride=6).plan(length, 21)
     sampler = GenLVideoSampler(num_steps=1, guidance_scale=1.0, stride=12)
