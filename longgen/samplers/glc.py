@@ -33,11 +33,21 @@ Per DDIM step t → t_prev (Eq. 1, η = 0; Algorithm 1):
      so the slope is exactly a_prev at every t. No model call.
    - `vmcr_source: affine`: this step's noise estimate ε̂ held fixed, x̂0(z) = (z − s_prev·ε̂)/a_prev, slope 1/a_prev
      (192 at CogVideoX's first step). It treats the model as blind to z, which is only right near t = 0.
-   - `vmcr_source: model`: re-predicts x̂0 of z_{t−1} at the next timestep with the same windows and γ (without
-     ABAM) and backpropagates through the transformer window by window (vector-Jacobian products, so memory stays
-     that of one window); one extra predict of every window plus one differentiable forward and backward per window
-     and CFG branch per step. At the last step there is no next timestep and the Tweedie slope is used (on
-     CogVideoX's schedule a_prev = 1 there, where every source is the identity x̂0 = z_0).
+   - `vmcr_source: model` (Algorithm 1 lines 21–23 as written; conf/experiment/glc-paper-4x.yaml): re-predicts
+     x̂0 of z_{t−1} at the next timestep t−1 through both paths (this step's windows, Eq. 3 per path, Eq. 9 with
+     γ(t−1), guidance as in every predict) and backpropagates through the transformer window by window
+     (vector-Jacobian products, so memory stays that of one window); one extra predict of every window plus one
+     differentiable forward and backward per window and CFG branch per step, all through the seam's batched calls
+     and units of work (`Denoiser.window_vjp`), so `gpus=N` gives the same bytes and no generator draw is added
+     (resume stays exact). Where it reads the paper rather than copies it: the windows are this step's (the paper
+     does not say; new shifts would draw from the generator), ABAM is off in the re-prediction (an anchor couples
+     every window to the first, so a window's Jacobian would no longer be its own), and at the last step there is
+     no next timestep and the Tweedie slope is used (on CogVideoX's schedule a_prev = 1 there, where every source is
+     the identity x̂0 = z_0). Pinned to a plain loop of those lines in tests/test_glc_vmcr.py.
+   Size of one update at the paper's ω = 2e-5 (scripts/vmcr_update.py, tiny CogVideoX, L = 49, 50 steps; a random
+   network, so only the ratio means much): ‖Δz‖/‖z‖ tweedie 2.0e-7 / model 1.7e-5 at t = 999, 1.1e-6 / 1.5e-5 at
+   899, 2.7e-6 / 1.8e-5 at 799, 9.4e-6 / 2.1e-5 at 499, 1.6e-5 / 1.5e-5 at 99: the model source moves z up to 85×
+   more at high noise, where the paper says VMCR matters, and the two agree near t = 0.
    Measured with scripts/vmcr_scale.py (L = 49, 50 steps; ratios of gradient norms to the model source):
    - exact posterior mean of white unit Gaussian latents: the model's gain along ∇_{x̂0}ℓ is a_prev; tweedie/model
      1.02–1.25 from t = 899 down, affine/model 824 at t = 899 falling to 1.08 at t = 39;
