@@ -152,6 +152,20 @@ def test_attention_op_matches_written_out_masked_attention(text, height, width, 
         assert np.abs(want - masked_attention(*(x.double().numpy() for x in (q, k, v)), text, 1, None)).max() > 1e-3
 
 
+def test_attention_op_output_has_the_layout_its_shape_function_promises():
+    """Inductor asserts on the GPU that a custom op's output strides are those of its fake: contiguous, also for
+    the transposed [b, heads, N, hd] views the processors pass."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 7, 2, 4, generator=gen).transpose(1, 2) for _ in range(3))  # [1, heads, 7, hd] views
+    for windows in ([1], [7]):  # a blend, and a window of the whole video (the global attention as it came)
+        real = spectral_attention(q, k, v, 0, 1, 1, windows, 0.25, 0.25, "sdpa")
+        with FakeTensorMode() as mode:
+            fake = spectral_attention(*(mode.from_tensor(x) for x in (q, k, v)), 0, 1, 1, windows, 0.25, 0.25, "sdpa")
+        assert real.shape == fake.shape and real.stride() == fake.stride()
+
+
 # ---------------------------------------------------------------------------------------------------- one layer
 @pytest.fixture
 def cog(tiny):

@@ -156,7 +156,7 @@ def spectral_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: 
                            f"{height}×{width}")
     out = attend(q, k, v)  # [b, heads, text + N, hd] the global branch
     if windows[0] >= frames:  # every local window holds the whole video: the local branches are the global one
-        return out
+        return out.contiguous()  # the layout the shape function promises, whatever the kernel returned
     b, heads, _, hd = q.shape
     grid = (b, heads, frames, height, width, hd)
     glob = out[:, :, text:].reshape(grid)  # [b, heads, F, h, w, hd]
@@ -168,7 +168,7 @@ def spectral_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: 
 
 @spectral_attention.register_fake
 def _spectral_attention_shape(q, k, v, text, height, width, windows, temporal_cutoff, spatial_cutoff, kernel):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # contiguous, as the op returns it (q may be a transposed view)
 
 
 # ---------------------------------------------------------------------------------------------------- processors
