@@ -278,6 +278,35 @@ def test_units_run_out_of_order_give_the_same_bytes(cog):
         cog.micro_batch, cog.units = 64, Units()
 
 
+def test_compiled_blocks_keep_one_graph_across_layers_and_steps():
+    """Compiled blocks with FreeLong installed anew at every step: the op is opaque and one processor object serves
+    every layer and step, so Dynamo traces once per call shape (the first block's input has other strides: 2
+    graphs) and never again, and the result is the eager one."""
+    from torch._dynamo.testing import CompileCounter
+
+    from conftest import make_tiny
+
+    den = make_tiny(prompts=("a cat",), height=16, width=32, **{"architecture.transformer.num_layers": 3})
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    try:
+        for block in den._blocks():
+            block.compile(backend=counter, dynamic=False)
+        x = torch.randn(1, 9, *den.latent_shape, generator=torch.Generator().manual_seed(0))
+        compiled = []
+        for _ in range(2):  # two steps: the context installs the processors again
+            with den.spectral_attention(9, (3, 5), 0.25, 0.25):
+                compiled.append(den.predict(x, 500, [0], 6.0).x0)
+        assert counter.frame_count <= 2, counter.frame_count
+        for block in den._blocks():
+            block._compiled_call_impl = None
+        with den.spectral_attention(9, (3, 5), 0.25, 0.25):
+            eager = den.predict(x, 500, [0], 6.0).x0
+        assert all((c - eager).abs().max() <= 1e-5 for c in compiled)
+    finally:
+        torch._dynamo.reset()
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("options, match", [
     ({"multi_band": [9, 5]}, r"sampler.multi_band=\[9, 5\] must be strictly increasing"),

@@ -1,6 +1,6 @@
 """FreeLong's spectral blend attention for the CogVideoX and Wan transformers: FreeLong (Lu, Liang, Zhu & Yang,
 "FreeLong: Training-Free Long Video Generation with SpectralBlend Temporal Attention", NeurIPS 2024, arXiv
-2407.19918, §3.3) and the multi-band form of FreeLong++ (Lu & Yang 2025, arXiv 2507.00162, "Multi-band
+2407.19918, its SpectralBlend temporal attention) and the multi-band form of FreeLong++ (Lu & Yang 2025, arXiv 2507.00162, "Multi-band
 SpectralFusion"). The sampler that uses it is longgen/samplers/freelong.py; its module docstring states the method.
 
 In every attention layer of a transformer call over a whole video (F latent frames of h×w tokens, frames outermost
@@ -14,7 +14,7 @@ rotated) queries, keys and values:
   w frames starting at s_i = min(max(i − ⌊w/2⌋, 0), F − w): centred on i, shifted inwards at the ends of the video
   so it always holds w frames (the authors' public code builds its "adjusted" local mask the same way for odd w;
   for an even w their centred window holds w + 1 frames, ours holds w). A w ≥ F is the global branch.
-- blend (FreeLong Eqs. for SpectralBlend-TA): with ℱ the 3-D discrete Fourier transform over (frame, token row,
+- blend (SpectralBlend): with ℱ the 3-D discrete Fourier transform over (frame, token row,
   token column) of each channel and P a low-pass filter on that grid,
       X = ℱ⁻¹( ℱ(X_g)·P + ℱ(X_w)·(1 − P) ),
   the global branch's low spatio-temporal frequencies and the local branch's high ones. P is the Gaussian of the
@@ -26,7 +26,7 @@ rotated) queries, keys and values:
 - FreeLong++'s multi-band form: local branches for windows w_1 < … < w_K, then the global branch. Each branch
   contributes one band, from high to low frequencies: with low-pass filters P_1 ≥ … ≥ P_K of temporal cutoffs
   c_k = d_t·w_1/w_k (a window k times longer is trusted for frequencies k times lower; ours — the FreeLong++
-  paper assigns bands from local to global without a formula we could check), the weights are W_1 = 1 − P_1,
+  text we could read, its abstract and project page, states the band order from local to global, not the cutoffs), the weights are W_1 = 1 − P_1,
   W_k = P_{k−1} − P_k, W_global = P_K. They are ≥ 0 and sum to 1 at every frequency; K = 1 is FreeLong.
   Computed as X = X_1 + ℱ⁻¹( Σ_k P_k·ℱ(X_{k+1} − X_k) ) (X_{K+1} = X_g): one forward FFT per band boundary and one
   inverse, as real FFTs (P is real and even, so the result is real).

@@ -4,10 +4,10 @@ the multi-band variant of FreeLong++ (Lu & Yang 2025, arXiv 2507.00162). GLC-Dif
 against it in its Table 1 on CogVideoX at 3× and 6× length; it gives no FreeLong settings of its own, and describes it
 as single-trajectory denoising of the whole video (its §4.2–4.3).
 
-The paper's observation (its §3.2): a short-video model asked for a long video in one pass keeps the video's
+The paper's observation: a short-video model asked for a long video in one pass keeps the video's
 low-frequency content (layout, identity) but distorts its high frequencies — spatial detail is lost, temporal
 flicker grows — because its attention now spreads over many more frames than it was trained on. SpectralBlend
-attention (its §3.3) runs two branches in each attention layer and mixes them in the frequency domain:
+attention runs two branches in each attention layer and mixes them in the frequency domain:
 
   X_global = Attention(Q, K, V)            over the tokens of all L latent frames,
   X_local  = Attention(Q, K, V; M_w)       each query frame restricted to a window of w frames around it,
