@@ -327,7 +327,7 @@ def test_refusals_where_it_cannot_run(cog, wan):
     with pytest.raises(UsageError, match="RoPE table covers 1024: ask for at most 1024 latent frames"):
         with wan.spectral_attention(1025, (21,), 0.25, 0.25):
             pass
-    with cog.anchor_attention(0.5), pytest.raises(UsageError, match="cannot run inside anchor"):
+    with cog.anchor_attention(0.5), pytest.raises(UsageError, match="cannot run together with cross-shot attention or ABAM: set shots.cross_attention=0"):
         with cog.spectral_attention(17, (5,), 0.25, 0.25):
             pass
 

@@ -585,8 +585,8 @@ class DiffusersBackbone(Backbone):
         if self.pipe is None:
             raise RuntimeError("load() must run before spectral_attention()")
         if self._anchor_layout is not None:
-            raise UsageError("FreeLong's spectral blend attention cannot run inside anchor (ABAM) or cross-shot "
-                             "attention: turn the other off")
+            raise UsageError("FreeLong's spectral blend attention cannot run together with cross-shot attention or "
+                             "ABAM: set shots.cross_attention=0")
         plan = SpectralPlan(tuple(int(w) for w in windows), float(temporal_cutoff),
                             None if spatial_cutoff is None else float(spatial_cutoff),
                             self.latent_shape[1] // self.patch_size, self.latent_shape[2] // self.patch_size)
