@@ -6,7 +6,7 @@ returns the clean-latent estimate x̂0 and the implied noise ε̂ for a batch of
 classifier-free guidance applied. Everything model-specific (v- or flow prediction, SNR or timestep shift, RoPE,
 latent layout, dtype, offload, attention processors, micro-batching) stays behind it; samplers never import
 diffusers. A backbone states what else it can do (`per_frame_timesteps`, `anchor_attention`, `shot_attention`,
-`predict_grad`);
+`spectral_attention`, `predict_grad`);
 samplers that need a capability ask for it and fail with one line where it is missing.
 """
 
@@ -99,6 +99,18 @@ class Denoiser(ABC):
         UsageError."""
         raise UsageError(
             f"the {type(self).__name__} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)"
+        )
+
+    def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
+                           spatial_cutoff: float | None) -> ContextManager[None]:
+        """A context in which every `predict` of windows of `frames` latent frames (a whole video) uses FreeLong's
+        spectral blend attention (longgen/backbones/spectral_attention.py): in each attention layer the global
+        attention over all frames and local attentions restricted to `windows` frames around each query frame
+        (ascending; more than one: FreeLong++'s bands) are blended in the 3-D frequency domain, low frequencies from
+        the global branch, through Gaussian low-pass filters of normalised cutoffs `temporal_cutoff` and
+        `spatial_cutoff` (None: temporal only). Backbones that cannot do this raise UsageError."""
+        raise UsageError(
+            f"the {type(self).__name__} backbone has no spectral blend attention (FreeLong): use another sampler"
         )
 
     def predict_grad(

@@ -16,8 +16,8 @@ holds the rest, once:
   random weights), then the text encoder released, moved to the CPU or kept;
 - `predict`: classifier-free guidance stacked into one batch ([unconditional rows, conditional rows]),
   micro-batched into transformer calls of `micro_batch` samples, under the chosen SDPA kernels, guided in float32;
-- anchor attention (GLC-Diffusion ABAM) and cross-shot attention (multi-shot scenes) installed for the duration of
-  a block; the manifest description.
+- anchor attention (GLC-Diffusion ABAM), cross-shot attention (multi-shot scenes) and FreeLong's spectral blend
+  attention installed for the duration of a block; the manifest description.
 """
 
 from __future__ import annotations
@@ -579,6 +579,30 @@ class DiffusersBackbone(Backbone):
     def _shot_processors(self) -> dict:
         """Keyword arguments of `shared_attention(...)` for this transformer (processor factory, which layers)."""
         raise UsageError(f"the {self.family} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)")
+
+    @contextlib.contextmanager
+    def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
+                           spatial_cutoff: float | None) -> Iterator[None]:
+        """FreeLong's spectral blend attention (longgen/backbones/spectral_attention.py) in every `predict` inside the
+        block; the transformer's own processors are restored on exit. The family checks that its positions cover
+        `frames` latent frames and supplies the processor (`_spectral_processor`)."""
+        from longgen.backbones.spectral_attention import SpectralPlan, spectral_installed
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before spectral_attention()")
+        if self._anchor_layout is not None:
+            raise UsageError("FreeLong's spectral blend attention cannot run together with cross-shot attention or "
+                             "ABAM: set shots.cross_attention=0")
+        plan = SpectralPlan(tuple(int(w) for w in windows), float(temporal_cutoff),
+                            None if spatial_cutoff is None else float(spatial_cutoff),
+                            self.latent_shape[1] // self.patch_size, self.latent_shape[2] // self.patch_size)
+        processor, layers = self._spectral_processor(frames, plan)
+        with spectral_installed(self.pipe.transformer, processor, layers):
+            yield
+
+    def _spectral_processor(self, frames: int, plan: Any) -> tuple[Any, Any]:
+        """(processor, which layers) of FreeLong's attention for videos of `frames` latent frames, or UsageError."""
+        raise UsageError(f"the {self.family} backbone has no spectral blend attention (FreeLong): use another sampler")
 
     # ------------------------------------------------------------------ manifest
     def describe(self) -> dict:
