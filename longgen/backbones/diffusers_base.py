@@ -599,7 +599,7 @@ class DiffusersBackbone(Backbone):
             "fused_gelu_layers": self.fused_gelu_layers,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
-            "lora": [lora.describe() for lora in self.loras],  # path, sha256 of the file read, scale, adapter name
+            "lora": [lora.describe(k) for k, lora in enumerate(self.loras)],  # path, sha256 of the file read, scale, adapter name
         }
         if self.pipe is not None:
             proc = self.pipe.transformer.attn_processors

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -42,7 +43,7 @@ MAX_SCALE = 10.0
 KEYS = ("path", "scale", "weight_name", "name")
 #: a hub id, "owner/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-#: an adapter name PEFT accepts as a module attribute key
+#: a name for messages and the manifest
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: diffusers loggers whose warnings mean a LoRA did not (wholly) fit the transformer
 _LOADER_LOGGERS = ("diffusers.loaders.peft", "diffusers.loaders.lora_pipeline", "diffusers.loaders.lora_base",
@@ -55,14 +56,20 @@ class Lora:
 
     path: str  # as given
     scale: float
-    name: str  # the PEFT adapter name
+    name: str  # its name in messages and the manifest
     weight_name: str | None = None
     file: Path | None = None
     sha256: str | None = None  # of the file's bytes, set when it is loaded
 
-    def describe(self) -> dict:
-        """The manifest's record of this adapter."""
-        return {"name": self.name, "path": self.path, "weight_name": self.weight_name,
+    def adapter(self, k: int) -> str:
+        """The PEFT adapter name of entry k. Not the user's name: diffusers tells an adapter's own keys in its
+        missing-key check by substring (`adapter_name in key`), so a short name like `b` would match every other
+        adapter's keys (`transformer_blocks...`); `longgen_lora_<k>_` appears in no module or other adapter key."""
+        return f"longgen_lora_{k}_"
+
+    def describe(self, k: int) -> dict:
+        """The manifest's record of entry k."""
+        return {"name": self.name, "adapter": self.adapter(k), "path": self.path, "weight_name": self.weight_name,
                 "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale}
 
 
@@ -226,16 +233,19 @@ def apply_loras(pipe, loras: Sequence[Lora], model: str) -> None:
     resolve_hub(loras)  # where check_available did not run first (a backbone loaded directly)
     for k, lora in enumerate(loras):
         lora.sha256 = file_sha256(lora.file)
-        with _complaints() as said:
+        with _complaints() as said, warnings.catch_warnings():
+            # PEFT's note on a second adapter ("Already found a `peft_config` attribute") is the intended case here
+            warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
             try:  # by file, not as tensors: diffusers then also reads the adapter metadata (alpha, rank) in it
-                pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.name)
+                pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name,
+                                       adapter_name=lora.adapter(k))
             except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
                 reason = " ".join(str(exc).split())[:200] or type(exc).__name__
                 raise mismatch(k, lora, model, reason) from None
         peft_config = getattr(pipe.transformer, "peft_config", {}) or {}
-        if said.lines or lora.name not in peft_config:
+        if said.lines or lora.adapter(k) not in peft_config:
             raise mismatch(k, lora, model, said.lines[0] if said.lines else "nothing of it was loaded")
-    names = [lora.name for lora in loras]
+    names = [lora.adapter(k) for k, lora in enumerate(loras)]
     pipe.set_adapters(names, [lora.scale for lora in loras])
     pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
     pipe.unload_lora_weights()  # PEFT's layers out; the fused weights stay
