@@ -210,7 +210,8 @@ def test_generate_with_lora_records_hashes_and_resumes_exactly(cog_files, tmp_pa
 
     (path_a, _, _), (path_b, _, _) = cog_files["a"], cog_files["b"]
     lora = f"backbone.lora=[{{path:'{path_a}',scale:0.8}},{{path:'{path_b}',scale:-0.5}}]"
-    args = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler=gen-l-video", "num_windows=2",
+    args = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "backbone.num_frames=9", "sampler.stride=2",
+            "sampler=gen-l-video", "num_windows=2",
             "sampler.num_steps=2", "prompt=a fox", "checkpoint_every=1", lora]
 
     def generate(out: Path) -> dict:
