@@ -245,3 +245,25 @@ def test_generate_with_lora_records_hashes_and_resumes_exactly(cog_files, tmp_pa
     run_resume(tmp_path / "cut", [])
     got = load_file(tmp_path / "cut" / "latents.safetensors")["latents"]
     assert torch.equal(got, load_file(tmp_path / "ref" / "latents.safetensors")["latents"])
+
+
+@pytest.mark.parametrize("installed, message", [
+    (None, "backbone.lora needs the peft package: pip install 'peft>=0.17'"),
+    ("0.16.2", "backbone.lora needs peft 0.17 or newer (found 0.16.2)"),
+])
+def test_missing_or_old_peft_is_one_line(cog_files, monkeypatch, installed, message):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name != "peft":
+            return real(name)
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(UsageError) as err:
+        build(tiny_config(**SMALL, lora=[{"path": str(cog_files["a"][0])}]), "backbone", "tiny")
+    assert str(err.value).startswith(message)

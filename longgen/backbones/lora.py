@@ -39,6 +39,8 @@ from longgen.errors import UsageError
 
 #: |scale| beyond this is a typo, not a style strength (LoRA scales in use lie in about [-2, 2])
 MAX_SCALE = 10.0
+#: the oldest peft diffusers 0.42 loads LoRAs with (its MIN_PEFT_VERSION)
+MIN_PEFT = (0, 17)
 #: what an item of `backbone.lora` may say
 KEYS = ("path", "scale", "weight_name", "name")
 #: a hub id, "owner/name"
@@ -82,11 +84,27 @@ def parse_loras(items: Any) -> list[Lora]:
         raise UsageError(f"backbone.lora must be a list like [{{path: style.safetensors, scale: 0.8}}], got "
                          f"{str(items)[:60]!r}")
     loras = [parse_one(item, k) for k, item in enumerate(items)]
+    if loras:
+        check_peft()
     names = [lora.name for lora in loras]
     for name in names:
         if names.count(name) > 1:
             raise UsageError(f"backbone.lora: two LoRAs are named {name!r}: give each a distinct `name`")
     return loras
+
+
+def check_peft() -> None:
+    """diffusers loads LoRAs only through PEFT (MIN_PEFT_VERSION 0.17 for diffusers 0.42): one line where it is
+    missing or older, rather than diffusers' error at load."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("peft")
+    except PackageNotFoundError:
+        raise UsageError("backbone.lora needs the peft package: pip install 'peft>=0.17'") from None
+    if tuple(int(n) for n in re.findall(r"\d+", found)[:2]) < MIN_PEFT:
+        raise UsageError(f"backbone.lora needs peft {'.'.join(map(str, MIN_PEFT))} or newer (found {found}): "
+                         f"pip install -U peft")
 
 
 def parse_one(item: Any, k: int) -> Lora:
