@@ -143,10 +143,10 @@ class DiffusersOptions:
     attention: str = "auto"  # longgen/backbones/attention.py
     compile: bool | str = "auto"  # torch.compile of each transformer block: auto (CUDA), true, false
     fused_gelu: bool | str = "auto"  # longgen/backbones/fused_gelu.py: auto, true, false
+    lora: list | None = None  # LoRA adapters fused into the transformer: [{path, scale, weight_name, name}] (lora.py)
     random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
     weights_seed: int = 0
     architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
-    lora: list | None = None  # LoRA adapters fused into the transformer: [{path, scale, weight_name, name}] (lora.py)
 
     def check(self, patch_size: int, attention: Sequence[str], example_config: str) -> None:
         """One line (UsageError) for the first option a family of this transformer `patch_size`, `attention`
