@@ -42,6 +42,7 @@ from longgen.backbones.attention import AttentionChoice, Kernel, attention_choic
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.backbones.lora import apply_loras, parse_loras, resolve_hub
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
@@ -142,6 +143,7 @@ class DiffusersOptions:
     attention: str = "auto"  # longgen/backbones/attention.py
     compile: bool | str = "auto"  # torch.compile of each transformer block: auto (CUDA), true, false
     fused_gelu: bool | str = "auto"  # longgen/backbones/fused_gelu.py: auto, true, false
+    lora: list | None = None  # LoRA adapters fused into the transformer: [{path, scale, weight_name, name}] (lora.py)
     random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
     weights_seed: int = 0
     architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
@@ -245,6 +247,7 @@ class DiffusersBackbone(Backbone):
         self.compile, self.fused_gelu, self.fused_gelu_layers = options.compile, options.fused_gelu, 0
         self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
         self.architecture = options.architecture or {}
+        self.loras = parse_loras(options.lora)  # local files found and their headers read; nothing loaded
         # geometry, known before any weights load
         self.native_window = (options.num_frames - 1) // options.temporal_compression + 1
         # RIFLEx: the window is the extrapolated one; the family lowers one temporal RoPE frequency at load
@@ -316,6 +319,7 @@ class DiffusersBackbone(Backbone):
     # ------------------------------------------------------------------ availability and loading
     def check_available(self) -> None:
         """Fail fast, before any work, when the weights cannot be found. Sets the local source directory."""
+        resolve_hub(self.loras)  # LoRAs named by hub id: from the Hugging Face cache
         if self.random_weights:
             return
         if self.model_path:
@@ -367,9 +371,11 @@ class DiffusersBackbone(Backbone):
         if self.vae_tiling is True or (self.vae_tiling == "auto" and self.decides_tiling):
             pipe.vae.enable_tiling()
         if self.cpu_offload and self.device.type == "cuda":
+            apply_loras(pipe, self.loras, self.model_id)  # fused on the CPU, before the offload hooks (lora.py)
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+            apply_loras(pipe, self.loras, self.model_id)  # fused on the device (lora.py)
         self.pipe = pipe
         if self.attention_choice.kernel is not None:
             self.attention_choice.kernel.install(pipe.transformer)
@@ -623,6 +629,7 @@ class DiffusersBackbone(Backbone):
             "fused_gelu_layers": self.fused_gelu_layers,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
+            "lora": [lora.describe(k) for k, lora in enumerate(self.loras)],  # path, sha256 of the file read, scale, adapter name
         }
         if self.riflex is not None:
             info["riflex"] = self.riflex_plan.describe() if self.riflex_plan else {"window": self.window}
