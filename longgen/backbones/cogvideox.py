@@ -207,6 +207,12 @@ class CogVideoXBackbone(DiffusersBackbone):
         """Cross-shot attention processors on the kernel in use (FlashAttention-3 or SDPA)."""
         return {"processor": cogvideox_shot(self._processor_kernel())}
 
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on every joint attention layer (torch SDPA; longgen/backbones/kv_sharing.py)."""
+        from longgen.backbones.kv_sharing import cogvideox_kv
+
+        return cogvideox_kv()
+
     def describe(self) -> dict:
         info = super().describe()
         info["vae_norm"] = self.vae_norm
