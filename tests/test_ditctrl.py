@@ -187,14 +187,16 @@ def test_sharing_layer_is_written_out_attention_with_the_sources_keys(tiny, subj
         (_, v0, t0, out_v0, out_t0), (_, v1, t1, out_v1, out_t1) = tgt[branch]
         attn0, attn1 = blocks[0].attn1, blocks[1].attn1
         q, k, v = _qkv(attn0, t0, v0)  # layer 0: the target's own keys, plain
-        plain = attn0.to_out[0](loop_attention(q, k, v, lambda i: list(range(k.shape[1]))).transpose(0, 1).flatten(1))
+        every = list(range(k.shape[1]))
+        plain = attn0.to_out[0](loop_attention(q, k, v, lambda i, keys=every: keys).transpose(0, 1).flatten(1))
         assert torch.allclose(plain, torch.cat([out_t0, out_v0]), atol=1e-5)
         q, _, _ = _qkv(attn1, t1, v1)  # layer 1: the target's queries, the source's keys of this branch
         _, k_s, v_s = _qkv(attn1, src[branch][1][2], src[branch][1][1])
         if subject:
             allowed = masked_keys(n_text, mask(src["c"]), mask(tgt["c"]), subject)
         else:
-            allowed = lambda i: list(range(k_s.shape[1]))  # noqa: E731
+            every = list(range(k_s.shape[1]))
+            allowed = lambda i, keys=every: keys  # noqa: E731
         shared = attn1.to_out[0](loop_attention(q, k_s, v_s, allowed).transpose(0, 1).flatten(1))
         assert torch.allclose(shared, torch.cat([out_t1, out_v1]), atol=1e-5), branch
     if subject:  # the mask is not trivial here (both key sets in use)
@@ -254,7 +256,7 @@ class RankMajor(Units):
 
     def map(self, fn, sizes, kind="predict", wait=True):
         order = [k for r in range(self.size) for k in range(len(sizes)) if k % self.size == r]
-        out = dict((k, fn(k)) for k in order)
+        out = {k: fn(k) for k in order}
         return [out[k] for k in range(len(sizes))]
 
     def replicated(self, fn):
@@ -284,10 +286,10 @@ def test_bytes_do_not_depend_on_micro_batch_nor_on_ranks(tiny, family):
 
 
 @pytest.mark.parametrize("override, match", [
-    (dict(kv_steps=(5, 2)), "sampler.kv_steps=\\[5, 2\\] must have a <= b"),
-    (dict(kv_layers=[1]), "sampler.kv_layers=\\[1\\] must be a span"),
-    (dict(subject_tokens=(1, 1)), "names a token twice"),
-    (dict(mask_threshold=1.5), "sampler.mask_threshold=1.5 must be a finite number between 0 and 1"),
+    ({"kv_steps": (5, 2)}, "sampler.kv_steps=\\[5, 2\\] must have a <= b"),
+    ({"kv_layers": [1]}, "sampler.kv_layers=\\[1\\] must be a span"),
+    ({"subject_tokens": (1, 1)}, "names a token twice"),
+    ({"mask_threshold": 1.5}, "sampler.mask_threshold=1.5 must be a finite number between 0 and 1"),
 ])
 def test_bad_options_are_one_line(override, match):
     with pytest.raises(UsageError, match=match):

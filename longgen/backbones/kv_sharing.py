@@ -98,7 +98,7 @@ def shared_attention(
     source_mask, target_mask: [b, N] bool (None: unmasked sharing) → [b, heads, T+N, d]."""
     if source_mask is None:
         return F.scaled_dot_product_attention(q, k_src, v_src)
-    b, n = source_mask.shape
+    b = source_mask.shape[0]
     text = torch.ones(b, n_text, dtype=torch.bool, device=q.device)  # text keys: always allowed
     fg_keys = torch.cat([text, source_mask], dim=1)  # [b, T+N]
     bg_keys = torch.cat([text, ~source_mask], dim=1)
