@@ -239,6 +239,14 @@ def test_step_without_sharing_is_the_weighted_clip_loop(tiny):
     assert not torch.allclose(_ditctrl(num_steps=1).sample(_run(tiny, length))[0], out[0], atol=1e-4)
 
 
+def test_sharing_steps_are_the_half_open_span(tiny):
+    sampler = _ditctrl(num_steps=5, kv_steps=(2, 4))
+    sampler.begin(_run(tiny, 17))
+    assert [sampler.shares_at(i) for i in range(5)] == [False, False, True, True, False]
+    sampler.begin(_run(tiny, tiny.window))  # one clip: no pair to share
+    assert not any(sampler.shares_at(i) for i in range(5))
+
+
 def test_resume_from_a_checkpoint_is_bit_identical(tiny, tmp_path):
     make = lambda: _ditctrl(num_steps=4, kv_steps=(1, 3), subject_tokens=SUBJECT, eta=0.5)  # noqa: E731
     reference = make().sample(_run(tiny, 21))
@@ -270,7 +278,9 @@ def test_bytes_do_not_depend_on_micro_batch_nor_on_ranks(tiny, family):
                                                           width=32, micro_batch=1)
     length = den.window + 2 * 4
     make = lambda: _ditctrl(num_steps=2, subject_tokens=SUBJECT, guidance_scale=5.0)  # noqa: E731
-    one_row = make().sample(_run(den, length))
+    den.forward_count, sampler = 0, make()
+    one_row = sampler.sample(_run(den, length))
+    assert den.forward_count == sum(sampler.forwards_per_step(2)) == 2 * 2 * (2 * 2)  # 3 clips, 2 pairs, CFG
     units, micro = den.units, den.micro_batch
     try:
         den.units = RankMajor()

@@ -11,7 +11,8 @@ layers that carry the video's self-attention: CogVideoX's joint text+video atten
 - mask-guided: a binary subject mask is read for each clip from its own text–video attention map (below), M_s for
   the source and M_t for the target. Foreground queries of the target attend to the source's foreground keys and
   background queries to its background keys, text keys always allowed:
-      out_t = M_t ⊙ Attn(Q_t, K_s, V_s; keys: text ∪ {n : M_s[n]}) + (1 − M_t) ⊙ Attn(Q_t, K_s, V_s; keys: text ∪ {n : ¬M_s[n]})
+      out_t = M_t ⊙ Attn(Q_t, K_s, V_s; keys text ∪ {n: M_s[n]})
+            + (1 − M_t) ⊙ Attn(Q_t, K_s, V_s; keys text ∪ {n: ¬M_s[n]})
   with M_t per query token (a text query counts as foreground when it is one of the subject tokens), as the public
   code's KVSharingMaskGuidedAdaLNMixin does. Where one of the two key sets has no video key and there is no text
   key either (Wan's self-attention), that part attends to every source key instead of to none.
@@ -307,7 +308,8 @@ class CogVideoXKVProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor | None = None,
-                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         from diffusers.models.embeddings import apply_rotary_emb
 
         n_text = encoder_hidden_states.shape[1]

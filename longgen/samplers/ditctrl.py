@@ -4,8 +4,9 @@ prompts, joined by KV-sharing and latent blending. The baseline SynCoS compares 
 supplementary Table 5, Fig. 14).
 
 The long latent x_t [L, C, H, W] is covered by clips of the native length M starting every S frames (stride
-S = M − overlap; paper: overlap 6 of CogVideoX-2B's 13 latent frames, S = 7; the public code (sat/configs/inference.yaml) now advises
-overlap 9, S = 4, the default here as it keeps CogVideoX's latent length odd), each clip conditioned on the local
+S = M − overlap; paper: overlap 6 of CogVideoX-2B's 13 latent frames, S = 7; the public code
+(sat/configs/inference.yaml) now advises overlap 9, S = 4, the default here as it keeps CogVideoX's latent length
+odd), each clip conditioned on the local
 prompt of the story segment holding its centre. Adjacent clips overlap and share those frames' latents, so they
 start from the same noise there (the public code copies the noise of the overlap for the same effect).
 
@@ -106,6 +107,13 @@ class DiTCtrlSampler(Sampler):
         self._weights = blend_weights(self._plan.window)
         self._sched = den.schedule(self.num_steps)
         return len(self._sched)
+
+    def forwards_per_step(self, total: int) -> list[float]:
+        """Transformer forwards of each step (window samples × guidance branches): 2(N − 1) clip predictions at a
+        sharing step, N otherwise (the progress ETA's weights)."""
+        branches = 2 if self.guidance_scale > 1.0 else 1
+        n = len(self._starts)
+        return [float(branches * (2 * (n - 1) if self.shares_at(i) else n)) for i in range(total)]
 
     def shares_at(self, i: int) -> bool:
         """Whether step i runs KV-sharing: on, inside `kv_steps`, and at least one pair of clips."""
