@@ -7,6 +7,7 @@
   from the conditional rows' maps of the layers so far), the layer outside the span plain;
 - latent blending: the triangle weights and the blend against a per-frame loop, and a whole step without sharing
   against a hand-written loop over the clips;
+- unmasked sharing of a clip with itself is its plain prediction (RoPE on CogVideoX-5B-like and Wan models);
 - one clip is direct sampling, bit for bit; checkpoint/resume bit for bit; the bytes do not depend on the
   micro-batch nor on how units are spread over (emulated) ranks — the property gpus=N rests on;
 - bad options are one line (the generic rules that generate applies before any weights load).
@@ -312,3 +313,29 @@ def test_layers_beyond_the_model_and_tokens_beyond_the_text_are_one_line(tiny):
     with pytest.raises(UsageError, match="subject_tokens=\\[40\\] points past the 16 text tokens"):
         _ditctrl(subject_tokens=(40,)).sample(_run(tiny, 17))
 
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["cogvideox-rope", "wan"])
+def test_a_clip_sharing_with_itself_is_its_plain_prediction(family):
+    """Unmasked sharing with the source = the target (same latents, prompt and timestep) attends with its own keys:
+    the installed processors (RoPE included: CogVideoX-5B's on the video tokens, Wan's interleaved pairs) reproduce
+    the model's own attention."""
+    if family == "wan":
+        den = make_tiny_wan(prompts=("a cat walks",), height=32, width=32)
+    else:
+        den = make_tiny(prompts=("a cat walks",), height=32, width=32, **{
+            "architecture.transformer.use_rotary_positional_embeddings": True,
+            "architecture.transformer.attention_head_dim": 16})
+    x = torch.randn(2, den.window, *den.latent_shape, generator=torch.Generator().manual_seed(4))
+    t = den.schedule(4).step(1).t
+    plain = den.predict(x, t, [0, 0], 5.0).x0
+    with den.kv_sharing((0, 2), (), 0.3) as kv:
+        with kv.capturing():
+            captured = den.predict(x, t, [0, 0], 5.0).x0
+        with kv.sharing([0, 1]):
+            shared = den.predict(x, t, [0, 0], 5.0).x0
+        with kv.sharing([1, 0]):  # each window with the other's keys: no longer its own prediction
+            swapped = den.predict(x, t, [0, 0], 5.0).x0
+    assert torch.allclose(captured, plain, atol=1e-5) and torch.allclose(shared, plain, atol=1e-5)
+    assert not torch.allclose(swapped, plain, atol=1e-3)
