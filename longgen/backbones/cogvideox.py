@@ -249,6 +249,12 @@ class CogVideoXBackbone(DiffusersBackbone):
         plan = replace(plan, text=cfg.max_text_seq_length, kernel=self._processor_kernel())
         return shared_processor(CogVideoXSpectralProcessor, plan), None
 
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on every joint attention layer (torch SDPA; longgen/backbones/kv_sharing.py)."""
+        from longgen.backbones.kv_sharing import cogvideox_kv
+
+        return cogvideox_kv()
+
     def describe(self) -> dict:
         info = super().describe()
         info["vae_norm"] = self.vae_norm

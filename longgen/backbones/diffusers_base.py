@@ -610,6 +610,36 @@ class DiffusersBackbone(Backbone):
         """(processor, which layers) of FreeLong's attention for videos of `frames` latent frames, or UsageError."""
         raise UsageError(f"the {self.family} backbone has no spectral blend attention (FreeLong): use another sampler")
 
+    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float) -> Iterator[Any]:
+        """DiTCtrl's KV-sharing (longgen/backbones/kv_sharing.py) for every `predict` inside the block: the family's
+        processors are installed, each predict announces its windows to the layout, and the layout takes the place
+        run_stacked reads anchors from; the transformer's own processors are restored on exit."""
+        from longgen.backbones.kv_sharing import kv_shared
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before kv_sharing()")
+        if self._anchor_layout is not None:
+            raise UsageError("KV-sharing cannot run inside anchor or cross-shot attention: turn one off")
+        kw = self._kv_processors()
+        with kv_shared(self.pipe.transformer, layers, subject, threshold, kw["processor"], kw.get("layers"),
+                       kw.get("map_processor"), kw.get("map_layers")) as layout:
+            plain = type(self).predict
+
+            def predict(x_t, t, prompt_ids, guidance_scale):
+                with layout.call(x_t.shape[0], x_t.shape[1]):
+                    return plain(self, x_t, t, prompt_ids, guidance_scale)
+
+            self.predict, self._anchor_layout = predict, layout  # this instance only, for the block
+            try:
+                yield layout
+            finally:
+                del self.predict
+                self._anchor_layout = None
+
+    def _kv_processors(self) -> dict:
+        """The KV-sharing processors for this transformer (longgen/backbones/kv_sharing.py: `cogvideox_kv`, `wan_kv`)."""
+        raise UsageError(f"the {self.family} backbone has no KV-sharing: use another sampler than ditctrl")
+
     # ------------------------------------------------------------------ manifest
     def describe(self) -> dict:
         """Facts for the manifest."""

@@ -235,6 +235,12 @@ class WanBackbone(DiffusersBackbone):
                              f"covers {most}: ask for at most {most} latent frames")
         return shared_processor(WanSpectralProcessor, plan), lambda name: name.endswith(".attn1.processor")
 
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on the self-attention layers, its mask from the cross-attention layers."""
+        from longgen.backbones.kv_sharing import wan_kv
+
+        return wan_kv()
+
     # ------------------------------------------------------------------ decoding
     # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__), version 0.42
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
