@@ -368,3 +368,15 @@ def test_compiled_blocks_keep_their_graphs_across_sharing_steps():
     # would break and re-specialise the graphs per layer and mode)
     assert graphs <= 4, graphs
     assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+def test_layer_spans_count_from_the_end_as_python_slices_do():
+    from longgen.backbones.kv_sharing import model_span
+
+    for span in [(25, 30), (-5, None), (-5, -1), (0, None), (-40, None), (3, -2), (29, None)]:
+        want = range(30)[slice(*span)]
+        assert model_span(span, 30) == (want.start, want.stop), span
+    assert model_span((-5, None), 2) == (0, 2)  # the last five of a 2-layer model: both
+    for bad in [(25, 31), (5, 5), (-1, -3), (30, None)]:
+        with pytest.raises(UsageError, match="must be a non-empty span within the 30 attention layers"):
+            model_span(bad, 30)

@@ -610,6 +610,7 @@ class DiffusersBackbone(Backbone):
         """(processor, which layers) of FreeLong's attention for videos of `frames` latent frames, or UsageError."""
         raise UsageError(f"the {self.family} backbone has no spectral blend attention (FreeLong): use another sampler")
 
+    @contextlib.contextmanager
     def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float) -> Iterator[Any]:
         """DiTCtrl's KV-sharing (longgen/backbones/kv_sharing.py) for every `predict` inside the block: the family's
         processors are installed, each predict announces its windows to the layout, and the layout takes the place

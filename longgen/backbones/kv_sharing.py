@@ -377,6 +377,20 @@ def wan_kv() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- installing
+def model_span(layers: Sequence[int | None], count: int) -> tuple[int, int]:
+    """The span [a, b) of `count` attention layers that `sampler.kv_layers` names: negative numbers count from the
+    end and b None means the end, as in a Python slice (a start before the first layer is the first layer); a
+    span that is empty or reaches past the model is one line."""
+    start, end = layers
+    a = max(0, int(start) + count) if int(start) < 0 else int(start)
+    b = count if end is None else (int(end) + count if int(end) < 0 else int(end))
+    if not 0 <= a < b <= count:
+        raise UsageError(f"sampler.kv_layers=[{start}, {'null' if end is None else end}] must be a non-empty span "
+                         f"within the {count} attention layers of this model: use [a, b] with 0 <= a < b <= {count}, "
+                         f"or count from the end, e.g. [-5, null] (paper: [25, 30] of CogVideoX-2B's 30)")
+    return a, b
+
+
 @contextlib.contextmanager
 def kv_shared(
     transformer,
@@ -394,11 +408,7 @@ def kv_shared(
     original processors are restored on exit. `layers` is the half-open span [start, end) of self-attention layers
     that share; it must lie within the model's."""
     count = sum(1 for name in transformer.attn_processors if layers_filter is None or layers_filter(name))
-    start, end = (int(v) for v in layers)
-    if not 0 <= start < end <= count:
-        raise UsageError(f"sampler.kv_layers=[{start}, {end}] must be a non-empty span within the {count} attention "
-                         f"layers of this model: use [a, b] with 0 <= a < b <= {count} (paper: [25, 30] of "
-                         f"CogVideoX-2B's 30)")
+    start, end = model_span(layers, count)
     layout = KVLayout((start, end), subject, threshold)
     with contextlib.ExitStack() as stack:
         stack.enter_context(processors_installed(transformer, layout, processor, layers_filter))

@@ -59,6 +59,20 @@ def span(name: str, value: Any) -> tuple[int, int]:
     return a, b
 
 
+def layer_span(name: str, value: Any) -> tuple[int, int | None]:
+    """Rule: a half-open span [a, b] of attention layers; as in a Python slice, negative numbers count from the
+    model's last layer and b may be null (to the last), so [-5, null] is the last five layers of any model. Whether
+    it fits the model is checked when the weights are there (backbones/kv_sharing.py)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise UsageError(f"{name}={value!r} must be a span [a, b] of layers (half-open; negative counts from the end, "
+                         f"b null: to the last layer)")
+    a = whole(name, value[0])
+    b = None if value[1] is None else whole(name, value[1])
+    if b is not None and (a >= 0) == (b >= 0) and a >= b:
+        raise UsageError(f"{name}=[{a}, {b}] must have a < b (half-open: a <= i < b)")
+    return a, b
+
+
 def tokens(name: str, value: Any) -> tuple[int, ...]:
     """Rule: a list of distinct token positions (whole numbers >= 0); empty for none."""
     if not isinstance(value, (list, tuple)):
@@ -95,7 +109,7 @@ class DiTCtrlSampler(Sampler):
     stride: int = option(4, STRIDE)  # M − overlap (paper: 7, overlap 6 of 13; public code's advice: 4, overlap 9)
     kv_sharing: bool = option(True, flag)
     kv_steps: tuple[int, int] = option((2, 25), span)  # sampling steps that share, half-open
-    kv_layers: tuple[int, int] = option((25, 30), span)  # self-attention layers that share, half-open
+    kv_layers: tuple[int, int | None] = option((25, 30), layer_span)  # attention layers that share, half-open
     subject_tokens: tuple[int, ...] = option((), tokens)  # text token positions of the subject; () = no mask
     mask_threshold: float = option(0.3, Number(0, 1))
 
