@@ -192,8 +192,7 @@ class SubmititLauncher(Launcher):
         try:
             result = job.results()[0]
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
-            text = str(exc).strip().splitlines()
-            line = next((t for t in reversed(text) if t.strip()), type(exc).__name__)[:300]
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
             _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
                           error=f"submitit job {job.job_id} ended without a result: {line}")
@@ -236,7 +235,7 @@ class SubmititLauncher(Launcher):
             except SystemExit:
                 if not preempted():
                     raise
-                self.run_dir = Path(str(HydraConfig.get().runtime.output_dir))
+                self.run_dir = self.job_dir(overrides, number)
                 _ledger_entry(self.run_dir, number, list(overrides), "requeued", signal=sorted(received()))
                 requeue(before)
                 raise
