@@ -85,7 +85,10 @@ def test_a_schedulers_repeated_signal_is_not_a_second_request(monkeypatch):
     with Interrupts() as interrupts:
         interrupts.sampling = True
         os.kill(os.getpid(), signal.SIGUSR2)  # the job's wrapper forwards it and SLURM sends it to every process
-        os.kill(os.getpid(), signal.SIGUSR2)
+        try:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        except KeyboardInterrupt:
+            pytest.fail("the same SIGUSR2 again stopped the run at once instead of after the step")
         assert interrupts.requested == "SIGUSR2" and checkpoint.RECEIVED == {"SIGUSR2"}
         with pytest.raises(KeyboardInterrupt):  # a person's Ctrl-C still stops at once
             os.kill(os.getpid(), signal.SIGINT)
