@@ -195,9 +195,9 @@ class SubmititLauncher(Launcher):
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
             _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
                           error=f"submitit job {job.job_id} ended without a result: {line}")
-            ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
-            ret.return_value = exc
-            return ret
+            # as for any failed job of a longgen sweep (sweep.recorded_job): the ledger has it, Hydra's sweeper
+            # goes on (it re-raises a FAILED job's exception), SweepSummary makes the exit status 1
+            return JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
         if isinstance(result, JobReturn):
             return result
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=result)
