@@ -92,6 +92,8 @@ def test_a_schedulers_repeated_signal_is_not_a_second_request(monkeypatch):
         assert interrupts.requested == "SIGUSR2" and checkpoint.RECEIVED == {"SIGUSR2"}
         with pytest.raises(KeyboardInterrupt):  # a person's Ctrl-C still stops at once
             os.kill(os.getpid(), signal.SIGINT)
+    with Interrupts() as interrupts:  # the next run of this job's process: the SIGUSR2 came while it loaded
+        assert interrupts.requested == "SIGUSR2"
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
     with Interrupts() as interrupts:
         interrupts.sampling = True

@@ -24,8 +24,9 @@ the checkpoint and raises `Interrupted` (exit 130, one line with the resume comm
 warning (SLURM `--signal`, submitit's preemption signal). A second signal, or one outside sampling, raises
 KeyboardInterrupt at once; atomic writers remove their temporary files on the way out. Inside a scheduler's job
 (submitit sets SUBMITIT_EXECUTOR) the same SIGTERM/SIGUSR2 again is not a second request: the scheduler signals
-every process of the job and the job's wrapper forwards it too (longgen/run/preemption.py). Every signal handled
-is noted in `RECEIVED`, which tells that wrapper to requeue the job.
+every process of the job and the job's wrapper forwards it too (longgen/run/preemption.py); one that came before
+sampling (while the weights loaded) stops the run at its first step boundary. Every signal handled is noted in
+`RECEIVED`, which tells that wrapper to requeue the job.
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class Interrupts:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "Interrupts":
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a scheduler's stop while the job prepared: at the first step
+            self.requested = next((n for n in ("SIGTERM", "SIGUSR2") if n in RECEIVED), None)
         for sig in STOP_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
