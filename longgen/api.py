@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,8 @@ def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> It
         raise UsageError(str(exc).strip().splitlines()[0]) from None
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # the caller's logging, given back after the call
     try:
         out_dir = Path(os.path.abspath(str(OmegaConf.select(cfg, "hydra.run.dir"))))
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
@@ -184,4 +187,18 @@ def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> It
             HydraConfig.instance().set_config(previous)
         else:
             HydraConfig.instance().cfg = None
+        _restore_logging(root, handlers, level)
+
+
+def _restore_logging(root: logging.Logger, handlers: list[logging.Handler], level: int) -> None:
+    """Close the handlers the call configured (its console and its run directory's log file) and give the root
+    logger back its own: a notebook's later messages must not land in the last run's log."""
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 

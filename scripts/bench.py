@@ -182,8 +182,9 @@ def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_opt
     sched = backbone.schedule(sampler.num_steps) if sampler.num_steps else None  # FIFO: known after begin
 
     def progress(phase: str, done: int, total: int) -> None:
-        if phase != "denoise":
-            return
+        if phase != "denoise" or done == state.get("done", 0):
+            return  # another phase, or no step finished since the last report (the sampler's report of its start)
+        state["done"] = done
         sync(backbone.device)
         now = time.perf_counter()
         records.append({

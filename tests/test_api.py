@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import logging
 import sys
 
 import pytest
@@ -31,8 +32,13 @@ def runs(tmp_path_factory):
     finally:
         sys.argv, sys.stderr = argv, stderr
     assert code == 0
+    root = logging.getLogger()
+    before = list(root.handlers)
     result = longgen.generate(*TINY[:3], sampler="gen-l-video", num_windows=2, seed=3, prompt=PROMPT,
                               run_dir=base / "api", **{"sampler.num_steps": 2})
+    # the caller's logging is given back: no handler left writing into the run directory
+    assert root.handlers == before and not any(str(base / "api") in str(getattr(h, "baseFilename", ""))
+                                               for h in root.handlers)
     return base, capture.read_text(), result
 
 

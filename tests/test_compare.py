@@ -4,6 +4,7 @@ papers' tables on one story, seed and backbone, one eval report, and the cost ta
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,8 +22,10 @@ def test_compare_runs_every_method_and_writes_one_report(tmp_path):
          "seed=3"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare import METHODS
+    spec = importlib.util.spec_from_file_location("longgen_compare", REPO / "scripts" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    METHODS = compare.METHODS
 
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
