@@ -5,6 +5,10 @@ each local prompt's segment, equal by default), `scenario` and `source`.
 
 Windows get the local prompt of the segment that holds their centre (`prompt_index_at`).
 
+An event may carry a key image for image-to-video backbones: a local prompt written {"prompt": "...", "image":
+"path.png"} (a relative path is read from the story file's folder; it is kept absolute in the run's story.json).
+The first window of that event is conditioned on the image (longgen/run/images.py).
+
 A second, multi-shot form follows LCT (Guo et al. 2025, §3.2.1): the global prompt is built as
 "[Characters] [Environment] [Story]" with each character written "Character ID: description", and every shot
 has its own prompt that names characters as "Character ID"; a shot that starts after a hard cut carries the cut
@@ -143,6 +147,8 @@ class Story:
     environment: str | None = None
     story: str | None = None
     shots: list[Shot] | None = None
+    #: key image path of each local prompt's event (None: no image); None when no event has one
+    images: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -331,7 +337,8 @@ class Story:
                 changed += 1
             else:
                 locals_.append(prompt)
-        story = Story(self.global_prompt, locals_, self.durations, self.scenario, dict(self.source))
+        story = Story(self.global_prompt, locals_, self.durations, self.scenario, dict(self.source),
+                      images=self.images)
         return story, changed
 
     # ------------------------------------------------------------------ io
@@ -345,6 +352,9 @@ class Story:
             d["shots"] = [{"prompt": s.prompt, "cut": s.cut} for s in self.shots]
         else:
             d = {"global": self.global_prompt, "local": list(self.local_prompts)}
+            if self.images is not None:  # events with a key image as objects
+                d["local"] = [p if img is None else {"prompt": p, "image": img}
+                              for p, img in zip(self.local_prompts, self.images)]
         if self.durations is not None:
             d["durations"] = list(self.durations)
         if self.scenario is not None:
@@ -377,9 +387,11 @@ class Story:
                 raise UsageError(
                     f"story: unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; allowed: {', '.join(_SIMPLE_KEYS)}{hint}"
                 )
+            local, images = _event_images(data["local"])
             return cls(
                 global_prompt=data.get("global", "") or "",
-                local_prompts=data["local"],
+                local_prompts=local,
+                images=images,
                 durations=data.get("durations"),
                 scenario=data.get("scenario"),
                 source=_source(data.get("source")),
@@ -428,7 +440,11 @@ class Story:
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
-        return cls.from_dict(data, where=f"story file {path}")
+        story = cls.from_dict(data, where=f"story file {path}")
+        if story.images is not None:  # relative to the story file's folder, kept absolute from here on
+            story.images = [None if img is None else str((path.parent / Path(img).expanduser()).resolve())
+                            for img in story.images]
+        return story
 
     @classmethod
     def from_prompt_file(cls, path: str | Path) -> "Story":
@@ -450,6 +466,29 @@ class Story:
         if not prompt or not prompt.strip():
             raise UsageError("prompt is empty: pass prompt=\"a description of the video\"")
         return cls(global_prompt=prompt, local_prompts=[prompt], source={"splitter": "none"})
+
+
+def _event_images(local: Any) -> tuple[Any, list[str | None] | None]:
+    """Local prompts written {"prompt": ..., "image": ...} → (the prompts, each event's image path or None); plain
+    prompts pass through (images None when no event has one)."""
+    if not isinstance(local, list) or not any(isinstance(item, dict) for item in local):
+        return local, None
+    prompts, images = [], []
+    for i, item in enumerate(local, 1):
+        if not isinstance(item, dict):
+            prompts.append(item)
+            images.append(None)
+            continue
+        unknown = set(item) - {"prompt", "image"}
+        if unknown:
+            raise UsageError(f"story: event {i} has unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; "
+                             f"an event object holds `prompt` and `image`")
+        image = item.get("image")
+        if image is not None and (not isinstance(image, str) or not image.strip()):
+            raise UsageError(f"story: event {i}'s `image` must be a path to an image file, got {brief(image)}")
+        prompts.append(item.get("prompt"))
+        images.append(image)
+    return prompts, (images if any(img is not None for img in images) else None)
 
 
 def _kind(value: Any) -> str:
