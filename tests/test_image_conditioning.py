@@ -196,6 +196,26 @@ def test_wan_conditioning_is_clip_context_mask_and_vae_mode(wan):
     assert seen["encoder_hidden_states"].shape[1] == 512
 
 
+# ---------------------------------------------------------------------------------------------------- the fit
+@pytest.mark.parametrize("fit,red_columns,black_rows", [
+    ("crop", 0, 0),       # cover: scaled to 32x16, the centre 16 columns kept (original columns 10..29: no red)
+    ("stretch", 4, 0),    # 40 → 16 columns: the 10 red ones become 4
+    ("pad", 4, 8),        # fit inside: 16x8 centred, 4 black rows above and below
+])
+def test_image_fit_cuts_pads_or_stretches(tmp_path, fit, red_columns, black_rows):
+    from longgen.run.images import fit_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :, 2] = 255  # blue, with a red band over the first quarter of the columns
+    pixels[:, :10] = (255, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "band.png")
+    frame, original, sha = fit_image(tmp_path / "band.png", 16, 16, fit, "image=")
+    assert frame.shape == (16, 16, 3) and original == (40, 20) and len(sha) == 64
+    middle = frame[8]  # a row through the picture
+    assert int((middle[:, 0] > 200).sum()) == red_columns
+    assert int((frame.reshape(16, -1).max(axis=1) < 20).sum()) == black_rows
+
+
 # ---------------------------------------------------------------------------------------------------- routing
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
