@@ -334,25 +334,36 @@ def test_resume_with_key_images_is_exact_and_checks_the_images(pictures, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("overrides,needle", [
-    (("image={p}/start.png", "backbone=tiny"), "needs an image-to-video backbone: use backbone=cogvideox-5b-i2v"),
-    (("prompt=a fox", "backbone=tiny-i2v"), "is an image-to-video model: give it a start image"),
-    (("image={p}/missing.png", "backbone=tiny-i2v"), "missing.png: no such file"),
-    (("image={p}/broken.png", "backbone=tiny-i2v"), "broken.png is not a readable image"),
-    (("image={p}/start.png", "backbone=tiny-i2v", "image_fit=zoom"), "image_fit='zoom': use crop, pad, stretch"),
-    (("image={p}/start.png", "backbone=tiny-i2v", "sampler=fifo"), "sampler=fifo cannot take key images"),
-    (("image={p}/start.png", "story={p}/story.json", "backbone=tiny-i2v"), "both give the start frame"),
-    (("story={p}/gone.json", "backbone=tiny-i2v"), "story event 1's image {p}/gone.png: no such file"),
+#: the configs the bad inputs start from, composed once: backbone, sampler
+BASES = {"i2v": ("tiny-i2v", "syncos"), "t2v": ("tiny", "syncos"), "fifo": ("tiny-i2v", "fifo")}
+
+
+@pytest.fixture(scope="module")
+def bases():
+    from omegaconf import OmegaConf
+
+    return {name: OmegaConf.to_container(_compose(f"backbone={b}", f"sampler={s}", *SMALL, "prompt=a fox"))
+            for name, (b, s) in BASES.items()}
+
+
+@pytest.mark.parametrize("base,updates,needle", [
+    ("t2v", {"image": "{p}/start.png"}, "needs an image-to-video backbone: use backbone=cogvideox-5b-i2v"),
+    ("i2v", {}, "backbone=tiny-i2v is an image-to-video model: give it a start image"),
+    ("i2v", {"image": "{p}/missing.png"}, "image= {p}/missing.png: no such file"),
+    ("i2v", {"image": "{p}/broken.png"}, "broken.png is not a readable image"),
+    ("i2v", {"image": "{p}/start.png", "image_fit": "zoom"}, "image_fit='zoom': use crop, pad, stretch"),
+    ("fifo", {"image": "{p}/start.png"}, "sampler=fifo cannot take key images"),
+    ("i2v", {"image": "{p}/start.png", "prompt": None, "story": "{p}/story.json"}, "both give the start frame"),
+    ("i2v", {"prompt": None, "story": "{p}/gone.json"}, "story event 1's image {p}/gone.png: no such file"),
 ])
-def test_bad_image_inputs_are_one_line(pictures, tmp_path, overrides, needle):
+def test_bad_image_inputs_are_one_line(pictures, bases, tmp_path, base, updates, needle):
+    from omegaconf import OmegaConf
+
     (pictures / "gone.json").write_text(json.dumps({"global": "", "local": [{"prompt": "a", "image": "gone.png"}]}))
-    args = [o.format(p=pictures) for o in overrides]
-    needle = needle.format(p=pictures)
-    if not any(a.startswith(("prompt=", "story=")) for a in args):
-        args.append("prompt=a fox")
-    cfg = _compose(*SMALL, *args)
-    choices = {"backbone": next(a.split("=")[1] for a in args if a.startswith("backbone=")),
-               "sampler": next((a.split("=")[1] for a in args if a.startswith("sampler=")), "syncos")}
+    cfg = OmegaConf.create(bases[base])
+    for key, value in updates.items():
+        cfg[key] = value.format(p=pictures) if isinstance(value, str) else value
+    backbone, sampler = BASES[base]
     with pytest.raises(UsageError) as err:
-        plan_job(cfg, tmp_path, choices)
-    assert needle in str(err.value) and "\n" not in str(err.value)
+        plan_job(cfg, tmp_path, {"backbone": backbone, "sampler": sampler})
+    assert needle.format(p=pictures) in str(err.value) and "\n" not in str(err.value)
