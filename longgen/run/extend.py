@@ -423,6 +423,9 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
+    if story.images is not None:  # key images are generate's (longgen/run/images.py)
+        raise UsageError("longgen extend takes no key images yet: drop the events' `image` (longgen generate takes "
+                         "them)")
     missed = story.events_missed([c - h for c in plan.centres()], length - h)
     if missed:
         raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="
