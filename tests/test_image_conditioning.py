@@ -367,3 +367,25 @@ def test_bad_image_inputs_are_one_line(pictures, bases, tmp_path, base, updates,
     with pytest.raises(UsageError) as err:
         plan_job(cfg, tmp_path, {"backbone": backbone, "sampler": sampler})
     assert needle.format(p=pictures) in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------- extend
+def test_extend_from_an_image_starts_with_it(pictures, tmp_path, monkeypatch):
+    """`longgen extend IMAGE.png`: the image (fitted by extend's resize) is the start frame — one latent frame of
+    history, by default — and the result's first latent frame is its encoding."""
+    import gc
+
+    from safetensors.torch import load_file
+
+    from longgen.commands.extend import run_extend
+
+    monkeypatch.setattr(gc, "collect", lambda *a: 0)
+    cfg = compose("extend", overrides=["backbone=tiny", *SMALL, f"video={pictures / 'three.png'}", "prompt=a fox",
+                                       "num_windows=1", "sampler.num_steps=1", "save_latents=true"])
+    manifest = run_extend(cfg, tmp_path / "run", {"backbone": "tiny", "sampler": "syncos"})
+    assert manifest["history"]["latent_frames"] == 1 and manifest["input"]["frames"] == 1
+    first = load_file(str(tmp_path / "run" / "latents.safetensors"))["latents"][0]  # [C, h, w]
+    backbone = build(cfg.backbone, "backbone", "tiny")
+    backbone.load()
+    frame = np.asarray(Image.open(pictures / "three.png").convert("RGB"))[None]  # [1, 16, 16, 3]: already the size
+    assert torch.equal(first, backbone.encode_frames(frame)[0, 0])
