@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2
+    if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)
+        from longgen.command_help import help_page
+
+        print(help_page(config, rest))
+        return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed

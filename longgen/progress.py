@@ -1,16 +1,32 @@
 """Terminal output: one Rich console on stderr shared by the log handler and progress bars, so log lines print
-above a live bar instead of through it. Progress is a no-op when stderr is not a terminal (CI, pipes, sweeps to
-files); the log still records every phase."""
+above a live bar instead of through it.
+
+Progress is shown one of two ways: on a terminal, a Rich bar per phase; otherwise (SLURM, nohup, pipes, CI) plain
+log lines every `every` steps or `seconds` seconds and when a phase ends, so an unattended run's log shows how far
+it is. Both give the same ETA, weighted by the work each step carries: a sampler states the transformer forwards
+it plans per step (`Sampler.forwards_per_step`), because steps are not equal (SynCoS's stage-2 steps carry ~5x the
+forwards of the others). The ETA counts from the first step this process saw, so after a resume it starts at the
+checkpoint's step and uses only this process's own pace.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
+log = logging.getLogger("longgen")
+
+#: default seconds between two plain progress lines (`progress_seconds`)
+LINE_SECONDS = 30.0
+#: the phase whose units are denoising steps: `every` counts them (other phases, e.g. decode's frames, print by time)
+STEPS = "denoise"
 
 
 def rich_handler(level: int | str = logging.NOTSET) -> RichHandler:
@@ -18,30 +34,78 @@ def rich_handler(level: int | str = logging.NOTSET) -> RichHandler:
     return RichHandler(console=console, level=level, show_path=False, markup=False, rich_tracebacks=False)
 
 
-class StepProgress:
-    """Callable `(phase, done, total)` that renders one bar per phase while used as a context manager: the stage
-    (encode, denoise, stage 2 of SynCoS, decode), its step count, elapsed time and ETA. `label(phase, text)` sets
-    the text shown for a phase (e.g. "denoise · 10 windows")."""
+def weighted_eta(weights: Sequence[float], start: int, done: int, elapsed: float) -> float | None:
+    """Seconds left after `done` of len(weights) steps, `elapsed` seconds after step `start` (where this process
+    began): elapsed · (work of steps done..end) / (work of steps start..done). None before any work is timed."""
+    spent = sum(weights[start:done])
+    if spent <= 0:
+        return None
+    return elapsed * sum(weights[done:]) / spent
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = console.is_terminal if enabled is None else enabled
+
+def clock_text(seconds: float | None) -> str:
+    """0:42, 1:02:03; `?` when unknown."""
+    if seconds is None:
+        return "?"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class _Phase:
+    """One phase's pace: where this process started it (step and time) and when it last printed a line."""
+
+    start: int
+    started: float
+    total: int
+    weights: Sequence[float] | None = None
+    last_line_step: int = 0
+    last_line_time: float = 0.0
+
+
+class StepProgress:
+    """Callable `(phase, done, total)` used as a context manager: one bar per phase on a terminal, plain log lines
+    otherwise, with elapsed time and an ETA weighted by `weigh(phase, per_step_work)` where given (equal steps
+    otherwise). `label(phase, text)` sets the text shown for a phase (e.g. "denoise · 10 windows").
+
+    `enabled`: None chooses by whether stderr is a terminal; True forces the bar; False shows nothing (ranks > 0).
+    `every` / `seconds`: a plain line after this many denoising steps / seconds since the last one (0 or None: not
+    by that rule); a line is also printed when a phase finishes."""
+
+    def __init__(self, enabled: bool | None = None, every: int = 0, seconds: float | None = LINE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode = ("bar" if console.is_terminal else "lines") if enabled is None else ("bar" if enabled else "off")
+        self.every = int(every or 0)
+        self.seconds = float(seconds) if seconds else None
+        self._clock = clock
         self._progress: Progress | None = None
         self._tasks: dict[str, int] = {}
         self._labels: dict[str, str] = {}
+        self._phases: dict[str, _Phase] = {}
+        self._weights: dict[str, Sequence[float]] = {}
 
     def label(self, phase: str, text: str) -> None:
         self._labels[phase] = text
         if self._progress is not None and phase in self._tasks:
             self._progress.update(self._tasks[phase], description=text)
 
+    def weigh(self, phase: str, work: Sequence[float] | None) -> None:
+        """The planned work of each step of `phase` (e.g. transformer forwards); None: steps count equally."""
+        if work is None:
+            self._weights.pop(phase, None)
+        else:
+            self._weights[phase] = list(work)
+
     def __enter__(self) -> "StepProgress":
-        if self.enabled:
+        if self.mode == "bar":
             self._progress = Progress(
                 TextColumn("{task.description:<24}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
                 console=console,
                 transient=False,
             )
@@ -53,10 +117,39 @@ class StepProgress:
             self._progress.stop()
         self._progress = None
         self._tasks.clear()
+        self._phases.clear()
+
+    def eta(self, phase: str, done: int) -> float | None:
+        """Seconds left in `phase` after `done` steps, by the weights given for it (equal steps otherwise)."""
+        p = self._phases.get(phase)
+        if p is None:
+            return None
+        weights = self._weights.get(phase)
+        if weights is None or len(weights) != p.total:
+            weights = [1.0] * p.total
+        return weighted_eta(weights, p.start, done, self._clock() - p.started)
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if self._progress is None:
+        if self.mode == "off":
             return
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(self._labels.get(phase, phase), total=total)
-        self._progress.update(self._tasks[phase], completed=done, total=total)
+        now = self._clock()
+        p = self._phases.get(phase)
+        if p is None or p.total != total or done < p.start:  # a new phase, or the same name started again
+            p = self._phases[phase] = _Phase(done, now, total, last_line_step=done, last_line_time=now)
+        eta = self.eta(phase, done)
+        if self._progress is not None:
+            if phase not in self._tasks:
+                self._tasks[phase] = self._progress.add_task(self._labels.get(phase, phase), total=total, eta="?")
+            self._progress.update(self._tasks[phase], completed=done, total=total, eta=clock_text(eta))
+        elif self.mode == "lines" and total > 1 and done > p.last_line_step and self._line_due(p, done, now):
+            p.last_line_step, p.last_line_time = done, now
+            weights = self._weights.get(phase)
+            share = ""
+            if weights is not None and len(weights) == total and sum(weights) > 0:
+                share = f" ({100 * sum(weights[:done]) / sum(weights):.0f}% of the work)"
+            log.info("%s: %d/%d%s, %s elapsed, ETA %s", self._labels.get(phase, phase), done, total, share,
+                     clock_text(now - p.started), clock_text(eta))
+
+    def _line_due(self, p: _Phase, done: int, now: float) -> bool:
+        by_steps = self.every > 0 and p is self._phases.get(STEPS) and done - p.last_line_step >= self.every
+        return done == p.total or by_steps or (self.seconds is not None and now - p.last_line_time >= self.seconds)

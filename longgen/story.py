@@ -3,11 +3,24 @@
 description. A story file is JSON (or YAML) with `global`, `local`, and optional `durations` (relative length of
 each local prompt's segment, equal by default), `scenario` and `source`.
 
-Windows get the local prompt of the segment that holds their centre (`prompt_index_at`).
+Windows get the local prompt of the segment that holds their centre (`prompt_index_at`). Where that rule would
+leave an event without a window although the video has as many windows as events, `Story.event_plan` moves the
+segment edges just enough to give every event one (longgen.windows.assign_events).
 
-An event may carry a key image for image-to-video backbones: a local prompt written {"prompt": "...", "image":
-"path.png"} (a relative path is read from the story file's folder; it is kept absolute in the run's story.json).
-The first window of that event is conditioned on the image (longgen/run/images.py).
+Events on a timeline: a local prompt may be an object with its time in seconds, either `start` and `end` or
+`duration` (one form for every event of a story, none for untimed stories):
+
+    {"global": "a fox", "local": [{"prompt": "a fox sleeps", "start": 0, "end": 2},
+                                  {"prompt": "a fox runs", "start": 2, "end": 6}]}
+
+The events follow each other from 0 s without gap or overlap. They may end before the video (whose length is whole
+windows): the last event then runs on to the video's end. A timeline longer than the video is refused with the
+num_windows that fits. Times are converted to latent frames at the backbone's frame rate (longgen.windows.Clock).
+
+An event may carry a key image for image-to-video backbones: an event object's `image` ({"prompt": "...",
+"image": "path.png"}, with or without a time; a relative path is read from the story file's folder and kept
+absolute in the run's story.json). The first window of that event is conditioned on the image
+(longgen/run/images.py).
 
 A second, multi-shot form follows LCT (Guo et al. 2025, §3.2.1): the global prompt is built as
 "[Characters] [Environment] [Story]" with each character written "Character ID: description", and every shot
@@ -18,13 +31,15 @@ marker ("[SHOT CUT]" in LCT's data). In a file:
      "story": "she waits for a ferry", "shots": ["Character 1 looks at the sea.",
      "[SHOT CUT] Close-up: Character 1 smiles."], "durations": [1, 1]}
 
-(a shot may also be written {"prompt": "...", "cut": true}). Such stories are validated here and sampled by
+(a shot may also be written {"prompt": "...", "cut": true}). `characters` may also be written as LCT writes them:
+a list of "Character 1: a tall woman ..." strings, or one string of such entries (on lines, or one after another as
+in LCT's Fig. 2, "Character 1: ...; Character 2: ..."); both are read into the id → description map. Such stories are validated here and sampled by
 longgen/run/shots.py (each run of shots between cuts is its own segment of the video).
 
 `check_text_limit` compares prompts with a text encoder's token limit before (estimated) and after (exact) the
 tokenizer is available, reporting every over-long prompt with its length. `Story.check_events_fit` refuses a
-window plan that would leave a local prompt without any window (its event would silently vanish) and says how
-many windows are needed.
+window plan with fewer windows than local prompts (an event would silently vanish) and says how many windows are
+needed.
 
 Limits, so that a wrong file fails in a moment with one short line: a story file of at most MAX_STORY_BYTES, at
 most MAX_EVENTS local prompts, durations finite and at most MAX_DURATION, a prompt file of at most
@@ -34,6 +49,7 @@ MAX_PROMPT_FILE_BYTES; values quoted in messages are cut to a few dozen characte
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import re
@@ -42,6 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from longgen.errors import UsageError
+from longgen.windows import Clock, EventPlan, WindowPlan, event_plan
 
 #: LCT's mark before a shot that begins with a hard cut (LCT §3.2.1).
 CUT_MARKER = "[SHOT CUT]"
@@ -61,6 +78,14 @@ MAX_DURATION = 1e6
 MAX_PROMPT_FILE_BYTES = 64 << 10
 #: the longest video check_events_fit looks at when it works out how many windows a story needs
 MAX_WINDOWS_SEARCHED = 1 << 16
+#: an event's time in seconds is at most a day
+MAX_SECONDS = 86_400.0
+#: event times closer than this (seconds) are the same time (a timeline written with decimals meets exactly)
+TIME_TOLERANCE = 1e-6
+#: how a timed event may give its time: both keys of one form, nothing else
+_TIME_FORMS = ({"start", "end"}, {"duration"})
+#: "Character ID:" opening a character's description in LCT's literal form (bold markers of the paper allowed)
+_CHARACTER_ENTRY = re.compile(r"(?:\*\*)?\bCharacter\s+([A-Za-z0-9_-]+)\s*(?:\*\*)?\s*:\s*(?:\*\*)?")
 
 
 _ANY_CUT_MARKER = re.compile(re.escape(CUT_MARKER), flags=re.I)
@@ -147,6 +172,8 @@ class Story:
     environment: str | None = None
     story: str | None = None
     shots: list[Shot] | None = None
+    # events on a timeline: each local prompt's time in seconds as given, {"start", "end"} or {"duration"}
+    times: list[dict[str, float]] | None = None
     #: key image path of each local prompt's event (None: no image); None when no event has one
     images: list[str | None] | None = None
 
@@ -189,17 +216,69 @@ class Story:
                         f"story: duration {i} is {brief(d)}; every duration must be a finite positive number of at most "
                         f"{MAX_DURATION:g} (durations are relative: [1, 2] makes the second event twice as long)"
                     )
+        if self.times is not None:
+            self._validate_times()
+
+    def _validate_times(self) -> None:
+        """Event times: one form for every event, numbers in range, events from 0 s one after another."""
+        if self.shots is not None:
+            raise UsageError("story: event times (`start`/`end`, `duration`) are for `local` prompts; shots take `durations`")
+        if self.durations is not None:
+            raise UsageError("story: give either `durations` (relative lengths) or event times (`start`/`end` or "
+                             "`duration` in seconds), not both")
+        if not isinstance(self.times, list) or len(self.times) != self.num_events:
+            raise UsageError(f"story: event times need one entry per local prompt ({self.num_events})")
+        forms = []
+        for i, t in enumerate(self.times, 1):
+            keys = set(t)
+            if not keys:
+                raise UsageError(f"story: local prompt {i} has no time but other events have one; give every event "
+                                 f"`start`/`end` or `duration` seconds, or none of them")
+            if keys not in _TIME_FORMS:
+                fix = "give both `start` and `end`" if len(keys) == 1 else "give `start` and `end`, or `duration`, not both"
+                raise UsageError(f"story: local prompt {i} gives `{'`, `'.join(sorted(keys))}`; {fix}")
+            forms.append("duration" if keys == {"duration"} else "start/end")
+            for key, value in t.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or not 0 <= value <= MAX_SECONDS or (key == "duration" and value == 0):
+                    least = "more than 0" if key == "duration" else "at least 0"
+                    raise UsageError(f"story: local prompt {i}'s `{key}` is {brief(value, 30)}; it must be a number of "
+                                     f"seconds, {least} and at most {MAX_SECONDS:g}")
+        if len(set(forms)) > 1:
+            raise UsageError(f"story: local prompt {forms.index('duration') + 1} gives `duration` but local prompt "
+                             f"{forms.index('start/end') + 1} gives `start`/`end`; use one form for every event")
+        if forms[0] == "duration":
+            return
+        previous_end = 0.0
+        for i, t in enumerate(self.times, 1):
+            start, end = float(t["start"]), float(t["end"])
+            if end <= start:
+                raise UsageError(f"story: local prompt {i} ends at {end:g} s, not after its start at {start:g} s; "
+                                 f"give it an `end` later than its `start`")
+            if abs(start - previous_end) > TIME_TOLERANCE:
+                after = "the video's start" if i == 1 else f"local prompt {i - 1}'s end"
+                what = ("overlaps the event before" if start < previous_end else
+                        f"leaves {start - previous_end:g} s without an event")
+                raise UsageError(f"story: local prompt {i} starts at {start:g} s, which {what}; events follow each "
+                                 f"other without gap or overlap: set its `start` to {previous_end:g} ({after})")
+            previous_end = end
+
+    @property
+    def timeline(self) -> list[tuple[float, float]] | None:
+        """(start, end) in seconds of every event of a timed story, else None."""
+        if self.times is None:
+            return None
+        if set(self.times[0]) == {"duration"}:
+            ends = list(itertools.accumulate(float(t["duration"]) for t in self.times))
+            return list(zip([0.0, *ends[:-1]], ends))
+        return [(float(t["start"]), float(t["end"])) for t in self.times]
 
     def _validate_shots(self) -> None:
         if self.local_prompts:
             raise UsageError("story: give either `local` (single-shot story) or `shots` (multi-shot story), not both")
         if not isinstance(self.shots, list) or not self.shots:
             raise UsageError("story: `shots` must be a non-empty list of shot prompts")
-        chars = self.characters
-        if chars is None:
-            chars = self.characters = {}
-        if not isinstance(chars, dict):
-            raise UsageError("story: `characters` must map a character id to its description, e.g. {\"1\": \"a tall woman ...\"}")
+        chars = self.characters = parse_characters(self.characters)  # LCT's literal forms read into the map
         for cid, desc in chars.items():
             if not _CHARACTER_ID.match(cid):
                 raise UsageError(f"story: character id {brief(cid, 40)} must be letters, digits, '-' or '_' (it is written \"Character ID\" in shots)")
@@ -234,8 +313,10 @@ class Story:
 
     # ------------------------------------------------------------------ segments
     def segment_bounds(self, length: float) -> list[float]:
-        """Right edge of each local prompt's segment over [0, length)."""
-        weights = self.durations or [1.0] * self.num_events
+        """Right edge of each local prompt's segment over [0, length), in proportion to the durations (a timed
+        story's time spans; see `event_edges` for the timeline in seconds)."""
+        timeline = self.timeline
+        weights = self.durations or ([e - s for s, e in timeline] if timeline else [1.0] * self.num_events)
         total = float(sum(weights))
         edges, acc = [], 0.0
         for w in weights:
@@ -258,32 +339,25 @@ class Story:
         return [i for i in range(self.num_events) if i not in hit]
 
     def check_events_fit(self, plan: Any, plan_for: Callable[[int], Any] | None = None) -> None:
-        """Refuse a window plan (`plan.length`, `plan.centres()`, `plan.count`) that gives some event no window, so
-        that event would silently never be shown. `plan_for(n)` builds the plan of a video of n windows; with it the
-        message names the num_windows that fits (the smallest found by doubling and bisection)."""
-        missed = self.events_missed(plan.centres(), plan.length)
-        if not missed:
+        """Refuse a window plan (`plan.count`) with fewer windows than events: some event would silently never be
+        shown (with at least as many windows, `event_plan` gives each event one). `plan_for(n)` builds the plan of a
+        video of n windows; with it the message names the num_windows that fits (the smallest found by doubling and
+        bisection)."""
+        if plan.count >= self.num_events:
             return
         what = "shot" if self.multi_shot else "local prompt"
-        head = (
-            f"the story has {self.num_events} {what}s but the video's {plan.count} window(s) take only "
-            f"{self.num_events - len(missed)} of them (a window takes the {what} whose segment holds its centre), so "
-            f"{what}{'s' if len(missed) > 1 else ''} {_listed([i + 1 for i in missed])} would never be shown"
-        )
-        uneven = ", longer short `durations`" if self.durations and len(set(self.durations)) > 1 else ""
-        need = self._windows_needed(plan_for, plan.count) if plan_for is not None else None
+        head = (f"the story has {self.num_events} {what}s but the video has only {plan.count} window(s), and every "
+                f"{what} needs a window of its own to be shown")
+        need = self._windows_needed(lambda n: plan_for(n).count >= self.num_events, plan.count) if plan_for else None
         if need is None:
             raise UsageError(
                 f"{head}; no video of up to {MAX_WINDOWS_SEARCHED} windows of this sampler fixes that: use a sampler "
-                f"with overlapping windows (e.g. sampler=syncos){uneven} or fewer {what}s"
+                f"with overlapping windows (e.g. sampler=syncos) or fewer {what}s"
             )
-        raise UsageError(f"{head}; pass num_windows={need} (a video long enough to give every {what} a window){uneven} or use fewer {what}s")
+        raise UsageError(f"{head}; pass num_windows={need} or use fewer {what}s")
 
-    def _windows_needed(self, plan_for: Callable[[int], Any], have: int) -> int | None:
-        def fits(n: int) -> bool:
-            p = plan_for(n)
-            return not self.events_missed(p.centres(), p.length)
-
+    def _windows_needed(self, fits: Callable[[int], bool], have: int) -> int | None:
+        """The least n > `have` with fits(n), searched by doubling then bisection (None beyond MAX_WINDOWS_SEARCHED)."""
         low, high = have, max(have + 1, self.num_events)
         while not fits(high):
             if high >= MAX_WINDOWS_SEARCHED:
@@ -293,6 +367,52 @@ class Story:
             mid = (low + high) // 2
             low, high = (low, mid) if fits(mid) else (mid, high)
         return high
+
+    def event_plan(self, plan: WindowPlan, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> EventPlan:
+        """Which event each window of `plan` shows: every event at least one window (refused with the num_windows
+        that fits when the plan has fewer windows than events), segments by durations or by the timeline."""
+        self.check_events_fit(plan, plan_for)
+        return event_plan(plan, self.event_edges(plan.length, clock, plan_for))
+
+    def event_edges(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> list[float]:
+        """Right edge (latent position) of each event's segment before windows are assigned: `segment_bounds` for an
+        untimed story; for a timed one each event's end at the backbone's frame rate, the last event running on to
+        the video's end. A timeline longer than the video is refused, naming the num_windows that holds it."""
+        timeline = self.timeline
+        if timeline is None:
+            return self.segment_bounds(length)
+        end, video = timeline[-1][1], clock.seconds(length)
+        if end > video + TIME_TOLERANCE:
+            frames = round(clock.frame_at(length))
+            longer = self._windows_needed(self._holds(end, clock, plan_for), 1) if plan_for else None
+            fix = f"pass num_windows={longer} or end" if longer else "end"
+            raise UsageError(f"story: the events end at {end:g} s but the video is {video:.2f} s ({frames} frames at "
+                             f"{clock.fps:g} fps); {fix} the last event by {video:.2f} s")
+        return [clock.latent_at(e) for _, e in timeline[:-1]] + [float(length)]
+
+    def _holds(self, end: float, clock: Clock, plan_for: Callable[[int], Any]) -> Callable[[int], bool]:
+        """Whether a video of n windows holds a timeline ending at `end` seconds: long enough, a window per event."""
+        def holds(n: int) -> bool:
+            plan = plan_for(n)
+            return plan.count >= self.num_events and clock.seconds(plan.length) >= end - TIME_TOLERANCE
+
+        return holds
+
+    def timeline_note(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> str | None:
+        """A line for the log when a timed story ends before the video does (its last event runs on), naming the
+        shortest num_windows that still holds the timeline when that is shorter; None otherwise."""
+        timeline = self.timeline
+        video = clock.seconds(length)
+        if timeline is None or timeline[-1][1] >= video - TIME_TOLERANCE:
+            return None
+        end = timeline[-1][1]
+        note = (f"the events end at {end:g} s and the video at {video:.2f} s: local prompt {self.num_events} runs on "
+                f"to the video's end")
+        if plan_for is not None:
+            need = self._windows_needed(self._holds(end, clock, plan_for), 0)
+            if need is not None and plan_for(need).length < length:
+                note += f" (num_windows={need} makes a {clock.seconds(plan_for(need).length):.2f} s video)"
+        return note
 
     # ------------------------------------------------------------------ the global description
     def locals_missing_global(self) -> list[int]:
@@ -338,7 +458,7 @@ class Story:
             else:
                 locals_.append(prompt)
         story = Story(self.global_prompt, locals_, self.durations, self.scenario, dict(self.source),
-                      images=self.images)
+                      times=self.times, images=self.images)
         return story, changed
 
     # ------------------------------------------------------------------ io
@@ -351,10 +471,12 @@ class Story:
                 d["story"] = self.story
             d["shots"] = [{"prompt": s.prompt, "cut": s.cut} for s in self.shots]
         else:
-            d = {"global": self.global_prompt, "local": list(self.local_prompts)}
+            d = {"global": self.global_prompt, "local": (list(self.local_prompts) if self.times is None else
+                                                         [{"prompt": p, **t} for p, t in zip(self.local_prompts, self.times)])}
             if self.images is not None:  # events with a key image as objects
-                d["local"] = [p if img is None else {"prompt": p, "image": img}
-                              for p, img in zip(self.local_prompts, self.images)]
+                d["local"] = [item if img is None else {**(item if isinstance(item, dict) else {"prompt": item}),
+                                                        "image": img}
+                              for item, img in zip(d["local"], self.images)]
         if self.durations is not None:
             d["durations"] = list(self.durations)
         if self.scenario is not None:
@@ -388,13 +510,15 @@ class Story:
                     f"story: unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; allowed: {', '.join(_SIMPLE_KEYS)}{hint}"
                 )
             local, images = _event_images(data["local"])
+            prompts, times = _timed_events(local)
             return cls(
                 global_prompt=data.get("global", "") or "",
-                local_prompts=local,
+                local_prompts=prompts,
                 images=images,
                 durations=data.get("durations"),
                 scenario=data.get("scenario"),
                 source=_source(data.get("source")),
+                times=times,
             )
         except UsageError as exc:
             raise UsageError(f"{where}: {str(exc).removeprefix('story: ')}") from None
@@ -409,9 +533,7 @@ class Story:
         shots = data["shots"]
         if not isinstance(shots, list) or not shots:
             raise UsageError("story: `shots` must be a non-empty list of shot prompts")
-        chars = data.get("characters")
-        if chars is not None and not isinstance(chars, dict):
-            raise UsageError("story: `characters` must map a character id to its description, e.g. {\"1\": \"a tall woman ...\"}")
+        chars = parse_characters(data.get("characters"))
         return cls(
             global_prompt="",
             local_prompts=[],
@@ -468,29 +590,6 @@ class Story:
         return cls(global_prompt=prompt, local_prompts=[prompt], source={"splitter": "none"})
 
 
-def _event_images(local: Any) -> tuple[Any, list[str | None] | None]:
-    """Local prompts written {"prompt": ..., "image": ...} → (the prompts, each event's image path or None); plain
-    prompts pass through (images None when no event has one)."""
-    if not isinstance(local, list) or not any(isinstance(item, dict) for item in local):
-        return local, None
-    prompts, images = [], []
-    for i, item in enumerate(local, 1):
-        if not isinstance(item, dict):
-            prompts.append(item)
-            images.append(None)
-            continue
-        unknown = set(item) - {"prompt", "image"}
-        if unknown:
-            raise UsageError(f"story: event {i} has unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; "
-                             f"an event object holds `prompt` and `image`")
-        image = item.get("image")
-        if image is not None and (not isinstance(image, str) or not image.strip()):
-            raise UsageError(f"story: event {i}'s `image` must be a path to an image file, got {brief(image)}")
-        prompts.append(item.get("prompt"))
-        images.append(image)
-    return prompts, (images if any(img is not None for img in images) else None)
-
-
 def _kind(value: Any) -> str:
     """How a wrong value reads in a message: 'a number (3)', 'null', 'a list'."""
     if value is None:
@@ -500,6 +599,89 @@ def _kind(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"a number ({brief(value, 30)})"
     return f"a {'list' if isinstance(value, list) else 'object' if isinstance(value, dict) else type(value).__name__}"
+
+
+def _event_images(local: Any) -> tuple[Any, list[str | None] | None]:
+    """`local` as given → (the events without their `image` key, each event's image path or None); None when no
+    event has an image. A malformed list is passed on."""
+    if not isinstance(local, list) or not any(isinstance(item, dict) and "image" in item for item in local):
+        return local, None
+    events, images = [], []
+    for i, item in enumerate(local, 1):
+        image = item.get("image") if isinstance(item, dict) else None
+        if isinstance(item, dict) and "image" in item:
+            if not isinstance(image, str) or not image.strip():
+                raise UsageError(f"story: local prompt {i}'s `image` must be the path of an image file, got {brief(image)}")
+            item = {k: v for k, v in item.items() if k != "image"}
+        events.append(item)
+        images.append(image)
+    return events, images
+
+
+def _timed_events(items: Any) -> tuple[Any, list[dict[str, float]] | None]:
+    """`local` as given: the prompts and, where events are objects {"prompt", "start", "end"} or {"prompt",
+    "duration"}, their times (None when no event has a time). A malformed list is passed on for `validate`."""
+    if not isinstance(items, list) or not any(isinstance(item, dict) for item in items):
+        return items, None
+    prompts, times = [], []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            prompts.append(item)
+            times.append({})
+            continue
+        unknown = set(item) - {"prompt", "start", "end", "duration"}
+        if unknown:
+            raise UsageError(f"story: local prompt {i} has unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; "
+                             f"allowed: prompt, start, end, duration, image")
+        if "prompt" not in item:
+            raise UsageError(f"story: local prompt {i} needs a `prompt` string")
+        prompts.append(item["prompt"])
+        times.append({k: v for k, v in item.items() if k != "prompt"})
+    return prompts, (times if any(times) else None)
+
+
+def parse_characters(value: Any) -> dict[str, str]:
+    """`characters` in any of its accepted forms, as the id → description map: a map already; a list of LCT's
+    "Character ID: description" strings; or one string of such entries, each opened by "Character ID:" (entries on
+    their own lines or run together as in LCT's Fig. 2, a trailing ';' or bold '**' dropped)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    form = 'e.g. {"1": "a tall woman ..."} or ["Character 1: a tall woman ..."]'
+    if isinstance(value, list):
+        chars: dict[str, str] = {}
+        for i, item in enumerate(value, 1):
+            entries = _character_entries(item) if isinstance(item, str) else []
+            if len(entries) != 1:
+                raise UsageError(f"story: `characters` item {i} must read \"Character ID: description\", got {brief(item, 50)}")
+            _add_character(chars, *entries[0])
+        return chars
+    if isinstance(value, str):
+        entries = _character_entries(value)
+        if not entries:
+            raise UsageError(f"story: `characters` must name each character as \"Character ID: description\", {form}")
+        chars = {}
+        for cid, desc in entries:
+            _add_character(chars, cid, desc)
+        return chars
+    raise UsageError(f"story: `characters` must map a character id to its description, {form}")
+
+
+def _character_entries(text: str) -> list[tuple[str, str]]:
+    """(id, description) of each "Character ID:" entry of `text`; [] when text comes before the first entry."""
+    marks = list(_CHARACTER_ENTRY.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        return []
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [(m.group(1), text[m.end(): end].strip().rstrip(";").strip().removesuffix("**").strip())
+            for m, end in zip(marks, ends)]
+
+
+def _add_character(chars: dict[str, str], cid: str, desc: str) -> None:
+    if cid in chars:
+        raise UsageError(f"story: `characters` describes Character {cut(cid, 30)} twice; give each id once")
+    chars[cid] = desc
 
 
 def _source(value: Any) -> dict[str, Any]:

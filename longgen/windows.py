@@ -8,8 +8,12 @@ uncovered (the public Gen-L-Video code drops such frames; we never do).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 
 from longgen.errors import UsageError
 
@@ -109,3 +113,100 @@ def latent_length(
             )
         return int(latent_frames)
     return latent_length(window, stride, temporal_compression, length_factor=DEFAULT_LENGTH_FACTOR)
+
+
+# ---------------------------------------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class Clock:
+    """Seconds ↔ latent-frame coordinates of a causal video VAE at `fps` that keeps the first frame alone and packs
+    every following `temporal_compression` frames into one latent frame (CogVideoX and Wan: F = c·(L − 1) + 1).
+
+    Video frame f is shown over [f/fps, (f+1)/fps); a latent of L frames decodes to F frames, F/fps seconds. The
+    continuous map from a video-frame position p to a latent position is p on [0, 1] (latent frame 0 is frame 0) and
+    1 + (p − 1)/c beyond, so that p = F lands on L."""
+
+    fps: float
+    temporal_compression: int
+
+    def seconds(self, length: float) -> float:
+        """Seconds of video that `length` latent frames decode to (a latent position read as a time)."""
+        return self.frame_at(length) / self.fps
+
+    def frame_at(self, position: float) -> float:
+        """Video-frame position of latent position `position`."""
+        return position if position <= 1 else 1 + (position - 1) * self.temporal_compression
+
+    def latent_at(self, seconds: float) -> float:
+        """Latent position of the time `seconds`."""
+        frame = seconds * self.fps
+        return frame if frame <= 1 else 1 + (frame - 1) / self.temporal_compression
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """Which event each window of a plan shows, and the segment edges that say it for any window.
+
+    `edges[k]` is the right edge (latent position) of event k's segment; the last is the latent length. A window of
+    any start and size (a sampler's queue or shifted windows as well as the plan's) shows the event whose segment
+    holds its centre, as before; `events[i]` is that event for the plan's window i."""
+
+    edges: tuple[float, ...]
+    events: tuple[int, ...]
+
+    def event_at(self, position: float) -> int:
+        """The event whose segment [edges[k−1], edges[k]) holds latent position `position`."""
+        return min(bisect.bisect_right(self.edges, position), len(self.edges) - 1)
+
+    def windows_of(self, event: int) -> list[int]:
+        return [i for i, e in enumerate(self.events) if e == event]
+
+
+def assign_events(centres: Sequence[float], edges: Sequence[float]) -> list[int]:
+    """The event of each window (centres ascending) when events own the segments ending at `edges`, such that every
+    event gets at least one window (needs len(centres) >= len(edges)) and windows keep the story's order.
+
+    Where every segment already holds a window centre, each window takes the segment holding its centre (the rule
+    longgen has always used). Otherwise the monotone assignment giving every event a window is chosen that keeps the
+    window centres nearest their event's segment (least summed distance in latent frames, found by dynamic
+    programming over windows × events); between equally near choices the boundary between two events goes to the
+    earlier window. Segments in proportion to the events' durations thus give windows in
+    proportion to them too, as far as whole windows allow."""
+    n, k = len(centres), len(edges)
+    if n < k:
+        raise ValueError(f"{k} events need at least {k} windows, got {n}")
+    nominal = [min(bisect.bisect_right(edges, c), k - 1) for c in centres]
+    if len(set(nominal)) == k:
+        return nominal
+    lows = np.array([0.0, *edges[:-1]])  # [K] left edge of each segment
+    highs = np.array(edges, dtype=float)  # [K]
+    c = np.asarray(centres, dtype=float)[:, None]  # [N, 1]
+    cost = np.maximum(np.maximum(lows[None] - c, c - highs[None]), 0.0)  # [N, K] distance to each segment
+    # [N, K] least cost of windows 0..j with window j on event e; a path from (0, 0) to (N − 1, K − 1) that stays
+    # or steps one event per window visits every event, so reaching the last event is all that is asked
+    best = np.full((n, k), np.inf)
+    stay = np.zeros((n, k), dtype=bool)  # window j − 1 has the same event as window j
+    best[0, 0] = cost[0, 0]
+    for j in range(1, n):
+        same, step = best[j - 1], np.concatenate(([np.inf], best[j - 1, :-1]))  # [K] each
+        stay[j] = same <= step
+        best[j] = cost[j] + np.minimum(same, step)
+    events, e = [0] * n, k - 1
+    for j in range(n - 1, -1, -1):
+        events[j] = e
+        if j and not stay[j, e]:
+            e -= 1
+    return events
+
+
+def event_plan(plan: WindowPlan, edges: Sequence[float]) -> EventPlan:
+    """The plan's windows assigned to events (`assign_events`) and segment edges moved just enough to say so: an edge
+    already between the last window centre of one event and the first of the next stays where the story puts it,
+    else it goes midway between them."""
+    centres = plan.centres()
+    events = assign_events(centres, edges)
+    moved = []
+    for e in range(len(edges) - 1):
+        last = max(c for c, x in zip(centres, events) if x == e)
+        first = min(c for c, x in zip(centres, events) if x == e + 1)
+        moved.append(edges[e] if last < edges[e] <= first else (last + first) / 2)
+    return EventPlan(tuple(moved) + (float(plan.length),), tuple(events))

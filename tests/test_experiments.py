@@ -39,6 +39,9 @@ EXPECTED = {
     "glc-3x": dict(sampler="GLCSampler", knobs=GLC_SECTION_7, noise="gaussian", cog=(7, 37), wan=(8, 63)),
     # GLC Table 1's 6x
     "glc-6x": dict(sampler="GLCSampler", knobs=GLC_SECTION_7, noise="gaussian", cog=(16, 73), wan=(18, 123)),
+    # GLC as its paper runs it, at 4x for the methods comparison: section 7 values, VMCR's x0 through the model
+    "glc-paper-4x": dict(sampler="GLCSampler", knobs={**GLC_SECTION_7, "vmcr_source": "model"}, noise="gaussian",
+                         cog=(10, 49), wan=(11, 81)),
     # W4: SynCoS supplementary B's FIFO (n = 4, lookahead), 4x
     "fifo-4x": dict(sampler="FIFOSampler", knobs=dict(num_partitions=4, lookahead=True), noise="gaussian",
                     cog=(10, 49), wan=(11, 81)),

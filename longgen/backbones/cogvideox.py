@@ -18,12 +18,15 @@ Loading, text encoding, guidance, micro-batching, offload and compilation are sh
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from longgen.backbones import riflex
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointKernel
 from longgen.backbones.diffusers_base import DiffusersBackbone, HostFrames, pixels_to_vae
@@ -66,6 +69,21 @@ class CogVideoXBackbone(DiffusersBackbone):
         self.vae_norm = vae_norm
         self._rope_cache: dict[int, Any] = {}
         self._frame_modulation: FrameModulation | None = None
+        if "use_rotary_positional_embeddings" in self.architecture.get("transformer", {}):  # the config's model
+            self._check_riflex(dict(self.architecture["transformer"]))  # facts: refused before any download
+
+    def _check_riflex(self, transformer_config: dict) -> None:
+        """backbone.riflex on a transformer without rotary embeddings (CogVideoX-2B: absolute positions): one line."""
+        if self.riflex is not None and not transformer_config.get("use_rotary_positional_embeddings", False):
+            raise UsageError(f"backbone.riflex needs rotary position embeddings, but {self.model_id} uses absolute "
+                             f"positions (CogVideoX-2B's kind): use backbone.riflex=false or a RoPE model "
+                             f"(backbone=cogvideox-5b)")
+
+    def check_available(self) -> None:
+        super().check_available()
+        config = Path(self._source or "") / "transformer" / "config.json"
+        if self.riflex is not None and not self.random_weights and config.is_file():
+            self._check_riflex(json.loads(config.read_text()))
 
     def check_length(self, latent_frames: int) -> None:
         if latent_frames % 2 == 0:
@@ -116,6 +134,10 @@ class CogVideoXBackbone(DiffusersBackbone):
         super().load()
         if self.vae_norm == "parallel":  # the VAE's group norms with split-block statistics (group_norm.py)
             parallel_group_norms(self.pipe.vae)
+        if self.riflex is not None:  # the temporal quarter of the head dimension, base 10000 (diffusers' 3-D RoPE)
+            tcfg = self.pipe.transformer.config
+            self._check_riflex(dict(tcfg))
+            self.riflex_plan = riflex.plan(self.riflex, tcfg.attention_head_dim // 4, 10000.0, self.native_window)
 
     def _blocks(self) -> Sequence[torch.nn.Module]:
         return self.pipe.transformer.transformer_blocks
@@ -147,9 +169,11 @@ class CogVideoXBackbone(DiffusersBackbone):
         if not self.pipe.transformer.config.use_rotary_positional_embeddings:
             return None
         if frames not in self._rope_cache:
-            self._rope_cache[frames] = self.pipe._prepare_rotary_positional_embeddings(
-                self.height, self.width, frames, self.device
-            )
+            table = self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, frames, self.device)
+            if self.riflex_plan is not None:  # (cos, sin) [F·h·w, D]: RIFLEx's lowered temporal component
+                patch = self.spatial_compression * self.pipe.transformer.config.patch_size
+                table = riflex.patch_rows(*table, (self.height // patch) * (self.width // patch), self.riflex_plan)
+            self._rope_cache[frames] = table
         return self._rope_cache[frames]
 
     def _timesteps(self, t, rows: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from longgen.backbones import compile_determinism
+from longgen.backbones import compile_determinism, riflex
 from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.attention import AttentionChoice, Kernel, attention_choices, resolve_attention
 from longgen.backbones.face import Backbone
@@ -145,6 +145,7 @@ class DiffusersOptions:
     random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
     weights_seed: int = 0
     architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
+    riflex: bool | int = False  # RIFLEx (longgen/backbones/riflex.py): 2x window on a 3-D RoPE model; true or K
 
     def check(self, patch_size: int, attention: Sequence[str], example_config: str) -> None:
         """One line (UsageError) for the first option a family of this transformer `patch_size`, `attention`
@@ -171,6 +172,7 @@ class DiffusersOptions:
             raise UsageError(f"backbone.attention={self.attention!r}: use one of {', '.join(attention)}")
         if self.random_weights and not self.architecture:
             raise UsageError(f"backbone.random_weights=true needs an `architecture` section (see {example_config})")
+        riflex.parse_riflex(self.riflex)
 
 
 def options_signature(family: type, own: inspect.Signature) -> inspect.Signature:
@@ -244,7 +246,11 @@ class DiffusersBackbone(Backbone):
         self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
         self.architecture = options.architecture or {}
         # geometry, known before any weights load
-        self.window = (options.num_frames - 1) // options.temporal_compression + 1
+        self.native_window = (options.num_frames - 1) // options.temporal_compression + 1
+        # RIFLEx: the window is the extrapolated one; the family lowers one temporal RoPE frequency at load
+        self.riflex = riflex.parse_riflex(options.riflex)
+        self.riflex_plan: riflex.RiflexPlan | None = None
+        self.window = self.native_window if self.riflex is None else riflex.extended_window(self.native_window)
         self.latent_shape = (options.latent_channels, options.height // options.spatial_compression,
                              options.width // options.spatial_compression)
         self.pipe = None
@@ -606,6 +612,8 @@ class DiffusersBackbone(Backbone):
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
         }
+        if self.riflex is not None:
+            info["riflex"] = self.riflex_plan.describe() if self.riflex_plan else {"window": self.window}
         if self.pipe is not None:
             proc = self.pipe.transformer.attn_processors
             info["attention_processors"] = sorted({type(p).__name__ for p in proc.values()})

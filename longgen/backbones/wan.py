@@ -37,6 +37,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from longgen.backbones import riflex
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.attention import Kernel
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
@@ -161,6 +162,13 @@ class WanBackbone(DiffusersBackbone):
             )
         if tuple(tcfg.patch_size) != (1, 2, 2):
             raise UsageError(f"the loaded Wan transformer has patch size {tuple(tcfg.patch_size)}; longgen needs (1, 2, 2)")
+
+    def load(self) -> None:
+        super().load()
+        if self.riflex is not None:  # RIFLEx: lower one temporal frequency of the rotary module's tables
+            rope = self.pipe.transformer.rope
+            self.riflex_plan = riflex.plan(self.riflex, rope.t_dim, 10000.0, self.native_window)
+            riflex.patch_wan_rope(rope, self.riflex_plan)
 
     def _blocks(self) -> Sequence[torch.nn.Module]:
         return self.pipe.transformer.blocks

@@ -61,6 +61,8 @@ HARMLESS = (
     "checkpoint_seconds",
     "preview_every",
     "preview_scale",
+    "progress_every",
+    "progress_seconds",
     "overwrite",
     "eval",
     "gpus",  # the latents are the same bytes on any number of GPUs (distributed.py)

@@ -73,6 +73,7 @@ from longgen.run.stages import (
     keep_latents,
     manifest_head,
     package_versions,
+    progress_shown,
     resume_command,
     sample,
     save_latents,
@@ -320,6 +321,9 @@ class HistorySampler(Sampler):
             self._sub = copy.copy(run)
             self._sub.denoiser = KnownFrames(den, known, self.t_c)
         return self.inner.begin(self._sub)
+
+    def forwards_per_step(self, total: int) -> list[float] | None:
+        return self.inner.forwards_per_step(total)
 
     def _put_back(self, tensors: dict[str, torch.Tensor], a: float, s: float) -> None:
         if "x" not in tensors:
@@ -609,7 +613,7 @@ def execute_extend(job: ExtendJob, resume: Checkpoint | None = None, extra: dict
     """Stages 2–5 on a claimed run directory."""
     current().adopt(job)
     try:
-        with Interrupts() as interrupts, StepProgress() as progress:
+        with Interrupts() as interrupts, progress_shown(job.cfg) as progress:
             progress.label("encode", "load + encode text and video")
             progress("encode", 0, 1)
             prompts = encode(job)

@@ -32,8 +32,8 @@ from longgen.run.shots import (
 )
 from longgen.rundir import made_by_this_command, write_text
 from longgen.samplers.base import Sampler
-from longgen.story import Story, check_text_limit, without_cut_markers
-from longgen.windows import WindowPlan, latent_length
+from longgen.story import Story, check_text_limit, cut, without_cut_markers
+from longgen.windows import Clock, EventPlan, WindowPlan, latent_length
 
 log = logging.getLogger("longgen")
 
@@ -62,12 +62,34 @@ class Job:
     world: Units = field(default_factory=Units)  # this process's share of the work (distributed.py)
     noise: Any = field(default_factory=GaussianNoise)  # the initial-noise option (noise/ group, longgen/noise.py)
     shots: ShotPlan | None = None  # multi-shot story: takes, shots and their frames (longgen/run/shots.py)
+    events: EventPlan | None = None  # single-shot story: each window's event, the segments' edges (story.event_plan)
     images: ImagePlan | None = None  # key images and the windows they condition (longgen/run/images.py)
 
     def local_index(self, start: int, size: int) -> int:
         if self.shots is not None:  # the shot (one local prompt each) whose segment holds the window's centre
             return self.shots.shot_at(start + size / 2)
+        if self.events is not None:  # the event whose (planned) segment holds the window's centre
+            return self.events.event_at(start + size / 2)
         return self.story.prompt_index_at(start + size / 2, self.length)
+
+    def event_table(self) -> list[dict] | None:
+        """The plan of a single-shot story, one entry per event: its windows (indices into `windows`), latent and
+        video frames [first, end) and seconds [start, end) as planned (and as the story gave them, for a timed
+        story: windows are whole, so the planned times are the nearest the window grid allows); None for a
+        multi-shot story."""
+        if self.events is None:
+            return None
+        clock = Clock(self.backbone.fps, self.backbone.temporal_compression)
+        given = self.given_story.timeline or [None] * len(self.events.edges)
+        table, left = [], 0.0
+        for k, (right, times) in enumerate(zip(self.events.edges, given)):
+            table.append({"event": k, "windows": self.events.windows_of(k),
+                          "latent_frames": [round(left, 3), round(right, 3)],
+                          "frames": [round(clock.frame_at(left)), round(clock.frame_at(right))],
+                          "seconds": [round(clock.seconds(left), 3), round(clock.seconds(right), 3)],
+                          **({"given_seconds": list(times)} if times else {})})
+            left = right
+        return table
 
     def window_map(self) -> list[dict]:
         if self.shots is not None:
@@ -210,26 +232,55 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
             backbone.check_available()
             return None
     use_global = cfg.get("use_global_prompt", True)
-    used, stripped, shots = story, 0, None
+    used, stripped, shots, events = story, 0, None, None
     if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/run/shots.py)
         shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
         length, plan = shots.length, shots.window_plan()
         check_latent_budget(length, backbone.latent_shape, backbone.label)
     else:
         check_single_shot_options(cfg)
-        story.check_events_fit(plan, lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window))
+        plan_for = lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window)  # noqa: E731
+        clock = Clock(backbone.fps, backbone.temporal_compression)
+        events = story.event_plan(plan, clock, plan_for)
+        if note := story.timeline_note(length, clock, plan_for):
+            log.info(note)
         if not use_global:  # SynCoS Table 2 ablation "w/o structured prompt", for every sampler
             used, stripped = story.without_global()
             log.info("use_global_prompt=false: global description removed from %d of %d local prompt(s)",
                      stripped, len(used.local_prompts))
         elif warning := story.missing_global_warning():  # local prompts without the global description
             log.warning(warning)
-    images = plan_images(cfg, choices, story, plan, backbone, sampler,
-                         lambda start, size: story.prompt_index_at(start + size / 2, length))
+    images = plan_images(cfg, choices, story, plan, backbone, sampler,  # by the windows' events (as local_index)
+                         lambda start, size: events.event_at(start + size / 2) if events is not None
+                         else story.prompt_index_at(start + size / 2, length))
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
-    return Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
-               stripped, noise=noise, shots=shots, images=images)
+    job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
+              stripped, noise=noise, shots=shots, events=events, images=images)
+    log_event_plan(job)
+    return job
+
+
+#: events whose plan is logged one line each at start; the manifest lists them all
+LOGGED_EVENTS = 20
+
+
+def log_event_plan(job: Job) -> None:
+    """The plan of a story of several events, one line each (at most LOGGED_EVENTS): its windows, video frames and
+    seconds, and the start of its prompt after the global description."""
+    table = job.event_table()
+    if table is None or len(table) < 2:
+        return
+    glob = job.story.global_prompt.strip()
+    if len(table) > LOGGED_EVENTS:
+        log.info("the first %d of %d events (manifest.json `events` lists them all):", LOGGED_EVENTS, len(table))
+    for row, prompt in zip(table[:LOGGED_EVENTS], job.story.local_prompts):
+        event = prompt.strip()[len(glob):].lstrip(" ,;:.-") if glob and prompt.strip().startswith(glob) else prompt
+        windows = row["windows"]
+        span = f"{windows[0] + 1}" if len(windows) == 1 else f"{windows[0] + 1}-{windows[-1] + 1}"
+        log.info("event %d: window%s %s of %d, frames %d-%d, %.2f-%.2f s: %s", row["event"] + 1,
+                 "s" if len(windows) > 1 else "", span, job.plan.count, row["frames"][0], row["frames"][1] - 1,
+                 *row["seconds"], cut(" ".join((event or prompt).split()), 50))
 
 
 def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:

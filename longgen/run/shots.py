@@ -56,7 +56,7 @@ from longgen.backbones.face import Backbone
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
-from longgen.samplers.base import Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import Sampler, SamplerState, SamplingRun, guidance_branches
 from longgen.story import CHARACTER_REF, Story
 from longgen.windows import WindowPlan
 
@@ -432,6 +432,14 @@ class ShotsSampler(Sampler):
             ref = self._takes[self.reference.index]
             self._reference_prompt = ref.run.prompt_for_window(0, den.window)
         return steps.pop()
+
+    def forwards_per_step(self, total: int) -> list[float] | None:
+        """Every take's sampler's forwards, plus the reference window's capture per step with cross-shot attention."""
+        takes = [t.sampler.forwards_per_step(total) for t in self._takes]
+        if any(work is None for work in takes):
+            return None
+        capture = guidance_branches(self.inner.guidance_scale) if self.sharing else 0
+        return [sum(step) + capture for step in zip(*takes)]
 
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}

@@ -44,7 +44,7 @@ import torch
 from longgen import __version__
 from longgen.errors import Interrupted, RunFailure, out_of_memory, out_of_memory_as
 from longgen.parallel.units import PeerFailed
-from longgen.progress import StepProgress
+from longgen.progress import LINE_SECONDS, StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, result_config
 from longgen.run.job import Job, check_prompt_lengths
 from longgen.run.preview import Preview
@@ -141,6 +141,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         prompt_for_window=lambda start, size: prompts.window_id(job, start, size),
         generator=gen,
         progress=progress,
+        weigh=progress.weigh,
         prompt_ids=prompts.roles,
         after_step=hooks if job.world.writes else (lambda state, total: None),  # only rank 0 writes
     )
@@ -283,6 +284,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "window": job.plan.window,
         "stride": job.sampler.stride,
         "windows": job.window_map(),
+        **({"events": job.event_table()} if job.events is not None else {}),
         "local_prompts": len(job.story.local_prompts),
         "use_global_prompt": job.use_global,
         "global_prompt_removed_from": job.stripped,
@@ -324,13 +326,21 @@ def recording(job: Job, latents: torch.Tensor, video: dict):
 
 
 # ---------------------------------------------------------------------------------------------------- the commands
+def progress_shown(cfg, writes: bool = True) -> StepProgress:
+    """The run's progress display: a bar on a terminal, else log lines every `progress_every` steps /
+    `progress_seconds` seconds (a run saved before these options existed gets their defaults); nothing on ranks
+    that do not write."""
+    return StepProgress(None if writes else False, every=int(cfg.get("progress_every") or 0),
+                        seconds=cfg.get("progress_seconds", LINE_SECONDS))
+
+
 def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = None) -> dict:
     """Stages 2–5 on a claimed run directory."""
     writes = job.world.writes
     try:
         # only rank 0 draws progress and handles Ctrl-C/SIGTERM (the others follow its decision)
         with (Interrupts() if writes else contextlib.nullcontext(Interrupts())) as interrupts, \
-                StepProgress(None if writes else False) as progress:
+                progress_shown(job.cfg, writes) as progress:
             progress.label("encode", "load + encode text")
             progress("encode", 0, 1)
             prompts = encode(job)

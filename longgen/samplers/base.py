@@ -26,6 +26,10 @@ def _no_progress(phase: str, done: int, total: int) -> None:
     return None
 
 
+def _no_weights(phase: str, work: list[float] | None) -> None:
+    return None
+
+
 @dataclass
 class SamplerState:
     """Everything a sampler carries from one denoising step to the next, besides the run's generator.
@@ -57,7 +61,9 @@ class SamplingRun:
     seed. `prompt_for_window(start, length)` gives the encoded-prompt id of a window by the story segment that holds
     its centre. `generator` is a seeded CPU generator for every random choice a sampler makes (minibatches, shifts,
     fresh noise), so a seed gives the same video on any device. `after_step(state, total)` runs after every step
-    (checkpoints, previews, interrupts); it may raise to stop the run.
+    (checkpoints, previews, interrupts); it may raise to stop the run. `progress(phase, done, total)` is told the
+    step reached (also once before the first step, so a resumed run's pace starts at its checkpoint's step) and
+    `weigh(phase, work)` the planned transformer forwards of every step, for an ETA weighted by work.
     """
 
     denoiser: Denoiser
@@ -68,6 +74,7 @@ class SamplingRun:
     #: encoded-prompt ids by role, for samplers that need more than the per-window local prompt
     prompt_ids: dict[str, int] = field(default_factory=dict)
     after_step: Callable[[SamplerState, int], None] = _no_callback
+    weigh: Callable[[str, list[float] | None], None] = _no_weights
 
     @property
     def length(self) -> int:
@@ -110,7 +117,9 @@ class Sampler(ABC):
         """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
         tensors and step count, with run.generator already restored to the state saved with it)."""
         total = self.begin(run)
+        run.weigh("denoise", self.forwards_per_step(total))
         state = resume.placed_on(run.noise.device) if resume is not None else SamplerState(self.initial_state(run))
+        run.progress("denoise", state.done, total)
         for i in range(state.done, total):
             self.step(run, state, i)
             state.done = i + 1
@@ -122,6 +131,12 @@ class Sampler(ABC):
     def begin(self, run: SamplingRun) -> int:
         """Plan the run (windows, schedule, prompt ids; checks and log lines) without drawing random numbers;
         return the number of steps."""
+
+    def forwards_per_step(self, total: int) -> list[float] | None:
+        """The transformer forwards (one per window sample and guidance branch, as `Denoiser.forward_count` counts
+        them) each of the `total` steps will spend, from the plan `begin` made (called after it; draws nothing).
+        The progress ETA weighs steps by them. None: not known, every step weighs the same."""
+        return None
 
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         """The tensors before the first step: x_T [L, C, H, W] by default."""
@@ -147,3 +162,8 @@ NUM_STEPS = Whole(1, MAX_STEPS)
 GUIDANCE = Number(0, 100)
 STRIDE = Whole(1)
 ETA = Number(0, 1)
+
+
+def guidance_branches(guidance_scale: float) -> int:
+    """Forwards per window sample: two with classifier-free guidance (scale > 1), else one."""
+    return 2 if guidance_scale > 1.0 else 1

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 from longgen.diffusion import ddim_step
 from longgen.options import option
-from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import (
+    ETA,
+    GUIDANCE,
+    NUM_STEPS,
+    STRIDE,
+    Sampler,
+    SamplerState,
+    SamplingRun,
+    guidance_branches,
+)
 from longgen.windows import WindowPlan
 
 
@@ -31,6 +40,9 @@ class DirectSampler(Sampler):
         self._prompt = run.prompt_for_window(0, run.length)
         self._sched = run.denoiser.schedule(self.num_steps)
         return len(self._sched)
+
+    def forwards_per_step(self, total: int) -> list[int]:
+        return [guidance_branches(self.guidance_scale)] * total  # the whole latent as one sample per branch
 
     def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
         x = state.tensors["x"][None]  # [1, L, C, H, W] x_t

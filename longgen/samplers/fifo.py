@@ -52,7 +52,16 @@ import torch
 from longgen.diffusion import NoiseSchedule, add_noise, ddim_step, gather_windows
 from longgen.errors import UsageError
 from longgen.options import Whole, flag, option
-from longgen.samplers.base import ETA, GUIDANCE, MAX_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import (
+    ETA,
+    GUIDANCE,
+    MAX_STEPS,
+    STRIDE,
+    Sampler,
+    SamplerState,
+    SamplingRun,
+    guidance_branches,
+)
 from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
@@ -155,6 +164,12 @@ class FIFOSampler(Sampler):
                  levels, self.num_partitions, ", lookahead" if self.lookahead else "")
         return self.base_steps + self.iterations
 
+    def forwards_per_step(self, total: int) -> list[int]:
+        """A base-clip step runs up to K single-window DDIM steps, a queue iteration K windows at once."""
+        k, levels, cfg = self.windows_per_iteration, self._plan.levels, guidance_branches(self.guidance_scale)
+        base = [(min((i + 1) * k, levels) - i * k) * cfg for i in range(self.base_steps)]
+        return base + [k * cfg] * (total - self.base_steps)
+
     def initial_state(self, run: SamplingRun) -> dict[str, torch.Tensor]:
         frame = tuple(run.noise.shape[2:])  # (C, H, W)
         return {
@@ -246,5 +261,5 @@ class FIFOSampler(Sampler):
 
     def describe(self) -> dict:
         info = super().describe()
-        info["forwards_per_iteration"] = (self.windows_per_iteration or 0) * (2 if self.guidance_scale > 1 else 1)
+        info["forwards_per_iteration"] = (self.windows_per_iteration or 0) * guidance_branches(self.guidance_scale)
         return info

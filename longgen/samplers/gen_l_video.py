@@ -17,7 +17,16 @@ import torch
 from longgen.denoiser import Denoiser
 from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows
 from longgen.options import option
-from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import (
+    ETA,
+    GUIDANCE,
+    NUM_STEPS,
+    STRIDE,
+    Sampler,
+    SamplerState,
+    SamplingRun,
+    guidance_branches,
+)
 from longgen.windows import WindowPlan
 
 
@@ -44,6 +53,9 @@ class GenLVideoSampler(Sampler):
         self._ids = [run.prompt_for_window(s, self._plan.window) for s in self._plan.starts]
         self._sched = run.denoiser.schedule(self.num_steps)
         return len(self._sched)
+
+    def forwards_per_step(self, total: int) -> list[int]:
+        return [self._plan.count * guidance_branches(self.guidance_scale)] * total  # every window, every step
 
     def step(self, run: SamplingRun, state: SamplerState, i: int) -> None:
         x = state.tensors["x"]  # [L, C, H, W] x_t

@@ -87,7 +87,16 @@ from longgen.diffusion import (
 )
 from longgen.errors import UsageError
 from longgen.options import Number, OneOf, Whole, flag, option
-from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+from longgen.samplers.base import (
+    ETA,
+    GUIDANCE,
+    NUM_STEPS,
+    STRIDE,
+    Sampler,
+    SamplerState,
+    SamplingRun,
+    guidance_branches,
+)
 from longgen.samplers.gen_l_video import fused_x0
 from longgen.windows import WindowPlan
 
@@ -227,13 +236,26 @@ class SynCoSSampler(Sampler):
         """ε-space residual guard: at a_t = 0 (ᾱ_t = 0, or σ_t = 1) it is identically 0 (methods.md pitfall)."""
         return self.residual == "eps" and self.grounded_timestep and c.a == 0.0
 
+    def _stage_forwards(self, windows: int) -> tuple[int, int]:
+        """Transformer forwards (one per sample and CFG branch) of stage 1 at every step and of stage 2 at a step
+        where it runs its iterations: N·branches and iters·min(B, N)·branches."""
+        cfg = guidance_branches(self.guidance_scale)
+        return (windows * cfg if self.stage1 else 0), self.iters * min(self.batch_windows, windows) * cfg
+
+    def _refines_at(self, c: StepCoeffs) -> bool:
+        """Whether stage 2 runs its iterations at step c (it runs, and the ε-residual guard does not skip them)."""
+        return self.stage2_at(c.t) and not self._skips_iterations(c)
+
+    def forwards_per_step(self, total: int) -> list[int]:
+        """Stage 1's forwards at every step plus stage 2's at the steps above t_min (~5x the others by default)."""
+        s1, s2 = self._stage_forwards(self._plan.count)
+        return [s1 + (s2 if self._refines_at(self._sched.step(i)) else 0) for i in range(total)]
+
     def forward_plan(self, windows: int, sched: NoiseSchedule) -> dict:
         """Transformer forwards (one per sample and CFG branch) this configuration spends, per step and in total."""
-        cfg = 2 if self.guidance_scale > 1.0 else 1
         batch = min(self.batch_windows, windows)
-        s1 = windows * cfg if self.stage1 else 0
-        s2 = self.iters * batch * cfg
-        steps2 = [c.t for c in map(sched.step, range(len(sched))) if self.stage2_at(c.t) and not self._skips_iterations(c)]
+        s1, s2 = self._stage_forwards(windows)
+        steps2 = [c.t for c in map(sched.step, range(len(sched))) if self._refines_at(c)]
         return {
             "windows": windows,
             "batch_windows_used": batch,

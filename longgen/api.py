@@ -1,0 +1,187 @@
+"""The Python API: `longgen.generate(...)`, `longgen.extend(...)`, `longgen.decode(...)` for notebooks and services.
+
+Each call is its command line run in this process: the overrides (strings as typed after the command, and keyword
+arguments written into that form) pass the CLI's own checks (longgen/cli.py `command_line_problem`: unknown
+options, groups, search path, run directory) and its quoting of free text, the config is composed with Hydra's
+compose API from the same primary config (`--config-dir` / `--config-path` included), the run directory is made
+as Hydra makes it, the log configured as Hydra configures it, and the same command function runs the same stages
+(longgen/commands/, longgen/run/). A bad input raises `UsageError` (its message is the CLI's error line without
+`longgen: error:`) and nothing is left behind, as on the command line; a failed run raises `RunFailure` or
+`Interrupted`. The result is the run directory and its manifest.
+
+    result = longgen.generate("backbone=tiny", "sampler=gen-l-video", prompt="a red fox", num_windows=2,
+                              run_dir="outputs/fox")
+    result.run_dir, result.manifest["seed"], result.video
+
+Keyword values are written as on the command line: a str as typed (free text such as prompt= is quoted for you,
+as the CLI does), bool as true/false, None as null, lists and dicts in Hydra's syntax; a dict of a group's options
+becomes dotted keys (`sampler={"num_steps": 2}` → `sampler.num_steps=2`). `run_dir=` is `hydra.run.dir=`,
+`config_dir=` is `--config-dir`. One job per call: sweeps (-m) and several processes (gpus=N) stay with the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from longgen.config_search import absolute_config_path, compose_setup, overrides_only
+from longgen.errors import UsageError
+from longgen.overrides import AS_RECORDED_ENV, fill_positional, hydra_quote, quote_free_text
+from longgen.rundir import note_existing_dirs
+
+__all__ = ["Result", "UsageError", "generate", "extend", "decode"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished run: its directory and the manifest written there (manifest.json as a dict)."""
+
+    run_dir: Path
+    manifest: dict
+
+    @property
+    def video(self) -> Path | None:
+        """The written video (generate: video.mp4; extend: extended.mp4), from the manifest's outputs."""
+        name = (self.manifest.get("outputs") or {}).get("video")
+        return self.run_dir / name if name else None
+
+
+# ---------------------------------------------------------------------------------------------------- the calls
+def generate(*overrides: str, **options: Any) -> Result:
+    """`longgen generate OVERRIDES` in this process; returns the run directory and its manifest."""
+    from longgen.commands.generate import run_generate
+
+    with _composed("generate", list(overrides), options) as (cfg, out_dir, choices, hc):
+        manifest = run_generate(cfg, out_dir, choices, hc)
+        if cfg.get("eval"):
+            from longgen.eval.evaluate import evaluate_run_dir
+
+            evaluate_run_dir(str(out_dir))
+    return Result(out_dir, manifest)
+
+
+def extend(video: str | os.PathLike, *overrides: str, **options: Any) -> Result:
+    """`longgen extend VIDEO OVERRIDES` in this process; returns the run directory and its manifest."""
+    from longgen.commands.extend import run_extend
+
+    args = [f"video={hydra_quote(str(video))}", *overrides]
+    with _composed("extend", args, options) as (cfg, out_dir, choices, hc):
+        manifest = run_extend(cfg, out_dir, choices, hc)
+    return Result(out_dir, manifest)
+
+
+def decode(target: str | os.PathLike, *overrides: str, **options: Any) -> dict:
+    """`longgen decode RUN_DIR|LATENTS.safetensors OVERRIDES` in this process; returns the written video's facts
+    (path, frames, fps, width, height)."""
+    from longgen.commands.decode import run_decode
+    from longgen.rundir import setup_logging
+
+    path = Path(target).expanduser()
+    setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
+    return run_decode(path, [*overrides, *keyword_overrides(options)])
+
+
+# ---------------------------------------------------------------------------------------------------- the command line
+def keyword_overrides(options: dict[str, Any]) -> list[str]:
+    """Keyword arguments as command-line overrides (module docstring)."""
+    out = []
+    for key, value in options.items():
+        if key == "run_dir":
+            key = "hydra.run.dir"
+        if key == "config_dir":
+            out += ["--config-dir", str(value)]
+        elif isinstance(value, dict) and value:
+            out += keyword_overrides({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out.append(f"{key}={_typed(value)}")
+    return out
+
+
+def _typed(value: Any) -> str:
+    """A top-level value as a user would type it: text as is, the rest in Hydra's syntax."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    return _hydra_value(value)
+
+
+def _hydra_value(value: Any) -> str:
+    """A value inside Hydra's override grammar: quoted text, true/false, null, [..], {k: v}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, os.PathLike)):
+        return hydra_quote(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    raise UsageError(f"{value!r} ({type(value).__name__}) is not an option value: use str, int, float, bool, None, "
+                     f"a list or a dict")
+
+
+def command_line(command: str, overrides: list[str], options: dict[str, Any]) -> list[str]:
+    """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
+    from longgen.cli import COMMANDS, command_line_problem
+
+    rest = [*overrides, *keyword_overrides(options)]
+    if "-m" in rest or "--multirun" in rest:
+        raise UsageError(f"longgen.{command.replace('-', '_')} runs one job: sweep in a loop of calls, or with "
+                         f"`longgen {command} -m`")
+    for arg in overrides_only(rest):
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "gpus" and value.strip() not in ("1", "null"):
+            raise UsageError(f"gpus={value} starts one process per GPU: run `longgen {command} gpus={value} ...` "
+                             f"instead; longgen.{command} runs in this process")
+    rest = absolute_config_path(fill_positional(command, rest))
+    problem = command_line_problem(COMMANDS[command][1], rest)
+    if problem:
+        raise UsageError(problem)
+    return rest if os.environ.get(AS_RECORDED_ENV) == "1" else quote_free_text(rest)
+
+
+@contextlib.contextmanager
+def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> Iterator[tuple]:
+    """The task config, run directory, group choices and Hydra config of one job, as `@hydra.main` and Hydra's
+    `run_job` give them to the command: composed from the command's primary config, the run directory made
+    (absolute), HydraConfig set for the call and restored after it, the log configured (console and the run
+    directory's COMMAND.log)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import configure_log
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    rest = command_line(command, overrides, options)
+    note_existing_dirs(rest)
+    context, primary, search_path = compose_setup(rest, command.replace("-", "_"))
+    try:
+        with context:
+            cfg = compose(primary, overrides=overrides_only(rest) + search_path, return_hydra_config=True)
+    except Exception as exc:  # Hydra's own composition errors (a value of the wrong type, ...)
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        out_dir = Path(os.path.abspath(str(OmegaConf.select(cfg, "hydra.run.dir"))))
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(out_dir)
+        HydraConfig.instance().set_config(cfg)
+        hc = copy.deepcopy(cfg.hydra)
+        task = copy.deepcopy(cfg)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+        yield task, out_dir, dict(hc.runtime.choices), hc
+    finally:
+        if previous is not None:
+            HydraConfig.instance().set_config(previous)
+        else:
+            HydraConfig.instance().cfg = None
+
