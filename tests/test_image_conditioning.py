@@ -216,6 +216,23 @@ def test_image_fit_cuts_pads_or_stretches(tmp_path, fit, red_columns, black_rows
 
 
 # ---------------------------------------------------------------------------------------------------- routing
+def test_story_events_carry_images_with_or_without_times(tmp_path):
+    from longgen.story import Story
+
+    data = {"global": "a fox", "local": [{"prompt": "a fox sits", "start": 0, "end": 2, "image": "a.png"},
+                                         {"prompt": "a fox runs", "start": 2, "end": 5}]}
+    (tmp_path / "story.json").write_text(json.dumps(data))
+    story = Story.load(tmp_path / "story.json")
+    assert story.images == [str(tmp_path / "a.png"), None]
+    assert story.times == [{"start": 0, "end": 2}, {"start": 2, "end": 5}]
+    assert story.to_dict()["local"] == [{"prompt": "a fox sits", "start": 0, "end": 2, "image": str(tmp_path / "a.png")},
+                                        {"prompt": "a fox runs", "start": 2, "end": 5}]
+    plain = Story.from_dict({"global": "", "local": ["a", {"prompt": "b", "image": "/x/b.png"}]})
+    assert plain.local_prompts == ["a", "b"] and plain.images == [None, "/x/b.png"] and plain.times is None
+    with pytest.raises(UsageError, match="local prompt 2's `image` must be the path of an image file"):
+        Story.from_dict({"global": "", "local": ["a", {"prompt": "b", "image": 3}]})
+
+
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pictures")
@@ -387,5 +404,5 @@ def test_extend_from_an_image_starts_with_it(pictures, tmp_path, monkeypatch):
     first = load_file(str(tmp_path / "run" / "latents.safetensors"))["latents"][0]  # [C, h, w]
     backbone = build(cfg.backbone, "backbone", "tiny")
     backbone.load()
-    frame = np.asarray(Image.open(pictures / "three.png").convert("RGB"))[None]  # [1, 16, 16, 3]: already the size
+    frame = np.array(Image.open(pictures / "three.png").convert("RGB"))[None]  # [1, 16, 16, 3]: already the size
     assert torch.equal(first, backbone.encode_frames(frame)[0, 0])
