@@ -16,6 +16,17 @@ from longgen.errors import UsageError
 from longgen.options import reject_non_finite
 
 
+def riflex_stride(stride: int, riflex: Any) -> int:
+    """`${riflex_stride:S,${oc.select:backbone.riflex,false}}` in the RoPE backbones' YAML: the window stride doubles with RIFLEx's doubled
+    window (2·(M−1)+1 latent frames), so the windows overlap by the same fraction and a length needs about half the
+    windows. `riflex` is false/null (off), true or a component K (on)."""
+    on = riflex is not None and riflex is not False and str(riflex).lower() not in ("false", "0", "none", "null")
+    return 2 * int(stride) if on else int(stride)
+
+
+OmegaConf.register_new_resolver("riflex_stride", riflex_stride, replace=True)
+
+
 def check_kinds(group: str, kwargs: dict, params) -> None:
     """A value whose kind differs from the option's default (a word where a number or true/false belongs) is one
     line naming the option, before the constructor turns it into a traceback."""

@@ -6,7 +6,7 @@ returns the clean-latent estimate x̂0 and the implied noise ε̂ for a batch of
 classifier-free guidance applied. Everything model-specific (v- or flow prediction, SNR or timestep shift, RoPE,
 latent layout, dtype, offload, attention processors, micro-batching) stays behind it; samplers never import
 diffusers. A backbone states what else it can do (`per_frame_timesteps`, `anchor_attention`, `shot_attention`,
-`predict_grad`);
+`spectral_attention`, `kv_sharing`, `predict_grad`);
 samplers that need a capability ask for it and fail with one line where it is missing.
 """
 
@@ -32,6 +32,17 @@ class ShotSharing(Protocol):
 
     def sharing(self) -> ContextManager[None]:
         """Every layer of the calls inside also attends to the kept keys and values."""
+
+
+class KVSharing(Protocol):
+    """What DiTCtrl holds while KV-sharing is on (a backbone's implementation: longgen/backbones/kv_sharing.py): two
+    contexts for the `predict` calls made inside them."""
+
+    def capturing(self) -> ContextManager[None]:
+        """The calls inside run plain attention and keep window b's keys/values (and subject mask) as source b."""
+
+    def sharing(self, sources: Sequence[int]) -> ContextManager[None]:
+        """In the chosen layers, window b of the calls inside attends with the keys/values of source `sources[b]`."""
 
 
 @dataclass
@@ -100,6 +111,25 @@ class Denoiser(ABC):
         raise UsageError(
             f"the {type(self).__name__} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)"
         )
+
+    def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
+                           spatial_cutoff: float | None) -> ContextManager[None]:
+        """A context in which every `predict` of windows of `frames` latent frames (a whole video) uses FreeLong's
+        spectral blend attention (longgen/backbones/spectral_attention.py): in each attention layer the global
+        attention over all frames and local attentions restricted to `windows` frames around each query frame
+        (ascending; more than one: FreeLong++'s bands) are blended in the 3-D frequency domain, low frequencies from
+        the global branch, through Gaussian low-pass filters of normalised cutoffs `temporal_cutoff` and
+        `spatial_cutoff` (None: temporal only). Backbones that cannot do this raise UsageError."""
+        raise UsageError(
+            f"the {type(self).__name__} backbone has no spectral blend attention (FreeLong): use another sampler"
+        )
+
+    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float) -> ContextManager[KVSharing]:
+        """A context for DiTCtrl's mask-guided KV-sharing (longgen/backbones/kv_sharing.py): it yields a layout whose
+        `capturing()` keeps the source windows' keys/values and whose `sharing(sources)` makes the attention layers in
+        the half-open span `layers` attend with them; `subject` (text token positions; empty: no mask) and `threshold`
+        make the mask from the text-video attention map. Backbones that cannot do this raise UsageError."""
+        raise UsageError(f"the {type(self).__name__} backbone has no KV-sharing: use another sampler than ditctrl")
 
     def predict_grad(
         self,

@@ -82,8 +82,12 @@ def latent_length(
     num_windows: int | None = None,
     length_factor: float | None = None,
     latent_frames: int | None = None,
+    native_window: int | None = None,
 ) -> int:
     """Latent length L from at most one of: N windows, a multiple K of the native clip, or L itself.
+
+    `native_window` is the model's own clip length M when the window differs from it (RIFLEx's doubled window,
+    longgen/backbones/riflex.py): K counts native clips, so K = 4 asks for the same length with or without RIFLEx.
 
     `length_factor=K` asks for K times the native number of video frames F = c·(M − 1) + 1 (c the VAE's temporal
     compression); it is rounded to the nearest whole number of windows, so that L = M + S·(N − 1) and every
@@ -102,7 +106,7 @@ def latent_length(
     if length_factor is not None:
         if not length_factor >= 1:
             raise UsageError(f"length_factor={length_factor} must be >= 1 (1 is the backbone's native clip length)")
-        native_frames = temporal_compression * (window - 1) + 1
+        native_frames = temporal_compression * ((native_window or window) - 1) + 1
         target_latent = (length_factor * native_frames - 1) / temporal_compression + 1
         n = max(1, int(math.floor((target_latent - window) / stride + 0.5)) + 1)
         return window + stride * (n - 1)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Prepare .whl/ on a machine with pip access: the wheels the offline GPU image lacks (Python 3.12, x86-64), for
 # scripts/gpu_lane.sh and scripts/device_setup.sh. The GPU image already has torch, transformers, accelerate,
-# safetensors, opencv, matplotlib, rich, imageio, peft, filelock. What travels to the GPU machine is limited to
-# 64 MiB, so imageio-ffmpeg's 80 MB ffmpeg binary travels on its own, xz-compressed (about 21 MB), and its wheel
-# without it (IMAGEIO_FFMPEG_EXE points at the unpacked binary there).
+# safetensors, opencv, matplotlib, rich, imageio, filelock and a peft (the tested peft, 0.8 MB, travels here all the
+# same, pinned, for backbone.lora). What travels to the GPU machine is limited to 64 MiB, so imageio-ffmpeg's 80 MB
+# ffmpeg binary travels on its own, xz-compressed (about 21 MB), and its wheel without it (IMAGEIO_FFMPEG_EXE
+# points at the unpacked binary there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=.whl
@@ -13,7 +14,8 @@ plat=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
 get() { python3 -m pip download -q --no-deps --only-binary=:all: "${plat[@]}" -d "$dest" "$@"; }
 get diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0 json5==0.17.3 \
     openai==3.60.0 distro==1.9.0 jiter==0.19.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-    typing-inspection==0.4.5 sniffio==1.3.1 scenedetect==0.7.2 platformdirs==4.14.9 fa3-fwd==0.0.3
+    typing-inspection==0.4.5 sniffio==1.3.1 scenedetect==0.7.2 platformdirs==4.14.9 fa3-fwd==0.0.3 \
+    peft==0.21.2
 # antlr4 4.9.3 (hydra's parser runtime) is published as a source archive only: build its pure-Python wheel here
 [ -e "$dest"/antlr4_python3_runtime-4.9.3-py3-none-any.whl ] ||
     python3 -m pip wheel -q --no-deps -w "$dest" antlr4-python3-runtime==4.9.3

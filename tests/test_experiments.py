@@ -48,6 +48,17 @@ EXPECTED = {
     # W5: FreeNoise noise under Gen-L-Video fusion (SynCoS supplementary Fig. 12), 4x
     "freenoise-4x": dict(sampler="GenLVideoSampler", knobs=dict(num_steps=50, eta=0.0), noise="freenoise",
                          cog=(10, 49), wan=(11, 81)),
+    # GLC Table 1's "Direct" row at 4x: the whole latent as one window
+    "direct-4x": dict(sampler="DirectSampler", knobs=dict(num_steps=50, eta=0.0), noise="gaussian",
+                      cog=(1, 49), wan=(1, 81)),
+    # FreeLong at 4x (the public code's cutoffs; one sequence, so one window)
+    "freelong-4x": dict(sampler="FreeLongSampler", knobs=dict(num_steps=50, eta=0.0, temporal_cutoff=0.25,
+                                                                spatial_cutoff=0.25), noise="gaussian",
+                        cog=(1, 49), wan=(1, 81)),
+    # DiTCtrl at 4x (public code's steps, the last 5 layers, unmasked)
+    "ditctrl-4x": dict(sampler="DiTCtrlSampler", knobs=dict(num_steps=50, eta=0.0, kv_steps=[2, 25],
+                                                              kv_layers=[-5, None]), noise="gaussian",
+                       cog=(10, 49), wan=(11, 81)),
     # SynCoS supplementary B at 4x with B = 2 (stage-2 cost at Table 4's ratio)
     "syncos-paper-4x": dict(sampler="SynCoSSampler",
                             knobs=dict(num_steps=50, eta=0.0, iters=20, lr=0.5, batch_windows=2),
@@ -146,7 +157,7 @@ def test_unknown_experiment_is_one_line(tmp_path):
     proc = run_cli("generate", "+experiment=syncos-9x", "backbone=tiny", "prompt=a cat", cwd=tmp_path)
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
-    assert "unknown experiment 'syncos-9x'; choose one of: fifo-4x," in lines[0] and "syncos-4x" in lines[0]
+    assert "unknown experiment 'syncos-9x'; choose one of: direct-4x, ditctrl-4x, fifo-4x," in lines[0] and "syncos-4x" in lines[0]
     assert not (tmp_path / "outputs").exists()
 
 

@@ -178,3 +178,25 @@ def test_component_out_of_range_and_absolute_positions_refused():
         with pytest.raises(UsageError, match="absolute positions") as err:
             build(cfg, "backbone", name)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("backbone, windows", [("wan2.1-t2v-1.3b", (11, 4)), ("cogvideox-5b", (10, 4))])
+def test_length_factor_counts_native_clips_and_the_default_stride_doubles(backbone, windows):
+    """The shipped configs, planned as `generate` plans them: length_factor=4 is the same video length with or
+    without RIFLEx (it counts the model's own clips; the nearest point of each stride grid), and the doubled default
+    stride halves the windows or better (Wan: L = 21 + 6·10 = 81 → 41 + 12·3 = 77; CogVideoX-5B: 13 + 4·9 = 49 →
+    25 + 8·3 = 49)."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import build_parts, planned_length
+
+    counts = []
+    for flag in ("false", "true"):
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            cfg = compose("generate", overrides=[f"backbone={backbone}", "backbone.random_weights=true",
+                                                 f"backbone.riflex={flag}", "sampler=gen-l-video",
+                                                 "length_factor=4", "prompt=a fox"])
+        parts = build_parts(cfg, {"backbone": backbone, "sampler": "gen-l-video"})
+        length = planned_length(cfg, parts)
+        counts.append((length, parts.sampler.plan(length, parts.backbone.window).count))
+    assert tuple(c for _, c in counts) == windows, counts

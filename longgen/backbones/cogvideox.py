@@ -8,7 +8,7 @@ One class serves every CogVideoX variant; the YAML in `conf/backbone/` picks the
   the compute is that of the real model when the architecture is the real one (benchmarks).
 
 What lives here: the variance-preserving schedule read from `CogVideoXDDIMScheduler`, v-prediction → (x̂0, ε̂),
-RoPE (5B), the joint text-video attention processors for ABAM and cross-shot attention, per-frame timesteps
+RoPE (5B), the joint text-video attention processors for ABAM, cross-shot attention and FreeLong, per-frame timesteps
 (`per_frame_timesteps`: each latent frame's tokens modulated from its own timestep,
 `longgen.backbones.frame_timesteps`), the VAE encode of video frames (`longgen extend`), and the streaming VAE
 decode used by the writer.
@@ -230,6 +230,30 @@ class CogVideoXBackbone(DiffusersBackbone):
     def _shot_processors(self) -> dict:
         """Cross-shot attention processors on the kernel in use (FlashAttention-3 or SDPA)."""
         return {"processor": cogvideox_shot(self._processor_kernel())}
+
+    def _spectral_processor(self, frames: int, plan) -> tuple:
+        """FreeLong's processor on every joint attention layer, on the kernel in use; one line where the model's
+        tokens or positions do not fit it (spectral_attention.py)."""
+        from dataclasses import replace
+
+        from longgen.backbones.spectral_attention import CogVideoXSpectralProcessor, shared_processor
+
+        cfg = self.pipe.transformer.config
+        if cfg.patch_size_t is not None or cfg.patch_size != self.patch_size:
+            raise UsageError(f"FreeLong needs one token frame per latent frame and {self.patch_size}×"
+                             f"{self.patch_size} patches; this CogVideoX has patch_size_t={cfg.patch_size_t}, "
+                             f"patch_size={cfg.patch_size}: use another sampler")
+        if cfg.use_learned_positional_embeddings and frames != self.window:
+            raise UsageError(f"this CogVideoX has learned positional embeddings for {self.window} latent frames only; "
+                             f"FreeLong runs all {frames} as one sequence: use another sampler")
+        plan = replace(plan, text=cfg.max_text_seq_length, kernel=self._processor_kernel())
+        return shared_processor(CogVideoXSpectralProcessor, plan), None
+
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on every joint attention layer (torch SDPA; longgen/backbones/kv_sharing.py)."""
+        from longgen.backbones.kv_sharing import cogvideox_kv
+
+        return cogvideox_kv()
 
     def describe(self) -> dict:
         info = super().describe()

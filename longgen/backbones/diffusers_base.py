@@ -16,8 +16,8 @@ holds the rest, once:
   random weights), then the text encoder released, moved to the CPU or kept;
 - `predict`: classifier-free guidance stacked into one batch ([unconditional rows, conditional rows]),
   micro-batched into transformer calls of `micro_batch` samples, under the chosen SDPA kernels, guided in float32;
-- anchor attention (GLC-Diffusion ABAM) and cross-shot attention (multi-shot scenes) installed for the duration of
-  a block; the manifest description.
+- anchor attention (GLC-Diffusion ABAM), cross-shot attention (multi-shot scenes) and FreeLong's spectral blend
+  attention installed for the duration of a block; the manifest description.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from longgen.backbones.attention import AttentionChoice, Kernel, attention_choic
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.backbones.lora import apply_loras, parse_loras, resolve_hub
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
@@ -142,6 +143,7 @@ class DiffusersOptions:
     attention: str = "auto"  # longgen/backbones/attention.py
     compile: bool | str = "auto"  # torch.compile of each transformer block: auto (CUDA), true, false
     fused_gelu: bool | str = "auto"  # longgen/backbones/fused_gelu.py: auto, true, false
+    lora: list | None = None  # LoRA adapters fused into the transformer: [{path, scale, weight_name, name}] (lora.py)
     random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
     weights_seed: int = 0
     architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
@@ -245,6 +247,7 @@ class DiffusersBackbone(Backbone):
         self.compile, self.fused_gelu, self.fused_gelu_layers = options.compile, options.fused_gelu, 0
         self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
         self.architecture = options.architecture or {}
+        self.loras = parse_loras(options.lora)  # local files found and their headers read; nothing loaded
         # geometry, known before any weights load
         self.native_window = (options.num_frames - 1) // options.temporal_compression + 1
         # RIFLEx: the window is the extrapolated one; the family lowers one temporal RoPE frequency at load
@@ -316,6 +319,7 @@ class DiffusersBackbone(Backbone):
     # ------------------------------------------------------------------ availability and loading
     def check_available(self) -> None:
         """Fail fast, before any work, when the weights cannot be found. Sets the local source directory."""
+        resolve_hub(self.loras)  # LoRAs named by hub id: from the Hugging Face cache
         if self.random_weights:
             return
         if self.model_path:
@@ -367,9 +371,11 @@ class DiffusersBackbone(Backbone):
         if self.vae_tiling is True or (self.vae_tiling == "auto" and self.decides_tiling):
             pipe.vae.enable_tiling()
         if self.cpu_offload and self.device.type == "cuda":
+            apply_loras(pipe, self.loras, self.model_id)  # fused on the CPU, before the offload hooks (lora.py)
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+            apply_loras(pipe, self.loras, self.model_id)  # fused on the device (lora.py)
         self.pipe = pipe
         if self.attention_choice.kernel is not None:
             self.attention_choice.kernel.install(pipe.transformer)
@@ -592,6 +598,61 @@ class DiffusersBackbone(Backbone):
         """Keyword arguments of `shared_attention(...)` for this transformer (processor factory, which layers)."""
         raise UsageError(f"the {self.family} backbone has no cross-shot attention: turn it off (shots.cross_attention=0)")
 
+    @contextlib.contextmanager
+    def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
+                           spatial_cutoff: float | None) -> Iterator[None]:
+        """FreeLong's spectral blend attention (longgen/backbones/spectral_attention.py) in every `predict` inside the
+        block; the transformer's own processors are restored on exit. The family checks that its positions cover
+        `frames` latent frames and supplies the processor (`_spectral_processor`)."""
+        from longgen.backbones.spectral_attention import SpectralPlan, spectral_installed
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before spectral_attention()")
+        if self._anchor_layout is not None:
+            raise UsageError("FreeLong's spectral blend attention cannot run together with cross-shot attention or "
+                             "ABAM: set shots.cross_attention=0")
+        plan = SpectralPlan(tuple(int(w) for w in windows), float(temporal_cutoff),
+                            None if spatial_cutoff is None else float(spatial_cutoff),
+                            self.latent_shape[1] // self.patch_size, self.latent_shape[2] // self.patch_size)
+        processor, layers = self._spectral_processor(frames, plan)
+        with spectral_installed(self.pipe.transformer, processor, layers):
+            yield
+
+    def _spectral_processor(self, frames: int, plan: Any) -> tuple[Any, Any]:
+        """(processor, which layers) of FreeLong's attention for videos of `frames` latent frames, or UsageError."""
+        raise UsageError(f"the {self.family} backbone has no spectral blend attention (FreeLong): use another sampler")
+
+    @contextlib.contextmanager
+    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float) -> Iterator[Any]:
+        """DiTCtrl's KV-sharing (longgen/backbones/kv_sharing.py) for every `predict` inside the block: the family's
+        processors are installed, each predict announces its windows to the layout, and the layout takes the place
+        run_stacked reads anchors from; the transformer's own processors are restored on exit."""
+        from longgen.backbones.kv_sharing import kv_shared
+
+        if self.pipe is None:
+            raise RuntimeError("load() must run before kv_sharing()")
+        if self._anchor_layout is not None:
+            raise UsageError("KV-sharing cannot run inside anchor or cross-shot attention: turn one off")
+        kw = self._kv_processors()
+        with kv_shared(self.pipe.transformer, layers, subject, threshold, kw["processor"], kw.get("layers"),
+                       kw.get("map_processor"), kw.get("map_layers")) as layout:
+            plain = type(self).predict
+
+            def predict(x_t, t, prompt_ids, guidance_scale):
+                with layout.call(x_t.shape[0], x_t.shape[1]):
+                    return plain(self, x_t, t, prompt_ids, guidance_scale)
+
+            self.predict, self._anchor_layout = predict, layout  # this instance only, for the block
+            try:
+                yield layout
+            finally:
+                del self.predict
+                self._anchor_layout = None
+
+    def _kv_processors(self) -> dict:
+        """The KV-sharing processors for this transformer (longgen/backbones/kv_sharing.py: `cogvideox_kv`, `wan_kv`)."""
+        raise UsageError(f"the {self.family} backbone has no KV-sharing: use another sampler than ditctrl")
+
     # ------------------------------------------------------------------ manifest
     def describe(self) -> dict:
         """Facts for the manifest."""
@@ -611,6 +672,7 @@ class DiffusersBackbone(Backbone):
             "fused_gelu_layers": self.fused_gelu_layers,
             "cpu_offload": self.cpu_offload,
             "vae_tiling": self.vae_tiling,
+            "lora": [lora.describe(k) for k, lora in enumerate(self.loras)],  # path, sha256 of the file read, scale, adapter name
         }
         if self.riflex is not None:
             info["riflex"] = self.riflex_plan.describe() if self.riflex_plan else {"window": self.window}

@@ -42,6 +42,9 @@ class Backbone(Denoiser):
     height: int
     #: video frames per latent frame (after the first, which holds one)
     temporal_compression: int
+    #: the model's own clip length in latent frames; `window` differs from it only when the backbone extends its
+    #: clip (RIFLEx, longgen/backbones/riflex.py). `length_factor` counts native clips.
+    native_window: int
     #: the text encoder's tokens per prompt
     max_text_tokens: int
     #: built with seeded random weights (and a stand-in text encoder: token limits are advisory)

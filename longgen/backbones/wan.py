@@ -21,8 +21,8 @@ What is Wan-specific, and lives here:
 - Per-frame timesteps (`per_frame_timesteps = True`): Wan's transformer accepts a timestep per token; `predict`
   accepts one timestep per latent frame (t [M] for every window, or [B, M] one row per window), spread over that
   frame's tokens (for FIFO-Diffusion).
-- ABAM and cross-shot attention on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`,
-  `shot_attention.WanShotAttnProcessor`).
+- ABAM, cross-shot attention and FreeLong on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`,
+  `shot_attention.WanShotAttnProcessor`, `spectral_attention.WanSpectralProcessor`).
 - The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
   L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
   frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does;
@@ -229,6 +229,22 @@ class WanBackbone(DiffusersBackbone):
 
     def _shot_processors(self) -> dict:
         return {"processor": wan_shot(), "layers": lambda name: name.endswith(".attn1.processor")}
+
+    def _spectral_processor(self, frames: int, plan) -> tuple:
+        """FreeLong's processor on the self-attention layers; one line where the RoPE table is too short."""
+        from longgen.backbones.spectral_attention import WanSpectralProcessor, shared_processor
+
+        most = self.pipe.transformer.config.rope_max_seq_len
+        if frames > most:
+            raise UsageError(f"FreeLong runs all {frames} latent frames as one sequence, but this Wan's RoPE table "
+                             f"covers {most}: ask for at most {most} latent frames")
+        return shared_processor(WanSpectralProcessor, plan), lambda name: name.endswith(".attn1.processor")
+
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on the self-attention layers, its mask from the cross-attention layers."""
+        from longgen.backbones.kv_sharing import wan_kv
+
+        return wan_kv()
 
     # ------------------------------------------------------------------ decoding
     # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__), version 0.42

@@ -19,9 +19,14 @@ with one line naming the step and the last good checkpoint, which is kept.
 tensors and the generator, and continues at the next step. The config is compared key by key, so an override
 that would change the result is named in the refusal.
 
-Interrupts: the first SIGINT/SIGTERM while sampling lets the current step finish, then the step hook writes the
-checkpoint and raises `Interrupted` (exit 130, one line with the resume command). A second signal, or one
-outside sampling, raises KeyboardInterrupt at once; atomic writers remove their temporary files on the way out.
+Interrupts: the first SIGINT/SIGTERM/SIGUSR2 while sampling lets the current step finish, then the step hook writes
+the checkpoint and raises `Interrupted` (exit 130, one line with the resume command). SIGUSR2 is a scheduler's
+warning (SLURM `--signal`, submitit's preemption signal). A second signal, or one outside sampling, raises
+KeyboardInterrupt at once; atomic writers remove their temporary files on the way out. Inside a scheduler's job
+(submitit sets SUBMITIT_EXECUTOR) the same SIGTERM/SIGUSR2 again is not a second request: the scheduler signals
+every process of the job and the job's wrapper forwards it too (longgen/run/preemption.py); one that came before
+sampling (while the weights loaded) stops the run at its first step boundary. Every signal handled is noted in
+`RECEIVED`, which tells that wrapper to requeue the job.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -235,8 +241,14 @@ def all_finite(state: SamplerState) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+#: the signals that stop a run at the next step boundary
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+#: names of the stop signals this process received (the scheduler wrapper reads them: longgen/run/preemption.py)
+RECEIVED: set[str] = set()
+
+
 class Interrupts:
-    """SIGINT/SIGTERM handling for one command (a context manager; handlers restored on exit)."""
+    """SIGINT/SIGTERM/SIGUSR2 handling for one command (a context manager; handlers restored on exit)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
@@ -244,7 +256,9 @@ class Interrupts:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "Interrupts":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a scheduler's stop while the job prepared: at the first step
+            self.requested = next((n for n in ("SIGTERM", "SIGUSR2") if n in RECEIVED), None)
+        for sig in STOP_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a joblib worker thread): leave the defaults
@@ -258,6 +272,10 @@ class Interrupts:
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
+        RECEIVED.add(name)
+        if self.requested == name and signum != signal.SIGINT and os.environ.get("SUBMITIT_EXECUTOR"):
+            log.info("%s again (the scheduler signals every process of the job): still finishing the step", name)
+            return
         if self.sampling and self.requested is None:
             self.requested = name
             log.warning("%s: finishing the current step, then saving a checkpoint (again to stop at once)", name)

@@ -210,6 +210,7 @@ def planned_length(cfg: DictConfig, parts: Parts) -> int:
         num_windows=cfg.num_windows,
         length_factor=cfg.get("length_factor"),
         latent_frames=cfg.get("latent_frames"),
+        native_window=backbone.native_window,
     )
     check_latent_budget(length, backbone.latent_shape, backbone.label)
     backbone.check_length(length)

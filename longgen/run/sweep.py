@@ -6,6 +6,9 @@
   job that raises). Ctrl-C/SIGTERM still stops the whole sweep, after the running job saved its checkpoint.
 - The ledger is `SWEEP_DIR/sweep-jobs.jsonl`: one JSON line per finished job (appended by whichever process ran
   it, so joblib's workers write it too): job number, overrides, run directory, status, error line.
+- A job on a scheduler (hydra/launcher=submitit_slurm, longgen/run/preemption.py) that is preempted is recorded as
+  `requeued` and continues in a later attempt, which records its own outcome; sweep.json lists every job that was
+  requeued at least once (`requeued`, with the count in its entry) besides done / failed / not run.
 - `SweepSummary` (a Hydra callback, conf/generate.yaml) writes `SWEEP_DIR/sweep.json` (done / failed / not run)
   when the sweep starts (every job not run), when a job is interrupted and at the end; at the end it logs one
   line per failed job and makes the command exit with status 1 if any job failed.
@@ -50,7 +53,7 @@ def recorded_job(hc: Any) -> Iterator[None]:
     try:
         yield
     except (Interrupted, KeyboardInterrupt):
-        _append(ledger, {**entry, "status": "interrupted"})
+        append_entry(ledger, {**entry, "status": "interrupted"})
         write_summary(ledger.parent, read_ledger(ledger.parent))  # the later jobs listed as not run
         raise  # the caller's user_errors prints it and ends the sweep
     except (UsageError, RunFailure) as exc:
@@ -59,17 +62,17 @@ def recorded_job(hc: Any) -> Iterator[None]:
         log.debug("job %d failed:\n%s", entry["job"], traceback.format_exc())
         _failed(ledger, entry, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     else:
-        _append(ledger, {**entry, "status": "done"})
+        append_entry(ledger, {**entry, "status": "done"})
 
 
 def _failed(ledger: Path, entry: dict, line: str) -> None:
     line = scrub(line)
     log.error("sweep job %d failed: %s", entry["job"], line)
     print(f"longgen: error: sweep job {entry['job']} ({' '.join(entry['overrides'])}): {line}", file=sys.stderr)
-    _append(ledger, {**entry, "status": "failed", "error": line})
+    append_entry(ledger, {**entry, "status": "failed", "error": line})
 
 
-def _append(ledger: Path, entry: dict) -> None:
+def append_entry(ledger: Path, entry: dict) -> None:
     """One line, appended with a single write (O_APPEND): lines of concurrent workers never interleave."""
     ledger.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -80,33 +83,52 @@ def _append(ledger: Path, entry: dict) -> None:
 
 
 def read_ledger(sweep_dir: Path) -> dict[int, dict]:
-    """The latest outcome of every job of the sweep, by job number."""
+    """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
+    requeued before it (when it was)."""
     jobs: dict[int, dict] = {}
+    requeues: dict[int, int] = {}
     path = sweep_dir / LEDGER
     if path.is_file():
         for line in path.read_text().splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
-                jobs[int(entry["job"])] = entry
+                number = int(entry["job"])
+                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
+                jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
     return jobs
 
 
 def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = None) -> dict:
-    """sweep.json: jobs done, failed (or interrupted) and not run; `planned` (the sweep's job count) is kept from
-    the summary written when the sweep started when not given."""
+    """sweep.json: jobs done, failed (or interrupted) and not run, and those requeued by a scheduler on the way
+    (a requeued job is also done or failed once its last attempt ended; until then it is only requeued); `planned`
+    (the sweep's job count) is kept from the summary written when the sweep started when not given."""
     if planned is None:
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             planned = int(json.loads((sweep_dir / SUMMARY).read_text())["planned"])
     done = [j for j in sorted(jobs) if jobs[j]["status"] == "done"]
-    failed = [j for j in sorted(jobs) if jobs[j]["status"] != "done"]
+    failed = [j for j in sorted(jobs) if jobs[j]["status"] not in ("done", "requeued")]
+    requeued = [j for j in sorted(jobs) if jobs[j].get("requeues")]
     not_run = [j for j in range(planned) if j not in jobs] if planned is not None else []
-    summary = {"planned": planned, "done": done, "failed": failed, "not_run": not_run,
+    summary = {"planned": planned, "done": done, "requeued": requeued, "failed": failed, "not_run": not_run,
                "jobs": [jobs[j] for j in sorted(jobs)]}
     write_json(sweep_dir / SUMMARY, summary)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
+def register_launcher(target: str) -> None:
+    """Make longgen's submitit launchers (hydra_plugins/longgen_submitit, longgen/run/preemption.py) known to Hydra
+    before it instantiates the sweep's launcher: Hydra finds plugins by listing the hydra_plugins package, which
+    cannot see a package behind setuptools' editable-install finder (`pip install -e`)."""
+    if not target.startswith("hydra_plugins.longgen_submitit."):
+        return
+    import hydra_plugins.longgen_submitit as ours
+    from hydra.core.plugins import Plugins
+
+    for launcher in (ours.LocalLauncher, ours.SlurmLauncher):
+        Plugins.instance().register(launcher)
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: sweep.json, one line per failed job, exit status 1 if any failed."""
 
@@ -119,6 +141,7 @@ class SweepSummary(Callback):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        register_launcher(str(config.hydra.launcher.get("_target_", "")))
         overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +151,8 @@ class SweepSummary(Callback):
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
         jobs = read_ledger(sweep_dir)
         summary = write_summary(sweep_dir, jobs)
-        log.info("sweep %s: %d done, %d failed (%s)", sweep_dir, len(summary["done"]), len(summary["failed"]),
-                 sweep_dir / SUMMARY)
+        log.info("sweep %s: %d done, %d failed%s (%s)", sweep_dir, len(summary["done"]), len(summary["failed"]),
+                 f", {len(summary['requeued'])} requeued on the way" if summary["requeued"] else "", sweep_dir / SUMMARY)
         if summary["failed"]:
             print(f"longgen: error: {len(summary['failed'])} of {len(jobs)} sweep jobs failed "
                   f"({', '.join(str(j) for j in summary['failed'])}; see {sweep_dir / SUMMARY}); run them again "
@@ -162,7 +185,7 @@ def rerun_failed(sweep_dir: Path) -> int:
         proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env)
         jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
                         **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
-        _append(sweep_dir / LEDGER, jobs[number])
+        append_entry(sweep_dir / LEDGER, jobs[number])
         if proc.returncode == 130:
             break
     summary = write_summary(sweep_dir, jobs)

@@ -1,0 +1,274 @@
+"""LoRA adapters on a diffusers backbone (`backbone.lora=[{path: style.safetensors, scale: 0.8}, ...]`).
+
+Everything LoRA-specific is diffusers' and PEFT's own: the pipeline's `load_lora_weights` (its family's
+`lora_state_dict` converts the non-diffusers key layouts it knows, e.g. Wan's original `diffusion_model.*`
+checkpoints), `set_adapters` for the scales, `fuse_lora` and `unload_lora_weights`. This module only says which
+files, checks them before any weights load, turns diffusers' complaints about a file into one line, and records
+what was applied for the manifest.
+
+How a LoRA is applied: every listed adapter is loaded under its own name, the scales are set, and the adapters
+are fused into the transformer's weights (W' = W + Σᵢ scaleᵢ·(alphaᵢ/rᵢ)·Bᵢ·Aᵢ for each adapted linear layer), after
+which PEFT's layers are removed again. The transformer the sampler calls is then the plain diffusers model with
+other weights: regional `torch.compile`, the fused feed-forward GELU, the attention kernels and model CPU offload
+see nothing new, nothing recompiles and a step costs what it costs without LoRA. The price is that the scales are
+fixed for the whole run; a scale per event is not offered (it would need the unfused adapters and the windows of a
+transformer call grouped by scale).
+
+The loading happens where `DiffusersBackbone.load` places the pipeline: after it moved to the device (fused
+there), or before the CPU-offload hooks are installed (fused on the CPU), so diffusers never has to take offload
+hooks off and on again.
+
+Sources of a LoRA (`path`): a local `.safetensors` file; a local directory holding one (or `weight_name`
+naming it); or a hub id with `weight_name`, fetched through the Hugging Face cache when the weights are looked
+for (`check_available`). Only safetensors files are read (no pickles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from longgen.errors import UsageError
+
+#: |scale| beyond this is a typo, not a style strength (LoRA scales in use lie in about [-2, 2])
+MAX_SCALE = 10.0
+#: the oldest peft diffusers 0.42 loads LoRAs with (its MIN_PEFT_VERSION)
+MIN_PEFT = (0, 17)
+#: what an item of `backbone.lora` may say
+KEYS = ("path", "scale", "weight_name", "name")
+#: a hub id, "owner/name"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: a name for messages and the manifest
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: diffusers loggers whose warnings mean a LoRA did not (wholly) fit the transformer
+_LOADER_LOGGERS = ("diffusers.loaders.peft", "diffusers.loaders.lora_pipeline", "diffusers.loaders.lora_base",
+                   "diffusers.loaders.lora_conversion_utils", "diffusers.utils.peft_utils")
+
+
+@dataclass
+class Lora:
+    """One entry of `backbone.lora`, checked; `file` is the local safetensors file once resolved."""
+
+    path: str  # as given
+    scale: float
+    name: str  # its name in messages and the manifest
+    weight_name: str | None = None
+    file: Path | None = None
+    sha256: str | None = None  # of the file's bytes, set when it is loaded
+
+    def adapter(self, k: int) -> str:
+        """The PEFT adapter name of entry k. Not the user's name: diffusers tells an adapter's own keys in its
+        missing-key check by substring (`adapter_name in key`), so a short name like `b` would match every other
+        adapter's keys (`transformer_blocks...`); `longgen_lora_<k>_` appears in no module or other adapter key."""
+        return f"longgen_lora_{k}_"
+
+    def describe(self, k: int) -> dict:
+        """The manifest's record of entry k."""
+        return {"name": self.name, "adapter": self.adapter(k), "path": self.path, "weight_name": self.weight_name,
+                "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale}
+
+
+def parse_loras(items: Any) -> list[Lora]:
+    """`backbone.lora` (null, or a list of {path, scale, weight_name, name}) → checked entries; local files are
+    found and their safetensors header read, hub ids wait for `resolve_hub`. One line for the first bad entry."""
+    if items is None:
+        return []
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise UsageError(f"backbone.lora must be a list like [{{path: style.safetensors, scale: 0.8}}], got "
+                         f"{str(items)[:60]!r}")
+    loras = [parse_one(item, k) for k, item in enumerate(items)]
+    if loras:
+        check_peft()
+    names = [lora.name for lora in loras]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(f"backbone.lora: two LoRAs are named {name!r}: give each a distinct `name`")
+    return loras
+
+
+def check_peft() -> None:
+    """diffusers loads LoRAs only through PEFT (MIN_PEFT_VERSION 0.17 for diffusers 0.42): one line where it is
+    missing or older, rather than diffusers' error at load."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("peft")
+    except PackageNotFoundError:
+        raise UsageError("backbone.lora needs the peft package: pip install 'peft>=0.17'") from None
+    if tuple(int(n) for n in re.findall(r"\d+", found)[:2]) < MIN_PEFT:
+        raise UsageError(f"backbone.lora needs peft {'.'.join(map(str, MIN_PEFT))} or newer (found {found}): "
+                         f"pip install -U peft")
+
+
+def parse_one(item: Any, k: int) -> Lora:
+    """Entry k of `backbone.lora`."""
+    where = f"backbone.lora[{k}]"
+    if not hasattr(item, "keys"):
+        raise UsageError(f"{where} must be a mapping like {{path: style.safetensors, scale: 0.8}}, got {str(item)[:60]!r}")
+    unknown = sorted(set(item.keys()) - set(KEYS))
+    if unknown:
+        raise UsageError(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(KEYS)}")
+    path = item.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise UsageError(f"{where} needs a `path`: a .safetensors file, a directory holding one, or a hub id")
+    scale = item.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or abs(scale) > MAX_SCALE:
+        raise UsageError(f"{where}.scale={scale!r} must be a number between -{MAX_SCALE:g} and {MAX_SCALE:g} "
+                         f"(1 = as trained, 0 = off)")
+    weight_name = item.get("weight_name")
+    if weight_name is not None and not isinstance(weight_name, str):
+        raise UsageError(f"{where}.weight_name must be a file name, got {weight_name!r}")
+    lora = Lora(path=path, scale=float(scale), name="", weight_name=weight_name)
+    lora.file = local_file(lora, where)
+    default = lora.file.stem if lora.file is not None else path.rsplit("/", 1)[-1]
+    name = item.get("name") or re.sub(r"\W", "_", default).lstrip("0123456789") or f"lora{k}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(f"{where}.name={name!r}: use letters, digits and _ (not starting with a digit)")
+    lora.name = name
+    if lora.file is not None:
+        check_header(lora.file, where)
+    return lora
+
+
+def local_file(lora: Lora, where: str) -> Path | None:
+    """The local safetensors file of an entry; None for a hub id (fetched later); one line when neither."""
+    path = Path(lora.path).expanduser()
+    if path.is_file():
+        if lora.weight_name is not None:
+            raise UsageError(f"{where}: weight_name names a file inside a directory or hub repository, but path "
+                             f"{lora.path} is a file: drop weight_name")
+        return checked_suffix(path, where)
+    if path.is_dir():
+        if lora.weight_name is not None:
+            found = path / lora.weight_name
+            if not found.is_file():
+                raise UsageError(f"{where}: no file {lora.weight_name} in {path}")
+            return checked_suffix(found, where)
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            held = "no .safetensors file" if not files else f"{len(files)} .safetensors files"
+            raise UsageError(f"{where}: {path} holds {held}: name the LoRA file with weight_name=")
+        return files[0]
+    if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")):
+        if lora.weight_name is None:
+            raise UsageError(f"{where}: {lora.path} is not a local file; as a hub id it needs weight_name= (the "
+                             f"LoRA's .safetensors file in that repository)")
+        return None
+    raise UsageError(f"{where}: no such file or directory {lora.path}: pass a LoRA .safetensors file, a directory "
+                     f"holding one, or a hub id with weight_name")
+
+
+def checked_suffix(path: Path, where: str) -> Path:
+    if path.suffix != ".safetensors":
+        raise UsageError(f"{where}: {path} is not a .safetensors file; longgen reads LoRAs only in safetensors "
+                         f"(convert it, e.g. with safetensors.torch.save_file)")
+    return path
+
+
+def check_header(path: Path, where: str) -> None:
+    """The file is safetensors (its header reads) and holds LoRA tensors (keys naming `lora`): a cheap look
+    before any weights load."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # safetensors raises its own error types for a damaged or foreign header
+        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{where}: {path} is not a readable safetensors file ({reason})") from None
+    if not any("lora" in key.lower() for key in keys):
+        raise UsageError(f"{where}: {path} holds no LoRA weights (no tensor name contains 'lora'): is it a LoRA?")
+
+
+def resolve_hub(loras: Sequence[Lora]) -> None:
+    """Fetch the hub-id entries' files through the Hugging Face cache (offline: the cached copy); one line when
+    one cannot be had."""
+    from huggingface_hub import hf_hub_download
+
+    for k, lora in enumerate(loras):
+        if lora.file is not None:
+            continue
+        try:
+            lora.file = Path(hf_hub_download(lora.path, lora.weight_name))
+        except Exception as exc:  # offline, unknown repo or file, gated: all mean "no LoRA here"
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"backbone.lora[{k}]: cannot fetch {lora.weight_name} from {lora.path} ({reason}); "
+                             f"download it (`hf download {lora.path} {lora.weight_name} --local-dir DIR`) and pass "
+                             f"path=DIR/{lora.weight_name}") from exc
+        check_header(lora.file, f"backbone.lora[{k}]")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Complaints(logging.Filter):
+    """Collects (and keeps off the console) what diffusers' loaders log at WARNING or above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.lines.append(" ".join(record.getMessage().split())[:200])
+        return False
+
+
+@contextlib.contextmanager
+def _complaints() -> Iterator[_Complaints]:
+    catcher = _Complaints()
+    loggers = [logging.getLogger(name) for name in _LOADER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(catcher)
+    try:
+        yield catcher
+    finally:
+        for logger in loggers:
+            logger.removeFilter(catcher)
+
+
+def apply_loras(pipe, loras: Sequence[Lora], model: str) -> None:
+    """Load every LoRA into `pipe.transformer` through the pipeline's own loader, set their scales, fuse them into
+    the weights and drop PEFT's layers. A file diffusers or PEFT cannot fit to this transformer (unknown or
+    missing module names, other shapes, nothing for the transformer in it) is one line naming it."""
+    if not loras:
+        return
+    resolve_hub(loras)  # where check_available did not run first (a backbone loaded directly)
+    for k, lora in enumerate(loras):
+        lora.sha256 = file_sha256(lora.file)
+        with _complaints() as said, warnings.catch_warnings():
+            # PEFT's note on a second adapter ("Already found a `peft_config` attribute") is the intended case here
+            warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
+            try:  # by file, not as tensors: diffusers then also reads the adapter metadata (alpha, rank) in it
+                pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name,
+                                       adapter_name=lora.adapter(k))
+            except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise mismatch(k, lora, model, reason) from None
+        peft_config = getattr(pipe.transformer, "peft_config", {}) or {}
+        if said.lines or lora.adapter(k) not in peft_config:
+            raise mismatch(k, lora, model, said.lines[0] if said.lines else "nothing of it was loaded")
+    names = [lora.adapter(k) for k, lora in enumerate(loras)]
+    pipe.set_adapters(names, [lora.scale for lora in loras])
+    pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
+    pipe.unload_lora_weights()  # PEFT's layers out; the fused weights stay
+
+
+def mismatch(k: int, lora: Lora, model: str, reason: str) -> UsageError:
+    return UsageError(f"backbone.lora[{k}]: {lora.file} does not fit {model}'s transformer ({reason}): made for "
+                      f"another model? Use a LoRA trained for this model")

@@ -1,0 +1,248 @@
+"""Sweeps on a scheduler: `hydra/launcher=submitit_slurm` (and `submitit_local`, the same on this machine), one
+submitit job per video, and jobs that survive preemption.
+
+The launcher is ours, over submitit itself, with the keys of Hydra's submitit launcher plugin (conf/hydra/launcher/):
+that plugin stops the whole sweep when one job dies without a result (its `results()` raise) and can only requeue a
+job by starting it over; extending it would need Hydra's deprecated schema matching of a YAML file against its
+same-named structured config.
+
+In a job (one process, `__call__`): SIGTERM (SLURM's preemption) and SIGUSR2 (SLURM's `--signal` before the time
+limit; submitit's preemption signal) are held while the job plans and records, and taken by the run's own
+handler (longgen/run/checkpoint.py `Interrupts`) while it samples: the current step finishes, the checkpoint is
+written, the run stops with `Interrupted`. The job then requeues itself through submitit's own path (the handler
+submitit installed for its signal: it calls `checkpoint()`, saves the returned `DelayedSubmission` as the job's new
+pickle and requeues the job — `scontrol requeue` on SLURM, exit status 144 for the local controller, which starts it
+again). `checkpoint()` returns a `ResumeRun` when the run directory holds a checkpoint — the next attempt runs
+`longgen resume RUN_DIR`, bit-identical to an unpreempted run, at most the interrupted step computed again — and
+the job itself otherwise (stopped before its first step: it starts over in the same directory).
+
+Every attempt's outcome goes into the sweep's ledger (longgen/run/sweep.py): `requeued` when preempted, then `done`
+or `failed`; sweep.json lists the requeued jobs beside done and failed. A job that dies without a word (SIGKILL,
+out of host memory) is `failed` with its last checkpoint kept: `longgen generate --rerun-failed SWEEP_DIR` resumes
+it. The launcher waits for every job; a failed job never stops the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from longgen.errors import UsageError
+from longgen.run.sweep import LEDGER, append_entry
+from longgen.rundir import CHECKPOINT
+
+log = logging.getLogger("longgen")
+
+#: a scheduler's stop signals: preemption (SIGTERM) and the warning before the time limit (SIGUSR2)
+PREEMPTION = (signal.SIGTERM, signal.SIGUSR2)
+#: keys every submitit executor understands (submitit.AutoExecutor's shared parameters); the others of a launcher
+#: config are the executor's own (prefixed with its name for AutoExecutor)
+_SHARED = ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
+           "stderr_to_stdout")
+_NOT_PARAMETERS = ("_target_", "submitit_folder", "max_num_timeout")
+
+
+# ---------------------------------------------------------------------------------------------------- signals
+def received() -> set[str]:
+    """The stop signals this process received (checkpoint.RECEIVED, which the run's own handler adds to too;
+    imported when a job runs: Hydra imports this module at every start, torch is not needed for that)."""
+    from longgen.run.checkpoint import RECEIVED
+
+    return RECEIVED
+
+
+@contextlib.contextmanager
+def held_preemption(child: subprocess.Popen | None = None) -> Iterator[dict[int, Any]]:
+    """While inside: SIGTERM/SIGUSR2 are noted in `received()` and passed on to `child` when given, otherwise left
+    for later (the run's Interrupts take them over while it samples). Yields the handlers that were installed
+    before (submitit's)."""
+    def note(signum: int, frame) -> None:
+        received().add(signal.Signals(signum).name)
+        log.warning("%s: the job stops at the next step boundary and is requeued", signal.Signals(signum).name)
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    before = {sig: signal.signal(sig, note) for sig in PREEMPTION}
+    try:
+        yield before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def preempted() -> bool:
+    """Whether a scheduler's stop signal reached this process."""
+    return bool(received() & {s.name for s in PREEMPTION})
+
+
+def requeue(before: dict[int, Any]) -> None:
+    """Requeue this submitit job through submitit's own handler for its preemption signal (it calls the job's
+    `checkpoint()`, saves the next attempt and requeues; it exits the process)."""
+    import submitit
+
+    handler = before.get(submitit.JobEnvironment._usr_sig())
+    if not callable(handler):  # not a submitit job (e.g. the job function called directly)
+        raise UsageError("the job was preempted outside a submitit job: nothing can requeue it")
+    handler(submitit.JobEnvironment._usr_sig(), None)
+
+
+def _ledger_entry(run_dir: Path, number: int, overrides: list[str], status: str, **extra: Any) -> None:
+    """One line in the sweep's ledger (the sweep directory is the job directory's parent)."""
+    append_entry(run_dir.parent / LEDGER, {"job": number, "overrides": overrides, "run_dir": str(run_dir),
+                                           "status": status, **extra})
+
+
+# ---------------------------------------------------------------------------------------------------- next attempts
+@dataclass
+class ResumeRun:
+    """The next attempt of a preempted job: `longgen resume RUN_DIR` in a child process, the scheduler's signals
+    passed on to it (the local controller signals only this process; on SLURM the child gets them as well, and
+    a repeat is not a second request: checkpoint.Interrupts)."""
+
+    run_dir: str
+    number: int
+    overrides: list[str]
+
+    def __call__(self) -> None:
+        run_dir = Path(self.run_dir)
+        if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
+            _ledger_entry(run_dir, self.number, self.overrides, "done")  # it ended before the scheduler stopped it
+            return
+        child = subprocess.Popen([sys.executable, "-m", "longgen.cli", "resume", str(run_dir)])
+        with held_preemption(child) as before:
+            code = child.wait()
+        if code == 0:
+            _ledger_entry(run_dir, self.number, self.overrides, "done")
+            return
+        if preempted():
+            _ledger_entry(run_dir, self.number, self.overrides, "requeued", signal=sorted(received()))
+            requeue(before)
+        line = f"`longgen resume {run_dir}` ended with exit status {code}"
+        _ledger_entry(run_dir, self.number, self.overrides, "failed", error=line)
+        raise RuntimeError(line)
+
+    def checkpoint(self, *args: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+# ---------------------------------------------------------------------------------------------------- the launcher
+class SubmititLauncher(Launcher):
+    """Hydra launcher: each job of the sweep as one submitit job of `cluster`, every job awaited."""
+
+    cluster = "local"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                       for k, v in params.items()}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.run_dir: Path | None = None  # set in the job when it stops: where `checkpoint()` looks
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def executor(self) -> Any:
+        """The submitit executor with the launcher config's parameters."""
+        import submitit
+
+        extra = {}
+        if self.params.get("max_num_timeout") is not None:
+            extra[f"{self.cluster}_max_num_timeout"] = self.params["max_num_timeout"]
+        executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster=self.cluster, **extra)
+        parameters = {(k if k in _SHARED else f"{self.cluster}_{k}"): v for k, v in self.params.items()
+                      if k not in _NOT_PARAMETERS}
+        executor.update_parameters(**parameters)
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        executor = self.executor()
+        numbers = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        for number, overrides in zip(numbers, job_overrides):
+            log.info("submitit %s job #%d: %s", self.cluster, number, " ".join(filter_overrides(overrides)))
+        state = Singleton.get_state()
+        jobs = executor.map_array(self, [list(o) for o in job_overrides], numbers, [state] * len(numbers))
+        log.info("%d submitit %s job(s) in %s (logs in %s)", len(jobs), self.cluster, sweep_dir,
+                 self.params["submitit_folder"])
+        return [self._outcome(job, number, list(overrides)) for job, number, overrides
+                in zip(jobs, numbers, job_overrides)]
+
+    def _outcome(self, job: Any, number: int, overrides: list[str]) -> JobReturn:
+        """A job's result once it ended; a job that died without one (killed, out of memory) is recorded as failed
+        in the sweep's ledger (its last checkpoint is kept) and does not stop the sweep."""
+        try:
+            result = job.results()[0]
+        except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
+            _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
+                          error=f"submitit job {job.job_id} ended without a result: {line}")
+            # as for any failed job of a longgen sweep (sweep.recorded_job): the ledger has it, Hydra's sweeper
+            # goes on (it re-raises a FAILED job's exception), SweepSummary makes the exit status 1
+            return JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+        if isinstance(result, JobReturn):
+            return result
+        return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=result)
+
+    def job_dir(self, overrides: list[str], number: int) -> Path:
+        """A job's directory as its own process names it (hydra.sweep.dir / hydra.sweep.subdir of its config)."""
+        assert self.hydra_context is not None and self.config is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = number
+        hydra = HydraConfig.instance()
+        saved = hydra.cfg
+        try:
+            hydra.set_config(config)  # the subdir reads hydra:runtime.choices
+            return Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        finally:
+            hydra.cfg = saved
+
+    # ------------------------------------------------------------------ in the job's process
+    def __call__(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
+        import submitit
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = number
+        with held_preemption() as before:
+            try:
+                return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            except SystemExit:
+                if not preempted():
+                    raise
+                self.run_dir = self.job_dir(overrides, number)
+                _ledger_entry(self.run_dir, number, list(overrides), "requeued", signal=sorted(received()))
+                requeue(before)
+                raise
+
+    def checkpoint(self, overrides: list[str], number: int, singleton_state: dict) -> Any:
+        """The next attempt after a preemption: resume from the run's checkpoint, else this job from the start."""
+        import submitit
+
+        if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
+            return submitit.helpers.DelayedSubmission(ResumeRun(str(self.run_dir), number, list(overrides)))
+        return submitit.helpers.DelayedSubmission(self, overrides, number, singleton_state)
