@@ -277,7 +277,7 @@ def test_key_images_go_to_the_first_window_of_their_event(pictures, tmp_path, sa
     assert ids == {s: (100 + s if src else ev) for s, (ev, src) in ROUTES[(sampler, windows)].items()}
 
 
-@pytest.mark.parametrize("sampler", ["direct", "gen-l-video", "syncos", "glc"])
+@pytest.mark.parametrize("sampler", ["direct", "gen-l-video", "syncos", "glc", "freelong", "ditctrl"])
 def test_every_sampler_asks_for_the_routed_conditions(cog, sampler, monkeypatch):
     """Each sampler's own model calls (GLC: with ABAM and VMCR) carry the key image's condition id for its window
     (and the prompt's elsewhere)."""
@@ -286,7 +286,7 @@ def test_every_sampler_asks_for_the_routed_conditions(cog, sampler, monkeypatch)
     sam = build(cfg.sampler, "sampler", sampler)
     cog.encode_images([_image(6)], SEED)
     keyed = cog.condition_id(0, 0)
-    length = cog.window if sampler == "direct" else cog.window + 2 * sam.stride
+    length = cog.window if sampler in ("direct", "freelong") else cog.window + 2 * sam.stride
     plan = sam.plan(length, cog.window)
     seen = []
     plain = cog._with_conditions
@@ -301,7 +301,7 @@ def test_every_sampler_asks_for_the_routed_conditions(cog, sampler, monkeypatch)
                       generator=torch.Generator().manual_seed(0))
     sam.sample(run)
     assert keyed in seen and set(seen) <= {keyed, 1}
-    assert sampler == "direct" or 1 in seen
+    assert sampler in ("direct", "freelong") or 1 in seen
 
 
 # ---------------------------------------------------------------------------------------------------- resume
