@@ -17,6 +17,11 @@ The events follow each other from 0 s without gap or overlap. They may end befor
 windows): the last event then runs on to the video's end. A timeline longer than the video is refused with the
 num_windows that fits. Times are converted to latent frames at the backbone's frame rate (longgen.windows.Clock).
 
+An event may carry a key image for image-to-video backbones: an event object's `image` ({"prompt": "...",
+"image": "path.png"}, with or without a time; a relative path is read from the story file's folder and kept
+absolute in the run's story.json). The first window of that event is conditioned on the image
+(longgen/run/images.py).
+
 A second, multi-shot form follows LCT (Guo et al. 2025, §3.2.1): the global prompt is built as
 "[Characters] [Environment] [Story]" with each character written "Character ID: description", and every shot
 has its own prompt that names characters as "Character ID"; a shot that starts after a hard cut carries the cut
@@ -169,6 +174,8 @@ class Story:
     shots: list[Shot] | None = None
     # events on a timeline: each local prompt's time in seconds as given, {"start", "end"} or {"duration"}
     times: list[dict[str, float]] | None = None
+    #: key image path of each local prompt's event (None: no image); None when no event has one
+    images: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -451,7 +458,7 @@ class Story:
             else:
                 locals_.append(prompt)
         story = Story(self.global_prompt, locals_, self.durations, self.scenario, dict(self.source),
-                      times=self.times)
+                      times=self.times, images=self.images)
         return story, changed
 
     # ------------------------------------------------------------------ io
@@ -466,6 +473,10 @@ class Story:
         else:
             d = {"global": self.global_prompt, "local": (list(self.local_prompts) if self.times is None else
                                                          [{"prompt": p, **t} for p, t in zip(self.local_prompts, self.times)])}
+            if self.images is not None:  # events with a key image as objects
+                d["local"] = [item if img is None else {**(item if isinstance(item, dict) else {"prompt": item}),
+                                                        "image": img}
+                              for item, img in zip(d["local"], self.images)]
         if self.durations is not None:
             d["durations"] = list(self.durations)
         if self.scenario is not None:
@@ -498,10 +509,12 @@ class Story:
                 raise UsageError(
                     f"story: unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; allowed: {', '.join(_SIMPLE_KEYS)}{hint}"
                 )
-            prompts, times = _timed_events(data["local"])
+            local, images = _event_images(data["local"])
+            prompts, times = _timed_events(local)
             return cls(
                 global_prompt=data.get("global", "") or "",
                 local_prompts=prompts,
+                images=images,
                 durations=data.get("durations"),
                 scenario=data.get("scenario"),
                 source=_source(data.get("source")),
@@ -549,7 +562,11 @@ class Story:
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
-        return cls.from_dict(data, where=f"story file {path}")
+        story = cls.from_dict(data, where=f"story file {path}")
+        if story.images is not None:  # relative to the story file's folder, kept absolute from here on
+            story.images = [None if img is None else str((path.parent / Path(img).expanduser()).resolve())
+                            for img in story.images]
+        return story
 
     @classmethod
     def from_prompt_file(cls, path: str | Path) -> "Story":
@@ -584,6 +601,23 @@ def _kind(value: Any) -> str:
     return f"a {'list' if isinstance(value, list) else 'object' if isinstance(value, dict) else type(value).__name__}"
 
 
+def _event_images(local: Any) -> tuple[Any, list[str | None] | None]:
+    """`local` as given → (the events without their `image` key, each event's image path or None); None when no
+    event has an image. A malformed list is passed on."""
+    if not isinstance(local, list) or not any(isinstance(item, dict) and "image" in item for item in local):
+        return local, None
+    events, images = [], []
+    for i, item in enumerate(local, 1):
+        image = item.get("image") if isinstance(item, dict) else None
+        if isinstance(item, dict) and "image" in item:
+            if not isinstance(image, str) or not image.strip():
+                raise UsageError(f"story: local prompt {i}'s `image` must be the path of an image file, got {brief(image)}")
+            item = {k: v for k, v in item.items() if k != "image"}
+        events.append(item)
+        images.append(image)
+    return events, images
+
+
 def _timed_events(items: Any) -> tuple[Any, list[dict[str, float]] | None]:
     """`local` as given: the prompts and, where events are objects {"prompt", "start", "end"} or {"prompt",
     "duration"}, their times (None when no event has a time). A malformed list is passed on for `validate`."""
@@ -598,7 +632,7 @@ def _timed_events(items: Any) -> tuple[Any, list[dict[str, float]] | None]:
         unknown = set(item) - {"prompt", "start", "end", "duration"}
         if unknown:
             raise UsageError(f"story: local prompt {i} has unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; "
-                             f"allowed: prompt, start, end, duration")
+                             f"allowed: prompt, start, end, duration, image")
         if "prompt" not in item:
             raise UsageError(f"story: local prompt {i} needs a `prompt` string")
         prompts.append(item["prompt"])

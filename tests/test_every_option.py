@@ -141,6 +141,11 @@ def test_every_option_composes_builds_and_plans(group, option, tmp_path, stand_i
     label = f"conf/{group}/{option}.yaml"
     tiny = [] if group == "backbone" else [o for o in TINY if o.split("=")[0] != group]
     story = STORY if group != "experiment" else STORY[:1]  # an experiment sets the length itself
+    if group == "backbone" and "i2v" in option:  # an image-to-video model needs its start image
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "start.png")
+        story = [*story, f"image={tmp_path / 'start.png'}"]
     overrides = [selection(group, option, default_choices()), *tiny, *story, f"backbone.model_path={stand_in_weights}"]
     cfg = compose_generate(overrides)
     assert cfg.hydra.runtime.choices.get(group) == option, f"{label}: not selected by the compose"

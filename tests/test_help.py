@@ -14,7 +14,7 @@ from longgen.cli import main
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: command → its primary config
 CONFIGS = {"generate": "generate", "extend": "extend", "split-prompt": "split_prompt", "eval": "eval"}
-MAX_LINES = 52
+MAX_LINES = 53  # 52, and one for the image options (issue 25)
 
 
 def continued_notes(config: str) -> list[str]:
@@ -60,8 +60,8 @@ def test_help_is_short_and_lists_groups_and_the_documented_options(command, caps
 
 def test_groups_show_their_choices_and_the_one_in_use(capsys):
     page = help_of(capsys, "generate", "sampler=glc")
-    assert "  sampler: direct, fifo, gen-l-video, glc, syncos (in use: glc)" in page
-    assert "  backbone: cogvideox-2b, cogvideox-5b, tiny, tiny-wan" in page
+    assert "  sampler: direct, ditctrl, fifo, freelong, gen-l-video, glc, syncos (in use: glc)" in page
+    assert "  backbone: cogvideox-2b, cogvideox-5b, cogvideox-5b-i2v, tiny, tiny-i2v, tiny-wan, tiny-wan-i2v" in page
     assert re.search(r"^  \+experiment: .*syncos-4x", page, re.M)
     assert re.search(r"^  seed=0 +initial noise", page, re.M)  # the default beside the name
     split = help_of(capsys, "split-prompt")

@@ -506,7 +506,7 @@ class DiffusersBackbone(Backbone):
             raise RuntimeError("encode_prompts() must run before predict()")
         b = x_t.shape[0]
         self._check_frame_timesteps(t, b, x_t.shape[1])
-        ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self._embeds.device)
+        ids = torch.as_tensor(self._text_rows(prompt_ids), dtype=torch.long, device=self._embeds.device)
         cond = self._embeds.index_select(0, ids)  # [B, S, D]
         guided = guidance_scale > 1.0
         if guided:
@@ -515,6 +515,7 @@ class DiffusersBackbone(Backbone):
         else:
             emb, x_in = cond, x_t
         x_in = x_in.to(self.device, self.dtype)
+        x_in, emb = self._with_conditions(x_in, emb, prompt_ids, guided)  # image-to-video: image_conditioning.py
         ts = self._timesteps(t, x_in.shape[0])  # [2B or B, ...]
         # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/backbones/micro_batch.py)
         out = run_stacked(
@@ -525,6 +526,17 @@ class DiffusersBackbone(Backbone):
             out = out_uncond + guidance_scale * (out_cond - out_uncond)  # [B, M, C, H, W]
         x0, eps = self._to_x0_eps(x_t.to(out.device, torch.float32), out, t)
         return Prediction(x0=x0, eps=eps)
+
+    # ------------------------------------------------------------------ per-window conditions (image-to-video)
+    def _text_rows(self, prompt_ids: Sequence[int]) -> list[int]:
+        """The text-table row of each window's condition id; a text-to-video model's ids are its rows."""
+        return list(prompt_ids)
+
+    def _with_conditions(self, x_in: torch.Tensor, emb: torch.Tensor, prompt_ids: Sequence[int],
+                         guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's inputs with each window's non-text conditioning attached (none here; an
+        image-to-video family adds its image, longgen/backbones/image_conditioning.py)."""
+        return x_in, emb
 
     def _check_frame_timesteps(self, t, batch: int, frames: int) -> None:
         """A tensor t is a timestep per latent frame: [M] (every window) or [B, M] (one row per window)."""

@@ -81,6 +81,21 @@ class Backbone(Denoiser):
         """Encode the prompts (and the negative prompt guidance is taken against); return each prompt's id, the
         `prompt_ids` of `predict`."""
 
+    # ------------------------------------------------------------------ images (image-to-video models)
+    #: an image-to-video model: windows may be conditioned on an image at their first frame (`encode_images`,
+    #: `condition_id`; longgen/backbones/image_conditioning.py); text-to-video models refuse images
+    image_conditioning: ClassVar[bool] = False
+
+    def encode_images(self, frames: Sequence[np.ndarray], seed: int) -> None:
+        """Encode key images, uint8 RGB [H, W, 3] at the model's frame size, numbered 0.. in order; `seed` fixes
+        any random draw (a VAE posterior sample). After `encode_prompts`."""
+        raise NotImplementedError(f"{self.label} takes no image conditioning")
+
+    def condition_id(self, prompt_id: int, image: int) -> int:
+        """The id `predict` takes for a window conditioned on prompt `prompt_id` and key image `image` at its first
+        latent frame (a prompt id alone conditions a window on no image)."""
+        raise NotImplementedError(f"{self.label} takes no image conditioning")
+
     # ------------------------------------------------------------------ lengths
     @abstractmethod
     def frames_for(self, latent_frames: int) -> int:

@@ -211,10 +211,15 @@ class WanBackbone(DiffusersBackbone):
         out = self.pipe.transformer(
             hidden_states=x.permute(0, 2, 1, 3, 4),  # [b, C, F, H, W]
             timestep=t,
-            encoder_hidden_states=emb,
+            **self._context(emb),
             return_dict=False,
         )[0]  # [b, C, F, H, W]
         return out.permute(0, 2, 1, 3, 4)  # [b, F, C, H, W]
+
+    def _context(self, emb: torch.Tensor) -> dict:
+        """The transformer's cross-attention inputs from the rows' context emb [b, S, D] (text only here; Wan I2V
+        also carries its image context, longgen/backbones/image_conditioning.py)."""
+        return {"encoder_hidden_states": emb}
 
     def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         return flow_to_x0_eps(x_t, out, self._sigma(t))

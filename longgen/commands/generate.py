@@ -85,6 +85,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
             f"shot(s) in {len(job.shots.takes)} take(s)" if job.shots is not None else "local prompt(s)",
             int(cfg.seed), out_dir,
         )
+        if job.images is not None:  # right under the start line: what each key image became (run/images.py)
+            log.info(job.images.summary(str(cfg.image_fit)))
         with world.job(job_message(job)):
             return execute(job)
     finally:

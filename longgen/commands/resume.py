@@ -73,6 +73,9 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         world = current()
         world.adopt(job)
         ckpt.check_matches(result_config(cfg), job.story_hash(), path)
+        if ckpt.inputs.get("images", []) != job.inputs().get("images", []):
+            raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
+                             f"original image back, or start a new run")
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,

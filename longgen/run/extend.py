@@ -397,6 +397,10 @@ def check_options(cfg: DictConfig) -> None:
     whole("preview_every", cfg.preview_every, 0)
 
 
+#: inputs read as a one-frame video whose frame starts the extension (the default history is then 1)
+STILL_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
 def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Story | None = None) -> ExtendJob:
     """Stage 1 (module docstring). `story` given (resume): use it instead of prompt/story/scenario."""
     check_options(cfg)
@@ -407,7 +411,9 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     backbone: Backbone = parts.backbone
     m = backbone.window
     length = planned_length(cfg, parts)
-    h = int(cfg.history) if cfg.get("history") is not None else m - inner.stride
+    # a still image (longgen extend IMAGE.png: ffmpeg reads it as one frame) is the start frame: one latent frame
+    still = Path(str(cfg.video)).suffix.lower() in STILL_IMAGES
+    h = int(cfg.history) if cfg.get("history") is not None else 1 if still else m - inner.stride
     if not 1 <= h < min(m, length):
         raise UsageError(f"history={h} latent frames: it must be at least 1 and less than a window "
                          f"({m} latent frames on {backbone.label}), so that the first window holds new frames")
@@ -427,6 +433,9 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
+    if story.images is not None:  # key images are generate's (longgen/run/images.py)
+        raise UsageError("longgen extend takes no key images yet: drop the events' `image` (longgen generate takes "
+                         "them)")
     missed = story.events_missed([c - h for c in plan.centres()], length - h)
     if missed:
         raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="

@@ -23,6 +23,7 @@ from longgen.noise import GaussianNoise
 from longgen.options import check_latent_budget, flag, number, whole
 from longgen.parallel.units import Units
 from longgen.run.checkpoint import Checkpoint, digest
+from longgen.run.images import ImagePlan, plan_images
 from longgen.run.shots import (
     ShotPlan,
     check_single_shot_options,
@@ -62,6 +63,7 @@ class Job:
     noise: Any = field(default_factory=GaussianNoise)  # the initial-noise option (noise/ group, longgen/noise.py)
     shots: ShotPlan | None = None  # multi-shot story: takes, shots and their frames (longgen/run/shots.py)
     events: EventPlan | None = None  # single-shot story: each window's event, the segments' edges (story.event_plan)
+    images: ImagePlan | None = None  # key images and the windows they condition (longgen/run/images.py)
 
     def local_index(self, start: int, size: int) -> int:
         if self.shots is not None:  # the shot (one local prompt each) whose segment holds the window's centre
@@ -110,8 +112,9 @@ class Job:
         return digest(self.story.to_dict())
 
     def inputs(self) -> dict:
-        """Files the run reads besides the story, recorded in every checkpoint (extend: its input video)."""
-        return {}
+        """Files the run reads besides the story, recorded in every checkpoint (extend: its input video; key
+        images)."""
+        return {"images": self.images.inputs()} if self.images is not None else {}
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -248,10 +251,13 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
                      stripped, len(used.local_prompts))
         elif warning := story.missing_global_warning():  # local prompts without the global description
             log.warning(warning)
+    images = plan_images(cfg, choices, story, plan, backbone, sampler,  # by the windows' events (as local_index)
+                         lambda start, size: events.event_at(start + size / 2) if events is not None
+                         else story.prompt_index_at(start + size / 2, length))
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
-              stripped, noise=noise, shots=shots, events=events)
+              stripped, noise=noise, shots=shots, events=events, images=images)
     log_event_plan(job)
     return job
 

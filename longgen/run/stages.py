@@ -35,7 +35,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -60,6 +60,13 @@ log = logging.getLogger("longgen")
 class Prompts:
     ids: list[int]  # encoded id of each local prompt
     roles: dict[str, int]  # e.g. {"global": id} for samplers that use the global prompt
+    keyed: dict[int, int] = field(default_factory=dict)  # window start → condition id with its key image
+
+    def window_id(self, job: Job, start: int, size: int) -> int:
+        """The condition id of a window: its key image's (longgen/run/images.py), else its local prompt's."""
+        if size == job.plan.window and start in self.keyed:
+            return self.keyed[start]
+        return self.ids[job.local_index(start, size)]
 
 
 def encode(job: Job) -> Prompts:
@@ -77,7 +84,15 @@ def encode(job: Job) -> Prompts:
     texts = [without_cut_markers(p) for p in job.story.local_prompts + ([glob] if glob else [])]
     all_ids = backbone.encode_prompts(texts, job.cfg.negative_prompt or "")
     job.timings["encode_text_s"] = time.perf_counter() - t0
-    return Prompts(all_ids[: len(job.story.local_prompts)], {"global": all_ids[-1]} if glob else {})
+    ids = all_ids[: len(job.story.local_prompts)]
+    keyed = {}
+    if job.images is not None:  # key images: encoded once, each paired with its window's prompt
+        t0 = time.perf_counter()
+        backbone.encode_images([image.frame for image in job.images.images], int(job.cfg.seed))
+        keyed = {image.start: backbone.condition_id(ids[job.local_index(image.start, job.plan.window)], k)
+                 for k, image in enumerate(job.images.images)}
+        job.timings["encode_images_s"] = time.perf_counter() - t0
+    return Prompts(ids, {"global": all_ids[-1]} if glob else {}, keyed)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 3: sample
@@ -123,7 +138,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
     run = SamplingRun(
         denoiser=backbone,
         noise=noise.to(backbone.device),
-        prompt_for_window=lambda start, size: prompts.ids[job.local_index(start, size)],
+        prompt_for_window=lambda start, size: prompts.window_id(job, start, size),
         generator=gen,
         progress=progress,
         weigh=progress.weigh,
@@ -275,6 +290,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         "global_prompt_removed_from": job.stripped,
         **({"local_prompts_used": job.story.local_prompts} if job.stripped else {}),
         **({"shots": job.shots.shot_map(), "takes": job.shots.take_map()} if job.shots is not None else {}),
+        **({"images": job.images.describe()} if job.images is not None else {}),
         **video_facts(video, timings),
         "transformer_calls": int(timings.get("calls", 0)),
         "peak_gpu_memory_bytes": peak,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -95,6 +95,9 @@ class Sampler(ABC):
     stride: int
     num_steps: int
     guidance_scale: float
+    #: whether windows of a fixed start exist for key images to condition (longgen/run/images.py); a sampler
+    #: without them says why in `window_images_reason`
+    window_images: ClassVar[bool] = True
 
     def plan(self, length: int, window: int) -> WindowPlan:
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -103,6 +104,11 @@ def queue_plan(window: int, partitions: int, lookahead: bool) -> QueuePlan:
 @dataclass(eq=False)
 class FIFOSampler(Sampler):
     """The options (conf/sampler/fifo.yaml), each with its accepted values; the rest is set by `begin`."""
+
+    #: key images (longgen/run/images.py) condition a window's first frame; the queue has no such window
+    window_images: ClassVar[bool] = False
+    window_images_reason: ClassVar[str] = ("its queue window slides one latent frame per step, so no window keeps "
+                                           "an event's first frame at its start")
 
     num_partitions: int = option(4, Whole(1, 64))
     lookahead: bool = option(True, flag)
