@@ -124,10 +124,10 @@ def test_every_sampler_runs_or_refuses_in_one_line(hy):
         out = sampler.sample(_run(hy, length, ids=[0, 1]))
         assert out.shape == (1, length, *hy.latent_shape) and torch.isfinite(out).all()
     refusals = {
-        "per_frame": FIFOSampler(num_steps=2),
+        "a timestep per latent frame": FIFOSampler(num_partitions=1, stride=STRIDE),
         "anchor attention": GLCSampler(num_steps=2, stride=STRIDE),
         "spectral blend attention": FreeLongSampler(num_steps=2),
-        "KV-sharing": DiTCtrlSampler(num_steps=2, stride=STRIDE),
+        "KV-sharing": DiTCtrlSampler(num_steps=2, stride=STRIDE, kv_steps=(0, 2), kv_layers=(0, 2)),
     }
     for reason, sampler in refusals.items():
         with pytest.raises(UsageError) as err:
