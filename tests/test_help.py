@@ -61,7 +61,7 @@ def test_help_is_short_and_lists_groups_and_the_documented_options(command, caps
 def test_groups_show_their_choices_and_the_one_in_use(capsys):
     page = help_of(capsys, "generate", "sampler=glc")
     assert "  sampler: direct, fifo, gen-l-video, glc, syncos (in use: glc)" in page
-    assert "  backbone: cogvideox-2b, cogvideox-5b, tiny, tiny-wan" in page
+    assert "  backbone: cogvideox-2b, cogvideox-5b, hunyuanvideo-1.5, tiny, tiny-hunyuan15, tiny-wan" in page
     assert re.search(r"^  \+experiment: .*syncos-4x", page, re.M)
     assert re.search(r"^  seed=0 +initial noise", page, re.M)  # the default beside the name
     split = help_of(capsys, "split-prompt")

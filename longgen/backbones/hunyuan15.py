@@ -101,6 +101,9 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
             raise UsageError(f"backbone.flow_shift={flow_shift} must be > 0 (or null: the loaded scheduler's shift)")
         if glyph_tokens < 1:
             raise UsageError(f"backbone.glyph_tokens={glyph_tokens} must be >= 1")
+        if self.riflex is not None:
+            raise UsageError("backbone.riflex is not supported on HunyuanVideo 1.5 (no RIFLEx patch for its rotary "
+                             "embedding): set backbone.riflex=false")
         self.vae_dtype_name, self.vae_dtype = vae_dtype, DTYPES[vae_dtype]
         self.flow_shift = None if flow_shift is None else float(flow_shift)
         self.glyph_tokens = glyph_tokens
@@ -128,7 +131,6 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         """Transformer and VAE of the configured architecture with seeded random weights; no tokenizers/encoders
         (the hashed stand-ins take their place)."""
         from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel
-        from diffusers.guiders import ClassifierFreeGuidance
 
         arch = {k: dict(v) for k, v in self.architecture.items()}
         for part, key in (("transformer", "rope_axes_dim"), ("vae", "block_out_channels")):
@@ -143,7 +145,7 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return HunyuanVideo15Pipeline(
             text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
             scheduler=self._euler_scheduler(arch.get("scheduler", {})), text_encoder_2=None, tokenizer_2=None,
-            guider=ClassifierFreeGuidance(),
+            guider=None,  # guidance is the seam's (`predict`), never the pipeline's guider
         )
 
     def _check_loaded(self, pipe) -> None:
