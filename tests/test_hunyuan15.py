@@ -17,8 +17,10 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
 from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 from omegaconf import OmegaConf
 
+from longgen.backbones.hashed_text import hashed_embedding
 from longgen.backbones.hunyuan15 import unpack_text
 from longgen.build import build
 from longgen.diffusion import ddim_step, flow_to_x0_eps
@@ -37,6 +39,8 @@ from test_checkpoint import checkpoint_after_two_steps
 
 SHIFT = 5.0  # conf/backbone/tiny-hunyuan15.yaml: architecture.scheduler.shift
 STRIDE = 8  # its stride; 2 windows of 31 latent frames
+PROMPTS = ("a red fox in snow", 'a sign that says "OPEN" in the rain')
+NEGATIVE = "blurry"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def hy():
     cfg.height = cfg.width = 16
     backbone = build(cfg, "backbone", "tiny-hunyuan15")
     backbone.load()
-    backbone.encode_prompts(["a red fox in snow", 'a sign that says "OPEN" in the rain'], "blurry")
+    backbone.encode_prompts(list(PROMPTS), NEGATIVE)
     return backbone
 
 
@@ -77,9 +81,10 @@ def test_direct_equals_the_pipeline_from_the_embeddings_on(hy, prompt_id):
     steps, guidance = 3, 6.0
     run = _run(hy, hy.window, ids=[prompt_id])
     ours = DirectSampler(num_steps=steps, guidance_scale=guidance).sample(run)  # [1, F, C, H, W]
-    widths = hy._text_widths()
-    cond = unpack_text(hy._embeds[prompt_id : prompt_id + 1], *widths)
-    neg = unpack_text(hy._negative, *widths)
+    # the stand-in encoders' four tensors, straight (not through the backbone's packed table)
+    keys = ("encoder_hidden_states", "encoder_attention_mask", "encoder_hidden_states_2", "encoder_attention_mask_2")
+    cond = dict(zip(keys, hy._hashed_texts([PROMPTS[prompt_id]])))
+    neg = dict(zip(keys, hy._hashed_texts([NEGATIVE])))
     pipe = HunyuanVideo15Pipeline(text_encoder=None, tokenizer=None, transformer=hy.pipe.transformer, vae=hy.pipe.vae,
                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), text_encoder_2=None,
                                   tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=guidance))
@@ -102,14 +107,25 @@ def test_direct_equals_the_pipeline_from_the_embeddings_on(hy, prompt_id):
     assert (other - reference).abs().max().item() > 1e-3
 
 
+def test_text_table_holds_both_encoders_and_their_masks(hy):
+    """The packed table gives back each encoder's states and masks: Qwen's mask covers the prompt's words, ByT5's
+    only the quoted glyph text (none without quotes), as the pipeline's `_get_byt5_prompt_embeds` does."""
+    s1, d1, d2 = hy._text_widths()
+    rows = unpack_text(torch.cat([hy._embeds, hy._negative]), s1, d1, d2)
+    assert rows["encoder_attention_mask"].sum(1).tolist() == [5, 10, 1]  # words and marks of each prompt, "blurry"
+    assert rows["encoder_attention_mask_2"].sum(1).tolist() == [0, 5]  # 'Text "OPEN". ' -> text " open " .
+    assert rows["encoder_hidden_states_2"][0].abs().sum() == 0 and rows["encoder_hidden_states_2"][1].abs().sum() > 0
+    assert rows["encoder_hidden_states_2"].shape == (3, hy.glyph_tokens, d2)
+    assert torch.equal(rows["encoder_hidden_states"][0, :5], hashed_embedding(PROMPTS[0], s1, d1)[:5])
+    assert rows["encoder_hidden_states"][0, 5:].abs().sum() == 0
+
+
 def test_decode_stream_equals_the_pipelines_decode(hy):
     latents = torch.randn(1, 3, *hy.latent_shape, generator=torch.Generator().manual_seed(3))
     frames = np.concatenate(list(hy.decode_stream(latents)))
     vae = hy.pipe.vae
     with torch.no_grad():
         video = vae.decode(latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor, return_dict=False)[0]
-    reference = HunyuanVideo15Pipeline.__new__(HunyuanVideo15Pipeline)  # only its video processor is needed
-    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
     reference = HunyuanVideo15ImageProcessor(vae_scale_factor=16).postprocess_video(video, output_type="np")[0]
     assert frames.shape == (hy.frames_for(3), 16, 16, 3) == reference.shape
     assert np.abs(frames.astype(int) - np.round(reference * 255).astype(int)).max() <= 1
