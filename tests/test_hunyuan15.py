@@ -113,7 +113,7 @@ def test_text_table_holds_both_encoders_and_their_masks(hy):
     s1, d1, d2 = hy._text_widths()
     rows = unpack_text(torch.cat([hy._embeds, hy._negative]), s1, d1, d2)
     assert rows["encoder_attention_mask"].sum(1).tolist() == [5, 10, 1]  # words and marks of each prompt, "blurry"
-    assert rows["encoder_attention_mask_2"].sum(1).tolist() == [0, 5]  # 'Text "OPEN". ' -> text " open " .
+    assert rows["encoder_attention_mask_2"].sum(1).tolist() == [0, 5, 0]  # 'Text "OPEN". ' -> text " open " . ; "blurry": none
     assert rows["encoder_hidden_states_2"][0].abs().sum() == 0 and rows["encoder_hidden_states_2"][1].abs().sum() > 0
     assert rows["encoder_hidden_states_2"].shape == (3, hy.glyph_tokens, d2)
     assert torch.equal(rows["encoder_hidden_states"][0, :5], hashed_embedding(PROMPTS[0], s1, d1)[:5])
