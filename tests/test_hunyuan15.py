@@ -5,6 +5,10 @@
 - `direct` equals diffusers' `HunyuanVideo15Pipeline(..., output_type="latent")`. The tiny model has no Qwen2.5-VL
   or ByT5 (hashed stand-ins), so the pipeline is compared from the prompt embeddings onward: it gets the same four
   text tensors (embeddings and masks of both encoders, unpacked from the backbone's table) for prompt and negative;
+- the real text path too: a folder written by `save_pretrained` with a 3-layer Qwen2.5-VL text model, a word-level
+  tokenizer whose chat template puts exactly the 108 cropped tokens first, and a 1-layer ByT5, loaded through
+  `backbone=hunyuanvideo-1.5 model_path=DIR`: encode (both encoders, then released) and `direct` equal the whole
+  pipeline called with prompt strings;
 - the streamed decode equals the pipeline's `vae.decode(latents / scaling_factor)`;
 - every sampler runs or refuses in one line with its reason (FIFO: one timestep per sample; GLC's ABAM, FreeLong,
   DiTCtrl: no attention processors for this transformer); resume after step 2 is bit-identical (gen-l-video).
@@ -162,3 +166,79 @@ def test_resume_after_step_two_is_bit_identical(hy, tmp_path):
     fresh = _run(hy, length, ids=[0, 1])
     fresh.generator.set_state(ckpt.generator_state)
     assert ckpt.state.done == 2 and torch.equal(make().sample(fresh, ckpt.state), reference)
+
+
+# ------------------------------------------------------------------------------------------ the real loading path
+WORDS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "a", "cat", "sign", "hi", '"']
+#: the pipeline crops the first 108 template tokens (its system message); this template's prefix is exactly 108
+TEMPLATE = ("{{ '<unk> ' * 106 }}<|im_start|> user {{ messages[1]['content'] }} <|im_end|> "
+            "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def model_dir(hy, tmp_path_factory):
+    """A diffusers HunyuanVideo 1.5 folder written by `save_pretrained`: the tiny transformer and VAE, a 3-layer
+    Qwen2.5-VL text model with a word-level tokenizer and chat template, a 1-layer ByT5 encoder and the real ByT5
+    tokenizer (it needs no files), a scheduler with a shift no config here uses."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (ByT5Tokenizer, PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel,
+                              T5Config, T5EncoderModel)
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    tokenizer.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, bos_token_id=None,
+        eos_token_id=None))
+    byt5 = T5EncoderModel(T5Config(vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    pipe = HunyuanVideo15Pipeline(text_encoder=qwen, tokenizer=tokenizer, transformer=hy.pipe.transformer,
+                                  vae=hy.pipe.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                  text_encoder_2=byt5, tokenizer_2=ByT5Tokenizer(),
+                                  guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    path = tmp_path_factory.mktemp("models") / "HunyuanVideo-1.5-tiny"
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def _local(path):
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / "hunyuanvideo-1.5.yaml")
+    for key, value in dict(dtype="float32", vae_dtype="float32", device="cpu", height=16, width=16, latent_channels=4,
+                           max_text_tokens=16, glyph_tokens=8, micro_batch=8, compile=False, vae_tiling=False,
+                           model_path=str(path)).items():
+        cfg[key] = value
+    return build(cfg, "backbone", "hunyuanvideo-1.5")
+
+
+def test_local_folder_encodes_with_qwen_and_byt5_and_equals_the_whole_pipeline(model_dir):
+    """From prompt strings to latents: the backbone's encode (both encoders, then released) and direct sampling equal
+    `HunyuanVideo15Pipeline(prompt=..., negative_prompt="")` loaded from the same folder."""
+    backbone = _local(model_dir)
+    backbone.check_available()
+    backbone.load()
+    assert backbone.count_tokens("a cat") == (2, True) and float(backbone.pipe.scheduler.shift) == 7.0
+    ids = backbone.encode_prompts(["a cat", 'a sign "hi"'], "")
+    assert backbone.pipe.text_encoder is None and backbone.pipe.text_encoder_2 is None  # text_encoder: release
+    s1, d1, d2 = backbone._text_widths()
+    rows = unpack_text(backbone._embeds, s1, d1, d2)
+    assert rows["encoder_attention_mask"].sum(1).tolist() == [2 + 3, 3 + 3]  # words ('"hi"' is one) + <|im_end|> <|im_start|> assistant
+    assert rows["encoder_attention_mask_2"].sum(1).tolist() == [0, 8]  # 'Text "hi". ' in bytes, cut at 8
+    run = _run(backbone, backbone.window, ids=[ids[1]])
+    ours = DirectSampler(num_steps=2, guidance_scale=6.0).sample(run)
+    pipe = HunyuanVideo15Pipeline.from_pretrained(str(model_dir))
+    pipe.tokenizer_max_length, pipe.tokenizer_2_max_length = 16, 8
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(prompt='a sign "hi"', negative_prompt="", height=16, width=16, num_frames=backbone.num_frames,
+                     num_inference_steps=2, latents=run.noise.permute(0, 2, 1, 3, 4).clone(),
+                     output_type="latent").frames.permute(0, 2, 1, 3, 4)
+    assert (ours - reference).abs().max().item() <= 1e-5
+
+
+def test_missing_model_is_one_line_naming_hf_download(tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UsageError) as err:
+        _local(tmp_path / "model").check_available()
+    assert "\n" not in str(err.value)
+    assert "hf download hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v" in str(err.value)
