@@ -1,0 +1,53 @@
+"""GPU lane cases for HunyuanVideo 1.5 (issue 26; run by scripts/gpu_lane.sh with the rest of tests/gpu;
+`LONGGEN_LANE_DRY=1` runs them on the CPU with tiny-hunyuan15):
+- the full 8.3B transformer and the full VAE with random weights (`backbone=hunyuanvideo-1.5
+  backbone.random_weights=true`, hashed stand-in text encoders) at 240×416 (a quarter of the 480p frame, to stay
+  within the lane's 4 minutes), Gen-L-Video on 2 windows of 31 latent frames, 3 steps: an uninterrupted run, and
+  SIGINT → resume → SIGKILL → resume gives the same latents byte for byte; the manifest records the family's facts;
+- FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_lane import DRY, PROMPT, cli, latents, ok, one_line, whole_and_chain
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (torch.cuda.is_available() or DRY), reason="GPU lane: needs CUDA (scripts/gpu_lane.sh)"),
+]
+
+if DRY:
+    HUNYUAN_MODEL = ["backbone=tiny-hunyuan15", "backbone.height=16", "backbone.width=16"]
+else:
+    HUNYUAN_MODEL = ["backbone=hunyuanvideo-1.5", "backbone.random_weights=true", "backbone.height=240",
+                     "backbone.width=416"]
+HUNYUAN = [*HUNYUAN_MODEL, "save_latents=true", PROMPT]
+
+
+def test_hunyuan_gen_l_video_resume_chain(tmp_path):
+    command = ["generate", *HUNYUAN, "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=3"]
+    seen = whole_and_chain(command, tmp_path)
+    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
+    assert whole.shape[0] == 31 + 8 and torch.isfinite(whole).all()
+    assert torch.equal(whole, chain), f"hunyuanvideo-1.5 gen-l-video: resumed latents differ ({seen})"
+    manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    backbone = manifest["backbone"]
+    assert backbone["window_latent_frames"] == 31 and manifest["frames"] == 4 * (31 + 8 - 1) + 1
+    assert backbone["latent_shape"][0] == (4 if DRY else 32) and backbone["flow_shift"] == 5.0
+    assert backbone["glyph_tokens"] == (8 if DRY else 256) and manifest["fps"] == 24
+
+
+def test_hunyuan_fifo_and_riflex_are_refused_in_one_line(tmp_path):
+    fifo = cli("generate", *HUNYUAN, "sampler=fifo", "num_windows=2", "sampler.num_partitions=1",
+               f"hydra.run.dir={tmp_path / 'fifo'}", cwd=tmp_path)
+    assert fifo.returncode != 0 and "a timestep per latent frame" in one_line(fifo.stderr)
+    assert not (tmp_path / "fifo" / "latents.safetensors").exists()
+    riflex = cli("generate", *HUNYUAN, "sampler=gen-l-video", "backbone.riflex=true",
+                 f"hydra.run.dir={tmp_path / 'riflex'}", cwd=tmp_path)
+    assert riflex.returncode != 0 and "backbone.riflex" in one_line(riflex.stderr)
+    ok(cli("generate", *HUNYUAN, "--cfg", "job", cwd=tmp_path))  # the config itself composes
