@@ -210,13 +210,13 @@ def test_gen_l_video_on_a14b_matches_a_per_window_oracle(a14b):
 
 # ------------------------------------------------------------------------------------------ every sampler
 SAMPLERS = {
-    "direct": lambda: DirectSampler(num_steps=2),
-    "gen-l-video": lambda: GenLVideoSampler(num_steps=2, stride=6),
-    "syncos": lambda: SynCoSSampler(num_steps=2, stride=6, t_min=0, iters=1),
-    "glc": lambda: GLCSampler(num_steps=2, stride=6, vmcr_source="affine"),
+    "direct": lambda: DirectSampler(num_steps=3),
+    "gen-l-video": lambda: GenLVideoSampler(num_steps=3, stride=6),
+    "syncos": lambda: SynCoSSampler(num_steps=3, stride=6, t_min=0, iters=1),
+    "glc": lambda: GLCSampler(num_steps=3, stride=6, vmcr_source="affine"),
     "fifo": lambda: FIFOSampler(num_partitions=1),
-    "freelong": lambda: FreeLongSampler(num_steps=2),
-    "ditctrl": lambda: DiTCtrlSampler(num_steps=2, stride=6, kv_steps=(0, 2), kv_layers=(0, 2)),
+    "freelong": lambda: FreeLongSampler(num_steps=3),
+    "ditctrl": lambda: DiTCtrlSampler(num_steps=3, stride=6, kv_steps=(0, 3), kv_layers=(0, 2)),
 }
 #: the samplers the two-expert model refuses, and why: each installs attention processors in one transformer
 REFUSED_ON_A14B = {"glc": "ABAM", "freelong": "FreeLong", "ditctrl": "KV-sharing"}
@@ -233,9 +233,18 @@ def test_every_sampler_runs_or_is_refused_in_one_line(ti2v, a14b, name):
                 make_sampler().sample(_run(backbone, noise))
             assert "\n" not in str(err.value) and "two experts" in str(err.value), sampler
             continue
-        out = make_sampler().sample(_run(backbone, noise))
+        calls = [0, 0]
+        hooks = [m.register_forward_hook(lambda *a, k=k: calls.__setitem__(k, calls[k] + 1))
+                 for k, m in enumerate((backbone.pipe.transformer, backbone.pipe.transformer_2)) if m is not None]
+        try:
+            out = make_sampler().sample(_run(backbone, noise))
+        finally:
+            for h in hooks:
+                h.remove()
         assert out.shape == noise.shape and torch.isfinite(out).all(), sampler
         assert (out - noise).abs().max() > 1e-3, sampler
+        # 3 steps at shift 12: t = 1000, 960 (high noise), 857 (low); FIFO's queue spans both
+        assert calls[0] > 0 and (calls[1] > 0) == (backbone.boundary_ratio is not None), (sampler, calls)
 
 
 def test_fifo_resume_on_a14b_is_bit_identical(a14b, tmp_path):
@@ -263,6 +272,8 @@ def test_stream_decode_of_the_patchified_vae_equals_its_decode(ti2v):
     streamed = list(ti2v.decode_stream(latents))
     assert [f.shape[0] for f in streamed] == [1, 4, 4] and streamed[0].shape[1:] == (32, 32, 3)
     assert (np.concatenate(streamed) == whole).all()
+    # `longgen extend` encodes frames through the same VAE (patchified input): 9 frames → 3 latent frames
+    assert ti2v.encode_frames(whole).shape == (1, 3, *ti2v.latent_shape)
 
 
 # ------------------------------------------------------------------------------------------ configs
