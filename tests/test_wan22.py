@@ -309,3 +309,16 @@ def test_bad_wan22_options_fail_fast(override, needle, tmp_path):
     with pytest.raises(UsageError, match=needle) as err:
         build(_compose(f"backbone={name}", override).backbone, "backbone", name)
     assert "\n" not in str(err.value)
+
+
+def test_a14b_folder_without_the_low_noise_expert_is_one_line(tmp_path):
+    folder = tmp_path / "a14b"
+    for name in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
+        (folder / name).mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    backbone = build(_compose("backbone=wan2.2-t2v-a14b", f"model_path={folder}").backbone, "backbone", "a14b")
+    with pytest.raises(UsageError, match="no transformer_2/") as err:
+        backbone.check_available()
+    assert "\n" not in str(err.value)
+    (folder / "transformer_2").mkdir()
+    backbone.check_available()  # complete: found, nothing loaded

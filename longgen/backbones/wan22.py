@@ -20,6 +20,7 @@ two things Wan 2.2 adds, as diffusers 0.42's `WanPipeline` runs them:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -63,6 +64,15 @@ class Wan22Backbone(WanBackbone):
         self._expert = 0  # 0: transformer (high noise), 1: transformer_2 (low noise)
 
     # ------------------------------------------------------------------ loading
+    def check_available(self) -> None:
+        """WanBackbone's check, and a local A14B folder must hold the low-noise expert (`transformer_2/`)."""
+        super().check_available()
+        if self.boundary_ratio is not None and self.model_path and not self.random_weights:
+            if not (Path(self._source) / "transformer_2").is_dir():
+                raise UsageError(f"backbone.model_path={self._source} has no transformer_2/ (the low-noise expert of "
+                                 f"{self.model_id}): download the whole model with `hf download {self.model_id} "
+                                 f"--local-dir {self._source}`")
+
     # (pretrained: WanBackbone._load_pretrained; WanPipeline reads transformer_2, boundary_ratio, expand_timesteps)
     def _build_random(self):
         """Transformer(s) and VAE of the configured architecture with seeded random weights; `transformer_2` (the
