@@ -299,6 +299,7 @@ def test_full_size_configs_carry_the_model_facts():
     ("backbone.boundary_ratio=1.5", "boundary_ratio"),
     ("backbone.lora=[{path: LORA}]", "two experts"),
     ("backbone.height=720", "multiples of 32"),
+    ("backbone.vae_tiling=true", "vae_tiling=false"),
 ])
 def test_bad_wan22_options_fail_fast(override, needle, tmp_path):
     from safetensors.torch import save_file

@@ -58,6 +58,9 @@ class Wan22Backbone(WanBackbone):
         if boundary_ratio is not None and self.loras:
             raise UsageError("backbone.lora: a LoRA is fused into one transformer, but this model has two experts "
                              "(transformer, transformer_2): drop backbone.lora")
+        if self.vae_tiling is True and self.spatial_compression != 8:  # the Wan 2.2 VAE (before anything runs)
+            raise UsageError("backbone.vae_tiling=true: the Wan 2.2 VAE (patchified output) decodes untiled here, one "
+                             "latent frame at a time: set backbone.vae_tiling=false")
         self.boundary_ratio = None if boundary_ratio is None else float(boundary_ratio)
         self.guidance_scale_2 = None if guidance_scale_2 is None else float(guidance_scale_2)
         self.expand_timesteps = bool(expand_timesteps)
