@@ -200,6 +200,10 @@ class WanBackbone(DiffusersBackbone):
             return frames.repeat(rows // frames.shape[0], 1)  # [rows, M]
         return torch.full((rows,), float(t), dtype=torch.float32, device=self.device)  # [rows]
 
+    def _model(self) -> torch.nn.Module:
+        """The transformer the next call runs (Wan 2.2 A14B: the expert of the current timestep, wan22.py)."""
+        return self.pipe.transformer
+
     # derived from diffusers models/transformers/transformer_wan.py (WanTransformer3DModel.forward), version 0.42
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [b, F, C, H, W]; t: [b] or [b, F] (per frame) → velocity [b, F, C, H, W]."""
@@ -208,7 +212,7 @@ class WanBackbone(DiffusersBackbone):
                 raise ValueError(f"{t.shape[1]} per-frame timesteps for windows of {x.shape[1]} latent frames")
             tokens = (x.shape[3] // 2) * (x.shape[4] // 2)
             t = t.repeat_interleave(tokens, dim=1)  # [b, F·(H/2)·(W/2)]
-        out = self.pipe.transformer(
+        out = self._model()(
             hidden_states=x.permute(0, 2, 1, 3, 4),  # [b, C, F, H, W]
             timestep=t,
             **self._context(emb),
@@ -288,19 +292,21 @@ class WanBackbone(DiffusersBackbone):
         functions (equal to `tiled_decode`). The tiles (or the whole frame, untiled) are units of work
         (`self.units`): on several processes tile k of every frame runs on rank k mod N, which keeps its cache.
         """
-        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
 
         vae = self.pipe.vae
         hook = getattr(vae, "_hf_hook", None)
         if hook is not None:  # model CPU offload: bring the VAE onto the device first
             hook.pre_forward(vae)
-        if vae.config.patch_size is not None:
-            raise UsageError("this Wan VAE patchifies its output (Wan 2.2); longgen decodes Wan 2.1 VAEs only")
+        patch = vae.config.patch_size  # Wan 2.2's VAE: the decoder's output is unpatchified (None: Wan 2.1)
         z = self._vae_input(latents)  # [1, C, L, h, w]
         slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots per decoder
         tile_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
         tile_w = vae.tile_sample_min_width // vae.spatial_compression_ratio
         tiled = vae.use_tiling and (z.shape[4] > tile_w or z.shape[3] > tile_h)
+        if tiled and patch is not None:
+            raise UsageError("backbone.vae_tiling=true: the Wan 2.2 VAE (patchified output) decodes untiled here, one "
+                             "latent frame at a time: set backbone.vae_tiling=false")
         if not tiled:
             x = vae.post_quant_conv(z)  # [1, C, L, h, w]: a 1×1×1 convolution, frame by frame the same
             cache = [None] * slots
@@ -312,7 +318,8 @@ class WanBackbone(DiffusersBackbone):
             else:
 
                 def whole(unit: int, k=k) -> torch.Tensor:
-                    return vae.decoder(x[:, :, k : k + 1], feat_cache=cache, feat_idx=[0], first_chunk=k == 0)
+                    out = vae.decoder(x[:, :, k : k + 1], feat_cache=cache, feat_idx=[0], first_chunk=k == 0)
+                    return out if patch is None else unpatchify(out, patch_size=patch)  # [1, 3, f, H, W]
 
                 pix = self.units.map(whole, [1], kind="decode", wait=False)[0]  # one unit: rank 0 decodes
             # this group's kernels are queued: hand over the previous group while the device works on this one
