@@ -129,7 +129,7 @@ def test_options_are_discovered_from_conf():
 def stand_in_weights(tmp_path) -> Path:
     """An empty folder laid out as a diffusers model (what `check_available` looks for); nothing in it loads."""
     folder = tmp_path / "weights"
-    for name in SUBFOLDERS:
+    for name in (*SUBFOLDERS, "transformer_2"):  # transformer_2: Wan 2.2 A14B's low-noise expert
         (folder / name).mkdir(parents=True)
     for name in MODEL_FILES:
         (folder / name).write_text("{}")
@@ -141,7 +141,7 @@ def test_every_option_composes_builds_and_plans(group, option, tmp_path, stand_i
     label = f"conf/{group}/{option}.yaml"
     tiny = [] if group == "backbone" else [o for o in TINY if o.split("=")[0] != group]
     story = STORY if group != "experiment" else STORY[:1]  # an experiment sets the length itself
-    if group == "backbone" and "i2v" in option:  # an image-to-video model needs its start image
+    if group == "backbone" and re.search(r"(^|-)i2v", option):  # an image-to-video model needs its start image (not TI2V)
         from PIL import Image
 
         Image.new("RGB", (8, 8)).save(tmp_path / "start.png")

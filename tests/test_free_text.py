@@ -86,7 +86,7 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
             return list(range(len(prompts)))
 
     story = Story.from_dict({"global": "A cat.", "local": ["A cat. [SHOT CUT] It sleeps.", "[SHOT CUT] A cat. It wakes."]})
-    job = types.SimpleNamespace(backbone=Backbone(), story=story, timings={},
+    job = types.SimpleNamespace(backbone=Backbone(), story=story, timings={}, images=None,
                                 cfg=types.SimpleNamespace(negative_prompt=""))
     encode(job)
     assert sent == ["A cat. It sleeps.", "A cat. It wakes.", "A cat."]

@@ -212,7 +212,7 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return ids
 
     # ------------------------------------------------------------------ denoising
-    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (__call__), version 0.42
+    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42
     def schedule(self, num_steps: int) -> NoiseSchedule:
         """The pipeline's σ = linspace(1, 0, N + 1)[:−1], shifted by the scheduler; the last step goes to σ = 0."""
         sched = self.pipe.scheduler
@@ -224,7 +224,7 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
     def _timesteps(self, t, rows: int) -> torch.Tensor:
         return torch.full((rows,), float(t), dtype=torch.float32, device=self.device)  # [rows]
 
-    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (__call__), version 0.42
+    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [b, F, C, H, W]; emb: packed text rows [b, S1 + S2, D + 1]; t: [b] → velocity [b, F, C, H, W]."""
         hidden = x.permute(0, 2, 1, 3, 4)  # [b, C, F, H, W]
@@ -248,7 +248,7 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         raise UsageError("the HunyuanVideo 1.5 backbone has no anchor attention (GLC's ABAM): set sampler.abam=false")
 
     # ------------------------------------------------------------------ video
-    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (__call__), version 0.42
+    # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42
     @torch.no_grad()
     def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """Latents [1, L, C, h, w] → uint8 RGB frames [f, H, W, 3], `FRAMES_PER_YIELD` at a time, from one

@@ -133,7 +133,7 @@ class Wan22Backbone(WanBackbone):
     def _model(self) -> torch.nn.Module:
         return self.pipe.transformer_2 if self._expert == 1 else self.pipe.transformer
 
-    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__, expand_timesteps), version 0.42
+    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__, WanPipeline.__init__), version 0.42
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """TI2V-5B: a timestep per token, every frame's tokens at the window's t ([b] → [b, F]; Wan's per-frame
         path spreads it over the tokens)."""
@@ -145,7 +145,7 @@ class Wan22Backbone(WanBackbone):
         """The switch timestep: boundary_ratio · T (A14B T2V: 0.875 · 1000 = 875)."""
         return self.boundary_ratio * self.pipe.scheduler.config.num_train_timesteps
 
-    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__, boundary_timestep), version 0.42
+    # derived from diffusers pipelines/wan/pipeline_wan.py (WanPipeline.__call__), version 0.42
     def _predict(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
         """One expert's prediction where all of the call's timesteps are on one side of the boundary (t ≥ boundary:
         the high-noise `transformer`), else per frame: both experts over the whole window, each frame's x̂0, ε̂ from
