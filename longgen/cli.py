@@ -97,6 +97,18 @@ def start_processes(command: str, rest: list[str]) -> int | None:
         return exc.exit_code
 
 
+def rerun_failed_jobs(rest: list[str]) -> int:
+    """`longgen generate --rerun-failed SWEEP_DIR`: the sweep's failed jobs run again, in their own directories."""
+    from longgen.errors import user_errors
+    from longgen.run.sweep import rerun_failed
+
+    if len(rest) != 1:
+        print("longgen: error: usage: longgen generate --rerun-failed SWEEP_DIR", file=sys.stderr)
+        return 2
+    with user_errors():
+        return rerun_failed(Path(rest[0]).expanduser())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -124,14 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(module_name).main(rest)
         return 0
     if command == "generate" and rest[:1] == ["--rerun-failed"]:
-        from longgen.errors import user_errors
-        from longgen.run.sweep import rerun_failed
-
-        if len(rest) != 2:
-            print("longgen: error: usage: longgen generate --rerun-failed SWEEP_DIR", file=sys.stderr)
-            return 2
-        with user_errors():
-            return rerun_failed(Path(rest[1]).expanduser())
+        return rerun_failed_jobs(rest[1:])
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
         return run_app(module_name, "longgen", rest)
     rest = absolute_config_path(fill_positional(command, rest))
