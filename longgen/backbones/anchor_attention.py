@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_qkv
 from longgen.errors import UsageError
 
 
@@ -221,19 +221,10 @@ class WanAnchorAttnProcessor:
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
-        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
-        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))  # [b, N, heads, hd]
-        if rotary_emb is not None:
-            # Wan's tables are [1, N, 1, hd] with each angle repeated for the (even, odd) pair it rotates: the
-            # interleaved-pair RoPE of diffusers' apply_rotary_emb with the sequence on dim 1
-            cos, sin = (f[0, :, 0] for f in rotary_emb)  # [N, hd] each
-            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
         k, v = anchor_blend(k, v)  # [b, N, heads, hd] each
         out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self.backend)  # [b, N, heads, hd]

@@ -323,3 +323,25 @@ def processors_installed(
         yield layout
     finally:
         transformer.set_attn_processor(dict(original))  # set_attn_processor consumes the dict it is given
+
+
+def wan_qkv(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = None,
+            rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries from `hidden_states` and keys/values from `context` (default: the same tokens) of a Wan attention
+    layer, per head: [b, n, heads, hd] each, RoPE applied to queries and keys where `rotary_emb` is given. The step
+    every longgen processor for Wan's layers (anchor, cross-shot, spectral, KV-sharing) shares before its own
+    attention. Wan's tables are [1, N, 1, hd] with each angle repeated for the (even, odd) pair it rotates: the
+    interleaved-pair RoPE of diffusers' apply_rotary_emb with the sequence on dim 1."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    context = hidden_states if context is None else context
+    heads = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, n, D] → [b, n, heads, hd]
+    q = heads(attn.norm_q(attn.to_q(hidden_states)))
+    k = heads(attn.norm_k(attn.to_k(context)))
+    v = heads(attn.to_v(context))
+    if rotary_emb is not None:
+        cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each
+        q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+    return q, k, v

@@ -50,7 +50,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from longgen.backbones.attention import CallInFlight, processors_installed
+from longgen.backbones.attention import CallInFlight, processors_installed, wan_qkv
 from longgen.errors import UsageError
 
 #: queries per block when the subject attention map is formed (bounds the [heads, block, keys] scores)
@@ -348,19 +348,10 @@ class WanKVProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        from diffusers.models.embeddings import apply_rotary_emb
-
         if attn.add_k_proj is not None or (encoder_hidden_states is not None) != self.cross:
             raise RuntimeError("WanKVProcessor is for the attention layers of a text-to-video Wan model")
         context = encoder_hidden_states if self.cross else hidden_states
-        heads = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, n, D] → [b, n, heads, hd]
-        q = heads(attn.norm_q(attn.to_q(hidden_states)))
-        k = heads(attn.norm_k(attn.to_k(context)))
-        v = heads(attn.to_v(context))
-        if rotary_emb is not None:
-            cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each, pairs interleaved
-            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        q, k, v = wan_qkv(attn, hidden_states, context, rotary_emb)  # [b, n, heads, hd] each
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads, n, hd]
         out = kv_cross_attention(q, k, v) if self.cross else kv_attention(q, k, v, 0)  # [b, heads, N, hd]
         out = out.transpose(1, 2).flatten(2, 3).type_as(hidden_states)  # [b, N, D]

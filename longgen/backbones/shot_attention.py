@@ -54,7 +54,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_qkv
 from longgen.errors import UsageError
 
 MODES = ("off", "capture", "share")
@@ -279,19 +279,10 @@ class WanShotAttnProcessor:
         if self.layout.mode == "off":
             return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("WanShotAttnProcessor is for the self-attention layers of a text-to-video Wan model")
-        split = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, N, D] → [b, N, heads, hd]
-        q = split(attn.norm_q(attn.to_q(hidden_states)))
-        k = split(attn.norm_k(attn.to_k(hidden_states)))
-        v = split(attn.to_v(hidden_states))
-        if rotary_emb is not None:
-            # the tables are [1, N, 1, hd], each angle repeated for the (even, odd) channel pair it rotates
-            cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each
-            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
         k, v = layout_kv(self.layout, k, v, dim=1)  # [b, N(+n), heads, hd]
         out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self.backend)  # [b, N, heads, hd]

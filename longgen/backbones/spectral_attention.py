@@ -57,7 +57,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import JointAttention, kernel_func, processors_installed
+from longgen.backbones.attention import JointAttention, kernel_func, processors_installed, wan_qkv
 
 
 # ---------------------------------------------------------------------------------------------------- the maths
@@ -220,18 +220,9 @@ class WanSpectralProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from diffusers.models.embeddings import apply_rotary_emb
-
         if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
             raise RuntimeError("WanSpectralProcessor is for the self-attention layers of a text-to-video Wan model")
-        split = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, N, D] → [b, N, heads, hd]
-        q = split(attn.norm_q(attn.to_q(hidden_states)))
-        k = split(attn.norm_k(attn.to_k(hidden_states)))
-        v = split(attn.to_v(hidden_states))
-        if rotary_emb is not None:
-            cos, sin = (table[0, :, 0] for table in rotary_emb)  # [N, hd] each
-            q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
-            k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
+        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
         heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, N, heads, hd] → [b, heads, N, hd]
         out = self.plan.attend(heads_first(q), heads_first(k), heads_first(v))  # [b, heads, N, hd]
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)  # [b, N, D]
