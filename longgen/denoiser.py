@@ -12,9 +12,11 @@ samplers that need a capability ask for it and fail with one line where it is mi
 
 from __future__ import annotations
 
+import contextlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ContextManager, Protocol, Sequence
+from typing import ContextManager, Iterator, Protocol, Sequence
 
 import torch
 
@@ -159,10 +161,29 @@ class Denoiser(ABC):
 
         def one(k: int) -> torch.Tensor:
             xk = x_t[k : k + 1].detach().requires_grad_(True)  # [1, M, C, H, W]
-            with self.units.alone(), torch.enable_grad():
+            with self.units.alone(), torch.enable_grad(), exact_backward(xk.device):
                 out = self.predict_grad(xk, t, [prompt_ids[k]], guidance_scale).x0  # [1, M, C, H, W]
                 (grad,) = torch.autograd.grad(out, xk, grad_outputs=cotangent[k : k + 1])
             return grad[0]  # [M, C, H, W]
 
         rows = 2 if guidance_scale > 1.0 else 1
         return torch.stack(self.units.map(one, [rows] * x_t.shape[0], kind="vjp"))  # [K, M, C, H, W]
+
+
+@contextlib.contextmanager
+def exact_backward(device: torch.device) -> Iterator[None]:
+    """On CUDA, torch's deterministic algorithms for the block (a differentiable forward and its backward), so a
+    gradient through the model has the same bytes in every process: FlashAttention-2's backward otherwise sums
+    query gradients with atomic adds in whatever order its thread blocks finish. cuBLAS asks for a fixed workspace
+    in this mode (CUBLAS_WORKSPACE_CONFIG, set here unless the user set it). Off CUDA every kernel used is
+    deterministic already; the caller's setting is restored on exit."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)

@@ -38,3 +38,30 @@ def test_fp8_scales_map_each_head_to_the_e4m3_range():
 def test_fa3_where_it_cannot_run_is_one_line():
     with pytest.raises(UsageError, match="Hopper"):
         check_fa3(torch.device("cpu"))
+
+
+def test_fa3_calls_that_autograd_differentiates_take_torch_attention():
+    """fa3-fwd has no backward kernel: a differentiable call (GLC's vmcr_source=model) must not reach it, and its
+    gradient is that of plain softmax attention written out; a no-grad call still goes to FlashAttention-3."""
+    from longgen.backbones.attention import fa3, fa3_fp8
+
+    calls = []
+
+    def flash(q, k, v, **scales):  # stands in for fa3-fwd: records the call, returns the layout it would
+        calls.append(q.shape)
+        return q
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g, requires_grad=True) for _ in range(3))
+    for func in (fa3, fa3_fp8):
+        out = func(q, k, v, flash)
+        (dq,) = torch.autograd.grad(out.square().sum(), q)
+        q2 = q.detach().requires_grad_(True)
+        ref = torch.softmax(q2 @ k.detach().transpose(-1, -2) / 8**0.5, dim=-1) @ v.detach()  # [1, 2, 6, 8]
+        (dq_ref,) = torch.autograd.grad(ref.square().sum(), q2)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dq, dq_ref, rtol=1e-4, atol=1e-6)
+    assert calls == []
+    with torch.no_grad():
+        fa3(q, k, v, flash)
+    assert len(calls) == 1

@@ -179,8 +179,27 @@ class JointKernel(Kernel):
         transformer.set_attn_processor(JointAttention(self.name))
 
 
+def needs_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether autograd will differentiate through this attention call (GLC's `vmcr_source=model`)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
+def differentiable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[b, heads, n, d] → [b, heads, n, d] for a call autograd differentiates: fa3-fwd is built without a backward
+    kernel, so these calls take torch's FlashAttention-2 (memory-efficient, then plain attention where it cannot
+    run), whose backward is deterministic under `torch.use_deterministic_algorithms` (set by
+    `Denoiser.window_vjp`)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+
+
 def fa3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash_attn_func: Callable) -> torch.Tensor:
     """[b, heads, n, d] → [b, heads, n, d] with FlashAttention-3 in bf16 (fp16 inputs are cast)."""
+    if needs_backward(q, k, v):
+        return differentiable(q, k, v)
     dtype = q.dtype
     q, k, v = (x.transpose(1, 2).to(torch.bfloat16) for x in (q, k, v))  # [b, n, heads, d]
     out = flash_attn_func(q, k, v)  # [b, n, heads, d] bf16
@@ -198,6 +217,8 @@ def fp8_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fa3_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash_attn_func: Callable) -> torch.Tensor:
     """[b, heads, n, d] → [b, heads, n, d] with FlashAttention-3 on e4m3 inputs (K smoothed, per-head scales)."""
+    if needs_backward(q, k, v):
+        return differentiable(q, k, v)
     dtype = q.dtype
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [b, n, heads, d]
     k = k - k.mean(dim=1, keepdim=True)  # smoothing: softmax is invariant to a per-row constant shift of scores

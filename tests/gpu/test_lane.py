@@ -128,6 +128,7 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
             return seen[0]
         time.sleep(0.05)
     out, err = proc.communicate() if proc.poll() is not None else ("", "")
+    keep_log(f"no checkpoint of step {step} (exit {proc.poll()})", err)
     raise AssertionError(f"no checkpoint of step {step} in {run_dir} (exit {proc.poll()}): {err[-2000:]}")
 
 
