@@ -131,6 +131,13 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
             "sample_s": counters["sample_s"] + time.perf_counter() - started,
         }, inputs=job.inputs())
 
+    def weigh(phase: str, work: list[float] | None) -> None:
+        """The sampler's planned forwards per step: to the progress ETA, and their sum (the denoise plan, whole
+        run) to the manifest beside the counted forwards."""
+        if phase == "denoise" and work is not None:
+            job.timings["forwards_planned"] = float(sum(work))
+        progress.weigh(phase, work)
+
     preview = Preview(backbone, job.plan, job.out_dir, int(cfg.preview_every), float(cfg.preview_scale))
     hooks = StepHooks(job.out_dir / CHECKPOINT, snapshot, interrupts, int(cfg.checkpoint_every),
                       cfg.get("checkpoint_seconds"), job.world.solo(preview) if preview.every > 0 else None,
@@ -141,7 +148,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         prompt_for_window=lambda start, size: prompts.window_id(job, start, size),
         generator=gen,
         progress=progress,
-        weigh=progress.weigh,
+        weigh=weigh,
         prompt_ids=prompts.roles,
         after_step=hooks if job.world.writes else (lambda state, total: None),  # only rank 0 writes
     )
@@ -263,6 +270,10 @@ def video_facts(video: dict, timings: dict) -> dict:
         "height": video["height"],
         "timings": {k: round(v, 3) for k, v in timings.items() if k.endswith("_s")},
         "transformer_forwards": int(timings.get("forwards", 0)),
+        # the sampler's plan (Sampler.forwards_per_step) in forward-equivalents: a backward pass counts 2, a random
+        # window grid its mean count; absent when the sampler plans none
+        **({"transformer_forwards_planned": round(timings["forwards_planned"], 3)}
+           if "forwards_planned" in timings else {}),
     }
 
 
