@@ -21,13 +21,14 @@ Split over machines or sessions (the GPU has no OpenCV for eval, and a device co
   python scripts/compare.py --no-eval --methods direct-4x,gen-l-video-4x --out A backbone=cogvideox-2b ...
   python scripts/compare.py --no-eval --methods fifo-4x,glc-paper-4x --out B backbone=cogvideox-2b ...
   python scripts/compare.py --report-only --out REPORT A B          # longgen eval A B out=REPORT; REPORT/compare.md
+A run at reduced steps still measures each method's seconds per forward; `--full-forwards F.json` (from
+scripts/compare_forwards.py, which counts every method's forwards at the real settings on a CPU) projects them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -49,29 +50,55 @@ def longgen(*args: str) -> None:
 
 def method_rows(out: Path, sweeps: list[Path] | None = None) -> list[dict]:
     """One row per finished job of the sweeps (default: `out` itself): its experiment, sampler, forwards and sampling
-    time (manifest.json); the job is named relative to `out` when it lies elsewhere."""
+    time (manifest.json); a job outside `out` is named with its sweep's folder, e.g. `A/1_gen-l-video`."""
     rows = []
     for manifest_path in sorted(p for sweep in (sweeps or [out]) for p in sweep.glob("*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         overrides = (manifest_path.parent / ".hydra" / "overrides.yaml").read_text()
         method = next((m for m in METHODS if f"+experiment={m}" in overrides), manifest_path.parent.name)
-        job = Path(os.path.relpath(manifest_path.parent, out)).as_posix()
+        sweep = manifest_path.parent.parent
+        job = manifest_path.parent.name if sweep == out else f"{sweep.name}/{manifest_path.parent.name}"
         rows.append({"method": method, "job": job,
                      "sampler": manifest.get("sampler", {}).get("name", "?"),
+                     "steps": manifest.get("sampler", {}).get("num_steps", "?"),
                      "forwards": int(manifest.get("transformer_forwards", 0)),
+                     "planned": float(manifest.get("transformer_forwards_planned",
+                                                   manifest.get("transformer_forwards", 0))),
                      "sample_s": float(manifest.get("timings", {}).get("sample_s", float("nan")))})
     order = {m: i for i, m in enumerate(METHODS)}
     return sorted(rows, key=lambda r: order.get(r["method"], len(order)))
 
 
-def cost_table(rows: list[dict]) -> str:
-    """Markdown: forwards and sampling seconds per method, each relative to Gen-L-Video's (the papers' unit)."""
+def cost_table(rows: list[dict], full: dict[str, float] | None = None) -> str:
+    """Markdown: forwards, sampling seconds and seconds per forward of each method, each relative to Gen-L-Video's
+    (the papers' unit). Seconds per forward divide by the sampler's planned forward-equivalents (a backward pass counts
+    two), so they compare across runs of different step counts; the totals compare only at equal settings. `full`
+    (method -> planned forward-equivalents at the experiment's own settings, from scripts/compare_forwards.py) adds
+    the projection: seconds per forward times those."""
     base = next((r for r in rows if r["method"] == "gen-l-video-4x"), None)
-    lines = ["| method | job | forwards | × Gen-L-Video | sampling s | × Gen-L-Video |", "|---|---|---|---|---|---|"]
+
+    def per_forward(r: dict) -> float:
+        return r["sample_s"] / r["planned"] if r["planned"] > 0 else float("nan")
+
+    def ratio(value: float, base_value: float | None) -> str:
+        return f"{value / base_value:.2f}" if base_value and base_value > 0 else "–"
+
+    def projected(r: dict | None) -> float | None:
+        return per_forward(r) * full[r["method"]] if r and full and r["method"] in full else None
+
+    extra = " full-settings forwards | projected s | × Gen-L-Video |" if full else ""
+    lines = ["| method | job | steps | forwards | × Gen-L-Video | sampling s | × Gen-L-Video | s / forward | "
+             "× Gen-L-Video |" + extra, "|---|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(full)]
     for r in rows:
-        f_ratio = f"{r['forwards'] / base['forwards']:.2f}" if base and base["forwards"] else "–"
-        s_ratio = f"{r['sample_s'] / base['sample_s']:.2f}" if base and base["sample_s"] > 0 else "–"
-        lines.append(f"| {r['method']} | {r['job']} | {r['forwards']} | {f_ratio} | {r['sample_s']:.1f} | {s_ratio} |")
+        line = (f"| {r['method']} | {r['job']} | {r['steps']} | {r['forwards']} | "
+                f"{ratio(r['forwards'], base and base['forwards'])} | {r['sample_s']:.1f} | "
+                f"{ratio(r['sample_s'], base and base['sample_s'])} | {per_forward(r):.4f} | "
+                f"{ratio(per_forward(r), base and per_forward(base))} |")
+        if full:
+            p = projected(r)
+            line += (f" {full[r['method']]:g} | {p:.0f} | {ratio(p, projected(base))} |" if p is not None
+                     else " – | – | – |")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -90,9 +117,17 @@ def sweep_dirs(parser: argparse.ArgumentParser, given: list[str], out: Path) -> 
     return sweeps
 
 
-def write_cost_table(out: Path, sweeps: list[Path] | None = None) -> str:
+def full_forwards(parser: argparse.ArgumentParser, path: Path) -> dict[str, float]:
+    """Method -> planned forward-equivalents from a `compare_forwards.py --json` file."""
+    try:
+        return {r["method"]: float(r["planned"]) for r in json.loads(path.read_text())}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        parser.error(f"--full-forwards {path}: not a `scripts/compare_forwards.py --json` file ({exc})")
+
+
+def write_cost_table(out: Path, sweeps: list[Path] | None = None, full: dict[str, float] | None = None) -> str:
     """OUT/compare.md from the sweeps' manifests; returns the table."""
-    table = cost_table(method_rows(out, sweeps))
+    table = cost_table(method_rows(out, sweeps), full)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text("# Methods comparison: cost\n\n" + table)
     return table
@@ -112,14 +147,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="generate nothing: evaluate the finished sweeps given as arguments (default: --out) "
                              "together into --out and write its compare.md")
+    parser.add_argument("--full-forwards", type=Path, metavar="JSON",
+                        help="with --report-only: `scripts/compare_forwards.py --json` rows at the experiments' own "
+                             "settings; adds each method's seconds projected to them")
     args, rest = parser.parse_known_args(argv)
+    if args.full_forwards and not args.report_only:
+        parser.error("--full-forwards goes with --report-only")
     if args.report_only:
         if args.no_eval:
             parser.error("--report-only and --no-eval together do nothing; give one of them")
         out = args.out.resolve()
+        full = full_forwards(parser, args.full_forwards) if args.full_forwards else None
         sweeps = sweep_dirs(parser, rest, out)
         longgen("eval", *map(str, sweeps), *([] if sweeps == [out] else [f"out={out}"]))
-        table = write_cost_table(out, sweeps)
+        table = write_cost_table(out, sweeps, full)
         print(table + f"\nreport: {out / 'report.html'}; cost table: {out / 'compare.md'}")
         return
     unknown = [m for m in args.methods.split(",") if m not in METHODS]

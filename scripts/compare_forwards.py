@@ -56,17 +56,18 @@ def check_geometry() -> None:
                  f"not be CogVideoX-2B's")
 
 
-def forward_seconds(frames: int, local_window: int | None = None) -> float:
-    """Estimated H200 seconds of one CogVideoX-2B forward of one sample over `frames` latent frames; with
-    `local_window`, plus FreeLong's local attention branch (every video query against the text and that many frames)."""
+def forward_seconds(frames: int, local_window: int | None = None, forward_s: float = FORWARD_S) -> float:
+    """Estimated H200 seconds of one CogVideoX-2B forward of one sample over `frames` latent frames, given
+    `forward_s` for a 13-frame window; with `local_window`, plus FreeLong's local attention branch (every video query
+    against the text and that many frames)."""
     n, n13 = TEXT_TOKENS + FRAME_TOKENS * frames, TEXT_TOKENS + FRAME_TOKENS * NATIVE_FRAMES
     pairs = n * n
     if local_window is not None:
         pairs += FRAME_TOKENS * frames * (TEXT_TOKENS + FRAME_TOKENS * min(local_window, frames))
-    return (FORWARD_S - ATTENTION_S) * n / n13 + ATTENTION_S * pairs / (n13 * n13)
+    return (forward_s - ATTENTION_S) * n / n13 + ATTENTION_S * pairs / (n13 * n13)
 
 
-def forward_rows(sweep: Path) -> list[dict]:
+def forward_rows(sweep: Path, forward_s: float = FORWARD_S) -> list[dict]:
     """Per method of the sweep: windows, steps, counted and planned forwards, and the estimated H200 seconds."""
     rows = []
     for row in compare.method_rows(sweep):
@@ -74,7 +75,7 @@ def forward_rows(sweep: Path) -> list[dict]:
         sampler, window = manifest["sampler"], int(manifest["window"])
         planned = float(manifest.get("transformer_forwards_planned", row["forwards"]))
         local = int(sampler.get("window") or NATIVE_FRAMES) if row["sampler"] == "freelong" else None
-        per_forward = forward_seconds(window, local)
+        per_forward = forward_seconds(window, local, forward_s)
         rows.append({**row, "latent_length": int(manifest["latent_length"]), "window": window,
                      "windows": len(manifest["windows"]), "steps": int(sampler["num_steps"]),
                      "planned": planned, "forward_s": round(per_forward, 3),
@@ -103,7 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="the tiny sweep's directory (must not exist; default: a temporary one)")
     parser.add_argument("--methods", default=",".join(compare.METHODS), help="comma-separated experiments")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--forward-s", type=float, default=FORWARD_S,
+                        help=f"H200 seconds of one 13-frame forward (default {FORWARD_S}: compiled, FlashAttention-3; "
+                             f"eager measured 0.291)")
     args, overrides = parser.parse_known_args(argv)
+    if not args.forward_s > ATTENTION_S:
+        parser.error(f"--forward-s={args.forward_s} must exceed the attention's own {ATTENTION_S:.3f} s")
     check_geometry()
     with tempfile.TemporaryDirectory() as tmp:
         sweep = args.out or Path(tmp) / "sweep"
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         status = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
         if status != 0:
             sys.exit(f"compare_forwards: the tiny sweep exited {status}; see its messages above")
-        rows = forward_rows(sweep.resolve())
+        rows = forward_rows(sweep.resolve(), args.forward_s)
     table = forwards_table(rows)
     print(table, end="")
     if args.json:

@@ -5,28 +5,51 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 from cli_helpers import ONE_THREAD
 from conftest import REPO
 
 
-def test_compare_runs_every_method_and_writes_one_report(tmp_path):
-    out = tmp_path / "compare"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **ONE_THREAD}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare.py"), "--out", str(out), "backbone=tiny",
-         "backbone.height=16", "backbone.width=16", "length_factor=null", "num_windows=2", "prompt=a red fox runs",
-         "seed=3"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    spec = importlib.util.spec_from_file_location("longgen_compare", REPO / "scripts" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    METHODS = compare.METHODS
+def load_script(name: str):
+    """A script of scripts/ as a module (they are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"longgen_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def compare_script(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **ONE_THREAD}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def split_comparison(tmp_path_factory):
+    """The comparison as the GPU runs it: the methods in two `--no-eval` sweeps (A, B), then one `--report-only`
+    report over both (REPORT). Every method, one story and seed, CI size."""
+    root = tmp_path_factory.mktemp("compare")
+    compare = load_script("compare")
+    halves = (compare.METHODS[:4], compare.METHODS[4:])
+    for name, methods in zip("AB", halves):
+        proc = compare_script("--no-eval", "--methods", ",".join(methods), "--out", str(root / name), "backbone=tiny",
+                              "backbone.height=16", "backbone.width=16", "length_factor=null", "num_windows=2",
+                              "prompt=a red fox runs", "seed=3", cwd=root)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    proc = compare_script("--report-only", "--out", str(root / "REPORT"), str(root / "A"), str(root / "B"), cwd=root)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return root, compare
+
+
+def test_compare_runs_every_method_and_writes_one_report(split_comparison):
+    root, compare = split_comparison
+    METHODS = compare.METHODS
+    out = root / "REPORT"
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     # one row per method, grouped by its experiment, all from the same seed
@@ -36,7 +59,70 @@ def test_compare_runs_every_method_and_writes_one_report(tmp_path):
     table = (out / "compare.md").read_text()
     for method in METHODS:
         assert f"| {method} |" in table
-    assert "| gen-l-video-4x | 1_gen-l-video | 200 | 1.00 |" in table  # 2 windows x 50 steps x 2 CFG branches
+    assert "| gen-l-video-4x | A/1_gen-l-video | 50 | 200 | 1.00 |" in table  # 2 windows x 50 steps x 2 CFG branches
+
+
+def test_no_eval_sweeps_hold_their_cost_table_and_no_report(split_comparison):
+    root, compare = split_comparison
+    for name, methods in zip("AB", (compare.METHODS[:4], compare.METHODS[4:])):
+        assert not (root / name / "report.html").exists() and not (root / name / "report.csv").exists()
+        table = (root / name / "compare.md").read_text()
+        assert [m for m in compare.METHODS if f"| {m} |" in table] == list(methods)
+    # B has no Gen-L-Video: its ratios are left open, never taken against another method
+    assert "| syncos-paper-4x | 3_syncos |" in (root / "B" / "compare.md").read_text()
+    assert "| – |" in (root / "B" / "compare.md").read_text()
+
+
+def test_manifests_record_the_planned_forwards(split_comparison):
+    """The sampler's plan in the manifest equals the counted forwards where both count the same thing; GLC's
+    plan (model-source VMCR: backward passes as two forwards each) exceeds its count."""
+    root, _ = split_comparison
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in root.glob("[AB]/*/manifest.json")}
+    for job, m in manifests.items():
+        if not job.endswith("_glc"):
+            assert m["transformer_forwards_planned"] == m["transformer_forwards"], job
+    glc = next(m for job, m in manifests.items() if job.endswith("_glc"))
+    assert glc["transformer_forwards_planned"] > glc["transformer_forwards"]
+
+
+def test_report_only_refuses_a_method_twice_and_an_empty_sweep(split_comparison, tmp_path):
+    root, _ = split_comparison
+    for args, message in (([str(root / "A"), str(root / "A")], "ran in more than one of the given sweeps"),
+                          ([str(tmp_path)], "holds no finished job")):
+        proc = compare_script("--report-only", "--out", str(tmp_path / "R"), *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+        assert not (tmp_path / "R").exists()
+
+
+def test_forward_estimates_read_the_sweep(split_comparison):
+    root, _ = split_comparison
+    forwards = load_script("compare_forwards")
+    forwards.check_geometry()  # tiny keeps CogVideoX-2B's latent frame geometry
+    n13 = forwards.TEXT_TOKENS + forwards.FRAME_TOKENS * 13
+    assert forwards.forward_seconds(13) == pytest.approx(forwards.FORWARD_S)
+    # twice the tokens: the linear part twice, attention four times
+    doubled = (2 * n13 - forwards.TEXT_TOKENS) / forwards.FRAME_TOKENS
+    assert forwards.forward_seconds(doubled) == pytest.approx(
+        2 * (forwards.FORWARD_S - forwards.ATTENTION_S) + 4 * forwards.ATTENTION_S)
+    rows = {r["method"]: r for r in forwards.forward_rows(root / "A") + forwards.forward_rows(root / "B")}
+    assert rows["direct-4x"]["window"] == rows["direct-4x"]["latent_length"] == 17  # 2 windows: 13 + 4
+    assert rows["gen-l-video-4x"]["estimate_s"] == pytest.approx(200 * forwards.FORWARD_S, abs=0.1)
+    # FreeLong: direct's one sequence plus the local branch
+    assert rows["freelong-4x"]["forward_s"] > rows["direct-4x"]["forward_s"] > forwards.FORWARD_S
+    assert rows["glc-paper-4x"]["estimate_s"] == pytest.approx(
+        rows["glc-paper-4x"]["planned"] * forwards.FORWARD_S, abs=0.1)
+    table = forwards.forwards_table(rows.values())
+    assert "| gen-l-video-4x | gen-l-video | 13 | 2 | 50 | 200 | 1.00 |" in table
+
+
+def test_cost_table_projects_seconds_per_forward_to_the_full_settings(split_comparison):
+    root, compare = split_comparison
+    rows = compare.method_rows(root / "A")
+    glv = next(r for r in rows if r["method"] == "gen-l-video-4x")
+    table = compare.cost_table(rows, {"gen-l-video-4x": 1000.0, "fifo-4x": 1512.0})
+    per_forward = glv["sample_s"] / 200
+    assert f"| {glv['sample_s']:.1f} | 1.00 | {per_forward:.4f} | 1.00 | 1000 | {per_forward * 1000:.0f} | 1.00 |" in table
+    assert "| direct-4x | 0_direct | 50 | 100 | 0.50 |" in table and table.count("| – | – | – |") == 2  # direct, freenoise
 
 
 def test_unknown_method_and_an_existing_directory_are_refused(tmp_path):
