@@ -21,6 +21,7 @@ Split over machines or sessions (the GPU has no OpenCV for eval, and a device co
   python scripts/compare.py --no-eval --methods direct-4x,gen-l-video-4x --out A backbone=cogvideox-2b ...
   python scripts/compare.py --no-eval --methods fifo-4x,glc-paper-4x --out B backbone=cogvideox-2b ...
   python scripts/compare.py --report-only --out REPORT A B          # longgen eval A B out=REPORT; REPORT/compare.md
+  python scripts/compare.py --report-only --no-eval --out REPORT A B   # REPORT/compare.md alone (videos not needed)
 A run at reduced steps still measures each method's seconds per forward; `--full-forwards F.json` (from
 scripts/compare_forwards.py, which counts every method's forwards at the real settings on a CPU) projects them.
 """
@@ -120,9 +121,13 @@ def sweep_dirs(parser: argparse.ArgumentParser, given: list[str], out: Path) -> 
 def full_forwards(parser: argparse.ArgumentParser, path: Path) -> dict[str, float]:
     """Method -> planned forward-equivalents from a `compare_forwards.py --json` file."""
     try:
-        return {r["method"]: float(r["planned"]) for r in json.loads(path.read_text())}
+        rows = json.loads(path.read_text())
+        full = {r["method"]: float(r["planned"]) for r in rows} if isinstance(rows, list) else {}
     except (OSError, ValueError, TypeError, KeyError) as exc:
         parser.error(f"--full-forwards {path}: not a `scripts/compare_forwards.py --json` file ({exc})")
+    if not full:
+        parser.error(f"--full-forwards {path}: not a `scripts/compare_forwards.py --json` file (no method rows)")
+    return full
 
 
 def write_cost_table(out: Path, sweeps: list[Path] | None = None, full: dict[str, float] | None = None) -> str:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated experiments (default: all {len(METHODS)})")
     parser.add_argument("--no-eval", action="store_true",
                         help="stop after the sweep and its cost table (OUT/compare.md); evaluate later with "
-                             "--report-only, e.g. on another machine")
+                             "--report-only, e.g. on another machine; with --report-only: the cost table alone")
     parser.add_argument("--report-only", action="store_true",
                         help="generate nothing: evaluate the finished sweeps given as arguments (default: --out) "
                              "together into --out and write its compare.md")
@@ -154,14 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.full_forwards and not args.report_only:
         parser.error("--full-forwards goes with --report-only")
     if args.report_only:
-        if args.no_eval:
-            parser.error("--report-only and --no-eval together do nothing; give one of them")
         out = args.out.resolve()
         full = full_forwards(parser, args.full_forwards) if args.full_forwards else None
         sweeps = sweep_dirs(parser, rest, out)
-        longgen("eval", *map(str, sweeps), *([] if sweeps == [out] else [f"out={out}"]))
+        if not args.no_eval:
+            longgen("eval", *map(str, sweeps), *([] if sweeps == [out] else [f"out={out}"]))
         table = write_cost_table(out, sweeps, full)
-        print(table + f"\nreport: {out / 'report.html'}; cost table: {out / 'compare.md'}")
+        print(table + ("" if args.no_eval else f"\nreport: {out / 'report.html'};") + f" cost table: {out / 'compare.md'}")
         return
     unknown = [m for m in args.methods.split(",") if m not in METHODS]
     if unknown:

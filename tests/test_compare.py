@@ -125,6 +125,27 @@ def test_cost_table_projects_seconds_per_forward_to_the_full_settings(split_comp
     assert "| direct-4x | 0_direct | 50 | 100 | 0.50 |" in table and table.count("| – | – | – |") == 2  # direct, freenoise
 
 
+def test_report_only_without_eval_merges_the_cost_tables(split_comparison, tmp_path):
+    """`--report-only --no-eval`: one compare.md over both sweeps, projected with a compare_forwards JSON, no report;
+    a file that is not such JSON is refused in one line."""
+    root, compare = split_comparison
+    full = tmp_path / "forwards.json"
+    full.write_text(json.dumps([{"method": m, "planned": 1000.0} for m in compare.METHODS]))
+    proc = compare_script("--report-only", "--no-eval", "--full-forwards", str(full), "--out", str(tmp_path / "R"),
+                          str(root / "A"), str(root / "B"))
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "R" / "compare.md").read_text()
+    assert [m for m in compare.METHODS if f"| {m} | " in table] == list(compare.METHODS)
+    assert "| B/3_syncos | 50 | 600 | 3.00 |" in table
+    assert [line.split(" | ")[9] for line in table.splitlines()[4:]] == ["1000"] * len(compare.METHODS)  # projection
+    assert not (tmp_path / "R" / "report.html").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    proc = compare_script("--report-only", "--full-forwards", str(tmp_path / "bad.json"), "--out", str(tmp_path / "S"),
+                          str(root / "A"))
+    assert proc.returncode == 2 and "not a `scripts/compare_forwards.py --json` file" in proc.stderr, proc.stderr
+    assert not (tmp_path / "S").exists()
+
+
 def test_unknown_method_and_an_existing_directory_are_refused(tmp_path):
     for args in (["--out", str(tmp_path / "new"), "--methods", "direct-4x,dit"], ["--out", str(tmp_path)]):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), *args, "backbone=tiny"],
