@@ -233,6 +233,7 @@ def test_kill9_then_resume_equals_uninterrupted(reference_run, tmp_path):
     assert manifest["resumed"]["after_step"] >= 2 and not (out / "checkpoint.safetensors").exists()
     ref = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["transformer_forwards"] == ref["transformer_forwards"]
+    assert manifest["transformer_forwards_planned"] == ref["transformer_forwards_planned"] == ref["transformer_forwards"]
 
 
 def test_sigint_exits_130_with_resume_line(reference_run, tmp_path):
