@@ -152,8 +152,8 @@ def probe(b: int, h: int, nq: int, nk: int, d: int, dtype: torch.dtype, valid: i
         from sageattention import sageattn
 
         kernels["sage"] = (lambda: sageattn(q, k, v, tensor_layout="HND", is_causal=False), None)
-    except Exception:  # not installed (the probe reports the kernels it has)
-        pass
+    except Exception as exc:  # not installed, or no Triton: the probe reports the kernels it has
+        print(f"sageattention unavailable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}")
     rows = []
     for name, (fn, used_mask) in kernels.items():
         row: dict = {"kernel": name}

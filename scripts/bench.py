@@ -36,6 +36,13 @@ resolves it (4x: 10 windows on CogVideoX, 11 on Wan).
     python scripts/bench.py --workload W4 --steps 5    # FIFO 4x: base clip + 5 queue iterations measured, rest projected
     python scripts/bench.py --workload W5 --steps 6          # Gen-L-Video + FreeNoise noise 4x (the FreeNoise baseline)
 
+`--deadline T` (time.time() seconds) measures no step that would end after T (a step is expected to last as long
+as the last one measured; before the first, 2 × windows × the measured seconds per forward). A Gen-L-Video workload
+(W1, W5, scaling) whose first step would not fit is projected from the forward instead: steps × windows × 2 CFG
+branches × seconds per forward (a Gen-L-Video step is exactly that many forwards; the measured CogVideoX-2B and
+Wan 2.1 steps were within 1 % of it). scripts/bench_families.sh runs W1 this way on HunyuanVideo 1.5 and Wan 2.2,
+whose 50-step runs (and the A14B's single step) do not fit one device command.
+
 FIFO (W4) counts its steps differently from the other samplers: first the base clip's S = n·M DDIM steps in groups of
 K (the windows of one queue iteration), then L + S − M queue iterations of K windows each. `--steps N` runs the
 whole base clip and N queue iterations; the projection adds the measured base clip, the first (measured) iteration
@@ -301,8 +308,8 @@ def project(records: list[dict], sampler, sched, total_steps: int) -> tuple[floa
         return total, (f"{n_heavy} steps with stage 2 × {medians[heavy]:.2f} s + {total_steps - n_heavy} steps × "
                        f"{medians[light]:.2f} s (medians of the measured steps)")
     per_step = statistics.median(r["seconds"] for r in records[1:] or records)
-    return per_step * total_steps, (f"{total_steps} steps × {per_step:.2f} s (median of measured steps "
-                                    f"2..{len(records)})")
+    which = f"median of measured steps 2..{len(records)}" if len(records) > 1 else "the one measured step"
+    return per_step * total_steps, f"{total_steps} steps × {per_step:.2f} s ({which})"
 
 
 def project_from_forward(sampler_name: str, total_steps: int, windows: int, per_sample: float
@@ -336,7 +343,6 @@ def main() -> None:
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (backbone.attention=cudnn …)")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<workload>.json)")
     ap.add_argument("--no-markdown", action="store_true", help="do not append a row to benchmarks/README.md")
-    ap.add_argument("--markdown", default=None, help="append the rows here instead of benchmarks/README.md")
     args = ap.parse_args()
 
     cfg, overrides = compose_workload(args.workload, args.backbone, args.override)
@@ -438,7 +444,7 @@ def main() -> None:
 
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if not args.no_markdown:
-        append_markdown(result, Path(args.markdown) if args.markdown else REPO / "benchmarks" / "README.md")
+        append_markdown(result, REPO / "benchmarks" / "README.md")
     print(f"wrote {out}")
 
 
