@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -48,7 +47,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from longgen.errors import UsageError
-from longgen.run.sweep import LEDGER, append_entry
+from longgen.run.sweep import LEDGER, append_entry, job_subdir
 from longgen.rundir import CHECKPOINT
 
 log = logging.getLogger("longgen")
@@ -256,16 +255,8 @@ class SubmititLauncher(Launcher):
     def job_dir(self, overrides: list[str], number: int) -> Path:
         """A job's directory as its own process names it (hydra.sweep.dir / hydra.sweep.subdir of its config)."""
         assert self.hydra_context is not None and self.config is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = number
-        hydra = HydraConfig.instance()
-        saved = hydra.cfg
-        try:
-            hydra.set_config(config)  # the subdir reads hydra:runtime.choices
-            return Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        finally:
-            hydra.cfg = saved
+        return Path(str(self.config.hydra.sweep.dir)) / job_subdir(self.hydra_context.config_loader, self.config,
+                                                                    overrides, number)
 
     # ------------------------------------------------------------------ in the job's process
     def __call__(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
