@@ -249,3 +249,36 @@ def test_chaos_sweep_every_video_as_unpreempted(tmp_path):
     for job in range(jobs):
         name = f"{job}_direct"
         assert torch.equal(latents(tmp_path / "chaos" / name), latents(tmp_path / "calm" / name)), (job, preempt)
+
+
+@PROCESSES
+def test_gpus2_jobs_give_the_bytes_of_one_gpu_also_preempted_and_never_run(tmp_path):
+    # one job on one process, two on two (gloo on the CPU): the second of them stopped by SIGTERM in step 2 (sent to
+    # every process of the job, as SLURM does: rank 0 finishes the step and checkpoints, rank 1 goes on with it)
+    # and requeued as `longgen resume` on two processes
+    base = tmp_path / "s"
+    proc = sweep(base, "0", 3, "2:2:SIGTERM+ranks", "gpus=1,2,2", "backbone.micro_batch=1",
+                 "hydra.launcher.gpus_per_node=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((base / "sweep.json").read_text())
+    assert summary["done"] == [0, 1, 2] and summary["requeued"] == [2] and summary["failed"] == [], summary
+    runs = [base / f"{job}_direct" for job in range(3)]
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in runs]
+    assert [m["distributed"]["world_size"] for m in manifests] == [1, 2, 2]
+    assert all(m["distributed"]["ranks"][1]["units"] > 0 for m in manifests[1:])  # rank 1 did its share
+    assert manifests[2]["resumed"]["after_step"] == 2 and manifests[2]["distributed"]["launcher"] == "submitit gpus=2"
+    assert torch.equal(latents(runs[1]), latents(runs[0])) and torch.equal(latents(runs[2]), latents(runs[0]))
+    assert not (runs[2] / "checkpoint.safetensors").exists()
+
+    # job 0 as if it never ran (no ledger line, no directory): --rerun-failed starts it from multirun.yaml
+    reference = latents(runs[0])
+    ledger = base / "sweep-jobs.jsonl"
+    ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines() if json.loads(line)["job"]))
+    import shutil
+
+    shutil.rmtree(runs[0])
+    rerun = run_cli("generate", "--rerun-failed", str(base))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "started 1 job(s) (1 never started; 0 of them resumed" in rerun.stderr.splitlines()[-1]
+    assert torch.equal(latents(runs[0]), reference)
+    assert json.loads((base / "sweep.json").read_text())["done"] == [0, 1, 2]
