@@ -226,10 +226,14 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
     missing = [n for n in range(len(planned)) if n not in jobs]
     if not missing:
         return [], []
+    try:
+        loader = _sweep_loader(config)
+    except Exception as exc:
+        raise UsageError(f"the config sources in {path} cannot be loaded ({str(exc).strip().splitlines()[0]}): the "
+                         f"jobs that never ran cannot be composed again; no job was started") from None
     start, finished = [], []
     for number in missing:
         try:
-            loader = _sweep_loader(config) if number == missing[0] else loader
             run_dir = sweep_dir / job_subdir(loader, config, planned[number], number)
         except Exception as exc:
             raise UsageError(f"sweep job {number} ({' '.join(planned[number])}) cannot be composed again "
