@@ -18,9 +18,20 @@ a near-static one can score anything, since noise decides "far > near" — read 
 
 Freeze: share of consecutive pairs whose mean absolute difference is below a threshold (grey levels), and the
 longest run of such frames.
+
+The SSIM curve and repetition compare frames far apart, so a video read one frame at a time keeps one compact
+descriptor per frame for them: its grey stats frame (uint8, h·w bytes), in a `GreyStore` on disk rather than in
+memory. `StoredSsim` and `stored_repetition` compute from it the same numbers as `SsimFrames` and `repetition`
+compute from frames in memory: identical SSIM values; correlations equal to float rounding (the [T, T] product is
+taken in tiles, and BLAS may sum a tile's dot products in another order than the whole matrix's).
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -35,19 +46,47 @@ class SsimFrames:
     """Grey frames with their local means and variances precomputed, so each pair costs one more blur."""
 
     def __init__(self, frames: np.ndarray) -> None:
-        self.grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
-        self.mu = [_blur(g) for g in self.grey]
-        self.var = [_blur(g * g) - m * m for g, m in zip(self.grey, self.mu)]
+        prepared = [_prepare(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)) for f in frames]
+        self.grey = [p[0] for p in prepared]
+        self.mu = [p[1] for p in prepared]
+        self.var = [p[2] for p in prepared]
 
     def __len__(self) -> int:
         return len(self.grey)
 
     def pair(self, i: int, j: int) -> float:
-        mu_x, mu_y = self.mu[i], self.mu[j]
-        cov = _blur(self.grey[i] * self.grey[j]) - mu_x * mu_y
-        num = (2 * mu_x * mu_y + _C1) * (2 * cov + _C2)
-        den = (mu_x * mu_x + mu_y * mu_y + _C1) * (self.var[i] + self.var[j] + _C2)
-        return float(np.mean(num / den))
+        return _ssim((self.grey[i], self.mu[i], self.var[i]), (self.grey[j], self.mu[j], self.var[j]))
+
+
+class StoredSsim:
+    """The `SsimFrames` interface over a `GreyStore` on disk: a frame's mean and variance maps are recomputed when
+    it is read again, and only the last `cache` frames' maps are kept (3 float32 maps each)."""
+
+    def __init__(self, store: "GreyStore", cache: int = 64) -> None:
+        self.store = store
+        self.prepared = functools.lru_cache(maxsize=cache)(lambda i: _prepare(store.frame(i)))
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def pair(self, i: int, j: int) -> float:
+        return _ssim(self.prepared(i), self.prepared(j))
+
+
+def _prepare(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grey, local mean, local variance) as float32 [h, w] each, of one uint8 grey frame [h, w]."""
+    g = grey.astype(np.float32)
+    mu = _blur(g)
+    return g, mu, _blur(g * g) - mu * mu
+
+
+def _ssim(x: tuple[np.ndarray, ...], y: tuple[np.ndarray, ...]) -> float:
+    """Mean SSIM of two prepared frames (see `_prepare`)."""
+    (gx, mu_x, var_x), (gy, mu_y, var_y) = x, y
+    cov = _blur(gx * gy) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + _C1) * (2 * cov + _C2)
+    den = (mu_x * mu_x + mu_y * mu_y + _C1) * (var_x + var_y + _C2)
+    return float(np.mean(num / den))
 
 
 def _blur(image: np.ndarray) -> np.ndarray:
@@ -59,7 +98,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return SsimFrames(np.stack([a, b])).pair(0, 1)
 
 
-def lag_curve(frames: SsimFrames, pairs_per_lag: int) -> tuple[np.ndarray, np.ndarray]:
+def lag_curve(frames: SsimFrames | StoredSsim, pairs_per_lag: int) -> tuple[np.ndarray, np.ndarray]:
     """(distances d = 1 … T−4 (at least 1), mean SSIM at each): every distance keeps at least 4 pairs when T allows."""
     n = len(frames)
     lags = np.arange(1, max(2, n - 3))
@@ -104,3 +143,98 @@ def freeze(pair_differences: np.ndarray, threshold: float) -> tuple[float, int]:
         run = run + 1 if s else 0
         longest = max(longest, run)
     return float(still.mean()) if len(still) else 0.0, longest + 1 if longest else 0
+
+
+class GreyStore:
+    """The grey stats frames of a video read one frame at a time, for the metrics that compare frames far apart
+    (the SSIM curve, repetition): uint8 [h, w] per frame, appended to an unnamed temporary file (deleted when
+    closed; in $TMPDIR) instead of memory, so memory stays flat in the length while disk holds h·w bytes a frame
+    (180×120: 21.6 kB, 207 MB for ten minutes at 16 fps). Frames are read back with pread, through the page cache
+    and not the process's resident memory."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(buffering=0)
+        self.shape: tuple[int, int] | None = None
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __enter__(self) -> "GreyStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def add(self, grey: np.ndarray) -> None:
+        """Append one uint8 grey frame [h, w] (every frame of a video has the same size)."""
+        self.shape = self.shape or grey.shape
+        if grey.shape != self.shape:
+            raise ValueError(f"frame of size {grey.shape} after frames of size {self.shape}")
+        data = memoryview(np.ascontiguousarray(grey, dtype=np.uint8)).cast("B")
+        while data:
+            data = data[self.file.write(data):]
+        self.count += 1
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames start … stop − 1 as uint8 [stop − start, h, w]."""
+        size = self.shape[0] * self.shape[1]
+        data = os.pread(self.file.fileno(), size * (stop - start), size * start)
+        return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, *self.shape)
+
+    def frame(self, index: int) -> np.ndarray:
+        return self.frames(index, index + 1)[0]
+
+
+def stored_repetition(store: GreyStore, gap: int, block: int = 128) -> tuple[float, int]:
+    """`repetition` of the frames in a store, computed block by block: the [T, T] correlation matrix is never
+    held, only [block, block] tiles of it and two [block, h·w] float64 blocks of frames. Two passes over the tiles:
+    first each frame's nearest-neighbour and best far correlation, then, for the frames that reappear, the
+    distance of their closest match within 1e-9 of the best (exactly the rule of `repetition`)."""
+    n = len(store)
+    if n <= gap or n < 2:
+        return 0.0, 0
+    near, best = np.full(n, -np.inf), np.full(n, -np.inf)
+    for rows, cols, corr in _tiles(store, block, np.ones(n, bool)):
+        distance = np.abs(rows[:, None] - cols[None, :])  # [r, c]
+        adjacent = np.where(distance == 1, corr, -np.inf)
+        near[rows] = np.maximum(near[rows], adjacent.max(axis=1))
+        near[cols] = np.maximum(near[cols], adjacent.max(axis=0))
+        far = np.where(distance >= gap, corr, -np.inf)  # [r, c] only frames at least `gap` apart
+        best[rows] = np.maximum(best[rows], far.max(axis=1))
+        best[cols] = np.maximum(best[cols], far.max(axis=0))
+    again = best > near + 1e-6
+    if not again.any():
+        return 0.0, 0
+    period = np.full(n, n)
+    for rows, cols, corr in _tiles(store, block, again):
+        distance = np.abs(rows[:, None] - cols[None, :])  # [r, c]
+        far = np.where(distance >= gap, corr, -np.inf)
+        period[rows] = np.minimum(period[rows], np.where(far >= best[rows, None] - 1e-9, distance, n).min(axis=1))
+        period[cols] = np.minimum(period[cols], np.where(far >= best[None, cols] - 1e-9, distance, n).min(axis=0))
+    return float(again.mean()), int(np.median(period[again]))
+
+
+def _tiles(store: GreyStore, block: int, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(row indices [r], column indices [c], Pearson correlations [r, c]) of every tile on or above the diagonal of
+    the frames' correlation matrix that touches a `wanted` frame (bool [T])."""
+    n = len(store)
+    for r0 in range(0, n, block):
+        rows = np.arange(r0, min(n, r0 + block))
+        row_vectors = None
+        for c0 in range(r0, n, block):
+            cols = np.arange(c0, min(n, c0 + block))
+            if not (wanted[rows].any() or wanted[cols].any()):
+                continue
+            if row_vectors is None:
+                row_vectors = _unit_rows(store.frames(rows[0], rows[-1] + 1))
+            col_vectors = row_vectors if c0 == r0 else _unit_rows(store.frames(cols[0], cols[-1] + 1))
+            yield rows, cols, row_vectors @ col_vectors.T
+
+
+def _unit_rows(grey: np.ndarray) -> np.ndarray:
+    """uint8 grey frames [n, h, w] → zero-mean, unit-norm float64 rows [n, h·w] (as in `repetition`)."""
+    v = grey.reshape(len(grey), -1).astype(np.float64)
+    v -= v.mean(axis=1, keepdims=True)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v
