@@ -14,7 +14,7 @@ import pytest
 
 from longgen.eval import similarity
 from longgen.eval.evaluate import evaluate_target, measure, summarise
-from longgen.eval.inputs import Geometry, Target
+from longgen.eval.inputs import Geometry, Target, read_latent_moves
 from longgen.eval.measured import VideoStream
 from longgen.eval.settings import default_settings
 from tests.test_eval_metrics import FPS, panning
@@ -36,14 +36,15 @@ def story_video() -> np.ndarray:
     return np.clip(np.concatenate([first, second]), 0, 255).astype(np.uint8)
 
 
-def streamed(frames: np.ndarray, fps: float, settings) -> dict:
+def streamed(frames: np.ndarray, fps: float, settings, moves: np.ndarray) -> dict:
     with VideoStream(fps, *frames.shape[1:3], settings) as stream:
         for frame in frames:
             stream.add(frame)
-        return summarise(stream.finish(), settings, GEOMETRY, LATENTS)
+        return summarise(stream.finish(), settings, GEOMETRY, moves)
 
 
 LATENTS = np.cumsum(np.random.default_rng(0).standard_normal((13, 4, 3, 4)), axis=0).astype(np.float32)
+LATENTS[9:] += 4.0  # a latent seam at boundary 9
 
 
 def assert_same(got, want, where: str = "") -> None:
@@ -68,13 +69,18 @@ def story():
     return frames, measure(frames, FPS, SETTINGS, GEOMETRY, LATENTS)
 
 
-def test_streamed_metrics_equal_the_whole_array_ones(story):
+def test_streamed_metrics_equal_the_whole_array_ones(story, tmp_path):
+    from safetensors.numpy import save_file
+
     frames, reference = story
     s = reference["summary"]
-    # the video exercises every metric: a cut, a loop, a freeze, drift, motion, a flagged seam
+    # the video exercises every metric: a cut, a loop, a freeze, drift, motion, flagged seams in pixels and latents
     assert s["num_scenes"] == 2 and s["repetition"] > 0.2 and s["freeze_share"] > 0
     assert s["drift_max_delta_e"] > 5 and s["motion_px"] > 0.5 and s["seams_flagged"] >= 1
-    result = streamed(frames, FPS, SETTINGS)
+    assert s["latent_seams_flagged"] == 1
+    save_file({"latents": LATENTS}, str(tmp_path / "latents.safetensors"))
+    moves = read_latent_moves(tmp_path / "latents.safetensors", chunk=5)  # chunks of latent frames, not all
+    result = streamed(frames, FPS, SETTINGS, moves)
     assert sorted(result["timings"]) == sorted(reference["timings"])
     for part in ("summary", "curves", "seams", "scenes", "geometry", "video_info", "settings"):
         assert_same(result[part], reference[part], part)

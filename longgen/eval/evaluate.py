@@ -17,7 +17,7 @@ PySceneDetect itself downscales frames wider than 256 pixels before detecting cu
 at least as fine as its default.
 
 Memory: a video file is read one frame at a time and every stage is fed as it arrives (measured.py,
-`read_video`): the full-resolution differences are taken against the previous frame, flow against the previous
+`measure_file`): the full-resolution differences are taken against the previous frame, flow against the previous
 analysis frame, PySceneDetect keeps its previous frame, and the model metrics see chunks of `models.batch` full
 frames; what is kept per frame is a few floats (curves, Lab statistics; the model metrics' feature vectors, 2–3 kB)
 and, on disk, one uint8 grey stats frame for the SSIM curve and repetition. So memory is flat in the video's
@@ -42,8 +42,8 @@ import numpy as np
 
 from longgen.errors import UsageError
 from longgen.eval import drift, flicker, flow, seams, similarity
-from longgen.eval.inputs import Geometry, Target, read_latents
-from longgen.eval.measured import Measured, measured_in_memory, read_video
+from longgen.eval.inputs import Geometry, Target, read_latent_moves
+from longgen.eval.measured import Measured, measured_in_memory, measure_file
 from longgen.eval.settings import Settings, default_settings
 from longgen.rundir import write_text
 
@@ -73,9 +73,10 @@ def flow_stage(curves: flow.FlowCurves, fps: float, height: int, width: int):
     return summary, {"warp": curves.warp, "motion_px": curves.motion}
 
 
-def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | None, latents: np.ndarray | None,
+def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | None, moves: np.ndarray | None,
                settings: Settings):
-    """Per-boundary seam ratios: frame difference and warping error (pixels), and latents; empty without a plan."""
+    """Per-boundary seam ratios: frame difference and warping error (pixels), and the latents' transition
+    differences `moves` [F] when there are latents; empty without a plan."""
     if geometry is None:
         return {}, [], None
     length, c = geometry.latent_length, geometry.compression
@@ -86,8 +87,7 @@ def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | N
     motion = seams.seam_ratios(warped, boundaries, settings.seam_radius,
                                max(WARP_SEAM_FLOOR, seams.relative_floor(warped)))
     latent: dict[int, float] = {}
-    if latents is not None and len(latents) == length:
-        moves = seams.transition_differences_from_latents(latents)
+    if moves is not None and len(moves) == length:
         latent = seams.seam_ratios(moves, boundaries, settings.seam_radius, seams.relative_floor(moves))
     rows = []
     for b in boundaries:
@@ -152,13 +152,15 @@ def similarity_stage(measured: Measured, settings: Settings):
 def measure(frames: np.ndarray, fps: float, settings: Settings, geometry: Geometry | None = None,
             latents: np.ndarray | None = None) -> dict:
     """Every weight-free metric of uint8 RGB frames [T, H, W, 3] held in memory (the plain whole-array path; a
-    video file is read one frame at a time instead, `measured.read_video`, with the same results)."""
-    return summarise(measured_in_memory(frames, fps, settings), settings, geometry, latents)
+    video file is read one frame at a time instead, `measured.measure_file`, with the same results)."""
+    moves = None if latents is None else seams.transition_differences_from_latents(latents)
+    return summarise(measured_in_memory(frames, fps, settings), settings, geometry, moves)
 
 
 def summarise(measured: Measured, settings: Settings, geometry: Geometry | None = None,
-              latents: np.ndarray | None = None) -> dict:
-    """The eval.json content (less the run facts and the model metrics) of a video's measurements."""
+              moves: np.ndarray | None = None) -> dict:
+    """The eval.json content (less the run facts and the model metrics) of a video's measurements; `moves` [F]:
+    the latents' transition differences, if any."""
     timings = {k: round(v, 3) for k, v in measured.timings.items()}
     differences = measured.differences
     summary: dict[str, Any] = {"flicker": flicker.temporal_flickering(differences)}
@@ -167,7 +169,7 @@ def summarise(measured: Measured, settings: Settings, geometry: Geometry | None 
     summary.update(part)
     curves.update(more)
     with _timed(timings, "seams"):
-        part, seam_rows, geometry_info = seam_stage(differences, curves["warp"], geometry, latents, settings)
+        part, seam_rows, geometry_info = seam_stage(differences, curves["warp"], geometry, moves, settings)
         summary.update(part)
     reference = geometry.frames_for(geometry.window) if geometry else settings.drift_reference_frames
     part, more = drift_stage(measured.lab, measured.fps, reference)
@@ -311,12 +313,12 @@ def evaluate_target(target: Target, settings: Settings, models: ModelMetrics | N
     with_models = models is not None and bool(models.names)
     if with_models:
         models.start()
-    measured = read_video(target.video, settings, chunk=models.batch if with_models else 16,
+    measured = measure_file(target.video, settings, chunk=models.batch if with_models else 16,
                           on_chunk=models.add if with_models else None)  # the model metrics see full frames
-    latents = read_latents(target.latents) if target.latents else None
+    moves = read_latent_moves(target.latents) if target.latents else None
     result = {"schema": SCHEMA, "label": target.label, "video": str(target.video),
               "run_dir": str(target.run_dir) if target.run_dir else None, "run": run_facts(target)}
-    result.update(summarise(measured, settings, target.geometry, latents))
+    result.update(summarise(measured, settings, target.geometry, moves))
     if with_models:
         t1 = time.perf_counter()
         prompts = frame_prompts(target, measured.frames, prompt)

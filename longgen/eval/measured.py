@@ -1,6 +1,6 @@
 """The per-frame and per-pair measurements of a video that the eval summaries are made of, taken two ways:
 
-- `read_video`: the video read one frame at a time (ffmpeg through imageio-ffmpeg) and every metric fed as it
+- `measure_file`: the video read one frame at a time (ffmpeg through imageio-ffmpeg) and every metric fed as it
   arrives (`VideoStream`), so memory is flat in the video's length: what stays in memory is the previous full
   frame and the previous analysis frame, each stage's O(1) state (PySceneDetect's previous frame), and a few floats
   per frame (the difference, warp and motion curves, 4 Lab statistics). The two metrics that compare frames far
@@ -188,7 +188,7 @@ class _Clock:
         self.t = now
 
 
-def read_video(path: Path, settings: Settings, chunk: int = 16,
+def measure_file(path: Path, settings: Settings, chunk: int = 16,
                on_chunk: Callable[[np.ndarray], None] | None = None) -> Measured:
     """Measure a video file read one frame at a time; `on_chunk` receives the full frames in chunks of `chunk`
     (uint8 [n, H, W, 3]) for the model metrics, so at most one chunk of full frames is held. One line when ffmpeg
