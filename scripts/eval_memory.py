@@ -55,7 +55,9 @@ def peak_rss(python: str, video: Path, out: Path) -> tuple[float, float]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     command = [python, "-m", "longgen.cli", "eval", str(video), f"hydra.run.dir={out}"]
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # run from the video's directory: `-m` puts the working directory first on sys.path, and the longgen measured
+    # must be the interpreter's own, not a checkout the script happens to be started from
+    process = subprocess.Popen(command, env=env, cwd=video.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
@@ -73,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.work or tmp)
+        work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         rows = []
         print("| minutes | frames | size | peak RSS (MiB) | wall (s) |\n|---|---|---|---|---|")
