@@ -187,32 +187,63 @@ class GreyStore:
 
 
 def stored_repetition(store: GreyStore, gap: int, block: int = 128) -> tuple[float, int]:
-    """`repetition` of the frames in a store, computed block by block: the [T, T] correlation matrix is never
-    held, only [block, block] tiles of it and two [block, h·w] float64 blocks of frames. Two passes over the tiles:
-    first each frame's nearest-neighbour and best far correlation, then, for the frames that reappear, the
-    distance of their closest match within 1e-9 of the best (exactly the rule of `repetition`)."""
+    """`repetition` of the frames in a store, computed tile by tile: the [T, T] correlation matrix is never held,
+    only [block, block] tiles of it (the upper triangle) and two [block, h·w] float64 blocks of frames. One pass
+    finds each frame's nearest-neighbour and best far correlation and, as it goes, the distance of its closest
+    match within 1e-9 of the best so far; frames that reappear and whose best rose by less than that tolerance
+    during the pass (their earlier candidates might no longer qualify) get a second pass against their final
+    best — exactly the rule of `repetition`."""
     n = len(store)
     if n <= gap or n < 2:
         return 0.0, 0
-    near, best = np.full(n, -np.inf), np.full(n, -np.inf)
+    matches = _Matches(n)
     for rows, cols, corr in _tiles(store, block, np.ones(n, bool)):
-        distance = np.abs(rows[:, None] - cols[None, :])  # [r, c]
+        distance = np.abs(np.subtract.outer(rows, cols))  # [r, c]
         adjacent = np.where(distance == 1, corr, -np.inf)
-        near[rows] = np.maximum(near[rows], adjacent.max(axis=1))
-        near[cols] = np.maximum(near[cols], adjacent.max(axis=0))
         far = np.where(distance >= gap, corr, -np.inf)  # [r, c] only frames at least `gap` apart
-        best[rows] = np.maximum(best[rows], far.max(axis=1))
-        best[cols] = np.maximum(best[cols], far.max(axis=0))
-    again = best > near + 1e-6
+        matches.update(rows, adjacent.max(axis=1), far, distance)
+        matches.update(cols, adjacent.max(axis=0), far.T, distance.T)
+    again = matches.best > matches.near + 1e-6
     if not again.any():
         return 0.0, 0
-    period = np.full(n, n)
-    for rows, cols, corr in _tiles(store, block, again):
-        distance = np.abs(rows[:, None] - cols[None, :])  # [r, c]
-        far = np.where(distance >= gap, corr, -np.inf)
-        period[rows] = np.minimum(period[rows], np.where(far >= best[rows, None] - 1e-9, distance, n).min(axis=1))
-        period[cols] = np.minimum(period[cols], np.where(far >= best[None, cols] - 1e-9, distance, n).min(axis=0))
+    redo = again & matches.ambiguous
+    period = matches.period
+    if redo.any():
+        period[redo] = n
+        best = matches.best
+        for rows, cols, corr in _tiles(store, block, redo):
+            distance = np.abs(np.subtract.outer(rows, cols))  # [r, c]
+            far = np.where(distance >= gap, corr, -np.inf)
+            for index, f, d in ((rows, far, distance), (cols, far.T, distance.T)):
+                closest = np.where(f >= best[index, None] - 1e-9, d, n).min(axis=1)
+                period[index] = np.where(redo[index], np.minimum(period[index], closest), period[index])
     return float(again.mean()), int(np.median(period[again]))
+
+
+class _Matches:
+    """Per frame, over the tiles seen so far: the best correlation with a neighbour (`near`) and with a frame far
+    away (`best`), the distance of the closest far frame within 1e-9 of `best` (`period`), and whether `best` ever
+    rose by 1e-9 or less (`ambiguous`: then an earlier candidate may have dropped out of the tolerance)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.near = np.full(n, -np.inf)
+        self.best = np.full(n, -np.inf)
+        self.period = np.full(n, n)
+        self.ambiguous = np.zeros(n, bool)
+
+    def update(self, index: np.ndarray, near: np.ndarray, far: np.ndarray, distance: np.ndarray) -> None:
+        """Frames `index` [k] against one tile: their neighbour correlations [k], far correlations [k, m] (−inf
+        where not far) and distances [k, m]."""
+        self.near[index] = np.maximum(self.near[index], near)
+        old = self.best[index]
+        top = far.max(axis=1)  # [k]
+        best = np.maximum(old, top)
+        self.ambiguous[index] |= (top > old) & (top <= old + 1e-9)
+        closest = np.where(far >= best[:, None] - 1e-9, distance, self.n).min(axis=1)  # [k]
+        reset = top > old + 1e-9  # every earlier candidate is now more than 1e-9 below the best
+        self.period[index] = np.where(reset, closest, np.minimum(self.period[index], closest))
+        self.best[index] = best
 
 
 def _tiles(store: GreyStore, block: int, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
