@@ -126,3 +126,37 @@ def test_stored_ssim_curve_equals_the_in_memory_one():
         stored = similarity.lag_curve(similarity.StoredSsim(store, cache=2), 16)  # a cache that misses
         whole = similarity.lag_curve(similarity.SsimFrames(tiny), 16)
     assert np.array_equal(stored[0], whole[0]) and np.array_equal(stored[1], whole[1])
+
+
+def matrix_tiles(corr: np.ndarray, block: int):
+    """`tiles` for `similarity.tiled_repetition` over a correlation matrix held whole (the upper triangle)."""
+    def tiles(wanted):
+        n = len(corr)
+        for r0 in range(0, n, block):
+            for c0 in range(r0, n, block):
+                rows, cols = np.arange(r0, min(n, r0 + block)), np.arange(c0, min(n, c0 + block))
+                if wanted[rows].any() or wanted[cols].any():
+                    yield rows, cols, corr[r0: r0 + block, c0: c0 + block]
+    return tiles
+
+
+def crafted(pairs: dict[tuple[int, int], float], n: int = 12) -> np.ndarray:
+    """A symmetric correlation matrix [n, n]: 1 on the diagonal, 0.5 between neighbours, 0.1 elsewhere, `pairs` set."""
+    distance = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    corr = np.where(distance == 0, 1.0, np.where(distance == 1, 0.5, 0.1))
+    for (i, j), value in pairs.items():
+        corr[i, j] = corr[j, i] = value
+    return corr
+
+
+@pytest.mark.parametrize("pairs, want", [
+    # frame 0's far matches arrive in tiles of 4 as 0.9 − 0.9e-9 (distance 3), 0.9 (5), 0.9 + 0.5e-9 (10): within the
+    # tolerance of the final best only the last two, so its period is 5, not the 3 its running best allowed
+    ({(0, 3): 0.9 - 0.9e-9, (0, 5): 0.9, (0, 10): 0.9 + 0.5e-9}, (4 / 12, 5)),
+    # frame 6 first matches frame 3 (0.8, distance 3), then frame 11 far better (0.95, distance 5): the first drops out
+    ({(6, 3): 0.8, (6, 11): 0.95}, (3 / 12, 5)),
+])
+def test_tiled_repetition_keeps_the_tolerance_rule_when_the_best_rises(pairs, want):
+    corr = crafted(pairs)
+    assert similarity.repetition_of(corr, 3) == pytest.approx(want)
+    assert similarity.tiled_repetition(matrix_tiles(corr, 4), 12, 3) == pytest.approx(want)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -116,10 +116,13 @@ def repetition(frames: np.ndarray, gap: int) -> tuple[float, int]:
     n = len(frames)
     if n <= gap or n < 2:
         return 0.0, 0
-    v = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float64).ravel() for f in frames])  # [T, H·W]
-    v -= v.mean(axis=1, keepdims=True)
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    corr = v @ v.T  # [T, T] Pearson correlation of every pair of frames
+    v = _unit_rows(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))  # [T, H·W]
+    return repetition_of(v @ v.T, gap)  # [T, T] Pearson correlation of every pair of frames
+
+
+def repetition_of(corr: np.ndarray, gap: int) -> tuple[float, int]:
+    """`repetition`'s rule applied to the correlation matrix [T, T] of T > gap frames."""
+    n = len(corr)
     idx = np.arange(n)
     near = np.full(n, -np.inf)
     near[:-1] = np.maximum(near[:-1], corr[idx[:-1], idx[:-1] + 1])
@@ -188,16 +191,23 @@ class GreyStore:
 
 def stored_repetition(store: GreyStore, gap: int, block: int = 128) -> tuple[float, int]:
     """`repetition` of the frames in a store, computed tile by tile: the [T, T] correlation matrix is never held,
-    only [block, block] tiles of it (the upper triangle) and two [block, h·w] float64 blocks of frames. One pass
-    finds each frame's nearest-neighbour and best far correlation and, as it goes, the distance of its closest
-    match within 1e-9 of the best so far; frames that reappear and whose best rose by less than that tolerance
-    during the pass (their earlier candidates might no longer qualify) get a second pass against their final
-    best — exactly the rule of `repetition`."""
+    only [block, block] tiles of it (the upper triangle) and two [block, h·w] float64 blocks of frames."""
     n = len(store)
     if n <= gap or n < 2:
         return 0.0, 0
+    return tiled_repetition(lambda wanted: _tiles(store, block, wanted), n, gap)
+
+
+def tiled_repetition(tiles: Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]], n: int,
+                     gap: int) -> tuple[float, int]:
+    """`repetition_of` the correlation matrix of n > gap frames given as tiles: `tiles(wanted)` yields (row
+    indices, column indices, correlations) of every tile on or above the diagonal that touches a wanted frame.
+    One pass finds each frame's nearest-neighbour and best far correlation and, as it goes, the distance of its
+    closest match within 1e-9 of the best so far; frames that reappear and whose best rose by 1e-9 or less during
+    the pass (an earlier candidate may have dropped out of the tolerance) get a second pass against their final
+    best — exactly the rule of `repetition_of`."""
     matches = _Matches(n)
-    for rows, cols, corr in _tiles(store, block, np.ones(n, bool)):
+    for rows, cols, corr in tiles(np.ones(n, bool)):
         distance = np.abs(np.subtract.outer(rows, cols))  # [r, c]
         adjacent = np.where(distance == 1, corr, -np.inf)
         far = np.where(distance >= gap, corr, -np.inf)  # [r, c] only frames at least `gap` apart
@@ -211,7 +221,7 @@ def stored_repetition(store: GreyStore, gap: int, block: int = 128) -> tuple[flo
     if redo.any():
         period[redo] = n
         best = matches.best
-        for rows, cols, corr in _tiles(store, block, redo):
+        for rows, cols, corr in tiles(redo):
             distance = np.abs(np.subtract.outer(rows, cols))  # [r, c]
             far = np.where(distance >= gap, corr, -np.inf)
             for index, f, d in ((rows, far, distance), (cols, far.T, distance.T)):
