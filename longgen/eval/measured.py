@@ -6,7 +6,7 @@
   per frame (the difference, warp and motion curves, 4 Lab statistics). The two metrics that compare frames far
   apart (the SSIM curve and repetition) read one uint8 grey stats frame per frame back from a temporary file
   (`similarity.GreyStore`: h·w bytes a frame on disk, 21.6 kB at 180×120), holding at most 64 frames' SSIM maps
-  and two blocks of 128 frames for the correlation tiles;
+  and two blocks of frames for the correlation tiles (≤ 20 MiB each, `similarity.TILE_BYTES`);
 - `measured_in_memory`: the plain reference over frames already held in memory, each metric over the whole stack.
 
 Both give the same numbers (tests/test_eval_stream.py): identical curves, cuts and SSIM values; repetition equal to

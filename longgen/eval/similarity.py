@@ -189,12 +189,18 @@ class GreyStore:
         return self.frames(index, index + 1)[0]
 
 
-def stored_repetition(store: GreyStore, gap: int, block: int = 128) -> tuple[float, int]:
+TILE_BYTES = 20 << 20  # float64 bytes of one block of frames for the correlation tiles (two are held)
+
+
+def stored_repetition(store: GreyStore, gap: int, block: int | None = None) -> tuple[float, int]:
     """`repetition` of the frames in a store, computed tile by tile: the [T, T] correlation matrix is never held,
-    only [block, block] tiles of it (the upper triangle) and two [block, h·w] float64 blocks of frames."""
+    only [block, block] tiles of it (the upper triangle) and two [block, h·w] float64 blocks of frames; by default
+    as many frames as fit TILE_BYTES (32 … 256; 121 at 180×120, 256 at 120×80)."""
     n = len(store)
     if n <= gap or n < 2:
         return 0.0, 0
+    if block is None:
+        block = int(np.clip(TILE_BYTES // (8 * store.shape[0] * store.shape[1]), 32, 256))
     return tiled_repetition(lambda wanted: _tiles(store, block, wanted), n, gap)
 
 
