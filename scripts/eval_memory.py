@@ -87,9 +87,10 @@ def main() -> None:
             rss, seconds = peak_rss(args.python, video, work / f"eval-{frames}")
             rows.append((minutes, rss))
             print(f"| {minutes:g} | {frames} | {width}×{height} | {rss:.0f} | {seconds:.0f} |", flush=True)
-        (m0, r0), (m1, r1) = rows[0], rows[-1]
-        if m1 > m0:
-            print(f"\ngrowth: {(r1 - r0) / (m1 - m0):.1f} MiB per minute of video at {args.fps} fps")
+        print()
+        for (m0, r0), (m1, r1) in zip(rows, rows[1:]):
+            if m1 > m0:
+                print(f"growth {m0:g} → {m1:g} min: {(r1 - r0) / (m1 - m0):.1f} MiB per minute of video at {args.fps} fps")
 
 
 if __name__ == "__main__":
