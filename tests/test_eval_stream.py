@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -118,8 +119,6 @@ def test_tiled_repetition_equals_the_whole_matrix(block):
 
 def test_stored_ssim_curve_equals_the_in_memory_one():
     tiny = story_video()[:, ::4, ::4]  # [49, 12, 16, 3]
-    import cv2
-
     with similarity.GreyStore() as store:
         for frame in tiny:
             store.add(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
