@@ -13,7 +13,12 @@ FLOPs of one transformer forward (multiply + add = 2), n layers, width d:
 - Wan, self-attention over the N video tokens and cross-attention to the T text tokens: every weight matrix is
   counted against the tokens it multiplies (video N, text T: the text projection and the cross-attention K/V, time
   embedding: one row per sample):
-    2·(P_video·N + P_text·T + P_time)  +  4·n·N²·d  +  4·n·N·T·d.
+    2·(P_video·N + P_text·T + P_time)  +  4·n·N²·d  +  4·n·N·T·d
+  (Wan 2.2 TI2V-5B embeds a timestep per token: its time embedding counts N rows; T2V-A14B: one expert's forward);
+- HunyuanVideo 1.5, joint attention over N video + T text tokens, T = 729 vision + S2 ByT5 + S1 Qwen rows (the
+  padding included: the kernels compute it), a token refiner of r layers over the S1 Qwen rows first:
+    2·Σ(weight matrix · the rows it multiplies)  +  4·n·(N + T)²·d  +  4·r·S1²·d.
+  Every formula equals torch's FlopCounterMode on the tiny variants (tests/test_bench.py).
 
 Writes a JSON file and appends a Markdown row to benchmarks/README.md with the exact command and the GPU name.
 The same script runs on a CPU with `--backbone tiny` (CI runs it there; no timing is asserted).
@@ -30,6 +35,13 @@ resolves it (4x: 10 windows on CogVideoX, 11 on Wan).
     python scripts/bench.py --backbone wan2.1-t2v-1.3b --workload W1 --steps 3   # Wan 2.1 1.3B, random weights
     python scripts/bench.py --workload W4 --steps 5    # FIFO 4x: base clip + 5 queue iterations measured, rest projected
     python scripts/bench.py --workload W5 --steps 6          # Gen-L-Video + FreeNoise noise 4x (the FreeNoise baseline)
+
+`--deadline T` (time.time() seconds) measures no step that would end after T (a step is expected to last as long
+as the last one measured; before the first, 2 × windows × the measured seconds per forward). A Gen-L-Video workload
+(W1, W5, scaling) whose first step would not fit is projected from the forward instead: steps × windows × 2 CFG
+branches × seconds per forward (a Gen-L-Video step is exactly that many forwards; the measured CogVideoX-2B and
+Wan 2.1 steps were within 1 % of it). scripts/bench_families.sh runs W1 this way on HunyuanVideo 1.5 and Wan 2.2,
+whose 50-step runs (and the A14B's single step) do not fit one device command.
 
 FIFO (W4) counts its steps differently from the other samplers: first the base clip's S = n·M DDIM steps in groups of
 K (the windows of one queue iteration), then L + S − M queue iterations of K windows each. `--steps N` runs the
@@ -129,7 +141,11 @@ def forward_flops(backbone, frames: int) -> float:
     """FLOPs of one transformer forward of one window (formulas in the module docstring)."""
     transformer = backbone.pipe.transformer
     if type(transformer).__name__.startswith("Wan"):
-        return wan_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens)
+        return wan_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens,
+                                 per_token_time=getattr(backbone, "expand_timesteps", False))
+    if type(transformer).__name__.startswith("HunyuanVideo15"):
+        return hunyuan15_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens,
+                                       backbone.glyph_tokens)
     cfg = transformer.config
     params = sum(p.numel() for p in transformer.parameters())
     c, h, w = backbone.latent_shape
@@ -138,8 +154,11 @@ def forward_flops(backbone, frames: int) -> float:
     return 2 * params * tokens + 4 * cfg.num_layers * tokens**2 * width
 
 
-def wan_forward_flops(transformer, frames: int, latent_shape, text_tokens: int) -> float:
-    """Wan: weight matrices (parameters with ≥ 2 dims) times the rows they multiply, plus both attentions."""
+def wan_forward_flops(transformer, frames: int, latent_shape, text_tokens: int, per_token_time: bool = False
+                      ) -> float:
+    """Wan: weight matrices (parameters with ≥ 2 dims) times the rows they multiply, plus both attentions; the time
+    embedding runs once per sample, or once per video token with `per_token_time` (Wan 2.2 TI2V's
+    expand_timesteps)."""
     cfg = transformer.config
     _, h, w = latent_shape
     _, ph, pw = cfg.patch_size
@@ -152,18 +171,53 @@ def wan_forward_flops(transformer, frames: int, latent_shape, text_tokens: int) 
         if "condition_embedder.text_embedder" in name or ".attn2.to_k" in name or ".attn2.to_v" in name:
             rows = text_tokens
         elif "condition_embedder.time" in name:
-            rows = 1
+            rows = video if per_token_time else 1
         else:
             rows = video
         flops += 2 * p.numel() * rows
     return flops + 4 * cfg.num_layers * video * video * width + 4 * cfg.num_layers * video * text_tokens * width
 
 
-def time_forward(backbone, batch: int, repeats: int) -> float:
-    """Seconds per sample of a guided predict on `batch` windows (2·batch samples), median of `repeats`."""
+def hunyuan15_forward_flops(transformer, frames: int, latent_shape, qwen_tokens: int, glyph_tokens: int) -> float:
+    """HunyuanVideo 1.5: every linear/conv weight times the rows it multiplies, plus the joint attention of the
+    blocks and the self-attention of the Qwen token refiner. Rows by module: the modulation and time linears (any
+    `norm*` or `time*` module) 1 per sample; the ByT5 projection S2; the vision projection 729; the refiner and its
+    input projection S1; in the blocks the text stream (add_*_proj, to_add_out, ff_context) the T text rows and the
+    rest (and the patch embedding, proj_out) the N video rows."""
+    from longgen.backbones.hunyuan15 import VISION_TOKENS
+
+    cfg = transformer.config
+    _, h, w = latent_shape
+    video = frames // cfg.patch_size_t * (h // cfg.patch_size) * (w // cfg.patch_size)
+    text = VISION_TOKENS + glyph_tokens + qwen_tokens
+    width = cfg.num_attention_heads * cfg.attention_head_dim
+
+    def rows(name: str) -> int:
+        parts = name.split(".")
+        if any(p.startswith(("norm", "time")) for p in parts):
+            return 1
+        if parts[0] == "context_embedder_2":
+            return glyph_tokens
+        if parts[0] == "image_embedder":
+            return VISION_TOKENS
+        if parts[0] == "context_embedder":
+            return qwen_tokens
+        if any(p in ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context") for p in parts):
+            return text
+        return video
+
+    flops = sum(2 * m.weight.numel() * rows(name) for name, m in transformer.named_modules()
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv3d)))
+    refiner_layers = len(transformer.context_embedder.token_refiner.refiner_blocks)
+    return flops + 4 * cfg.num_layers * (video + text) ** 2 * width + 4 * refiner_layers * qwen_tokens**2 * width
+
+
+def time_forward(backbone, batch: int, repeats: int, warmups: int = 2) -> float:
+    """Seconds per sample of a guided predict on `batch` windows (2·batch samples), median of `repeats` after
+    `warmups` untimed predicts (the first compiles, if on)."""
     x = torch.randn(batch, backbone.window, *backbone.latent_shape, device=backbone.device)
-    backbone.predict(x, 999, [0] * batch, 6.0)  # warm-up (and compile, if on)
-    backbone.predict(x, 999, [0] * batch, 6.0)
+    for _ in range(warmups):
+        backbone.predict(x, 999, [0] * batch, 6.0)
     times = []
     for _ in range(repeats):
         sync(backbone.device)
@@ -174,9 +228,12 @@ def time_forward(backbone, batch: int, repeats: int) -> float:
     return statistics.median(times) / (2 * batch)
 
 
-def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_option=None):
+def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_option=None,
+                deadline: float | None = None):
     """Run the sampler; stop after `steps` denoising steps (0 = all; FIFO: the base clip and `steps` queue
-    iterations). Returns (latents or None, per-step records, the sampler's total number of steps)."""
+    iterations), or earlier where another step as long as the last would end after `deadline` (time.time()
+    seconds; at least one step runs). Returns (latents or None, per-step records, the sampler's total number of
+    steps)."""
     records: list[dict] = []
     state = {"t0": None, "fw": 0, "total": 0}
     sched = backbone.schedule(sampler.num_steps) if sampler.num_steps else None  # FIFO: known after begin
@@ -195,6 +252,9 @@ def run_sampler(backbone, sampler, length: int, seed: int, steps: int, noise_opt
         })
         state["t0"], state["fw"], state["total"] = now, backbone.forward_count, total
         if steps and done >= steps + (getattr(sampler, "base_steps", None) or 0):
+            raise SliceDone
+        if deadline is not None and done > (getattr(sampler, "base_steps", None) or 0) \
+                and time.time() + records[-1]["seconds"] > deadline:
             raise SliceDone
 
     gen = torch.Generator().manual_seed(seed)
@@ -248,8 +308,20 @@ def project(records: list[dict], sampler, sched, total_steps: int) -> tuple[floa
         return total, (f"{n_heavy} steps with stage 2 × {medians[heavy]:.2f} s + {total_steps - n_heavy} steps × "
                        f"{medians[light]:.2f} s (medians of the measured steps)")
     per_step = statistics.median(r["seconds"] for r in records[1:] or records)
-    return per_step * total_steps, (f"{total_steps} steps × {per_step:.2f} s (median of measured steps "
-                                    f"2..{len(records)})")
+    which = f"median of measured steps 2..{len(records)}" if len(records) > 1 else "the one measured step"
+    return per_step * total_steps, f"{total_steps} steps × {per_step:.2f} s ({which})"
+
+
+def project_from_forward(sampler_name: str, total_steps: int, windows: int, per_sample: float
+                         ) -> tuple[float | None, str]:
+    """Sampling seconds when no step could be measured (`--deadline`): a Gen-L-Video step is one guided forward
+    pair per window, so total = steps × windows × 2 × seconds per forward (on CogVideoX-2B and Wan 2.1 the measured
+    steps were within 1 % of it, benchmarks/README.md); other samplers' steps have other counts: not projected."""
+    if sampler_name != "gen-l-video":
+        return None, "not measured: one step would end after --deadline"
+    return total_steps * windows * 2 * per_sample, (
+        f"projected from the forward (no step fit before --deadline): {total_steps} steps × {windows} windows × 2 "
+        f"CFG branches × {per_sample:.3f} s per forward")
 
 
 def main() -> None:
@@ -261,6 +333,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--forward-batch", type=int, default=4, help="windows in the single-forward timing")
+    ap.add_argument("--forward-warmups", type=int, default=2, help="untimed predicts before the forward timing")
+    ap.add_argument("--forward-repeats", type=int, default=3, help="timed predicts (the median is reported)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="time.time() seconds: measure no step that would end after it (Gen-L-Video workloads with "
+                         "no step measured: sampling projected from the forward, see the docstring)")
     ap.add_argument("--forward-only", action="store_true",
                     help="only the one-window forward timing and its peak memory (large models: no sampler run)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (backbone.attention=cudnn …)")
@@ -294,7 +371,7 @@ def main() -> None:
     result["encode_text_s"] = time.perf_counter() - t0
     result["text_encoder"] = "hashed stand-in (random weights: no T5)" if backbone.random_weights else "T5"
 
-    per_sample = time_forward(backbone, args.forward_batch, repeats=3)
+    per_sample = time_forward(backbone, args.forward_batch, repeats=args.forward_repeats, warmups=args.forward_warmups)
     flops = forward_flops(backbone, backbone.window)
     result["forward_s_per_sample"] = per_sample
     result["forward_tflop"] = flops / 1e12
@@ -304,6 +381,11 @@ def main() -> None:
     result["forward_peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     print(json.dumps({k: result[k] for k in ("forward_s_per_sample", "forward_tflop", "forward_tflops",
                                              "forward_peak_gpu_gb")}), flush=True)
+    out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"{args.workload}-{args.backbone}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["backbone"] = backbone.describe()
+    result["runs"] = []
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")  # the forward row, should the run not finish
 
     runs = []
     if args.forward_only:
@@ -319,10 +401,17 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         backbone.forward_count = 0
-        latents, records, total_steps = run_sampler(backbone, sampler, length, args.seed, args.steps, noise_option)
-        total, formula = project(records, sampler, sched, total_steps)
+        windows = sampler.plan(length, backbone.window).count
+        first_step = 2 * windows * per_sample  # a Gen-L-Video step: every window, both CFG branches
+        if args.deadline is not None and time.time() + first_step > args.deadline:
+            latents, records, total_steps = None, [], sampler.num_steps
+            total, formula = project_from_forward(sampler_name, total_steps, windows, per_sample)
+        else:
+            latents, records, total_steps = run_sampler(backbone, sampler, length, args.seed, args.steps,
+                                                        noise_option, args.deadline)
+            total, formula = project(records, sampler, sched, total_steps)
         entry = {
-            "windows": sampler.plan(length, backbone.window).count if n_windows is None else n_windows,
+            "windows": windows if n_windows is None else n_windows,
             "latent_length": length,
             "frames": backbone.frames_for(length),
             "steps_measured": len(records),
@@ -344,16 +433,15 @@ def main() -> None:
                 entry["decode_s"] = time.perf_counter() - t0
                 entry["decoded_frames"] = info["frames"]
             entry["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        entry["end_to_end_s"] = result["encode_text_s"] + total + entry.get("decode_s", 0.0)
+        entry["end_to_end_s"] = None if total is None else result["encode_text_s"] + total + entry.get("decode_s", 0.0)
         runs.append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k not in ("step_seconds", "step_forwards")}), flush=True)
+        out.write_text(json.dumps({**result, "runs": runs}, indent=2, default=str) + "\n")
     result["runs"] = runs
     result["backbone"] = backbone.describe()
     result["sampler"] = {"name": sampler_name, **sampler.describe()}
     result["noise"] = noise_option.describe()
 
-    out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"{args.workload}-{args.backbone}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if not args.no_markdown:
         append_markdown(result, REPO / "benchmarks" / "README.md")
@@ -377,8 +465,9 @@ def append_markdown(result: dict, path: Path) -> None:
     for r in result["runs"]:
         rows.append(
             f"| {result['workload']} | {result['device']} | {r['windows']} | {r['latent_length']} | "
-            f"{r['steps_measured']} | {r['sampling_s'] / 60:.2f} | {r.get('decode_s', float('nan')):.1f} | "
-            f"{r['end_to_end_s'] / 60:.2f} | {result['forward_s_per_sample']:.3f} | {result['forward_tflops']:.0f} | "
+            f"{r['steps_measured']} | {(r['sampling_s'] or float('nan')) / 60:.2f} | "
+            f"{r.get('decode_s', float('nan')):.1f} | {(r['end_to_end_s'] or float('nan')) / 60:.2f} | "
+            f"{result['forward_s_per_sample']:.3f} | {result['forward_tflops']:.0f} | "
             f"{(result['matmul_tflops'] or float('nan')):.0f} | {(ratio or float('nan')):.2f} | "
             f"{(r['peak_gpu_gb'] or float('nan')):.1f} | `{result['command']}` |"
         )

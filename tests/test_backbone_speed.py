@@ -110,6 +110,24 @@ def test_epilogue_gelu_equals_diffusers_gelu(monkeypatch):
         assert torch.allclose(EpilogueGELU(gelu.proj)(x), gelu(x), atol=1e-6)
 
 
+def test_epilogue_gelu_under_autograd_is_differentiable(monkeypatch):
+    """torch has no derivative for `_addmm_activation`: a differentiable call (GLC's vmcr_source=model) takes the
+    plain projection and GELU, whose output and input gradient are diffusers' GELU's."""
+    from diffusers.models.activations import GELU
+
+    def no_derivative(*args, **kwargs):
+        raise AssertionError("the epilogue op was called under autograd")
+
+    monkeypatch.setattr(torch, "_addmm_activation", no_derivative)
+    torch.manual_seed(0)
+    gelu = GELU(8, 12, approximate="tanh")
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    out = EpilogueGELU(gelu.proj)(x)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (ref,) = torch.autograd.grad(gelu(x).square().sum(), x)
+    torch.testing.assert_close(grad, ref)
+
+
 def test_fuse_gelu_projections_on_a_transformer(monkeypatch):
     monkeypatch.setattr(torch, "_addmm_activation", _cuda_addmm_activation)
     backbone = make_tiny()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +55,52 @@ def test_bench_wan_flop_formula_equals_the_flop_counter():
         wan.pipe.transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=wan._embeds[:1],
                              return_dict=False)
     assert bench.forward_flops(wan, wan.window) == counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("name, size", [("tiny-hunyuan15", 16), ("tiny-wan22-ti2v", 32), ("tiny-wan22-a14b", 16)])
+def test_bench_family_flop_formulas_equal_the_flop_counter(name, size):
+    """HunyuanVideo 1.5 (its text rows, refiner and modulation counted apart) and Wan 2.2 (TI2V's per-token time
+    embedding; one A14B expert): bench.py's FLOPs = FlopCounterMode over one tiny forward through the seam's
+    transformer call, math SDPA."""
+    import torch
+    from omegaconf import OmegaConf
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longgen.build import build
+
+    bench = _bench_module()
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml")
+    cfg.height = cfg.width = size
+    backbone = build(cfg, "backbone", name)
+    backbone.load()
+    backbone.encode_prompts(["a red fox in snow"])
+    x = torch.randn(1, backbone.window, *backbone.latent_shape)  # [1, F, C, h, w]
+    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
+        backbone._call_transformer(x, backbone._embeds[:1], torch.tensor([500.0]))
+    assert bench.forward_flops(backbone, backbone.window) == counter.get_total_flops() > 0
+
+
+def test_bench_deadline_projects_w1_from_the_forward_and_the_report_shows_it(tmp_path, monkeypatch):
+    """A W1 step that cannot end before --deadline is not run: 50 steps × 10 windows × 2 × s/forward; the JSON
+    keeps the forward row and scripts/families_report.py turns it into a Markdown row."""
+    bench = _bench_module()
+    out = tmp_path / "W1-tiny.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--backbone", "tiny", "--workload", "W1", "--steps", "2",
+                                      "--forward-batch", "1", "--forward-warmups", "1", "--forward-repeats", "1",
+                                      "--deadline", "1", "--no-decode", "--no-markdown", "--json", str(out),
+                                      "--override", "backbone.height=16", "backbone.width=16"])
+    bench.main()
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert run["steps_measured"] == 0 and run["windows"] == 10
+    assert run["sampling_s"] == pytest.approx(50 * 10 * 2 * result["forward_s_per_sample"])
+    assert run["sampling_formula"].startswith("projected from the forward")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "families_report.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in (tmp_path / "families.md").read_text().splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 1 and "| 10 / 49 / 193 | 0 (–) |" in rows[0] and "projected from the forward" in rows[0]
 
 
 def test_bench_tiny_wan_syncos_slice(tmp_path, monkeypatch):

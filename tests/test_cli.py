@@ -35,6 +35,7 @@ def test_generate_writes_video_story_config_manifest_latents(tmp_path):
     assert [w["start"] for w in manifest["windows"]] == [0, 4, 8, 12]
     assert manifest["transformer_forwards"] == 2 * 4 * 2  # steps x windows x CFG branches
     assert manifest["seed"] == 0 and "torch" in manifest["versions"]
+    assert 100 * 2**20 < manifest["peak_host_memory_bytes"] < 24 * 2**30  # torch + diffusers loaded; KiB read as bytes
     n, _ = imageio_ffmpeg.count_frames_and_secs(str(out / "video.mp4"))
     assert n == 4 * (25 - 1) + 1
     latents = load_file(str(out / "latents.safetensors"))["latents"]

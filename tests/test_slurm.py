@@ -102,6 +102,112 @@ def test_a_schedulers_repeated_signal_is_not_a_second_request(monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def test_a_sweeps_gpus_must_fit_the_jobs_it_is_given():
+    from longgen.commands.generate import validate_sweep
+
+    base = ["-m", "backbone=tiny", "prompt=a cat", "hydra/launcher=submitit_slurm"]
+    cases = [
+        (["gpus=1,2"], "sweep job 1 (backbone=tiny prompt=a\\ cat gpus=2): gpus=2 but hydra.launcher.gpus_per_node=1 "
+                       "gives each job 1 GPU(s): set hydra.launcher.gpus_per_node=2"),
+        (["gpus=all", "hydra.launcher.gpus_per_node=0"], "gpus=all with hydra/launcher=submitit_slurm"),
+        (["gpus=2", "hydra.launcher.gpus_per_node=2", "hydra.launcher.tasks_per_node=2"],
+         "set hydra.launcher.tasks_per_node=1"),
+        (["gpus=2", "hydra.launcher.gpus_per_node=2", "hydra.launcher.nodes=2"], "set hydra.launcher.nodes=1"),
+    ]
+    for extra, line in cases:
+        problem = validate_sweep([*base, *extra])
+        assert problem is not None and line in problem and problem.endswith("no job was started"), (extra, problem)
+    assert validate_sweep([*base, "gpus=1,2,all", "hydra.launcher.gpus_per_node=2"]) is None
+
+
+def test_a_preempted_gpus_job_resumes_on_as_many_processes(tmp_path):
+    from hydra_plugins.longgen_submitit import SlurmLauncher
+
+    from longgen.run.preemption import ResumeRun
+
+    launcher = SlurmLauncher(submitit_folder=str(tmp_path / "s"))
+    launcher.run_dir, launcher.gpus = tmp_path / "0_direct", 2
+    launcher.run_dir.mkdir()
+    (launcher.run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    assert launcher.checkpoint(["gpus=2"], 0, {}).function == ResumeRun(str(launcher.run_dir), 0, ["gpus=2"], 2)
+
+
+def test_the_gpus_launcher_passes_a_schedulers_signal_to_rank_0_after_the_jobs_own_handler(tmp_path):
+    import signal
+    import sys
+    import threading
+
+    from longgen.parallel.launcher import launch
+
+    seen = []
+
+    def note(signum, frame):  # as held_preemption's: the job notes that it was preempted
+        seen.append(signum)
+
+    before = signal.signal(signal.SIGUSR2, note)
+    rank0 = ("import signal, sys, time; signal.signal(signal.SIGUSR2, lambda s, f: sys.exit(7)); "
+             "open(sys.argv[1], 'w').close(); time.sleep(60)")
+    ready = tmp_path / "rank0-ready"
+
+    def signal_when_ready():
+        while not ready.exists():
+            threading.Event().wait(0.02)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    threading.Thread(target=signal_when_ready, daemon=True).start()
+    try:
+        assert launch([sys.executable, "-c", rank0, str(ready)], 1, forward=(signal.SIGUSR2, signal.SIGTERM)) == 7
+        assert signal.getsignal(signal.SIGUSR2) is note  # the job's handler is back once the ranks ended
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert seen == [signal.SIGUSR2]
+
+
+def test_rerun_failed_starts_the_jobs_that_never_ran(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf, open_dict
+
+    from longgen.overrides import hydra_quote
+    from longgen.run import sweep as sweeps
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        config = compose("generate", overrides=["backbone=tiny", "sampler=direct"], return_hydra_config=True)
+    with open_dict(config):  # the sweep's own config, as Hydra writes it into multirun.yaml
+        config.hydra.overrides.task = ["backbone=tiny", "sampler=direct", "seed=0,1,2,3,4"]
+    OmegaConf.save(config, tmp_path / "multirun.yaml")
+    for job, files in [(0, ["manifest.json"]), (1, ["checkpoint.safetensors"]), (3, ["story.json"]),
+                       (4, ["manifest.json"])]:
+        (tmp_path / f"{job}_direct").mkdir()
+        for name in files:
+            (tmp_path / f"{job}_direct" / name).write_text("{}")
+    overrides = ["backbone=tiny", "sampler=direct"]
+    for job, status in [(0, "done"), (1, "failed")]:
+        sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": job, "overrides": [*overrides, f"seed={job}"],
+                                                       "run_dir": str(tmp_path / f"{job}_direct"), "status": status})
+    sweeps.write_summary(tmp_path, sweeps.read_ledger(tmp_path), planned=5)
+    commands = []
+
+    def run(argv, env):
+        commands.append(argv[3:])
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(sweeps.subprocess, "run", run)
+    assert sweeps.rerun_failed(tmp_path) == 0
+    assert commands == [["resume", str(tmp_path / "1_direct")],
+                        ["generate", *overrides, "seed=2", f"hydra.run.dir={hydra_quote(str(tmp_path / '2_direct'))}"],
+                        ["generate", *overrides, "seed=3", f"hydra.run.dir={hydra_quote(str(tmp_path / '3_direct'))}"]]
+    err = capsys.readouterr().err
+    assert "sweep job 4: " in err and "holds a finished run; recorded as done" in err
+    assert err.splitlines()[-1].endswith("started 3 job(s) (1 failed, 1 never started, 1 without a manifest; 1 of "
+                                         "them resumed from a checkpoint); now 5 done, 0 failed")
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert summary["done"] == [0, 1, 2, 3, 4] and summary["not_run"] == [] and summary["failed"] == []
+    assert sweeps.rerun_failed(tmp_path) == 0 and len(commands) == 3  # nothing left to run
+    assert "nothing to run again" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------------- submitit jobs
 @PROCESSES
 def test_preempted_job_is_requeued_and_resumes_to_the_same_bytes(tmp_path):
@@ -143,3 +249,36 @@ def test_chaos_sweep_every_video_as_unpreempted(tmp_path):
     for job in range(jobs):
         name = f"{job}_direct"
         assert torch.equal(latents(tmp_path / "chaos" / name), latents(tmp_path / "calm" / name)), (job, preempt)
+
+
+@PROCESSES
+def test_gpus2_jobs_give_the_bytes_of_one_gpu_also_preempted_and_never_run(tmp_path):
+    # one job on one process, two on two (gloo on the CPU): the second of them stopped by SIGTERM in step 2 (sent to
+    # every process of the job, as SLURM does: rank 0 finishes the step and checkpoints, rank 1 goes on with it)
+    # and requeued as `longgen resume` on two processes
+    base = tmp_path / "s"
+    proc = sweep(base, "0", 3, "2:2:SIGTERM+ranks", "gpus=1,2,2", "backbone.micro_batch=1",
+                 "hydra.launcher.gpus_per_node=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((base / "sweep.json").read_text())
+    assert summary["done"] == [0, 1, 2] and summary["requeued"] == [2] and summary["failed"] == [], summary
+    runs = [base / f"{job}_direct" for job in range(3)]
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in runs]
+    assert [m["distributed"]["world_size"] for m in manifests] == [1, 2, 2]
+    assert all(m["distributed"]["ranks"][1]["units"] > 0 for m in manifests[1:])  # rank 1 did its share
+    assert manifests[2]["resumed"]["after_step"] == 2 and manifests[2]["distributed"]["launcher"] == "submitit gpus=2"
+    assert torch.equal(latents(runs[1]), latents(runs[0])) and torch.equal(latents(runs[2]), latents(runs[0]))
+    assert not (runs[2] / "checkpoint.safetensors").exists()
+
+    # job 0 as if it never ran (no ledger line, no directory): --rerun-failed starts it from multirun.yaml
+    reference = latents(runs[0])
+    ledger = base / "sweep-jobs.jsonl"
+    ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines() if json.loads(line)["job"]))
+    import shutil
+
+    shutil.rmtree(runs[0])
+    rerun = run_cli("generate", "--rerun-failed", str(base))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "started 1 job(s) (1 never started; 0 of them resumed" in rerun.stderr.splitlines()[-1]
+    assert torch.equal(latents(runs[0]), reference)
+    assert json.loads((base / "sweep.json").read_text())["done"] == [0, 1, 2]

@@ -550,9 +550,24 @@ class DiffusersBackbone(Backbone):
                              f"frames: expected ({frames},) or ({batch}, {frames})")
 
     def predict_grad(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:
-        """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated."""
-        with torch.enable_grad():
+        """`predict` with autograd enabled (differentiable in x_t); the model's weights are not updated.
+
+        Memory: diffusers' gradient checkpointing keeps only each block's inputs and recomputes the block in the
+        backward pass (a whole CogVideoX-2B window of 13 latent frames otherwise holds ~1 GB of activations per
+        layer and CFG row: 66 GB for its 30 layers and two rows, which ran the lane out of an H200). It acts only
+        under autograd, so `predict` is untouched. The compiled blocks run eagerly here (`force_eager`): grad mode
+        and the deterministic backward would each add a compiled graph per block and shape, past Dynamo's
+        recompile limit, for calls made once per window and step."""
+        self._checkpoint_blocks()
+        with torch.enable_grad(), torch.compiler.set_stance("force_eager"):
             return self._predict(x_t, t, prompt_ids, guidance_scale)
+
+    def _checkpoint_blocks(self) -> None:
+        """Turn on diffusers' gradient checkpointing in every transformer of the pipeline (once)."""
+        for name in ("transformer", "transformer_2"):
+            model = getattr(self.pipe, name, None)
+            if model is not None and not getattr(model, "gradient_checkpointing", True):
+                model.enable_gradient_checkpointing()
 
     @contextlib.contextmanager
     def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> Iterator[None]:

@@ -28,6 +28,8 @@ class EpilogueGELU(nn.Module):
         self.proj = proj
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., dim_in]
+        if torch.is_grad_enabled() and hidden_states.requires_grad:  # the epilogue op has no derivative in torch
+            return nn.functional.gelu(self.proj(hidden_states), approximate="tanh")  # diffusers' GELU, two passes
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # [tokens, dim_in]
         out = torch._addmm_activation(self.proj.bias, flat, self.proj.weight.t(), use_gelu=True)  # [tokens, dim_out]
         return out.view(*hidden_states.shape[:-1], out.shape[-1])

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, job_message, plan_job, write_run_config
+from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
 from longgen.run.sweep import recorded_job
 from longgen.rundir import RunDirectory, write_text
@@ -38,6 +39,8 @@ def validate_sweep(args: list[str]) -> str | None:
     from longgen.config_search import compose_setup, overrides_only
 
     overrides = [a for a in overrides_only(args) if "=" in a and not a.lstrip("+~").startswith("hydra")]
+    # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given
+    launcher = [a for a in overrides_only(args) if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher."))]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -51,9 +54,10 @@ def validate_sweep(args: list[str]) -> str | None:
         with context:
             for number_, job in enumerate(jobs):
                 try:
-                    cfg = compose(primary, overrides=job + search_path, return_hydra_config=True)
+                    cfg = compose(primary, overrides=job + launcher + search_path, return_hydra_config=True)
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
+                    check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors

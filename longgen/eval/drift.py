@@ -29,11 +29,22 @@ class LabStats:
 
 def lab_statistics(frames: np.ndarray) -> LabStats:
     """Per-frame CIELAB statistics of uint8 RGB frames [T, H, W, 3]."""
-    stats = np.empty((len(frames), 4))
-    for t, frame in enumerate(frames):
-        lab = cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # [H, W, 3] float32
-        stats[t, :3] = lab.reshape(-1, 3).mean(axis=0)
-        stats[t, 3] = lab[..., 0].std()
+    return stack_statistics([frame_statistics(frame) for frame in frames])
+
+
+def frame_statistics(frame: np.ndarray) -> np.ndarray:
+    """(mean L*, mean a*, mean b*, std L*) of one uint8 RGB frame [H, W, 3], float64 [4]: what a video read one
+    frame at a time keeps of each frame for the drift metrics."""
+    lab = cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # [H, W, 3] float32
+    stats = np.empty(4)
+    stats[:3] = lab.reshape(-1, 3).mean(axis=0)
+    stats[3] = lab[..., 0].std()
+    return stats
+
+
+def stack_statistics(rows: list[np.ndarray]) -> LabStats:
+    """LabStats from the per-frame rows of `frame_statistics`, in frame order."""
+    stats = np.stack(rows) if rows else np.empty((0, 4))  # [T, 4]
     return LabStats(L=stats[:, 0], a=stats[:, 1], b=stats[:, 2], L_std=stats[:, 3])
 
 

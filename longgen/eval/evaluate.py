@@ -1,6 +1,6 @@
 """Run the metrics on one video and write its eval.json.
 
-Stages, each a pure function of frames (and latents) from the metric modules:
+Stages, each from the metric modules (pure functions of frames, or the same fed one frame at a time):
   pixel differences → flicker → analysis frames (downscaled) → flow (warp, motion) → seams → colour drift →
   scene cuts → long-horizon similarity (SSIM curve, repetition, freeze) → model metrics (local weights only).
 
@@ -16,10 +16,12 @@ warping errors and SSIM values are those of the downscaled frames (compare them 
 PySceneDetect itself downscales frames wider than 256 pixels before detecting cuts, so detection at 360 pixels is
 at least as fine as its default.
 
-Memory: a video is read one frame at a time (`read_streamed`): the full-resolution differences are taken against
-the previous frame, every frame is downscaled to its analysis size at once, and the model metrics see chunks of
-`models.batch` full frames; so at most one chunk of full frames is held, whatever the length (a 1-minute 4K clip
-was 45 GB read whole), and what grows with the length is the analysis frames (≤ 360 pixels on the long side).
+Memory: a video file is read one frame at a time and every stage is fed as it arrives (measured.py,
+`measure_file`): the full-resolution differences are taken against the previous frame, flow against the previous
+analysis frame, PySceneDetect keeps its previous frame, and the model metrics see chunks of `models.batch` full
+frames; what is kept per frame is a few floats (curves, Lab statistics; the model metrics' feature vectors, 2–3 kB)
+and, on disk, one uint8 grey stats frame for the SSIM curve and repetition. So memory is flat in the video's
+length (benchmarks/README.md, "eval memory vs length"). `measure` takes frames already in memory instead.
 
 eval.json (written atomically: a temporary file, then a rename) holds `summary` (one number per metric, the report
 and the table read these), `curves` (per frame or per pair, for plots), `seams` (per window boundary), `scenes`,
@@ -34,15 +36,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import cv2
 import numpy as np
 
 from longgen.errors import UsageError
-from longgen.eval import drift, flicker, flow, scenes, seams, similarity
-from longgen.eval.inputs import Geometry, Target, read_latents
+from longgen.eval import drift, flicker, flow, seams, similarity
+from longgen.eval.inputs import Geometry, Target, read_latent_moves
+from longgen.eval.measured import Measured, measured_in_memory, measure_file
 from longgen.eval.settings import Settings, default_settings
 from longgen.rundir import write_text
 
@@ -60,95 +61,8 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = round(time.perf_counter() - t0, 3)
 
 
-def analysis_factor(height: int, width: int, long_side: int) -> int:
-    """The smallest whole factor k with max(H, W)/k ≤ long_side."""
-    return max(1, math.ceil(max(height, width) / long_side))
-
-
-def downscale(frame: np.ndarray, k: int) -> np.ndarray:
-    """One uint8 frame [H, W, 3] area-downscaled by the whole factor k → [H // k, W // k, 3]."""
-    if k == 1:
-        return frame
-    h, w = frame.shape[:2]
-    return cv2.resize(frame, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
-
-
-def analysis_frames(frames: np.ndarray, long_side: int) -> tuple[np.ndarray, int]:
-    """Frames area-downscaled by the smallest whole factor k with max(H, W)/k ≤ long_side, and k."""
-    k = analysis_factor(*frames.shape[1:3], long_side)
-    if k == 1:
-        return frames, 1
-    return np.stack([downscale(f, k) for f in frames]), k
-
-
-@dataclass
-class Video:
-    """What the metrics need of a video: its geometry and rate, the full-resolution differences of consecutive
-    frames (float64 [T − 1]) and the analysis frames (uint8 [T, h, w, 3], downscaled by `factor`)."""
-
-    fps: float
-    height: int
-    width: int
-    differences: np.ndarray
-    small: np.ndarray
-    factor: int
-
-    @property
-    def frames(self) -> int:
-        return len(self.small)
-
-    @classmethod
-    def of(cls, frames: np.ndarray, fps: float, long_side: int) -> "Video":
-        """From frames already in memory (uint8 [T, H, W, 3])."""
-        small, factor = analysis_frames(frames, long_side)
-        return cls(fps, *frames.shape[1:3], flicker.frame_differences(frames), small, factor)
-
-
-def read_streamed(path: Path, long_side: int, chunk: int = 16,
-                  on_chunk: Callable[[np.ndarray], None] | None = None) -> Video:
-    """Read a video one frame at a time into a `Video` (never more than `chunk` full frames held); `on_chunk`
-    receives the full frames in chunks of `chunk` (uint8 [n, H, W, 3]) for the model metrics. One line when ffmpeg
-    cannot read it or it has fewer than 2 frames."""
-    import imageio_ffmpeg
-
-    differences: list[float] = []
-    small: list[np.ndarray] = []
-    held: list[np.ndarray] = []
-    previous = None
-    reader = None
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        meta = next(reader)
-        width, height = (int(v) for v in meta["size"])
-        factor = analysis_factor(height, width, long_side)
-        for raw in reader:
-            frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
-            if previous is not None:
-                differences.append(float(cv2.absdiff(frame, previous).mean()))  # as flicker.frame_differences
-            small.append(downscale(frame, factor))
-            previous = frame
-            if on_chunk is not None:
-                held.append(frame)
-                if len(held) == chunk:
-                    on_chunk(np.stack(held))
-                    held = []
-        if on_chunk is not None and held:
-            on_chunk(np.stack(held))
-    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} is not a video ffmpeg can read ({reason})") from None
-    finally:
-        if reader is not None:
-            reader.close()
-    if len(small) < 2:
-        raise UsageError(f"{path} has {len(small)} frame(s); at least 2 are needed to measure a video")
-    fps = float(meta.get("fps") or 0) or 8.0
-    return Video(fps, height, width, np.asarray(differences, dtype=np.float64), np.stack(small), factor)
-
-
 # ---------------------------------------------------------------------------------------------------- stages
-def flow_stage(small: np.ndarray, factor: int, fps: float, height: int, width: int, settings: Settings):
-    curves = flow.flow_curves(small, settings.flow, scale=float(factor))
+def flow_stage(curves: flow.FlowCurves, fps: float, height: int, width: int):
     is_dynamic, share = flow.dynamic_degree(curves.motion_top5, fps, height, width)
     summary = {
         "warp_error": _nanmean(curves.warp),
@@ -159,9 +73,10 @@ def flow_stage(small: np.ndarray, factor: int, fps: float, height: int, width: i
     return summary, {"warp": curves.warp, "motion_px": curves.motion}
 
 
-def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | None, latents: np.ndarray | None,
+def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | None, moves: np.ndarray | None,
                settings: Settings):
-    """Per-boundary seam ratios: frame difference and warping error (pixels), and latents; empty without a plan."""
+    """Per-boundary seam ratios: frame difference and warping error (pixels), and the latents' transition
+    differences `moves` [F] when there are latents; empty without a plan."""
     if geometry is None:
         return {}, [], None
     length, c = geometry.latent_length, geometry.compression
@@ -172,8 +87,7 @@ def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | N
     motion = seams.seam_ratios(warped, boundaries, settings.seam_radius,
                                max(WARP_SEAM_FLOOR, seams.relative_floor(warped)))
     latent: dict[int, float] = {}
-    if latents is not None and len(latents) == length:
-        moves = seams.transition_differences_from_latents(latents)
+    if moves is not None and len(moves) == length:
         latent = seams.seam_ratios(moves, boundaries, settings.seam_radius, seams.relative_floor(moves))
     rows = []
     for b in boundaries:
@@ -199,8 +113,7 @@ def seam_stage(differences: np.ndarray, warp: np.ndarray, geometry: Geometry | N
     return summary, rows, info
 
 
-def drift_stage(small: np.ndarray, fps: float, reference_frames: int):
-    stats = drift.lab_statistics(small)
+def drift_stage(stats: drift.LabStats, fps: float, reference_frames: int):
     delta = drift.delta_e_from_reference(stats, reference_frames)
     worst = int(np.argmax(delta))
     summary = {
@@ -209,23 +122,22 @@ def drift_stage(small: np.ndarray, fps: float, reference_frames: int):
         "drift_L_per_s": drift.slope_per_second(stats.L, fps),
         "drift_a_per_s": drift.slope_per_second(stats.a, fps),
         "drift_b_per_s": drift.slope_per_second(stats.b, fps),
-        "drift_reference_frames": min(reference_frames, len(small)),
+        "drift_reference_frames": min(reference_frames, len(stats.L)),
     }
     curves = {"lab_L": stats.L, "lab_a": stats.a, "lab_b": stats.b, "lab_L_std": stats.L_std, "delta_e": delta}
     return summary, curves
 
 
-def scene_stage(small: np.ndarray, fps: float, settings: Settings):
-    cuts = scenes.scene_cuts(small, fps, settings.scene_threshold, settings.scene_min_len)
+def scene_stage(cuts: list[int], settings: Settings):
     return {"num_scenes": len(cuts) + 1}, {"cuts": cuts, "threshold": settings.scene_threshold,
                                            "min_scene_len": settings.scene_min_len}
 
 
-def similarity_stage(small: np.ndarray, differences: np.ndarray, fps: float, settings: Settings):
-    lags, values = similarity.lag_curve(similarity.SsimFrames(small), settings.ssim_pairs_per_lag)
-    score, lag = similarity.repetition(small, max(2, round(fps * settings.repetition_gap_s)))
-    share, longest = similarity.freeze(differences, settings.freeze_mae)
-    far = values[lags >= (len(small) - 1) / 2]
+def similarity_stage(measured: Measured, settings: Settings):
+    lags, values = measured.ssim_lags, measured.ssim
+    score, lag = measured.repetition
+    share, longest = similarity.freeze(measured.differences, settings.freeze_mae)
+    far = values[lags >= (measured.frames - 1) / 2]
     summary = {
         "ssim_adjacent": float(values[0]),
         "ssim_long_range": float(np.mean(far)) if far.size else float(values[-1]),
@@ -239,44 +151,39 @@ def similarity_stage(small: np.ndarray, differences: np.ndarray, fps: float, set
 
 def measure(frames: np.ndarray, fps: float, settings: Settings, geometry: Geometry | None = None,
             latents: np.ndarray | None = None) -> dict:
-    """Every weight-free metric of uint8 RGB frames [T, H, W, 3]."""
-    return measure_video(Video.of(frames, fps, settings.analysis_long_side), settings, geometry, latents)
+    """Every weight-free metric of uint8 RGB frames [T, H, W, 3] held in memory (the plain whole-array path; a
+    video file is read one frame at a time instead, `measured.measure_file`, with the same results)."""
+    moves = None if latents is None else seams.transition_differences_from_latents(latents)
+    return summarise(measured_in_memory(frames, fps, settings), settings, geometry, moves)
 
 
-def measure_video(video: Video, settings: Settings, geometry: Geometry | None = None,
-                  latents: np.ndarray | None = None) -> dict:
-    """Every weight-free metric of a video (its differences and analysis frames)."""
-    timings: dict[str, float] = {}
-    height, width, fps, small, factor = video.height, video.width, video.fps, video.small, video.factor
-    with _timed(timings, "flicker"):
-        differences = video.differences
-        summary: dict[str, Any] = {"flicker": flicker.temporal_flickering(differences)}
-        curves: dict[str, Any] = {"frame_mae": differences}
-    with _timed(timings, "downscale"):
-        tiny, _ = analysis_frames(small, settings.stats_long_side)
-    with _timed(timings, "flow"):
-        part, more = flow_stage(small, factor, fps, height, width, settings)
-        summary.update(part)
-        curves.update(more)
+def summarise(measured: Measured, settings: Settings, geometry: Geometry | None = None,
+              moves: np.ndarray | None = None) -> dict:
+    """The eval.json content (less the run facts and the model metrics) of a video's measurements; `moves` [F]:
+    the latents' transition differences, if any."""
+    timings = {k: round(v, 3) for k, v in measured.timings.items()}
+    differences = measured.differences
+    summary: dict[str, Any] = {"flicker": flicker.temporal_flickering(differences)}
+    curves: dict[str, Any] = {"frame_mae": differences}
+    part, more = flow_stage(measured.flow, measured.fps, measured.height, measured.width)
+    summary.update(part)
+    curves.update(more)
     with _timed(timings, "seams"):
-        part, seam_rows, geometry_info = seam_stage(differences, curves["warp"], geometry, latents, settings)
+        part, seam_rows, geometry_info = seam_stage(differences, curves["warp"], geometry, moves, settings)
         summary.update(part)
-    with _timed(timings, "drift"):
-        reference = geometry.frames_for(geometry.window) if geometry else settings.drift_reference_frames
-        part, more = drift_stage(tiny, fps, reference)
-        summary.update(part)
-        curves.update(more)
-    with _timed(timings, "scenes"):
-        part, scene_info = scene_stage(small, fps, settings)
-        summary.update(part)
-    with _timed(timings, "similarity"):
-        part, more = similarity_stage(tiny, differences, fps, settings)
-        summary.update(part)
-        curves.update(more)
+    reference = geometry.frames_for(geometry.window) if geometry else settings.drift_reference_frames
+    part, more = drift_stage(measured.lab, measured.fps, reference)
+    summary.update(part)
+    curves.update(more)
+    part, scene_info = scene_stage(measured.cuts, settings)
+    summary.update(part)
+    part, more = similarity_stage(measured, settings)
+    summary.update(part)
+    curves.update(more)
     return {
-        "video_info": {"frames": video.frames, "fps": fps, "width": width, "height": height,
-                       "analysis_size": [small.shape[2], small.shape[1]], "analysis_factor": factor,
-                       "stats_size": [tiny.shape[2], tiny.shape[1]]},
+        "video_info": {"frames": measured.frames, "fps": measured.fps, "width": measured.width,
+                       "height": measured.height, "analysis_size": list(measured.analysis_size),
+                       "analysis_factor": measured.factor, "stats_size": list(measured.stats_size)},
         "summary": summary,
         "curves": curves,
         "seams": seam_rows,
@@ -406,15 +313,15 @@ def evaluate_target(target: Target, settings: Settings, models: ModelMetrics | N
     with_models = models is not None and bool(models.names)
     if with_models:
         models.start()
-    video = read_streamed(target.video, settings.analysis_long_side, chunk=models.batch if with_models else 16,
+    measured = measure_file(target.video, settings, chunk=models.batch if with_models else 16,
                           on_chunk=models.add if with_models else None)  # the model metrics see full frames
-    latents = read_latents(target.latents) if target.latents else None
+    moves = read_latent_moves(target.latents) if target.latents else None
     result = {"schema": SCHEMA, "label": target.label, "video": str(target.video),
               "run_dir": str(target.run_dir) if target.run_dir else None, "run": run_facts(target)}
-    result.update(measure_video(video, settings, target.geometry, latents))
+    result.update(summarise(measured, settings, target.geometry, moves))
     if with_models:
         t1 = time.perf_counter()
-        prompts = frame_prompts(target, video.frames, prompt)
+        prompts = frame_prompts(target, measured.frames, prompt)
         if prompts is None and "prompt_fidelity" in models.names:
             log.info("prompt_fidelity skipped for %s: no story.json beside it and no prompt=…", target.video)
         summary, detail = models.finish(prompts)

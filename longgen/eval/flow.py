@@ -25,6 +25,8 @@ rule exactly; at other rates VBench first subsamples the video to ≈ 8 fps, whi
 
 Everything here runs on frames already downscaled by the caller (see evaluate.analysis_frames); `scale` converts
 flow magnitudes back to pixels of the original video. Warping errors are those of the downscaled frames.
+`flow_curves` takes frames held in memory; `FlowStream` computes the same numbers fed one frame at a time (it keeps
+the previous frame and three floats per pair), which is how `longgen eval` reads a video of any length.
 """
 
 from __future__ import annotations
@@ -114,19 +116,49 @@ class FlowCurves:
 
 
 def flow_curves(frames: np.ndarray, method: str, scale: float = 1.0) -> FlowCurves:
-    """Forward and backward flow of every consecutive pair of uint8 RGB frames [T, h, w, 3]."""
+    """Forward and backward flow of every consecutive pair of uint8 RGB frames [T, h, w, 3] held in memory."""
     estimate = FlowEstimator(method)
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     n = len(frames) - 1
     warp, motion, top5 = np.empty(n), np.empty(n), np.empty(n)
     for t in range(n):
-        forward = estimate(grey[t], grey[t + 1])
-        backward = estimate(grey[t + 1], grey[t])
-        warp[t] = warping_error(frames[t], frames[t + 1], forward, backward)
-        magnitude = cv2.magnitude(forward[..., 0], forward[..., 1]).ravel() * np.float32(scale)
-        motion[t] = magnitude.mean(dtype=np.float64)
-        top5[t] = top_share_mean(magnitude, 0.05)
+        warp[t], motion[t], top5[t] = pair_measures(estimate, frames[t], frames[t + 1], grey[t], grey[t + 1], scale)
     return FlowCurves(warp=warp, motion=motion, motion_top5=top5)
+
+
+def pair_measures(estimate: FlowEstimator, frame_a: np.ndarray, frame_b: np.ndarray, grey_a: np.ndarray,
+                  grey_b: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """(warping error, mean magnitude, mean of the top 5 % magnitudes) of one pair: RGB uint8 [h, w, 3] and their
+    grey versions [h, w]; magnitudes × `scale` (pixels of the original video)."""
+    forward = estimate(grey_a, grey_b)
+    backward = estimate(grey_b, grey_a)
+    warp = warping_error(frame_a, frame_b, forward, backward)
+    # |F| per pixel, float32 [h·w]; not cv2.magnitude, whose last bits vary from call to call (its vector and scalar
+    # paths split the pixels by where the buffer happens to be allocated)
+    dx, dy = forward[..., 0], forward[..., 1]
+    magnitude = np.sqrt(dx * dx + dy * dy).ravel() * np.float32(scale)
+    return warp, float(magnitude.mean(dtype=np.float64)), top_share_mean(magnitude, 0.05)
+
+
+class FlowStream:
+    """The same curves as `flow_curves`, fed one frame at a time (`add`); holds only the previous frame."""
+
+    def __init__(self, method: str, scale: float = 1.0) -> None:
+        self.estimate = FlowEstimator(method)
+        self.scale = scale
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None  # (RGB [h, w, 3], grey [h, w])
+        self.rows: list[tuple[float, float, float]] = []  # per pair (warp, motion, top 5 %)
+
+    def add(self, frame: np.ndarray) -> None:
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if self.previous is not None:
+            frame_a, grey_a = self.previous
+            self.rows.append(pair_measures(self.estimate, frame_a, frame, grey_a, grey, self.scale))
+        self.previous = (frame, grey)
+
+    def curves(self) -> FlowCurves:
+        rows = np.asarray(self.rows, dtype=np.float64).reshape(-1, 3)  # [T−1, 3]
+        return FlowCurves(warp=rows[:, 0].copy(), motion=rows[:, 1].copy(), motion_top5=rows[:, 2].copy())
 
 
 def top_share_mean(values: np.ndarray, share: float) -> float:

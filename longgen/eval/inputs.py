@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from longgen.errors import UsageError
+from longgen.eval import seams
 
 
 @dataclass
@@ -154,15 +155,27 @@ def read_video(path: Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def read_latents(path: Path) -> np.ndarray | None:
-    """Latents [F, C, H, W] from latents.safetensors (key `latents`), or None when unreadable."""
-    from safetensors.numpy import load_file
+def read_latent_moves(path: Path, chunk: int = 16) -> np.ndarray | None:
+    """The latent transition differences D [F] (`seams.transition_differences_from_latents`) of latents.safetensors
+    (key `latents`, [F, C, H, W]), read `chunk` latent frames at a time so the latents are never held whole; None
+    when unreadable or not 4-D."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        latents = load_file(str(path)).get("latents")
-    except (OSError, ValueError, RuntimeError):
+        with safe_open(str(path), framework="numpy") as file:
+            if "latents" not in file.keys():
+                return None
+            latents = file.get_slice("latents")
+            shape = latents.get_shape()
+            if len(shape) != 4 or shape[0] < 1:
+                return None
+            moves = [np.full(1, np.nan)]  # D[0] is undefined
+            for start in range(0, shape[0] - 1, chunk):
+                block = latents[start: min(shape[0], start + chunk + 1)]  # [≤ chunk + 1, C, H, W], one frame shared
+                moves.append(seams.transition_differences_from_latents(block)[1:])
+    except (OSError, ValueError, RuntimeError, SafetensorError):
         return None
-    return latents if latents is not None and latents.ndim == 4 else None
+    return np.concatenate(moves)
 
 
 def probe_video(path: Path) -> None:

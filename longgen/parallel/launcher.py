@@ -1,6 +1,10 @@
 """`gpus=N`: start a command as N processes, one per GPU (torch.distributed's TCPStore for the rendezvous, the
 same environment torchrun gives), supervise them, and turn a rank that dies into one line. Also the checks that
 refuse a launch before anything starts (too few GPUs, a CPU run, a command that runs in one process).
+
+A submitit job with gpus=N (hydra/launcher=submitit_slurm, longgen/run/preemption.py) gets N GPUs and one task:
+its job function runs the Hydra job itself, so it becomes rank 0 in place (`hosting`) and starts the other N - 1
+ranks with the same environment; its requeued attempt (`longgen resume`) is an ordinary `launch`.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 
 from longgen.errors import UsageError
+from longgen.parallel import units
 from longgen.parallel.units import DEFAULT_TIMEOUT
 
 log = logging.getLogger("longgen")
@@ -82,45 +89,124 @@ def check_launch(command: str, args: list[str], size: int) -> None:
         )
 
 
-def launch(command: list[str], nprocs: int, grace: float = 30.0) -> int:
-    """Run `command` as `nprocs` processes with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT; the key-value store lives here, so it outlives any rank). Returns the exit status: rank 0's, or 1
-    with one line when a rank died without saying why. Ctrl-C is left to rank 0 (the others ignore it); SIGTERM is
-    passed on to rank 0."""
+#: the variables that say who a process is in its group (torchrun's names)
+_RANK_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+              "TORCHELASTIC_USE_AGENT_STORE", "LONGGEN_LAUNCHER")
+
+
+def _host_store():
+    """The group's key-value store, served by this process (so it outlives every rank it starts)."""
     import torch.distributed as dist
 
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=DEFAULT_TIMEOUT))
-    keys = dist.PrefixStore("longgen/", store)
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
-    base.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo over loopback, whatever the hostname resolves to
-    procs: list[subprocess.Popen] = []
-    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=DEFAULT_TIMEOUT))
 
-    def forward_term(signum, frame):  # e.g. a scheduler's preemption: rank 0 checkpoints and stops the others
+
+def _rank_env(rank: int, nprocs: int, port: int, label: str) -> dict[str, str]:
+    """torchrun's environment for `rank` of `nprocs` on this host (the store on `port`)."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_WORLD_SIZE": str(nprocs),
+            "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True", "LONGGEN_LAUNCHER": label}
+
+
+def _base_env() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in _RANK_KEYS}
+    base.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo over loopback, whatever the hostname resolves to
+    return base
+
+
+def launch(command: list[str], nprocs: int, grace: float = 30.0, forward: Sequence[int] = (signal.SIGTERM,),
+           label: str | None = None) -> int:
+    """Run `command` as `nprocs` processes with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT; the key-value store lives here, so it outlives any rank). Returns the exit status: rank 0's, or 1
+    with one line when a rank died without saying why. Ctrl-C is left to rank 0 (the others ignore it); the
+    `forward` signals (a scheduler's: SIGTERM, and SIGUSR2 in a submitit job) are passed on to rank 0, after the
+    handler this process had for them, when it had one."""
+    import torch.distributed as dist
+
+    store = _host_store()
+    keys = dist.PrefixStore("longgen/", store)
+    base = _base_env()
+    procs: list[subprocess.Popen] = []
+    old_int = signal.getsignal(signal.SIGINT)
+    old = {sig: signal.getsignal(sig) for sig in forward}
+
+    def forward_to_rank0(signum, frame):  # e.g. a scheduler's preemption: rank 0 checkpoints and stops the others
+        if callable(old[signum]):
+            old[signum](signum, frame)
         with contextlib.suppress(ProcessLookupError):
-            procs[0].send_signal(signal.SIGTERM)
+            procs[0].send_signal(signum)
 
     try:
         for rank in range(nprocs):
-            env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs),
-                   "LOCAL_WORLD_SIZE": str(nprocs), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-                   "LONGGEN_LAUNCHER": f"gpus={nprocs}"}
-            procs.append(subprocess.Popen(command, env=env))
+            procs.append(subprocess.Popen(command, env={**base, **_rank_env(rank, nprocs, store.port,
+                                                                            label or f"gpus={nprocs}")}))
             if rank == 0:
                 # Ctrl-C is rank 0's to handle (finish the step, save, stop the others): the launcher and the ranks
                 # started from here on ignore it (an ignored signal stays ignored across exec)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, forward_term)
+                for sig in forward:
+                    signal.signal(sig, forward_to_rank0)
         return _supervise(procs, keys, grace)
     finally:
         signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@contextlib.contextmanager
+def hosting(command: list[str], nprocs: int, label: str, grace: float = 30.0) -> Iterator[units.Group]:
+    """This process as rank 0 of `nprocs` and the other ranks started as `command` (a longgen command: they join
+    the group and follow rank 0's jobs, longgen/run/follower.py), for as long as inside. For a job function that
+    runs the job itself (a submitit job with gpus=N); `launch` is the same for a command line. A rank that dies is
+    written into the store for rank 0 to report as one line; on leaving, the others are told to end and awaited."""
+    import torch.distributed as dist
+
+    store = _host_store()
+    keys = dist.PrefixStore("longgen/", store)
+    base = _base_env()
+    saved = {k: os.environ.get(k) for k in (*_RANK_KEYS, "GLOO_SOCKET_IFNAME")}
+    os.environ.update({**_rank_env(0, nprocs, store.port, label), "GLOO_SOCKET_IFNAME": base["GLOO_SOCKET_IFNAME"]})
+    procs = [subprocess.Popen(command, env={**base, **_rank_env(rank, nprocs, store.port, label)})
+             for rank in range(1, nprocs)]
+    ended = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(procs, keys, ended), daemon=True)
+    watcher.start()
+    try:
+        yield units.attach()
+    finally:
+        ended.set()
+        watcher.join()
+        units.detach()
+        _await(procs, grace)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _watch(followers: list[subprocess.Popen], keys, ended: threading.Event) -> None:
+    """Until `ended`: the first rank of `followers` (ranks 1, 2, …) that dies or fails goes into the store."""
+    while not ended.wait(0.1):
+        for rank, p in enumerate(followers, 1):
+            code = p.poll()
+            if code is not None and code != 0:
+                with contextlib.suppress(Exception):
+                    keys.compare_set("fail", "", _why(rank, code))
+                return
+
+
+def _why(rank: int, code: int) -> str:
+    """What became of a rank that exited with `code` (a negative code: killed by that signal)."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        return f"rank {rank} was killed by {name}{' (out of host memory?)' if name == 'SIGKILL' else ''}"
+    return f"rank {rank} exited with status {code}"
 
 
 def _supervise(procs: list[subprocess.Popen], keys, grace: float) -> int:
@@ -139,13 +225,8 @@ def _supervise(procs: list[subprocess.Popen], keys, grace: float) -> int:
         for rank, p in enumerate(procs[1:], 1):
             code = p.poll()
             if code is not None and code != 0 and stop_at is None:
-                if code < 0:
-                    name = signal.Signals(-code).name
-                    why = f"rank {rank} was killed by {name}{' (out of host memory?)' if name == 'SIGKILL' else ''}"
-                else:
-                    why = f"rank {rank} exited with status {code}"
                 with contextlib.suppress(Exception):
-                    keys.compare_set("fail", "", why)
+                    keys.compare_set("fail", "", _why(rank, code))
                 stop_at = time.monotonic() + grace
         if stop_at is not None and time.monotonic() > stop_at:
             procs[0].send_signal(signal.SIGTERM)
@@ -169,6 +250,13 @@ def _await(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
+def scheduled(args: list[str]) -> bool:
+    """Whether the command line sends its jobs to a scheduler (hydra/launcher=submitit_*): each job then starts
+    its own processes on the GPUs it is given (`hosting`), checked against them before the sweep starts."""
+    return any(a.partition("=")[0] == "hydra/launcher" and a.partition("=")[2].startswith("submitit_")
+               for a in args)
+
+
 #: flags that only print (help, config): they never start processes
 _SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version"}
 
@@ -180,7 +268,7 @@ def launch_if_asked(command: str, args: list[str]) -> int | None:
         check_launch(command, args, int(os.environ["WORLD_SIZE"]))
         return None
     value = requested_gpus(command, args)
-    if value in (None, "1") or any(a in _SHOW_ONLY for a in args):
+    if value in (None, "1") or any(a in _SHOW_ONLY for a in args) or scheduled(args):
         return None
     n = gpu_count(value, command, args)
     check_launch(command, args, n)

@@ -550,17 +550,19 @@ class Group(Units):
         self._teardown(code)
         return code
 
-    def finish(self) -> None:
-        """Rank 0 at exit: tell the followers there is nothing more, wait for them briefly, tear down."""
+    def finish(self, exit_when_broken: bool = True) -> None:
+        """Rank 0 at exit: tell the followers there is nothing more, wait for them briefly, tear down. A group
+        broken by a failed peer is aborted and the process leaves at once, unless `exit_when_broken` is False (the
+        process goes on alone: a submitit job that records its outcome)."""
         with contextlib.suppress(Exception):
             self.store.set("end", "1")
             deadline = time.monotonic() + 10
             left = [f"left/{r}" for r in range(1, self.size)]
             while time.monotonic() < deadline and not all(self.store.check([k]) for k in left):
                 time.sleep(0.02)
-        self._teardown(None)
+        self._teardown(None, exit_when_broken)
 
-    def _teardown(self, code: int | None) -> None:
+    def _teardown(self, code: int | None, exit_when_broken: bool = True) -> None:
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -573,6 +575,8 @@ class Group(Units):
             with contextlib.suppress(Exception):
                 aborter.start()
                 aborter.join(5)
+            if not exit_when_broken:
+                return
             sys.stdout.flush()
             sys.stderr.flush()
             logging.shutdown()
@@ -595,10 +599,27 @@ def attach() -> Group | None:
         return None
     import atexit
 
+    if int(os.environ.get("RANK", "0")) != 0 and os.environ.get("SUBMITIT_EXECUTOR"):
+        # a scheduler signals every process of a job (SLURM), but stopping is rank 0's to decide: it finishes the
+        # step, checkpoints and stops the others (a rank that died of the signal would lose the step)
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
     _GROUP = Group.from_env()
     if _GROUP.rank == 0:
         atexit.register(_GROUP.finish)
     return _GROUP
+
+
+def detach() -> None:
+    """Rank 0 leaves its group (the others are told to end) and this process runs alone again."""
+    global _GROUP
+    if _GROUP is None:
+        return
+    import atexit
+
+    atexit.unregister(_GROUP.finish)
+    group, _GROUP = _GROUP, None
+    group.finish(exit_when_broken=False)
 
 
 def current() -> Units:

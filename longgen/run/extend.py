@@ -536,7 +536,8 @@ def join_seam(frames: np.ndarray, join: int, compression: int, radius: int) -> d
     blocks of latent frames within ±radius of it (longgen/eval/seams.py), for the frame difference and the warping
     error. frames: uint8 [T, H, W, 3] of extended.mp4; join: index of the first new frame."""
     from longgen.eval import flicker, flow, seams
-    from longgen.eval.evaluate import PIXEL_SEAM_FLOOR, WARP_SEAM_FLOOR, analysis_frames
+    from longgen.eval.evaluate import PIXEL_SEAM_FLOOR, WARP_SEAM_FLOOR
+    from longgen.eval.measured import analysis_frames
     from longgen.eval.settings import default_settings
 
     settings = default_settings()

@@ -16,6 +16,13 @@ again). `checkpoint()` returns a `ResumeRun` when the run directory holds a chec
 `longgen resume RUN_DIR`, bit-identical to an unpreempted run, at most the interrupted step computed again — and
 the job itself otherwise (stopped before its first step: it starts over in the same directory).
 
+A job with gpus=N (N > 1) gets N GPUs of one node (`gpus_per_node`, one task: `check_job_resources` refuses other
+layouts with one line before the sweep starts) and runs its video window-parallel on them as `longgen generate
+gpus=N` does on one host: the job's process is rank 0 — it runs the Hydra job, takes the signals and writes the
+checkpoint — and starts the other N - 1 ranks itself (longgen/parallel/launcher.py `hosting`), which follow its jobs
+and ignore the scheduler's signals (rank 0 finishes the step on every rank, then stops them). The requeued attempt
+is `longgen resume RUN_DIR` on N processes through the same `gpus=N` launcher, the signals passed on to its rank 0.
+
 Every attempt's outcome goes into the sweep's ledger (longgen/run/sweep.py): `requeued` when preempted, then `done`
 or `failed`; sweep.json lists the requeued jobs beside done and failed. A job that dies without a word (SIGKILL,
 out of host memory) is `failed` with its last checkpoint kept: `longgen generate --rerun-failed SWEEP_DIR` resumes
@@ -33,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -41,7 +47,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from longgen.errors import UsageError
-from longgen.run.sweep import LEDGER, append_entry
+from longgen.run.sweep import LEDGER, append_entry, job_subdir
 from longgen.rundir import CHECKPOINT
 
 log = logging.getLogger("longgen")
@@ -105,6 +111,41 @@ def _ledger_entry(run_dir: Path, number: int, overrides: list[str], status: str,
                                            "status": status, **extra})
 
 
+# ---------------------------------------------------------------------------------------------------- processes
+def check_job_resources(cfg: DictConfig) -> None:
+    """Before a sweep on our submitit launcher starts (`cfg`: one job's composed config, Hydra's included): each job
+    is one task on one node that starts its own gpus=N processes, on GPUs the launcher config gives it."""
+    launcher = cfg.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    if not target.startswith("hydra_plugins.longgen_submitit."):
+        return
+    choice = "hydra/launcher=" + ("submitit_local" if target.endswith("LocalLauncher") else "submitit_slurm")
+    tasks, nodes = launcher.get("tasks_per_node") or 1, launcher.get("nodes") or 1
+    if tasks != 1:
+        raise UsageError(f"hydra.launcher.tasks_per_node={tasks} with {choice}: a longgen job starts its own gpus=N "
+                         f"processes; set hydra.launcher.tasks_per_node=1")
+    if nodes != 1:
+        raise UsageError(f"hydra.launcher.nodes={nodes} with {choice}: a longgen job runs on the GPUs of one node; "
+                         f"set hydra.launcher.nodes=1 (several nodes: `srun torchrun`, README)")
+    gpus, given = cfg.get("gpus", 1), launcher.get("gpus_per_node") or 0
+    if gpus == "all" and given < 1:
+        raise UsageError(f"gpus=all with {choice} and hydra.launcher.gpus_per_node={given}: give each job its GPUs "
+                         f"with hydra.launcher.gpus_per_node=N")
+    if gpus != "all" and int(gpus) > max(given, 1):
+        raise UsageError(f"gpus={gpus} but hydra.launcher.gpus_per_node={given} gives each job {given} GPU(s): set "
+                         f"hydra.launcher.gpus_per_node={gpus}")
+
+
+def job_processes(cfg: DictConfig) -> int:
+    """The processes a job runs its video on: its gpus=N (gpus=all: every GPU the job was given)."""
+    gpus = cfg.get("gpus", 1)
+    if gpus != "all":
+        return int(gpus)
+    import torch
+
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
+
 # ---------------------------------------------------------------------------------------------------- next attempts
 @dataclass
 class ResumeRun:
@@ -115,15 +156,23 @@ class ResumeRun:
     run_dir: str
     number: int
     overrides: list[str]
+    gpus: int = 1  # processes: more than one through the gpus=N launcher
 
     def __call__(self) -> None:
         run_dir = Path(self.run_dir)
         if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
             _ledger_entry(run_dir, self.number, self.overrides, "done")  # it ended before the scheduler stopped it
             return
-        child = subprocess.Popen([sys.executable, "-m", "longgen.cli", "resume", str(run_dir)])
-        with held_preemption(child) as before:
-            code = child.wait()
+        command = [sys.executable, "-m", "longgen.cli", "resume", str(run_dir)]
+        if self.gpus > 1:
+            from longgen.parallel.launcher import launch
+
+            with held_preemption() as before:
+                code = launch(command, self.gpus, forward=PREEMPTION, label=f"submitit gpus={self.gpus}")
+        else:
+            child = subprocess.Popen(command)
+            with held_preemption(child) as before:
+                code = child.wait()
         if code == 0:
             _ledger_entry(run_dir, self.number, self.overrides, "done")
             return
@@ -153,6 +202,7 @@ class SubmititLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.run_dir: Path | None = None  # set in the job when it stops: where `checkpoint()` looks
+        self.gpus = 1  # the job's processes (its gpus=N), set in the job
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -205,16 +255,8 @@ class SubmititLauncher(Launcher):
     def job_dir(self, overrides: list[str], number: int) -> Path:
         """A job's directory as its own process names it (hydra.sweep.dir / hydra.sweep.subdir of its config)."""
         assert self.hydra_context is not None and self.config is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = number
-        hydra = HydraConfig.instance()
-        saved = hydra.cfg
-        try:
-            hydra.set_config(config)  # the subdir reads hydra:runtime.choices
-            return Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        finally:
-            hydra.cfg = saved
+        return Path(str(self.config.hydra.sweep.dir)) / job_subdir(self.hydra_context.config_loader, self.config,
+                                                                    overrides, number)
 
     # ------------------------------------------------------------------ in the job's process
     def __call__(self, overrides: list[str], number: int, singleton_state: dict) -> JobReturn:
@@ -227,7 +269,12 @@ class SubmititLauncher(Launcher):
         with open_dict(config.hydra.job):
             config.hydra.job.id = submitit.JobEnvironment().job_id
             config.hydra.job.num = number
-        with held_preemption() as before:
+        self.gpus = job_processes(config)
+        from longgen.parallel.launcher import hosting  # torch: only in a job (Hydra imports this module at start)
+
+        ranks = (hosting([sys.executable, "-m", "longgen.cli", "generate"], self.gpus, f"submitit gpus={self.gpus}")
+                 if self.gpus > 1 else contextlib.nullcontext())
+        with held_preemption() as before, ranks:
             try:
                 return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -244,5 +291,6 @@ class SubmititLauncher(Launcher):
         import submitit
 
         if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
-            return submitit.helpers.DelayedSubmission(ResumeRun(str(self.run_dir), number, list(overrides)))
+            return submitit.helpers.DelayedSubmission(ResumeRun(str(self.run_dir), number, list(overrides),
+                                                                self.gpus))
         return submitit.helpers.DelayedSubmission(self, overrides, number, singleton_state)

@@ -305,6 +305,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
         **video_facts(video, timings),
         "transformer_calls": int(timings.get("calls", 0)),
         "peak_gpu_memory_bytes": peak,
+        "peak_host_memory_bytes": peak_host_memory(),
         "checkpoint_every": int(cfg.checkpoint_every),
         "distributed": processes,
         "versions": package_versions(),
@@ -363,3 +364,14 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
     finally:
         job.backbone.release()
         gc.collect()
+
+
+def peak_host_memory() -> int | None:
+    """This process's peak resident memory so far (sampling, decode and the mp4 included), in bytes; None where the
+    platform does not report it."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    return int(kib) * (1 if sys.platform == "darwin" else 1024)  # macOS reports bytes

@@ -14,7 +14,11 @@
   line per failed job and makes the command exit with status 1 if any job failed.
 - `longgen generate --rerun-failed SWEEP_DIR` runs each failed job again in its own job directory — continuing
   it with `longgen resume` where a checkpoint is kept, else generating it anew with the job's overrides — and
-  rewrites the ledger and sweep.json with the new outcomes.
+  rewrites the ledger and sweep.json with the new outcomes. It also starts the jobs of the sweep that never ran
+  (no line in the ledger: the sweep was stopped before them, or a scheduler's job and the process awaiting it both
+  died): their overrides and directories come from the sweep's multirun.yaml, the way Hydra made them; a job whose
+  directory holds a finished run (a manifest) is recorded as done, one with a checkpoint is resumed. The last line
+  says how many jobs of each kind it started.
 """
 
 from __future__ import annotations
@@ -116,6 +120,52 @@ def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = 
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, by job number, as Hydra's basic sweeper splits the sweep's (`config`: the sweep's)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def job_subdir(loader: Any, config: DictConfig, overrides: list[str], number: int) -> str:
+    """Job `number`'s directory under the sweep directory (hydra.sweep.subdir), as its own process names it:
+    composed by `loader` (Hydra's config loader) from the sweep's `config` and the job's overrides."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    job = loader.load_sweep_config(config, list(overrides))
+    with open_dict(job.hydra.job):
+        job.hydra.job.num = number
+    hydra = HydraConfig.instance()
+    saved = hydra.cfg
+    try:
+        hydra.set_config(job)  # the subdir reads hydra:runtime.choices
+        return str(OmegaConf.select(job, "hydra.sweep.subdir"))
+    finally:
+        hydra.cfg = saved
+
+
+def _sweep_loader(config: DictConfig) -> Any:
+    """Hydra's config loader over the config sources the sweep was composed from (its multirun.yaml's)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.plugins import Plugins
+
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (hydra:, now:)
+    Plugins.instance()  # registers the config sources (pkg://, file://, structured://)
+    register_launcher(str(config.hydra.launcher.get("_target_", "")))
+    search = ConfigSearchPathImpl()
+    for source in config.hydra.runtime.config_sources:
+        search.append(str(source.provider), f"{source.schema}://{source.path}")
+    return ConfigLoaderImpl(config_search_path=search)
+
+
+
 def register_launcher(target: str) -> None:
     """Make longgen's submitit launchers (hydra_plugins/longgen_submitit, longgen/run/preemption.py) known to Hydra
     before it instantiates the sweep's launcher: Hydra finds plugins by listing the hydra_plugins package, which
@@ -137,15 +187,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         register_launcher(str(config.hydra.launcher.get("_target_", "")))
-        overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_summary(self.sweep_dir, {}, sum(len(batch) for batch in batches))
+        write_summary(self.sweep_dir, {}, len(sweep_jobs(config)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
@@ -161,25 +206,77 @@ class SweepSummary(Callback):
 
 
 # ---------------------------------------------------------------------------------------------------- re-run
+#: the kinds of jobs --rerun-failed starts, in the order its summary names them
+KINDS = ("failed", "never started", "without a manifest")
+
+
+def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, dict, str]], list[dict]]:
+    """The jobs of the sweep (its multirun.yaml) with no line in the ledger: [(number, entry, kind)] to start —
+    kind "never started" (no directory) or "without a manifest" (started, never finished) — and the entries of
+    those whose directory holds a finished run (recorded as done)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return [], []
+    try:
+        config = OmegaConf.load(path)
+        planned = sweep_jobs(config)
+    except Exception as exc:
+        raise UsageError(f"{path} cannot be read ({str(exc).strip().splitlines()[0]}): the jobs that never ran are "
+                         f"not known; fix or remove it to re-run only the failed jobs") from None
+    missing = [n for n in range(len(planned)) if n not in jobs]
+    if not missing:
+        return [], []
+    try:
+        loader = _sweep_loader(config)
+    except Exception as exc:
+        raise UsageError(f"the config sources in {path} cannot be loaded ({str(exc).strip().splitlines()[0]}): the "
+                         f"jobs that never ran cannot be composed again; no job was started") from None
+    start, finished = [], []
+    for number in missing:
+        try:
+            run_dir = sweep_dir / job_subdir(loader, config, planned[number], number)
+        except Exception as exc:
+            raise UsageError(f"sweep job {number} ({' '.join(planned[number])}) cannot be composed again "
+                             f"({str(exc).strip().splitlines()[0]}); no job was started") from None
+        entry = {"job": number, "overrides": planned[number], "run_dir": str(run_dir)}
+        if (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file():
+            finished.append({**entry, "status": "done"})
+        else:
+            start.append((number, entry, "without a manifest" if run_dir.is_dir() else "never started"))
+    return start, finished
+
+
 def rerun_failed(sweep_dir: Path) -> int:
-    """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory; exit status."""
+    """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory, and each job that
+    never ran; exit status."""
     from longgen.overrides import AS_RECORDED_ENV, hydra_quote
 
     jobs = read_ledger(sweep_dir)
-    if not jobs:
+    if not jobs and not (sweep_dir / "multirun.yaml").is_file():
         raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
-    failed = [j for j in sorted(jobs) if jobs[j]["status"] != "done"]
-    if not failed:
+    todo = [(j, jobs[j], "failed") for j in sorted(jobs) if jobs[j]["status"] != "done"]
+    unrun, finished = never_run(sweep_dir, jobs)
+    for entry in finished:
+        print(f"longgen: sweep job {entry['job']}: {entry['run_dir']} holds a finished run; recorded as done",
+              file=sys.stderr)
+        jobs[entry["job"]] = entry
+        append_entry(sweep_dir / LEDGER, entry)
+    todo = sorted(todo + unrun)
+    if not todo:
+        write_summary(sweep_dir, jobs)
         print(f"longgen: every job of {sweep_dir} is done; nothing to run again")
         return 0
-    for number in failed:
-        entry = jobs[number]
+    started = {kind: 0 for kind in KINDS}
+    resumed = 0
+    for number, entry, kind in todo:
         run_dir = Path(entry["run_dir"])
         if (run_dir / CHECKPOINT).is_file():
             command = ["resume", str(run_dir)]
+            resumed += 1
         else:
             command = ["generate", *entry["overrides"], f"hydra.run.dir={hydra_quote(str(run_dir))}"]
-        print(f"longgen: sweep job {number}: longgen {' '.join(command)}", file=sys.stderr)
+        print(f"longgen: sweep job {number} ({kind}): longgen {' '.join(command)}", file=sys.stderr)
+        started[kind] += 1
         # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
         env = {**os.environ, AS_RECORDED_ENV: "1"}
         proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env)
@@ -189,5 +286,7 @@ def rerun_failed(sweep_dir: Path) -> int:
         if proc.returncode == 130:
             break
     summary = write_summary(sweep_dir, jobs)
-    print(f"longgen: sweep {sweep_dir}: {len(summary['done'])} done, {len(summary['failed'])} failed", file=sys.stderr)
+    kinds = ", ".join(f"{n} {kind}" for kind, n in started.items() if n)
+    print(f"longgen: sweep {sweep_dir}: started {sum(started.values())} job(s) ({kinds}; {resumed} of them resumed "
+          f"from a checkpoint); now {len(summary['done'])} done, {len(summary['failed'])} failed", file=sys.stderr)
     return 1 if summary["failed"] else 0
