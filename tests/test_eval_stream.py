@@ -18,7 +18,7 @@ from longgen.eval.evaluate import evaluate_target, measure, summarise
 from longgen.eval.inputs import Geometry, Target, read_latent_moves
 from longgen.eval.measured import VideoStream
 from longgen.eval.settings import default_settings
-from tests.test_eval_metrics import FPS, panning
+from test_eval_metrics import FPS, panning
 
 C, M = 4, 5
 GEOMETRY = Geometry(latent_length=13, compression=C, window=M, windows=[(0, 5), (4, 9), (8, 13)])  # 49 frames
