@@ -446,7 +446,8 @@ def test_config_defaults_follow_the_backbone():
     "override,needle",
     [("backbone.flow_shift=0", "flow_shift"), ("backbone.vae_dtype=int8", "vae_dtype"),
      pytest.param("backbone.attention=fa3", "fa3", marks=pytest.mark.skipif(
-         importlib.util.find_spec("flash_attn_interface") is not None, reason="FlashAttention-3 is installed")),
+         any(importlib.util.find_spec(m) for m in ("flash_attn_interface", "fa3_fwd_interface")),
+         reason="FlashAttention-3 is installed")),
      ("backbone.height=100", "multiples of 16"), ("backbone.num_frames=80", r"4·k\+1")],
 )
 def test_bad_wan_options_fail_fast(override, needle):

@@ -366,3 +366,50 @@ def wan_qkv(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = No
         q = apply_rotary_emb(q, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
         k = apply_rotary_emb(k, (cos, sin), use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
     return q, k, v
+
+
+#: the text tokens at the end of an I2V Wan cross-attention context (its image tokens come first): the length
+#: diffusers' WanAttnProcessor splits at
+WAN_TEXT_TOKENS = 512
+
+
+# derived from diffusers models/transformers/transformer_wan.py (WanAttnProcessor), version 0.42
+class WanAttention:
+    """Processor for every attention layer of a diffusers Wan transformer (self-attention, text cross-attention and
+    Wan I2V's image cross-attention), computing attention with `kernel` ("fa3": FlashAttention-3 from fa3-fwd, whose
+    differentiated calls take torch's attention; "sdpa"). The projections, the RMS norms of q and k across heads,
+    the interleaved-pair RoPE (`wan_qkv`) and the sum of text and image attention before the output projection are
+    those of diffusers' WanAttnProcessor. All three attentions go through the kernel: FlashAttention-3 takes keys of
+    any length (the 512 text tokens, the 257 image tokens) and Wan's head dim 128."""
+
+    def __init__(self, kernel: str = "fa3") -> None:
+        self.kernel = kernel
+        self.attend = kernel_func(kernel)
+
+    def heads_last(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [b, n, heads, hd], k/v [b, m, heads, hd] → [b, n, heads·hd] with the kernel."""
+        heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, n, heads, hd] → [b, heads, n, hd]
+        out = self.attend(heads_first(q), heads_first(k), heads_first(v))  # [b, heads, n, hd]
+        return out.transpose(1, 2).flatten(2, 3).type_as(q)  # [b, n, heads·hd]
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if attention_mask is not None:
+            raise UsageError("longgen's Wan attention processor does not take an attention mask (Wan uses none)")
+        image = None
+        if attn.add_k_proj is not None:  # I2V cross-attention: context = [image tokens; text tokens]
+            split = encoder_hidden_states.shape[1] - WAN_TEXT_TOKENS
+            image, encoder_hidden_states = encoder_hidden_states[:, :split], encoder_hidden_states[:, split:]
+        q, k, v = wan_qkv(attn, hidden_states, encoder_hidden_states, rotary_emb)  # [b, n|m, heads, hd] each
+        out = self.heads_last(q, k, v)  # [b, N, D]
+        if image is not None:
+            k_img = attn.norm_added_k(attn.add_k_proj(image)).unflatten(2, (attn.heads, -1))  # [b, I, heads, hd]
+            v_img = attn.add_v_proj(image).unflatten(2, (attn.heads, -1))  # [b, I, heads, hd]
+            out = out + self.heads_last(q, k_img, v_img)  # [b, N, D]
+        return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from longgen.backbones import riflex
+from longgen.backbones import attention, riflex
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.attention import Kernel
 from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
@@ -46,31 +46,52 @@ from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.parallel.units import Units
 from longgen.errors import UsageError
 
-#: backbone.attention=fa3: diffusers' FlashAttention-3 backend (needs the `flash_attn_interface` module of
-#: flash-attention's Hopper build)
+#: backbone.attention=fa3 where fa3-fwd is not installed: diffusers' FlashAttention-3 backend (needs the
+#: `flash_attn_interface` module of flash-attention's Hopper build)
 FA3_BACKEND = "_flash_3"
 
 
-class BackendKernel(Kernel):
-    """FlashAttention-3 in every attention layer of a Wan transformer through diffusers' attention backend
-    `FA3_BACKEND` (`backbone.attention=fa3`; never taken by `auto`)."""
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class WanFlashKernel(Kernel):
+    """FlashAttention-3 in every attention layer of a Wan transformer (`backbone.attention=fa3`): the forward kernels
+    of the fa3-fwd package through longgen's `WanAttention` processor where fa3-fwd is installed (what the GPU image
+    has), else diffusers' attention backend `FA3_BACKEND` where flash-attention's Hopper build is, else one line.
+    `auto` never takes it on Wan: it is not measured against cuDNN on Wan's shapes."""
 
     def __init__(self) -> None:
-        super().__init__("fa3", f"FlashAttention-3 (diffusers attention backend {FA3_BACKEND})")
+        super().__init__("fa3", "FlashAttention-3")
+
+    def source(self) -> str:
+        """"fa3-fwd" or FA3_BACKEND: what runs here; one line when neither is installed."""
+        if _installed("fa3_fwd_interface"):
+            return "fa3-fwd"
+        if _installed("flash_attn_interface"):
+            return FA3_BACKEND
+        raise UsageError(
+            "backbone.attention=fa3 needs FlashAttention-3 on an H100/H200: pip install \"longgen[fa3]\" (the fa3-fwd "
+            "package), or flash-attention's Hopper build (flash_attn_interface); or use backbone.attention=auto"
+        )
 
     def check_installed(self) -> None:
-        if importlib.util.find_spec("flash_attn_interface") is None:
-            raise UsageError(
-                "backbone.attention=fa3 needs FlashAttention-3 (the flash_attn_interface module of flash-attention's "
-                "hopper build) installed: install it or use backbone.attention=auto"
-            )
+        self.source()
 
     def check(self, device: torch.device) -> None:
+        if self.source() == "fa3-fwd":
+            attention.check_fa3(device)
+            self.description = "FlashAttention-3 (fa3-fwd, longgen's Wan processor)"
+            return
         if device.type != "cuda":
             raise UsageError("backbone.attention=fa3 runs on a CUDA GPU only: use backbone.attention=auto on the CPU")
+        self.description = f"FlashAttention-3 (diffusers attention backend {FA3_BACKEND})"
 
     def install(self, transformer: torch.nn.Module) -> None:
-        transformer.set_attention_backend(FA3_BACKEND)
+        if self.source() == "fa3-fwd":
+            transformer.set_attn_processor(attention.WanAttention("fa3"))
+        else:
+            transformer.set_attention_backend(FA3_BACKEND)
 
 
 # derived from diffusers models/modeling_utils.py (ModelMixin.from_pretrained), version 0.42
@@ -97,8 +118,9 @@ class WanBackbone(DiffusersBackbone):
     option_defaults = dict(model_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype="bfloat16", num_frames=81, height=480,
                            width=832, fps=16, max_text_tokens=512, vae_tiling=False, micro_batch=2)
     example_config = "conf/backbone/tiny-wan.yaml"
-    #: diffusers' FlashAttention-3 backend by name only: `auto` takes the SDPA kernel order (cuDNN first)
-    attention_kernels = {"fa3": BackendKernel()}
+    #: FlashAttention-3 by name only (fa3-fwd, else diffusers' backend): `auto` takes the SDPA kernel order (cuDNN
+    #: first)
+    attention_kernels = {"fa3": WanFlashKernel()}
     per_frame_timesteps = True
 
     def __init__(self, *, vae_dtype: str = "float32", flow_shift: float | None = None, **shared: Any) -> None:
