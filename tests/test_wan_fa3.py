@@ -6,6 +6,7 @@ and I2V); the GPU lane (tests/gpu/test_lane_wanfa3.py) compares the real kernel 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import sys
 import types
@@ -35,10 +36,12 @@ def _stand_in(calls: list):
 
 @pytest.fixture
 def fa3_calls(monkeypatch) -> list:
+    from longgen.backbones import spectral_attention
+
     calls: list = []
     monkeypatch.setitem(sys.modules, "fa3_fwd_interface", _stand_in(calls))
-    return calls
-
+    yield calls
+    spectral_attention._attend.cache_clear()  # FreeLong's op keeps the kernel it resolved: not the stand-in
 
 def _transformer(i2v: bool):
     """A one-block Wan transformer (2 heads of 8) in float32; I2V: an image context of 3 tokens."""
@@ -116,3 +119,27 @@ def test_fa3_where_it_cannot_run_is_one_line(fa3_calls, monkeypatch):
     with pytest.raises(UsageError, match=r'needs FlashAttention-3 .*pip install "longgen\[fa3\]"') as err:
         WanFlashKernel().check_installed()
     assert "\n" not in str(err.value)
+
+
+def test_abam_and_freelong_on_wan_compute_with_fa3(fa3_calls, monkeypatch):
+    """A tiny Wan backbone loaded with backbone.attention=fa3 (the stand-in "runs" on this CPU): its predictions, with
+    anchor attention (ABAM) and with FreeLong's blend, are those of the same backbone on torch's SDPA within bf16
+    rounding, each computed through the kernel; the manifest's attention_kernels names fa3-fwd."""
+    from test_wan import make_tiny_wan
+
+    monkeypatch.setattr(attention, "check_fa3", lambda device: None)
+    small = dict(height=16, width=16)
+    fa3, plain = make_tiny_wan(("a fox",), attention="fa3", **small), make_tiny_wan(("a fox",), **small)
+    assert fa3.describe()["attention_kernels"] == "FlashAttention-3 (fa3-fwd, longgen's Wan processor)"
+    x = torch.randn(1, 9, *fa3.latent_shape, generator=torch.Generator().manual_seed(0))
+    runs = {"plain": lambda den: contextlib.nullcontext(), "abam": lambda den: den.anchor_attention(0.5),
+            "freelong": lambda den: den.spectral_attention(9, (3, 5), 0.25, 0.25)}
+    for name, within in runs.items():
+        with within(plain):
+            want = plain.predict(x, 600.0, [0], 1.0).x0
+        before = len(fa3_calls)
+        with within(fa3):
+            got = fa3.predict(x, 600.0, [0], 1.0).x0
+        assert (got - want).abs().max() <= 2e-2 * want.abs().max(), name
+        queries = [q[1] for _, q, k in fa3_calls[before:] if k[1] != fa3.max_text_tokens]  # self-attention
+        assert queries and (min(queries) < 9 if name == "freelong" else set(queries) == {9}), (name, queries)

@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_qkv
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_qkv
 from longgen.errors import UsageError
 
 
@@ -204,13 +204,14 @@ class WanAnchorAttnProcessor:
     """Self-attention of a Wan block with Eq. 10 applied to its (video) keys and values.
 
     Same call signature and result as diffusers' `WanAttnProcessor` for a self-attention layer of a text-to-video
-    Wan model (no image tokens): projections, RMS norms of q and k across heads, RoPE on q and k, attention through
-    diffusers' attention dispatcher (so `backbone.attention`'s kernels and any attention backend the layer had still
-    apply), output projection. With λ = 1 it returns the stock processor's output."""
+    Wan model (no image tokens): projections, RMS norms of q and k across heads, RoPE on q and k, attention as the
+    replaced processor computed it (`attention.wan_attend`: longgen's FlashAttention-3 processor with its kernel,
+    else diffusers' attention dispatcher with the layer's backend, so `backbone.attention`'s kernels still apply),
+    output projection. With λ = 1 it returns the stock processor's output."""
 
     def __init__(self, layout: AnchorLayout, layer: int, replaces=None) -> None:
         # the layout and layer are found at run time by the `anchor_blend` op (see the module docstring)
-        self.backend = getattr(replaces, "_attention_backend", None)  # the replaced processor's attention backend
+        self.attend = wan_attend(replaces)  # the replaced processor's kernel or attention backend
 
     def __call__(
         self,
@@ -220,15 +221,11 @@ class WanAnchorAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
             raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
         q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
         k, v = anchor_blend(k, v)  # [b, N, heads, hd] each
-        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self.backend)  # [b, N, heads, hd]
-        out = out.flatten(2, 3).type_as(q)  # [b, N, heads·hd]
+        out = self.attend(q, k, v)  # [b, N, heads·hd]
         return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
 
 

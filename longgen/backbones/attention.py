@@ -413,3 +413,21 @@ class WanAttention:
             v_img = attn.add_v_proj(image).unflatten(2, (attn.heads, -1))  # [b, I, heads, hd]
             out = out + self.heads_last(q, k_img, v_img)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
+
+
+def wan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """How a longgen processor standing in for the processor `replaces` of a Wan attention layer (ABAM, cross-shot
+    attention) computes attention: q [b, n, heads, hd], k/v [b, m, heads, hd] → [b, n, heads·hd], with the replaced
+    `WanAttention`'s kernel (`backbone.attention=fa3` on fa3-fwd), else through diffusers' attention dispatcher with
+    the replaced processor's attention backend (torch SDPA, or diffusers' `_flash_3`)."""
+    if isinstance(replaces, WanAttention):
+        return replaces.heads_last
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    backend = getattr(replaces, "_attention_backend", None)
+
+    def dispatched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = dispatch_attention_fn(q, k, v, dropout_p=0.0, is_causal=False, backend=backend)  # [b, n, heads, hd]
+        return out.flatten(2, 3).type_as(q)  # [b, n, heads·hd]
+
+    return dispatched

@@ -54,7 +54,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_qkv
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_qkv
 from longgen.errors import UsageError
 
 MODES = ("off", "capture", "share")
@@ -261,12 +261,13 @@ class WanShotAttnProcessor:
     """A Wan self-attention layer (video tokens only) with the reference shot's keys/values appended after the
     rotary embedding; while the layout is `off` it calls the processor it replaced. The projections, the RMS norms
     of q and k across heads, the interleaved-pair RoPE and the output projection are those of diffusers'
-    WanAttnProcessor for a text-to-video model; attention goes through diffusers' dispatcher with the replaced
-    processor's backend. The layer is found at run time by the `shot_kv` op."""
+    WanAttnProcessor for a text-to-video model; attention is computed as the replaced processor computed it
+    (`attention.wan_attend`: its FlashAttention-3 kernel, else diffusers' dispatcher with its backend). The layer is
+    found at run time by the `shot_kv` op."""
 
     def __init__(self, layout: ShotLayout, layer: int, replaces) -> None:
         self.layout, self.replaced = layout, replaces
-        self.backend = getattr(replaces, "_attention_backend", None)
+        self.attend = wan_attend(replaces)  # the replaced processor's kernel or attention backend
 
     def __call__(
         self,
@@ -278,15 +279,11 @@ class WanShotAttnProcessor:
     ) -> torch.Tensor:
         if self.layout.mode == "off":
             return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
             raise RuntimeError("WanShotAttnProcessor is for the self-attention layers of a text-to-video Wan model")
         q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
         k, v = layout_kv(self.layout, k, v, dim=1)  # [b, N(+n), heads, hd]
-        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self.backend)  # [b, N, heads, hd]
-        out = out.flatten(2, 3).type_as(q)  # [b, N, D]
+        out = self.attend(q, k, v)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))
 
 

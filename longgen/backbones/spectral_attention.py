@@ -206,8 +206,9 @@ class CogVideoXSpectralProcessor(JointAttention):
 class WanSpectralProcessor:
     """A Wan self-attention layer (video tokens only) with the spectral blend attention: diffusers'
     WanAttnProcessor for a text-to-video model (projections, RMS norms of q and k across heads, interleaved-pair
-    RoPE, output projection) with the op in place of the attention call. The op computes with torch SDPA, so a
-    diffusers attention backend set on the layer (`backbone.attention=fa3`) does not apply inside FreeLong."""
+    RoPE, output projection) with the op in place of the attention call. The op computes with the plan's kernel
+    (FlashAttention-3 from fa3-fwd under `backbone.attention=fa3`, else torch SDPA), so diffusers' `_flash_3`
+    backend, where that is what `fa3` set on the layer, does not apply inside FreeLong."""
 
     def __init__(self, plan: SpectralPlan) -> None:
         self.plan = plan

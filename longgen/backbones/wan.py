@@ -22,7 +22,10 @@ What is Wan-specific, and lives here:
   accepts one timestep per latent frame (t [M] for every window, or [B, M] one row per window), spread over that
   frame's tokens (for FIFO-Diffusion).
 - ABAM, cross-shot attention and FreeLong on the self-attention layers (`anchor_attention.WanAnchorAttnProcessor`,
-  `shot_attention.WanShotAttnProcessor`, `spectral_attention.WanSpectralProcessor`).
+  `shot_attention.WanShotAttnProcessor`, `spectral_attention.WanSpectralProcessor`), on the kernel of
+  `backbone.attention` (FlashAttention-3 included); DiTCtrl's KV-sharing computes with torch SDPA.
+- `backbone.attention=fa3` (`WanFlashKernel`): FlashAttention-3 from fa3-fwd through longgen's `WanAttention`
+  processor, else diffusers' `_flash_3` backend; `auto` never picks it on Wan (not measured on Wan's shapes).
 - The VAE: temporal compression 4 with a causal first frame (L latent frames decode to 4·(L − 1) + 1 frames, any
   L), spatial 8, per-channel latent normalisation (latents_mean / latents_std). `decode_stream` decodes one latent
   frame at a time carrying the VAE's causal-convolution cache, exactly as `AutoencoderKLWan.decode` does;
@@ -250,6 +253,12 @@ class WanBackbone(DiffusersBackbone):
     def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         return flow_to_x0_eps(x_t, out, self._sigma(t))
 
+    def _processor_kernel(self) -> str:
+        """The kernel FreeLong's op computes with: FlashAttention-3 where `backbone.attention=fa3` runs fa3-fwd,
+        else torch SDPA (ABAM and cross-shot attention take the kernel of the processor they replace)."""
+        kernel = self.attention_choice.kernel
+        return "fa3" if isinstance(kernel, WanFlashKernel) and kernel.source() == "fa3-fwd" else "sdpa"
+
     def _anchor_processors(self) -> dict:
         return {"processor": WanAnchorAttnProcessor, "layers": lambda name: name.endswith(".attn1.processor")}
 
@@ -258,12 +267,15 @@ class WanBackbone(DiffusersBackbone):
 
     def _spectral_processor(self, frames: int, plan) -> tuple:
         """FreeLong's processor on the self-attention layers; one line where the RoPE table is too short."""
+        from dataclasses import replace
+
         from longgen.backbones.spectral_attention import WanSpectralProcessor, shared_processor
 
         most = self.pipe.transformer.config.rope_max_seq_len
         if frames > most:
             raise UsageError(f"FreeLong runs all {frames} latent frames as one sequence, but this Wan's RoPE table "
                              f"covers {most}: ask for at most {most} latent frames")
+        plan = replace(plan, kernel=self._processor_kernel())
         return shared_processor(WanSpectralProcessor, plan), lambda name: name.endswith(".attn1.processor")
 
     def _kv_processors(self) -> dict:
