@@ -8,7 +8,7 @@ the configured value into the one choice a loaded backbone runs (`AttentionChoic
   processors) with that SDPA backend set around each transformer call on CUDA; off CUDA the sets do not apply and
   torch's SDPA runs as it is (`sdpa`);
 - a family's own kernels (`Kernel`, listed by the family): CogVideoX's `fa3` and `fa3-fp8` below, Wan's `fa3`
-  (diffusers' FlashAttention-3 backend, longgen/backbones/wan.py);
+  (fa3-fwd through `WanAttention` below, else diffusers' FlashAttention-3 backend: longgen/backbones/wan.py);
 - `auto`: the first of the family's `auto_attention` kernels that runs here (CogVideoX: `fa3`; Wan: none), else on
   CUDA the SDPA order cuDNN, flash, efficient, math (recorded as `cudnn-first`), else torch's SDPA (`sdpa`).
 
@@ -27,6 +27,7 @@ The kernels of CogVideoX's joint attention:
 q/k norms and RoPE on the video tokens (CogVideoX-5B), optionally rewrites the video keys/values (GLC's ABAM,
 longgen/backbones/anchor_attention.py, uses this hook so anchor attention runs on the same kernels), calls the
 kernel, and projects the output. The kernels are `torch.library` custom ops, so torch.compile traces through them.
+`WanAttention` is its counterpart for Wan's layers (self-attention, text and image cross-attention), on `wan_qkv`.
 """
 
 from __future__ import annotations
