@@ -158,18 +158,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         state = resume.state
         log.info("resuming after step %d of %d", state.done, resume.total)
     progress.label("denoise", f"denoise · {job.plan.count} windows")
-    interrupts.sampling = True
-    no_room = (lambda: f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
-               f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the GPU); "
-               f"{kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) and resume, or "
-               f"start anew with a smaller backbone.micro_batch")
-    try:
-        with out_of_memory_as(no_room):
-            latents = job.sampler.sample(run, state)  # [1, L, C, H, W]
-    except PeerFailed as exc:
-        raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
-    finally:
-        interrupts.sampling = False
+    latents = denoise(job, run, state, hooks, interrupts)  # [1, L, C, H, W]
     if latents.device.type == "cuda":
         torch.cuda.synchronize(latents.device)
     job.timings["sample_s"] = counters["sample_s"] + time.perf_counter() - started
@@ -181,6 +170,23 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         raise Interrupted(f"stopped by {interrupts.requested} after sampling finished; the latents are in "
                           f"{hooks.path}; write the video with: {resume_command(job)}")
     return latents
+
+
+def denoise(job: Job, run: SamplingRun, state, hooks: StepHooks, interrupts: Interrupts) -> torch.Tensor:
+    """The sampler's run [1, L, C, H, W], with SIGINT/SIGTERM marked as arriving mid-sampling; out of GPU memory and a
+    failed peer process each end in one line naming the checkpoint that is kept."""
+    interrupts.sampling = True
+    no_room = (lambda: f"out of GPU memory while sampling (the model's activations for backbone.micro_batch="
+               f"{job.cfg.backbone.get('micro_batch')} samples per call did not fit next to what else holds the GPU); "
+               f"{kept_checkpoint(job, hooks)}; free GPU memory (backbone.cpu_offload=true also helps) and resume, or "
+               f"start anew with a smaller backbone.micro_batch")
+    try:
+        with out_of_memory_as(no_room):
+            return job.sampler.sample(run, state)  # [1, L, C, H, W]
+    except PeerFailed as exc:
+        raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
+    finally:
+        interrupts.sampling = False
 
 
 # ---------------------------------------------------------------------------------------------------- stage 4: decode
