@@ -134,8 +134,9 @@ case $part in
         rm -rf "$runs/ten-decode"
         if python3 -c "
 import sys
+from pathlib import Path
 from longgen.run.checkpoint import load_checkpoint
-c = load_checkpoint(sys.argv[1])
+c = load_checkpoint(Path(sys.argv[1]))
 sys.exit(c.state.done != c.total)" "$runs/ten/checkpoint.safetensors" 2> /dev/null; then
             echo "decoding the ten-minute plan's sampled latents: $runs/ten (part 2a's run)"
             job ten-decode 0 longgen decode "$runs/ten" writer.filename=video-full.mp4 overwrite=true "${extra[@]}"
@@ -149,7 +150,8 @@ from safetensors.torch import save_file
 shape = [int(v) for v in sys.argv[2:]]
 save_file({'latents': torch.randn(shape, generator=torch.Generator().manual_seed(0))}, sys.argv[1])  # [F, C, H, W]
 " "$runs/ten-latents.safetensors" $ten_shape || exit 1
-            job ten-decode 0 longgen decode "$runs/ten-latents.safetensors" "${wan[@]}" "out=$runs/ten-decode" "${extra[@]}"
+            job ten-decode 0 longgen decode "$runs/ten-latents.safetensors" "${wan[@]}" "out=$runs/ten-decode" \
+                progress_seconds=5 "${extra[@]}"
             status=$?
         fi
         report --fps 16 --job "Wan 2.1 1.3B, ten-minute streamed decode" "$runs/ten-decode" "$out/ten-decode.trace.csv" ;;
