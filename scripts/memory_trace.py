@@ -10,8 +10,8 @@ Every `--interval` seconds until PID exits, one CSV row:
 - `gpu_mib`: `nvidia-smi --query-gpu=memory.used` of every GPU, `;`-separated (empty without nvidia-smi). That is the
   whole device's use: the CUDA context and the caching allocator's reserve included, so it is above
   torch.cuda.max_memory_allocated; its growth over time is what the trace is for;
-- `phase`, `done`, `total`: the last progress line of `--log` (e.g. `decode: 1201/9601` -> decode, 1201, 9601), so
-  memory can be put against the frames written.
+- `phase`, `done`, `total`, `elapsed`: the last progress line of `--log` (e.g. `decode: 1201/9601, 0:40 elapsed`
+  -> decode, 1201, 9601, 40), so memory can be put against the frames written.
 
 Reads only /proc and nvidia-smi; the traced process is not touched.
 """
@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-PROGRESS = re.compile(r"(denoise|decode)[^:\n]*: (\d+)/(\d+)")
+PROGRESS = re.compile(r"(denoise|decode)[^:\n]*: (\d+)/(\d+)[^,\n]*, ([\d:]+) elapsed")
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -70,25 +70,32 @@ def gpu_used_mib() -> list[int]:
     return [int(v) for v in out.split() if v.strip().isdigit()]
 
 
-def last_progress(log: Path | None) -> tuple[str, str, str]:
-    """(phase, done, total) of the last progress line in the log's last 8 KB; empty strings if none."""
+def last_progress(log: Path | None) -> tuple[str, str, str, str]:
+    """(phase, done, total, seconds elapsed in the phase) of the last progress line in the log's last 8 KB; empty
+    strings if none."""
     if log is None:
-        return "", "", ""
+        return "", "", "", ""
     try:
         with log.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
             tail = f.read().decode("utf-8", "replace")
     except OSError:
-        return "", "", ""
+        return "", "", "", ""
     hits = PROGRESS.findall(tail)
-    return hits[-1] if hits else ("", "", "")
+    if not hits:
+        return "", "", "", ""
+    phase, done, total, clock = hits[-1]
+    seconds = 0
+    for part in clock.split(":"):  # [h:]mm:ss
+        seconds = 60 * seconds + int(part)
+    return phase, done, total, str(seconds)
 
 
 def trace(pid: int, out: Path, log: Path | None, interval: float) -> None:
     started = time.monotonic()
     with out.open("w", newline="") as f:
         rows = csv.writer(f)
-        rows.writerow(["t", "rss_bytes", "rss_main_bytes", "hwm_main_bytes", "gpu_mib", "phase", "done", "total"])
+        rows.writerow(["t", "rss_bytes", "rss_main_bytes", "hwm_main_bytes", "gpu_mib", "phase", "done", "total", "elapsed"])
         while Path(f"/proc/{pid}").exists():
             tree = descendants(pid)
             rss = sum(status_kib(p, "VmRSS") for p in tree) * 1024

@@ -7,7 +7,7 @@
 #
 #   bash scripts/minutes_gpu.sh 1a     # Wan 2.1 1.3B, one minute: 961 frames (241 latent), 4 steps        ~6 min
 #   bash scripts/minutes_gpu.sh 1b     # CogVideoX-2B, 481 frames (121 latent, one minute at 8 fps), 8 steps ~6 min
-#   bash scripts/minutes_gpu.sh 2a     # Wan ten-minute plan, 9,601 frames (2,401 latent, 399 windows): its
+#   bash scripts/minutes_gpu.sh 2a     # Wan ten-minute plan, 9,601 frames (2,401 latent, 398 windows): its
 #                                      # first step, the checkpoint, the start of its decode   ~9 min on 1 H200
 #   bash scripts/minutes_gpu.sh 2b     # the full-length streamed decode of the ten-minute latents   ~8 min
 #   bash scripts/minutes_gpu.sh --dry 1a   # the same steps on the CPU with the tiny backbones (a few frames)
@@ -16,7 +16,7 @@
 # save_latents=false, eager (backbone.compile=false: no compile time in a 9.5-minute command), attention auto
 # (cuDNN SDPA). Steps are reduced so sampling fits; memory does not depend on the step count, and the report
 # projects time to 50 steps (scripts/minutes_report.py states the rule).
-# 2a plans the ten-minute video with sampler.num_steps=1: the plan's full length and all its windows, one step.
+# 2a plans the ten-minute video with sampler.num_steps=1: the plan's full length and all its 398 windows, one step.
 # The step ends in checkpoint.safetensors (the sampled state, done 1 of 1); the run goes on into its decode and is
 # stopped by SIGINT 90 s later (the checkpoint stays). 2b then decodes those latents with `longgen decode RUN_DIR`
 # when the machine still holds 2a's run directory (MINUTES_RUNS, inside the checkout: kept while the machine is
@@ -25,7 +25,8 @@
 # run it on 2 GPUs (kind nvidia-h200-x2) when available, where gpus=all halves it.
 #
 # Environment: OUT (default /tmp/minutes-out), MINUTES_RUNS (run directories, default $repo/.minutes),
-# MINUTES_INSTALL=0 (use the Python environment as it is), MINUTES_EXTRA (more overrides for every longgen
+# MINUTES_INSTALL=0 (use the Python environment as it is; a part run after another on the same warm machine skips
+# the install by itself), MINUTES_EXTRA (more overrides for every longgen
 # command, e.g. "backbone.attention=fa3"), MINUTES_STEPS (override the part's sampler.num_steps).
 set -uo pipefail
 dry=0
@@ -40,8 +41,26 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-/tmp/minutes-out}
 runs=${MINUTES_RUNS:-$repo/.minutes}
 mkdir -p "$out" "$runs"
+# installed: the checkout's sources (longgen/, conf/) and every wheel of .whl/ are in the site already (a warm machine
+# after an earlier part, or after scripts/gpu_lane.sh of the same checkout): the install (~1 min) is skipped
+site=${MINUTES_SITE:-/tmp/longgen-lane-site}   # scripts/gpu_site.sh installs there
+installed() {
+    local w name
+    diff -rq -x __pycache__ "$repo/longgen" "$site/longgen" 2> /dev/null | grep -v "^Only in $site/longgen" | grep -q . && return 1
+    diff -rq -x __pycache__ "$repo/conf" "$site/longgen/conf" 2> /dev/null | grep -v "^Only in $site" | grep -q . && return 1
+    [ -d "$site/longgen" ] && [ -x "$site/ffmpeg" ] || return 1
+    for w in "$repo"/.whl/*.whl; do
+        name=$(basename "$w" | cut -d- -f1-2)   # NAME-VERSION
+        [ -d "$site/$name.dist-info" ] || return 1
+    done
+}
 if [ "$dry" = 0 ] && [ "${MINUTES_INSTALL:-1}" = 1 ]; then
-    source "$repo/scripts/gpu_site.sh" || exit 1
+    if installed; then
+        echo "longgen and the wheels already installed in $site (same sources): no install"
+        export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg
+    else
+        source "$repo/scripts/gpu_site.sh" || exit 1
+    fi
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 cd /tmp || exit 1   # import the installed package, never the checkout

@@ -42,22 +42,26 @@ def read_trace(path: Path) -> list[dict]:
             gpus = [int(v) for v in r["gpu_mib"].split(";") if v]
             rows.append({"t": float(r["t"]), "rss": int(r["rss_bytes"]), "gpu": max(gpus) * 2**20 if gpus else None,
                          "phase": r["phase"], "done": int(r["done"]) if r["done"] else None,
-                         "total": int(r["total"]) if r["total"] else None})
+                         "total": int(r["total"]) if r["total"] else None,
+                         "elapsed": float(r["elapsed"]) if r.get("elapsed") else None})
     return rows
 
 
 def decode_frames(rows: list[dict]) -> list[tuple[dict, float]]:
-    """The decode rows with the frames written at their time: the progress counts change only when a line is
-    logged, so the count is interpolated in time between the first sightings of successive counts."""
+    """The rows of the decode with the frames written at their time: the progress counts change only when a line
+    is logged, so the count is interpolated in time between the first sightings of successive counts, from the
+    decode's start (the first line's time less its `elapsed`) at frame 0."""
     seen: list[tuple[float, int]] = []  # (t, done) where a new decode count first appeared
     for r in rows:
         if r["phase"] == "decode" and r["done"] is not None and (not seen or r["done"] != seen[-1][1]):
+            if not seen and r["elapsed"]:
+                seen.append((r["t"] - r["elapsed"], 0))
             seen.append((r["t"], r["done"]))
     if len(seen) < 2:
         return []
     out = []
     for r in rows:
-        if r["phase"] != "decode" or r["t"] < seen[0][0] or r["t"] > seen[-1][0]:
+        if r["t"] < seen[0][0] or r["t"] > seen[-1][0]:
             continue
         for (t0, d0), (t1, d1) in zip(seen, seen[1:]):
             if t0 <= r["t"] <= t1:
@@ -79,9 +83,10 @@ def per_minute(rows: list[dict], fps: int) -> list[str]:
     if not framed:
         return ["(no decode progress in the trace: fewer than two `decode: N/M` lines were logged)"]
     per = fps * 60
+    last = max((framed[-1][0]["total"] - 2) // per, 0)  # 9,601 frames: minutes 0..9 (the last frame joins minute 9)
     minutes: dict[int, list[dict]] = {}
     for r, frames in framed:
-        minutes.setdefault(int(frames // per), []).append(r)
+        minutes.setdefault(min(int(frames // per), last), []).append(r)
     lines = ["| minute of video | samples | peak RSS, tree (GB) | peak GPU used (GB) |", "|---|---|---|---|"]
     keys = sorted(minutes)
     rss = [max(r["rss"] for r in minutes[m]) for m in keys]
