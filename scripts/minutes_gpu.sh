@@ -157,11 +157,13 @@ from pathlib import Path
 from longgen.run.checkpoint import load_checkpoint
 c = load_checkpoint(Path(sys.argv[1]))
 sys.exit(c.state.done != c.total)" "$runs/ten/checkpoint.safetensors" 2> /dev/null; then
+            source="part 2a's sampled latents, longgen decode RUN_DIR"
             echo "decoding the ten-minute plan's sampled latents: $runs/ten (part 2a's run)"
             job ten-decode 0 longgen decode "$runs/ten" writer.filename=video-full.mp4 overwrite=true "${extra[@]}"
             status=$?
             mkdir -p "$runs/ten-decode" && mv "$runs/ten/video-full.mp4" "$runs/ten-decode/" 2> /dev/null
         else
+            source="seeded N(0, 1) latents [$ten_shape], longgen decode LATENTS.safetensors"
             echo "no finished ten-minute checkpoint here (part 2a ran on another machine): decoding N(0, 1) latents [$ten_shape]"
             python3 -c "
 import sys, torch
@@ -173,7 +175,7 @@ save_file({'latents': torch.randn(shape, generator=torch.Generator().manual_seed
                 progress_seconds=5 "${extra[@]}"
             status=$?
         fi
-        report --fps 16 --job "Wan 2.1 1.3B, ten-minute streamed decode" "$runs/ten-decode" "$out/ten-decode.trace.csv" ;;
+        report --fps 16 --job "Wan 2.1 1.3B, ten-minute streamed decode ($source)" "$runs/ten-decode" "$out/ten-decode.trace.csv" ;;
 esac
 ls -l "$out"
 exit "$status"

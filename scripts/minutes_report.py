@@ -47,10 +47,10 @@ def read_trace(path: Path) -> list[dict]:
     return rows
 
 
-def decode_frames(rows: list[dict]) -> list[tuple[dict, float]]:
+def decode_frames(rows: list[dict]) -> tuple[list[tuple[dict, float]], list[tuple[float, int]]]:
     """The rows of the decode with the frames written at their time: the progress counts change only when a line
     is logged, so the count is interpolated in time between the first sightings of successive counts, from the
-    decode's start (the first line's time less its `elapsed`) at frame 0."""
+    decode's start (the first line's time less its `elapsed`) at frame 0. Also returns those sightings."""
     seen: list[tuple[float, int]] = []  # (t, done) where a new decode count first appeared
     for r in rows:
         if r["phase"] == "decode" and r["done"] is not None and (not seen or r["done"] != seen[-1][1]):
@@ -58,7 +58,7 @@ def decode_frames(rows: list[dict]) -> list[tuple[dict, float]]:
                 seen.append((r["t"] - r["elapsed"], 0))
             seen.append((r["t"], r["done"]))
     if len(seen) < 2:
-        return []
+        return [], seen
     out = []
     for r in rows:
         if r["t"] < seen[0][0] or r["t"] > seen[-1][0]:
@@ -67,7 +67,7 @@ def decode_frames(rows: list[dict]) -> list[tuple[dict, float]]:
             if t0 <= r["t"] <= t1:
                 out.append((r, d0 + (d1 - d0) * (r["t"] - t0) / (t1 - t0)))
                 break
-    return out
+    return out, seen
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -79,15 +79,18 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 def per_minute(rows: list[dict], fps: int) -> list[str]:
     """Markdown rows: decode peaks per minute of video, and their growth per minute."""
-    framed = decode_frames(rows)
+    framed, seen = decode_frames(rows)
     if not framed:
         return ["(no decode progress in the trace: fewer than two `decode: N/M` lines were logged)"]
     per = fps * 60
+    (t0, d0), (t1, d1) = seen[0], seen[-1]
+    head = [f"Decode (+ mp4): frames {d0}-{d1} of {framed[-1][0]['total']} in {t1 - t0:.0f} s, "
+            f"{(t1 - t0) / ((d1 - d0) / per):.1f} s per minute of video.", ""]
     last = max((framed[-1][0]["total"] - 2) // per, 0)  # 9,601 frames: minutes 0..9 (the last frame joins minute 9)
     minutes: dict[int, list[dict]] = {}
     for r, frames in framed:
         minutes.setdefault(min(int(frames // per), last), []).append(r)
-    lines = ["| minute of video | samples | peak RSS, tree (GB) | peak GPU used (GB) |", "|---|---|---|---|"]
+    lines = [*head, "| minute of video | samples | peak RSS, tree (GB) | peak GPU used (GB) |", "|---|---|---|---|"]
     keys = sorted(minutes)
     rss = [max(r["rss"] for r in minutes[m]) for m in keys]
     gpu = [max((r["gpu"] or 0) for r in minutes[m]) for m in keys]
