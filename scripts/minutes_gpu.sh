@@ -146,7 +146,7 @@ case $part in
         job ten "$watch" longgen generate "${wan[@]}" "${common[@]}" "latent_frames=$ten" checkpoint_every=1 \
             "sampler.num_steps=${MINUTES_STEPS:-1}" "hydra.run.dir=$runs/ten" "${extra[@]}"
         status=$?
-        [ "$status" = 130 ] && status=0   # stopped on purpose in its decode: the checkpoint is the result
+        [ -e "$runs/ten/checkpoint.safetensors" ] && status=0   # stopped on purpose after its step: the checkpoint is the result
         keep ten
         report --fps 16 --job "Wan 2.1 1.3B, ten-minute plan: first step" "$runs/ten" "$out/ten.trace.csv" ;;
     2b)
@@ -159,7 +159,7 @@ c = load_checkpoint(Path(sys.argv[1]))
 sys.exit(c.state.done != c.total)" "$runs/ten/checkpoint.safetensors" 2> /dev/null; then
             source="part 2a's sampled latents, longgen decode RUN_DIR"
             echo "decoding the ten-minute plan's sampled latents: $runs/ten (part 2a's run)"
-            job ten-decode 0 longgen decode "$runs/ten" writer.filename=video-full.mp4 overwrite=true "${extra[@]}"
+            job ten-decode 0 longgen decode "$runs/ten" writer.filename=video-full.mp4 overwrite=true  # the run's config
             status=$?
             mkdir -p "$runs/ten-decode" && mv "$runs/ten/video-full.mp4" "$runs/ten-decode/" 2> /dev/null
         else
