@@ -25,11 +25,7 @@ out=${OUT:-/tmp/compare-out}
 runs=${COMPARE_RUNS:-/tmp}
 mkdir -p "$out"
 if [ "${COMPARE_INSTALL:-1}" = 1 ]; then
-    mkdir -p "$site"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl || exit 1
-    [ -x "$site/ffmpeg" ] || { xz -dc "$repo/.whl/ffmpeg.xz" > "$site/ffmpeg" && chmod +x "$site/ffmpeg"; } || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$site" "$repo" || exit 1
-    export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg
+    source "$repo/scripts/gpu_site.sh" || exit 1   # as scripts/gpu_lane.sh installs
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 cd /tmp || exit 1   # import the installed package, never the checkout

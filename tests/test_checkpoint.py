@@ -257,17 +257,25 @@ def test_sigint_exits_130_with_resume_line(reference_run, tmp_path):
 
 
 def test_decode_reproduces_the_video(reference_run, tmp_path):
-    proc = run_cli("decode", str(reference_run), "writer.filename=again.mp4")
+    proc = run_cli("decode", str(reference_run), "writer.filename=again.mp4", "progress_seconds=0.001")
     assert proc.returncode == 0, proc.stderr
+    assert len(_decode_lines(proc)) >= 2, proc.stderr  # a line at every update, as generate's (issue 27)
     a = _frames(reference_run / "video.mp4")
     b = _frames(reference_run / "again.mp4")
     assert a.shape == b.shape and np.array_equal(a, b)
     # from the latents file into another folder
-    proc = run_cli("decode", str(reference_run / "latents.safetensors"), "backbone=tiny", f"out={tmp_path}")
+    proc = run_cli("decode", str(reference_run / "latents.safetensors"), "backbone=tiny", f"out={tmp_path}",
+                   "progress_seconds=0.001")
     assert proc.returncode == 0, proc.stderr
+    assert len(_decode_lines(proc)) >= 2, proc.stderr
     assert np.array_equal(_frames(tmp_path / "video.mp4"), a)
     again = run_cli("decode", str(reference_run), "writer.filename=again.mp4")
     assert again.returncode == 2 and "overwrite=true" in error_lines(again)[0]
+
+
+def _decode_lines(proc) -> list[str]:
+    """The decode progress lines a command logged off a terminal (`decode: N/M, ...`)."""
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if "decode: " in ln and "/" in ln]
 
 
 def _frames(path: Path) -> np.ndarray:

@@ -6,7 +6,9 @@ may be overridden (writer.*, backbone.device/dtype/vae_tiling/vae_norm/cpu_offlo
 (`[F, C, H, W]` under key `latents`, as generate writes it) the backbone is chosen as for generate
 (`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder). Only the VAE's
 decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true. A
-multi-shot run directory is decoded take by take, as generate decodes it (a bare latents file is one take).
+multi-shot run directory is decoded take by take, as generate decodes it (a bare latents file is one take). Off a
+terminal, a progress line comes every `progress_seconds` seconds as generate's do (the run's own setting or the
+given one), so a long decode can be followed (scripts/memory_trace.py reads them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from longgen.backbones.face import Backbone
 from longgen.build import build
 from longgen.errors import UsageError, out_of_memory_as, user_errors
 from longgen.overrides import check_group_choices, check_option_keys, path_first
-from longgen.progress import StepProgress
 from longgen.rundir import (
     CHECKPOINT,
     LATENTS,
@@ -31,12 +32,13 @@ from longgen.rundir import (
     load_run_config,
     setup_logging,
 )
+from longgen.run.stages import progress_shown
 
 log = logging.getLogger("longgen")
 
 #: what decode may change in a run directory's saved config
 DECODE_OPTIONS = ("writer", "model_path", "backbone.model_path", "backbone.device", "backbone.dtype",
-                  "backbone.vae_tiling", "backbone.vae_norm", "backbone.cpu_offload", "overwrite")
+                  "backbone.vae_tiling", "backbone.vae_norm", "backbone.cpu_offload", "overwrite", "progress_seconds")
 
 USAGE = """usage: longgen decode RUN_DIR [KEY=VALUE ...]
        longgen decode LATENTS.safetensors [backbone=NAME] [out=DIR] [KEY=VALUE ...]
@@ -130,7 +132,7 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         try:
             with out_of_memory_as(no_room):
                 backbone.load()
-                with StepProgress() as progress:
+                with progress_shown(cfg) as progress:  # off a terminal: a line every progress_seconds
                     z = latents[None].to(backbone.device)  # [1, F, C, H, W]
                     if scene is not None:  # multi-shot: every take on its own (hard cuts)
                         chunks, total = scene.decode_stream(z), scene.frames
