@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_qkv
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_self_qkv
 from longgen.errors import UsageError
 
 
@@ -221,9 +221,8 @@ class WanAnchorAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
-            raise RuntimeError("WanAnchorAttnProcessor is for the self-attention layers of a text-to-video Wan model")
-        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
+        q, k, v = wan_self_qkv("WanAnchorAttnProcessor", attn, hidden_states, encoder_hidden_states, attention_mask,
+                               rotary_emb)  # [b, N, heads, hd] each
         k, v = anchor_blend(k, v)  # [b, N, heads, hd] each
         out = self.attend(q, k, v)  # [b, N, heads·hd]
         return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout

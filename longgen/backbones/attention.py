@@ -369,6 +369,24 @@ def wan_qkv(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = No
     return q, k, v
 
 
+def wan_self_qkv(name: str, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                 attention_mask: torch.Tensor | None, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`wan_qkv` for processors that serve only the self-attention layers of a text-to-video Wan model (anchor,
+    cross-shot, spectral): q, k, v [b, N, heads, hd] each; any other layer is a RuntimeError naming processor `name`."""
+    if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
+        raise RuntimeError(f"{name} is for the self-attention layers of a text-to-video Wan model")
+    return wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)
+
+
+def heads_last(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q [b, n, heads, hd], k/v [b, m, heads, hd] → [b, n, heads·hd] with `attend`, a [b, heads, n, hd] kernel."""
+    heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, n, heads, hd] → [b, heads, n, hd]
+    out = attend(heads_first(q), heads_first(k), heads_first(v))  # [b, heads, n, hd]
+    return out.transpose(1, 2).flatten(2, 3).type_as(q)  # [b, n, heads·hd]
+
+
 #: the text tokens at the end of an I2V Wan cross-attention context (its image tokens come first): the length
 #: diffusers' WanAttnProcessor splits at
 WAN_TEXT_TOKENS = 512
@@ -389,9 +407,7 @@ class WanAttention:
 
     def heads_last(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [b, n, heads, hd], k/v [b, m, heads, hd] → [b, n, heads·hd] with the kernel."""
-        heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, n, heads, hd] → [b, heads, n, hd]
-        out = self.attend(heads_first(q), heads_first(k), heads_first(v))  # [b, heads, n, hd]
-        return out.transpose(1, 2).flatten(2, 3).type_as(q)  # [b, n, heads·hd]
+        return heads_last(self.attend, q, k, v)
 
     def __call__(
         self,

@@ -54,7 +54,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_qkv
+from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_self_qkv
 from longgen.errors import UsageError
 
 MODES = ("off", "capture", "share")
@@ -279,9 +279,8 @@ class WanShotAttnProcessor:
     ) -> torch.Tensor:
         if self.layout.mode == "off":
             return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
-            raise RuntimeError("WanShotAttnProcessor is for the self-attention layers of a text-to-video Wan model")
-        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
+        q, k, v = wan_self_qkv("WanShotAttnProcessor", attn, hidden_states, encoder_hidden_states, attention_mask,
+                               rotary_emb)  # [b, N, heads, hd] each
         k, v = layout_kv(self.layout, k, v, dim=1)  # [b, N(+n), heads, hd]
         out = self.attend(q, k, v)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))

@@ -57,7 +57,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import JointAttention, kernel_func, processors_installed, wan_qkv
+from longgen.backbones.attention import (JointAttention, heads_last, kernel_func, processors_installed,
+                                        wan_self_qkv)
 
 
 # ---------------------------------------------------------------------------------------------------- the maths
@@ -221,12 +222,9 @@ class WanSpectralProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attn.add_k_proj is not None or attention_mask is not None:
-            raise RuntimeError("WanSpectralProcessor is for the self-attention layers of a text-to-video Wan model")
-        q, k, v = wan_qkv(attn, hidden_states, rotary_emb=rotary_emb)  # [b, N, heads, hd] each
-        heads_first = lambda t: t.transpose(1, 2)  # noqa: E731  [b, N, heads, hd] → [b, heads, N, hd]
-        out = self.plan.attend(heads_first(q), heads_first(k), heads_first(v))  # [b, heads, N, hd]
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)  # [b, N, D]
+        q, k, v = wan_self_qkv("WanSpectralProcessor", attn, hidden_states, encoder_hidden_states, attention_mask,
+                               rotary_emb)  # [b, N, heads, hd] each
+        out = heads_last(self.plan.attend, q, k, v)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))
 
 
