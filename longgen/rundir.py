@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -114,6 +115,16 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, data: object) -> None:
     """JSON with finite numbers only (allow_nan=False: NaN/inf would make invalid JSON)."""
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 16 MiB chunks (the recorded identity of an input: a LoRA file, the video
+    `longgen extend` continues)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_stale_temps(directory: Path) -> list[str]:

@@ -26,7 +26,6 @@ for (`check_available`). Only safetensors files are read (no pickles).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from longgen.errors import UsageError
+from longgen.rundir import file_sha256
 
 #: |scale| beyond this is a typo, not a style strength (LoRA scales in use lie in about [-2, 2])
 MAX_SCALE = 10.0
@@ -204,15 +204,6 @@ def resolve_hub(loras: Sequence[Lora]) -> None:
                              f"download it (`hf download {lora.path} {lora.weight_name} --local-dir DIR`) and pass "
                              f"path=DIR/{lora.weight_name}") from exc
         check_header(lora.file, f"backbone.lora[{k}]")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Complaints(logging.Filter):

@@ -47,7 +47,6 @@ from __future__ import annotations
 import collections
 import copy
 import gc
-import hashlib
 import logging
 import math
 import time
@@ -79,7 +78,7 @@ from longgen.run.stages import (
     save_latents,
     video_facts,
 )
-from longgen.rundir import CHECKPOINT, LATENTS, write_json, write_text
+from longgen.rundir import CHECKPOINT, LATENTS, file_sha256, write_json, write_text
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun
 from longgen.story import Story
 
@@ -173,15 +172,6 @@ class Source:
             raise UsageError(f"{self.path} could not be read to the end ({str(exc).strip().splitlines()[-1][:160]})") from None
         finally:
             reader.close()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_input_video(path: Path, recorded: dict) -> None:
