@@ -57,6 +57,33 @@ SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 TEXT_ENCODER_POLICIES = ("release", "cpu", "keep")
 
 
+# ---------------------------------------------------------------------------------- options of the flow-matching families
+def vae_dtype_option(name: str) -> torch.dtype:
+    """`backbone.vae_dtype` of a family that decodes in its own dtype (Wan, HunyuanVideo 1.5); one line if unknown."""
+    if name not in DTYPES:
+        raise UsageError(f"backbone.vae_dtype={name!r} is not supported: use float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+def flow_shift_option(value: float | None) -> float | None:
+    """`backbone.flow_shift` (None: the loaded scheduler's shift); one line unless > 0."""
+    if value is not None and not value > 0:
+        raise UsageError(f"backbone.flow_shift={value} must be > 0 (or null: the loaded scheduler's shift)")
+    return None if value is None else float(value)
+
+
+def euler_scheduler(config, flow_shift: float | None):
+    """FlowMatchEulerDiscreteScheduler with the loaded scheduler's training length and shift (UniPC calls it
+    `flow_shift`, FlowMatch `shift`), or `flow_shift` when set."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    shift = flow_shift
+    if shift is None:
+        shift = config.get("flow_shift", config.get("shift", 1.0))
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
+                                           shift=float(shift))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

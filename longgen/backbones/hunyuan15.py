@@ -39,7 +39,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
+from longgen.backbones.diffusers_base import (DiffusersBackbone, HostFrames, euler_scheduler, flow_shift_option,
+                                              pixels_to_vae, vae_dtype_option)
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.backbones.wan import cast_like_pretrained
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
@@ -95,27 +96,19 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         """`vae_dtype`, `flow_shift`, `glyph_tokens` (ByT5 tokens per prompt): this family's own options; `shared`:
         the DiffusersOptions, handed over whole."""
         super().__init__(**shared)
-        if vae_dtype not in DTYPES:
-            raise UsageError(f"backbone.vae_dtype={vae_dtype!r} is not supported: use float32, bfloat16 or float16")
-        if flow_shift is not None and not flow_shift > 0:
-            raise UsageError(f"backbone.flow_shift={flow_shift} must be > 0 (or null: the loaded scheduler's shift)")
+        self.vae_dtype_name, self.vae_dtype = vae_dtype, vae_dtype_option(vae_dtype)
+        self.flow_shift = flow_shift_option(flow_shift)
         if glyph_tokens < 1:
             raise UsageError(f"backbone.glyph_tokens={glyph_tokens} must be >= 1")
         if self.riflex is not None:
             raise UsageError("backbone.riflex is not supported on HunyuanVideo 1.5 (no RIFLEx patch for its rotary "
                              "embedding): set backbone.riflex=false")
-        self.vae_dtype_name, self.vae_dtype = vae_dtype, DTYPES[vae_dtype]
-        self.flow_shift = None if flow_shift is None else float(flow_shift)
         self.glyph_tokens = glyph_tokens
 
     # ------------------------------------------------------------------ loading
     def _euler_scheduler(self, config):
-        """FlowMatchEulerDiscreteScheduler with the loaded training length and shift, or `backbone.flow_shift`."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        shift = self.flow_shift if self.flow_shift is not None else config.get("shift", 1.0)
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
-                                               shift=float(shift))
+        """diffusers_base.euler_scheduler with `backbone.flow_shift` (HunyuanVideo 1.5 ships a FlowMatch scheduler)."""
+        return euler_scheduler(config, self.flow_shift)
 
     def _load_pretrained(self, source: str):
         from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Pipeline

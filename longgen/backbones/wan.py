@@ -43,7 +43,8 @@ import torch
 from longgen.backbones import attention, riflex
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.attention import Kernel
-from longgen.backbones.diffusers_base import DTYPES, DiffusersBackbone, HostFrames, pixels_to_vae
+from longgen.backbones.diffusers_base import (DiffusersBackbone, HostFrames, euler_scheduler, flow_shift_option,
+                                              pixels_to_vae, vae_dtype_option)
 from longgen.backbones.shot_attention import wan_shot
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.parallel.units import Units
@@ -129,25 +130,14 @@ class WanBackbone(DiffusersBackbone):
     def __init__(self, *, vae_dtype: str = "float32", flow_shift: float | None = None, **shared: Any) -> None:
         """`vae_dtype`, `flow_shift`: Wan's own options; `shared`: the DiffusersOptions, handed over whole."""
         super().__init__(**shared)
-        if vae_dtype not in DTYPES:
-            raise UsageError(f"backbone.vae_dtype={vae_dtype!r} is not supported: use float32, bfloat16 or float16")
-        if flow_shift is not None and not flow_shift > 0:
-            raise UsageError(f"backbone.flow_shift={flow_shift} must be > 0 (or null: the loaded scheduler's shift)")
+        self.vae_dtype = vae_dtype_option(vae_dtype)
         self.vae_dtype_name = vae_dtype
-        self.vae_dtype = DTYPES[vae_dtype]
-        self.flow_shift = None if flow_shift is None else float(flow_shift)
+        self.flow_shift = flow_shift_option(flow_shift)
 
     # ------------------------------------------------------------------ loading
     def _euler_scheduler(self, config):
-        """FlowMatchEulerDiscreteScheduler with the loaded scheduler's training length and shift (UniPC calls it
-        `flow_shift`, FlowMatch `shift`), or `backbone.flow_shift` when set."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        shift = self.flow_shift
-        if shift is None:
-            shift = config.get("flow_shift", config.get("shift", 1.0))
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
-                                               shift=float(shift))
+        """diffusers_base.euler_scheduler with `backbone.flow_shift`."""
+        return euler_scheduler(config, self.flow_shift)
 
     def _load_pretrained(self, source: str):
         from diffusers import AutoencoderKLWan, WanPipeline
