@@ -180,6 +180,19 @@ def interrupted_chain(command: list[str], run_dir: Path, cwd: Path) -> dict:
     return {"sigint_after": stopped, "killed_after": killed, "total": total}
 
 
+def same_chain_latents(tmp_path: Path, what: str, seen: dict) -> torch.Tensor:
+    """The uninterrupted run's latents (tmp_path/whole), checked finite and equal byte for byte to the interrupted
+    chain's (tmp_path/chain); a difference goes to the lane's failure log with its size and the frames it touches."""
+    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
+    assert torch.isfinite(whole).all()
+    if not torch.equal(whole, chain):
+        diff = (whole - chain).abs()
+        keep_log("latents differ", f"{what}: {seen}; max |diff| {diff.max().item():.3g}, frames differing "
+                 f"{(diff.flatten(1).amax(1) > 0).nonzero().flatten().tolist()}")
+    assert torch.equal(whole, chain), f"{what}: resumed latents differ ({seen})"
+    return whole
+
+
 # ---------------------------------------------------------------------------------------------------- resume chains
 @pytest.mark.parametrize("name", list(CHAINS))
 def test_uninterrupted_equals_sigint_and_kill9_resumes(name, tmp_path):
@@ -187,13 +200,7 @@ def test_uninterrupted_equals_sigint_and_kill9_resumes(name, tmp_path):
     command = ["generate", *backbone, *sampler]
     extra = ("eval=true",) if name == "cog-gen-l-video" else ()
     seen = whole_and_chain(command, tmp_path, extra)
-    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
-    assert torch.isfinite(whole).all()
-    if not torch.equal(whole, chain):
-        diff = (whole - chain).abs()
-        keep_log("latents differ", f"{seen}; max |diff| {diff.max().item():.3g}, frames differing "
-                 f"{(diff.flatten(1).amax(1) > 0).nonzero().flatten().tolist()}")
-    assert torch.equal(whole, chain), f"{name}: resumed latents differ ({seen})"
+    same_chain_latents(tmp_path, name, seen)
     manifest = json.loads((tmp_path / "chain" / "manifest.json").read_text())
     reference = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     assert manifest["resumed"]["after_step"] == seen["killed_after"]

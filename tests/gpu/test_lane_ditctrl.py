@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from test_lane import COG, DRY, WAN, cli, latents, ok, whole_and_chain
+from test_lane import COG, DRY, WAN, cli, latents, ok, same_chain_latents, whole_and_chain
 
 pytestmark = [
     pytest.mark.gpu,
@@ -36,9 +36,7 @@ CHAINS = {
 def test_ditctrl_uninterrupted_equals_sigint_and_kill9_resumes(name, tmp_path):
     backbone, sampler = CHAINS[name]
     seen = whole_and_chain(["generate", *backbone, *sampler], tmp_path)
-    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
-    assert torch.isfinite(whole).all()
-    assert torch.equal(whole, chain), f"{name}: resumed latents differ ({seen})"
+    same_chain_latents(tmp_path, name, seen)
     manifest = json.loads((tmp_path / "chain" / "manifest.json").read_text())
     reference = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     assert manifest["resumed"]["after_step"] == seen["killed_after"]

@@ -20,7 +20,8 @@ import os
 import pytest
 import torch
 
-from test_lane import COG, WAN, cli, interrupted_chain, latents, ok, one_line, whole_and_chain
+from test_lane import (COG, WAN, cli, interrupted_chain, latents, ok, one_line, same_chain_latents,
+                       whole_and_chain)
 
 DRY = os.environ.get("LONGGEN_LANE_DRY") == "1"
 pytestmark = [
@@ -40,9 +41,7 @@ CHAINS = {
 def test_freelong_uninterrupted_equals_sigint_and_kill9_resumes(name, tmp_path):
     backbone, sampler = CHAINS[name]
     seen = whole_and_chain(["generate", *backbone, *sampler], tmp_path)
-    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
-    assert torch.isfinite(whole).all()
-    assert torch.equal(whole, chain), f"{name}: resumed latents differ ({seen})"
+    same_chain_latents(tmp_path, name, seen)
 
 
 def test_freelong_in_one_window_is_direct_sampling_and_a_too_long_band_is_one_line(tmp_path):

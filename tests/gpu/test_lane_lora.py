@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_lane import COG, DRY, cli, latents, ok, one_line, whole_and_chain
+from test_lane import COG, DRY, cli, latents, ok, one_line, same_chain_latents, whole_and_chain
 
 pytestmark = [
     pytest.mark.gpu,
@@ -60,9 +60,7 @@ def lora_option(path: Path, scale: float = 0.8) -> str:
 def test_lora_compiled_generate_and_resume_chain_same_latents(tmp_path):
     path = write_lora(tmp_path, *cog_geometry())
     command = ["generate", *COG, *SAMPLER, lora_option(path)]
-    whole_and_chain(command, tmp_path)
-    whole, chain = latents(tmp_path / "whole"), latents(tmp_path / "chain")
-    assert torch.isfinite(whole).all() and torch.equal(whole, chain)
+    same_chain_latents(tmp_path, "lora", whole_and_chain(command, tmp_path))
     backbone = json.loads((tmp_path / "whole" / "manifest.json").read_text())["backbone"]
     assert backbone["compiled"] is (not DRY)
     (recorded,) = backbone["lora"]
