@@ -61,8 +61,8 @@ def test_help_is_short_and_lists_groups_and_the_documented_options(command, caps
 def test_groups_show_their_choices_and_the_one_in_use(capsys):
     page = help_of(capsys, "generate", "sampler=glc")
     assert "  sampler: direct, ditctrl, fifo, freelong, gen-l-video, glc, syncos (in use: glc)" in page
-    assert ("  backbone: cogvideox-2b, cogvideox-5b, cogvideox-5b-i2v, hunyuanvideo-1.5, tiny, tiny-hunyuan15, tiny-i2v, "
-            "tiny-wan, tiny-wan-i2v, tiny-wan22-a14b, tiny-wan22-ti2v, wan2.1-i2v-14b-480p, wan2.1-t2v-1.3b, "
+    assert ("  backbone: cogvideox-2b, cogvideox-5b, cogvideox-5b-i2v, hunyuanvideo-1.5, hunyuanvideo-1.5-i2v, tiny, "
+            "tiny-hunyuan15, tiny-hunyuan15-i2v, tiny-i2v, tiny-wan, tiny-wan-i2v, tiny-wan22-a14b, tiny-wan22-ti2v, wan2.1-i2v-14b-480p, wan2.1-t2v-1.3b, "
             "wan2.1-t2v-14b, wan2.2-t2v-a14b, wan2.2-ti2v-5b (in use: cogvideox-2b)") in page
     assert re.search(r"^  \+experiment: .*syncos-4x", page, re.M)
     assert re.search(r"^  seed=0 +initial noise", page, re.M)  # the default beside the name

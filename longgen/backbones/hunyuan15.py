@@ -220,19 +220,25 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
     # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42
     def _call_transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [b, F, C, H, W]; emb: packed text rows [b, S1 + S2, D + 1]; t: [b] → velocity [b, F, C, H, W]."""
-        hidden = x.permute(0, 2, 1, 3, 4)  # [b, C, F, H, W]
+        hidden, vision, text = self._model_inputs(x.permute(0, 2, 1, 3, 4), emb)  # [b, 2C + 1, F, H, W], [b, N, Dimg]
+        out = self.pipe.transformer(
+            hidden_states=hidden,
+            timestep=t.to(hidden.dtype),  # the pipeline casts the timestep to the latents' dtype
+            image_embeds=vision,
+            return_dict=False,
+            **unpack_text(text, *self._text_widths()),
+        )[0]  # [b, C, F, H, W]
+        return out.permute(0, 2, 1, 3, 4)  # [b, F, C, H, W]
+
+    def _model_inputs(self, hidden: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The text-to-video inputs: latents [b, C, F, H, W] followed by zero condition latents and a zero mask
+        ([b, 2C + 1, F, H, W]), 729 zero vision tokens [b, 729, Dimg] (the model's t2v switch), the text rows as
+        given. The image-to-video subclass (hunyuan15_i2v.py) takes its conditions from its inputs instead."""
         b, c, f, h, w = hidden.shape
         condition = torch.zeros(b, c + 1, f, h, w, dtype=hidden.dtype, device=hidden.device)  # t2v: no image
         cfg = self.pipe.transformer.config
         vision = torch.zeros(b, VISION_TOKENS, cfg.image_embed_dim, dtype=hidden.dtype, device=hidden.device)
-        out = self.pipe.transformer(
-            hidden_states=torch.cat([hidden, condition], dim=1),  # [b, 2C + 1, F, H, W]
-            timestep=t.to(hidden.dtype),  # the pipeline casts the timestep to the latents' dtype
-            image_embeds=vision,
-            return_dict=False,
-            **unpack_text(emb, *self._text_widths()),
-        )[0]  # [b, C, F, H, W]
-        return out.permute(0, 2, 1, 3, 4)  # [b, F, C, H, W]
+        return torch.cat([hidden, condition], dim=1), vision, emb
 
     def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         return flow_to_x0_eps(x_t, out, float(t) / self.pipe.scheduler.config.num_train_timesteps)

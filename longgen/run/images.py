@@ -27,7 +27,8 @@ from longgen.errors import UsageError
 
 FITS = ("crop", "pad", "stretch")
 #: the image-to-video backbones longgen ships, named where a text-to-video backbone is given an image
-I2V_BACKBONES = "backbone=cogvideox-5b-i2v or backbone=wan2.1-i2v-14b-480p (tiny-i2v, tiny-wan-i2v: random weights)"
+I2V_BACKBONES = ("backbone=cogvideox-5b-i2v, backbone=wan2.1-i2v-14b-480p or backbone=hunyuanvideo-1.5-i2v "
+                 "(tiny-i2v, tiny-wan-i2v, tiny-hunyuan15-i2v: random weights)")
 
 
 @dataclass

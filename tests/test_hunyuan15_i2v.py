@@ -1,0 +1,164 @@
+"""HunyuanVideo 1.5 image-to-video (conf/backbone/tiny-hunyuan15-i2v.yaml: tiny random transformer, VAE and SigLIP,
+hashed stand-in text encoders), 16×16, float32:
+
+- `direct` from a start image equals diffusers' `HunyuanVideo15ImageToVideoPipeline` on the same components, from
+  the prompt embeddings on (the oracle), and a window without an image equals `HunyuanVideo15Pipeline` (the
+  text-to-video inputs on the same transformer);
+- a transformer call whose rows mix windows with and without an image gives each row what it gets alone (the
+  model's image/no-image switch is per call, so the backbone splits such calls);
+- Gen-L-Video over two windows with a start image and an event's key image, through the CLI: the start line and
+  the manifest name both images and their windows;
+- one-line refusals: an image on the text-to-video HunyuanVideo 1.5, an I2V transformer whose SigLIP width does not
+  match, a mixed call under anchor-style attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+from diffusers.guiders import ClassifierFreeGuidance
+from hydra import compose, initialize_config_module
+from PIL import Image
+
+from longgen.build import build
+from longgen.errors import UsageError
+from longgen.samplers.base import SamplingRun
+from longgen.samplers.direct import DirectSampler
+
+from cli_helpers import error_lines, run_cli
+
+SMALL = ["backbone.height=16", "backbone.width=16"]
+PROMPTS = ("a red fox in snow", "a fox runs")
+NEGATIVE = "blurry"
+SHIFT = 5.0  # tiny-hunyuan15.yaml: architecture.scheduler.shift
+KEYS = ("encoder_hidden_states", "encoder_attention_mask", "encoder_hidden_states_2", "encoder_attention_mask_2")
+
+
+def _compose(*overrides: str):
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        return compose("generate", overrides=list(overrides))
+
+
+def _image(seed: int, size=(16, 16)) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)  # [H, W, 3]
+
+
+@pytest.fixture(scope="module")
+def hyi():
+    cfg = _compose("backbone=tiny-hunyuan15-i2v", *SMALL)
+    backbone = build(cfg.backbone, "backbone", "tiny-hunyuan15-i2v")
+    backbone.load()
+    backbone.encode_prompts(list(PROMPTS), NEGATIVE)
+    return backbone
+
+
+def _direct(backbone, noise, cid, steps=3, guidance=6.0):
+    run = SamplingRun(denoiser=backbone, noise=noise, prompt_for_window=lambda start, size: cid,
+                      generator=torch.Generator().manual_seed(1))
+    return DirectSampler(num_steps=steps, guidance_scale=guidance).sample(run)  # [1, F, C, H, W]
+
+
+def _embeddings(backbone, prompt: str) -> dict:
+    """The pipelines' eight text keyword arguments: the stand-in encoders' tensors for `prompt` and the negative."""
+    cond = dict(zip(KEYS, backbone._hashed_texts([prompt])))
+    neg = dict(zip(KEYS, backbone._hashed_texts([NEGATIVE])))
+    return dict(prompt_embeds=cond[KEYS[0]], prompt_embeds_mask=cond[KEYS[1]], prompt_embeds_2=cond[KEYS[2]],
+                prompt_embeds_mask_2=cond[KEYS[3]], negative_prompt_embeds=neg[KEYS[0]],
+                negative_prompt_embeds_mask=neg[KEYS[1]], negative_prompt_embeds_2=neg[KEYS[2]],
+                negative_prompt_embeds_mask_2=neg[KEYS[3]])
+
+
+def test_direct_equals_the_i2v_pipeline_and_without_image_the_t2v_pipeline(hyi):
+    frame = _image(0)
+    hyi.encode_images([frame], 7)
+    noise = torch.randn((1, hyi.window, *hyi.latent_shape), generator=torch.Generator().manual_seed(0))
+    ours = _direct(hyi, noise, hyi.condition_id(0, 0))
+    parts = {k: v for k, v in hyi.pipe.components.items() if k not in ("scheduler", "guider")}
+    common = dict(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+                  guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    pipe = HunyuanVideo15ImageToVideoPipeline(**parts, **common)
+    pipe.target_size = 16  # the pipeline takes its frame size from the image: at 16 the only bucket is 16x16
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(image=Image.fromarray(frame), **_embeddings(hyi, PROMPTS[0]), num_frames=hyi.num_frames,
+                     num_inference_steps=3, latents=noise.permute(0, 2, 1, 3, 4).clone(),
+                     output_type="latent").frames.permute(0, 2, 1, 3, 4)  # [1, F, C, H, W]
+    assert reference.shape == ours.shape
+    assert (ours - reference).abs().max().item() <= 1e-5
+    # the oracle sees the image: another image is far away
+    hyi.encode_images([_image(1)], 7)
+    assert (_direct(hyi, noise, hyi.condition_id(0, 0)) - reference).abs().max().item() > 1e-3
+    # a window without an image: the text-to-video pipeline on the same (image-to-video) transformer
+    plain = _direct(hyi, noise, 1)
+    t2v = HunyuanVideo15Pipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
+                                 **common)
+    t2v.set_progress_bar_config(disable=True)
+    no_image = t2v(**_embeddings(hyi, PROMPTS[1]), height=16, width=16, num_frames=hyi.num_frames,
+                   num_inference_steps=3, latents=noise.permute(0, 2, 1, 3, 4).clone(),
+                   output_type="latent").frames.permute(0, 2, 1, 3, 4)
+    assert (plain - no_image).abs().max().item() <= 1e-5
+
+
+class PlainLayout:
+    """An attention layout (longgen/backbones/micro_batch.py reads it) with no anchor rows."""
+
+    def phases(self, total: int):
+        return [([], list(range(total)))]
+
+    def running(self, rows):
+        return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def test_a_call_mixing_image_and_no_image_rows_gives_each_row_its_own(hyi):
+    hyi.encode_images([_image(2)], 7)
+    ids = [hyi.condition_id(1, 0), 0]
+    x = torch.randn(2, 3, *hyi.latent_shape, generator=torch.Generator().manual_seed(4))
+    t = hyi.schedule(4).step(1).t
+    together = hyi.predict(x, t, ids, 6.0).x0  # one call of 4 rows: uncond/cond × (image, none)
+    for row, cid in enumerate(ids):
+        alone = hyi.predict(x[row : row + 1], t, [cid], 6.0).x0
+        assert (together[row] - alone[0]).abs().max().item() <= 1e-5, f"row {row}"
+    hyi._anchor_layout = PlainLayout()  # what anchor/cross-shot/KV-sharing attention installs for its predicts
+    try:
+        with pytest.raises(UsageError, match="set backbone.micro_batch=1") as err:
+            hyi.predict(x, t, ids, 6.0)
+        assert "\n" not in str(err.value)
+    finally:
+        hyi._anchor_layout = None
+
+
+def test_refusals_are_one_line(tmp_path):
+    from longgen.run.job import plan_job
+
+    Image.fromarray(_image(3)).save(tmp_path / "start.png")
+    cfg = _compose("backbone=tiny-hunyuan15", *SMALL, "prompt=a fox", f"image={tmp_path / 'start.png'}")
+    with pytest.raises(UsageError) as err:
+        plan_job(cfg, tmp_path / "run", {"backbone": "tiny-hunyuan15", "sampler": "syncos"})
+    assert "needs an image-to-video backbone" in str(err.value) and "backbone=hunyuanvideo-1.5-i2v" in str(err.value)
+    cfg = _compose("backbone=tiny-hunyuan15-i2v", *SMALL, "backbone.architecture.image_encoder.hidden_size=12")
+    with pytest.raises(UsageError) as err:
+        build(cfg.backbone, "backbone", "tiny-hunyuan15-i2v").load()
+    assert "no SigLIP image encoder matching its transformer's image_embed_dim (8; encoder width 12)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_gen_l_video_with_start_and_key_image_through_the_cli(tmp_path):
+    for name, seed, size in (("start.png", 5, (40, 24)), ("key.png", 6, (16, 16))):
+        Image.fromarray(_image(seed, size)).save(tmp_path / name)
+    story = {"global": "a fox", "local": ["a fox sits", {"prompt": "a fox runs", "image": "key.png"}]}
+    (tmp_path / "story.json").write_text(json.dumps(story))
+    proc = run_cli("generate", "backbone=tiny-hunyuan15-i2v", *SMALL, f"image={tmp_path / 'start.png'}",
+                   f"story={tmp_path / 'story.json'}", "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=2",
+                   "save_latents=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0 and not error_lines(proc), proc.stderr[-2000:]
+    said = " ".join(proc.stderr.split())
+    assert "key images (image_fit=crop): image= start.png 40x24 → 16x16" in said, said[-2000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [(i["source"], i["window_start"]) for i in manifest["images"]] == [("image=", 0), ("event 2", 8)]
+    assert manifest["backbone"]["image_conditioning"].startswith("VAE mode of the image at latent frame 0")
+    assert (tmp_path / "run" / "latents.safetensors").exists()
