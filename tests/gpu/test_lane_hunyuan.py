@@ -4,17 +4,24 @@
   backbone.random_weights=true`, hashed stand-in text encoders) at 240×416 (a quarter of the 480p frame, to stay
   within the lane's 4 minutes), Gen-L-Video on 2 windows of 31 latent frames, 3 steps: an uninterrupted run, and
   SIGINT → resume → SIGKILL → resume gives the same latents byte for byte; the manifest records the family's facts;
-- FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each.
+- FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each;
+- the image-to-video model (`backbone=hunyuanvideo-1.5-i2v backbone.random_weights=true`: the 8.3B transformer, the
+  VAE and a full-size SigLIP so400m, random) from a 640x360 start image, one window, `direct` with CFG, 2 steps at
+  240×416: the VAE latent + mask and the 729 vision tokens on the real architecture; finite latents, the start line.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
-from test_lane import DRY, PROMPT, cli, ok, one_line, same_chain_latents, whole_and_chain
+from PIL import Image
+
+from test_lane import DRY, PROMPT, cli, latents, ok, one_line, same_chain_latents, whole_and_chain
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,6 +34,11 @@ else:
     HUNYUAN_MODEL = ["backbone=hunyuanvideo-1.5", "backbone.random_weights=true", "backbone.height=240",
                      "backbone.width=416"]
 HUNYUAN = [*HUNYUAN_MODEL, "save_latents=true", PROMPT]
+if DRY:
+    HUNYUAN_I2V = ["backbone=tiny-hunyuan15-i2v", "backbone.height=16", "backbone.width=16"]
+else:  # eager: one window of two steps does not pay for compiling 54 blocks
+    HUNYUAN_I2V = ["backbone=hunyuanvideo-1.5-i2v", "backbone.random_weights=true", "backbone.height=240",
+                   "backbone.width=416", "backbone.compile=false"]
 
 
 def test_hunyuan_gen_l_video_resume_chain(tmp_path):
@@ -50,3 +62,18 @@ def test_hunyuan_fifo_and_riflex_are_refused_in_one_line(tmp_path):
                  f"hydra.run.dir={tmp_path / 'riflex'}", cwd=tmp_path)
     assert riflex.returncode != 0 and "backbone.riflex" in one_line(riflex.stderr)
     ok(cli("generate", *HUNYUAN, "--cfg", "job", cwd=tmp_path))  # the config itself composes
+
+
+def test_hunyuan_i2v_start_image_one_window(tmp_path):
+    pixels = (np.random.default_rng(0).random((360, 640, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "start.png")
+    proc = ok(cli("generate", *HUNYUAN_I2V, "save_latents=true", PROMPT, f"image={tmp_path / 'start.png'}",
+                  "sampler=direct", "num_windows=1", "sampler.num_steps=2", f"hydra.run.dir={tmp_path / 'run'}",
+                  cwd=tmp_path))
+    said = " ".join(proc.stderr.split())  # the log's lines, unwrapped
+    assert "key images (image_fit=crop): image= start.png 640x360 →" in said, said[-2000:]
+    out = latents(tmp_path / "run")
+    assert out.shape[0] == 31 and torch.isfinite(out).all()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["images"][0]["window_start"] == 0
+    assert manifest["backbone"]["image_conditioning"].startswith("VAE mode of the image at latent frame 0")
