@@ -85,6 +85,9 @@ class Backbone(Denoiser):
     #: an image-to-video model: windows may be conditioned on an image at their first frame (`encode_images`,
     #: `condition_id`; longgen/backbones/image_conditioning.py); text-to-video models refuse images
     image_conditioning: ClassVar[bool] = False
+    #: an image-to-video model that also runs with no image at all (Wan 2.2 TI2V: text-to-video mode); the others
+    #: need a start image or key images
+    image_optional: ClassVar[bool] = False
 
     def encode_images(self, frames: Sequence[np.ndarray], seed: int) -> None:
         """Encode key images, uint8 RGB [H, W, 3] at the model's frame size, numbered 0.. in order; `seed` fixes

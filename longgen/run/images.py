@@ -118,7 +118,7 @@ def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, s
     events = story.images if not story.multi_shot else None
     wanted = given or (events is not None and any(events))
     if not wanted:
-        if backbone.image_conditioning:
+        if backbone.image_conditioning and not backbone.image_optional:
             raise UsageError(f"backbone={choices.get('backbone')} is an image-to-video model: give it a start image "
                              f"(image=start.png) or story events with an `image`")
         return None
