@@ -27,8 +27,9 @@ from longgen.errors import UsageError
 
 FITS = ("crop", "pad", "stretch")
 #: the image-to-video backbones longgen ships, named where a text-to-video backbone is given an image
-I2V_BACKBONES = ("backbone=cogvideox-5b-i2v, backbone=wan2.1-i2v-14b-480p or backbone=hunyuanvideo-1.5-i2v "
-                 "(tiny-i2v, tiny-wan-i2v, tiny-hunyuan15-i2v: random weights)")
+I2V_BACKBONES = ("backbone=cogvideox-5b-i2v, backbone=wan2.1-i2v-14b-480p, backbone=hunyuanvideo-1.5-i2v or "
+                 "backbone=wan2.2-ti2v-5b "
+                 "(tiny-i2v, tiny-wan-i2v, tiny-hunyuan15-i2v, tiny-wan22-ti2v: random weights)")
 
 
 @dataclass

@@ -4,6 +4,8 @@
 - TI2V-5B (48-channel VAE, spatial 16, a timestep per token): Gen-L-Video over 2 windows of 31 latent frames,
   uninterrupted, and SIGINT → resume → SIGKILL → resume: the same latents byte for byte; the video decodes through
   the patchified Wan 2.2 VAE at the asked size;
+- TI2V-5B in image mode from a 640x360 start image: `direct`, one window, 2 steps with CFG; finite latents and the
+  start line;
 - T2V-A14B (two 14B experts, ~28 GB each in bf16, both on the GPU): Gen-L-Video over 2 windows, 4 steps at shift 12
   (t = 1000, 960 on the high-noise expert, 857, 12 on the low-noise one), finite latents and the manifest's facts;
 - T2V-A14B with sampler=glc (ABAM): refused in one line, nothing written;
@@ -77,3 +79,19 @@ def test_a14b_two_gpus_same_bytes(tmp_path):
     ok(cli(*command, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path))
     ok(cli(*command, "gpus=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path))
     assert torch.equal(latents(tmp_path / "one"), latents(tmp_path / "two"))
+
+
+def test_ti2v_5b_image_mode_one_window(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((360, 640, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "start.png")
+    run = tmp_path / "run"
+    proc = ok(cli("generate", *TI2V, "save_latents=true", PROMPT, f"image={tmp_path / 'start.png'}", "sampler=direct",
+                  "num_windows=1", "sampler.num_steps=2", f"hydra.run.dir={run}", cwd=tmp_path))
+    said = " ".join(proc.stderr.split())  # the log's lines, unwrapped
+    assert "key images (image_fit=crop): image= start.png 640x360 →" in said, said[-2000:]
+    out, m = latents(run), _manifest(run)
+    assert out.shape[0] == (21 if DRY else 31) and torch.isfinite(out).all()
+    assert m["images"][0]["window_start"] == 0 and m["backbone"]["image_conditioning"].startswith("optional")
