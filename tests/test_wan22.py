@@ -8,8 +8,8 @@
 - the switch inside every predict: t ≥ 875 takes the high-noise expert at the caller's scale, t < 875 the low-noise
   expert at guidance_scale_2, and per-frame timesteps across the boundary take each frame from its own expert;
 - Gen-L-Video on the A14B equals a per-window oracle that switches experts itself;
-- every sampler runs on each variant (ABAM, FreeLong, KV-sharing in both A14B experts); a resume is bit-identical; the streamed decode of
-  the patchified VAE equals `AutoencoderKLWan.decode`; the full-size configs' facts.
+- every sampler runs on each variant (ABAM, FreeLong, KV-sharing in both A14B experts); a resume is bit-identical;
+  the streamed decode of the patchified VAE equals `AutoencoderKLWan.decode`; the full-size configs' facts.
 """
 
 from __future__ import annotations
