@@ -8,7 +8,8 @@ tiny-wan22-a14b in float32:
   expert's oracle, the capture of cross-shot attention and KV-sharing straddling too, so each expert reads only the
   keys/values its own layers kept. The oracles differ from plain attention, so a processor missing from an expert
   shows;
-- a sharing expert that captured nothing is an error, not another expert's keys/values;
+- a sharing expert that captured nothing is an error, not another expert's keys/values; KV-sharing on experts of
+  different depths is one line (`sampler.kv_layers` names one span);
 - both experts have their own processors back after each block, also when it raises;
 - the CLI runs freelong, ditctrl, glc (ABAM) and a multi-shot story with cross-shot attention on tiny-wan22-a14b, in
   one multirun process (interpreter start-up dominates a CLI test).
@@ -132,6 +133,21 @@ def test_sharing_on_an_expert_that_captured_nothing_is_an_error(models, name):
                 two.predict(_x(21), 960.0, [0], 4.0)  # the high-noise expert only
             with layout.sharing() if name == "shots" else layout.sharing([0]):
                 two.predict(_x(21, seed=1), ts, [1], 4.0)  # both experts
+
+
+def test_kv_sharing_refuses_experts_of_different_depths_in_one_line(models):
+    """`sampler.kv_layers` names one span of layers: experts with different layer counts are one line."""
+    from diffusers import WanTransformer3DModel
+
+    from longgen.backbones.kv_sharing import kv_shared, wan_kv
+    from longgen.errors import UsageError
+
+    high = models[0].pipe.transformer
+    shallow = WanTransformer3DModel(**{**high.config, "num_layers": 1})
+    with pytest.raises(UsageError, match=r"\[1, 2\] attention layers") as err:
+        with kv_shared([high, shallow], (0, 1), [], 0.3, wan_kv()["processor"], wan_kv()["layers"]):
+            pass
+    assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------- restoring
