@@ -603,7 +603,7 @@ class DiffusersBackbone(Backbone):
 
     @contextlib.contextmanager
     def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> Iterator[None]:
-        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; the transformer's own
+        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; each model's own
         processors are restored on exit. How anchors are found across CFG branches and micro-batches:
         `longgen.backbones.anchor_attention`."""
         if self.pipe is None:
@@ -626,8 +626,8 @@ class DiffusersBackbone(Backbone):
     @contextlib.contextmanager
     def shot_attention(self, share: float, guided: bool) -> Iterator[Any]:
         """Cross-shot attention (longgen/backbones/shot_attention.py) for every `predict` inside the block: the
-        family's processors are installed and the layout takes the place run_stacked reads anchors from; the
-        each model's own processors are restored on exit."""
+        family's processors are installed and the layout takes the place run_stacked reads anchors from; each
+        model's own processors are restored on exit."""
         from longgen.backbones.shot_attention import shared_attention
 
         if self.pipe is None:

@@ -153,8 +153,8 @@ class ShotLayout(CallInFlight):
             index = self.kept_positions(key.shape[dim], key.device)
             for i, row in enumerate(rows):
                 # clone: keep only these tokens alive, not the whole call's tensor
-                self._store[(self.model, layer, self.branch(row))] = (key[i].index_select(dim - 1, index).clone(),
-                                                          value[i].index_select(dim - 1, index).clone())
+                self._store[(self.model, layer, self.branch(row))] = (
+                    key[i].index_select(dim - 1, index).clone(), value[i].index_select(dim - 1, index).clone())
             return key, value
         if self.mode != "share":
             raise RuntimeError(f"cross-shot attention: keys/values rewritten in mode {self.mode!r}")

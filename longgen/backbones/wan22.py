@@ -15,8 +15,9 @@ two things Wan 2.2 adds, as diffusers 0.42's `WanPipeline` runs them:
   both sides of the boundary (FIFO's queue): both experts then see the whole window and each frame takes the
   prediction of its own expert at its own guidance scale.
   The attention processors of ABAM, cross-shot attention, FreeLong and DiTCtrl's KV-sharing go into both experts
-  (`_attention_models`); what their layouts keep per layer is kept per expert (`CallInFlight.model`), so each
-  expert's layers read only what that expert's layers stored, also when one predict runs both.
+  (`_attention_models`); the keys/values cross-shot attention and KV-sharing keep are kept per expert
+  (`CallInFlight.model`) and ABAM's anchors are rewritten by each expert's own calls, so each expert's layers read
+  only what that expert's layers stored, also when one predict runs both.
   LoRA weights (`backbone.lora`) are fused into one transformer: refused on two experts in one line.
 """
 
@@ -173,7 +174,8 @@ class Wan22Backbone(WanBackbone):
         scale = guidance_scale
         if not high and self.guidance_scale_2 is not None and guidance_scale > 1.0:
             scale = self.guidance_scale_2
-        # the layout in flight (ABAM, cross-shot, KV-sharing) keeps what each expert's layers store apart
+        # the layout in flight (ABAM, cross-shot, KV-sharing) learns which expert runs: the ones that keep
+        # keys/values between predicts keep each expert's apart
         layout = self._anchor_layout
         try:
             with layout.on_model(self._expert) if layout is not None else contextlib.nullcontext():
