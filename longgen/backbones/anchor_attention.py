@@ -23,6 +23,9 @@ Which window is the anchor, exactly:
 - The store holds one anchor per group and layer (the conditional branch overwrites the unconditional anchors only
   after every unconditional row has run) and is emptied when the `predict` call ends. Memory: 2 (K and V) × layers ×
   heads × video tokens × head dim per group, e.g. 2·30·30·17 550·64 fp16 values ≈ 4 GB per group on CogVideoX-2B.
+  Wan 2.2 A14B (processors in both experts): each expert's part of a `predict` is a run of its own, whose anchor
+  calls rewrite every (layer, group) before its other rows read them, so an expert never blends with the other
+  expert's anchors, also when per-frame timesteps run both experts in one predict; the store keeps one expert's.
 - Only the video tokens are blended; the text tokens of the joint attention keep each window's own prompt
   (windows of a multi-event story carry different local prompts, and the method's point is visual consistency).
 - With RoPE (CogVideoX-5B, Wan) the blend is applied after the rotation; both windows have the same positions, so
@@ -236,10 +239,10 @@ def anchored(
     processor: Callable | None = None,
     layers: Callable[[str], bool] | None = None,
 ) -> Iterator[AnchorLayout]:
-    """Install anchor attention on the attention layers of a diffusers transformer whose processor name `layers`
-    accepts (all when None) for the duration of the block: `processor(layout, layer, replaces)` with the layers
-    numbered in call order and `replaces` the processor it stands in for. The original processors (the same
-    objects) are restored on exit, also when the block raises."""
+    """Install anchor attention on the attention layers of a diffusers transformer (or of each of a list of them: Wan
+    2.2 A14B's experts) whose processor name `layers` accepts (all when None) for the duration of the block:
+    `processor(layout, layer, replaces)` with the layers numbered in call order and `replaces` the processor it stands
+    in for. The original processors (the same objects) are restored on exit, also when the block raises."""
     processor = processor or cogvideox_anchor()
     layout = AnchorLayout(strength, groups)
     with processors_installed(transformer, layout, processor, layers):

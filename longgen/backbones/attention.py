@@ -302,6 +302,19 @@ class CallInFlight:
     what: ClassVar[str]
     _rows: list[int] | None = None
     _next_layer = 0
+    #: which of the backbone's transformers the calls run (0: the first; 1: Wan 2.2 A14B's low-noise expert,
+    #: set by `on_model`): the layouts that keep keys/values from one predict for later ones (cross-shot
+    #: attention, KV-sharing) key them by (model, layer), so one model's layers never read another's
+    model = 0
+
+    @contextlib.contextmanager
+    def on_model(self, model: int) -> Iterator[None]:
+        """The transformer calls inside run model number `model` (layers are counted from 0 in each call)."""
+        previous, self.model = self.model, int(model)
+        try:
+            yield
+        finally:
+            self.model = previous
 
     @contextlib.contextmanager
     def running(self, rows: Sequence[int]) -> Iterator[None]:
@@ -327,24 +340,31 @@ class CallInFlight:
         return cls.ACTIVE[0]
 
 
+def as_models(transformers) -> list[torch.nn.Module]:
+    """One diffusers transformer, or several (Wan 2.2 A14B's two experts), as a list."""
+    return [transformers] if isinstance(transformers, torch.nn.Module) else list(transformers)
+
+
 @contextlib.contextmanager
 def processors_installed(
-    transformer, layout: Any, processor: Callable, layers: Callable[[str], bool] | None = None
+    transformers, layout: Any, processor: Callable, layers: Callable[[str], bool] | None = None
 ) -> Iterator[Any]:
-    """Install `processor(layout, layer, replaces)` on the attention layers of a diffusers transformer whose
-    processor name `layers` accepts (all when None), the layers numbered in call order and `replaces` the processor
-    each stands in for, for the duration of the block; yields `layout`. The original processors (the same objects)
-    are restored on exit, also when the block raises. Used by ABAM and cross-shot attention."""
-    original = dict(transformer.attn_processors)  # name → processor, in call order
-    chosen = [name for name in original if layers is None or layers(name)]
-    processors = dict(original)
-    for layer, name in enumerate(chosen):
-        processors[name] = processor(layout, layer, original[name])
-    transformer.set_attn_processor(processors)
-    try:
+    """Install `processor(layout, layer, replaces)` on the attention layers whose processor name `layers` accepts
+    (all when None) of a diffusers transformer, or of each of several (`transformers`: Wan 2.2 A14B's two experts),
+    the layers of each model numbered in call order from 0 and `replaces` the processor each stands in for, for the
+    duration of the block; yields `layout`. Every model gets its original processors (the same objects) back on
+    exit, also when the block, or the installation in a later model, raises. Used by ABAM, cross-shot attention,
+    FreeLong and KV-sharing."""
+    with contextlib.ExitStack() as restore:
+        for model in as_models(transformers):
+            original = dict(model.attn_processors)  # name → processor, in call order
+            chosen = [name for name in original if layers is None or layers(name)]
+            processors = dict(original)
+            for layer, name in enumerate(chosen):
+                processors[name] = processor(layout, layer, original[name])
+            restore.callback(model.set_attn_processor, dict(original))  # it consumes the dict it is given
+            model.set_attn_processor(processors)
         yield layout
-    finally:
-        transformer.set_attn_processor(dict(original))  # set_attn_processor consumes the dict it is given
 
 
 def wan_qkv(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = None,

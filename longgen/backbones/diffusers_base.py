@@ -328,6 +328,11 @@ class DiffusersBackbone(Backbone):
     def _to_x0_eps(self, x_t: torch.Tensor, out: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂0, ε̂) from the guided model output `out` for x_t, both [B, M, C, H, W] float32."""
 
+    def _attention_models(self) -> list[torch.nn.Module]:
+        """The transformers that ABAM, cross-shot attention, FreeLong and KV-sharing install their processors into:
+        the pipeline's transformer (Wan 2.2 A14B: both experts, wan22.py)."""
+        return [self.pipe.transformer]
+
     @abstractmethod
     def _anchor_processors(self) -> dict:
         """Keyword arguments of `anchored(...)` for this transformer: the processor class and which layers."""
@@ -598,13 +603,13 @@ class DiffusersBackbone(Backbone):
 
     @contextlib.contextmanager
     def anchor_attention(self, strength: float, groups: Sequence[int] | None = None) -> Iterator[None]:
-        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; the transformer's own
+        """Anchor-based attention (GLC-Diffusion Eq. 10) for every `predict` inside the block; each model's own
         processors are restored on exit. How anchors are found across CFG branches and micro-batches:
         `longgen.backbones.anchor_attention`."""
         if self.pipe is None:
             raise RuntimeError("load() must run before anchor_attention()")
         plain = type(self).predict
-        with anchored(self.pipe.transformer, strength, groups, **self._anchor_processors()) as layout:
+        with anchored(self._attention_models(), strength, groups, **self._anchor_processors()) as layout:
 
             def predict(x_t, t, prompt_ids, guidance_scale):
                 with layout.call(x_t.shape[0]):
@@ -621,15 +626,15 @@ class DiffusersBackbone(Backbone):
     @contextlib.contextmanager
     def shot_attention(self, share: float, guided: bool) -> Iterator[Any]:
         """Cross-shot attention (longgen/backbones/shot_attention.py) for every `predict` inside the block: the
-        family's processors are installed and the layout takes the place run_stacked reads anchors from; the
-        transformer's own processors are restored on exit."""
+        family's processors are installed and the layout takes the place run_stacked reads anchors from; each
+        model's own processors are restored on exit."""
         from longgen.backbones.shot_attention import shared_attention
 
         if self.pipe is None:
             raise RuntimeError("load() must run before shot_attention()")
         if self._anchor_layout is not None:
             raise UsageError("cross-shot attention cannot run inside anchor attention (ABAM): turn one off")
-        with shared_attention(self.pipe.transformer, share, guided, **self._shot_processors()) as layout:
+        with shared_attention(self._attention_models(), share, guided, **self._shot_processors()) as layout:
             self._anchor_layout = layout
             try:
                 yield layout
@@ -644,7 +649,7 @@ class DiffusersBackbone(Backbone):
     def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
                            spatial_cutoff: float | None) -> Iterator[None]:
         """FreeLong's spectral blend attention (longgen/backbones/spectral_attention.py) in every `predict` inside the
-        block; the transformer's own processors are restored on exit. The family checks that its positions cover
+        block; each model's own processors are restored on exit. The family checks that its positions cover
         `frames` latent frames and supplies the processor (`_spectral_processor`)."""
         from longgen.backbones.spectral_attention import SpectralPlan, spectral_installed
 
@@ -657,7 +662,7 @@ class DiffusersBackbone(Backbone):
                             None if spatial_cutoff is None else float(spatial_cutoff),
                             self.latent_shape[1] // self.patch_size, self.latent_shape[2] // self.patch_size)
         processor, layers = self._spectral_processor(frames, plan)
-        with spectral_installed(self.pipe.transformer, processor, layers):
+        with spectral_installed(self._attention_models(), processor, layers):
             yield
 
     def _spectral_processor(self, frames: int, plan: Any) -> tuple[Any, Any]:
@@ -668,7 +673,7 @@ class DiffusersBackbone(Backbone):
     def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float) -> Iterator[Any]:
         """DiTCtrl's KV-sharing (longgen/backbones/kv_sharing.py) for every `predict` inside the block: the family's
         processors are installed, each predict announces its windows to the layout, and the layout takes the place
-        run_stacked reads anchors from; the transformer's own processors are restored on exit."""
+        run_stacked reads anchors from; each model's own processors are restored on exit."""
         from longgen.backbones.kv_sharing import kv_shared
 
         if self.pipe is None:
@@ -676,7 +681,7 @@ class DiffusersBackbone(Backbone):
         if self._anchor_layout is not None:
             raise UsageError("KV-sharing cannot run inside anchor or cross-shot attention: turn one off")
         kw = self._kv_processors()
-        with kv_shared(self.pipe.transformer, layers, subject, threshold, kw["processor"], kw.get("layers"),
+        with kv_shared(self._attention_models(), layers, subject, threshold, kw["processor"], kw.get("layers"),
                        kw.get("map_processor"), kw.get("map_layers")) as layout:
             plain = type(self).predict
 
@@ -719,8 +724,8 @@ class DiffusersBackbone(Backbone):
         if self.riflex is not None:
             info["riflex"] = self.riflex_plan.describe() if self.riflex_plan else {"window": self.window}
         if self.pipe is not None:
-            proc = self.pipe.transformer.attn_processors
-            info["attention_processors"] = sorted({type(p).__name__ for p in proc.values()})
+            info["attention_processors"] = sorted({type(p).__name__ for model in self._attention_models()
+                                                   for p in model.attn_processors.values()})
         if torch.cuda.is_available() and getattr(self, "device", torch.device("cpu")).type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
         return info

@@ -50,7 +50,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from longgen.backbones.attention import CallInFlight, processors_installed, wan_qkv
+from longgen.backbones.attention import CallInFlight, as_models, processors_installed, wan_qkv
 from longgen.errors import UsageError
 
 #: queries per block when the subject attention map is formed (bounds the [heads, block, keys] scores)
@@ -132,9 +132,10 @@ class KVLayout(CallInFlight):
         self.subject = tuple(int(s) for s in subject)
         self.threshold = float(threshold)
         self.mode = "off"
-        self._kv: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (layer, branch, window)
-        self._source_mask: dict[tuple[int, int], torch.Tensor | None] = {}  # (layer, window) → [N] bool
-        self._target_mask: dict[tuple[int, int], torch.Tensor | None] = {}  # (layer, window) → [N] bool
+        # keyed by (model, layer, …): Wan 2.2 A14B's experts keep theirs apart (CallInFlight.model)
+        self._kv: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # (model, layer, branch, window)
+        self._source_mask: dict[tuple[int, ...], torch.Tensor | None] = {}  # (model, layer, window) → [N] bool
+        self._target_mask: dict[tuple[int, ...], torch.Tensor | None] = {}  # (model, layer, window) → [N] bool
         self._sources: list[int] = []  # share: window b of the predict attends with captured window sources[b]
         self._batch: int | None = None  # windows per branch of the open predict
         self._frames = 0  # latent frames per window of the open predict
@@ -252,13 +253,16 @@ class KVLayout(CallInFlight):
             for i, row in enumerate(rows):
                 window = row % self._batch
                 # clone: keep only this row alive, not the whole call's tensor
-                self._kv[(layer, self.branch(row), window)] = (k[i].clone(), v[i].clone())
+                self._kv[(self.model, layer, self.branch(row), window)] = (k[i].clone(), v[i].clone())
                 if self.branch(row) == 1:
-                    self._source_mask[(layer, window)] = masks[i]
+                    self._source_mask[(self.model, layer, window)] = masks[i]
             return F.scaled_dot_product_attention(q, k, v)
         if self.mode != "share":
             raise RuntimeError(f"KV-sharing: attention asked in mode {self.mode!r}")
-        kept = [self._kv[(layer, self.branch(row), self._sources[row % self._batch])] for row in rows]
+        if (self.model, layer, 1, self._sources[0]) not in self._kv:
+            raise RuntimeError(f"KV-sharing: transformer {self.model} shares keys/values that another transformer "
+                               f"captured (Wan 2.2 A14B: capture at the sharing calls' timesteps)")
+        kept = [self._kv[(self.model, layer, self.branch(row), self._sources[row % self._batch])] for row in rows]
         k_src = torch.stack([kk for kk, _ in kept]).to(k.dtype)  # [b, heads, T+N, d]
         v_src = torch.stack([vv for _, vv in kept]).to(v.dtype)
         if not self.masked:
@@ -268,9 +272,9 @@ class KVLayout(CallInFlight):
         for i, row in enumerate(rows):
             window = row % self._batch
             if self.branch(row) == 1:
-                self._target_mask[(layer, window)] = own[i]
-            source.append(self._source_mask[(layer, self._sources[window])])
-            target.append(self._target_mask[(layer, window)])
+                self._target_mask[(self.model, layer, window)] = own[i]
+            source.append(self._source_mask[(self.model, layer, self._sources[window])])
+            target.append(self._target_mask[(self.model, layer, window)])
         if any(m is None for m in source + target):  # no map yet (Wan's first layer): unmasked sharing
             return shared_attention(q, k_src, v_src, n_text)
         return shared_attention(q, k_src, v_src, n_text, torch.stack(source), torch.stack(target), self.subject)
@@ -384,7 +388,7 @@ def model_span(layers: Sequence[int | None], count: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def kv_shared(
-    transformer,
+    transformers,
     layers: Sequence[int],
     subject: Sequence[int],
     threshold: float,
@@ -393,16 +397,21 @@ def kv_shared(
     map_processor: Callable | None = None,
     map_layers: Callable[[str], bool] | None = None,
 ) -> Iterator[KVLayout]:
-    """Install the KV-sharing processors on the self-attention layers of a diffusers transformer (those whose
-    processor name `layers_filter` accepts; all when None) and, where a mask is asked and the family reads it from
-    separate cross-attention layers, `map_processor` on those (`map_layers`), for the duration of the block; the
-    original processors are restored on exit. `layers` is the half-open span [start, end) of self-attention layers
-    that share; it must lie within the model's."""
-    count = sum(1 for name in transformer.attn_processors if layers_filter is None or layers_filter(name))
-    start, end = model_span(layers, count)
+    """Install the KV-sharing processors on the self-attention layers of a diffusers transformer, or of each of
+    several (Wan 2.2 A14B's two experts), (those whose processor name `layers_filter` accepts; all when None) and,
+    where a mask is asked and the family reads it from separate cross-attention layers, `map_processor` on those
+    (`map_layers`), for the duration of the block; the original processors are restored on exit. `layers` is the
+    half-open span [start, end) of self-attention layers that share; it must lie within each model's (the models
+    have as many layers, so the span names the same layers in each)."""
+    counts = {sum(1 for name in model.attn_processors if layers_filter is None or layers_filter(name))
+              for model in as_models(transformers)}
+    if len(counts) != 1:
+        raise UsageError(f"KV-sharing: the model's transformers have {sorted(counts)} attention layers, so "
+                         f"sampler.kv_layers cannot name the same layers in each: use another sampler than ditctrl")
+    start, end = model_span(layers, counts.pop())
     layout = KVLayout((start, end), subject, threshold)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(processors_installed(transformer, layout, processor, layers_filter))
+        stack.enter_context(processors_installed(transformers, layout, processor, layers_filter))
         if layout.masked and map_processor is not None:
-            stack.enter_context(processors_installed(transformer, layout, map_processor, map_layers))
+            stack.enter_context(processors_installed(transformers, layout, map_processor, map_layers))
         yield layout

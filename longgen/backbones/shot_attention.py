@@ -39,6 +39,9 @@ Details:
   by counting its calls inside the transformer call; so compiled blocks keep one graph per mode and call shape (a
   processor per layer, closing over its index, made Dynamo recompile per block up to its limit and run the rest
   eagerly).
+- Wan 2.2 A14B's two experts: the kept tokens are keyed by the transformer too (`CallInFlight.model`), so each
+  expert attends to the reference tokens its own layers produced; a capture whose per-frame timesteps straddle the
+  boundary runs both experts and keeps both.
 - Memory: the kept tokens, 2 (K, V) × 2 branches × layers × heads × r·N × head dim, e.g. r = 0.5 on CogVideoX-2B:
   2·2·30·30·8775·64 fp16 values ≈ 4 GB.
 
@@ -150,12 +153,15 @@ class ShotLayout(CallInFlight):
             index = self.kept_positions(key.shape[dim], key.device)
             for i, row in enumerate(rows):
                 # clone: keep only these tokens alive, not the whole call's tensor
-                self._store[(layer, self.branch(row))] = (key[i].index_select(dim - 1, index).clone(),
-                                                          value[i].index_select(dim - 1, index).clone())
+                self._store[(self.model, layer, self.branch(row))] = (
+                    key[i].index_select(dim - 1, index).clone(), value[i].index_select(dim - 1, index).clone())
             return key, value
         if self.mode != "share":
             raise RuntimeError(f"cross-shot attention: keys/values rewritten in mode {self.mode!r}")
-        ref = [self._store[(layer, self.branch(row))] for row in rows]
+        if (self.model, layer, 1) not in self._store:
+            raise RuntimeError(f"cross-shot attention: transformer {self.model} shares a reference that another "
+                               f"transformer captured (Wan 2.2 A14B: capture at the sharing calls' timesteps)")
+        ref = [self._store[(self.model, layer, self.branch(row))] for row in rows]
         k_ref = torch.stack([k for k, _ in ref]).to(key.dtype)  # [b, …, n, …]
         v_ref = torch.stack([v for _, v in ref]).to(value.dtype)
         return torch.cat([key, k_ref], dim=dim), torch.cat([value, v_ref], dim=dim)  # tokens N + n on `dim`
@@ -300,9 +306,10 @@ def shared_attention(
     processor: Callable,
     layers: Callable[[str], bool] | None = None,
 ) -> Iterator[ShotLayout]:
-    """Install `processor(layout, layer, replaces)` on the attention layers of a diffusers transformer whose
-    processor name `layers` accepts (all when None), numbered in call order, for the duration of the block; the
-    original processors (the same objects) are restored on exit, also when the block raises."""
+    """Install `processor(layout, layer, replaces)` on the attention layers of a diffusers transformer (or of each of a
+    list of them: Wan 2.2 A14B's experts) whose processor name `layers` accepts (all when None), numbered in call order,
+    for the duration of the block; the original processors (the same objects) are restored on exit, also when the block
+    raises."""
     layout = ShotLayout(share, guided)
     with processors_installed(transformer, layout, processor, layers):
         yield layout

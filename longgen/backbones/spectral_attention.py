@@ -237,7 +237,8 @@ def shared_processor(kind: type, plan: SpectralPlan):
 
 @contextlib.contextmanager
 def spectral_installed(transformer, processor, layers: Callable[[str], bool] | None = None) -> Iterator[None]:
-    """Install `processor` on the attention layers of a diffusers transformer whose processor name `layers`
-    accepts (all when None) for the duration of the block; the original processors come back on exit."""
+    """Install `processor` on the attention layers of a diffusers transformer (or of each of a list of them: Wan 2.2
+    A14B's experts) whose processor name `layers` accepts (all when None) for the duration of the block; the original
+    processors come back on exit."""
     with processors_installed(transformer, processor.plan, lambda plan, layer, replaces: processor, layers):
         yield

@@ -261,7 +261,7 @@ class WanBackbone(DiffusersBackbone):
 
         from longgen.backbones.spectral_attention import WanSpectralProcessor, shared_processor
 
-        most = self.pipe.transformer.config.rope_max_seq_len
+        most = min(model.config.rope_max_seq_len for model in self._attention_models())
         if frames > most:
             raise UsageError(f"FreeLong runs all {frames} latent frames as one sequence, but this Wan's RoPE table "
                              f"covers {most}: ask for at most {most} latent frames")

@@ -14,12 +14,16 @@ two things Wan 2.2 adds, as diffusers 0.42's `WanPipeline` runs them:
   sampler and window takes the expert of its own timestep. With per-frame timesteps a window may hold frames on
   both sides of the boundary (FIFO's queue): both experts then see the whole window and each frame takes the
   prediction of its own expert at its own guidance scale.
-  What installs attention processors or LoRA weights into one transformer (ABAM, cross-shot attention, FreeLong,
-  DiTCtrl's KV-sharing, `backbone.lora`) is refused on two experts in one line.
+  The attention processors of ABAM, cross-shot attention, FreeLong and DiTCtrl's KV-sharing go into both experts
+  (`_attention_models`); the keys/values cross-shot attention and KV-sharing keep are kept per expert
+  (`CallInFlight.model`) and ABAM's anchors are rewritten by each expert's own calls, so each expert's layers read
+  only what that expert's layers stored, also when one predict runs both.
+  LoRA weights (`backbone.lora`) are fused into one transformer: refused on two experts in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -170,33 +174,21 @@ class Wan22Backbone(WanBackbone):
         scale = guidance_scale
         if not high and self.guidance_scale_2 is not None and guidance_scale > 1.0:
             scale = self.guidance_scale_2
+        # the layout in flight (ABAM, cross-shot, KV-sharing) learns which expert runs: the ones that keep
+        # keys/values between predicts keep each expert's apart
+        layout = self._anchor_layout
         try:
-            return super()._predict(x_t, t, prompt_ids, scale)
+            with layout.on_model(self._expert) if layout is not None else contextlib.nullcontext():
+                return super()._predict(x_t, t, prompt_ids, scale)
         finally:
             self._expert = 0
 
-    # ------------------------------------------------------------------ one-transformer features
-    def _one_transformer(self, what: str) -> None:
-        if self.boundary_ratio is not None:
-            raise UsageError(f"{what} installs its attention processors in one transformer, but this model switches "
-                             f"between two experts by timestep: use another sampler or turn it off")
-
-    def anchor_attention(self, strength: float, groups: Sequence[int] | None = None):
-        self._one_transformer("ABAM (anchor attention)")
-        return super().anchor_attention(strength, groups)
-
-    def shot_attention(self, share: float, guided: bool):
-        self._one_transformer("cross-shot attention (shots.cross_attention)")
-        return super().shot_attention(share, guided)
-
-    def spectral_attention(self, frames: int, windows: Sequence[int], temporal_cutoff: float,
-                           spatial_cutoff: float | None):
-        self._one_transformer("FreeLong's spectral blend attention")
-        return super().spectral_attention(frames, windows, temporal_cutoff, spatial_cutoff)
-
-    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float):
-        self._one_transformer("DiTCtrl's KV-sharing")
-        return super().kv_sharing(layers, subject, threshold)
+    # ------------------------------------------------------------------ attention processors
+    def _attention_models(self) -> list[torch.nn.Module]:
+        """ABAM, cross-shot attention, FreeLong and KV-sharing go into both experts (the A14B): each predict runs
+        the expert(s) of its timesteps with the processors in place."""
+        low = self.pipe.transformer_2
+        return [self.pipe.transformer, *([low] if low is not None else [])]
 
     # ------------------------------------------------------------------ manifest
     def describe(self) -> dict:
