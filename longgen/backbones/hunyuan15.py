@@ -28,8 +28,11 @@ What is HunyuanVideo-1.5-specific, and lives here:
   `scaling_factor`. Its decoder's middle block attends across all latent frames, so there is no per-frame cache
   to stream with (unlike Wan's); `decode_stream` runs one `vae.decode` (spatially tiled with `vae_tiling`, the
   VAE's own tiled decode) and hands the frames over a few at a time.
-- No anchor (ABAM), cross-shot, spectral (FreeLong) or KV-sharing (DiTCtrl) attention processors for this
-  transformer yet: those samplers' options refuse in one line.
+- The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
+  and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask; longgen's processors
+  run its text-first ops row by row on the valid text tokens (attention.py `valid_text_first`): FreeLong's
+  spectral blend attention on those layers (not on the text refiner's). No anchor (ABAM), cross-shot or
+  KV-sharing (DiTCtrl) processors for this transformer yet: those samplers' options refuse in one line.
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ def unpack_text(table: torch.Tensor, s1: int, d1: int, d2: int) -> dict[str, tor
         "encoder_hidden_states_2": table[:, s1:, :d2],  # [b, S2, D2]
         "encoder_attention_mask_2": table[:, s1:, -1],  # [b, S2]
     }
+
+
+def joint_layers(name: str) -> bool:
+    """Whether a processor name is a joint text-video attention layer (one per double-stream block; the text token
+    refiner's self-attention layers are not)."""
+    return name.startswith("transformer_blocks.")
 
 
 class HunyuanVideo15Backbone(DiffusersBackbone):
@@ -239,6 +248,16 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
 
     def _anchor_processors(self) -> dict:
         raise UsageError("the HunyuanVideo 1.5 backbone has no anchor attention (GLC's ABAM): set sampler.abam=false")
+
+    def _spectral_processor(self, frames: int, plan) -> tuple:
+        """FreeLong's processor on the joint attention layers of the double-stream blocks (not the text refiner's),
+        on torch SDPA; the 3-D RoPE is computed for any number of frames."""
+        from dataclasses import replace
+
+        from longgen.backbones.spectral_attention import HunyuanSpectralProcessor, shared_processor
+
+        plan = replace(plan, kernel="sdpa")
+        return shared_processor(HunyuanSpectralProcessor, plan), joint_layers
 
     # ------------------------------------------------------------------ video
     # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42

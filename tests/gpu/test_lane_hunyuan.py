@@ -4,7 +4,9 @@
   backbone.random_weights=true`, hashed stand-in text encoders) at 240×416 (a quarter of the 480p frame, to stay
   within the lane's 4 minutes), Gen-L-Video on 2 windows of 31 latent frames, 3 steps: an uninterrupted run, and
   SIGINT → resume → SIGKILL → resume gives the same latents byte for byte; the manifest records the family's facts;
-- FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each.
+- FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each;
+- the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
+  FreeLong on 2 windows' length, 2 steps: finite latents of that length, the stock processors in the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import pytest
 import torch
 
-from test_lane import DRY, PROMPT, cli, ok, one_line, same_chain_latents, whole_and_chain
+from test_lane import DRY, PROMPT, cli, latents, ok, one_line, same_chain_latents, whole_and_chain
 
 pytestmark = [
     pytest.mark.gpu,
@@ -50,3 +52,14 @@ def test_hunyuan_fifo_and_riflex_are_refused_in_one_line(tmp_path):
                  f"hydra.run.dir={tmp_path / 'riflex'}", cwd=tmp_path)
     assert riflex.returncode != 0 and "backbone.riflex" in one_line(riflex.stderr)
     ok(cli("generate", *HUNYUAN, "--cfg", "job", cwd=tmp_path))  # the config itself composes
+
+
+@pytest.mark.parametrize("sampler", [["sampler=freelong"]], ids=["freelong"])
+def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
+    run = tmp_path / sampler[0].split("=")[1]
+    ok(cli("generate", *HUNYUAN, *sampler, "num_windows=2", "sampler.num_steps=2", f"hydra.run.dir={run}",
+           cwd=tmp_path))
+    out = latents(run)
+    assert out.shape[0] == 31 + 8 and torch.isfinite(out).all()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "HunyuanVideo15AttnProcessor2_0" in manifest["backbone"]["attention_processors"]  # restored after sampling
