@@ -8,6 +8,12 @@ random model (conf/backbone/tiny-hunyuan15.yaml), pinned to written-out oracles:
   query none), the blend by a per-frequency DFT loop (tests/test_freelong.py); with a window holding the whole
   video, the stock diffusers processor's layer; sampling a video that fits one window is direct sampling, a shorter
   window is not.
+- DiTCtrl (kv_sharing.py `HunyuanKVProcessor`): every joint attention call of a capture and a share recorded; the
+  layer outside the span is the target's own masked attention written out, the sharing layer the target's queries
+  against the source's keys/values of the same guidance branch under the *source's* text mask (its padded text
+  keys masked, the target's padded text queries 0); a clip sharing with itself is its plain prediction, with the
+  other's keys it is not; one clip is direct sampling; resume after step 2 is bit-identical; mask-guided sharing
+  refuses in one line.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from omegaconf import OmegaConf
 from longgen.backbones.spectral_attention import HunyuanSpectralProcessor, SpectralPlan
 from longgen.build import build
 from longgen.samplers.base import SamplingRun
+from longgen.errors import UsageError
 from longgen.samplers.direct import DirectSampler
+from longgen.samplers.ditctrl import DiTCtrlSampler
 from longgen.samplers.freelong import FreeLongSampler
 
 from conftest import REPO
+from test_checkpoint import checkpoint_after_two_steps
 from test_freelong import blend_by_dft_loop, window_of
 
 PROMPTS = ("a red fox in snow", 'a sign that says "OPEN" in the rain')
@@ -55,44 +64,54 @@ def layer(hy):
     video = torch.randn(2, FRAMES * ROWS * COLS, dim, generator=gen)
     text = torch.randn(2, TEXT_MASK.shape[1], dim, generator=gen)
     rope = transformer.rope(torch.zeros(1, 1, FRAMES, ROWS, COLS))  # cos, sin: [N, hd]
-    cos, sin = rope
-    with torch.no_grad():
-        def rotate(x):  # interleaved pairs (x0, x1) → (x0·cos − x1·sin, x1·cos + x0·sin), [b, N, heads, hd]
-            pairs = x.unflatten(-1, (-1, 2))
-            turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-            return x * cos[None, :, None] + turned * sin[None, :, None]
+    return attn, video, text, rope, hand_qkv(attn, video, text, rope)
 
-        split = lambda x: x.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, n, heads, hd]
-        q = torch.cat([rotate(attn.norm_q(split(attn.to_q(video)))), attn.norm_added_q(split(attn.add_q_proj(text)))], 1)
-        k = torch.cat([rotate(attn.norm_k(split(attn.to_k(video)))), attn.norm_added_k(split(attn.add_k_proj(text)))], 1)
-        v = torch.cat([split(attn.to_v(video)), split(attn.add_v_proj(text))], 1)
-    return attn, video, text, rope, (q, k, v)
+
+@torch.no_grad()
+def hand_qkv(attn, video, text, rope) -> tuple[np.ndarray, ...]:
+    """q, k, v of a joint attention layer written out: [b, N + S, heads, hd] float64 numpy, heads moved to dim 1
+    → [b, heads, N + S, hd]. Video: projection, per-head RMS norm, RoPE on interleaved pairs; text: the added
+    projections and norms."""
+    cos, sin = rope  # [N, hd]
+
+    def rotate(x):  # (x0, x1) → (x0·cos − x1·sin, x1·cos + x0·sin) per pair, [b, N, heads, hd]
+        pairs = x.unflatten(-1, (-1, 2))
+        turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+        return x * cos[None, :, None] + turned * sin[None, :, None]
+
+    split = lambda x: x.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, n, heads, hd]
+    q = torch.cat([rotate(attn.norm_q(split(attn.to_q(video)))), attn.norm_added_q(split(attn.add_q_proj(text)))], 1)
+    k = torch.cat([rotate(attn.norm_k(split(attn.to_k(video)))), attn.norm_added_k(split(attn.add_k_proj(text)))], 1)
+    v = torch.cat([split(attn.to_v(video)), split(attn.add_v_proj(text))], 1)
+    return tuple(x.transpose(1, 2).double().numpy() for x in (q, k, v))
 
 
 # ---------------------------------------------------------------------------------------------------- oracles
-def hunyuan_attention(q, k, v, text_mask, frame_tokens: int, window: int | None) -> np.ndarray:
+def hunyuan_attention(q, k, v, text_mask, frame_tokens: int, window: int | None, key_mask=None) -> np.ndarray:
     """HunyuanVideo 1.5's masked joint attention query by query, the keys allowed one by one: a padded text query
     none (output 0), any other the valid text keys and the video keys of its local window (window None: all; a text
-    query sees every video key). q, k, v: [b, heads, N + S, hd] float64, video first; text_mask [b, S] → same."""
+    query sees every video key). q, k, v: [b, heads, N + S, hd] float64, video first; text_mask [b, S] the queries'
+    valid text, key_mask [b, S] the keys' (default: text_mask) → same."""
+    key_mask = text_mask if key_mask is None else key_mask
     b, heads, n, hd = q.shape
     n_video = n - text_mask.shape[1]
     frames = n_video // frame_tokens
     out = np.zeros(q.shape)
     for r in range(b):
-        for i in range(n):
-            if i >= n_video and not text_mask[r, i - n_video]:
-                continue  # a padded text query: every key masked
-            allowed = []
-            for j in range(n):
-                if j >= n_video:
-                    if text_mask[r, j - n_video]:
-                        allowed.append(j)
-                elif window is None or i >= n_video or j // frame_tokens in window_of(i // frame_tokens, frames, window):
-                    allowed.append(j)
-            scores = np.einsum("hd,hjd->hj", q[r, :, i], k[r][:, allowed]) / math.sqrt(hd)
+        allowed = np.zeros((n, n), dtype=bool)  # [query, key]
+        allowed[:, n_video:] = key_mask[r]  # the valid text keys
+        allowed[n_video:, :n_video] = True  # a text query: every video key
+        for i in range(n_video):  # a video query: the video keys of the frames of its window
+            frames_seen = range(frames) if window is None else window_of(i // frame_tokens, frames, window)
+            for f in frames_seen:
+                allowed[i, f * frame_tokens : (f + 1) * frame_tokens] = True
+        allowed[n_video:][~text_mask[r]] = False  # a padded text query: none
+        for i in np.nonzero(allowed.any(axis=1))[0]:
+            keys = np.nonzero(allowed[i])[0]
+            scores = np.einsum("hd,hjd->hj", q[r, :, i], k[r][:, keys]) / math.sqrt(hd)
             p = np.exp(scores - scores.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
-            out[r, :, i] = np.einsum("hj,hjd->hd", p, v[r][:, allowed])
+            out[r, :, i] = np.einsum("hj,hjd->hd", p, v[r][:, keys])
     return out
 
 
@@ -131,7 +150,7 @@ def test_freelong_layer_matches_the_layer_written_out_and_the_stock_layer_in_one
     plan = SpectralPlan((2,), 0.3, 0.25, ROWS, COLS)
     with torch.no_grad():
         got = HunyuanSpectralProcessor(plan)(attn, video, text, TEXT_MASK, rope)
-        hand = [x.transpose(1, 2).double().numpy() for x in qkv]  # [b, heads, N + S, hd]
+        hand = qkv  # [b, heads, N + S, hd]
         mixed = hunyuan_freelong_by_hand(*hand, TEXT_MASK.numpy(), (2,), 0.3, 0.25)
         assert close(got, layer_out(attn, mixed, text.shape[1]), 1e-5)
         plain = layer_out(attn, hunyuan_attention(*hand, TEXT_MASK.numpy(), ROWS * COLS, None), text.shape[1])
@@ -157,3 +176,88 @@ def test_freelong_in_one_window_is_direct_sampling_and_a_shorter_window_is_not(h
     assert (shorter - direct).abs().max() > 1e-4
     assert {type(p).__name__ for p in hy.pipe.transformer.attn_processors.values()} == {
         "AttnProcessor2_0", "HunyuanVideo15AttnProcessor2_0"}  # the stock processors are back
+
+
+# ---------------------------------------------------------------------------------------------------- DiTCtrl
+def _record(transformer) -> tuple[list, list]:
+    """Every joint attention call from now on: (layer, inputs by name, (video out, text out))."""
+    calls, handles = [], []
+    for layer, block in enumerate(transformer.transformer_blocks):
+        def hook(module, args, kwargs, out, layer=layer):
+            calls.append((layer, dict(kwargs), out))
+        handles.append(block.attn.register_forward_hook(hook, with_kwargs=True))
+    return calls, handles
+
+
+def _written_out(attn, target: dict, source: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output for the target's queries against the source's keys/values and text mask, written out."""
+    q, _, _ = hand_qkv(attn, target["hidden_states"], target["encoder_hidden_states"], target["image_rotary_emb"])
+    _, k, v = hand_qkv(attn, source["hidden_states"], source["encoder_hidden_states"], source["image_rotary_emb"])
+    own, theirs = (kw["attention_mask"].bool().numpy() for kw in (target, source))
+    mixed = hunyuan_attention(q, k, v, own, 1, None, key_mask=theirs)  # 1 token per frame at 16×16
+    return layer_out(attn, mixed, own.shape[1])
+
+
+@torch.no_grad()
+def test_ditctrl_sharing_layer_is_the_target_against_the_sources_keys_under_its_text_mask(hy):
+    """Layer 1 shares (span [1, 2)), layer 0 does not; each predict is one call of rows [unconditional,
+    conditional]: capture (prompt 0) then share (prompt 1, whose valid text differs: a quoted glyph text)."""
+    g = torch.Generator().manual_seed(3)
+    x_src, x_tgt = (torch.randn(1, hy.window, *hy.latent_shape, generator=g) for _ in range(2))
+    t = hy.schedule(4).step(1).t
+    blocks = hy.pipe.transformer.transformer_blocks
+    calls, handles = _record(hy.pipe.transformer)
+    try:
+        with hy.kv_sharing((1, 2), (), 0.3) as kv:
+            with kv.capturing():
+                hy.predict(x_src, t, [0], 6.0)
+            with kv.sharing([0]):
+                hy.predict(x_tgt, t, [1], 6.0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [layer for layer, _, _ in calls] == [0, 1, 0, 1]
+    (_, _, _), (_, source, _), (_, plain, plain_out), (_, target, shared_out) = calls
+    assert close(plain_out, _written_out(blocks[0].attn, plain, plain), 1e-5)  # its own keys
+    assert close(shared_out, _written_out(blocks[1].attn, target, source), 1e-5)  # the source's
+    own = _written_out(blocks[1].attn, target, target)
+    assert not close(shared_out, own, 1e-3)  # sharing changed the layer (the oracle could see a no-op)
+    masks = [kw["attention_mask"].bool() for kw in (source, target)]
+    assert not torch.equal(masks[0][1], masks[1][1]) and not torch.equal(masks[1][0], masks[1][1])
+    assert all(type(p).__name__ != "HunyuanKVProcessor" for p in hy.pipe.transformer.attn_processors.values())
+
+
+@torch.no_grad()
+def test_ditctrl_clip_sharing_with_itself_is_its_plain_prediction(hy):
+    x = torch.randn(2, hy.window, *hy.latent_shape, generator=torch.Generator().manual_seed(4))
+    t = hy.schedule(4).step(1).t
+    plain = hy.predict(x, t, [0, 1], 5.0).x0
+    with hy.kv_sharing((0, 2), (), 0.3) as kv:
+        with kv.capturing():
+            captured = hy.predict(x, t, [0, 1], 5.0).x0
+        with kv.sharing([0, 1]):
+            shared = hy.predict(x, t, [0, 1], 5.0).x0
+        with kv.sharing([1, 0]):  # each window with the other's keys (and text mask)
+            swapped = hy.predict(x, t, [0, 1], 5.0).x0
+    assert (captured - plain).abs().max() <= 1e-5 and (shared - plain).abs().max() <= 1e-5
+    assert (swapped - plain).abs().max() > 1e-3
+
+
+def test_ditctrl_one_clip_is_direct_sampling_and_a_mask_is_one_line(hy):
+    direct = DirectSampler(num_steps=2, guidance_scale=6.0).sample(_run(hy, hy.window))
+    ditctrl = DiTCtrlSampler(num_steps=2, guidance_scale=6.0, stride=8, kv_steps=(0, 2), kv_layers=(0, 2))
+    assert torch.equal(ditctrl.sample(_run(hy, hy.window)), direct)
+    masked = DiTCtrlSampler(num_steps=2, stride=8, kv_steps=(0, 2), kv_layers=(0, 2), subject_tokens=(1,))
+    with pytest.raises(UsageError, match=r"sampler.subject_tokens=\[1\]: mask-guided KV-sharing is not supported "
+                                         r"on HunyuanVideo 1.5 .*set sampler.subject_tokens=\[\]"):
+        masked.sample(_run(hy, hy.window + 8))
+
+
+def test_ditctrl_resume_after_step_two_is_bit_identical(hy, tmp_path):
+    make = lambda: DiTCtrlSampler(num_steps=4, guidance_scale=6.0, stride=8, kv_steps=(1, 3), kv_layers=(-1, None))  # noqa: E731
+    length = hy.window + 8
+    reference = make().sample(_run(hy, length))
+    ckpt = checkpoint_after_two_steps(make(), _run(hy, length), tmp_path / "ckpt.safetensors", "ditctrl")
+    fresh = _run(hy, length)
+    fresh.generator.set_state(ckpt.generator_state)
+    assert ckpt.state.done == 2 and torch.equal(make().sample(fresh, ckpt.state), reference)

@@ -31,8 +31,9 @@ What is HunyuanVideo-1.5-specific, and lives here:
 - The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
   and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask; longgen's processors
   run its text-first ops row by row on the valid text tokens (attention.py `valid_text_first`): FreeLong's
-  spectral blend attention on those layers (not on the text refiner's). No anchor (ABAM), cross-shot or
-  KV-sharing (DiTCtrl) processors for this transformer yet: those samplers' options refuse in one line.
+  spectral blend attention and DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line) on
+  those layers (not on the text refiner's). No anchor (ABAM) or cross-shot processors for this transformer yet:
+  those options refuse in one line.
 """
 
 from __future__ import annotations
@@ -258,6 +259,21 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
 
         plan = replace(plan, kernel="sdpa")
         return shared_processor(HunyuanSpectralProcessor, plan), joint_layers
+
+    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float):
+        """DiTCtrl's unmasked KV-sharing (the base's); mask-guided sharing is refused in one line: the subject's
+        token positions in the joint attention's text differ per prompt (valid ByT5 glyph tokens come first)."""
+        if subject:
+            raise UsageError(f"sampler.subject_tokens={list(subject)}: mask-guided KV-sharing is not supported on "
+                             f"HunyuanVideo 1.5 (its text token positions differ per prompt): set "
+                             f"sampler.subject_tokens=[]")
+        return super().kv_sharing(layers, subject, threshold)
+
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on the joint attention layers (torch SDPA; longgen/backbones/kv_sharing.py)."""
+        from longgen.backbones.kv_sharing import hunyuan_kv
+
+        return hunyuan_kv()
 
     # ------------------------------------------------------------------ video
     # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42

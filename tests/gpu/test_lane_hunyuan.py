@@ -6,7 +6,8 @@
   SIGINT → resume → SIGKILL → resume gives the same latents byte for byte; the manifest records the family's facts;
 - FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each;
 - the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
-  FreeLong on 2 windows' length, 2 steps: finite latents of that length, the stock processors in the manifest.
+  FreeLong, and DiTCtrl sharing in both steps and the last 5 layers, on 2 windows' length, 2 steps: finite
+  latents of that length, the stock processors in the manifest.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def test_hunyuan_fifo_and_riflex_are_refused_in_one_line(tmp_path):
     ok(cli("generate", *HUNYUAN, "--cfg", "job", cwd=tmp_path))  # the config itself composes
 
 
-@pytest.mark.parametrize("sampler", [["sampler=freelong"]], ids=["freelong"])
+@pytest.mark.parametrize("sampler", [
+    ["sampler=freelong"],
+    ["sampler=ditctrl", "sampler.kv_steps=[0,2]", "sampler.kv_layers=[-5,null]"],
+], ids=["freelong", "ditctrl"])
 def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
     run = tmp_path / sampler[0].split("=")[1]
     ok(cli("generate", *HUNYUAN, *sampler, "num_windows=2", "sampler.num_steps=2", f"hydra.run.dir={run}",
