@@ -14,6 +14,10 @@ random model (conf/backbone/tiny-hunyuan15.yaml), pinned to written-out oracles:
   keys masked, the target's padded text queries 0); a clip sharing with itself is its plain prediction, with the
   other's keys it is not; one clip is direct sampling; resume after step 2 is bit-identical; mask-guided sharing
   refuses in one line.
+- ABAM (anchor_attention.py `HunyuanAnchorProcessor`): Eq. 10 at the stock processor's attention call (the video
+  keys/values — the first N tokens — of every row blended with row 0's, the text keys/values each row's own), on a
+  predict whose rows' valid text differs; λ = 1 is plain attention; the anchor row is untouched (GLC with ABAM runs:
+  tests/test_hunyuan15.py).
 """
 
 from __future__ import annotations
@@ -261,3 +265,37 @@ def test_ditctrl_resume_after_step_two_is_bit_identical(hy, tmp_path):
     fresh = _run(hy, length)
     fresh.generator.set_state(ckpt.generator_state)
     assert ckpt.state.done == 2 and torch.equal(make().sample(fresh, ckpt.state), reference)
+
+
+# ---------------------------------------------------------------------------------------------------- ABAM
+def test_abam_is_eq10_on_the_video_keys_at_the_stock_attention_call(hy, monkeypatch):
+    """Oracle: the stock processors with Eq. 10 applied where they call attention, rows blended with row 0 (one
+    group, no guidance); rows 0 and 1 have different prompts, so different text masks and text keys."""
+    import diffusers.models.transformers.transformer_hunyuan_video15 as th
+
+    x = torch.randn(3, hy.window, *hy.latent_shape, generator=torch.Generator().manual_seed(4))
+    ids, t, lam = [0, 1, 0], 600.0, 0.3
+    plain = hy.predict(x, t, ids, 1.0).x0
+    before = dict(hy.pipe.transformer.attn_processors)
+    with hy.anchor_attention(1.0):
+        assert (hy.predict(x, t, ids, 1.0).x0 - plain).abs().max() <= 1e-5
+    with hy.anchor_attention(lam):
+        kinds = {type(p).__name__ for p in hy.pipe.transformer.attn_processors.values()}
+        ours = hy.predict(x, t, ids, 1.0).x0
+    assert kinds == {"HunyuanAnchorProcessor", "AttnProcessor2_0"}  # the text refiner keeps its own
+    after = dict(hy.pipe.transformer.attn_processors)
+    assert all(before[k] is after[k] for k in before) and "predict" not in vars(hy)
+
+    real, n_video = th.dispatch_attention_fn, hy.window  # 1 token per latent frame at 16×16
+
+    def blended(query, key, value, *args, **kwargs):  # [b, N + S, heads, hd], video first
+        key, value = key.clone(), value.clone()
+        key[:, :n_video] = lam * key[:, :n_video] + (1 - lam) * key[:1, :n_video]
+        value[:, :n_video] = lam * value[:, :n_video] + (1 - lam) * value[:1, :n_video]
+        return real(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(th, "dispatch_attention_fn", blended)
+    reference = hy.predict(x, t, ids, 1.0).x0
+    assert (ours - reference).abs().max().item() <= 1e-5
+    assert (ours[0] - plain[0]).abs().max() <= 1e-5 and (ours - plain).abs().max() > 1e-3
+

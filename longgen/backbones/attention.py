@@ -29,8 +29,8 @@ longgen/backbones/anchor_attention.py, uses this hook so anchor attention runs o
 kernel, and projects the output. The kernels are `torch.library` custom ops, so torch.compile traces through them.
 `WanAttention` is its counterpart for Wan's layers (self-attention, text and image cross-attention), on `wan_qkv`.
 HunyuanVideo 1.5's joint attention (video tokens first, then text tokens under a padding mask) has no longgen
-kernel; its longgen processors share `hunyuan_qkv`, `hunyuan_out` and `valid_text_first`, which runs a text-first
-op row by row on the valid text tokens.
+kernel; its longgen processors share `hunyuan_qkv`, `hunyuan_out`, and `valid_text_first`, which runs a text-first
+op row by row on the valid text tokens, or `hunyuan_attend`, the stock masked attention.
 """
 
 from __future__ import annotations
@@ -508,3 +508,23 @@ def valid_text_first(attend: TextFirst, q: torch.Tensor, k: torch.Tensor, v: tor
         pick = lambda x: x[row : row + 1].index_select(2, order)  # noqa: E731  [1, heads, T + N, hd]
         out[row : row + 1, :, order] = attend(pick(q), pick(k), pick(v), text.numel()).to(q.dtype)
     return out
+
+
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+def hunyuan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """How a longgen processor standing in for the processor `replaces` of a HunyuanVideo 1.5 joint attention layer
+    (ABAM) computes its attention: q, k, v [b, N + S, heads, hd] (video first) and the text mask [b, S] →
+    [b, N + S, heads·hd], under the stock processor's mask (a query and a key both valid: every video token, the
+    valid text tokens), through diffusers' attention dispatcher with the replaced processor's attention backend."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    backend = getattr(replaces, "_attention_backend", None)
+
+    def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        b, n = q.shape[:2]
+        valid = F.pad(text_mask.bool(), (n - text_mask.shape[1], 0), value=True)  # [b, N + S]
+        pairs = valid[:, None, None, :] & valid[:, None, :, None]  # [b, 1, N + S, N + S]
+        out = dispatch_attention_fn(q, k, v, attn_mask=pairs, dropout_p=0.0, is_causal=False, backend=backend)
+        return out.flatten(2, 3).type_as(q)  # [b, N + S, heads·hd]
+
+    return masked

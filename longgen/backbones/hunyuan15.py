@@ -31,9 +31,9 @@ What is HunyuanVideo-1.5-specific, and lives here:
 - The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
   and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask; longgen's processors
   run its text-first ops row by row on the valid text tokens (attention.py `valid_text_first`): FreeLong's
-  spectral blend attention and DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line) on
-  those layers (not on the text refiner's). No anchor (ABAM) or cross-shot processors for this transformer yet:
-  those options refuse in one line.
+  spectral blend attention, DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line) and
+  GLC's anchor attention (ABAM, on the video keys/values) on those layers (not on the text refiner's). No
+  cross-shot processor for this transformer yet: `shots.cross_attention` refuses in one line.
 """
 
 from __future__ import annotations
@@ -248,7 +248,10 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return flow_to_x0_eps(x_t, out, float(t) / self.pipe.scheduler.config.num_train_timesteps)
 
     def _anchor_processors(self) -> dict:
-        raise UsageError("the HunyuanVideo 1.5 backbone has no anchor attention (GLC's ABAM): set sampler.abam=false")
+        """ABAM on the joint attention layers of the double-stream blocks (anchor_attention.py)."""
+        from longgen.backbones.anchor_attention import hunyuan_anchor
+
+        return {"processor": hunyuan_anchor(), "layers": joint_layers}
 
     def _spectral_processor(self, frames: int, plan) -> tuple:
         """FreeLong's processor on the joint attention layers of the double-stream blocks (not the text refiner's),

@@ -6,8 +6,8 @@
   SIGINT → resume → SIGKILL → resume gives the same latents byte for byte; the manifest records the family's facts;
 - FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each;
 - the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
-  FreeLong, and DiTCtrl sharing in both steps and the last 5 layers, on 2 windows' length, 2 steps: finite
-  latents of that length, the stock processors in the manifest.
+  FreeLong, DiTCtrl sharing in both steps and the last 5 layers, and GLC with ABAM, on 2 windows' length, 2 steps:
+  finite latents of that length, the stock processors in the manifest.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def test_hunyuan_fifo_and_riflex_are_refused_in_one_line(tmp_path):
 @pytest.mark.parametrize("sampler", [
     ["sampler=freelong"],
     ["sampler=ditctrl", "sampler.kv_steps=[0,2]", "sampler.kv_layers=[-5,null]"],
-], ids=["freelong", "ditctrl"])
+    ["sampler=glc", "sampler.abam=true"],
+], ids=["freelong", "ditctrl", "glc-abam"])
 def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
     run = tmp_path / sampler[0].split("=")[1]
     ok(cli("generate", *HUNYUAN, *sampler, "num_windows=2", "sampler.num_steps=2", f"hydra.run.dir={run}",
