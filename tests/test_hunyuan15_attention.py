@@ -18,6 +18,10 @@ random model (conf/backbone/tiny-hunyuan15.yaml), pinned to written-out oracles:
   keys/values — the first N tokens — of every row blended with row 0's, the text keys/values each row's own), on a
   predict whose rows' valid text differs; λ = 1 is plain attention; the anchor row is untouched (GLC with ABAM runs:
   tests/test_hunyuan15.py).
+- cross-shot attention (shot_attention.py `HunyuanShotProcessor`): a capture of a reference window, then a shot's
+  rows; each of its layers against attention written out over its own video keys, the reference's kept video
+  tokens (⌈r·N⌉ at ⌊j·N/n⌋, keys after RoPE) of its own guidance branch and its valid text keys; with the layout
+  off, the stock processors.
 """
 
 from __future__ import annotations
@@ -299,3 +303,59 @@ def test_abam_is_eq10_on_the_video_keys_at_the_stock_attention_call(hy, monkeypa
     assert (ours - reference).abs().max().item() <= 1e-5
     assert (ours[0] - plain[0]).abs().max() <= 1e-5 and (ours - plain).abs().max() > 1e-3
 
+
+
+# ---------------------------------------------------------------------------------------------------- cross-shot
+def shot_by_hand(q, k, v, text_mask, ref_k, ref_v) -> np.ndarray:
+    """Per row and query: softmax over the row's video keys, the reference keys and its valid text keys, written
+    out; a padded text query 0. q, k, v: [b, heads, N + S, hd] float64 (video first); ref_k, ref_v: [b, heads, n, hd];
+    text_mask [b, S] → [b, heads, N + S, hd]."""
+    b, heads, n, hd = q.shape
+    n_video = n - text_mask.shape[1]
+    out = np.zeros(q.shape)
+    for r in range(b):
+        valid_text = [n_video + j for j in range(text_mask.shape[1]) if text_mask[r, j]]
+        keys = np.concatenate([k[r, :, :n_video], ref_k[r], k[r][:, valid_text]], axis=1)  # [heads, m, hd]
+        values = np.concatenate([v[r, :, :n_video], ref_v[r], v[r][:, valid_text]], axis=1)
+        for i in list(range(n_video)) + valid_text:
+            scores = np.einsum("hd,hjd->hj", q[r, :, i], keys) / math.sqrt(hd)
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out[r, :, i] = np.einsum("hj,hjd->hd", p, values)
+    return out
+
+
+@torch.no_grad()
+def test_cross_shot_layers_attend_to_their_branchs_reference_tokens_too(hy):
+    share = 0.5
+    g = torch.Generator().manual_seed(6)
+    x_ref, x_shot = (torch.randn(1, hy.window, *hy.latent_shape, generator=g) for _ in range(2))
+    t = hy.schedule(4).step(1).t
+    plain = hy.predict(x_shot, t, [1], 6.0).x0
+    blocks = hy.pipe.transformer.transformer_blocks
+    calls, handles = _record(hy.pipe.transformer)
+    try:
+        with hy.shot_attention(share, guided=True) as layout:
+            with layout.capturing():
+                hy.predict(x_ref, t, [0], 6.0)
+            with layout.sharing():
+                shared = hy.predict(x_shot, t, [1], 6.0).x0
+            off = hy.predict(x_shot, t, [1], 6.0).x0
+    finally:
+        for h in handles:
+            h.remove()
+    assert [layer for layer, _, _ in calls] == [0, 1] * 3  # capture, share, off: one call of rows [u, c] each
+    assert torch.equal(off, plain) and (shared - plain).abs().max() > 1e-3
+    n_video = hy.window  # 1 token per latent frame at 16×16
+    kept = [j * n_video // math.ceil(share * n_video) for j in range(math.ceil(share * n_video))]
+    for layer in (0, 1):
+        reference, shot, got = calls[layer][1], calls[2 + layer][1], calls[2 + layer][2]
+        attn = blocks[layer].attn
+        _, ref_k, ref_v = hand_qkv(attn, reference["hidden_states"], reference["encoder_hidden_states"],
+                                   reference["image_rotary_emb"])
+        q, k, v = hand_qkv(attn, shot["hidden_states"], shot["encoder_hidden_states"], shot["image_rotary_emb"])
+        mask = shot["attention_mask"].bool().numpy()
+        mixed = shot_by_hand(q, k, v, mask, ref_k[:, :, kept], ref_v[:, :, kept])  # row r: branch r's reference
+        assert close(got, layer_out(attn, mixed, mask.shape[1]), 1e-5), layer
+    assert {type(p).__name__ for p in hy.pipe.transformer.attn_processors.values()} == {
+        "AttnProcessor2_0", "HunyuanVideo15AttnProcessor2_0"}

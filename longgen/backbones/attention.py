@@ -513,17 +513,19 @@ def valid_text_first(attend: TextFirst, q: torch.Tensor, k: torch.Tensor, v: tor
 # derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
 def hunyuan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """How a longgen processor standing in for the processor `replaces` of a HunyuanVideo 1.5 joint attention layer
-    (ABAM) computes its attention: q, k, v [b, N + S, heads, hd] (video first) and the text mask [b, S] →
-    [b, N + S, heads·hd], under the stock processor's mask (a query and a key both valid: every video token, the
-    valid text tokens), through diffusers' attention dispatcher with the replaced processor's attention backend."""
+    (ABAM, cross-shot attention) computes its attention: q [b, N + S, heads, hd], k, v [b, N' + S, heads, hd] (video
+    first; N' ≥ N: keys added to the video's) and the text mask [b, S] → [b, N + S, heads·hd], under the stock
+    processor's mask (a query and a key both valid: every video token, the valid text tokens), through diffusers'
+    attention dispatcher with the replaced processor's attention backend."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     backend = getattr(replaces, "_attention_backend", None)
 
     def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        b, n = q.shape[:2]
-        valid = F.pad(text_mask.bool(), (n - text_mask.shape[1], 0), value=True)  # [b, N + S]
-        pairs = valid[:, None, None, :] & valid[:, None, :, None]  # [b, 1, N + S, N + S]
+        text = text_mask.bool()  # [b, S]
+        queries = F.pad(text, (q.shape[1] - text.shape[1], 0), value=True)  # [b, N + S]
+        keys = F.pad(text, (k.shape[1] - text.shape[1], 0), value=True)  # [b, N' + S]
+        pairs = queries[:, None, :, None] & keys[:, None, None, :]  # [b, 1, N + S, N' + S]
         out = dispatch_attention_fn(q, k, v, attn_mask=pairs, dropout_p=0.0, is_causal=False, backend=backend)
         return out.flatten(2, 3).type_as(q)  # [b, N + S, heads·hd]
 

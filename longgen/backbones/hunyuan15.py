@@ -31,9 +31,9 @@ What is HunyuanVideo-1.5-specific, and lives here:
 - The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
   and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask; longgen's processors
   run its text-first ops row by row on the valid text tokens (attention.py `valid_text_first`): FreeLong's
-  spectral blend attention, DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line) and
-  GLC's anchor attention (ABAM, on the video keys/values) on those layers (not on the text refiner's). No
-  cross-shot processor for this transformer yet: `shots.cross_attention` refuses in one line.
+  spectral blend attention, DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line), GLC's
+  anchor attention (ABAM) and cross-shot attention (both on the video keys/values) on those layers (not on the
+  text refiner's).
 """
 
 from __future__ import annotations
@@ -252,6 +252,12 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         from longgen.backbones.anchor_attention import hunyuan_anchor
 
         return {"processor": hunyuan_anchor(), "layers": joint_layers}
+
+    def _shot_processors(self) -> dict:
+        """Cross-shot attention on the joint attention layers of the double-stream blocks (shot_attention.py)."""
+        from longgen.backbones.shot_attention import hunyuan_shot
+
+        return {"processor": hunyuan_shot(), "layers": joint_layers}
 
     def _spectral_processor(self, frames: int, plan) -> tuple:
         """FreeLong's processor on the joint attention layers of the double-stream blocks (not the text refiner's),

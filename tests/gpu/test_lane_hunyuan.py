@@ -7,7 +7,8 @@
 - FIFO-Diffusion (needs a timestep per latent frame, which this transformer cannot take) and RIFLEx: one line each;
 - the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
   FreeLong, DiTCtrl sharing in both steps and the last 5 layers, and GLC with ABAM, on 2 windows' length, 2 steps:
-  finite latents of that length, the stock processors in the manifest.
+  finite latents of that length, the stock processors in the manifest; a two-shot scene with cross-shot attention
+  (Gen-L-Video, one window per shot, r = 0.5): finite latents of both takes.
 """
 
 from __future__ import annotations
@@ -68,3 +69,15 @@ def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
     assert out.shape[0] == 31 + 8 and torch.isfinite(out).all()
     manifest = json.loads((run / "manifest.json").read_text())
     assert "HunyuanVideo15AttnProcessor2_0" in manifest["backbone"]["attention_processors"]  # restored after sampling
+
+
+def test_hunyuan_cross_shot_attention_runs(tmp_path):
+    story = tmp_path / "scene.json"
+    story.write_text(json.dumps({"shots": ["a fox in the snow", "[SHOT CUT] a red barn at night"]}))
+    run = tmp_path / "shots"
+    ok(cli("generate", *HUNYUAN_MODEL, "save_latents=true", f"story={story}", "sampler=gen-l-video",
+           "sampler.num_steps=2", "shots.windows=[1,1]", "shots.cross_attention=0.5", "shots.reference=1",
+           f"hydra.run.dir={run}", cwd=tmp_path))
+    out = latents(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert out.shape[0] == manifest["latent_length"] == 2 * 31 and torch.isfinite(out).all()
