@@ -1,5 +1,5 @@
 """The attention processors of longgen's samplers on HunyuanVideo 1.5's joint attention (video tokens first, then
-text tokens under a padding mask; longgen/backbones/attention.py `hunyuan_qkv`, `valid_text_first`), on the tiny
+text tokens under a padding mask; longgen/backbones/attention.py `hunyuan_qkv`), on the tiny
 random model (conf/backbone/tiny-hunyuan15.yaml), pinned to written-out oracles:
 
 - FreeLong (spectral_attention.py `HunyuanSpectralProcessor`): one layer, two rows whose valid text tokens differ
@@ -35,8 +35,8 @@ from omegaconf import OmegaConf
 
 from longgen.backbones.spectral_attention import HunyuanSpectralProcessor, SpectralPlan
 from longgen.build import build
-from longgen.samplers.base import SamplingRun
 from longgen.errors import UsageError
+from longgen.samplers.base import SamplingRun
 from longgen.samplers.direct import DirectSampler
 from longgen.samplers.ditctrl import DiTCtrlSampler
 from longgen.samplers.freelong import FreeLongSampler

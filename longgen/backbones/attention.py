@@ -487,7 +487,7 @@ def hunyuan_out(attn, out: torch.Tensor, n_text: int) -> tuple[torch.Tensor, tor
     return attn.to_out[1](attn.to_out[0](video)), attn.to_add_out(text)
 
 
-#: attend(q, k, v, n_text) → out: q, k, v [1, heads, T + N, hd] with the T text tokens first → [1, heads, T + N, hd]
+#: attend(q, k, v, n_text): q, k, v [1, heads, T + N, hd] (the T text tokens first) → [1, heads, T + N, hd]
 TextFirst = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 

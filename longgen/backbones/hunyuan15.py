@@ -29,11 +29,11 @@ What is HunyuanVideo-1.5-specific, and lives here:
   to stream with (unlike Wan's); `decode_stream` runs one `vae.decode` (spatially tiled with `vae_tiling`, the
   VAE's own tiled decode) and hands the frames over a few at a time.
 - The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
-  and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask; longgen's processors
-  run its text-first ops row by row on the valid text tokens (attention.py `valid_text_first`): FreeLong's
-  spectral blend attention, DiTCtrl's KV-sharing (unmasked; `sampler.subject_tokens` refuses in one line), GLC's
-  anchor attention (ABAM) and cross-shot attention (both on the video keys/values) on those layers (not on the
-  text refiner's).
+  and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask. longgen's processors
+  go on those layers (not on the text refiner's) and keep that mask: FreeLong's spectral blend attention runs its
+  text-first op row by row on the valid text tokens (attention.py `valid_text_first`); DiTCtrl's KV-sharing
+  (unmasked; `sampler.subject_tokens` refuses in one line) keeps each source row's text mask with its keys; GLC's
+  anchor attention (ABAM) and cross-shot attention rewrite the video keys/values under the stock mask.
 """
 
 from __future__ import annotations

@@ -254,7 +254,8 @@ class KVLayout(CallInFlight):
         T = n_text); text_mask: [b, T] bool, the text keys that exist (None: all) → [b, heads, T+N, d]."""
         layer = self.next_layer()
         rows = self.rows(q.shape[0])
-        keys = None if text_mask is None else F.pad(text_mask.bool(), (0, q.shape[2] - n_text), value=True)  # [b, T+N]
+        # the keys that exist, [b, T+N] bool: the valid text keys and every video key (None: all)
+        keys = None if text_mask is None else F.pad(text_mask.bool(), (0, q.shape[2] - n_text), value=True)
         if n_text and self.mode != "off":
             self.add_map(q[:, :, n_text:], k, n_text)  # CogVideoX: the joint attention's video-to-text block
         if self.mode == "off" or layer not in self.layers:
@@ -398,6 +399,7 @@ class HunyuanKVProcessor:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         n_text = encoder_hidden_states.shape[1]
         q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N+S, heads, hd]
+        # [b, N+S, heads, hd] → [b, heads, S+N, hd]: the text tokens first, as the op takes them
         text_first = lambda x: torch.cat([x[:, -n_text:], x[:, :-n_text]], dim=1).transpose(1, 2)  # noqa: E731
         text_mask = attention_mask.bool()  # [b, S]
         out = kv_attention(text_first(q), text_first(k), text_first(v), n_text, text_mask)  # [b, heads, S+N, hd]

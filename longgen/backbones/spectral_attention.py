@@ -1,10 +1,11 @@
 """FreeLong's spectral blend attention for the CogVideoX, Wan and HunyuanVideo 1.5 transformers: FreeLong (Lu,
-Liang, Zhu & Yang, "FreeLong: Training-Free Long Video Generation with SpectralBlend Temporal Attention", NeurIPS 2024, arXiv
-2407.19918, its SpectralBlend temporal attention) and the multi-band form of FreeLong++ (Lu & Yang 2025, arXiv 2507.00162, "Multi-band
-SpectralFusion"). The sampler that uses it is longgen/samplers/freelong.py; its module docstring states the method.
+Liang, Zhu & Yang, "FreeLong: Training-Free Long Video Generation with SpectralBlend Temporal Attention", NeurIPS
+2024, arXiv 2407.19918, its SpectralBlend temporal attention) and the multi-band form of FreeLong++ (Lu & Yang 2025,
+arXiv 2507.00162, "Multi-band SpectralFusion"). The sampler that uses it is longgen/samplers/freelong.py; its
+module docstring states the method.
 
 In every attention layer of a transformer call over a whole video (F latent frames of h×w tokens, frames outermost
-in the token order, as both families lay out their patch tokens), with q, k, v the layer's projected (normed,
+in the token order, as the families lay out their patch tokens), with q, k, v the layer's projected (normed,
 rotated) queries, keys and values:
 
 - global branch:  X_g = softmax(q·kᵀ/√d)·v over every token (CogVideoX: the text tokens and all video tokens of
