@@ -10,8 +10,9 @@
   `backbone=hunyuanvideo-1.5 model_path=DIR`: encode (both encoders, then released) and `direct` equal the whole
   pipeline called with prompt strings;
 - the streamed decode equals the pipeline's `vae.decode(latents / scaling_factor)`;
-- every sampler runs or refuses in one line with its reason (FIFO: one timestep per sample; GLC's ABAM, FreeLong,
-  DiTCtrl: no attention processors for this transformer); resume after step 2 is bit-identical (gen-l-video).
+- every sampler runs or refuses in one line with its reason (FIFO: one timestep per sample; the attention
+  processors of FreeLong, DiTCtrl and GLC's ABAM: tests/test_hunyuan15_attention.py); resume after step 2 is
+  bit-identical (gen-l-video).
 """
 
 from __future__ import annotations
@@ -140,14 +141,13 @@ def test_every_sampler_runs_or_refuses_in_one_line(hy):
     length = hy.window + STRIDE
     for sampler in (GenLVideoSampler(num_steps=2, guidance_scale=6.0, stride=STRIDE),
                     SynCoSSampler(num_steps=2, guidance_scale=6.0, stride=STRIDE, t_min=950, iters=1),
-                    GLCSampler(num_steps=2, guidance_scale=6.0, stride=STRIDE, abam=False)):
+                    GLCSampler(num_steps=2, guidance_scale=6.0, stride=STRIDE),  # with ABAM
+                    FreeLongSampler(num_steps=2, guidance_scale=6.0),
+                    DiTCtrlSampler(num_steps=2, guidance_scale=6.0, stride=STRIDE, kv_steps=(0, 2), kv_layers=(0, 2))):
         out = sampler.sample(_run(hy, length, ids=[0, 1]))
         assert out.shape == (1, length, *hy.latent_shape) and torch.isfinite(out).all()
     refusals = {
         "a timestep per latent frame": FIFOSampler(num_partitions=1, stride=STRIDE),
-        "anchor attention": GLCSampler(num_steps=2, stride=STRIDE),
-        "spectral blend attention": FreeLongSampler(num_steps=2),
-        "KV-sharing": DiTCtrlSampler(num_steps=2, stride=STRIDE, kv_steps=(0, 2), kv_layers=(0, 2)),
     }
     for reason, sampler in refusals.items():
         with pytest.raises(UsageError) as err:

@@ -1,5 +1,5 @@
-"""Anchor-based attention (ABAM) for the CogVideoX and Wan transformers: GLC-Diffusion (Ma et al. 2025, arXiv 2501.05484),
-§3.2 "Anchor-Based Attention Mechanism", Eq. 10.
+"""Anchor-based attention (ABAM) for the CogVideoX, Wan and HunyuanVideo 1.5 transformers: GLC-Diffusion (Ma et
+al. 2025, arXiv 2501.05484), §3.2 "Anchor-Based Attention Mechanism", Eq. 10.
 
 Inside every attention layer, the keys and values of each window (clip) in a batch are blended with those of an
 anchor window at the same token positions: K ← λ·K + (1 − λ)·K_anchor and V ← λ·V + (1 − λ)·V_anchor; the
@@ -36,6 +36,9 @@ Which window is the anchor, exactly:
   the text tokens of CogVideoX's joint attention are). The store is larger there: 2·30·32 760·1536 bf16 values
   ≈ 6 GB per group for Wan-1.3B at 480p, ≈ 62 GB for 14B at 720p (too much next to the model on one 80 GB GPU:
   sampler.abam=false there).
+- HunyuanVideo 1.5 (`HunyuanAnchorProcessor`) has joint attention as CogVideoX, with the video tokens first and the
+  text tokens (under their padding mask) after them: Eq. 10 blends the video keys/values only, in the joint
+  attention layers of its double-stream blocks (not the text refiner's).
 
 Compilation: the blend is the custom op `longgen::anchor_blend` (opaque to torch.compile), and one processor
 object serves every layer; the op finds its layer by counting its calls within the transformer call in flight
@@ -55,7 +58,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_self_qkv
+from longgen.backbones.attention import (CallInFlight, JointAttention, hunyuan_attend, hunyuan_out, hunyuan_qkv,
+                                        processors_installed, wan_attend, wan_self_qkv)
 from longgen.errors import UsageError
 
 
@@ -229,6 +233,40 @@ class WanAnchorAttnProcessor:
         k, v = anchor_blend(k, v)  # [b, N, heads, hd] each
         out = self.attend(q, k, v)  # [b, N, heads·hd]
         return attn.to_out[1](attn.to_out[0](out))  # output projection, then dropout
+
+
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+class HunyuanAnchorProcessor:
+    """A HunyuanVideo 1.5 joint attention layer with Eq. 10 applied to its video keys and values (the first N of
+    its [video; text] tokens, after RoPE); the text keys/values stay the window's own. Projections, norms and RoPE
+    as diffusers' processor (`hunyuan_qkv`), its masked attention with the replaced processor's backend
+    (`hunyuan_attend`), its two output projections. With λ = 1 it returns the stock processor's output."""
+
+    def __init__(self, replaces=None) -> None:
+        self.attend = hunyuan_attend(replaces)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = hidden_states.shape[1]  # video tokens
+        q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N+S, heads, hd]
+        k_video, v_video = anchor_blend(k[:, :n], v[:, :n])  # [b, N, heads, hd] each
+        k, v = torch.cat([k_video, k[:, n:]], dim=1), torch.cat([v_video, v[:, n:]], dim=1)
+        out = self.attend(q, k, v, attention_mask)  # [b, N+S, heads·hd]
+        return hunyuan_out(attn, out, encoder_hidden_states.shape[1])  # video [b, N, D], text [b, S, D]
+
+
+def hunyuan_anchor() -> Callable:
+    """The `processor` factory of `anchored` for HunyuanVideo 1.5: one processor object for every joint attention
+    layer, on the attention backend of the first processor it replaces (all of them share one)."""
+    shared: dict[str, HunyuanAnchorProcessor] = {}
+
+    def make(layout: AnchorLayout, layer: int, replaces=None) -> HunyuanAnchorProcessor:
+        if "processor" not in shared:
+            shared["processor"] = HunyuanAnchorProcessor(replaces)
+        return shared["processor"]
+
+    return make
 
 
 @contextlib.contextmanager

@@ -28,6 +28,9 @@ q/k norms and RoPE on the video tokens (CogVideoX-5B), optionally rewrites the v
 longgen/backbones/anchor_attention.py, uses this hook so anchor attention runs on the same kernels), calls the
 kernel, and projects the output. The kernels are `torch.library` custom ops, so torch.compile traces through them.
 `WanAttention` is its counterpart for Wan's layers (self-attention, text and image cross-attention), on `wan_qkv`.
+HunyuanVideo 1.5's joint attention (video tokens first, then text tokens under a padding mask) has no longgen
+kernel; its longgen processors share `hunyuan_qkv`, `hunyuan_out`, and `valid_text_first`, which runs a text-first
+op row by row on the valid text tokens, or `hunyuan_attend`, the stock masked attention.
 """
 
 from __future__ import annotations
@@ -468,3 +471,82 @@ def wan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
         return out.flatten(2, 3).type_as(q)  # [b, n, heads·hd]
 
     return dispatched
+
+
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+def hunyuan_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of a HunyuanVideo 1.5 joint attention layer, per head: [b, N + S, heads, hd] each,
+    the N video tokens first (projections, per-head RMS norms, RoPE), then the S text tokens (the added projections
+    and their norms; no positions). The step every longgen processor for this transformer shares before its own
+    attention, as diffusers' processor computes it."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    heads = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731  [b, n, D] → [b, n, heads, hd]
+    q = attn.norm_q(heads(attn.to_q(hidden_states)))  # [b, N, heads, hd]
+    k = attn.norm_k(heads(attn.to_k(hidden_states)))
+    v = heads(attn.to_v(hidden_states))
+    if rotary_emb is not None:
+        q = apply_rotary_emb(q, rotary_emb, sequence_dim=1)
+        k = apply_rotary_emb(k, rotary_emb, sequence_dim=1)
+    q_text = heads(attn.add_q_proj(encoder_hidden_states))  # [b, S, heads, hd]
+    k_text = heads(attn.add_k_proj(encoder_hidden_states))
+    v_text = heads(attn.add_v_proj(encoder_hidden_states))
+    if attn.norm_added_q is not None:
+        q_text = attn.norm_added_q(q_text)
+    if attn.norm_added_k is not None:
+        k_text = attn.norm_added_k(k_text)
+    return torch.cat([q, q_text], dim=1), torch.cat([k, k_text], dim=1), torch.cat([v, v_text], dim=1)
+
+
+def hunyuan_out(attn, out: torch.Tensor, n_text: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A HunyuanVideo 1.5 joint attention output [b, N + S, D] (video first, S = n_text) → the layer's (video
+    [b, N, D], text [b, S, D]) through its two output projections."""
+    video, text = out[:, : out.shape[1] - n_text], out[:, out.shape[1] - n_text :]
+    return attn.to_out[1](attn.to_out[0](video)), attn.to_add_out(text)
+
+
+#: attend(q, k, v, n_text): q, k, v [1, heads, T + N, hd] (the T text tokens first) → [1, heads, T + N, hd]
+TextFirst = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def valid_text_first(attend: TextFirst, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     text_mask: torch.Tensor) -> torch.Tensor:
+    """HunyuanVideo 1.5's masked joint attention through a longgen op written for text-first tokens without a mask.
+    q, k, v: [b, heads, N + S, hd] (N video tokens, then S text tokens); text_mask: [b, S], true on the valid text
+    tokens → [b, heads, N + S, hd]. The stock processor lets a valid query see the video and the valid text keys
+    and gives a padded text query no key at all; here each row runs `attend` on its own, over its T valid text
+    tokens then the video tokens (attention does not depend on the order of its keys, and the text tokens carry no
+    positions), and its padded text rows are 0, what torch's SDPA returns for a query whose keys are all masked."""
+    n_video = q.shape[2] - text_mask.shape[1]
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)  # [b, heads, N + S, hd]
+    video = torch.arange(n_video, device=q.device)
+    for row in range(q.shape[0]):
+        text = n_video + torch.nonzero(text_mask[row].bool())[:, 0]  # [T] positions of the valid text tokens
+        order = torch.cat([text, video])  # [T + N]
+        pick = lambda x: x[row : row + 1].index_select(2, order)  # noqa: E731  [1, heads, T + N, hd]
+        out[row : row + 1, :, order] = attend(pick(q), pick(k), pick(v), text.numel()).to(q.dtype)
+    return out
+
+
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+def hunyuan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """How a longgen processor standing in for the processor `replaces` of a HunyuanVideo 1.5 joint attention layer
+    (ABAM, cross-shot attention) computes its attention: q [b, N + S, heads, hd], k, v [b, N' + S, heads, hd] (video
+    first; N' ≥ N: keys added to the video's) and the text mask [b, S] → [b, N + S, heads·hd], under the stock
+    processor's mask (a query and a key both valid: every video token, the valid text tokens), through diffusers'
+    attention dispatcher with the replaced processor's attention backend."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    backend = getattr(replaces, "_attention_backend", None)
+
+    def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        text = text_mask.bool()  # [b, S]
+        queries = F.pad(text, (q.shape[1] - text.shape[1], 0), value=True)  # [b, N + S]
+        keys = F.pad(text, (k.shape[1] - text.shape[1], 0), value=True)  # [b, N' + S]
+        pairs = queries[:, None, :, None] & keys[:, None, None, :]  # [b, 1, N + S, N' + S]
+        out = dispatch_attention_fn(q, k, v, attn_mask=pairs, dropout_p=0.0, is_causal=False, backend=backend)
+        return out.flatten(2, 3).type_as(q)  # [b, N + S, heads·hd]
+
+    return masked

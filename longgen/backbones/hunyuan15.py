@@ -28,8 +28,12 @@ What is HunyuanVideo-1.5-specific, and lives here:
   `scaling_factor`. Its decoder's middle block attends across all latent frames, so there is no per-frame cache
   to stream with (unlike Wan's); `decode_stream` runs one `vae.decode` (spatially tiled with `vae_tiling`, the
   VAE's own tiled decode) and hands the frames over a few at a time.
-- No anchor (ABAM), cross-shot, spectral (FreeLong) or KV-sharing (DiTCtrl) attention processors for this
-  transformer yet: those samplers' options refuse in one line.
+- The joint attention layers of its 54 double-stream blocks (no single-stream blocks) put the video tokens first
+  and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask. longgen's processors
+  go on those layers (not on the text refiner's) and keep that mask: FreeLong's spectral blend attention runs its
+  text-first op row by row on the valid text tokens (attention.py `valid_text_first`); DiTCtrl's KV-sharing
+  (unmasked; `sampler.subject_tokens` refuses in one line) keeps each source row's text mask with its keys; GLC's
+  anchor attention (ABAM) and cross-shot attention rewrite the video keys/values under the stock mask.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ def unpack_text(table: torch.Tensor, s1: int, d1: int, d2: int) -> dict[str, tor
         "encoder_hidden_states_2": table[:, s1:, :d2],  # [b, S2, D2]
         "encoder_attention_mask_2": table[:, s1:, -1],  # [b, S2]
     }
+
+
+def joint_layers(name: str) -> bool:
+    """Whether a processor name is a joint text-video attention layer (one per double-stream block; the text token
+    refiner's self-attention layers are not)."""
+    return name.startswith("transformer_blocks.")
 
 
 class HunyuanVideo15Backbone(DiffusersBackbone):
@@ -244,7 +254,41 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return flow_to_x0_eps(x_t, out, float(t) / self.pipe.scheduler.config.num_train_timesteps)
 
     def _anchor_processors(self) -> dict:
-        raise UsageError("the HunyuanVideo 1.5 backbone has no anchor attention (GLC's ABAM): set sampler.abam=false")
+        """ABAM on the joint attention layers of the double-stream blocks (anchor_attention.py)."""
+        from longgen.backbones.anchor_attention import hunyuan_anchor
+
+        return {"processor": hunyuan_anchor(), "layers": joint_layers}
+
+    def _shot_processors(self) -> dict:
+        """Cross-shot attention on the joint attention layers of the double-stream blocks (shot_attention.py)."""
+        from longgen.backbones.shot_attention import hunyuan_shot
+
+        return {"processor": hunyuan_shot(), "layers": joint_layers}
+
+    def _spectral_processor(self, frames: int, plan) -> tuple:
+        """FreeLong's processor on the joint attention layers of the double-stream blocks (not the text refiner's),
+        on torch SDPA; the 3-D RoPE is computed for any number of frames."""
+        from dataclasses import replace
+
+        from longgen.backbones.spectral_attention import HunyuanSpectralProcessor, shared_processor
+
+        plan = replace(plan, kernel="sdpa")
+        return shared_processor(HunyuanSpectralProcessor, plan), joint_layers
+
+    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float):
+        """DiTCtrl's unmasked KV-sharing (the base's); mask-guided sharing is refused in one line: the subject's
+        token positions in the joint attention's text differ per prompt (valid ByT5 glyph tokens come first)."""
+        if subject:
+            raise UsageError(f"sampler.subject_tokens={list(subject)}: mask-guided KV-sharing is not supported on "
+                             f"HunyuanVideo 1.5 (its text token positions differ per prompt): set "
+                             f"sampler.subject_tokens=[]")
+        return super().kv_sharing(layers, subject, threshold)
+
+    def _kv_processors(self) -> dict:
+        """DiTCtrl's KV-sharing on the joint attention layers (torch SDPA; longgen/backbones/kv_sharing.py)."""
+        from longgen.backbones.kv_sharing import hunyuan_kv
+
+        return hunyuan_kv()
 
     # ------------------------------------------------------------------ video
     # derived from diffusers pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py (HunyuanVideo15Pipeline.__call__), version 0.42

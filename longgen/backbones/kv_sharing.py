@@ -1,9 +1,13 @@
-"""DiTCtrl's mask-guided KV-sharing (Cai et al., CVPR 2025, arXiv 2412.18597, §3.2) on the CogVideoX and Wan
-transformers: the clip of prompt i+1 (the *target*) attends with the keys and values of the clip of prompt i (the
-*source*) in chosen layers, optionally restricted by a subject mask read from the text–video attention map.
+"""DiTCtrl's mask-guided KV-sharing (Cai et al., CVPR 2025, arXiv 2412.18597, §3.2) on the CogVideoX, Wan and
+HunyuanVideo 1.5 transformers: the clip of prompt i+1 (the *target*) attends with the keys and values of the clip
+of prompt i (the *source*) in chosen layers, optionally restricted by a subject mask read from the text–video
+attention map.
 
 What happens in one attention layer l of the chosen span (`layers`, half-open, counted in call order over the
-layers that carry the video's self-attention: CogVideoX's joint text+video attention, Wan's `attn1`):
+layers that carry the video's self-attention: CogVideoX's joint text+video attention, Wan's `attn1`, HunyuanVideo
+1.5's joint attention, whose padded text keys stay masked — each row's own, or its source's, kept with the keys —
+and whose padded text queries get 0 as in its stock processor; no subject mask there, its text positions differ
+per prompt):
 - the source runs plain attention and its keys/values are kept, per guidance branch (the *capture*);
 - unmasked (no subject tokens): the target's queries — on CogVideoX its text and video queries — attend to the
   source's keys/values instead of its own: out_t = softmax(Q_t·K_sᵀ/√d)·V_s (the public code's KVSharingAdaLNMixin,
@@ -50,7 +54,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from longgen.backbones.attention import CallInFlight, as_models, processors_installed, wan_qkv
+from longgen.backbones.attention import (CallInFlight, as_models, hunyuan_out, hunyuan_qkv, processors_installed,
+                                        wan_qkv)
 from longgen.errors import UsageError
 
 #: queries per block when the subject attention map is formed (bounds the [heads, block, keys] scores)
@@ -93,14 +98,19 @@ def shared_attention(
     source_mask: torch.Tensor | None = None,
     target_mask: torch.Tensor | None = None,
     subject: Sequence[int] = (),
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One layer's KV-shared attention (module docstring). q: [b, heads, T+N, d] the target's queries (T text tokens
     first, T = `n_text`, 0 for Wan's self-attention); k_src, v_src: [b, heads, T+N, d] the source's keys/values;
-    source_mask, target_mask: [b, N] bool (None: unmasked sharing) → [b, heads, T+N, d]."""
+    source_mask, target_mask: [b, N] bool (None: unmasked sharing); key_mask: [b, T+N] bool, the source's keys that
+    exist (HunyuanVideo 1.5: its padded text keys do not; None: all) → [b, heads, T+N, d]."""
     if source_mask is None:
-        return F.scaled_dot_product_attention(q, k_src, v_src)
+        allowed = None if key_mask is None else key_mask[:, None, None, :]  # [b, 1, 1, T+N]
+        return F.scaled_dot_product_attention(q, k_src, v_src, attn_mask=allowed)
     b = source_mask.shape[0]
     text = torch.ones(b, n_text, dtype=torch.bool, device=q.device)  # text keys: always allowed
+    if key_mask is not None:
+        text = key_mask[:, :n_text]  # the valid ones
     fg_keys = torch.cat([text, source_mask], dim=1)  # [b, T+N]
     bg_keys = torch.cat([text, ~source_mask], dim=1)
     if n_text == 0:  # no text key to fall back on: an empty key set attends to every key
@@ -133,7 +143,8 @@ class KVLayout(CallInFlight):
         self.threshold = float(threshold)
         self.mode = "off"
         # keyed by (model, layer, …): Wan 2.2 A14B's experts keep theirs apart (CallInFlight.model)
-        self._kv: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # (model, layer, branch, window)
+        # (model, layer, branch, window) → K, V [heads, T+N, d] and which of those keys exist ([T+N] bool, None: all)
+        self._kv: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._source_mask: dict[tuple[int, ...], torch.Tensor | None] = {}  # (model, layer, window) → [N] bool
         self._target_mask: dict[tuple[int, ...], torch.Tensor | None] = {}  # (model, layer, window) → [N] bool
         self._sources: list[int] = []  # share: window b of the predict attends with captured window sources[b]
@@ -239,34 +250,39 @@ class KVLayout(CallInFlight):
         return [subject_mask(mean[i], self._frames, self.threshold) for i in range(mean.shape[0])]
 
     # ------------------------------------------------------------------ one layer
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int,
+               text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The attention of the next chosen-kind layer of the call in flight. q, k, v: [b, heads, T+N, d] (text first,
-        T = n_text) → [b, heads, T+N, d]."""
+        T = n_text); text_mask: [b, T] bool, the text keys that exist (None: all) → [b, heads, T+N, d]."""
         layer = self.next_layer()
         rows = self.rows(q.shape[0])
+        # the keys that exist, [b, T+N] bool: the valid text keys and every video key (None: all)
+        keys = None if text_mask is None else F.pad(text_mask.bool(), (0, q.shape[2] - n_text), value=True)
         if n_text and self.mode != "off":
             self.add_map(q[:, :, n_text:], k, n_text)  # CogVideoX: the joint attention's video-to-text block
         if self.mode == "off" or layer not in self.layers:
-            return F.scaled_dot_product_attention(q, k, v)
+            return shared_attention(q, k, v, n_text, key_mask=keys)  # plain: the row's own keys
         if self.mode == "capture":
             masks = self._own_masks() if self.masked else [None] * len(rows)
             for i, row in enumerate(rows):
                 window = row % self._batch
                 # clone: keep only this row alive, not the whole call's tensor
-                self._kv[(self.model, layer, self.branch(row), window)] = (k[i].clone(), v[i].clone())
+                self._kv[(self.model, layer, self.branch(row), window)] = (k[i].clone(), v[i].clone(),
+                                                                            None if keys is None else keys[i])
                 if self.branch(row) == 1:
                     self._source_mask[(self.model, layer, window)] = masks[i]
-            return F.scaled_dot_product_attention(q, k, v)
+            return shared_attention(q, k, v, n_text, key_mask=keys)
         if self.mode != "share":
             raise RuntimeError(f"KV-sharing: attention asked in mode {self.mode!r}")
         if (self.model, layer, 1, self._sources[0]) not in self._kv:
             raise RuntimeError(f"KV-sharing: transformer {self.model} shares keys/values that another transformer "
                                f"captured (Wan 2.2 A14B: capture at the sharing calls' timesteps)")
         kept = [self._kv[(self.model, layer, self.branch(row), self._sources[row % self._batch])] for row in rows]
-        k_src = torch.stack([kk for kk, _ in kept]).to(k.dtype)  # [b, heads, T+N, d]
-        v_src = torch.stack([vv for _, vv in kept]).to(v.dtype)
+        k_src = torch.stack([kk for kk, _, _ in kept]).to(k.dtype)  # [b, heads, T+N, d]
+        v_src = torch.stack([vv for _, vv, _ in kept]).to(v.dtype)
+        src_keys = None if keys is None else torch.stack([kk for _, _, kk in kept])  # [b, T+N] the source's
         if not self.masked:
-            return shared_attention(q, k_src, v_src, n_text)
+            return shared_attention(q, k_src, v_src, n_text, key_mask=src_keys)
         own = self._own_masks()
         source, target = [], []
         for i, row in enumerate(rows):
@@ -276,18 +292,21 @@ class KVLayout(CallInFlight):
             source.append(self._source_mask[(self.model, layer, self._sources[window])])
             target.append(self._target_mask[(self.model, layer, window)])
         if any(m is None for m in source + target):  # no map yet (Wan's first layer): unmasked sharing
-            return shared_attention(q, k_src, v_src, n_text)
-        return shared_attention(q, k_src, v_src, n_text, torch.stack(source), torch.stack(target), self.subject)
+            return shared_attention(q, k_src, v_src, n_text, key_mask=src_keys)
+        return shared_attention(q, k_src, v_src, n_text, torch.stack(source), torch.stack(target), self.subject,
+                                src_keys)
 
 
 @torch.library.custom_op("longgen::kv_attention", mutates_args=())
-def kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int) -> torch.Tensor:
+def kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int,
+                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`KVLayout.attend` for the next self-attention layer of the transformer call in flight. [b, heads, T+N, d]."""
-    return KVLayout.in_flight().attend(q, k, v, n_text).contiguous()
+    return KVLayout.in_flight().attend(q, k, v, n_text, text_mask).contiguous()
 
 
 @kv_attention.register_fake
-def _kv_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int) -> torch.Tensor:
+def _kv_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: int,
+                        text_mask: torch.Tensor | None = None) -> torch.Tensor:
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -369,6 +388,37 @@ def wan_kv() -> dict:
             "layers": lambda name: name.endswith(".attn1.processor"),
             "map_processor": lambda layout, layer, replaces: cross_attention,
             "map_layers": lambda name: name.endswith(".attn2.processor")}
+
+
+# ---------------------------------------------------------------------------------------------------- HunyuanVideo 1.5
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+class HunyuanKVProcessor:
+    """A HunyuanVideo 1.5 joint attention layer (video tokens, then S text tokens under the padding mask) whose
+    attention goes through `kv_attention`: q, k, v as diffusers' processor forms them (`hunyuan_qkv`), handed to
+    the op text first with the text mask, so a query sees only the valid text keys of the row whose keys it
+    attends with (its own, or the source's); a padded text query's output is 0, as the stock processor's masked
+    SDPA gives it. One object serves every layer."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_text = encoder_hidden_states.shape[1]
+        q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N+S, heads, hd]
+        # [b, N+S, heads, hd] → [b, heads, S+N, hd]: the text tokens first, as the op takes them
+        text_first = lambda x: torch.cat([x[:, -n_text:], x[:, :-n_text]], dim=1).transpose(1, 2)  # noqa: E731
+        text_mask = attention_mask.bool()  # [b, S]
+        out = kv_attention(text_first(q), text_first(k), text_first(v), n_text, text_mask)  # [b, heads, S+N, hd]
+        valid = F.pad(text_mask, (0, out.shape[2] - n_text), value=True)  # [b, S+N] the queries that see a key
+        out = (out * valid[:, None, :, None]).transpose(1, 2).flatten(2, 3).type_as(q)  # [b, S+N, D]
+        return hunyuan_out(attn, torch.cat([out[:, n_text:], out[:, :n_text]], dim=1), n_text)  # video, text
+
+
+def hunyuan_kv() -> dict:
+    """`kv_shared` keyword arguments for HunyuanVideo 1.5: its double-stream blocks' joint attention layers share
+    (not the text refiner's self-attention)."""
+    processor = HunyuanKVProcessor()
+    return {"processor": lambda layout, layer, replaces: processor,
+            "layers": lambda name: name.startswith("transformer_blocks.")}
 
 
 # ---------------------------------------------------------------------------------------------------- installing

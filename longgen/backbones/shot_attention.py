@@ -1,4 +1,5 @@
-"""Cross-shot attention for multi-shot scenes (longgen/run/shots.py), on the CogVideoX and Wan transformers.
+"""Cross-shot attention for multi-shot scenes (longgen/run/shots.py), on the CogVideoX, Wan and HunyuanVideo 1.5
+transformers.
 
 What it does. LCT (Guo et al. 2025, §3.2.2) lets every shot of a scene attend to every other shot's tokens (full
 attention over the scene) and learns, by fine-tuning, to use that for consistent characters, places, light and
@@ -28,7 +29,9 @@ Details:
 - Guidance branches: unconditional rows see the reference's unconditional keys/values and conditional rows its
   conditional ones (mixing them would leak the reference prompt into the unconditional estimate).
 - Only the video keys/values are shared; the text tokens of CogVideoX's joint attention stay each shot's own.
-  Wan: the self-attention layers (`attn1`); its cross-attention layers keep their text keys/values.
+  Wan: the self-attention layers (`attn1`); its cross-attention layers keep their text keys/values. HunyuanVideo
+  1.5: the joint attention layers of its double-stream blocks; the appended tokens join its video keys (always
+  valid under its text padding mask).
 - Calls and processes: the capture's rows run in calls of their own on every process (`phases` hands them to
   `micro_batch.run_stacked` as "anchors", the same protocol as ABAM), so every process holds the reference
   keys/values, and the sharing calls are ordinary units of work: the result is the same bytes on 1 or N processes.
@@ -57,7 +60,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from longgen.backbones.attention import CallInFlight, JointAttention, processors_installed, wan_attend, wan_self_qkv
+from longgen.backbones.attention import (CallInFlight, JointAttention, hunyuan_attend, hunyuan_out, hunyuan_qkv,
+                                        processors_installed, wan_attend, wan_self_qkv)
 from longgen.errors import UsageError
 
 MODES = ("off", "capture", "share")
@@ -295,6 +299,38 @@ class WanShotAttnProcessor:
 def wan_shot() -> Callable:
     """The `processor` factory of `shared_attention` for Wan self-attention layers: one object for alike layers."""
     return shared_factory(lambda layout, replaces: WanShotAttnProcessor(layout, 0, replaces))
+
+
+# ---------------------------------------------------------------------------------------------------- HunyuanVideo 1.5
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+class HunyuanShotProcessor:
+    """A HunyuanVideo 1.5 joint attention layer (video tokens, then text tokens under the padding mask) with the
+    reference shot's video keys/values, after RoPE, appended to its own video keys/values (always valid keys, the
+    text keys stay the shot's own); while the layout is `off` it calls the processor it replaced. Projections,
+    norms, RoPE (`hunyuan_qkv`), the masked attention with the replaced processor's backend (`hunyuan_attend`) and
+    the two output projections are diffusers' processor's. The layer is found at run time by the `shot_kv` op."""
+
+    def __init__(self, layout: ShotLayout, layer: int, replaces) -> None:
+        self.layout, self.replaced = layout, replaces
+        self.attend = hunyuan_attend(replaces)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.layout.mode == "off":
+            return self.replaced(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n = hidden_states.shape[1]  # video tokens
+        q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N+S, heads, hd]
+        k_video, v_video = layout_kv(self.layout, k[:, :n], v[:, :n], dim=1)  # [b, N(+n), heads, hd]
+        k, v = torch.cat([k_video, k[:, n:]], dim=1), torch.cat([v_video, v[:, n:]], dim=1)
+        out = self.attend(q, k, v, attention_mask)  # [b, N+S, heads·hd]
+        return hunyuan_out(attn, out, encoder_hidden_states.shape[1])  # video [b, N, D], text [b, S, D]
+
+
+def hunyuan_shot() -> Callable:
+    """The `processor` factory of `shared_attention` for HunyuanVideo 1.5's joint attention layers: one object for
+    alike layers."""
+    return shared_factory(lambda layout, replaces: HunyuanShotProcessor(layout, 0, replaces))
 
 
 # ---------------------------------------------------------------------------------------------------- installing

@@ -1,14 +1,17 @@
-"""FreeLong's spectral blend attention for the CogVideoX and Wan transformers: FreeLong (Lu, Liang, Zhu & Yang,
-"FreeLong: Training-Free Long Video Generation with SpectralBlend Temporal Attention", NeurIPS 2024, arXiv
-2407.19918, its SpectralBlend temporal attention) and the multi-band form of FreeLong++ (Lu & Yang 2025, arXiv 2507.00162, "Multi-band
-SpectralFusion"). The sampler that uses it is longgen/samplers/freelong.py; its module docstring states the method.
+"""FreeLong's spectral blend attention for the CogVideoX, Wan and HunyuanVideo 1.5 transformers: FreeLong (Lu,
+Liang, Zhu & Yang, "FreeLong: Training-Free Long Video Generation with SpectralBlend Temporal Attention", NeurIPS
+2024, arXiv 2407.19918, its SpectralBlend temporal attention) and the multi-band form of FreeLong++ (Lu & Yang 2025,
+arXiv 2507.00162, "Multi-band SpectralFusion"). The sampler that uses it is longgen/samplers/freelong.py; its
+module docstring states the method.
 
 In every attention layer of a transformer call over a whole video (F latent frames of h×w tokens, frames outermost
-in the token order, as both families lay out their patch tokens), with q, k, v the layer's projected (normed,
+in the token order, as the families lay out their patch tokens), with q, k, v the layer's projected (normed,
 rotated) queries, keys and values:
 
 - global branch:  X_g = softmax(q·kᵀ/√d)·v over every token (CogVideoX: the text tokens and all video tokens of
-  its joint attention; Wan: all video tokens of its self-attention);
+  its joint attention; Wan: all video tokens of its self-attention; HunyuanVideo 1.5: the valid text tokens and
+  all video tokens of its joint attention, which puts the text after the video and masks the padded text:
+  `masked_spectral_attention` runs the op row by row on [valid text; video]);
 - local branch for a window of w frames:  X_w = softmax(q·kᵀ/√d + M_w)·v, where M_w is 0 where the key is a text
   token or a video token of a frame in the query frame's window, −∞ elsewhere. The window of query frame i is the
   w frames starting at s_i = min(max(i − ⌊w/2⌋, 0), F − w): centred on i, shifted inwards at the ends of the video
@@ -57,8 +60,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from longgen.backbones.attention import (JointAttention, heads_last, kernel_func, processors_installed,
-                                        wan_self_qkv)
+from longgen.backbones.attention import (JointAttention, heads_last, hunyuan_out, hunyuan_qkv, kernel_func,
+                                        processors_installed, valid_text_first, wan_self_qkv)
 
 
 # ---------------------------------------------------------------------------------------------------- the maths
@@ -226,6 +229,50 @@ class WanSpectralProcessor:
                                rotary_emb)  # [b, N, heads, hd] each
         out = heads_last(self.plan.attend, q, k, v)  # [b, N, D]
         return attn.to_out[1](attn.to_out[0](out))
+
+
+@torch.library.custom_op("longgen::masked_spectral_attention", mutates_args=())
+def masked_spectral_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor,
+                              height: int, width: int, windows: list[int], temporal_cutoff: float,
+                              spatial_cutoff: float | None, kernel: str) -> torch.Tensor:
+    """`spectral_attention` for HunyuanVideo 1.5's masked joint attention. q, k, v: [b, heads, N + S, hd] (the
+    video tokens first, then S text tokens); text_mask: [b, S] true on the valid ones → [b, heads, N + S, hd]: per
+    row the op over its valid text tokens and the video tokens (attention.valid_text_first), padded text rows 0."""
+    def attend(qi: torch.Tensor, ki: torch.Tensor, vi: torch.Tensor, text: int) -> torch.Tensor:
+        return spectral_attention(qi, ki, vi, text, height, width, windows, temporal_cutoff, spatial_cutoff, kernel)
+
+    return valid_text_first(attend, q, k, v, text_mask)
+
+
+@masked_spectral_attention.register_fake
+def _masked_spectral_attention_shape(q, k, v, text_mask, height, width, windows, temporal_cutoff, spatial_cutoff,
+                                     kernel):
+    return q.new_empty(q.shape)
+
+
+# derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
+class HunyuanSpectralProcessor:
+    """A HunyuanVideo 1.5 joint attention layer (video tokens, then text tokens under the padding mask) with the
+    spectral blend attention: diffusers' processor (projections, per-head RMS norms, RoPE on the video tokens, the
+    two output projections) with `masked_spectral_attention` in place of the masked attention call. The text
+    tokens' outputs are the global branch's, as on CogVideoX."""
+
+    def __init__(self, plan: SpectralPlan) -> None:
+        self.plan = plan
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self.plan
+        q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N + S, heads, hd]
+
+        def attend(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:  # [b, heads, N + S, hd]
+            return masked_spectral_attention(qh, kh, vh, attention_mask.bool(), plan.height, plan.width,
+                                             list(plan.windows), plan.temporal_cutoff, plan.spatial_cutoff,
+                                             plan.kernel)
+
+        out = heads_last(attend, q, k, v)  # [b, N + S, D]
+        return hunyuan_out(attn, out, encoder_hidden_states.shape[1])  # video [b, N, D], text [b, S, D]
 
 
 @functools.cache

@@ -8,6 +8,10 @@
 - the image-to-video model (`backbone=hunyuanvideo-1.5-i2v backbone.random_weights=true`: the 8.3B transformer, the
   VAE and a full-size SigLIP so400m, random) from a 640x360 start image, one window, `direct` with CFG, 2 steps at
   240×416: the VAE latent + mask and the 729 vision tokens on the real architecture; finite latents, the start line.
+- the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
+  FreeLong, DiTCtrl sharing in both steps and the last 5 layers, and GLC with ABAM, on 2 windows' length, 2 steps:
+  finite latents of that length, the stock processors in the manifest; a two-shot scene with cross-shot attention
+  (Gen-L-Video, one window per shot, r = 0.5): finite latents of both takes.
 """
 
 from __future__ import annotations
@@ -77,3 +81,30 @@ def test_hunyuan_i2v_start_image_one_window(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["images"][0]["window_start"] == 0
     assert manifest["backbone"]["image_conditioning"].startswith("VAE mode of the image at latent frame 0")
+
+
+@pytest.mark.parametrize("sampler", [
+    ["sampler=freelong"],
+    ["sampler=ditctrl", "sampler.kv_steps=[0,2]", "sampler.kv_layers=[-5,null]"],
+    ["sampler=glc", "sampler.abam=true"],
+], ids=["freelong", "ditctrl", "glc-abam"])
+def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
+    run = tmp_path / sampler[0].split("=")[1]
+    ok(cli("generate", *HUNYUAN, *sampler, "num_windows=2", "sampler.num_steps=2", f"hydra.run.dir={run}",
+           cwd=tmp_path))
+    out = latents(run)
+    assert out.shape[0] == 31 + 8 and torch.isfinite(out).all()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "HunyuanVideo15AttnProcessor2_0" in manifest["backbone"]["attention_processors"]  # restored after sampling
+
+
+def test_hunyuan_cross_shot_attention_runs(tmp_path):
+    story = tmp_path / "scene.json"
+    story.write_text(json.dumps({"shots": ["a fox in the snow", "[SHOT CUT] a red barn at night"]}))
+    run = tmp_path / "shots"
+    ok(cli("generate", *HUNYUAN_MODEL, "save_latents=true", f"story={story}", "sampler=gen-l-video",
+           "sampler.num_steps=2", "shots.windows=[1,1]", "shots.cross_attention=0.5", "shots.reference=1",
+           f"hydra.run.dir={run}", cwd=tmp_path))
+    out = latents(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert out.shape[0] == manifest["latent_length"] == 2 * 31 and torch.isfinite(out).all()
