@@ -10,9 +10,14 @@ How a LoRA is applied: every listed adapter is loaded under its own name, the sc
 are fused into the transformer's weights (W' = W + Σᵢ scaleᵢ·(alphaᵢ/rᵢ)·Bᵢ·Aᵢ for each adapted linear layer), after
 which PEFT's layers are removed again. The transformer the sampler calls is then the plain diffusers model with
 other weights: regional `torch.compile`, the fused feed-forward GELU, the attention kernels and model CPU offload
-see nothing new, nothing recompiles and a step costs what it costs without LoRA. The price is that the scales are
-fixed for the whole run; a scale per event is not offered (it would need the unfused adapters and the windows of a
-transformer call grouped by scale).
+see nothing new, nothing recompiles and a step costs what it costs without LoRA. The scales are then fixed for the
+whole run.
+
+A scale per event (`events: [s1, s2, ...]` on an item, one scale per story event in story order) keeps the
+adapters unfused instead: PEFT's LoRA layers stay in the transformer and diffusers' `set_adapters` sets the scales
+before each transformer call, the rows of a call grouped by their window's event (longgen/backbones/lora_events.py).
+An item without `events` keeps its `scale` in every event; `scale` is also what an item contributes to windows of
+no event (GLC's global-prompt windows). Only when no item has `events` are the adapters fused.
 
 The loading happens where `DiffusersBackbone.load` places the pipeline: after it moved to the device (fused
 there), or before the CPU-offload hooks are installed (fused on the CPU), so diffusers never has to take offload
@@ -42,7 +47,7 @@ MAX_SCALE = 10.0
 #: the oldest peft diffusers 0.42 loads LoRAs with (its MIN_PEFT_VERSION)
 MIN_PEFT = (0, 17)
 #: what an item of `backbone.lora` may say
-KEYS = ("path", "scale", "weight_name", "name")
+KEYS = ("path", "scale", "weight_name", "name", "events")
 #: a hub id, "owner/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: a name for messages and the manifest
@@ -62,6 +67,7 @@ class Lora:
     weight_name: str | None = None
     file: Path | None = None
     sha256: str | None = None  # of the file's bytes, set when it is loaded
+    events: list[float] | None = None  # a scale per story event (then the adapters stay unfused), else None
 
     def adapter(self, k: int) -> str:
         """The PEFT adapter name of entry k. Not the user's name: diffusers tells an adapter's own keys in its
@@ -72,7 +78,12 @@ class Lora:
     def describe(self, k: int) -> dict:
         """The manifest's record of entry k."""
         return {"name": self.name, "adapter": self.adapter(k), "path": self.path, "weight_name": self.weight_name,
-                "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale}
+                "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale,
+                "events": self.events}
+
+    def scale_in(self, event: int | None) -> float:
+        """This adapter's scale in story event `event` (None: a window of no event)."""
+        return self.events[event] if self.events is not None and event is not None else self.scale
 
 
 def parse_loras(items: Any) -> list[Lora]:
@@ -118,15 +129,12 @@ def parse_one(item: Any, k: int) -> Lora:
     path = item.get("path")
     if not isinstance(path, str) or not path.strip():
         raise UsageError(f"{where} needs a `path`: a .safetensors file, a directory holding one, or a hub id")
-    scale = item.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-            or abs(scale) > MAX_SCALE:
-        raise UsageError(f"{where}.scale={scale!r} must be a number between -{MAX_SCALE:g} and {MAX_SCALE:g} "
-                         f"(1 = as trained, 0 = off)")
+    scale = checked_scale(item.get("scale", 1.0), f"{where}.scale")
     weight_name = item.get("weight_name")
     if weight_name is not None and not isinstance(weight_name, str):
         raise UsageError(f"{where}.weight_name must be a file name, got {weight_name!r}")
-    lora = Lora(path=path, scale=float(scale), name="", weight_name=weight_name)
+    lora = Lora(path=path, scale=scale, name="", weight_name=weight_name,
+                events=event_scales(item.get("events"), where))
     lora.file = local_file(lora, where)
     default = lora.file.stem if lora.file is not None else path.rsplit("/", 1)[-1]
     name = item.get("name") or re.sub(r"\W", "_", default).lstrip("0123456789") or f"lora{k}"
@@ -136,6 +144,39 @@ def parse_one(item: Any, k: int) -> Lora:
     if lora.file is not None:
         check_header(lora.file, where)
     return lora
+
+
+def checked_scale(value: Any, where: str) -> float:
+    """A LoRA scale: a finite number within ±MAX_SCALE; one line otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or abs(value) > MAX_SCALE:
+        raise UsageError(f"{where}={value!r} must be a number between -{MAX_SCALE:g} and {MAX_SCALE:g} "
+                         f"(1 = as trained, 0 = off)")
+    return float(value)
+
+
+def event_scales(value: Any, where: str) -> list[float] | None:
+    """An item's `events`: null, or a non-empty list of scales, one per story event (their number is checked
+    against the story by `check_event_count`)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise UsageError(f"{where}.events must be a list of scales, one per story event (e.g. events: [1.0, 0.0, "
+                         f"0.5]), got {str(value)[:60]!r}")
+    return [checked_scale(v, f"{where}.events[{i}]") for i, v in enumerate(value)]
+
+
+def per_event(loras: Sequence[Lora]) -> bool:
+    """Whether any item gives a scale per event (the adapters then stay unfused)."""
+    return any(lora.events is not None for lora in loras)
+
+
+def check_event_count(loras: Sequence[Lora], count: int) -> None:
+    """Every `events` list has one scale per story event; one line for the first that has not."""
+    for k, lora in enumerate(loras):
+        if lora.events is not None and len(lora.events) != count:
+            raise UsageError(f"backbone.lora[{k}].events has {len(lora.events)} scale(s) but the story has {count} "
+                             f"event(s): give one scale per event, in story order")
 
 
 def local_file(lora: Lora, where: str) -> Path | None:
@@ -233,10 +274,11 @@ def _complaints() -> Iterator[_Complaints]:
             logger.removeFilter(catcher)
 
 
-def apply_loras(pipe, loras: Sequence[Lora], model: str) -> None:
-    """Load every LoRA into `pipe.transformer` through the pipeline's own loader, set their scales, fuse them into
-    the weights and drop PEFT's layers. A file diffusers or PEFT cannot fit to this transformer (unknown or
-    missing module names, other shapes, nothing for the transformer in it) is one line naming it."""
+def apply_loras(pipe, loras: Sequence[Lora], model: str, fuse: bool = True) -> None:
+    """Load every LoRA into `pipe.transformer` through the pipeline's own loader and set their scales; with `fuse`,
+    fuse them into the weights and drop PEFT's layers, else leave PEFT's layers in at the items' `scale`. A file
+    diffusers or PEFT cannot fit to this transformer (unknown or missing module names, other shapes, nothing for the
+    transformer in it) is one line naming it."""
     if not loras:
         return
     resolve_hub(loras)  # where check_available did not run first (a backbone loaded directly)
@@ -256,6 +298,8 @@ def apply_loras(pipe, loras: Sequence[Lora], model: str) -> None:
             raise mismatch(k, lora, model, said.lines[0] if said.lines else "nothing of it was loaded")
     names = [lora.adapter(k) for k, lora in enumerate(loras)]
     pipe.set_adapters(names, [lora.scale for lora in loras])
+    if not fuse:
+        return
     pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
     pipe.unload_lora_weights()  # PEFT's layers out; the fused weights stay
 
