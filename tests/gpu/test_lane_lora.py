@@ -3,7 +3,10 @@ LoRA on every attention projection of every block, made here in diffusers' key f
 - compile on (`auto` on CUDA): generate, and the SIGINT → resume → SIGKILL → resume chain, give the same latents;
   the manifest names the file with its sha256 and scale, and the blocks were compiled with the LoRA fused in;
 - with model CPU offload (the LoRA fused on the CPU before the offload hooks): the run finishes and records it;
-- a LoRA made for another width: one line naming the file, no traceback.
+- a LoRA made for another width: one line naming the file, no traceback;
+- a scale per event (unfused PEFT layers, `set_adapters` per transformer call), compile on: a two-event story with
+  the LoRA at 0.8 in event 1 and −0.4 in event 2; generate and the interrupted chain give the same latents, the
+  manifest records each event's scales and the file's sha256, and the blocks were compiled.
 With LONGGEN_LANE_DRY=1 the same logic runs on the CPU with the tiny backbone (compile off, no offload case).
 """
 
@@ -17,7 +20,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_lane import COG, DRY, cli, latents, ok, one_line, same_chain_latents, whole_and_chain
+from test_lane import COG, COG_MODEL, DRY, cli, latents, ok, one_line, same_chain_latents, whole_and_chain
 
 pytestmark = [
     pytest.mark.gpu,
@@ -86,3 +89,19 @@ def test_lora_for_another_width_is_one_line(tmp_path):
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     line = one_line(proc.stderr)
     assert proc.returncode != 0 and str(path) in line and "made for another model?" in line
+
+
+def test_lora_scale_per_event_compiled_generate_and_resume_chain_same_latents(tmp_path):
+    path = write_lora(tmp_path, *cog_geometry())
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global": "a red fox in a snowy birch forest",
+                                 "local": ["a red fox in a snowy birch forest, walking",
+                                           "a red fox in a snowy birch forest, sitting still"]}))
+    option = f"backbone.lora=[{{path:'{path}',scale:1.0,events:[0.8,-0.4]}}]"
+    command = ["generate", *COG_MODEL, "save_latents=true", f"story={story}", *SAMPLER, option]
+    same_chain_latents(tmp_path, "lora-per-event", whole_and_chain(command, tmp_path))
+    backbone = json.loads((tmp_path / "whole" / "manifest.json").read_text())["backbone"]
+    assert backbone["compiled"] is (not DRY)
+    (recorded,) = backbone["lora"]
+    assert recorded["events"] == [0.8, -0.4] and recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert backbone["lora_scales"]["events"] == [{"style": 0.8}, {"style": -0.4}]
