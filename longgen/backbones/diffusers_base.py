@@ -42,7 +42,7 @@ from longgen.backbones.attention import AttentionChoice, Kernel, attention_choic
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
-from longgen.backbones.lora import apply_loras, check_event_count, parse_loras, per_event, resolve_hub
+from longgen.backbones.lora import apply_loras, check_event_count, check_experts, parse_loras, per_event, resolve_hub
 from longgen.backbones.lora_events import EventScales
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
@@ -238,6 +238,9 @@ class DiffusersBackbone(Backbone):
     attention_kernels: ClassVar[Mapping[str, Kernel]] = {}
     #: the kernels `backbone.attention=auto` takes, in this order, where they run (else SDPA, cuDNN first)
     auto_attention: ClassVar[tuple[str, ...]] = ()
+    #: whether the family may have two experts and checks the LoRA items' `experts` itself (Wan 2.2); else an
+    #: item naming experts is refused (lora.check_experts)
+    lora_experts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every family's constructor shows its whole option set (`options_signature`), so `longgen.build` checks
@@ -276,6 +279,8 @@ class DiffusersBackbone(Backbone):
         self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
         self.architecture = options.architecture or {}
         self.loras = parse_loras(options.lora)  # local files found and their headers read; nothing loaded
+        if not self.lora_experts:
+            check_experts(self.loras, two=False)
         # a scale per event: unfused adapters, scales set per transformer call (lora_events.py)
         self.lora_events = EventScales(self.loras) if per_event(self.loras) else None
         if self.lora_events is not None and self.fused_gelu is True:
