@@ -88,6 +88,7 @@ def test_per_event_scales_on_the_low_noise_expert(style, inputs):
     ({}, "tiny-wan22-a14b", "backbone.lora[0]: this model has two experts: say which this LoRA is for with experts: "
                             "high (high-noise file), low (low-noise file) or both"),
     ({"experts": "middle"}, "tiny-wan22-a14b", "backbone.lora[0].experts='middle': use high (the high-noise expert"),
+    ({"experts": ["low"]}, "tiny-wan22-a14b", "backbone.lora[0].experts=['low']: use high"),
     ({"experts": "low"}, "tiny-wan", "backbone.lora[0].experts=low: this model has one transformer: drop experts"),
     ({"experts": "both"}, "tiny-wan22-ti2v", "backbone.lora[0].experts=both: this model has one transformer"),
 ])

@@ -19,6 +19,11 @@ before each transformer call, the rows of a call grouped by their window's event
 An item without `events` keeps its `scale` in every event; `scale` is also what an item contributes to windows of
 no event (GLC's global-prompt windows). Only when no item has `events` are the adapters fused.
 
+On a two-expert model (Wan 2.2 T2V-A14B) each item says which expert(s) it goes into, `experts: high | low | both`
+(`transformer`, `transformer_2`, both; required there, refused on one transformer): Wan 2.2 LoRAs ship one file per
+expert. The low-noise expert's copy is loaded by diffusers' Wan loader with `load_into_transformer_2`; each
+transformer sets, and fuses, its own items.
+
 The loading happens where `DiffusersBackbone.load` places the pipeline: after it moved to the device (fused
 there), or before the CPU-offload hooks are installed (fused on the CPU), so diffusers never has to take offload
 hooks off and on again.
@@ -141,7 +146,7 @@ def parse_one(item: Any, k: int) -> Lora:
     if weight_name is not None and not isinstance(weight_name, str):
         raise UsageError(f"{where}.weight_name must be a file name, got {weight_name!r}")
     experts = item.get("experts")
-    if experts is not None and experts not in EXPERTS:
+    if experts is not None and (not isinstance(experts, str) or experts not in EXPERTS):
         raise UsageError(f"{where}.experts={experts!r}: use high (the high-noise expert, `transformer`), low (the "
                          f"low-noise expert, `transformer_2`) or both")
     lora = Lora(path=path, scale=scale, name="", weight_name=weight_name,
