@@ -70,8 +70,8 @@ def test_an_image_on_an_event_inside_the_history_or_on_a_text_backbone_is_one_li
     key = folder / "key.png"  # what a checkpoint records, so that resume refuses a changed image
     assert job.inputs()["images"] == [{"path": str(key), "sha256": hashlib.sha256(key.read_bytes()).hexdigest()}]
     for backbone, story, message in (
-            ("tiny-i2v", "first.json", "story event 1's image would be the first frame of one of its windows, but "
-                                       "they all start in the history (latent frames 0-0, the input's end)"),
+            ("tiny-i2v", "first.json", ("story event 1's image would be the first frame of one of its windows, but "
+                                        "they all start in the history (latent frames 0-0, the input's end)")),
             ("tiny", "second.json", "the story's event images needs an image-to-video backbone")):
         with pytest.raises(UsageError) as err:
             plan_extend(config(folder, backbone, story), tmp_path, {"backbone": backbone})

@@ -165,4 +165,5 @@ def test_event_scales_of_another_length_than_the_story_and_fused_gelu_are_one_li
                               "per event, in story order")
     assert not (tmp_path / "two" / "manifest.json").exists()
     with pytest.raises(UsageError, match=r"^backbone.fused_gelu=true .* use fused_gelu=auto$"):
-        build(tiny_config(**SMALL, fused_gelu=True, device="cuda", dtype="bfloat16", lora=items(files, [1.0])), "backbone", "tiny")
+        build(tiny_config(**SMALL, fused_gelu=True, device="cuda", dtype="bfloat16", lora=items(files, [1.0])),
+              "backbone", "tiny")

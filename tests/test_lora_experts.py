@@ -72,7 +72,8 @@ def test_a_lora_changes_only_its_experts_timesteps(style, inputs):
 
 def test_per_event_scales_on_the_low_noise_expert(style, inputs):
     """Unfused adapters in the low-noise expert only, events at (0.9, 0): above the boundary both windows are the
-    base model's (to float tolerance: each event's rows run in a call of their own); below it event 0's window is the fused low-expert model's and event 1's the base's."""
+    base model's (to float tolerance: each event's rows run in a call of their own); below it event 0's window is
+    the fused low-expert model's and event 1's the base's."""
     base = inputs[3]
     backbone = a14b([{"path": str(style), "scale": 0.3, "events": [0.9, 0.0], "experts": "low"}])
     got = predictions(backbone, inputs, [backbone.event_id(0, 0), backbone.event_id(0, 1)])
@@ -85,8 +86,8 @@ def test_per_event_scales_on_the_low_noise_expert(style, inputs):
 
 
 @pytest.mark.parametrize("entry, name, message", [
-    ({}, "tiny-wan22-a14b", "backbone.lora[0]: this model has two experts: say which this LoRA is for with experts: "
-                            "high (high-noise file), low (low-noise file) or both"),
+    ({}, "tiny-wan22-a14b", ("backbone.lora[0]: this model has two experts: say which this LoRA is for with "
+                             "experts: high (high-noise file), low (low-noise file) or both")),
     ({"experts": "middle"}, "tiny-wan22-a14b", "backbone.lora[0].experts='middle': use high (the high-noise expert"),
     ({"experts": ["low"]}, "tiny-wan22-a14b", "backbone.lora[0].experts=['low']: use high"),
     ({"experts": "low"}, "tiny-wan", "backbone.lora[0].experts=low: this model has one transformer: drop experts"),

@@ -42,7 +42,14 @@ from longgen.backbones.attention import AttentionChoice, Kernel, attention_choic
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
-from longgen.backbones.lora import apply_loras, check_event_count, check_experts, parse_loras, per_event, resolve_hub
+from longgen.backbones.lora import (
+    apply_loras,
+    check_event_count,
+    check_experts,
+    parse_loras,
+    per_event,
+    resolve_hub,
+)
 from longgen.backbones.lora_events import EventScales
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
@@ -417,7 +424,8 @@ class DiffusersBackbone(Backbone):
             apply_loras(pipe, self.loras, self.model_id, fuse)  # on the device (lora.py)
         self.pipe = pipe
         if self.lora_events is not None:
-            self.lora_events.attach([m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None])
+            experts = (pipe.transformer, getattr(pipe, "transformer_2", None))  # Wan 2.2 A14B: two
+            self.lora_events.attach([model for model in experts if model is not None])
         if self.attention_choice.kernel is not None:
             self.attention_choice.kernel.install(pipe.transformer)
         self._fuse_gelu()

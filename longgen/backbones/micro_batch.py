@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, ContextManager, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ def run_stacked(
     units: Units,
     layout: Any = None,
     groups: Sequence[Hashable] | None = None,
-    around: Callable[[Any], ContextManager] | None = None,
+    around: Callable[[Any], contextlib.AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """All R rows of a CFG-stacked batch through `call(x_rows, emb_rows, t_rows)` → [R, ...] in row order.
 
