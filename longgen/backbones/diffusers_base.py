@@ -42,7 +42,15 @@ from longgen.backbones.attention import AttentionChoice, Kernel, attention_choic
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
-from longgen.backbones.lora import apply_loras, parse_loras, resolve_hub
+from longgen.backbones.lora import (
+    apply_loras,
+    check_event_count,
+    check_experts,
+    parse_loras,
+    per_event,
+    resolve_hub,
+)
+from longgen.backbones.lora_events import EventScales
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
@@ -170,7 +178,7 @@ class DiffusersOptions:
     attention: str = "auto"  # longgen/backbones/attention.py
     compile: bool | str = "auto"  # torch.compile of each transformer block: auto (CUDA), true, false
     fused_gelu: bool | str = "auto"  # longgen/backbones/fused_gelu.py: auto, true, false
-    lora: list | None = None  # LoRA adapters fused into the transformer: [{path, scale, weight_name, name}] (lora.py)
+    lora: list | None = None  # LoRA adapters: [{path, scale, weight_name, name, events}] (lora.py, lora_events.py)
     random_weights: bool = False  # build `architecture` with seeded random weights instead of loading
     weights_seed: int = 0
     architecture: dict | None = None  # the model classes' constructor arguments, for random_weights
@@ -237,6 +245,9 @@ class DiffusersBackbone(Backbone):
     attention_kernels: ClassVar[Mapping[str, Kernel]] = {}
     #: the kernels `backbone.attention=auto` takes, in this order, where they run (else SDPA, cuDNN first)
     auto_attention: ClassVar[tuple[str, ...]] = ()
+    #: whether the family may have two experts and checks the LoRA items' `experts` itself (Wan 2.2); else an
+    #: item naming experts is refused (lora.check_experts)
+    lora_experts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every family's constructor shows its whole option set (`options_signature`), so `longgen.build` checks
@@ -275,6 +286,13 @@ class DiffusersBackbone(Backbone):
         self.random_weights, self.weights_seed = options.random_weights, options.weights_seed
         self.architecture = options.architecture or {}
         self.loras = parse_loras(options.lora)  # local files found and their headers read; nothing loaded
+        if not self.lora_experts:
+            check_experts(self.loras, two=False)
+        # a scale per event: unfused adapters, scales set per transformer call (lora_events.py)
+        self.lora_events = EventScales(self.loras) if per_event(self.loras) else None
+        if self.lora_events is not None and self.fused_gelu is True:
+            raise UsageError("backbone.fused_gelu=true computes the feed-forward from the base weights, but a LoRA "
+                             "scale per event (backbone.lora[].events) keeps the adapters unfused: use fused_gelu=auto")
         # geometry, known before any weights load
         self.native_window = (options.num_frames - 1) // options.temporal_compression + 1
         # RIFLEx: the window is the extrapolated one; the family lowers one temporal RoPE frequency at load
@@ -402,13 +420,17 @@ class DiffusersBackbone(Backbone):
         self._check_loaded(pipe)
         if self.vae_tiling is True or (self.vae_tiling == "auto" and self.decides_tiling):
             pipe.vae.enable_tiling()
+        fuse = self.lora_events is None
         if self.cpu_offload and self.device.type == "cuda":
-            apply_loras(pipe, self.loras, self.model_id)  # fused on the CPU, before the offload hooks (lora.py)
+            apply_loras(pipe, self.loras, self.model_id, fuse)  # on the CPU, before the offload hooks (lora.py)
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-            apply_loras(pipe, self.loras, self.model_id)  # fused on the device (lora.py)
+            apply_loras(pipe, self.loras, self.model_id, fuse)  # on the device (lora.py)
         self.pipe = pipe
+        if self.lora_events is not None:
+            experts = (pipe.transformer, getattr(pipe, "transformer_2", None))  # Wan 2.2 A14B: two
+            self.lora_events.attach([model for model in experts if model is not None])
         if self.attention_choice.kernel is not None:
             self.attention_choice.kernel.install(pipe.transformer)
         self._fuse_gelu()
@@ -417,7 +439,7 @@ class DiffusersBackbone(Backbone):
     def _fuse_gelu(self) -> None:
         """The feed-forwards' projection + tanh GELU as one cuBLASLt call (longgen/backbones/fused_gelu.py): `auto`
         on CUDA in fp16/bf16, `true` insists (one line where it cannot run)."""
-        if self.fused_gelu is False:
+        if self.fused_gelu is False or self.lora_events is not None:  # unfused LoRA layers: the plain projection
             return
         if self.fused_gelu is True:
             check_fused_gelu(self.device, self.dtype)
@@ -512,6 +534,15 @@ class DiffusersBackbone(Backbone):
                 te.to("cpu")
         return [unique.index(p) for p in prompts]
 
+    # ------------------------------------------------------------------ a LoRA scale per event
+    def check_events(self, count: int) -> None:
+        check_event_count(self.loras, count)
+
+    def event_id(self, condition_id: int, event: int) -> int:
+        if self.lora_events is None:
+            return condition_id
+        return self.lora_events.event_id(condition_id, event)
+
     # ------------------------------------------------------------------ denoising
     def _transformer(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One counted transformer call under the chosen kernels; falls back to eager when compilation fails."""
@@ -538,6 +569,9 @@ class DiffusersBackbone(Backbone):
             raise RuntimeError("encode_prompts() must run before predict()")
         b = x_t.shape[0]
         self._check_frame_timesteps(t, b, x_t.shape[1])
+        scales = None  # each window's LoRA scale set, with a scale per event (lora_events.py)
+        if self.lora_events is not None:
+            prompt_ids, scales = self.lora_events.resolve(prompt_ids)
         ids = torch.as_tensor(self._text_rows(prompt_ids), dtype=torch.long, device=self._embeds.device)
         cond = self._embeds.index_select(0, ids)  # [B, S, D]
         guided = guidance_scale > 1.0
@@ -549,9 +583,12 @@ class DiffusersBackbone(Backbone):
         x_in = x_in.to(self.device, self.dtype)
         x_in, emb = self._with_conditions(x_in, emb, prompt_ids, guided)  # image-to-video: image_conditioning.py
         ts = self._timesteps(t, x_in.shape[0])  # [2B or B, ...]
-        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/backbones/micro_batch.py)
+        # transformer calls of micro_batch rows, the same on 1 or N processes (longgen/backbones/micro_batch.py);
+        # with a LoRA scale per event, each call holds rows of one scale set (a CFG row takes its window's)
+        groups = None if scales is None else (scales + scales if guided else scales)  # [2B or B]
         out = run_stacked(
-            self._transformer, x_in, emb, ts, self.micro_batch, self.units, self._anchor_layout
+            self._transformer, x_in, emb, ts, self.micro_batch, self.units, self._anchor_layout, groups,
+            self.lora_events.scaled if self.lora_events is not None else None,
         ).float()  # [2B or B, M, C, H, W]
         if guided:
             out_uncond, out_cond = out.chunk(2)
@@ -721,6 +758,8 @@ class DiffusersBackbone(Backbone):
             "vae_tiling": self.vae_tiling,
             "lora": [lora.describe(k) for k, lora in enumerate(self.loras)],  # path, sha256 of the file read, scale, adapter name
         }
+        if self.lora_events is not None:
+            info["lora_scales"] = self.lora_events.describe()
         if self.riflex is not None:
             info["riflex"] = self.riflex_plan.describe() if self.riflex_plan else {"window": self.window}
         if self.pipe is not None:

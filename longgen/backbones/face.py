@@ -99,6 +99,16 @@ class Backbone(Denoiser):
         latent frame (a prompt id alone conditions a window on no image)."""
         raise NotImplementedError(f"{self.label} takes no image conditioning")
 
+    # ------------------------------------------------------------------ a LoRA scale per event
+    def check_events(self, count: int) -> None:
+        """UsageError when the backbone's per-event options (a LoRA scale per event) do not fit a story of `count`
+        events; nothing to check by default."""
+
+    def event_id(self, condition_id: int, event: int) -> int:
+        """The id `predict` takes for a window of story event `event` conditioned as `condition_id` (a prompt id or
+        a `condition_id`) says; the condition id itself where nothing differs by event."""
+        return condition_id
+
     # ------------------------------------------------------------------ lengths
     @abstractmethod
     def frames_for(self, latent_frames: int) -> int:

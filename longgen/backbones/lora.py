@@ -10,9 +10,19 @@ How a LoRA is applied: every listed adapter is loaded under its own name, the sc
 are fused into the transformer's weights (W' = W + Σᵢ scaleᵢ·(alphaᵢ/rᵢ)·Bᵢ·Aᵢ for each adapted linear layer), after
 which PEFT's layers are removed again. The transformer the sampler calls is then the plain diffusers model with
 other weights: regional `torch.compile`, the fused feed-forward GELU, the attention kernels and model CPU offload
-see nothing new, nothing recompiles and a step costs what it costs without LoRA. The price is that the scales are
-fixed for the whole run; a scale per event is not offered (it would need the unfused adapters and the windows of a
-transformer call grouped by scale).
+see nothing new, nothing recompiles and a step costs what it costs without LoRA. The scales are then fixed for the
+whole run.
+
+A scale per event (`events: [s1, s2, ...]` on an item, one scale per story event in story order) keeps the
+adapters unfused instead: PEFT's LoRA layers stay in the transformer and diffusers' `set_adapters` sets the scales
+before each transformer call, the rows of a call grouped by their window's event (longgen/backbones/lora_events.py).
+An item without `events` keeps its `scale` in every event; `scale` is also what an item contributes to windows of
+no event (GLC's global-prompt windows). Only when no item has `events` are the adapters fused.
+
+On a two-expert model (Wan 2.2 T2V-A14B) each item says which expert(s) it goes into, `experts: high | low | both`
+(`transformer`, `transformer_2`, both; required there, refused on one transformer): Wan 2.2 LoRAs ship one file per
+expert. The low-noise expert's copy is loaded by diffusers' Wan loader with `load_into_transformer_2`; each
+transformer sets, and fuses, its own items.
 
 The loading happens where `DiffusersBackbone.load` places the pipeline: after it moved to the device (fused
 there), or before the CPU-offload hooks are installed (fused on the CPU), so diffusers never has to take offload
@@ -42,7 +52,9 @@ MAX_SCALE = 10.0
 #: the oldest peft diffusers 0.42 loads LoRAs with (its MIN_PEFT_VERSION)
 MIN_PEFT = (0, 17)
 #: what an item of `backbone.lora` may say
-KEYS = ("path", "scale", "weight_name", "name")
+KEYS = ("path", "scale", "weight_name", "name", "events", "experts")
+#: `experts` on a two-expert model (Wan 2.2 A14B) → the pipeline components the LoRA goes into
+EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
 #: a hub id, "owner/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: a name for messages and the manifest
@@ -62,6 +74,8 @@ class Lora:
     weight_name: str | None = None
     file: Path | None = None
     sha256: str | None = None  # of the file's bytes, set when it is loaded
+    events: list[float] | None = None  # a scale per story event (then the adapters stay unfused), else None
+    experts: str | None = None  # two-expert models: high, low or both (EXPERTS); None on one transformer
 
     def adapter(self, k: int) -> str:
         """The PEFT adapter name of entry k. Not the user's name: diffusers tells an adapter's own keys in its
@@ -72,7 +86,16 @@ class Lora:
     def describe(self, k: int) -> dict:
         """The manifest's record of entry k."""
         return {"name": self.name, "adapter": self.adapter(k), "path": self.path, "weight_name": self.weight_name,
-                "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale}
+                "file": str(self.file) if self.file else None, "sha256": self.sha256, "scale": self.scale,
+                "events": self.events, "experts": self.experts}
+
+    def components(self) -> tuple[str, ...]:
+        """The pipeline's transformers this LoRA goes into."""
+        return EXPERTS[self.experts] if self.experts is not None else ("transformer",)
+
+    def scale_in(self, event: int | None) -> float:
+        """This adapter's scale in story event `event` (None: a window of no event)."""
+        return self.events[event] if self.events is not None and event is not None else self.scale
 
 
 def parse_loras(items: Any) -> list[Lora]:
@@ -118,15 +141,16 @@ def parse_one(item: Any, k: int) -> Lora:
     path = item.get("path")
     if not isinstance(path, str) or not path.strip():
         raise UsageError(f"{where} needs a `path`: a .safetensors file, a directory holding one, or a hub id")
-    scale = item.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-            or abs(scale) > MAX_SCALE:
-        raise UsageError(f"{where}.scale={scale!r} must be a number between -{MAX_SCALE:g} and {MAX_SCALE:g} "
-                         f"(1 = as trained, 0 = off)")
+    scale = checked_scale(item.get("scale", 1.0), f"{where}.scale")
     weight_name = item.get("weight_name")
     if weight_name is not None and not isinstance(weight_name, str):
         raise UsageError(f"{where}.weight_name must be a file name, got {weight_name!r}")
-    lora = Lora(path=path, scale=float(scale), name="", weight_name=weight_name)
+    experts = item.get("experts")
+    if experts is not None and (not isinstance(experts, str) or experts not in EXPERTS):
+        raise UsageError(f"{where}.experts={experts!r}: use high (the high-noise expert, `transformer`), low (the "
+                         f"low-noise expert, `transformer_2`) or both")
+    lora = Lora(path=path, scale=scale, name="", weight_name=weight_name,
+                events=event_scales(item.get("events"), where), experts=experts)
     lora.file = local_file(lora, where)
     default = lora.file.stem if lora.file is not None else path.rsplit("/", 1)[-1]
     name = item.get("name") or re.sub(r"\W", "_", default).lstrip("0123456789") or f"lora{k}"
@@ -136,6 +160,51 @@ def parse_one(item: Any, k: int) -> Lora:
     if lora.file is not None:
         check_header(lora.file, where)
     return lora
+
+
+def checked_scale(value: Any, where: str) -> float:
+    """A LoRA scale: a finite number within ±MAX_SCALE; one line otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or abs(value) > MAX_SCALE:
+        raise UsageError(f"{where}={value!r} must be a number between -{MAX_SCALE:g} and {MAX_SCALE:g} "
+                         f"(1 = as trained, 0 = off)")
+    return float(value)
+
+
+def event_scales(value: Any, where: str) -> list[float] | None:
+    """An item's `events`: null, or a non-empty list of scales, one per story event (their number is checked
+    against the story by `check_event_count`)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise UsageError(f"{where}.events must be a list of scales, one per story event (e.g. events: [1.0, 0.0, "
+                         f"0.5]), got {str(value)[:60]!r}")
+    return [checked_scale(v, f"{where}.events[{i}]") for i, v in enumerate(value)]
+
+
+def per_event(loras: Sequence[Lora]) -> bool:
+    """Whether any item gives a scale per event (the adapters then stay unfused)."""
+    return any(lora.events is not None for lora in loras)
+
+
+def check_event_count(loras: Sequence[Lora], count: int) -> None:
+    """Every `events` list has one scale per story event; one line for the first that has not."""
+    for k, lora in enumerate(loras):
+        if lora.events is not None and len(lora.events) != count:
+            raise UsageError(f"backbone.lora[{k}].events has {len(lora.events)} scale(s) but the story has {count} "
+                             f"event(s): give one scale per event, in story order")
+
+
+def check_experts(loras: Sequence[Lora], two: bool) -> None:
+    """On a two-expert model every item says which expert(s) it is for (Wan 2.2 LoRAs ship one file per expert,
+    `high_noise` and `low_noise`, so no guess is made); on one transformer none says it. One line otherwise."""
+    for k, lora in enumerate(loras):
+        if two and lora.experts is None:
+            raise UsageError(f"backbone.lora[{k}]: this model has two experts: say which this LoRA is for with "
+                             f"experts: high (high-noise file), low (low-noise file) or both")
+        if not two and lora.experts is not None:
+            raise UsageError(f"backbone.lora[{k}].experts={lora.experts}: this model has one transformer: drop "
+                             f"experts")
 
 
 def local_file(lora: Lora, where: str) -> Path | None:
@@ -233,31 +302,43 @@ def _complaints() -> Iterator[_Complaints]:
             logger.removeFilter(catcher)
 
 
-def apply_loras(pipe, loras: Sequence[Lora], model: str) -> None:
-    """Load every LoRA into `pipe.transformer` through the pipeline's own loader, set their scales, fuse them into
-    the weights and drop PEFT's layers. A file diffusers or PEFT cannot fit to this transformer (unknown or
-    missing module names, other shapes, nothing for the transformer in it) is one line naming it."""
+def apply_loras(pipe, loras: Sequence[Lora], model: str, fuse: bool = True) -> None:
+    """Load every LoRA into its transformer(s) (`pipe.transformer`; on a two-expert model as `experts` says) through
+    the pipeline's own loader and set their scales; with `fuse`, fuse them into the weights and drop PEFT's layers,
+    else leave PEFT's layers in at the items' `scale`. A file diffusers or PEFT cannot fit to this transformer
+    (unknown or missing module names, other shapes, nothing for the transformer in it) is one line naming it."""
     if not loras:
         return
     resolve_hub(loras)  # where check_available did not run first (a backbone loaded directly)
     for k, lora in enumerate(loras):
         lora.sha256 = file_sha256(lora.file)
-        with _complaints() as said, warnings.catch_warnings():
-            # PEFT's note on a second adapter ("Already found a `peft_config` attribute") is the intended case here
-            warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
-            try:  # by file, not as tensors: diffusers then also reads the adapter metadata (alpha, rank) in it
-                pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name,
-                                       adapter_name=lora.adapter(k))
-            except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
-                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-                raise mismatch(k, lora, model, reason) from None
-        peft_config = getattr(pipe.transformer, "peft_config", {}) or {}
-        if said.lines or lora.adapter(k) not in peft_config:
-            raise mismatch(k, lora, model, said.lines[0] if said.lines else "nothing of it was loaded")
-    names = [lora.adapter(k) for k, lora in enumerate(loras)]
-    pipe.set_adapters(names, [lora.scale for lora in loras])
-    pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=names)
-    pipe.unload_lora_weights()  # PEFT's layers out; the fused weights stay
+        for component in lora.components():
+            load_one(pipe, k, lora, model, component)
+    for component in dict.fromkeys(c for lora in loras for c in lora.components()):
+        held = [(lora.adapter(k), lora.scale) for k, lora in enumerate(loras) if component in lora.components()]
+        getattr(pipe, component).set_adapters([name for name, _ in held], [scale for _, scale in held])
+        if fuse:
+            pipe.fuse_lora(components=[component], lora_scale=1.0, adapter_names=[name for name, _ in held])
+    if fuse:
+        pipe.unload_lora_weights()  # PEFT's layers out; the fused weights stay
+
+
+def load_one(pipe, k: int, lora: Lora, model: str, component: str) -> None:
+    """Entry k's file into `pipe.<component>` under its adapter name (diffusers' Wan loader puts it into the
+    low-noise expert with `load_into_transformer_2`); one line where it does not fit."""
+    into = {"load_into_transformer_2": True} if component == "transformer_2" else {}
+    with _complaints() as said, warnings.catch_warnings():
+        # PEFT's note on a second adapter ("Already found a `peft_config` attribute") is the intended case here
+        warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
+        try:  # by file, not as tensors: diffusers then also reads the adapter metadata (alpha, rank) in it
+            pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.adapter(k),
+                                   **into)
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise mismatch(k, lora, model, reason) from None
+    peft_config = getattr(getattr(pipe, component), "peft_config", {}) or {}
+    if said.lines or lora.adapter(k) not in peft_config:
+        raise mismatch(k, lora, model, said.lines[0] if said.lines else "nothing of it was loaded")
 
 
 def mismatch(k: int, lora: Lora, model: str, reason: str) -> UsageError:

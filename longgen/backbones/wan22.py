@@ -18,7 +18,9 @@ two things Wan 2.2 adds, as diffusers 0.42's `WanPipeline` runs them:
   (`_attention_models`); the keys/values cross-shot attention and KV-sharing keep are kept per expert
   (`CallInFlight.model`) and ABAM's anchors are rewritten by each expert's own calls, so each expert's layers read
   only what that expert's layers stored, also when one predict runs both.
-  LoRA weights (`backbone.lora`) are fused into one transformer: refused on two experts in one line.
+  A LoRA (`backbone.lora`) names its expert(s) with `experts: high | low | both` (Wan 2.2 LoRAs ship one file per
+  expert) and goes into those transformers (longgen/backbones/lora.py; diffusers' Wan loader with
+  `load_into_transformer_2` for the low-noise one).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from longgen.backbones import riflex
 from longgen.backbones.fused_gelu import fuse_gelu_projections
+from longgen.backbones.lora import check_experts
 from longgen.backbones.wan import WanBackbone, cast_like_pretrained
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
@@ -45,6 +48,7 @@ class Wan22Backbone(WanBackbone):
                            width=1280, fps=24, latent_channels=48, spatial_compression=16, max_text_tokens=512,
                            vae_tiling=False, micro_batch=2)
     example_config = "conf/backbone/tiny-wan22-ti2v.yaml"
+    lora_experts = True  # `experts` of each LoRA checked below, against one transformer or two
 
     def __init__(self, *, boundary_ratio: float | None = None, guidance_scale_2: float | None = None,
                  expand_timesteps: bool = False, vae_dtype: str = "float32", flow_shift: float | None = None,
@@ -59,9 +63,7 @@ class Wan22Backbone(WanBackbone):
         if guidance_scale_2 is not None and boundary_ratio is None:
             raise UsageError("backbone.guidance_scale_2 is the low-noise expert's scale: it needs backbone."
                              "boundary_ratio (two experts); set guidance_scale_2=null")
-        if boundary_ratio is not None and self.loras:
-            raise UsageError("backbone.lora: a LoRA is fused into one transformer, but this model has two experts "
-                             "(transformer, transformer_2): drop backbone.lora")
+        check_experts(self.loras, two=boundary_ratio is not None)  # which expert(s) each LoRA goes into
         if self.vae_tiling is True and self.spatial_compression != 8:  # the Wan 2.2 VAE (before anything runs)
             raise UsageError("backbone.vae_tiling=true: the Wan 2.2 VAE (patchified output) decodes untiled here, one "
                              "latent frame at a time: set backbone.vae_tiling=false")

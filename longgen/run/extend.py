@@ -9,7 +9,8 @@ The stages of an extend run (the command is longgen/commands/extend.py); they co
    resized and center-cropped to the backbone's size (reported; `resize=false` refuses a video of another size), and
    the last c·(h − 1) + 1 of them (c the VAE's temporal compression) are kept as the history. Every bad input fails
    here with one line and nothing written: a missing file, not a video, a video too short for the history, a size
-   the backbone cannot take with resize=false.
+   the backbone cannot take with resize=false. On an image-to-video backbone the story's events may carry key
+   images (`event_images`: each conditions the first of its event's windows that starts after the history).
 2. encode: the prompts (generate's stage), then the history frames through the VAE → h latent frames z_h.
 3. sample (generate's stage: checkpoints, previews, Ctrl-C and `longgen resume` work as for generate): the
    configured sampler over a latent of L = M + S·(N − 1) frames, [h history | L − h new], wrapped by
@@ -66,6 +67,7 @@ from longgen.options import flag, whole
 from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
+from longgen.run.images import ImagePlan, plan_images
 from longgen.run.job import Job, build_parts, check_prompt_lengths, planned_length, resolve_story
 from longgen.run.stages import (
     encode,
@@ -370,7 +372,7 @@ class ExtendJob(Job):
                 for s in self.plan.starts]
 
     def inputs(self) -> dict:
-        return {"video": {"path": str(self.source.path), "sha256": self.source.sha256}}
+        return {"video": {"path": str(self.source.path), "sha256": self.source.sha256}, **super().inputs()}
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -423,9 +425,6 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
-    if story.images is not None:  # key images are generate's (longgen/run/images.py)
-        raise UsageError("longgen extend takes no key images yet: drop the events' `image` (longgen generate takes "
-                         "them)")
     missed = story.events_missed([c - h for c in plan.centres()], length - h)
     if missed:
         raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="
@@ -434,13 +433,39 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if not cfg.get("use_global_prompt", True):
         used, stripped = story.without_global()
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    backbone.check_events(story.num_events)  # a LoRA scale per event: one per event of the new part
+    images = event_images(cfg, choices, story, plan, backbone, inner, h, length)
     keep = backbone.frames_for(h)
     source = read_source(Path(str(cfg.video)), backbone, keep, bool(cfg.resize))
     backbone.check_available()
     sampler = HistorySampler(inner, h, context, float(cfg.t_c))
     return ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
-                     bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, source=source, history=h,
-                     context=context)
+                     bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, images=images,
+                     source=source, history=h, context=context)
+
+
+def event_images(cfg: DictConfig, choices: dict[str, Any], story: Story, plan: Any, backbone: Backbone,
+                 sampler: Sampler, h: int, length: int) -> ImagePlan | None:
+    """The new part's key images (story events with an `image`), routed as generate routes them
+    (longgen/run/images.py) but among the windows that start at or after the join (latent frame h): an event's image
+    conditions the first of its windows whose first frame is new, since a window starting in the history begins with
+    the input's frames. None without event images (an image-to-video backbone then conditions no window on an
+    image); one line for an event whose windows all start in the history."""
+    if story.images is None:
+        return None
+
+    def event_of(start: int, size: int) -> int:  # as ExtendJob.local_index
+        return story.prompt_index_at(max(0.0, start + size / 2 - h), length - h)
+
+    if backbone.image_conditioning:  # (a text-to-video backbone: plan_images' one line)
+        after = {event_of(s, plan.window) for s in plan.starts if s >= h}
+        for e, path in enumerate(story.images):
+            if path is not None and e not in after:
+                raise UsageError(f"story event {e + 1}'s image would be the first frame of one of its windows, but "
+                                 f"they all start in the history (latent frames 0-{h - 1}, the input's end): put the "
+                                 f"image on a later event, or pass a larger num_windows")
+    return plan_images(cfg, choices, story, plan, backbone, sampler,
+                       lambda start, size: event_of(start, size) if start >= h else -1)
 
 
 def encode_history(job: ExtendJob) -> None:
@@ -585,6 +610,7 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
         "sampling_windows": job.window_map(),
         **geometry,
         "local_prompts": len(job.story.local_prompts),
+        **({"images": job.images.describe()} if job.images is not None else {}),
         **video_facts(video, timings),
         "versions": package_versions(),
         "outputs": {"video": EXTENDED, "continuation": CONTINUATION, "story": "story.json",

@@ -255,6 +255,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
                          lambda start, size: events.event_at(start + size / 2) if events is not None
                          else story.prompt_index_at(start + size / 2, length))
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    backbone.check_events(used.num_events)  # a LoRA scale per event: one per event of the story
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
               stripped, noise=noise, shots=shots, events=events, images=images)

@@ -92,6 +92,9 @@ def encode(job: Job) -> Prompts:
         keyed = {image.start: backbone.condition_id(ids[job.local_index(image.start, job.plan.window)], k)
                  for k, image in enumerate(job.images.images)}
         job.timings["encode_images_s"] = time.perf_counter() - t0
+    # a LoRA scale per event: each window's id also names its event (the backbone's event_id; else unchanged)
+    keyed = {start: backbone.event_id(cid, job.local_index(start, job.plan.window)) for start, cid in keyed.items()}
+    ids = [backbone.event_id(cid, event) for event, cid in enumerate(ids)]
     return Prompts(ids, {"global": all_ids[-1]} if glob else {}, keyed)
 
 
