@@ -85,6 +85,9 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
             sent.extend(prompts)
             return list(range(len(prompts)))
 
+        def event_id(self, condition_id, event):  # the face's default: nothing differs by event
+            return condition_id
+
     story = Story.from_dict({"global": "A cat.", "local": ["A cat. [SHOT CUT] It sleeps.", "[SHOT CUT] A cat. It wakes."]})
     job = types.SimpleNamespace(backbone=Backbone(), story=story, timings={}, images=None,
                                 cfg=types.SimpleNamespace(negative_prompt=""))
