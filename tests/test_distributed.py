@@ -1,8 +1,9 @@
 """Several processes give the same bytes as one (torchrun with gloo on the CPU, and the gpus=N launcher), failures
 are one line, and a run stopped on 2 processes resumes on 3 to the uninterrupted result.
 
-One test drives everything through three process groups (1, 2 and 3 processes), each running the same commands
-through `longgen.cli.main` (tests/dist_driver.py), because starting processes is most of the cost on a CPU."""
+One test drives everything through three process groups (1, 2 and 3 processes), running the same commands (the
+3-process group a subset of them) through `longgen.cli.main` (tests/dist_driver.py), because starting processes is
+most of the cost on a CPU."""
 
 from __future__ import annotations
 
@@ -106,10 +107,12 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     assert not [p.name for p in killed.iterdir() if ".tmp" in p.name]
 
     # three processes with torchrun: the same commands, the 2-process run of f resumed, then rank 2 raises in job g
+    # (three processes on a 2-core CI machine cost the most: they run the sampler sweep, whose units split unevenly
+    # over 3 ranks, and the FIFO queue; GLC's VJPs, SynCoS's random draws and cross-shot attention are left to 2)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", DRIVER]
-    three = _finish(_start([*torchrun, json.dumps(_commands(w3, story, [["resume", str(killed)],
-                                                                       _job("g", w3, story, 8)]))],
-                           fault="2:raise:8:2"))
+    on_three = [c for c in _commands(w3, story, [["resume", str(killed)], _job("g", w3, story, 8)])
+                if not any(a.startswith("hydra.run.dir=") and a.endswith(("/b", "/c", "/s")) for a in c)]
+    three = _finish(_start([*torchrun, json.dumps(on_three)], fault="2:raise:8:2"))
     assert three.returncode != 0
     lines = error_lines(three)
     assert len(lines) == 1 and "rank 2 failed: RuntimeError: injected failure" in lines[0], three.stderr[-3000:]
@@ -127,18 +130,18 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1, 2 and 3 processes
     ref, runs2, runs3 = _runs(w1), _runs(w2), _runs(w3)
-    assert len(ref) == 9 and set(ref) == set(runs2) == set(runs3) | {"f"}, (sorted(ref), sorted(runs3))
+    assert len(ref) == 9 and set(ref) == set(runs2) == set(runs3) | {"f", "b", "c", "s"}, (sorted(ref), sorted(runs3))
     for name, run in ref.items():
         if name == "f":
             continue
-        for other, size in ((runs2[name], 2), (runs3[name], 3)):
+        for other, size in ((runs2[name], 2), *(((runs3[name], 3),) if name in runs3 else ())):
             assert torch.equal(_latents(other), _latents(run)), (name, size)
             manifest = json.loads((other / "manifest.json").read_text())
             assert manifest["distributed"]["world_size"] == size
             assert [r["rank"] for r in manifest["distributed"]["ranks"]] == list(range(size))
             assert manifest["transformer_forwards"] == json.loads((run / "manifest.json").read_text())[
                 "transformer_forwards"]
-        assert (run / "video.mp4").read_bytes() == (runs3[name] / "video.mp4").read_bytes()
+        assert (run / "video.mp4").read_bytes() == (runs3.get(name, runs2[name]) / "video.mp4").read_bytes()
     # stopped on 2 processes, resumed on 3 = uninterrupted on 1
     assert torch.equal(_latents(killed), _latents(w1 / "f"))
     resumed = json.loads((killed / "manifest.json").read_text())
