@@ -207,6 +207,15 @@ def check_experts(loras: Sequence[Lora], two: bool) -> None:
                              f"experts")
 
 
+def pin_local_paths(items: Any, loras: Sequence[Lora]) -> None:
+    """Write each local LoRA's absolute path into its config item (`backbone.lora[k].path`), as image= is kept: the
+    run's saved config then finds the files from any working directory (`longgen resume`). Hub ids stay as given."""
+    for item, lora in zip(items or [], loras):
+        path = Path(lora.path).expanduser()
+        if path.exists():  # a local file or directory (local_file checked it)
+            lora.path = item["path"] = str(path.resolve())
+
+
 def local_file(lora: Lora, where: str) -> Path | None:
     """The local safetensors file of an entry; None for a hub id (fetched later); one line when neither."""
     path = Path(lora.path).expanduser()
