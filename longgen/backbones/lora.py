@@ -216,6 +216,23 @@ def pin_local_paths(items: Any, loras: Sequence[Lora]) -> None:
             lora.path = item["path"] = str(path.resolve())
 
 
+def file_records(loras: Sequence[Lora]) -> list[dict]:
+    """Each LoRA file's path and sha256 (hashed here where it is not loaded yet), for a checkpoint's inputs."""
+    for lora in loras:
+        if lora.sha256 is None:
+            lora.sha256 = file_sha256(lora.file)
+    return [{"path": str(lora.file), "sha256": lora.sha256} for lora in loras]
+
+
+def check_unchanged(saved: Sequence[dict], loras: Sequence[Lora]) -> None:
+    """`longgen resume`: every LoRA file still has the sha256 its checkpoint recorded (`saved`, file_records); one
+    line naming the first that changed."""
+    for k, (was, now) in enumerate(zip(saved, file_records(loras))):
+        if was["sha256"] != now["sha256"]:
+            raise UsageError(f"backbone.lora[{k}] ({now['path']}) changed since the checkpoint (sha256 differs): put "
+                             f"the original file back, or start a new run")
+
+
 def local_file(lora: Lora, where: str) -> Path | None:
     """The local safetensors file of an entry; None for a hub id (fetched later); one line when neither."""
     path = Path(lora.path).expanduser()

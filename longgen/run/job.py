@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.backbones.face import Backbone
+from longgen.backbones.lora import file_records
 from longgen.build import build
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
@@ -113,8 +114,11 @@ class Job:
 
     def inputs(self) -> dict:
         """Files the run reads besides the story, recorded in every checkpoint (extend: its input video; key
-        images)."""
-        return {"images": self.images.inputs()} if self.images is not None else {}
+        images; LoRA files)."""
+        inputs = {"images": self.images.inputs()} if self.images is not None else {}
+        if loras := getattr(self.backbone, "loras", None):  # LoRA files: resume refuses one whose bytes changed
+            inputs["loras"] = file_records(loras)
+        return inputs
 
 
 def check_top_level(cfg: DictConfig) -> None:
