@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,47 @@ def test_a_cut_per_event_run_resumes_to_the_same_bytes(files, per_event_run, tmp
     monkeypatch.setattr(checkpoint, "write_bytes", real)
     run_resume(tmp_path / "cut", [])
     assert torch.equal(latents(tmp_path / "cut"), latents(per_event_run[0]))
+
+
+def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file_is_refused(files, per_event_run,
+                                                                                            tmp_path, monkeypatch):
+    """LoRA paths given relative to the working directory: the run's config keeps them absolute (as image=), so a
+    cut run resumes from another directory to the uninterrupted run's bytes; a LoRA file whose bytes changed since
+    the checkpoint is one line (its sha256 is among the checkpoint's inputs); `longgen decode` needs no LoRA file
+    (the VAE is not adapted)."""
+    import longgen.run.checkpoint as checkpoint
+    from longgen.commands.decode import run_decode
+    from longgen.commands.resume import run_resume
+
+    (tmp_path / "loras").mkdir()
+    for key in ("a", "b"):
+        shutil.copy(files[key], tmp_path / "loras" / f"{key}.safetensors")
+    relative = {**files, "a": Path("loras/a.safetensors"), "b": Path("loras/b.safetensors")}
+    real = checkpoint.write_bytes
+
+    def full_disk_after_first(path, data):
+        if Path(path).name.startswith(".checkpoint.") and (tmp_path / "cut" / "checkpoint.safetensors").exists():
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checkpoint, "write_bytes", full_disk_after_first)
+    with pytest.raises(RunFailure):
+        generate(tmp_path / "cut", items(relative, [0.8, -0.5, 0.8]), relative, "checkpoint_every=1")
+    monkeypatch.setattr(checkpoint, "write_bytes", real)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    shutil.copy(files["b"], tmp_path / "loras" / "a.safetensors")  # another LoRA under the same name
+    with pytest.raises(UsageError) as err:
+        run_resume(tmp_path / "cut", [])
+    assert str(err.value).startswith(f"backbone.lora[0] ({tmp_path / 'loras' / 'a.safetensors'}) changed since the "
+                                     f"checkpoint")
+    shutil.copy(files["a"], tmp_path / "loras" / "a.safetensors")
+    run_resume(tmp_path / "cut", [])
+    assert torch.equal(latents(tmp_path / "cut"), latents(per_event_run[0]))
+    shutil.rmtree(tmp_path / "loras")
+    run_decode(tmp_path / "cut", ["writer.filename=again.mp4"])
+    assert (tmp_path / "cut" / "again.mp4").read_bytes() == (tmp_path / "cut" / "video.mp4").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------------- one line
