@@ -132,6 +132,10 @@ def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, s
     if not getattr(sampler, "window_images", True):
         raise UsageError(f"sampler={choices.get('sampler')} cannot take key images: {sampler.window_images_reason}; "
                          f"use sampler=syncos, gen-l-video, glc or direct")
+    if backbone.image_calls_split and getattr(sampler, "abam", False) and backbone.micro_batch > 1:
+        raise UsageError(f"backbone={choices.get('backbone')} runs windows with and without a key image in separate "
+                         f"transformer calls, which GLC's ABAM cannot follow (its global-prompt windows have no "
+                         f"image): set backbone.micro_batch=1, or sampler.abam=false")
     if given and events is not None and events[0] is not None:
         raise UsageError(f"image={cfg.image} and the story's first event image both give the start frame: drop one")
     first_window: dict[int, int] = {}  # event → start of its first window
