@@ -252,13 +252,15 @@ def local_file(lora: Lora, where: str) -> Path | None:
             held = "no .safetensors file" if not files else f"{len(files)} .safetensors files"
             raise UsageError(f"{where}: {path} holds {held}: name the LoRA file with weight_name=")
         return files[0]
-    if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")):
+    # a missing file named *.safetensors is a mistyped local path, not a hub id
+    if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")) and path.suffix != ".safetensors":
         if lora.weight_name is None:
             raise UsageError(f"{where}: {lora.path} is not a local file; as a hub id it needs weight_name= (the "
                              f"LoRA's .safetensors file in that repository)")
         return None
-    raise UsageError(f"{where}: no such file or directory {lora.path}: pass a LoRA .safetensors file, a directory "
-                     f"holding one, or a hub id with weight_name")
+    looked = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    raise UsageError(f"{where}: no such file or directory {lora.path}{looked}: pass a LoRA .safetensors file, a "
+                     f"directory holding one, or a hub id with weight_name")
 
 
 def checked_suffix(path: Path, where: str) -> Path:
