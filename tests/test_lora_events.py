@@ -172,6 +172,8 @@ def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file
     with pytest.raises(RunFailure):
         generate(tmp_path / "cut", items(relative, [0.8, -0.5, 0.8]), relative, "checkpoint_every=1")
     monkeypatch.setattr(checkpoint, "write_bytes", real)
+    recorded = checkpoint.load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors").inputs["loras"]
+    assert [r["path"] for r in recorded] == [str(tmp_path / "loras" / f"{key}.safetensors") for key in ("a", "b")]
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     shutil.copy(files["b"], tmp_path / "loras" / "a.safetensors")  # another LoRA under the same name
@@ -180,8 +182,10 @@ def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file
     assert str(err.value).startswith(f"backbone.lora[0] ({tmp_path / 'loras' / 'a.safetensors'}) changed since the "
                                      f"checkpoint")
     shutil.copy(files["a"], tmp_path / "loras" / "a.safetensors")
-    run_resume(tmp_path / "cut", [])
+    manifest = run_resume(tmp_path / "cut", [])
     assert torch.equal(latents(tmp_path / "cut"), latents(per_event_run[0]))
+    assert [(r["path"], r["file"]) for r in manifest["backbone"]["lora"]] == [
+        (str(tmp_path / "loras" / f"{key}.safetensors"),) * 2 for key in ("a", "b")]
     shutil.rmtree(tmp_path / "loras")
     run_decode(tmp_path / "cut", ["writer.filename=again.mp4"])
     assert (tmp_path / "cut" / "again.mp4").read_bytes() == (tmp_path / "cut" / "video.mp4").read_bytes()

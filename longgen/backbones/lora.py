@@ -209,11 +209,13 @@ def check_experts(loras: Sequence[Lora], two: bool) -> None:
 
 def pin_local_paths(items: Any, loras: Sequence[Lora]) -> None:
     """Write each local LoRA's absolute path into its config item (`backbone.lora[k].path`), as image= is kept: the
-    run's saved config then finds the files from any working directory (`longgen resume`). Hub ids stay as given."""
+    run's saved config then finds the files from any working directory (`longgen resume`); the manifest and the
+    checkpoint name the files by absolute path too. Hub ids stay as given."""
     for item, lora in zip(items or [], loras):
         path = Path(lora.path).expanduser()
-        if path.exists():  # a local file or directory (local_file checked it)
+        if path.exists():  # a local file or directory (local_file checked it), and the file found there
             lora.path = item["path"] = str(path.resolve())
+            lora.file = lora.file.resolve() if lora.file is not None else None
 
 
 def file_records(loras: Sequence[Lora]) -> list[dict]:
