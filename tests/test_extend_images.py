@@ -72,7 +72,7 @@ def test_an_image_on_an_event_inside_the_history_or_on_a_text_backbone_is_one_li
     for backbone, story, message in (
             ("tiny-i2v", "first.json", ("story event 1's image would be the first frame of one of its windows, but "
                                         "they all start in the history (latent frames 0-0, the input's end)")),
-            ("tiny", "second.json", "the story's event images needs an image-to-video backbone")):
+            ("tiny", "second.json", "the story's event images need an image-to-video backbone")):
         with pytest.raises(UsageError) as err:
             plan_extend(config(folder, backbone, story), tmp_path, {"backbone": backbone})
         assert str(err.value).startswith(message) and "\n" not in str(err.value)

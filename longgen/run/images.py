@@ -124,8 +124,8 @@ def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, s
                              f"(image=start.png) or story events with an `image`")
         return None
     if not backbone.image_conditioning:
-        what = f"image={cfg.image}" if given else "the story's event images"
-        raise UsageError(f"{what} needs an image-to-video backbone: use {I2V_BACKBONES}")
+        what = f"image={cfg.image} needs" if given else "the story's event images need"
+        raise UsageError(f"{what} an image-to-video backbone: use {I2V_BACKBONES}")
     if story.multi_shot:
         raise UsageError("image= with a multi-shot story is not supported: give a story with local prompts (events "
                          "may carry an `image`) or drop image=")
