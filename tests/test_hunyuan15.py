@@ -261,3 +261,20 @@ def test_a_lora_is_one_line_before_anything_loads(tmp_path, name):
         build(cfg, "backbone", name)
     assert str(err.value) == ("backbone.lora: diffusers' HunyuanVideo 1.5 pipelines have no LoRA loader "
                               "(load_lora_weights): drop backbone.lora")
+
+
+def test_fifo_is_refused_when_the_run_is_planned(tmp_path):
+    """FIFO needs a timestep per latent frame, which this transformer cannot take: one line from plan_job, before
+    any weights load or run directory is started (as every other bad input), naming the family."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import plan_job
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["backbone=tiny-hunyuan15", "backbone.height=16", "backbone.width=16",
+                                             "sampler=fifo", "sampler.num_partitions=1", "prompt=a fox"])
+    with pytest.raises(UsageError) as err:
+        plan_job(cfg, tmp_path / "run", {"backbone": "tiny-hunyuan15", "sampler": "fifo"})
+    assert str(err.value) == ("sampler=fifo needs a timestep per latent frame, which HunyuanVideo 1.5 cannot take: "
+                              "use a CogVideoX or Wan backbone")
+    assert not (tmp_path / "run").exists()

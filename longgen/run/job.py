@@ -200,6 +200,7 @@ def build_parts(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     # runs made before the noise group existed have none in their saved config: they used Gaussian noise
     noise = build(cfg.noise, "noise", choices.get("noise")) if cfg.get("noise") is not None else GaussianNoise()
     noise.check(backbone.window)
+    sampler.check_denoiser(backbone)  # e.g. FIFO on a transformer without a timestep per frame
     return Parts(sampler, backbone, writer, noise)
 
 
