@@ -58,6 +58,8 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
                  choices.get("sampler"), job.backbone.label, job.history, job.new_frames,
                  job.backbone.temporal_compression * job.new_frames, job.plan.count, job.context,
                  f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "", int(cfg.seed), out_dir)
+        if job.images is not None:  # right under the start line, as generate says it (run/images.py)
+            log.info(job.images.summary(str(cfg.get("image_fit", "crop"))))
         return execute_extend(job)
     finally:
         rundir.release()
