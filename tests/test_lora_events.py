@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -147,11 +148,13 @@ def test_a_cut_per_event_run_resumes_to_the_same_bytes(files, per_event_run, tmp
 
 
 def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file_is_refused(files, per_event_run,
-                                                                                            tmp_path, monkeypatch):
+                                                                                            tmp_path, monkeypatch,
+                                                                                            caplog):
     """LoRA paths given relative to the working directory: the run's config keeps them absolute (as image=), so a
     cut run resumes from another directory to the uninterrupted run's bytes; a LoRA file whose bytes changed since
     the checkpoint is one line (its sha256 is among the checkpoint's inputs); `longgen decode` needs no LoRA file
-    (the VAE is not adapted)."""
+    (the VAE is not adapted). The start line is followed by a line naming each LoRA's file and scales."""
+    caplog.set_level(logging.INFO, logger="longgen")
     import longgen.run.checkpoint as checkpoint
     from longgen.commands.decode import run_decode
     from longgen.commands.resume import run_resume
@@ -172,6 +175,10 @@ def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file
     with pytest.raises(RunFailure):
         generate(tmp_path / "cut", items(relative, [0.8, -0.5, 0.8]), relative, "checkpoint_every=1")
     monkeypatch.setattr(checkpoint, "write_bytes", real)
+    said = [r.getMessage() for r in caplog.records]
+    start = next(k for k, line in enumerate(said) if line.startswith("gen-l-video on "))
+    assert said[start + 1] == ("LoRA (unfused, scales set per event): a (a.safetensors) per event 0.8, -0.5, 0.8 "
+                               "(no event: 0.2); b (b.safetensors) 0.3")
     recorded = checkpoint.load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors").inputs["loras"]
     assert [r["path"] for r in recorded] == [str(tmp_path / "loras" / f"{key}.safetensors") for key in ("a", "b")]
     (tmp_path / "elsewhere").mkdir()

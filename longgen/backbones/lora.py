@@ -235,6 +235,19 @@ def check_unchanged(saved: Sequence[dict], loras: Sequence[Lora]) -> None:
                              f"the original file back, or start a new run")
 
 
+def summary(loras: Sequence[Lora]) -> str:
+    """One line for under the start line: each LoRA's name, file, scale(s) and expert(s)."""
+    mode = "unfused, scales set per event" if per_event(loras) else "fused into the weights"
+    parts = []
+    for lora in loras:
+        file = Path(lora.file).name if lora.file is not None else f"{lora.path}:{lora.weight_name}"
+        scales = f"{lora.scale:g}" if lora.events is None else \
+            f"per event {', '.join(f'{s:g}' for s in lora.events)} (no event: {lora.scale:g})"
+        into = {"high": " into the high-noise expert", "low": " into the low-noise expert", "both": " into both experts"}
+        parts.append(f"{lora.name} ({file}) {scales}{into.get(lora.experts or '', '')}")
+    return f"LoRA ({mode}): " + "; ".join(parts)
+
+
 def local_file(lora: Lora, where: str) -> Path | None:
     """The local safetensors file of an entry; None for a hub id (fetched later); one line when neither."""
     path = Path(lora.path).expanduser()

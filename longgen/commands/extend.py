@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from longgen.backbones.lora import pin_local_paths
+from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.extend import CONTINUATION, EXTENDED, execute_extend, plan_extend
@@ -60,6 +60,8 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
                  f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "", int(cfg.seed), out_dir)
         if job.images is not None:  # right under the start line, as generate says it (run/images.py)
             log.info(job.images.summary(str(cfg.get("image_fit", "crop"))))
+        if loras := getattr(job.backbone, "loras", None):
+            log.info(summary(loras))
         return execute_extend(job)
     finally:
         rundir.release()

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from longgen.backbones.lora import pin_local_paths
+from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, job_message, plan_job, write_run_config
@@ -93,6 +93,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
         )
         if job.images is not None:  # right under the start line: what each key image became (run/images.py)
             log.info(job.images.summary(str(cfg.image_fit)))
+        if loras := getattr(job.backbone, "loras", None):
+            log.info(summary(loras))
         with world.job(job_message(job)):
             return execute(job)
     finally:
