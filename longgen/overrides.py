@@ -256,6 +256,29 @@ def _parsed(arg: str):
         return None
 
 
+def unreadable_override(args: list[str]) -> str | None:
+    """The first KEY=VALUE argument Hydra's override grammar cannot read (an unclosed bracket, a stray brace), as one
+    line naming it with Hydra's reason and what to check; None when every one reads. Flags and their values (-m,
+    --cfg job) are not overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from longgen.redact import scrub
+
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            OverridesParser.create().parse_override(arg)
+        except HydraException as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if not line.startswith(("See ", "Error parsing override"))),
+                          "not an override")
+            return scrub(f"{arg}: Hydra cannot read this override ({reason}): check its brackets, braces and quotes "
+                         f"(quote a value holding spaces, commas or brackets: key='...')")
+    return None
+
+
 def _no_interpolation(text: str) -> str:
     """`text` as an OmegaConf string value that resolves to `text`: `${` would start an interpolation, so it is
     escaped as `\\${` (a run of k backslashes before it becomes 2k + 1)."""
