@@ -21,6 +21,7 @@ from longgen.overrides import (
     check_option_keys,
     check_output_dir,
     fill_positional,
+    mixed_modes,
     quote_free_text,
     unreadable_override,
 )
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
-    problem = unreadable_override(rest)  # Hydra would print its grammar error over two lines
+    problem = mixed_modes(rest) or unreadable_override(rest)  # Hydra: a traceback / its grammar error, two lines
     if problem:
         print(f"longgen: error: {problem}", file=sys.stderr)
         return 2

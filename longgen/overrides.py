@@ -28,6 +28,9 @@ TEXT_ONLY = {"prompt", "negative_prompt"}
 #: set by `longgen generate --rerun-failed` for the re-run it starts: the overrides are a job's, already quoted
 AS_RECORDED_ENV = "LONGGEN_OVERRIDES_AS_RECORDED"
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
+#: Hydra's mode flags (it runs exactly one mode) → their long spelling
+_MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
+               "--info": "--info", "-r": "--run", "--run": "--run"}
 
 
 def group_options(group: str, search: ConfigSearch | None = None) -> list[str]:
@@ -254,6 +257,16 @@ def _parsed(arg: str):
         return OverridesParser.create().parse_override(arg)
     except HydraException:
         return None
+
+
+def mixed_modes(args: list[str]) -> str | None:
+    """One line where the arguments ask Hydra for two modes at once (e.g. -m with --cfg job), which Hydra refuses
+    with a traceback; else None."""
+    modes = list(dict.fromkeys(_MODE_FLAGS[a] for a in args if a in _MODE_FLAGS))
+    if len(modes) < 2:
+        return None
+    return (f"{' and '.join(modes)} cannot be combined (Hydra runs one mode at a time): drop --multirun to show one "
+            f"job's config (--cfg job) or info, or drop {modes[-1] if modes[0] == '--multirun' else modes[0]} to run")
 
 
 def unreadable_override(args: list[str]) -> str | None:

@@ -61,6 +61,19 @@ def test_an_override_hydra_cannot_read_is_one_line(arg, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flags", [["-m", "--cfg", "job"], ["--multirun", "--info"], ["-m", "-c", "job"]])
+def test_two_hydra_modes_are_one_line(flags, tmp_path, monkeypatch, capsys):
+    """-m with --cfg job (print a sweep's config) or --info: Hydra runs one mode and raised a ValueError traceback;
+    one line naming both flags and what to drop instead."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", "seed=0,1", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("longgen: error: ") and "cannot be combined" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ordinary_values_are_not_mistaken_for_keys():
     from longgen.redact import check_command_line
 
