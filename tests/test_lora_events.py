@@ -220,3 +220,28 @@ def test_event_scales_of_another_length_than_the_story_and_fused_gelu_are_one_li
     with pytest.raises(UsageError, match=r"^backbone.fused_gelu=true .* use fused_gelu=auto$"):
         build(tiny_config(**SMALL, fused_gelu=True, device="cuda", dtype="bfloat16", lora=items(files, [1.0])),
               "backbone", "tiny")
+
+
+def test_event_scales_are_checked_against_num_prompts_before_a_scenario_is_split(files, tmp_path, monkeypatch):
+    """scenario= num_prompts=N makes a story of exactly N events: scales of another length are one line before the
+    splitter runs (an LLM's paid call, or its server's error in place of this line), and in a sweep's check too."""
+    import longgen.splitters.scenario as scenario
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import plan_job
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("the scenario was split")
+
+    monkeypatch.setattr(scenario, "split_scenario_file", no_split)
+    (tmp_path / "scenario.txt").write_text("A fox wakes. It runs. It sleeps.")
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["backbone=tiny", *(f"backbone.{k}={v}" for k, v in SMALL.items()),
+                                             f"scenario={tmp_path / 'scenario.txt'}", "num_prompts=3",
+                                             "splitter=offline", "num_windows=3"])
+    with open_dict(cfg):
+        cfg.backbone.lora = items(files, [1.0, 0.5])
+    for split in (True, False):  # a run, a sweep's check
+        with pytest.raises(UsageError, match=r"^backbone.lora\[0\].events has 2 scale\(s\) but the story has 3 "):
+            plan_job(cfg, tmp_path / "run", {"backbone": "tiny", "splitter": "offline"}, split=split)
+

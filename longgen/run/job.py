@@ -233,6 +233,8 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     plan = sampler.plan(length, backbone.window)
     writer.check()
     if story is None:
+        if cfg.get("scenario") not in (None, "") and type(cfg.get("num_prompts")) is int:
+            backbone.check_events(int(cfg.num_prompts))  # the split makes exactly N events: check before it runs
         story = resolve_story(cfg, choices, split)
         if story is None:
             backbone.check_available()
