@@ -265,8 +265,8 @@ def mixed_modes(args: list[str]) -> str | None:
     modes = list(dict.fromkeys(_MODE_FLAGS[a] for a in args if a in _MODE_FLAGS))
     if len(modes) < 2:
         return None
-    return (f"{' and '.join(modes)} cannot be combined (Hydra runs one mode at a time): drop --multirun to show one "
-            f"job's config (--cfg job) or info, or drop {modes[-1] if modes[0] == '--multirun' else modes[0]} to run")
+    return (f"{' and '.join(modes)} cannot be combined (Hydra runs one mode at a time): keep one of them (e.g. drop "
+            f"-m to print one job's config with --cfg job)")
 
 
 def unreadable_override(args: list[str]) -> str | None:

@@ -154,11 +154,11 @@ def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file
     cut run resumes from another directory to the uninterrupted run's bytes; a LoRA file whose bytes changed since
     the checkpoint is one line (its sha256 is among the checkpoint's inputs); `longgen decode` needs no LoRA file
     (the VAE is not adapted). The start line is followed by a line naming each LoRA's file and scales."""
-    caplog.set_level(logging.INFO, logger="longgen")
     import longgen.run.checkpoint as checkpoint
     from longgen.commands.decode import run_decode
     from longgen.commands.resume import run_resume
 
+    caplog.set_level(logging.INFO, logger="longgen")
     (tmp_path / "loras").mkdir()
     for key in ("a", "b"):
         shutil.copy(files[key], tmp_path / "loras" / f"{key}.safetensors")

@@ -55,6 +55,8 @@ MIN_PEFT = (0, 17)
 KEYS = ("path", "scale", "weight_name", "name", "events", "experts")
 #: `experts` on a two-expert model (Wan 2.2 A14B) → the pipeline components the LoRA goes into
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
+#: `experts` as the start line's LoRA line says it
+_INTO = {"high": " into the high-noise expert", "low": " into the low-noise expert", "both": " into both experts"}
 #: a hub id, "owner/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: a name for messages and the manifest
@@ -243,8 +245,7 @@ def summary(loras: Sequence[Lora]) -> str:
         file = Path(lora.file).name if lora.file is not None else f"{lora.path}:{lora.weight_name}"
         scales = f"{lora.scale:g}" if lora.events is None else \
             f"per event {', '.join(f'{s:g}' for s in lora.events)} (no event: {lora.scale:g})"
-        into = {"high": " into the high-noise expert", "low": " into the low-noise expert", "both": " into both experts"}
-        parts.append(f"{lora.name} ({file}) {scales}{into.get(lora.experts or '', '')}")
+        parts.append(f"{lora.name} ({file}) {scales}{_INTO.get(lora.experts or '', '')}")
     return f"LoRA ({mode}): " + "; ".join(parts)
 
 
