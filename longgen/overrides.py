@@ -271,15 +271,15 @@ def mixed_modes(args: list[str]) -> str | None:
 
 def unreadable_override(args: list[str]) -> str | None:
     """The first KEY=VALUE argument Hydra's override grammar cannot read (an unclosed bracket, a stray brace), as one
-    line naming it with Hydra's reason and what to check; None when every one reads. Flags and their values (-m,
-    --cfg job) are not overrides."""
+    line naming it with Hydra's reason and what to check; None when every one reads. Hydra's flags and their values
+    (-m, --cfg job, -sc install=bash) are not overrides."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from longgen.redact import scrub
 
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+    for arg in overrides_only(args):
+        if "=" not in arg:  # a `~key` deletion or a positional value: Hydra names those itself
             continue
         try:
             OverridesParser.create().parse_override(arg)
