@@ -21,7 +21,9 @@ from longgen.overrides import (
     check_option_keys,
     check_output_dir,
     fill_positional,
+    mixed_modes,
     quote_free_text,
+    unreadable_override,
 )
 from longgen.redact import check_command_line
 from longgen.rundir import note_existing_dirs
@@ -151,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
+    problem = mixed_modes(rest) or unreadable_override(rest)  # Hydra: a traceback / its grammar error, two lines
+    if problem:
+        print(f"longgen: error: {problem}", file=sys.stderr)
+        return 2
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.commands.generate import validate_sweep

@@ -28,6 +28,9 @@ TEXT_ONLY = {"prompt", "negative_prompt"}
 #: set by `longgen generate --rerun-failed` for the re-run it starts: the overrides are a job's, already quoted
 AS_RECORDED_ENV = "LONGGEN_OVERRIDES_AS_RECORDED"
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
+#: Hydra's mode flags (it runs exactly one mode) → their long spelling
+_MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
+               "--info": "--info", "-r": "--run", "--run": "--run"}
 
 
 def group_options(group: str, search: ConfigSearch | None = None) -> list[str]:
@@ -254,6 +257,39 @@ def _parsed(arg: str):
         return OverridesParser.create().parse_override(arg)
     except HydraException:
         return None
+
+
+def mixed_modes(args: list[str]) -> str | None:
+    """One line where the arguments ask Hydra for two modes at once (e.g. -m with --cfg job), which Hydra refuses
+    with a traceback; else None."""
+    modes = list(dict.fromkeys(_MODE_FLAGS[a] for a in args if a in _MODE_FLAGS))
+    if len(modes) < 2:
+        return None
+    return (f"{' and '.join(modes)} cannot be combined (Hydra runs one mode at a time): keep one of them (e.g. drop "
+            f"-m to print one job's config with --cfg job)")
+
+
+def unreadable_override(args: list[str]) -> str | None:
+    """The first KEY=VALUE argument Hydra's override grammar cannot read (an unclosed bracket, a stray brace), as one
+    line naming it with Hydra's reason and what to check; None when every one reads. Hydra's flags and their values
+    (-m, --cfg job, -sc install=bash) are not overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from longgen.redact import scrub
+
+    for arg in overrides_only(args):
+        if "=" not in arg:  # a `~key` deletion or a positional value: Hydra names those itself
+            continue
+        try:
+            OverridesParser.create().parse_override(arg)
+        except HydraException as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if not line.startswith(("See ", "Error parsing override"))),
+                          "not an override")
+            return scrub(f"{arg}: Hydra cannot read this override ({reason}): check its brackets, braces and quotes "
+                         f"(quote a value holding spaces, commas or brackets: key='...')")
+    return None
 
 
 def _no_interpolation(text: str) -> str:

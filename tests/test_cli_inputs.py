@@ -47,6 +47,33 @@ def test_the_key_in_the_environment_is_refused_when_typed_as_a_value(tmp_path, m
     assert rc == 2 and "looks like an API key" in err and "local-server-token-7788" not in err
 
 
+@pytest.mark.parametrize("arg", ["backbone.lora=[{path: a.safetensors, events: [0.5}]", "seed=[1", "sampler.stride=}"])
+def test_an_override_hydra_cannot_read_is_one_line(arg, tmp_path, monkeypatch, capsys):
+    """A value Hydra's override grammar rejects (an unclosed bracket in a LoRA list, a stray brace) is one line
+    naming the option and what to check, before Hydra runs: not Hydra's two lines and its link, with status 1."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", arg])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"longgen: error: {arg.split('=')[0]}=") and "check its brackets, braces and quotes" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags", [["-m", "--cfg", "job"], ["--multirun", "--info"], ["-m", "-c", "job"]])
+def test_two_hydra_modes_are_one_line(flags, tmp_path, monkeypatch, capsys):
+    """-m with --cfg job (print a sweep's config) or --info: Hydra runs one mode and raised a ValueError traceback;
+    one line naming both flags and what to drop instead."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", "seed=0,1", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("longgen: error: ") and "cannot be combined" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ordinary_values_are_not_mistaken_for_keys():
     from longgen.redact import check_command_line
 

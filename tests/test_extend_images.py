@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def config(folder, backbone: str, story: str):
                                             "sampler.num_steps=1"])
 
 
-def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_path, monkeypatch):
+def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(gc, "collect", lambda *a: 0)  # the release after the run; seconds in a test process's heap
+    caplog.set_level(logging.INFO, logger="longgen")
     seen = []  # each predict's windows' key images (None: no image)
     plain = CogVideoXI2VBackbone._with_conditions
 
@@ -61,6 +63,11 @@ def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_p
     # one step (the windows in a predict each): window 0 on its prompt alone, window 1 on the key image
     assert [slot for call in seen for slot in call] == [None, 0]
     assert manifest["history"]["latent_frames"] == 1
+    # under the start line, as generate says it: what the key image became and where it went
+    said = [r.getMessage() for r in caplog.records]
+    start = next(k for k, line in enumerate(said) if line.startswith("gen-l-video on "))
+    assert said[start + 1].startswith("key images (image_fit=crop): event 2 key.png 16x16 → 16x16 (sha256 ")
+    assert said[start + 1].endswith(" at latent frame 4")
 
 
 def test_an_image_on_an_event_inside_the_history_or_on_a_text_backbone_is_one_line(folder, tmp_path):
@@ -72,7 +79,7 @@ def test_an_image_on_an_event_inside_the_history_or_on_a_text_backbone_is_one_li
     for backbone, story, message in (
             ("tiny-i2v", "first.json", ("story event 1's image would be the first frame of one of its windows, but "
                                         "they all start in the history (latent frames 0-0, the input's end)")),
-            ("tiny", "second.json", "the story's event images needs an image-to-video backbone")):
+            ("tiny", "second.json", "the story's event images need an image-to-video backbone")):
         with pytest.raises(UsageError) as err:
             plan_extend(config(folder, backbone, story), tmp_path, {"backbone": backbone})
         assert str(err.value).startswith(message) and "\n" not in str(err.value)

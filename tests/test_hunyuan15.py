@@ -242,3 +242,39 @@ def test_missing_model_is_one_line_naming_hf_download(tmp_path):
         _local(tmp_path / "model").check_available()
     assert "\n" not in str(err.value)
     assert "hf download hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["tiny-hunyuan15", "tiny-hunyuan15-i2v"])
+def test_a_lora_is_one_line_before_anything_loads(tmp_path, name):
+    """diffusers' HunyuanVideo 1.5 pipelines have no LoRA loader: `backbone.lora` is refused when the backbone is
+    built, saying so, rather than at load as a file "made for another model"."""
+    from diffusers import WanPipeline
+    from test_lora import random_lora, save_diffusers
+
+    path = save_diffusers(WanPipeline, tmp_path, "style.safetensors",  # any file in diffusers' LoRA layout
+                          random_lora({"transformer_blocks.0.attn.to_q": (16, 16)}, 2, 0), 2, 2.0)
+    conf = REPO / "conf" / "backbone"
+    cfg = OmegaConf.merge(*(OmegaConf.load(conf / f"{part}.yaml") for part in ("tiny-hunyuan15", name)))
+    cfg.pop("defaults", None)  # the i2v file's own list of the files it extends (merged here by hand)
+    cfg.lora = [{"path": str(path)}]
+    with pytest.raises(UsageError) as err:
+        build(cfg, "backbone", name)
+    assert str(err.value) == ("backbone.lora: diffusers' HunyuanVideo 1.5 pipelines have no LoRA loader "
+                              "(load_lora_weights): drop backbone.lora")
+
+
+def test_fifo_is_refused_when_the_run_is_planned(tmp_path):
+    """FIFO needs a timestep per latent frame, which this transformer cannot take: one line from plan_job, before
+    any weights load or run directory is started (as every other bad input), naming the family."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import plan_job
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["backbone=tiny-hunyuan15", "backbone.height=16", "backbone.width=16",
+                                             "sampler=fifo", "sampler.num_partitions=1", "prompt=a fox"])
+    with pytest.raises(UsageError) as err:
+        plan_job(cfg, tmp_path / "run", {"backbone": "tiny-hunyuan15", "sampler": "fifo"})
+    assert str(err.value) == ("sampler=fifo needs a timestep per latent frame, which HunyuanVideo 1.5 cannot take: "
+                              "use a CogVideoX or Wan backbone")
+    assert not (tmp_path / "run").exists()

@@ -147,6 +147,25 @@ def test_refusals_are_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_glc_abam_with_an_image_is_refused_at_plan_unless_one_window_a_call(tmp_path):
+    """GLC's global-prompt windows have no image, so with ABAM every call would mix rows with and without one (run as
+    two calls, which the anchor cannot follow): one line before any weights load, not at the first step of a started
+    run; micro_batch=1 or abam=false plan."""
+    from longgen.run.job import plan_job
+
+    Image.fromarray(_image(3)).save(tmp_path / "start.png")
+    base = ["backbone=tiny-hunyuan15-i2v", *SMALL, "prompt=a fox", f"image={tmp_path / 'start.png'}", "sampler=glc",
+            "num_windows=1"]
+    choices = {"backbone": "tiny-hunyuan15-i2v", "sampler": "glc"}
+    with pytest.raises(UsageError) as err:
+        plan_job(_compose(*base), tmp_path / "run", choices)
+    assert str(err.value) == ("backbone=tiny-hunyuan15-i2v runs windows with and without a key image in separate "
+                              "transformer calls, which GLC's ABAM cannot follow (its global-prompt windows have no "
+                              "image): set backbone.micro_batch=1, or sampler.abam=false")
+    for fix in ("backbone.micro_batch=1", "sampler.abam=false"):
+        assert plan_job(_compose(*base, fix), tmp_path / "run", choices).images is not None
+
+
 def test_gen_l_video_with_start_and_key_image_through_the_cli(tmp_path):
     for name, seed, size in (("start.png", 5, (40, 24)), ("key.png", 6, (16, 16))):
         Image.fromarray(_image(seed, size)).save(tmp_path / name)

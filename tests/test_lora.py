@@ -174,6 +174,7 @@ def odd_files(tmp_path_factory):
     ({"path": "ODD/junk.safetensors"}, "is not a readable safetensors file"),
     ({"path": "ODD/plain.safetensors"}, "holds no LoRA weights"),
     ({"path": "someone/style-lora"}, "as a hub id it needs weight_name="),
+    ({"path": "loras/style.safetensors"}, "no such file or directory loras/style.safetensors (relative to "),
     ({"path": "LORAS/a.safetensors", "name": "9 lives"}, "name='9 lives': use letters, digits and _"),
 ])
 def test_bad_entries_are_one_line_before_anything_loads(cog_files, odd_files, entry, message):

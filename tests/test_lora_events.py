@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,57 @@ def test_a_cut_per_event_run_resumes_to_the_same_bytes(files, per_event_run, tmp
     assert torch.equal(latents(tmp_path / "cut"), latents(per_event_run[0]))
 
 
+def test_relative_lora_paths_resume_and_decode_from_elsewhere_and_a_changed_file_is_refused(files, per_event_run,
+                                                                                            tmp_path, monkeypatch,
+                                                                                            caplog):
+    """LoRA paths given relative to the working directory: the run's config keeps them absolute (as image=), so a
+    cut run resumes from another directory to the uninterrupted run's bytes; a LoRA file whose bytes changed since
+    the checkpoint is one line (its sha256 is among the checkpoint's inputs); `longgen decode` needs no LoRA file
+    (the VAE is not adapted). The start line is followed by a line naming each LoRA's file and scales."""
+    import longgen.run.checkpoint as checkpoint
+    from longgen.commands.decode import run_decode
+    from longgen.commands.resume import run_resume
+
+    caplog.set_level(logging.INFO, logger="longgen")
+    (tmp_path / "loras").mkdir()
+    for key in ("a", "b"):
+        shutil.copy(files[key], tmp_path / "loras" / f"{key}.safetensors")
+    relative = {**files, "a": Path("loras/a.safetensors"), "b": Path("loras/b.safetensors")}
+    real = checkpoint.write_bytes
+
+    def full_disk_after_first(path, data):
+        if Path(path).name.startswith(".checkpoint.") and (tmp_path / "cut" / "checkpoint.safetensors").exists():
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checkpoint, "write_bytes", full_disk_after_first)
+    with pytest.raises(RunFailure):
+        generate(tmp_path / "cut", items(relative, [0.8, -0.5, 0.8]), relative, "checkpoint_every=1")
+    monkeypatch.setattr(checkpoint, "write_bytes", real)
+    said = [r.getMessage() for r in caplog.records]
+    start = next(k for k, line in enumerate(said) if line.startswith("gen-l-video on "))
+    assert said[start + 1] == ("LoRA (unfused, scales set per event): a (a.safetensors) per event 0.8, -0.5, 0.8 "
+                               "(no event: 0.2); b (b.safetensors) 0.3")
+    recorded = checkpoint.load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors").inputs["loras"]
+    assert [r["path"] for r in recorded] == [str(tmp_path / "loras" / f"{key}.safetensors") for key in ("a", "b")]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    shutil.copy(files["b"], tmp_path / "loras" / "a.safetensors")  # another LoRA under the same name
+    with pytest.raises(UsageError) as err:
+        run_resume(tmp_path / "cut", [])
+    assert str(err.value).startswith(f"backbone.lora[0] ({tmp_path / 'loras' / 'a.safetensors'}) changed since the "
+                                     f"checkpoint")
+    shutil.copy(files["a"], tmp_path / "loras" / "a.safetensors")
+    manifest = run_resume(tmp_path / "cut", [])
+    assert torch.equal(latents(tmp_path / "cut"), latents(per_event_run[0]))
+    assert [(r["path"], r["file"]) for r in manifest["backbone"]["lora"]] == [
+        (str(tmp_path / "loras" / f"{key}.safetensors"),) * 2 for key in ("a", "b")]
+    shutil.rmtree(tmp_path / "loras")
+    run_decode(tmp_path / "cut", ["writer.filename=again.mp4"])
+    assert (tmp_path / "cut" / "again.mp4").read_bytes() == (tmp_path / "cut" / "video.mp4").read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------------- one line
 @pytest.mark.parametrize("events, message", [
     ([1.0, "strong"], "backbone.lora[0].events[1]='strong' must be a number between -10 and 10"),
@@ -167,3 +220,28 @@ def test_event_scales_of_another_length_than_the_story_and_fused_gelu_are_one_li
     with pytest.raises(UsageError, match=r"^backbone.fused_gelu=true .* use fused_gelu=auto$"):
         build(tiny_config(**SMALL, fused_gelu=True, device="cuda", dtype="bfloat16", lora=items(files, [1.0])),
               "backbone", "tiny")
+
+
+def test_event_scales_are_checked_against_num_prompts_before_a_scenario_is_split(files, tmp_path, monkeypatch):
+    """scenario= num_prompts=N makes a story of exactly N events: scales of another length are one line before the
+    splitter runs (an LLM's paid call, or its server's error in place of this line), and in a sweep's check too."""
+    import longgen.splitters.scenario as scenario
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import plan_job
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("the scenario was split")
+
+    monkeypatch.setattr(scenario, "split_scenario_file", no_split)
+    (tmp_path / "scenario.txt").write_text("A fox wakes. It runs. It sleeps.")
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["backbone=tiny", *(f"backbone.{k}={v}" for k, v in SMALL.items()),
+                                             f"scenario={tmp_path / 'scenario.txt'}", "num_prompts=3",
+                                             "splitter=offline", "num_windows=3"])
+    with open_dict(cfg):
+        cfg.backbone.lora = items(files, [1.0, 0.5])
+    for split in (True, False):  # a run, a sweep's check
+        with pytest.raises(UsageError, match=r"^backbone.lora\[0\].events has 2 scale\(s\) but the story has 3 "):
+            plan_job(cfg, tmp_path / "run", {"backbone": "tiny", "splitter": "offline"}, split=split)
+

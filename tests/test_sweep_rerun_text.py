@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from cli_helpers import ONE_THREAD, run_cli
 from test_no_data_loss import DRIVER, SMALL
@@ -32,3 +33,35 @@ def test_rerun_failed_keeps_a_prompt_with_an_interpolation_and_a_comma(tmp_path)
     for job in ("0_gen-l-video", "1_gen-l-video"):
         assert json.loads((sweep / job / "story.json").read_text())["global"] == PROMPT, job
     assert json.loads((sweep / "sweep.json").read_text())["done"] == [0, 1]
+
+
+def test_rerun_failed_starts_jobs_anew_from_the_directory_the_sweep_was_started_in(tmp_path, monkeypatch):
+    """A job started anew by --rerun-failed (no checkpoint) gets its overrides as recorded, relative paths included
+    (story=story.json, a LoRA's path): it runs in the working directory the sweep was started from (multirun.yaml's
+    hydra.runtime.cwd) and writes into its own run directory, wherever --rerun-failed is called from and however
+    the sweep directory is spelled. Job 0 failed (in the ledger), job 1 never ran (composed from multirun.yaml)."""
+    import longgen.run.sweep as sweep_module
+    from omegaconf import OmegaConf
+
+    from longgen.overrides import hydra_quote
+
+    origin, elsewhere, sweep = tmp_path / "origin", tmp_path / "elsewhere", tmp_path / "origin" / "sweep"
+    sweep.mkdir(parents=True)
+    elsewhere.mkdir()
+    task = ["story=story.json", "seed=0,1"]
+    OmegaConf.save({"hydra": {"overrides": {"task": task}, "runtime": {"cwd": str(origin)}}}, sweep / "multirun.yaml")
+    (sweep / "sweep-jobs.jsonl").write_text(json.dumps({"job": 0, "overrides": ["story=story.json", "seed=0"],
+                                                        "run_dir": str(sweep / "0_syncos"), "status": "failed"}))
+    monkeypatch.setattr(sweep_module, "_sweep_loader", lambda config: None)
+    monkeypatch.setattr(sweep_module, "job_subdir", lambda loader, config, overrides, number: f"{number}_syncos")
+    started = []
+
+    def run(command, **kwargs):
+        started.append((command[command.index("generate") + 1:], kwargs.get("cwd")))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(sweep_module.subprocess, "run", run)
+    monkeypatch.chdir(elsewhere)
+    assert sweep_module.rerun_failed(Path("../origin/sweep")) == 0
+    assert started == [(["story=story.json", f"seed={n}", f"hydra.run.dir={hydra_quote(str(sweep / f'{n}_syncos'))}"],
+                        origin) for n in (0, 1)]

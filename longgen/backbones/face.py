@@ -88,6 +88,9 @@ class Backbone(Denoiser):
     #: an image-to-video model that also runs with no image at all (Wan 2.2 TI2V: text-to-video mode); the others
     #: need a start image or key images
     image_optional: ClassVar[bool] = False
+    #: windows with and without an image sharing a micro-batch run as separate transformer calls (HunyuanVideo 1.5
+    #: I2V: its image switch is per call), which anchor attention (GLC's ABAM) cannot follow
+    image_calls_split: ClassVar[bool] = False
 
     def encode_images(self, frames: Sequence[np.ndarray], seed: int) -> None:
         """Encode key images, uint8 RGB [H, W, 3] at the model's frame size, numbered 0.. in order; `seed` fixes

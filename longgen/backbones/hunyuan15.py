@@ -87,6 +87,14 @@ def joint_layers(name: str) -> bool:
     return name.startswith("transformer_blocks.")
 
 
+def has_lora_loader() -> bool:
+    """Whether diffusers' HunyuanVideo 1.5 pipelines load LoRAs (0.42's do not: no LoRA loader mixin)."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+
+    pipelines = (HunyuanVideo15Pipeline, HunyuanVideo15ImageToVideoPipeline)
+    return all(hasattr(pipe, "load_lora_weights") for pipe in pipelines)
+
+
 class HunyuanVideo15Backbone(DiffusersBackbone):
     """A HunyuanVideo 1.5 text-to-video model. Construction only checks the configuration; `load()` loads
     weights."""
@@ -113,6 +121,9 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         if self.riflex is not None:
             raise UsageError("backbone.riflex is not supported on HunyuanVideo 1.5 (no RIFLEx patch for its rotary "
                              "embedding): set backbone.riflex=false")
+        if self.loras and not has_lora_loader():
+            raise UsageError("backbone.lora: diffusers' HunyuanVideo 1.5 pipelines have no LoRA loader "
+                             "(load_lora_weights): drop backbone.lora")
         self.glyph_tokens = glyph_tokens
 
     # ------------------------------------------------------------------ loading

@@ -41,6 +41,7 @@ class HunyuanVideo15I2VBackbone(ImageConditioned, HunyuanVideo15Backbone):
     option_defaults = {**HunyuanVideo15Backbone.option_defaults,
                        "model_id": "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"}
     example_config = "conf/backbone/tiny-hunyuan15-i2v.yaml"
+    image_calls_split = True  # the transformer's image/no-image switch is per call (`_call_transformer`)
 
     def __init__(self, *, vae_dtype: str = "bfloat16", flow_shift: float | None = None, glyph_tokens: int = 256,
                  **shared: Any) -> None:

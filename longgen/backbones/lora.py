@@ -55,6 +55,8 @@ MIN_PEFT = (0, 17)
 KEYS = ("path", "scale", "weight_name", "name", "events", "experts")
 #: `experts` on a two-expert model (Wan 2.2 A14B) → the pipeline components the LoRA goes into
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
+#: `experts` as the start line's LoRA line says it
+_INTO = {"high": " into the high-noise expert", "low": " into the low-noise expert", "both": " into both experts"}
 #: a hub id, "owner/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: a name for messages and the manifest
@@ -207,6 +209,46 @@ def check_experts(loras: Sequence[Lora], two: bool) -> None:
                              f"experts")
 
 
+def pin_local_paths(items: Any, loras: Sequence[Lora]) -> None:
+    """Write each local LoRA's absolute path into its config item (`backbone.lora[k].path`), as image= is kept: the
+    run's saved config then finds the files from any working directory (`longgen resume`); the manifest and the
+    checkpoint name the files by absolute path too. Hub ids stay as given."""
+    for item, lora in zip(items or [], loras):
+        path = Path(lora.path).expanduser()
+        if path.exists():  # a local file or directory (local_file checked it), and the file found there
+            lora.path = item["path"] = str(path.resolve())
+            lora.file = lora.file.resolve() if lora.file is not None else None
+
+
+def file_records(loras: Sequence[Lora]) -> list[dict]:
+    """Each LoRA file's path and sha256 (hashed here where it is not loaded yet), for a checkpoint's inputs."""
+    for lora in loras:
+        if lora.sha256 is None:
+            lora.sha256 = file_sha256(lora.file)
+    return [{"path": str(lora.file), "sha256": lora.sha256} for lora in loras]
+
+
+def check_unchanged(saved: Sequence[dict], loras: Sequence[Lora]) -> None:
+    """`longgen resume`: every LoRA file still has the sha256 its checkpoint recorded (`saved`, file_records); one
+    line naming the first that changed."""
+    for k, (was, now) in enumerate(zip(saved, file_records(loras))):
+        if was["sha256"] != now["sha256"]:
+            raise UsageError(f"backbone.lora[{k}] ({now['path']}) changed since the checkpoint (sha256 differs): put "
+                             f"the original file back, or start a new run")
+
+
+def summary(loras: Sequence[Lora]) -> str:
+    """One line for under the start line: each LoRA's name, file, scale(s) and expert(s)."""
+    mode = "unfused, scales set per event" if per_event(loras) else "fused into the weights"
+    parts = []
+    for lora in loras:
+        file = Path(lora.file).name if lora.file is not None else f"{lora.path}:{lora.weight_name}"
+        scales = f"{lora.scale:g}" if lora.events is None else \
+            f"per event {', '.join(f'{s:g}' for s in lora.events)} (no event: {lora.scale:g})"
+        parts.append(f"{lora.name} ({file}) {scales}{_INTO.get(lora.experts or '', '')}")
+    return f"LoRA ({mode}): " + "; ".join(parts)
+
+
 def local_file(lora: Lora, where: str) -> Path | None:
     """The local safetensors file of an entry; None for a hub id (fetched later); one line when neither."""
     path = Path(lora.path).expanduser()
@@ -226,13 +268,15 @@ def local_file(lora: Lora, where: str) -> Path | None:
             held = "no .safetensors file" if not files else f"{len(files)} .safetensors files"
             raise UsageError(f"{where}: {path} holds {held}: name the LoRA file with weight_name=")
         return files[0]
-    if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")):
+    # a missing file named *.safetensors is a mistyped local path, not a hub id
+    if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")) and path.suffix != ".safetensors":
         if lora.weight_name is None:
             raise UsageError(f"{where}: {lora.path} is not a local file; as a hub id it needs weight_name= (the "
                              f"LoRA's .safetensors file in that repository)")
         return None
-    raise UsageError(f"{where}: no such file or directory {lora.path}: pass a LoRA .safetensors file, a directory "
-                     f"holding one, or a hub id with weight_name")
+    looked = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    raise UsageError(f"{where}: no such file or directory {lora.path}{looked}: pass a LoRA .safetensors file, a "
+                     f"directory holding one, or a hub id with weight_name")
 
 
 def checked_suffix(path: Path, where: str) -> Path:

@@ -101,6 +101,8 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
             raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
                              f"finish an interrupted one with `longgen resume {target}`")
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
+        if cfg.backbone.get("lora") is not None:
+            cfg.backbone.lora = None  # only the VAE decodes: the run's LoRA files (transformer adapters) are not read
         out_dir = target
         scene = scene_job(target, cfg, choices)
         latents = run_latents(target, cfg, choices, scene)

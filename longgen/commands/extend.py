@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.extend import CONTINUATION, EXTENDED, execute_extend, plan_extend
@@ -46,6 +47,7 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
     try:
         check_fresh(rundir, bool(cfg.get("overwrite", False)))
         cfg.video = str(job.source.path)  # absolute: `longgen resume` works from any working directory
+        pin_local_paths(cfg.backbone.get("lora"), getattr(job.backbone, "loras", ()))  # resume from any directory
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())
         src = job.source
@@ -56,6 +58,10 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
                  choices.get("sampler"), job.backbone.label, job.history, job.new_frames,
                  job.backbone.temporal_compression * job.new_frames, job.plan.count, job.context,
                  f" at t_c={int(cfg.t_c)}" if job.context == "per-frame" else "", int(cfg.seed), out_dir)
+        if job.images is not None:  # right under the start line, as generate says it (run/images.py)
+            log.info(job.images.summary(str(cfg.get("image_fit", "crop"))))
+        if loras := getattr(job.backbone, "loras", None):
+            log.info(summary(loras))
         return execute_extend(job)
     finally:
         rundir.release()

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, job_message, plan_job, write_run_config
@@ -79,6 +80,7 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
     rundir = RunDirectory(out_dir).claim()
     try:
         rundir.check_fresh(job.writer.filename, bool(cfg.get("overwrite", False)))
+        pin_local_paths(cfg.backbone.get("lora"), getattr(job.backbone, "loras", ()))  # resume from any directory
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost
         log.info(
@@ -91,6 +93,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
         )
         if job.images is not None:  # right under the start line: what each key image became (run/images.py)
             log.info(job.images.summary(str(cfg.image_fit)))
+        if loras := getattr(job.backbone, "loras", None):
+            log.info(summary(loras))
         with world.job(job_message(job)):
             return execute(job)
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from longgen.backbones.lora import check_unchanged
 from longgen.errors import UsageError, user_errors
 from longgen.overrides import path_first
 from longgen.parallel.units import current
@@ -76,6 +77,7 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         if ckpt.inputs.get("images", []) != job.inputs().get("images", []):
             raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
                              f"original image back, or start a new run")
+        check_unchanged(ckpt.inputs.get("loras", []), getattr(job.backbone, "loras", ()))  # older: none recorded
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,

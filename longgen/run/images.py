@@ -124,14 +124,18 @@ def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, s
                              f"(image=start.png) or story events with an `image`")
         return None
     if not backbone.image_conditioning:
-        what = f"image={cfg.image}" if given else "the story's event images"
-        raise UsageError(f"{what} needs an image-to-video backbone: use {I2V_BACKBONES}")
+        what = f"image={cfg.image} needs" if given else "the story's event images need"
+        raise UsageError(f"{what} an image-to-video backbone: use {I2V_BACKBONES}")
     if story.multi_shot:
         raise UsageError("image= with a multi-shot story is not supported: give a story with local prompts (events "
                          "may carry an `image`) or drop image=")
     if not getattr(sampler, "window_images", True):
         raise UsageError(f"sampler={choices.get('sampler')} cannot take key images: {sampler.window_images_reason}; "
                          f"use sampler=syncos, gen-l-video, glc or direct")
+    if backbone.image_calls_split and getattr(sampler, "abam", False) and backbone.micro_batch > 1:
+        raise UsageError(f"backbone={choices.get('backbone')} runs windows with and without a key image in separate "
+                         f"transformer calls, which GLC's ABAM cannot follow (its global-prompt windows have no "
+                         f"image): set backbone.micro_batch=1, or sampler.abam=false")
     if given and events is not None and events[0] is not None:
         raise UsageError(f"image={cfg.image} and the story's first event image both give the start frame: drop one")
     first_window: dict[int, int] = {}  # event → start of its first window

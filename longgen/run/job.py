@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.backbones.face import Backbone
+from longgen.backbones.lora import file_records
 from longgen.build import build
 from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
@@ -113,8 +114,11 @@ class Job:
 
     def inputs(self) -> dict:
         """Files the run reads besides the story, recorded in every checkpoint (extend: its input video; key
-        images)."""
-        return {"images": self.images.inputs()} if self.images is not None else {}
+        images; LoRA files)."""
+        inputs = {"images": self.images.inputs()} if self.images is not None else {}
+        if loras := getattr(self.backbone, "loras", None):  # LoRA files: resume refuses one whose bytes changed
+            inputs["loras"] = file_records(loras)
+        return inputs
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -196,6 +200,7 @@ def build_parts(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     # runs made before the noise group existed have none in their saved config: they used Gaussian noise
     noise = build(cfg.noise, "noise", choices.get("noise")) if cfg.get("noise") is not None else GaussianNoise()
     noise.check(backbone.window)
+    sampler.check_denoiser(backbone)  # e.g. FIFO on a transformer without a timestep per frame
     return Parts(sampler, backbone, writer, noise)
 
 
@@ -228,6 +233,8 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     plan = sampler.plan(length, backbone.window)
     writer.check()
     if story is None:
+        if cfg.get("scenario") not in (None, "") and type(cfg.get("num_prompts")) is int:
+            backbone.check_events(int(cfg.num_prompts))  # the split makes exactly N events: check before it runs
         story = resolve_story(cfg, choices, split)
         if story is None:
             backbone.check_available()

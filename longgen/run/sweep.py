@@ -246,11 +246,22 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
     return start, finished
 
 
+def started_in(sweep_dir: Path) -> Path | None:
+    """The working directory the sweep was started from (its multirun.yaml's hydra.runtime.cwd), where it still
+    exists; None (this process's) otherwise."""
+    with contextlib.suppress(Exception):  # no multirun.yaml, an older or damaged one: the current directory
+        cwd = Path(str(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.runtime.cwd))
+        if cwd.is_dir():
+            return cwd
+    return None
+
+
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory, and each job that
     never ran; exit status."""
     from longgen.overrides import AS_RECORDED_ENV, hydra_quote
 
+    sweep_dir = Path(os.path.abspath(sweep_dir))  # the jobs' run directories, wherever they are started from
     jobs = read_ledger(sweep_dir)
     if not jobs and not (sweep_dir / "multirun.yaml").is_file():
         raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
@@ -266,6 +277,7 @@ def rerun_failed(sweep_dir: Path) -> int:
         write_summary(sweep_dir, jobs)
         print(f"longgen: every job of {sweep_dir} is done; nothing to run again")
         return 0
+    origin = started_in(sweep_dir)
     started = {kind: 0 for kind in KINDS}
     resumed = 0
     for number, entry, kind in todo:
@@ -279,7 +291,8 @@ def rerun_failed(sweep_dir: Path) -> int:
         started[kind] += 1
         # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
         env = {**os.environ, AS_RECORDED_ENV: "1"}
-        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env)
+        # from where the sweep started: its recorded overrides' relative paths (story=, a LoRA's path) hold there
+        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env, cwd=origin)
         jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
                         **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
         append_entry(sweep_dir / LEDGER, jobs[number])

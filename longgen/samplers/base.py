@@ -113,6 +113,10 @@ class Sampler(ABC):
     def check_options(self) -> None:
         """Checks that involve several options (each option's own range is declared with its field)."""
 
+    def check_denoiser(self, den: Denoiser) -> None:
+        """Refuse, in one line, a backbone this sampler cannot run on: called when the run is planned, before any
+        weights load (and again when sampling starts, for direct callers). Every backbone by default."""
+
     def sample(self, run: SamplingRun, resume: SamplerState | None = None) -> torch.Tensor:
         """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
         tensors and step count, with run.generator already restored to the state saved with it)."""

@@ -49,6 +49,7 @@ from typing import ClassVar
 
 import torch
 
+from longgen.denoiser import Denoiser
 from longgen.diffusion import NoiseSchedule, add_noise, ddim_step, gather_windows
 from longgen.errors import UsageError
 from longgen.options import Whole, flag, option
@@ -139,13 +140,15 @@ class FIFOSampler(Sampler):
             )
         return super().plan(length, window)
 
+    def check_denoiser(self, den: Denoiser) -> None:
+        if not getattr(den, "per_frame_timesteps", False):
+            family = getattr(den, "family", type(den).__name__)
+            raise UsageError(f"sampler=fifo needs a timestep per latent frame, which {family} cannot take: use a "
+                             f"CogVideoX or Wan backbone")
+
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
-        if not getattr(den, "per_frame_timesteps", False):
-            raise UsageError(
-                f"sampler=fifo needs a timestep per latent frame, which the {type(den).__name__} backbone cannot "
-                f"take: use a CogVideoX or Wan backbone"
-            )
+        self.check_denoiser(den)
         self._plan = queue_plan(den.window, self.num_partitions, self.lookahead)
         self._sched: NoiseSchedule = den.schedule(self._plan.levels)
         levels, m = self._plan.levels, self._plan.window
