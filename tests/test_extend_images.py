@@ -38,11 +38,11 @@ def folder(tmp_path_factory):
     return folder
 
 
-def config(folder, backbone: str, story: str):
+def config(folder, backbone: str, story: str, *extra: str):
     with initialize_config_module("longgen.conf", version_base="1.3"):
         return compose("extend", overrides=[f"backbone={backbone}", *SMALL, f"video={folder / 'input.png'}",
                                             f"story={folder / story}", "sampler=gen-l-video", "num_windows=2",
-                                            "sampler.num_steps=1"])
+                                            "sampler.num_steps=1", *extra])
 
 
 def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_path, monkeypatch, caplog):
@@ -83,3 +83,12 @@ def test_an_image_on_an_event_inside_the_history_or_on_a_text_backbone_is_one_li
         with pytest.raises(UsageError) as err:
             plan_extend(config(folder, backbone, story), tmp_path, {"backbone": backbone})
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_image_fit_is_extends_option_too(folder, tmp_path):
+    """`image_fit` is a key of extend's config (as of generate's): pad reaches the key image, a typo is one line."""
+    job = plan_extend(config(folder, "tiny-i2v", "second.json", "image_fit=pad"), tmp_path, {"backbone": "tiny-i2v"})
+    assert [image.fit for image in job.images.images] == ["pad"]
+    with pytest.raises(UsageError) as err:
+        plan_extend(config(folder, "tiny-i2v", "second.json", "image_fit=cover"), tmp_path, {"backbone": "tiny-i2v"})
+    assert str(err.value).startswith("image_fit='cover': use crop, pad, stretch")
