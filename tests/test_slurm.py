@@ -189,7 +189,7 @@ def test_rerun_failed_starts_the_jobs_that_never_ran(tmp_path, monkeypatch, caps
     sweeps.write_summary(tmp_path, sweeps.read_ledger(tmp_path), planned=5)
     commands = []
 
-    def run(argv, env):
+    def run(argv, env, cwd=None):  # the re-run starts jobs from the sweep's own directory
         commands.append(argv[3:])
         return subprocess.CompletedProcess(argv, 0)
 

@@ -13,7 +13,7 @@ rate of the videos it makes, and a description for the manifest. `Backbone` decl
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,11 @@ class Backbone(Denoiser):
     #: the configured device (`backbone.device`), resolved to `device` at load; the gpus=N launcher may pin it to
     #: its rank's GPU before then
     device_name: str
+    #: window rows per transformer call (`backbone.micro_batch`)
+    micro_batch: int
+    #: the LoRA adapters of `backbone.lora` (longgen/backbones/lora.py `Lora` items; empty without), for the start
+    #: line, the manifest and what a checkpoint records
+    loras: Sequence[Any]
 
     @property
     @abstractmethod
