@@ -380,3 +380,30 @@ def test_layer_spans_count_from_the_end_as_python_slices_do():
     for bad in [(25, 31), (5, 5), (-1, -3), (30, None)]:
         with pytest.raises(UsageError, match="must be a non-empty span within the 30 attention layers"):
             model_span(bad, 30)
+
+
+def _planned(tmp_path, *overrides: str):
+    """build_parts of a `generate` config (no weights load): where a refusal at plan time comes from."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.run.job import build_parts
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["sampler=ditctrl", "prompt=a fox", *overrides])
+    return build_parts(cfg, {"sampler": "ditctrl"})
+
+
+def test_layers_beyond_the_model_are_refused_when_the_run_is_planned(tmp_path):
+    """The default [25, 30] on the 2-layer tiny models, and a span past a local model's transformer/config.json,
+    are one line before any weights load; a span that fits (or KV-sharing off) plans."""
+    for backbone in ("tiny", "tiny-wan"):
+        with pytest.raises(UsageError, match=r"kv_layers=\[25, 30\] must be a non-empty span within the 2 attention"):
+            _planned(tmp_path, f"backbone={backbone}")
+    assert _planned(tmp_path, "backbone=tiny-wan", "sampler.kv_layers=[0,2]").sampler.kv_layers == (0, 2)
+    assert _planned(tmp_path, "backbone=tiny", "sampler.kv_sharing=false").sampler.kv_layers == (25, 30)
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text('{"num_layers": 30}')
+    local = ["backbone=cogvideox-2b", f"backbone.model_path={tmp_path}"]
+    assert _planned(tmp_path, *local).sampler.kv_layers == (25, 30)
+    with pytest.raises(UsageError, match=r"kv_layers=\[28, 32\] must be a non-empty span within the 30 attention"):
+        _planned(tmp_path, *local, "sampler.kv_layers=[28,32]")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import json
 import logging
 import math
 import warnings
@@ -732,6 +733,31 @@ class DiffusersBackbone(Backbone):
             finally:
                 del self.predict
                 self._anchor_layout = None
+
+    def check_kv_layers(self, layers: Sequence[int | None]) -> None:
+        from longgen.backbones.kv_sharing import model_span
+
+        depth = self._transformer_depth()
+        if depth is not None:  # KV-sharing's layers: one self-attention layer per transformer block
+            model_span(layers, depth)
+
+    def _transformer_depth(self) -> int | None:
+        """The transformer's number of blocks as its config states it, read without loading: the architecture's
+        for random weights, else transformer/config.json in model_path or the Hugging Face cache; None if unknown."""
+        if self.random_weights:
+            depth = (self.architecture.get("transformer") or {}).get("num_layers")
+            return None if depth is None else int(depth)
+        if self.model_path:
+            config = Path(self.model_path).expanduser() / "transformer" / "config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(self.model_id, "transformer/config.json", revision=self.revision)
+            config = Path(cached) if isinstance(cached, str) else None
+        if config is None or not config.is_file():
+            return None
+        depth = json.loads(config.read_text()).get("num_layers")
+        return None if depth is None else int(depth)
 
     def _kv_processors(self) -> dict:
         """The KV-sharing processors for this transformer (longgen/backbones/kv_sharing.py: `cogvideox_kv`, `wan_kv`)."""

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from longgen.denoiser import Denoiser
 from longgen.diffusion import ddim_step, gather_windows, scatter_windows
 from longgen.errors import UsageError
 from longgen.options import Number, flag, option, whole
@@ -112,6 +113,12 @@ class DiTCtrlSampler(Sampler):
     kv_layers: tuple[int, int | None] = option((25, 30), layer_span)  # attention layers that share, half-open
     subject_tokens: tuple[int, ...] = option((), tokens)  # text token positions of the subject; () = no mask
     mask_threshold: float = option(0.3, Number(0, 1))
+
+    def check_denoiser(self, den: Denoiser) -> None:
+        """`kv_layers` against the model's attention layers, when the run is planned (where the backbone knows
+        their number before loading; KV-sharing checks them again)."""
+        if self.kv_sharing:
+            den.check_kv_layers(self.kv_layers)
 
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
