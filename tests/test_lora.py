@@ -158,6 +158,8 @@ def odd_files(tmp_path_factory):
     (folder / "notes.bin").write_bytes(b"\0" * 8)
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     save_file({"weight": torch.ones(2)}, folder / "plain.safetensors")
+    (folder / "empty").mkdir()
+    (folder / "empty" / "README.md").write_text("weights not downloaded yet")
     return folder
 
 
@@ -170,6 +172,7 @@ def odd_files(tmp_path_factory):
     ({"path": "LORAS/a.safetensors", "strength": 1}, "unknown key(s) strength"),
     ({"path": "LORAS"}, "holds 2 .safetensors files: name the LoRA file with weight_name="),
     ({"path": "LORAS", "weight_name": "c.safetensors"}, "no file c.safetensors in"),
+    ({"path": "ODD/empty"}, "empty holds no .safetensors file: point path at the LoRA's .safetensors file"),
     ({"path": "ODD/notes.bin"}, "is not a .safetensors file"),
     ({"path": "ODD/junk.safetensors"}, "is not a readable safetensors file"),
     ({"path": "ODD/plain.safetensors"}, "holds no LoRA weights"),

@@ -264,9 +264,12 @@ def local_file(lora: Lora, where: str) -> Path | None:
                 raise UsageError(f"{where}: no file {lora.weight_name} in {path}")
             return checked_suffix(found, where)
         files = sorted(path.glob("*.safetensors"))
-        if len(files) != 1:
-            held = "no .safetensors file" if not files else f"{len(files)} .safetensors files"
-            raise UsageError(f"{where}: {path} holds {held}: name the LoRA file with weight_name=")
+        if not files:
+            raise UsageError(f"{where}: {path} holds no .safetensors file: point path at the LoRA's .safetensors "
+                             f"file or at the directory that holds it")
+        if len(files) > 1:
+            raise UsageError(f"{where}: {path} holds {len(files)} .safetensors files: name the LoRA file with "
+                             f"weight_name=")
         return files[0]
     # a missing file named *.safetensors is a mistyped local path, not a hub id
     if _HUB_ID.match(lora.path) and not lora.path.startswith((".", "/", "~")) and path.suffix != ".safetensors":
