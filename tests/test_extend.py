@@ -211,3 +211,18 @@ def test_extend_plans_like_generate_and_takes_the_noise_group(tmp_path):
     assert torch.equal(plain[:h], rescheduled[:h])  # the history is the input's encoding either way
     assert not torch.allclose(plain[h:], rescheduled[h:])  # the new part started from other noise
     assert runs["freenoise"][0]["noise"]["kind"] == "freenoise"
+
+
+def test_the_join_line_says_an_unmeasured_ratio_in_words():
+    """A seam ratio join_seam could not measure (None: the manifest's null) is said, not logged as nan; a
+    one-frame input (join at frame 1) is named."""
+    from longgen.run.extend import join_line
+
+    seam = {"ratio": 3.75, "warp_ratio": None, "threshold": 2.0}
+    still = join_line(1, seam)
+    assert still == ("join at frame 1: seam ratio 3.75 (frame difference), no warping error to measure (from the "
+                     "one-frame input's still image, the optical flow matched no pixel across the join, or too few "
+                     "frames lie around it); flagged above 2.0")
+    assert "nan" not in join_line(40, {**seam, "ratio": None}) and "one-frame" not in join_line(40, seam)
+    assert join_line(40, {**seam, "warp_ratio": 24.45}).endswith("3.75 (frame difference), 24.45 (warping error); "
+                                                                 "flagged above 2.0")

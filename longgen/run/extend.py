@@ -573,6 +573,20 @@ def join_seam(frames: np.ndarray, join: int, compression: int, radius: int) -> d
             "flagged": flagged, "radius_latent_frames": radius}
 
 
+def join_line(join: int, seam: dict) -> str:
+    """The log line of the join's seam ratios; a ratio `join_seam` could not measure (None in the manifest) is
+    said in words, with why, not as nan."""
+    still = "from the one-frame input's still image, " if join == 1 else ""
+
+    def said(ratio: float | None, what: str, why: str) -> str:
+        return f"{ratio:.2f} ({what})" if ratio is not None else f"no {what} to measure ({still}{why})"
+
+    pixel = said(seam["ratio"], "frame difference", "too few frames around the join")
+    warp = said(seam["warp_ratio"], "warping error", "the optical flow matched no pixel across the join, or too "
+                                                     "few frames lie around it")
+    return f"join at frame {join}: seam ratio {pixel}, {warp}; flagged above {seam['threshold']:.1f}"
+
+
 def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra: dict | None = None) -> dict:
     out, cfg, backbone, timings, src = job.out_dir, job.cfg, job.backbone, job.timings, job.source
     if cfg.save_latents:
@@ -587,8 +601,7 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
     frames = frames_between(Path(video["path"]), first, join + c * radius + 1)  # the frames around the join
     seam = join_seam(frames, join - first, c, radius)
     seam["pair"] = [join - 1, join]
-    log.info("join at frame %d: seam ratio %.2f (frame difference), %.2f (warping error); flagged above %.1f",
-             join, seam["ratio"] or float("nan"), seam["warp_ratio"] or float("nan"), seam["threshold"])
+    log.info("%s", join_line(join, seam))
     geometry = {}
     if (join - 1) % c == 0:  # the input fills whole latent blocks: extended.mp4 is k + n latent frames
         k, n = (join - 1) // c + 1, job.new_frames
