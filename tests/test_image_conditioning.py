@@ -215,6 +215,26 @@ def test_image_fit_cuts_pads_or_stretches(tmp_path, fit, red_columns, black_rows
     assert int((frame.reshape(16, -1).max(axis=1) < 20).sum()) == black_rows
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_image_fits_to_its_8_bit_frame(tmp_path, channels):
+    """A 16-bit PNG (grey: PIL's I;16, which convert("RGB") clips; RGB) fits to the frame of the same picture in 8
+    bits, within one grey level."""
+    import cv2
+
+    from longgen.run.images import fit_image
+
+    ramp = np.linspace(0, 255, 40 * 20).reshape(20, 40).astype(np.uint8)  # [h, w]
+    pixels = ramp if channels == 1 else np.stack([ramp, 255 - ramp, ramp // 2], axis=-1)  # [h, w] or [h, w, 3]
+    Image.fromarray(pixels).save(tmp_path / "8.png")
+    deep = pixels.astype(np.uint16) * 257  # 0..65535
+    cv2.imwrite(str(tmp_path / "16.png"), deep if channels == 1 else deep[..., ::-1])  # OpenCV writes BGR
+    with Image.open(tmp_path / "16.png") as img:
+        assert img.mode == ("I;16" if channels == 1 else "RGB")
+    eight, _, _ = fit_image(tmp_path / "8.png", 16, 16, "crop", "image=")
+    sixteen, _, _ = fit_image(tmp_path / "16.png", 16, 16, "crop", "image=")
+    assert int(np.abs(sixteen.astype(int) - eight.astype(int)).max()) <= 1 and int(eight.max()) > 200
+
+
 # ---------------------------------------------------------------------------------------------------- routing
 def test_story_events_carry_images_with_or_without_times(tmp_path):
     from longgen.story import Story

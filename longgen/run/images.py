@@ -64,7 +64,7 @@ def fit_image(path: Path, width: int, height: int, fit: str, what: str) -> tuple
         import io
 
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
+            img = eight_bit(img).convert("RGB")
     except Exception as exc:  # PIL's many failure kinds (unknown format, truncated, decompression bomb)
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{what} {path} is not a readable image ({reason}): give a PNG or JPEG image") from None
@@ -77,6 +77,22 @@ def fit_image(path: Path, width: int, height: int, fit: str, what: str) -> tuple
     else:  # pad
         out = ImageOps.pad(img, (width, height), method=lanczos, color=(0, 0, 0), centering=(0.5, 0.5))
     return np.asarray(out, dtype=np.uint8).copy(), original, hashlib.sha256(data).hexdigest()
+
+
+#: PIL's modes of 16-bit greyscale (a 16-bit grey PNG opens as I;16) and of 32-bit integers holding 0..65535,
+#: which its convert("RGB") clips at 255 instead of scaling; 16-bit RGB(A) PNGs open already scaled to 8 bits
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(img: Any) -> Any:
+    """A 16-bit greyscale PIL image scaled to 8 bits (0..65535 → 0..255, rounded: v·257 → v), as mode L; any
+    other image as it is."""
+    from PIL import Image
+
+    if img.mode not in SIXTEEN_BIT_GREY:
+        return img
+    grey = np.asarray(img).astype(np.float64)  # [h, w] 0..65535
+    return Image.fromarray(np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8))  # [h, w] uint8: mode L
 
 
 @dataclass
