@@ -33,7 +33,8 @@ def folder(tmp_path_factory):
     for name in ("input.png", "key.png"):
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / name)
     for name, local in (("second.json", ["a fox sits", {"prompt": "a fox runs", "image": "key.png"}]),
-                        ("first.json", [{"prompt": "a fox sits", "image": "key.png"}, "a fox runs"])):
+                        ("first.json", [{"prompt": "a fox sits", "image": "key.png"}, "a fox runs"]),
+                        ("plain.json", ["a fox sits", "a fox runs"])):
         (folder / name).write_text(json.dumps({"global": "a fox", "local": local}))
     return folder
 
@@ -92,3 +93,20 @@ def test_image_fit_is_extends_option_too(folder, tmp_path):
     with pytest.raises(UsageError) as err:
         plan_extend(config(folder, "tiny-i2v", "second.json", "image_fit=cover"), tmp_path, {"backbone": "tiny-i2v"})
     assert str(err.value).startswith("image_fit='cover': use crop, pad, stretch")
+
+
+def test_without_event_images_no_window_is_conditioned_on_an_image(folder, tmp_path, monkeypatch):
+    """An image-to-video backbone extends with no event images: every window on its prompt alone (this raised
+    AttributeError: the no-image conditioning was set up only by encode_images)."""
+    monkeypatch.setattr(gc, "collect", lambda *a: 0)
+    seen = []
+    plain = CogVideoXI2VBackbone._with_conditions
+
+    def spy(self, x_in, emb, prompt_ids, guided):
+        seen.append(self._slots(prompt_ids))
+        return plain(self, x_in, emb, prompt_ids, guided)
+
+    monkeypatch.setattr(CogVideoXI2VBackbone, "_with_conditions", spy)
+    manifest = run_extend(config(folder, "tiny-i2v", "plain.json"), tmp_path / "run",
+                          {"backbone": "tiny-i2v", "sampler": "gen-l-video"})
+    assert not manifest.get("images") and [slot for call in seen for slot in call] == [None, None]

@@ -86,11 +86,14 @@ def encode(job: Job) -> Prompts:
     job.timings["encode_text_s"] = time.perf_counter() - t0
     ids = all_ids[: len(job.story.local_prompts)]
     keyed = {}
-    if job.images is not None:  # key images: encoded once, each paired with its window's prompt
+    # key images: encoded once, each paired with its window's prompt; an image-to-video model given none (extend
+    # without event images) still sets up its no-image conditioning (Wan 2.2 TI2V's text mode needs none)
+    if job.images is not None or (backbone.image_conditioning and not backbone.image_optional):
         t0 = time.perf_counter()
-        backbone.encode_images([image.frame for image in job.images.images], int(job.cfg.seed))
+        images = job.images.images if job.images is not None else []
+        backbone.encode_images([image.frame for image in images], int(job.cfg.seed))
         keyed = {image.start: backbone.condition_id(ids[job.local_index(image.start, job.plan.window)], k)
-                 for k, image in enumerate(job.images.images)}
+                 for k, image in enumerate(images)}
         job.timings["encode_images_s"] = time.perf_counter() - t0
     # a LoRA scale per event: each window's id also names its event (the backbone's event_id; else unchanged)
     keyed = {start: backbone.event_id(cid, job.local_index(start, job.plan.window)) for start, cid in keyed.items()}
