@@ -407,3 +407,7 @@ def test_layers_beyond_the_model_are_refused_when_the_run_is_planned(tmp_path):
     assert _planned(tmp_path, *local).sampler.kv_layers == (25, 30)
     with pytest.raises(UsageError, match=r"kv_layers=\[28, 32\] must be a non-empty span within the 30 attention"):
         _planned(tmp_path, *local, "sampler.kv_layers=[28,32]")
+    # depth unknown before loading (a broken config, a malformed hub id): left to check_available, load, sampling
+    (tmp_path / "transformer" / "config.json").write_text("{not json")
+    assert _planned(tmp_path, *local, "sampler.kv_layers=[28,32]").sampler.kv_layers == (28, 32)
+    assert _planned(tmp_path, "backbone=cogvideox-2b", "backbone.model_id='bad id//x'").sampler.kv_layers == (25, 30)

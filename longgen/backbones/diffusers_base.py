@@ -747,17 +747,20 @@ class DiffusersBackbone(Backbone):
         if self.random_weights:
             depth = (self.architecture.get("transformer") or {}).get("num_layers")
             return None if depth is None else int(depth)
-        if self.model_path:
-            config = Path(self.model_path).expanduser() / "transformer" / "config.json"
-        else:
-            from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(self.model_id, "transformer/config.json", revision=self.revision)
-            config = Path(cached) if isinstance(cached, str) else None
-        if config is None or not config.is_file():
+        try:  # a malformed hub id or config file: unknown here, check_available and load say what is wrong
+            if self.model_path:
+                config = Path(self.model_path).expanduser() / "transformer" / "config.json"
+            else:
+                cached = try_to_load_from_cache(self.model_id, "transformer/config.json", revision=self.revision)
+                config = Path(cached) if isinstance(cached, str) else None
+            if config is None or not config.is_file():
+                return None
+            depth = json.loads(config.read_text()).get("num_layers")
+            return None if depth is None else int(depth)
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
-        depth = json.loads(config.read_text()).get("num_layers")
-        return None if depth is None else int(depth)
 
     def _kv_processors(self) -> dict:
         """The KV-sharing processors for this transformer (longgen/backbones/kv_sharing.py: `cogvideox_kv`, `wan_kv`)."""
