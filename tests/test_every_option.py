@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: the small model every option that is not itself a backbone is planned on
 TINY = ["backbone=tiny", "backbone.height=16", "backbone.width=16"]
 STORY = ["prompt=a cat walks", "num_windows=2"]
+#: what an option needs to fit the tiny model (refused when the run is planned otherwise): DiTCtrl's default layers
+#: are CogVideoX-2B's 25-30, the tiny transformer has 2
+FITS_TINY = {("sampler", "ditctrl"): ["sampler.kv_layers=[-1,null]"]}
 #: keys of a config node that name code: Hydra's `_target_`, and logging.config's `()` factories and `class`es
 CODE_KEYS = ("_target_", "()", "class")
 
@@ -146,7 +149,8 @@ def test_every_option_composes_builds_and_plans(group, option, tmp_path, stand_i
 
         Image.new("RGB", (8, 8)).save(tmp_path / "start.png")
         story = [*story, f"image={tmp_path / 'start.png'}"]
-    overrides = [selection(group, option, default_choices()), *tiny, *story, f"backbone.model_path={stand_in_weights}"]
+    overrides = [selection(group, option, default_choices()), *tiny, *story, *FITS_TINY.get((group, option), []),
+                 f"backbone.model_path={stand_in_weights}"]
     cfg = compose_generate(overrides)
     assert cfg.hydra.runtime.choices.get(group) == option, f"{label}: not selected by the compose"
     out_dir = tmp_path / "run"

@@ -74,6 +74,7 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
 
     class Backbone:
         label, max_text_tokens, random_weights = "stub", 1000, True
+        image_conditioning = image_optional = False  # a text-to-video model, as the face's defaults
 
         def load(self):
             pass
