@@ -12,8 +12,10 @@ random model (conf/backbone/tiny-hunyuan15.yaml), pinned to written-out oracles:
   layer outside the span is the target's own masked attention written out, the sharing layer the target's queries
   against the source's keys/values of the same guidance branch under the *source's* text mask (its padded text
   keys masked, the target's padded text queries 0); a clip sharing with itself is its plain prediction, with the
-  other's keys it is not; one clip is direct sampling; resume after step 2 is bit-identical; mask-guided sharing
-  refuses in one line.
+  other's keys it is not; one clip is direct sampling; resume after step 2 is bit-identical; mask-guided sharing:
+  each conditional row's subject mask against the map written out at the subject's text positions a walk over
+  that row's own ByT5 and Qwen tokens finds (two rows whose valid lengths differ), the sharing layer against
+  the masked attention written out; a subject past a prompt's tokens is one line.
 - ABAM (anchor_attention.py `HunyuanAnchorProcessor`): Eq. 10 at the stock processor's attention call (the video
   keys/values — the first N tokens — of every row blended with row 0's, the text keys/values each row's own), on a
   predict whose rows' valid text differs; λ = 1 is plain attention; the anchor row is untouched (GLC with ABAM runs:
@@ -43,6 +45,7 @@ from longgen.samplers.freelong import FreeLongSampler
 
 from conftest import REPO
 from test_checkpoint import checkpoint_after_two_steps
+from test_ditctrl import SUBJECT, loop_mask
 from test_freelong import blend_by_dft_loop, window_of
 
 PROMPTS = ("a red fox in snow", 'a sign that says "OPEN" in the rain')
@@ -251,14 +254,113 @@ def test_ditctrl_clip_sharing_with_itself_is_its_plain_prediction(hy):
     assert (swapped - plain).abs().max() > 1e-3
 
 
-def test_ditctrl_one_clip_is_direct_sampling_and_a_mask_is_one_line(hy):
+def test_ditctrl_one_clip_is_direct_sampling_and_a_subject_past_the_prompt_is_one_line(hy):
     direct = DirectSampler(num_steps=2, guidance_scale=6.0).sample(_run(hy, hy.window))
     ditctrl = DiTCtrlSampler(num_steps=2, guidance_scale=6.0, stride=8, kv_steps=(0, 2), kv_layers=(0, 2))
     assert torch.equal(ditctrl.sample(_run(hy, hy.window)), direct)
-    masked = DiTCtrlSampler(num_steps=2, stride=8, kv_steps=(0, 2), kv_layers=(0, 2), subject_tokens=(1,))
-    with pytest.raises(UsageError, match=r"sampler.subject_tokens=\[1\]: mask-guided KV-sharing is not supported "
-                                         r"on HunyuanVideo 1.5 .*set sampler.subject_tokens=\[\]"):
-        masked.sample(_run(hy, hy.window + 8))
+    masked = DiTCtrlSampler(num_steps=2, stride=8, kv_steps=(0, 2), kv_layers=(0, 2), subject_tokens=(1, 40))
+    with pytest.raises(UsageError, match=r"sampler.subject_tokens=\[1, 40\] points past the \d+ text tokens of a "
+                                         r"prompt \(HunyuanVideo 1.5's Qwen tokens\): use token positions below"):
+        masked.sample(_run(hy, hy.window + 8))  # prompt 1 has 10 Qwen tokens here
+
+
+def packed_positions(qwen_mask: torch.Tensor, byt5_mask: torch.Tensor, subject) -> list[int]:
+    """Where a row's subject Qwen tokens sit among its text tokens, walked in diffusers' packing order: (the 729
+    image tokens of text-to-video are all padding, packed after the valid tokens) the row's valid ByT5 tokens,
+    then its valid Qwen tokens."""
+    position, out = 0, []
+    for valid in byt5_mask.bool().tolist():
+        position += int(valid)
+    for j, valid in enumerate(qwen_mask.bool().tolist()):
+        if valid:
+            if j in subject:
+                out.append(position)
+            position += 1
+    return out
+
+
+def subject_share_by_hand(q, k, text_mask, positions) -> list[float]:
+    """Per video query: the mean over heads of its softmax over the keys it sees (every video key, the row's valid
+    text keys) summed at the text `positions`. q, k: [1, heads, N + S, hd] float64, video first; text_mask [S]."""
+    n_video = q.shape[2] - len(text_mask)
+    keys = list(range(n_video)) + [n_video + j for j in range(len(text_mask)) if text_mask[j]]
+    out = []
+    for i in range(n_video):
+        total = 0.0
+        for h in range(q.shape[1]):
+            scores = np.array([q[0, h, i] @ k[0, h, j] for j in keys]) / math.sqrt(q.shape[-1])
+            p = np.exp(scores - scores.max())
+            p /= p.sum()
+            total += sum(p[keys.index(n_video + position)] for position in positions)
+        out.append(total / q.shape[1])
+    return out
+
+
+def masked_sharing_by_hand(q, k, v, own_text, source_text, source_mask, target_mask, positions) -> np.ndarray:
+    """DiTCtrl's mask-guided sharing query by query: a target query (q [1, heads, N + S, hd], video first) is
+    foreground where its target mask says (a text query: where it is one of the subject positions) and attends to
+    the source's (k, v) valid text keys and its video keys of the same side of the source mask; a padded text query
+    gives 0."""
+    n_video = len(source_mask)
+    out = np.zeros(q.shape)
+    for i in range(q.shape[2]):
+        if i >= n_video and not own_text[i - n_video]:
+            continue
+        foreground = target_mask[i] if i < n_video else (i - n_video) in positions
+        keys = [j for j in range(n_video) if source_mask[j] == foreground]
+        keys += [n_video + j for j in range(len(source_text)) if source_text[j]]
+        for h in range(q.shape[1]):
+            scores = np.array([q[0, h, i] @ k[0, h, j] for j in keys]) / math.sqrt(q.shape[-1])
+            p = np.exp(scores - scores.max())
+            out[0, h, i] = (p / p.sum()) @ v[0, h, keys]
+    return out
+
+
+@torch.no_grad()
+def test_ditctrl_subject_mask_at_each_rows_own_text_positions_and_the_masked_sharing_layer(hy):
+    """Span [1, 2), subject Qwen tokens (1, 2), 4 video tokens a frame: capture prompt 0 (no glyph text) in one
+    call of rows [unconditional, conditional], then share prompt 1 (5 ByT5 glyph tokens, more Qwen tokens), its
+    conditional row first. Both conditional rows' layer-1 masks against the map written out at the positions a
+    walk over the row's own tokens finds; the target's layer 1 against the masked sharing written out."""
+    g = torch.Generator().manual_seed(6)
+    x_src, x_tgt = (torch.randn(1, hy.window, hy.latent_shape[0], 2, 2, generator=g) for _ in range(2))
+    t = hy.schedule(4).step(1).t
+    blocks = hy.pipe.transformer.transformer_blocks
+    calls, handles = _record(hy.pipe.transformer)
+    inputs = []  # the transformer's keyword arguments per call
+    handles.append(hy.pipe.transformer.register_forward_pre_hook(lambda m, a, kw: inputs.append(kw),
+                                                                 with_kwargs=True))
+    try:
+        with hy.kv_sharing((1, 2), SUBJECT, 0.3) as kv:
+            with kv.capturing():
+                hy.predict(x_src, t, [0], 6.0)
+            with kv.sharing([0]):
+                hy.predict(x_tgt, t, [1], 6.0)
+                masks = kv._source_mask[(0, 1, 0)], kv._target_mask[(0, 1, 0)]  # (model, layer, window)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [layer for layer, _, _ in calls] == [0, 1] * 3
+    rows = {"source": (inputs[0], calls[:2], 1), "target": (inputs[1], calls[2:4], 0)}  # (call, layers, row)
+    valid = {name: [int(kw[m][row].sum()) for m in ("encoder_attention_mask", "encoder_attention_mask_2")]
+             for name, (kw, _, row) in rows.items()}
+    assert valid["source"][0] != valid["target"][0] and valid["source"][1] != valid["target"][1]  # Qwen, ByT5
+    positions, text, qkv = {}, {}, {}
+    for (name, (kw, layers, row)), got in zip(rows.items(), masks):
+        positions[name] = packed_positions(kw["encoder_attention_mask"][row], kw["encoder_attention_mask_2"][row],
+                                           SUBJECT)
+        shares = []
+        for layer, args, _ in layers:
+            text[name] = args["attention_mask"][row].bool().numpy()
+            qkv[name] = hand_qkv(blocks[layer].attn, args["hidden_states"][row : row + 1],
+                                 args["encoder_hidden_states"][row : row + 1], args["image_rotary_emb"])
+            shares.append(subject_share_by_hand(*qkv[name][:2], text[name], positions[name]))
+        want = loop_mask(list(np.mean(shares, axis=0)), hy.window, 0.3)
+        assert got.tolist() == want and 0 < sum(want) < len(want)  # a mask with both sides in use
+    mixed = masked_sharing_by_hand(qkv["target"][0], *qkv["source"][1:], text["target"], text["source"], *masks,
+                                   positions["target"])
+    want = layer_out(blocks[1].attn, mixed, len(text["target"]))
+    assert close(calls[3][2], want, 1e-5)
 
 
 def test_ditctrl_resume_after_step_two_is_bit_identical(hy, tmp_path):

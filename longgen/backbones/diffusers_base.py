@@ -720,7 +720,7 @@ class DiffusersBackbone(Backbone):
             raise UsageError("KV-sharing cannot run inside anchor or cross-shot attention: turn one off")
         kw = self._kv_processors()
         with kv_shared(self._attention_models(), layers, subject, threshold, kw["processor"], kw.get("layers"),
-                       kw.get("map_processor"), kw.get("map_layers")) as layout:
+                       kw.get("map_processor"), kw.get("map_layers"), kw.get("subject_hook")) as layout:
             plain = type(self).predict
 
             def predict(x_t, t, prompt_ids, guidance_scale):

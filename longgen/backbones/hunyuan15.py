@@ -32,7 +32,9 @@ What is HunyuanVideo-1.5-specific, and lives here:
   and the text tokens (image, ByT5, Qwen; valid ones first) after them under a padding mask. longgen's processors
   go on those layers (not on the text refiner's) and keep that mask: FreeLong's spectral blend attention runs its
   text-first op row by row on the valid text tokens (attention.py `valid_text_first`); DiTCtrl's KV-sharing
-  (unmasked; `sampler.subject_tokens` refuses in one line) keeps each source row's text mask with its keys; GLC's
+  keeps each source row's text mask with its keys, and its subject mask (`sampler.subject_tokens`: positions among
+  the prompt's Qwen tokens, as on CogVideoX among its T5 tokens) reads each row's map at that row's own text key
+  positions (after its valid ByT5 tokens; kv_sharing.py `hunyuan_subject_keys`); GLC's
   anchor attention (ABAM) and cross-shot attention rewrite the video keys/values under the stock mask.
 """
 
@@ -285,15 +287,6 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
 
         plan = replace(plan, kernel="sdpa")
         return shared_processor(HunyuanSpectralProcessor, plan), joint_layers
-
-    def kv_sharing(self, layers: Sequence[int], subject: Sequence[int], threshold: float):
-        """DiTCtrl's unmasked KV-sharing (the base's); mask-guided sharing is refused in one line: the subject's
-        token positions in the joint attention's text differ per prompt (valid ByT5 glyph tokens come first)."""
-        if subject:
-            raise UsageError(f"sampler.subject_tokens={list(subject)}: mask-guided KV-sharing is not supported on "
-                             f"HunyuanVideo 1.5 (its text token positions differ per prompt): set "
-                             f"sampler.subject_tokens=[]")
-        return super().kv_sharing(layers, subject, threshold)
 
     def _kv_processors(self) -> dict:
         """DiTCtrl's KV-sharing on the joint attention layers (torch SDPA; longgen/backbones/kv_sharing.py)."""

@@ -6,8 +6,8 @@ attention map.
 What happens in one attention layer l of the chosen span (`layers`, half-open, counted in call order over the
 layers that carry the video's self-attention: CogVideoX's joint text+video attention, Wan's `attn1`, HunyuanVideo
 1.5's joint attention, whose padded text keys stay masked — each row's own, or its source's, kept with the keys —
-and whose padded text queries get 0 as in its stock processor; no subject mask there, its text positions differ
-per prompt):
+and whose padded text queries get 0 as in its stock processor; its subject's text positions differ per row, as
+the valid ByT5 tokens come first, so each call's rows get their own, `hunyuan_subject_keys`):
 - the source runs plain attention and its keys/values are kept, per guidance branch (the *capture*);
 - unmasked (no subject tokens): the target's queries — on CogVideoX its text and video queries — attend to the
   source's keys/values instead of its own: out_t = softmax(Q_t·K_sᵀ/√d)·V_s (the public code's KVSharingAdaLNMixin,
@@ -153,6 +153,9 @@ class KVLayout(CallInFlight):
         self._total = 0  # CFG-stacked rows of the open predict
         self._share: torch.Tensor | None = None  # [rows, N] subject attention summed over the call's layers so far
         self._share_layers = 0
+        # per row of the call in flight, the subject's positions among its text keys, where they differ per row
+        # (HunyuanVideo 1.5: set by `hunyuan_subject_keys`); None: `subject` itself for every row
+        self._subject_keys: list[tuple[int, ...]] | None = None
 
     @property
     def masked(self) -> bool:
@@ -213,7 +216,7 @@ class KVLayout(CallInFlight):
 
     @contextlib.contextmanager
     def running(self, rows: Sequence[int]) -> Iterator[None]:
-        self._share, self._share_layers = None, 0
+        self._share, self._share_layers, self._subject_keys = None, 0, None
         with super().running(rows):
             yield
 
@@ -229,16 +232,24 @@ class KVLayout(CallInFlight):
         return row // self._batch if self._total == 2 * self._batch else 1
 
     # ------------------------------------------------------------------ the subject map
-    def add_map(self, q_video: torch.Tensor, k: torch.Tensor, n_text: int) -> None:
+    def add_map(self, q_video: torch.Tensor, k: torch.Tensor, n_text: int, key_mask: torch.Tensor | None = None
+                ) -> None:
         """Accumulate this layer's subject attention of the call's rows: q_video [b, heads, N, d], k [b, heads, n_k, d]
-        whose first `n_text` keys are the text tokens (the subject indices point into them). Only while a mask is
-        wanted and a capture or share is open."""
+        whose first `n_text` keys are the text tokens (the subject indices point into them); key_mask [b, n_k] bool,
+        the keys that exist (None: all; HunyuanVideo 1.5's valid text keys come first, so dropping the others moves
+        no subject position). Only while a mask is wanted and a capture or share is open."""
         if not self.masked or self.mode == "off":
             return
-        if max(self.subject) >= n_text:
+        if self._subject_keys is not None:  # each row its own positions (checked where they were set)
+            share = torch.cat([subject_share(q_video[i : i + 1],
+                                             k[i : i + 1] if key_mask is None else k[i : i + 1, :, key_mask[i]],
+                                             subject)
+                               for i, subject in enumerate(self._subject_keys)])  # [b, N]
+        elif max(self.subject) >= n_text:
             raise UsageError(f"sampler.subject_tokens={list(self.subject)} points past the {n_text} text tokens "
                              f"of this model: use token positions below {n_text}")
-        share = subject_share(q_video, k, self.subject)  # [b, N]
+        else:
+            share = subject_share(q_video, k, self.subject)  # [b, N]
         self._share = share if self._share is None else self._share + share
         self._share_layers += 1
 
@@ -259,7 +270,7 @@ class KVLayout(CallInFlight):
         # the keys that exist, [b, T+N] bool: the valid text keys and every video key (None: all)
         keys = None if text_mask is None else F.pad(text_mask.bool(), (0, q.shape[2] - n_text), value=True)
         if n_text and self.mode != "off":
-            self.add_map(q[:, :, n_text:], k, n_text)  # CogVideoX: the joint attention's video-to-text block
+            self.add_map(q[:, :, n_text:], k, n_text, keys)  # CogVideoX: the joint attention's video-to-text block
         if self.mode == "off" or layer not in self.layers:
             return shared_attention(q, k, v, n_text, key_mask=keys)  # plain: the row's own keys
         if self.mode == "capture":
@@ -293,8 +304,18 @@ class KVLayout(CallInFlight):
             target.append(self._target_mask[(self.model, layer, window)])
         if any(m is None for m in source + target):  # no map yet (Wan's first layer): unmasked sharing
             return shared_attention(q, k_src, v_src, n_text, key_mask=src_keys)
-        return shared_attention(q, k_src, v_src, n_text, torch.stack(source), torch.stack(target), self.subject,
-                                src_keys)
+        return self._masked_sharing(q, k_src, v_src, n_text, torch.stack(source), torch.stack(target), src_keys)
+
+    def _masked_sharing(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, n_text: int,
+                        source: torch.Tensor, target: torch.Tensor, src_keys: torch.Tensor | None) -> torch.Tensor:
+        """`shared_attention` under the masks source, target [b, N] with the subject's text positions: the same
+        for every row, or (`_subject_keys`) each row's own, one row at a time → [b, heads, T+N, d]."""
+        if self._subject_keys is None:
+            return shared_attention(q, k_src, v_src, n_text, source, target, self.subject, src_keys)
+        one = lambda t, i: None if t is None else t[i : i + 1]  # noqa: E731  row i, kept 4-D / 2-D
+        return torch.cat([shared_attention(q[i : i + 1], k_src[i : i + 1], v_src[i : i + 1], n_text,
+                                           source[i : i + 1], target[i : i + 1], subject, one(src_keys, i))
+                          for i, subject in enumerate(self._subject_keys)])
 
 
 @torch.library.custom_op("longgen::kv_attention", mutates_args=())
@@ -413,12 +434,50 @@ class HunyuanKVProcessor:
         return hunyuan_out(attn, torch.cat([out[:, n_text:], out[:, :n_text]], dim=1), n_text)  # video, text
 
 
+def hunyuan_subject_keys(subject: Sequence[int], qwen_mask: torch.Tensor, byt5_mask: torch.Tensor,
+                         n_image: int) -> list[tuple[int, ...]]:
+    """Per row, where the subject's positions among the Qwen tokens (`sampler.subject_tokens`; qwen_mask [b, S1])
+    sit among that row's text keys as HunyuanVideo 1.5 packs them (valid image tokens, n_image of them; the valid
+    ByT5 tokens, byt5_mask [b, S2]; the valid Qwen tokens in order; then the padding): n_image + the row's valid
+    ByT5 count + the position's rank among the row's valid Qwen tokens. A position that is no valid token of
+    the row is left out."""
+    out = []
+    for qwen, byt5 in zip(qwen_mask.bool(), byt5_mask.bool()):  # [S1], [S2]
+        rank = torch.cumsum(qwen.long(), 0) - 1  # [S1]: each valid Qwen token's place among the valid ones
+        start = n_image + int(byt5.sum())
+        out.append(tuple(start + int(rank[j]) for j in subject if j < qwen.shape[0] and bool(qwen[j])))
+    return out
+
+
+def hunyuan_subject_hook(layout: KVLayout) -> Callable:
+    """A forward pre-hook for the HunyuanVideo 1.5 transformer that hands the layout, per row of the call, the
+    subject's text key positions (`hunyuan_subject_keys`) from the call's own masks; a conditional row whose
+    prompt has no Qwen token at one of the positions is one line (an unconditional row's map is never used)."""
+
+    def hook(module, args, kwargs):
+        if layout.mode == "off":
+            return
+        vision = kwargs["image_embeds"]  # [b, 729, Dimg]; all zero: text-to-video, its tokens masked (the model's test)
+        n_image = 0 if bool(torch.all(vision == 0)) else vision.shape[1]
+        qwen = kwargs["encoder_attention_mask"]  # [b, S1]
+        keys = hunyuan_subject_keys(layout.subject, qwen, kwargs["encoder_attention_mask_2"], n_image)
+        for i, row in enumerate(layout.rows(len(keys))):
+            if layout.branch(row) == 1 and len(keys[i]) < len(layout.subject):
+                valid = int(qwen[i].bool().sum())
+                raise UsageError(f"sampler.subject_tokens={list(layout.subject)} points past the {valid} text tokens "
+                                 f"of a prompt (HunyuanVideo 1.5's Qwen tokens): use token positions below {valid}")
+        layout._subject_keys = keys
+
+    return hook
+
+
 def hunyuan_kv() -> dict:
     """`kv_shared` keyword arguments for HunyuanVideo 1.5: its double-stream blocks' joint attention layers share
-    (not the text refiner's self-attention)."""
+    (not the text refiner's self-attention); with a subject, each call's rows get their own text key positions."""
     processor = HunyuanKVProcessor()
     return {"processor": lambda layout, layer, replaces: processor,
-            "layers": lambda name: name.startswith("transformer_blocks.")}
+            "layers": lambda name: name.startswith("transformer_blocks."),
+            "subject_hook": hunyuan_subject_hook}
 
 
 # ---------------------------------------------------------------------------------------------------- installing
@@ -446,13 +505,15 @@ def kv_shared(
     layers_filter: Callable[[str], bool] | None = None,
     map_processor: Callable | None = None,
     map_layers: Callable[[str], bool] | None = None,
+    subject_hook: Callable[[KVLayout], Callable] | None = None,
 ) -> Iterator[KVLayout]:
     """Install the KV-sharing processors on the self-attention layers of a diffusers transformer, or of each of
     several (Wan 2.2 A14B's two experts), (those whose processor name `layers_filter` accepts; all when None) and,
     where a mask is asked and the family reads it from separate cross-attention layers, `map_processor` on those
     (`map_layers`), for the duration of the block; the original processors are restored on exit. `layers` is the
     half-open span [start, end) of self-attention layers that share; it must lie within each model's (the models
-    have as many layers, so the span names the same layers in each)."""
+    have as many layers, so the span names the same layers in each). Where a mask is asked, `subject_hook(layout)`
+    (HunyuanVideo 1.5: the subject's text positions differ per row) runs as each model's forward pre-hook."""
     counts = {sum(1 for name in model.attn_processors if layers_filter is None or layers_filter(name))
               for model in as_models(transformers)}
     if len(counts) != 1:
@@ -464,4 +525,7 @@ def kv_shared(
         stack.enter_context(processors_installed(transformers, layout, processor, layers_filter))
         if layout.masked and map_processor is not None:
             stack.enter_context(processors_installed(transformers, layout, map_processor, map_layers))
+        if layout.masked and subject_hook is not None:
+            for model in as_models(transformers):
+                stack.callback(model.register_forward_pre_hook(subject_hook(layout), with_kwargs=True).remove)
         yield layout
