@@ -9,7 +9,8 @@
   VAE and a full-size SigLIP so400m, random) from a 640x360 start image, one window, `direct` with CFG, 2 steps at
   240×416: the VAE latent + mask and the 729 vision tokens on the real architecture; finite latents, the start line.
 - the samplers whose attention processors stand in for the transformer's (tests/test_hunyuan15_attention.py):
-  FreeLong, DiTCtrl sharing in both steps and the last 5 layers, and GLC with ABAM, on 2 windows' length, 2 steps:
+  FreeLong, DiTCtrl sharing in both steps and the last 5 layers (unmasked, and mask-guided on the subject's Qwen
+  tokens [1, 2]), and GLC with ABAM, on 2 windows' length, 2 steps:
   finite latents of that length, the stock processors in the manifest; a two-shot scene with cross-shot attention
   (Gen-L-Video, one window per shot, r = 0.5): finite latents of both takes.
 """
@@ -86,8 +87,9 @@ def test_hunyuan_i2v_start_image_one_window(tmp_path):
 @pytest.mark.parametrize("sampler", [
     ["sampler=freelong"],
     ["sampler=ditctrl", "sampler.kv_steps=[0,2]", "sampler.kv_layers=[-5,null]"],
+    ["sampler=ditctrl", "sampler.kv_steps=[0,2]", "sampler.kv_layers=[-5,null]", "sampler.subject_tokens=[1,2]"],
     ["sampler=glc", "sampler.abam=true"],
-], ids=["freelong", "ditctrl", "glc-abam"])
+], ids=["freelong", "ditctrl", "ditctrl-masked", "glc-abam"])
 def test_hunyuan_attention_processor_samplers_run(tmp_path, sampler):
     run = tmp_path / sampler[0].split("=")[1]
     ok(cli("generate", *HUNYUAN, *sampler, "num_windows=2", "sampler.num_steps=2", f"hydra.run.dir={run}",
