@@ -135,6 +135,8 @@ def _option_problem(search: ConfigSearch, groups: tuple[str, ...], top: set[str]
     nested = _primary_nodes(search).get(head)
     if nested is not None and rest and sub not in nested:
         return f"{head} has no option {sub!r}; its options are: {', '.join(sorted(nested))}"
+    if nested is None and rest and head not in groups:  # Hydra: "Could not override" and four more lines
+        return f"{head} is one value, not a group of options: write {head}=VALUE, not {key}=…"
     return None
 
 
@@ -279,7 +281,9 @@ def unreadable_override(args: list[str]) -> str | None:
     from longgen.redact import scrub
 
     for arg in overrides_only(args):
-        if "=" not in arg:  # a `~key` deletion or a positional value: Hydra names those itself
+        if "=" not in arg and not arg.startswith("~"):  # Hydra's error for a bare word is four lines
+            return scrub(f"{arg!r} is not an override: write KEY=VALUE, e.g. prompt='{arg}' or story={arg}")
+        if "=" not in arg:  # a `~key` deletion: Hydra names a bad one itself
             continue
         try:
             OverridesParser.create().parse_override(arg)
