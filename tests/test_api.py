@@ -66,6 +66,8 @@ def test_bad_input_raises_usage_error_and_leaves_nothing(tmp_path):
         longgen.generate("backbone=tiny", "sampler.num_stepz=2", prompt="x", run_dir=tmp_path / "b")
     with pytest.raises(longgen.UsageError, match="num_windows='abc' must be a whole number"):  # found by the plan
         longgen.generate("backbone=tiny", num_windows="abc", prompt="x", run_dir=tmp_path / "c")
+    with pytest.raises(longgen.UsageError, match=r"5 \(int\) is not an override: pass 'KEY=VALUE' strings"):
+        longgen.generate("backbone=tiny", 5, prompt="x", run_dir=tmp_path / "d")
     assert not any(tmp_path.iterdir())
 
 
