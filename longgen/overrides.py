@@ -200,13 +200,19 @@ def check_output_dir(args: list[str]) -> str | None:
 
 def path_first(argv: list[str] | None, usage: str) -> tuple[Path, list[str]]:
     """`longgen COMMAND PATH [KEY=VALUE ...]` (resume, decode: commands that read their config from PATH): the path
-    and the overrides. Prints `usage` and exits on -h/--help (status 0) or without arguments (status 2)."""
+    and the overrides. Prints `usage` and exits on -h/--help (status 0); without arguments, one error line naming
+    the path to give (status 2), as the other commands say what is missing."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(usage)
-        sys.exit(0 if args else 2)
+        sys.exit(0)
+    if not args:
+        form = usage.splitlines()[0].removeprefix("usage: ")
+        command = " ".join(form.split()[:2])
+        print(f"longgen: error: give the path first: {form} (see {command} --help)", file=sys.stderr)
+        sys.exit(2)
     return Path(args[0]).expanduser(), args[1:]
 
 
