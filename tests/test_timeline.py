@@ -201,6 +201,18 @@ def test_bad_character_forms_are_one_line(characters, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("shot, words", [
+    ({"prompt": "Character 1 waves.", "start": 0, "end": 2}, "shot 1 gives a time; shots take none: give the story"),
+    ({"prompt": "Character 1 waves.", "at": 0}, "shot 1 has unknown key(s) at; allowed: prompt, cut"),
+])
+def test_a_shot_with_a_time_or_an_unknown_key_is_one_line(shot, words):
+    """A multi-shot story's shot object with `start`/`end` (times are for `local` events) or another unknown key:
+    one line (the unknown-key message itself raised NameError: the local `cut` shadowed the function)."""
+    with pytest.raises(UsageError) as err:
+        Story.from_dict({"characters": {"1": "a man"}, "shots": [shot]})
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 def test_four_timed_events_in_four_windows_generate_with_the_plan_printed_and_in_the_manifest(tmp_path):
     """Issue 25: 4 events with num_windows=4 used to be refused. Durations 1, 1, 6, 2 s over 12.125 s: the centre
