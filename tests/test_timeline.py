@@ -239,3 +239,19 @@ def test_four_timed_events_in_four_windows_generate_with_the_plan_printed_and_in
                  "the events end at 10 s and the video at 12.12 s: local prompt 4 runs on to the video's end"):
         assert line in text
     assert not error_lines(proc)
+
+
+def test_extend_names_the_num_windows_that_shows_every_event(tmp_path, monkeypatch, capsys):
+    """extend's refusal of a new part too short for its events names the num_windows to pass (it said "a larger
+    num_windows"); refused before the video is read, so an empty file stands in for it."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.mp4").touch()
+    (tmp_path / "s.json").write_text(json.dumps({"global": "a fox", "local": ["sleeps", "wakes", "runs", "leaps"]}))
+    with pytest.raises(SystemExit) as stop:
+        main(["extend", "in.mp4", "backbone=tiny", "backbone.height=16", "backbone.width=16", "story=s.json",
+              "num_windows=2", "hydra.run.dir=run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.rstrip().endswith("pass num_windows=7"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "s.json"]
