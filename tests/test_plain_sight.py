@@ -28,3 +28,20 @@ def test_save_latents_false_drops_them(tmp_path):
     proc = run_cli("generate", *TINY, "save_latents=false", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (run / "latents.safetensors").exists() and (run / "video.mp4").is_file()
+
+
+def test_bad_progress_options_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
+    """progress_every / progress_seconds were not checked: 'abc' was a traceback after the run directory was
+    made, and -1 or nan were taken."""
+    import pytest
+
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for arg, words in [("progress_every=abc", "progress_every='abc' must be a whole number >= 0"),
+                       ("progress_seconds=nan", "progress_seconds=nan must be a finite number >= 0.0")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", *TINY, arg, "hydra.run.dir=run"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
+    assert list(tmp_path.iterdir()) == []

@@ -387,6 +387,9 @@ def check_options(cfg: DictConfig) -> None:
         flag(name, cfg.get(name, False))
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     whole("preview_every", cfg.preview_every, 0)
+    whole("progress_every", cfg.get("progress_every", 0), 0)
+    if cfg.get("progress_seconds") is not None:
+        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
 
 
 #: inputs read as a one-frame video whose frame starts the extension (the default history is then 1)
