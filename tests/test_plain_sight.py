@@ -44,4 +44,8 @@ def test_bad_progress_options_are_one_line_and_leave_nothing(tmp_path, monkeypat
             main(["generate", *TINY, arg, "hydra.run.dir=run"])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "in.mp4").touch()  # extend checks them too, before the video is read
+    with pytest.raises(SystemExit) as stop:
+        main(["extend", "in.mp4", *TINY, "progress_seconds=-1", "hydra.run.dir=run"])
+    assert stop.value.code == 2 and "progress_seconds=-1 must be a finite number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

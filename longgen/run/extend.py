@@ -63,7 +63,7 @@ from omegaconf import DictConfig
 from longgen.backbones.face import Backbone
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
-from longgen.options import flag, whole
+from longgen.options import flag, number, whole
 from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
