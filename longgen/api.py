@@ -131,6 +131,10 @@ def command_line(command: str, overrides: list[str], options: dict[str, Any]) ->
     """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
     from longgen.cli import COMMANDS, command_line_problem
 
+    for arg in overrides:
+        if not isinstance(arg, str):
+            raise UsageError(f"{arg!r} ({type(arg).__name__}) is not an override: pass 'KEY=VALUE' strings "
+                             f"or KEY=value keyword arguments")
     rest = [*overrides, *keyword_overrides(options)]
     if "-m" in rest or "--multirun" in rest:
         raise UsageError(f"longgen.{command.replace('-', '_')} runs one job: sweep in a loop of calls, or with "

@@ -135,6 +135,8 @@ def _option_problem(search: ConfigSearch, groups: tuple[str, ...], top: set[str]
     nested = _primary_nodes(search).get(head)
     if nested is not None and rest and sub not in nested:
         return f"{head} has no option {sub!r}; its options are: {', '.join(sorted(nested))}"
+    if nested is None and rest and head not in groups:  # Hydra: "Could not override" and four more lines
+        return f"{head} is one value, not a group of options: write {head}=VALUE, not {key}=…"
     return None
 
 
@@ -198,13 +200,19 @@ def check_output_dir(args: list[str]) -> str | None:
 
 def path_first(argv: list[str] | None, usage: str) -> tuple[Path, list[str]]:
     """`longgen COMMAND PATH [KEY=VALUE ...]` (resume, decode: commands that read their config from PATH): the path
-    and the overrides. Prints `usage` and exits on -h/--help (status 0) or without arguments (status 2)."""
+    and the overrides. Prints `usage` and exits on -h/--help (status 0); without arguments, one error line naming
+    the path to give (status 2), as the other commands say what is missing."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(usage)
-        sys.exit(0 if args else 2)
+        sys.exit(0)
+    if not args:
+        form = usage.splitlines()[0].removeprefix("usage: ")
+        command = " ".join(form.split()[:2])
+        print(f"longgen: error: give the path first: {form} (see {command} --help)", file=sys.stderr)
+        sys.exit(2)
     return Path(args[0]).expanduser(), args[1:]
 
 
@@ -279,7 +287,9 @@ def unreadable_override(args: list[str]) -> str | None:
     from longgen.redact import scrub
 
     for arg in overrides_only(args):
-        if "=" not in arg:  # a `~key` deletion or a positional value: Hydra names those itself
+        if "=" not in arg and not arg.startswith("~"):  # Hydra's error for a bare word is four lines
+            return scrub(f"{arg!r} is not an override: write KEY=VALUE, e.g. prompt='{arg}' or story={arg}")
+        if "=" not in arg:  # a `~key` deletion: Hydra names a bad one itself
             continue
         try:
             OverridesParser.create().parse_override(arg)

@@ -29,9 +29,25 @@ LINE_SECONDS = 30.0
 STEPS = "denoise"
 
 
-def rich_handler(level: int | str = logging.NOTSET) -> RichHandler:
-    """Log handler on the shared console (referenced by conf/hydra/job_logging/rich.yaml)."""
+def rich_handler(level: int | str = logging.NOTSET) -> logging.Handler:
+    """The console's log handler (referenced by conf/hydra/job_logging/rich.yaml): Rich's on a terminal, sharing
+    the console with the bars; plain lines otherwise, since Rich would wrap each record at 80 columns and pad it
+    with spaces, so that `grep ETA` in a SLURM log finds half a line."""
+    if not console.is_terminal:
+        return PlainLines(level)
     return RichHandler(console=console, level=level, show_path=False, markup=False, rich_tracebacks=False)
+
+
+class PlainLines(logging.Handler):
+    """Each record as `[date time] LEVEL    message` on the current sys.stderr, never wrapped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stamp = time.strftime("%x %X", time.localtime(record.created))
+            console.file.write(f"[{stamp}] {record.levelname:<8} {self.format(record)}\n")
+            console.file.flush()
+        except Exception:  # as logging.StreamHandler: a broken stream must not stop the run
+            self.handleError(record)
 
 
 def weighted_eta(weights: Sequence[float], start: int, done: int, elapsed: float) -> float | None:

@@ -144,19 +144,22 @@ class Shot:
     def parse(cls, item: Any, index: int) -> "Shot":
         if isinstance(item, str):
             text = item.strip()
-            cut = text.upper().startswith(CUT_MARKER)
-            return cls(prompt=text[len(CUT_MARKER):].strip() if cut else text, cut=cut)
+            is_cut = text.upper().startswith(CUT_MARKER)
+            return cls(prompt=text[len(CUT_MARKER):].strip() if is_cut else text, cut=is_cut)
         if isinstance(item, dict):
             unknown = set(item) - {"prompt", "cut"}
+            if unknown & {"start", "end", "duration"}:
+                raise UsageError(f"story: shot {index} gives a time; shots take none: give the story relative "
+                                 f"`durations` or `shots.windows=` (times in seconds apply to `local` events)")
             if unknown:
                 raise UsageError(f"story: shot {index} has unknown key(s) {_listed(sorted(cut(str(k), 30) for k in unknown))}; allowed: prompt, cut")
-            cut = item.get("cut", False)
-            if not isinstance(cut, bool):
-                raise UsageError(f"story: shot {index}: `cut` must be true or false, got {brief(cut)}")
+            is_cut = item.get("cut", False)
+            if not isinstance(is_cut, bool):
+                raise UsageError(f"story: shot {index}: `cut` must be true or false, got {brief(is_cut)}")
             prompt = item.get("prompt")
             if not isinstance(prompt, str):
                 raise UsageError(f"story: shot {index} needs a `prompt` string")
-            return cls(prompt=prompt.strip(), cut=cut)
+            return cls(prompt=prompt.strip(), cut=is_cut)
         raise UsageError(f"story: shot {index} must be a string or an object with `prompt` and `cut`, got {type(item).__name__}")
 
 

@@ -59,6 +59,16 @@ def test_cli_progress_lines_off_a_terminal(runs):
     assert steps == [("1", "50"), ("2", "100")]  # every step (progress_every=1), weighted by the planned forwards
 
 
+def test_off_a_terminal_each_log_record_is_one_unpadded_line(runs):
+    """SLURM / nohup logs: `grep ETA` and `grep "run directory"` find whole lines (Rich wrapped them at 80 columns)."""
+    _, stderr, _ = runs
+    lines = stderr.splitlines()
+    start = [line for line in lines if "seed 3;" in line]
+    assert len(start) == 1 and start[0].endswith(f"run directory {runs[0] / 'cli'}"), lines
+    progress = [line for line in lines if "ETA" in line]
+    assert len(progress) >= 3 and all("elapsed" in line and line == line.rstrip() for line in progress), lines
+
+
 def test_bad_input_raises_usage_error_and_leaves_nothing(tmp_path):
     with pytest.raises(longgen.UsageError, match="unknown sampler 'nope'; choose one of: direct"):
         longgen.generate("backbone=tiny", sampler="nope", prompt="x", run_dir=tmp_path / "a")
@@ -66,6 +76,8 @@ def test_bad_input_raises_usage_error_and_leaves_nothing(tmp_path):
         longgen.generate("backbone=tiny", "sampler.num_stepz=2", prompt="x", run_dir=tmp_path / "b")
     with pytest.raises(longgen.UsageError, match="num_windows='abc' must be a whole number"):  # found by the plan
         longgen.generate("backbone=tiny", num_windows="abc", prompt="x", run_dir=tmp_path / "c")
+    with pytest.raises(longgen.UsageError, match=r"5 \(int\) is not an override: pass 'KEY=VALUE' strings"):
+        longgen.generate("backbone=tiny", 5, prompt="x", run_dir=tmp_path / "d")
     assert not any(tmp_path.iterdir())
 
 

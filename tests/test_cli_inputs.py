@@ -134,3 +134,17 @@ def test_cli_story_with_more_events_than_windows_fails_before_any_work(tmp_path)
     (line,) = error_lines(proc)
     assert "1000 local prompts but the video has only 2 window(s)" in line and "pass num_windows=1000" in line
     assert not (tmp_path / "run" / "video.mp4").exists()
+
+
+@pytest.mark.parametrize("arg, words", [("a-cat", "'a-cat' is not an override: write KEY=VALUE"),
+                                        ("story.global=x", "story is one value, not a group of options")])
+def test_a_bare_word_or_options_under_a_plain_value_are_one_line(arg, words, tmp_path, monkeypatch, capsys):
+    """A word without `=` and `story.global=…` (a key under a one-value option) are one line before Hydra runs,
+    not Hydra's "Error parsing override" / "Could not override" and its four more lines."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", arg])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
+    assert list(tmp_path.iterdir()) == []

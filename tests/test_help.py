@@ -88,3 +88,14 @@ def test_cfg_job_and_hydra_help_stay_hydras(capsys, monkeypatch):
         assert done.value.code == 0
         page = capsys.readouterr().out
         assert f"usage: longgen {command} RUN_DIR" in page and len(page.splitlines()) <= MAX_LINES
+
+
+@pytest.mark.parametrize("command, form", [("resume", "longgen resume RUN_DIR"), ("decode", "longgen decode RUN_DIR")])
+def test_a_path_command_without_its_path_is_one_error_line(command, form, capsys):
+    """`longgen resume` alone: one `longgen: error:` line on stderr naming what to give (it printed the usage page
+    on stdout, and no error line)."""
+    with pytest.raises(SystemExit) as stop:
+        main([command])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"longgen: error: give the path first: {form}") and f"{command} --help" in err

@@ -4,6 +4,8 @@ the missing-weights line."""
 
 from __future__ import annotations
 
+import pytest
+
 from cli_helpers import run_cli
 
 TINY = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler=gen-l-video", "num_windows=2",
@@ -28,3 +30,41 @@ def test_save_latents_false_drops_them(tmp_path):
     proc = run_cli("generate", *TINY, "save_latents=false", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (run / "latents.safetensors").exists() and (run / "video.mp4").is_file()
+
+
+@pytest.fixture
+def own_logging():
+    """Hydra's job logging, configured by a run of `main` in this process, taken off again: its log-file handler
+    would follow later tests into a removed run directory."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_bad_progress_options_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys, own_logging):
+    """progress_every / progress_seconds were not checked: 'abc' was a traceback after the run directory was
+    made, and -1 or nan were taken."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for arg, words in [("progress_every=abc", "progress_every='abc' must be a whole number >= 0"),
+                       ("progress_seconds=nan", "progress_seconds=nan must be a finite number >= 0.0")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", *TINY, arg, "hydra.run.dir=run"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
+    (tmp_path / "in.mp4").touch()  # extend checks them too, before the video is read
+    with pytest.raises(SystemExit) as stop:
+        main(["extend", "in.mp4", *TINY, "progress_seconds=-1", "hydra.run.dir=run"])
+    assert stop.value.code == 2 and "progress_seconds=-1 must be a finite number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

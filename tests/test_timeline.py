@@ -201,6 +201,18 @@ def test_bad_character_forms_are_one_line(characters, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("shot, words", [
+    ({"prompt": "Character 1 waves.", "start": 0, "end": 2}, "shot 1 gives a time; shots take none: give the story"),
+    ({"prompt": "Character 1 waves.", "at": 0}, "shot 1 has unknown key(s) at; allowed: prompt, cut"),
+])
+def test_a_shot_with_a_time_or_an_unknown_key_is_one_line(shot, words):
+    """A multi-shot story's shot object with `start`/`end` (times are for `local` events) or another unknown key:
+    one line (the unknown-key message itself raised NameError: the local `cut` shadowed the function)."""
+    with pytest.raises(UsageError) as err:
+        Story.from_dict({"characters": {"1": "a man"}, "shots": [shot]})
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 def test_four_timed_events_in_four_windows_generate_with_the_plan_printed_and_in_the_manifest(tmp_path):
     """Issue 25: 4 events with num_windows=4 used to be refused. Durations 1, 1, 6, 2 s over 12.125 s: the centre
@@ -227,3 +239,38 @@ def test_four_timed_events_in_four_windows_generate_with_the_plan_printed_and_in
                  "the events end at 10 s and the video at 12.12 s: local prompt 4 runs on to the video's end"):
         assert line in text
     assert not error_lines(proc)
+
+
+@pytest.fixture
+def own_logging():
+    """Hydra's job logging, configured by a run of `main` in this process, taken off again: its log-file handler
+    would follow later tests into a removed run directory."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_extend_names_the_num_windows_that_shows_every_event(tmp_path, monkeypatch, capsys, own_logging):
+    """extend's refusal of a new part too short for its events names the num_windows to pass (it said "a larger
+    num_windows"); refused before the video is read, so an empty file stands in for it."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.mp4").touch()
+    (tmp_path / "s.json").write_text(json.dumps({"global": "a fox", "local": ["sleeps", "wakes", "runs", "leaps"]}))
+    with pytest.raises(SystemExit) as stop:
+        main(["extend", "in.mp4", "backbone=tiny", "backbone.height=16", "backbone.width=16", "story=s.json",
+              "num_windows=2", "hydra.run.dir=run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.rstrip().endswith("pass num_windows=7"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "s.json"]

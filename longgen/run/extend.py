@@ -63,7 +63,7 @@ from omegaconf import DictConfig
 from longgen.backbones.face import Backbone
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
-from longgen.options import flag, whole
+from longgen.options import flag, number, whole
 from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
@@ -387,6 +387,9 @@ def check_options(cfg: DictConfig) -> None:
         flag(name, cfg.get(name, False))
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     whole("preview_every", cfg.preview_every, 0)
+    whole("progress_every", cfg.get("progress_every", 0), 0)
+    if cfg.get("progress_seconds") is not None:
+        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
 
 
 #: inputs read as a one-frame video whose frame starts the extension (the default history is then 1)
@@ -425,10 +428,8 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
-    missed = story.events_missed([c - h for c in plan.centres()], length - h)
-    if missed:
-        raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="
-                         f"{cfg.num_windows} gives (each shows the prompt at its centre): pass a larger num_windows")
+    if story.events_missed([c - h for c in plan.centres()], length - h):
+        refuse_missed_events(story, inner, backbone, cfg.num_windows, h)
     used, stripped = story, 0
     if not cfg.get("use_global_prompt", True):
         used, stripped = story.without_global()
@@ -442,6 +443,23 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     return ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
                      bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, images=images,
                      source=source, history=h, context=context)
+
+
+def refuse_missed_events(story: Story, inner: Sampler, backbone: Backbone, num_windows: int, h: int) -> None:
+    """Refuse a new part whose windows leave some local prompt unshown (each window shows the prompt at its centre),
+    naming the least num_windows that shows every one, searched as generate searches it (Story._windows_needed)."""
+    from longgen.windows import latent_length
+
+    def fits(n: int) -> bool:
+        length = latent_length(backbone.window, inner.stride, backbone.temporal_compression, num_windows=n,
+                               native_window=backbone.native_window)
+        centres = inner.plan(length, backbone.window).centres()
+        return not story.events_missed([c - h for c in centres], length - h)
+
+    need = story._windows_needed(fits, int(num_windows))
+    advice = f"pass num_windows={need}" if need else "use fewer local prompts"
+    raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="
+                     f"{num_windows} gives (each shows the prompt at its centre): {advice}")
 
 
 def event_images(cfg: DictConfig, choices: dict[str, Any], story: Story, plan: Any, backbone: Backbone,
