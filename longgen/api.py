@@ -172,37 +172,42 @@ def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> It
         raise UsageError(str(exc).strip().splitlines()[0]) from None
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level  # the caller's logging, given back after the call
     try:
-        out_dir = Path(os.path.abspath(str(OmegaConf.select(cfg, "hydra.run.dir"))))
-        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = str(out_dir)
-        HydraConfig.instance().set_config(cfg)
-        hc = copy.deepcopy(cfg.hydra)
-        task = copy.deepcopy(cfg)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
-        yield task, out_dir, dict(hc.runtime.choices), hc
+        with caller_logging():  # the caller's logging, given back after the call
+            out_dir = Path(os.path.abspath(str(OmegaConf.select(cfg, "hydra.run.dir"))))
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+                cfg.hydra.runtime.output_dir = str(out_dir)
+            HydraConfig.instance().set_config(cfg)
+            hc = copy.deepcopy(cfg.hydra)
+            task = copy.deepcopy(cfg)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+            yield task, out_dir, dict(hc.runtime.choices), hc
     finally:
         if previous is not None:
             HydraConfig.instance().set_config(previous)
         else:
             HydraConfig.instance().cfg = None
-        _restore_logging(root, handlers, level)
 
 
-def _restore_logging(root: logging.Logger, handlers: list[logging.Handler], level: int) -> None:
-    """Close the handlers the call configured (its console and its run directory's log file) and give the root
-    logger back its own: a notebook's later messages must not land in the last run's log."""
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
+@contextlib.contextmanager
+def caller_logging() -> Iterator[None]:
+    """Keep the root logger's handlers and level as they are on entry; on exit close the handlers added inside (a
+    run's console and its run directory's log file) and give the root logger back its own: a notebook's later
+    messages must not land in the last run's log."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 

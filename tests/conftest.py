@@ -63,3 +63,13 @@ LONGEST_FILES = ("test_distributed.py", "test_checkpoint.py", "test_integrity.py
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
+@pytest.fixture
+def own_logging():
+    """Hydra's job logging, configured by a run of `main` in this process, taken off again (as the Python API
+    does after a call): its log-file handler would follow later tests into a removed run directory."""
+    from longgen.api import caller_logging
+
+    with caller_logging():
+        yield

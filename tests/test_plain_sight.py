@@ -32,25 +32,6 @@ def test_save_latents_false_drops_them(tmp_path):
     assert not (run / "latents.safetensors").exists() and (run / "video.mp4").is_file()
 
 
-@pytest.fixture
-def own_logging():
-    """Hydra's job logging, configured by a run of `main` in this process, taken off again: its log-file handler
-    would follow later tests into a removed run directory."""
-    import logging
-
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in before:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
 def test_bad_progress_options_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys, own_logging):
     """progress_every / progress_seconds were not checked: 'abc' was a traceback after the run directory was
     made, and -1 or nan were taken."""

@@ -241,25 +241,6 @@ def test_four_timed_events_in_four_windows_generate_with_the_plan_printed_and_in
     assert not error_lines(proc)
 
 
-@pytest.fixture
-def own_logging():
-    """Hydra's job logging, configured by a run of `main` in this process, taken off again: its log-file handler
-    would follow later tests into a removed run directory."""
-    import logging
-
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in before:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
 def test_extend_names_the_num_windows_that_shows_every_event(tmp_path, monkeypatch, capsys, own_logging):
     """extend's refusal of a new part too short for its events names the num_windows to pass (it said "a larger
     num_windows"); refused before the video is read, so an empty file stands in for it."""
