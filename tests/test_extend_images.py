@@ -39,6 +39,20 @@ def folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def seen(monkeypatch):
+    """Each predict's windows' key images as tiny-i2v is asked for them (None: a window without an image)."""
+    calls = []
+    plain = CogVideoXI2VBackbone._with_conditions
+
+    def spy(self, x_in, emb, prompt_ids, guided):
+        calls.append(self._slots(prompt_ids))
+        return plain(self, x_in, emb, prompt_ids, guided)
+
+    monkeypatch.setattr(CogVideoXI2VBackbone, "_with_conditions", spy)
+    return calls
+
+
 def config(folder, backbone: str, story: str, *extra: str):
     with initialize_config_module("longgen.conf", version_base="1.3"):
         return compose("extend", overrides=[f"backbone={backbone}", *SMALL, f"video={folder / 'input.png'}",
@@ -46,17 +60,9 @@ def config(folder, backbone: str, story: str, *extra: str):
                                             "sampler.num_steps=1", *extra])
 
 
-def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_path, monkeypatch, caplog):
+def test_an_event_image_conditions_its_first_window_after_the_join(folder, tmp_path, monkeypatch, seen, caplog):
     monkeypatch.setattr(gc, "collect", lambda *a: 0)  # the release after the run; seconds in a test process's heap
     caplog.set_level(logging.INFO, logger="longgen")
-    seen = []  # each predict's windows' key images (None: no image)
-    plain = CogVideoXI2VBackbone._with_conditions
-
-    def spy(self, x_in, emb, prompt_ids, guided):
-        seen.append(self._slots(prompt_ids))
-        return plain(self, x_in, emb, prompt_ids, guided)
-
-    monkeypatch.setattr(CogVideoXI2VBackbone, "_with_conditions", spy)
     manifest = run_extend(config(folder, "tiny-i2v", "second.json"), tmp_path / "run",
                           {"backbone": "tiny-i2v", "sampler": "gen-l-video"})
     (image,) = manifest["images"]
@@ -95,18 +101,10 @@ def test_image_fit_is_extends_option_too(folder, tmp_path):
     assert str(err.value).startswith("image_fit='cover': use crop, pad, stretch")
 
 
-def test_without_event_images_no_window_is_conditioned_on_an_image(folder, tmp_path, monkeypatch):
+def test_without_event_images_no_window_is_conditioned_on_an_image(folder, tmp_path, monkeypatch, seen):
     """An image-to-video backbone extends with no event images: every window on its prompt alone (this raised
     AttributeError: the no-image conditioning was set up only by encode_images)."""
     monkeypatch.setattr(gc, "collect", lambda *a: 0)
-    seen = []
-    plain = CogVideoXI2VBackbone._with_conditions
-
-    def spy(self, x_in, emb, prompt_ids, guided):
-        seen.append(self._slots(prompt_ids))
-        return plain(self, x_in, emb, prompt_ids, guided)
-
-    monkeypatch.setattr(CogVideoXI2VBackbone, "_with_conditions", spy)
     manifest = run_extend(config(folder, "tiny-i2v", "plain.json"), tmp_path / "run",
                           {"backbone": "tiny-i2v", "sampler": "gen-l-video"})
     assert not manifest.get("images") and [slot for call in seen for slot in call] == [None, None]
