@@ -5,7 +5,8 @@ each local prompt's segment, equal by default), `scenario` and `source`.
 
 Windows get the local prompt of the segment that holds their centre (`prompt_index_at`). Where that rule would
 leave an event without a window although the video has as many windows as events, `Story.event_plan` moves the
-segment edges just enough to give every event one (longgen.windows.assign_events).
+segment edges just enough to give every event one (longgen.windows.assign_events). `longgen extend` plans the new
+part's events the same way, from the join (longgen/run/extend.py).
 
 Events on a timeline: a local prompt may be an object with its time in seconds, either `start` and `end` or
 `duration` (one form for every event of a story, none for untimed stories):
@@ -13,7 +14,8 @@ Events on a timeline: a local prompt may be an object with its time in seconds, 
     {"global": "a fox", "local": [{"prompt": "a fox sleeps", "start": 0, "end": 2},
                                   {"prompt": "a fox runs", "start": 2, "end": 6}]}
 
-The events follow each other from 0 s without gap or overlap. They may end before the video (whose length is whole
+The events follow each other from 0 s without gap or overlap (in `longgen extend`, 0 s is the join: the first new
+frame). They may end before the video (whose length is whole
 windows): the last event then runs on to the video's end. A timeline longer than the video is refused with the
 num_windows that fits. Times are converted to latent frames at the backbone's frame rate (longgen.windows.Clock).
 
@@ -377,10 +379,12 @@ class Story:
         self.check_events_fit(plan, plan_for)
         return event_plan(plan, self.event_edges(plan.length, clock, plan_for))
 
-    def event_edges(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> list[float]:
+    def event_edges(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None,
+                    what: str = "the video") -> list[float]:
         """Right edge (latent position) of each event's segment before windows are assigned: `segment_bounds` for an
         untimed story; for a timed one each event's end at the backbone's frame rate, the last event running on to
-        the video's end. A timeline longer than the video is refused, naming the num_windows that holds it."""
+        the video's end. A timeline longer than the video (`what` the message calls it; extend: the new part) is
+        refused, naming the num_windows that holds it."""
         timeline = self.timeline
         if timeline is None:
             return self.segment_bounds(length)
@@ -389,7 +393,7 @@ class Story:
             frames = round(clock.frame_at(length))
             longer = self._windows_needed(self._holds(end, clock, plan_for), 1) if plan_for else None
             fix = f"pass num_windows={longer} or end" if longer else "end"
-            raise UsageError(f"story: the events end at {end:g} s but the video is {video:.2f} s ({frames} frames at "
+            raise UsageError(f"story: the events end at {end:g} s but {what} is {video:.2f} s ({frames} frames at "
                              f"{clock.fps:g} fps); {fix} the last event by {video:.2f} s")
         return [clock.latent_at(e) for _, e in timeline[:-1]] + [float(length)]
 
@@ -401,20 +405,23 @@ class Story:
 
         return holds
 
-    def timeline_note(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None) -> str | None:
-        """A line for the log when a timed story ends before the video does (its last event runs on), naming the
-        shortest num_windows that still holds the timeline when that is shorter; None otherwise."""
+    def timeline_note(self, length: int, clock: Clock, plan_for: Callable[[int], Any] | None = None,
+                      what: str = "the video") -> str | None:
+        """A line for the log when a timed story ends before the video (`what`; extend: the new part) does (its last
+        event runs on), naming the shortest num_windows that still holds the timeline when that is shorter; None
+        otherwise."""
         timeline = self.timeline
         video = clock.seconds(length)
         if timeline is None or timeline[-1][1] >= video - TIME_TOLERANCE:
             return None
         end = timeline[-1][1]
-        note = (f"the events end at {end:g} s and the video at {video:.2f} s: local prompt {self.num_events} runs on "
-                f"to the video's end")
+        note = (f"the events end at {end:g} s and {what} at {video:.2f} s: local prompt {self.num_events} runs on "
+                f"to {what}'s end")
         if plan_for is not None:
             need = self._windows_needed(self._holds(end, clock, plan_for), 0)
             if need is not None and plan_for(need).length < length:
-                note += f" (num_windows={need} makes a {clock.seconds(plan_for(need).length):.2f} s video)"
+                note += (f" (num_windows={need} makes a {clock.seconds(plan_for(need).length):.2f} s "
+                         f"{what.removeprefix('the ')})")
         return note
 
     # ------------------------------------------------------------------ the global description

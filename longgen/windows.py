@@ -127,10 +127,15 @@ class Clock:
 
     Video frame f is shown over [f/fps, (f+1)/fps); a latent of L frames decodes to F frames, F/fps seconds. The
     continuous map from a video-frame position p to a latent position is p on [0, 1] (latent frame 0 is frame 0) and
-    1 + (p − 1)/c beyond, so that p = F lands on L."""
+    1 + (p − 1)/c beyond, so that p = F lands on L.
+
+    With `first_alone=False` the clock counts from a join inside a latent instead (`longgen extend`: the new part
+    after h history frames), where every latent frame holds c video frames: p = c·position, so the n new latent frames
+    decode to the continuation's c·n frames."""
 
     fps: float
     temporal_compression: int
+    first_alone: bool = True
 
     def seconds(self, length: float) -> float:
         """Seconds of video that `length` latent frames decode to (a latent position read as a time)."""
@@ -138,11 +143,15 @@ class Clock:
 
     def frame_at(self, position: float) -> float:
         """Video-frame position of latent position `position`."""
+        if not self.first_alone:
+            return position * self.temporal_compression
         return position if position <= 1 else 1 + (position - 1) * self.temporal_compression
 
     def latent_at(self, seconds: float) -> float:
         """Latent position of the time `seconds`."""
         frame = seconds * self.fps
+        if not self.first_alone:
+            return frame / self.temporal_compression
         return frame if frame <= 1 else 1 + (frame - 1) / self.temporal_compression
 
 
@@ -150,24 +159,41 @@ class Clock:
 class EventPlan:
     """Which event each window of a plan shows, and the segment edges that say it for any window.
 
-    `edges[k]` is the right edge (latent position) of event k's segment; the last is the latent length. A window of
-    any start and size (a sampler's queue or shifted windows as well as the plan's) shows the event whose segment
-    holds its centre, as before; `events[i]` is that event for the plan's window i."""
+    `edges[k]` is the right edge of event k's segment, in latent frames counted from `origin` (0 for generate; the
+    join, latent frame h, for `longgen extend`, whose events lie over the new part only); the last is the length
+    after the origin. A window of any start and size (a sampler's queue or shifted windows as well as the plan's)
+    shows the event whose segment holds its centre, and a window centred before the origin the first event
+    (`window_event`); `events[i]` is that event for the plan's window i."""
 
     edges: tuple[float, ...]
     events: tuple[int, ...]
+    origin: float = 0.0
 
     def event_at(self, position: float) -> int:
-        """The event whose segment [edges[k−1], edges[k]) holds latent position `position`."""
+        """The event whose segment [edges[k−1], edges[k]) holds `position` (latent frames from the origin)."""
         return min(bisect.bisect_right(self.edges, position), len(self.edges) - 1)
+
+    def window_event(self, start: int, size: int) -> int:
+        """The event of a window of `size` latent frames starting at latent frame `start` (of the whole latent)."""
+        centre = start + size / 2 - self.origin
+        return 0 if centre < 0 else self.event_at(centre)
 
     def windows_of(self, event: int) -> list[int]:
         return [i for i, e in enumerate(self.events) if e == event]
 
 
-def assign_events(centres: Sequence[float], edges: Sequence[float]) -> list[int]:
+def event_slots(plan: WindowPlan, origin: float = 0.0) -> int:
+    """How many events the plan's windows can show at most: every window centred at or after `origin` one each, and
+    those centred before it (extend's windows centred in the history) together one, the first event."""
+    after = sum(c >= origin for c in plan.centres())
+    return after + (after < plan.count)
+
+
+def assign_events(centres: Sequence[float], edges: Sequence[float], held: int = 0) -> list[int]:
     """The event of each window (centres ascending) when events own the segments ending at `edges`, such that every
-    event gets at least one window (needs len(centres) >= len(edges)) and windows keep the story's order.
+    event gets at least one window and windows keep the story's order; the first `held` windows take the first event
+    (extend's windows centred in the history). Needs len(centres) >= len(edges), and len(centres) − held >=
+    len(edges) − 1 when some are held.
 
     Where every segment already holds a window centre, each window takes the segment holding its centre (the rule
     longgen has always used). Otherwise the monotone assignment giving every event a window is chosen that keeps the
@@ -176,15 +202,16 @@ def assign_events(centres: Sequence[float], edges: Sequence[float]) -> list[int]
     earlier window. Segments in proportion to the events' durations thus give windows in
     proportion to them too, as far as whole windows allow."""
     n, k = len(centres), len(edges)
-    if n < k:
-        raise ValueError(f"{k} events need at least {k} windows, got {n}")
-    nominal = [min(bisect.bisect_right(edges, c), k - 1) for c in centres]
+    if n < k or (held and n - held < k - 1):
+        raise ValueError(f"{k} events need at least {k} windows ({held} of them held on the first event), got {n}")
+    nominal = [0 if j < held else min(bisect.bisect_right(edges, c), k - 1) for j, c in enumerate(centres)]
     if len(set(nominal)) == k:
         return nominal
     lows = np.array([0.0, *edges[:-1]])  # [K] left edge of each segment
     highs = np.array(edges, dtype=float)  # [K]
     c = np.asarray(centres, dtype=float)[:, None]  # [N, 1]
     cost = np.maximum(np.maximum(lows[None] - c, c - highs[None]), 0.0)  # [N, K] distance to each segment
+    cost[:held, 1:] = np.inf  # held windows show the first event only
     # [N, K] least cost of windows 0..j with window j on event e; a path from (0, 0) to (N − 1, K − 1) that stays
     # or steps one event per window visits every event, so reaching the last event is all that is asked
     best = np.full((n, k), np.inf)
@@ -202,15 +229,16 @@ def assign_events(centres: Sequence[float], edges: Sequence[float]) -> list[int]
     return events
 
 
-def event_plan(plan: WindowPlan, edges: Sequence[float]) -> EventPlan:
+def event_plan(plan: WindowPlan, edges: Sequence[float], origin: float = 0.0) -> EventPlan:
     """The plan's windows assigned to events (`assign_events`) and segment edges moved just enough to say so: an edge
     already between the last window centre of one event and the first of the next stays where the story puts it,
-    else it goes midway between them."""
-    centres = plan.centres()
-    events = assign_events(centres, edges)
+    else it goes midway between them. Centres and `edges` count from `origin`; windows centred before it are held on
+    the first event (and count as centred at the origin when an edge moves)."""
+    centres = [c - origin for c in plan.centres()]
+    events = assign_events(centres, edges, held=sum(c < 0 for c in centres))
     moved = []
     for e in range(len(edges) - 1):
-        last = max(c for c, x in zip(centres, events) if x == e)
+        last = max(max(c, 0.0) for c, x in zip(centres, events) if x == e)
         first = min(c for c, x in zip(centres, events) if x == e + 1)
         moved.append(edges[e] if last < edges[e] <= first else (last + first) / 2)
-    return EventPlan(tuple(moved) + (float(plan.length),), tuple(events))
+    return EventPlan(tuple(moved) + (float(plan.length - origin),), tuple(events), float(origin))

@@ -60,6 +60,7 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/run/extend.py)
         if extend:
             from longgen.run.extend import (
+                check_event_plan,
                 check_input_video,
                 execute_extend,
                 plan_extend,
@@ -74,6 +75,8 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         world = current()
         world.adopt(job)
         ckpt.check_matches(result_config(cfg), job.story_hash(), path)
+        if extend:  # the windows' events the checkpointed steps had
+            check_event_plan(ckpt.inputs, job, path)
         if ckpt.inputs.get("images", []) != job.inputs().get("images", []):
             raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
                              f"original image back, or start a new run")

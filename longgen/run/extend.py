@@ -4,13 +4,17 @@ longgen made or any other — from its last frames, with the story of the new pa
 
 The stages of an extend run (the command is longgen/commands/extend.py); they compose the shared stages
 (longgen/run/job.py, longgen/run/stages.py) with three of their own:
-1. plan (`plan_extend`): options; backbone, sampler and writer; the new part's story; and the input video, streamed
-   once: its frames are resampled to the backbone's frame rate (nearest frame in time, when the rates differ) and
-   resized and center-cropped to the backbone's size (reported; `resize=false` refuses a video of another size), and
-   the last c·(h − 1) + 1 of them (c the VAE's temporal compression) are kept as the history. Every bad input fails
-   here with one line and nothing written: a missing file, not a video, a video too short for the history, a size
-   the backbone cannot take with resize=false. On an image-to-video backbone the story's events may carry key
-   images (`event_images`: each conditions the first of its event's windows that starts after the history).
+1. plan (`plan_extend`): options; backbone, sampler and writer; the new part's story and which event each window
+   shows (`plan_events`: generate's plan, longgen.windows.event_plan, over the new part — window centres and a
+   timed story's seconds count from the join, windows centred in the history show the first event, every event
+   gets a window whenever the windows can give it one; logged at start and written to the manifest's `events`); and
+   the input video, streamed once: its frames are resampled to the backbone's frame rate (nearest frame in time,
+   when the rates differ) and resized and center-cropped to the backbone's size (reported; `resize=false` refuses a
+   video of another size), and the last c·(h − 1) + 1 of them (c the VAE's temporal compression) are kept as the
+   history. Every bad input fails here with one line and nothing written: a missing file, not a video, a video too
+   short for the history, a size the backbone cannot take with resize=false. On an image-to-video backbone the
+   story's events may carry key images (`event_images`: each conditions the first of its event's windows that starts
+   after the history; by the same window → event map as the prompts).
 2. encode: the prompts (generate's stage), then the history frames through the VAE → h latent frames z_h.
 3. sample (generate's stage: checkpoints, previews, Ctrl-C and `longgen resume` work as for generate): the
    configured sampler over a latent of L = M + S·(N − 1) frames, [h history | L − h new], wrapped by
@@ -53,7 +57,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -68,7 +72,7 @@ from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
 from longgen.run.images import ImagePlan, plan_images
-from longgen.run.job import Job, build_parts, check_prompt_lengths, planned_length, resolve_story
+from longgen.run.job import Job, build_parts, check_prompt_lengths, log_event_plan, planned_length, resolve_story
 from longgen.run.stages import (
     encode,
     keep_latents,
@@ -83,6 +87,7 @@ from longgen.run.stages import (
 from longgen.rundir import CHECKPOINT, LATENTS, file_sha256, write_json, write_text
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun
 from longgen.story import Story
+from longgen.windows import Clock, EventPlan, WindowPlan, event_plan, event_slots, latent_length
 
 log = logging.getLogger("longgen")
 
@@ -362,17 +367,15 @@ class ExtendJob(Job):
     def new_frames(self) -> int:
         return self.length - self.history
 
-    def local_index(self, start: int, size: int) -> int:
-        """The story's events lie over the new part: a window takes the event at its centre, measured from the
-        join (windows centred in the history take the first event)."""
-        return self.story.prompt_index_at(max(0.0, start + size / 2 - self.history), self.new_frames)
-
-    def window_map(self) -> list[dict]:
-        return [{"start": s, "end": s + self.plan.window, "local_prompt": self.local_index(s, self.plan.window)}
-                for s in self.plan.starts]
+    def clock(self) -> Clock:
+        """Seconds ↔ latent frames of the new part's events, counted from the join (`join_clock`)."""
+        return join_clock(self.backbone)
 
     def inputs(self) -> dict:
-        return {"video": {"path": str(self.source.path), "sha256": self.source.sha256}, **super().inputs()}
+        """generate's, the input video and the windows' events: a resume must sample with the events its
+        checkpointed steps had (`check_event_plan`)."""
+        return {"video": {"path": str(self.source.path), "sha256": self.source.sha256}, **super().inputs(),
+                "events": {"windows": list(self.events.events), "edges": list(self.events.edges)}}
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -428,62 +431,106 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
-    if story.events_missed([c - h for c in plan.centres()], length - h):
-        refuse_missed_events(story, inner, backbone, cfg.num_windows, h)
+    events = plan_events(story, plan, inner, backbone, int(cfg.num_windows), h)
     used, stripped = story, 0
     if not cfg.get("use_global_prompt", True):
         used, stripped = story.without_global()
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_events(story.num_events)  # a LoRA scale per event: one per event of the new part
-    images = event_images(cfg, choices, story, plan, backbone, inner, h, length)
+    images = event_images(cfg, choices, story, plan, backbone, inner, events)
     keep = backbone.frames_for(h)
     source = read_source(Path(str(cfg.video)), backbone, keep, bool(cfg.resize))
     backbone.check_available()
     sampler = HistorySampler(inner, h, context, float(cfg.t_c))
-    return ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
-                     bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, images=images,
-                     source=source, history=h, context=context)
+    job = ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
+                    bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, events=events,
+                    images=images, source=source, history=h, context=context)
+    log_event_plan(job)
+    return job
 
 
-def refuse_missed_events(story: Story, inner: Sampler, backbone: Backbone, num_windows: int, h: int) -> None:
-    """Refuse a new part whose windows leave some local prompt unshown (each window shows the prompt at its centre),
-    naming the least num_windows that shows every one, searched as generate searches it (Story._windows_needed)."""
-    from longgen.windows import latent_length
+def join_clock(backbone: Backbone) -> Clock:
+    """Seconds ↔ latent frames from the join: the n new latent frames are the continuation's c·n frames at the
+    backbone's frame rate (no first frame alone, unlike a video's start)."""
+    return Clock(backbone.fps, backbone.temporal_compression, first_alone=False)
 
-    def fits(n: int) -> bool:
+
+@dataclass(frozen=True)
+class NewPart:
+    """The windows after the join as the story's checks see a video (Story.event_edges, timeline_note): `count`
+    events they can show (windows.event_slots), over `length` latent frames."""
+
+    count: int
+    length: int
+
+
+def plan_events(story: Story, plan: WindowPlan, inner: Sampler, backbone: Backbone, num_windows: int,
+                h: int) -> EventPlan:
+    """Which event each window shows, planned as generate plans it (longgen.windows.event_plan) over the new part:
+    window centres and event times count from the join (latent frame h), and windows centred in the history show the
+    first event. Every event gets a window whenever the windows can give it one (`event_slots`); otherwise, or for a
+    timeline longer than the new part, one line naming the num_windows that works."""
+
+    def part_for(n: int) -> NewPart:
         length = latent_length(backbone.window, inner.stride, backbone.temporal_compression, num_windows=n,
                                native_window=backbone.native_window)
-        centres = inner.plan(length, backbone.window).centres()
-        return not story.events_missed([c - h for c in centres], length - h)
+        return NewPart(event_slots(inner.plan(length, backbone.window), h), length - h)
 
-    need = story._windows_needed(fits, int(num_windows))
+    if event_slots(plan, h) < story.num_events:
+        refuse_missed_events(story, part_for, num_windows, h)
+    clock, new = join_clock(backbone), plan.length - h
+    edges = story.event_edges(new, clock, part_for, what="the new part")
+    if note := story.timeline_note(new, clock, part_for, what="the new part"):
+        log.info(note)
+    return event_plan(plan, edges, origin=h)
+
+
+def refuse_missed_events(story: Story, part_for: Callable[[int], NewPart], num_windows: int, h: int) -> None:
+    """Refuse a new part whose windows cannot give every local prompt one, naming the least num_windows that can,
+    searched as generate searches it (Story._windows_needed)."""
+    need = story._windows_needed(lambda n: part_for(n).count >= story.num_events, num_windows)
     advice = f"pass num_windows={need}" if need else "use fewer local prompts"
-    raise UsageError(f"the new part's {story.num_events} local prompts need more windows than num_windows="
-                     f"{num_windows} gives (each shows the prompt at its centre): {advice}")
+    raise UsageError(f"the new part's {story.num_events} local prompts need a window each, more than num_windows="
+                     f"{num_windows} gives (windows centred in the history, its {h} latent frames, all show the "
+                     f"first): {advice}")
 
 
-def event_images(cfg: DictConfig, choices: dict[str, Any], story: Story, plan: Any, backbone: Backbone,
-                 sampler: Sampler, h: int, length: int) -> ImagePlan | None:
+def event_images(cfg: DictConfig, choices: dict[str, Any], story: Story, plan: WindowPlan, backbone: Backbone,
+                 sampler: Sampler, events: EventPlan) -> ImagePlan | None:
     """The new part's key images (story events with an `image`), routed as generate routes them
-    (longgen/run/images.py) but among the windows that start at or after the join (latent frame h): an event's image
-    conditions the first of its windows whose first frame is new, since a window starting in the history begins with
-    the input's frames. None without event images (an image-to-video backbone then conditions no window on an
-    image); one line for an event whose windows all start in the history."""
+    (longgen/run/images.py), by the windows' events (`events.window_event`, as the prompts), but among the windows
+    that start at or after the join (latent frame h): an event's image conditions the first of its windows whose
+    first frame is new, since a window starting in the history begins with the input's frames. None without event
+    images (an image-to-video backbone then conditions no window on an image); one line for an event whose windows
+    all start in the history."""
     if story.images is None:
         return None
-
-    def event_of(start: int, size: int) -> int:  # as ExtendJob.local_index
-        return story.prompt_index_at(max(0.0, start + size / 2 - h), length - h)
-
+    h = int(events.origin)
     if backbone.image_conditioning:  # (a text-to-video backbone: plan_images' one line)
-        after = {event_of(s, plan.window) for s in plan.starts if s >= h}
+        after = {events.window_event(s, plan.window) for s in plan.starts if s >= h}
         for e, path in enumerate(story.images):
             if path is not None and e not in after:
                 raise UsageError(f"story event {e + 1}'s image would be the first frame of one of its windows, but "
                                  f"they all start in the history (latent frames 0-{h - 1}, the input's end): put the "
                                  f"image on a later event, or pass a larger num_windows")
     return plan_images(cfg, choices, story, plan, backbone, sampler,
-                       lambda start, size: event_of(start, size) if start >= h else -1)
+                       lambda start, size: events.window_event(start, size) if start >= h else -1)
+
+
+def check_event_plan(recorded: dict, job: ExtendJob, path: Path) -> None:
+    """On resume: the windows must show the events the checkpointed steps were sampled with. A checkpoint records
+    them (`ExtendJob.inputs`); one written before extend planned events from the join records none. Such a
+    checkpoint resumes for an untimed story (where the older rule, each window the event at its centre, showed every
+    event, the plan here gives each window the same event and keeps the segment edges) and is refused for a timed
+    story, whose times that rule read as proportions of the new part."""
+    planned = job.inputs()["events"]
+    if "events" in recorded:
+        if recorded["events"] != planned:
+            raise UsageError(f"{path} was sampled with other events per window than this longgen plans for the run: "
+                             f"start a new run")
+    elif job.story.timeline is not None:
+        raise UsageError(f"{path} was written by an older longgen that read the story's times as proportions of the "
+                         f"new part (they are now seconds from the join): start a new run")
 
 
 def encode_history(job: ExtendJob) -> None:
@@ -640,6 +687,8 @@ def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra
         "stride": job.sampler.stride,
         "sampling_windows": job.window_map(),
         **geometry,
+        # the plan as generate writes it; frames and seconds count from the join (continuation.mp4's frame 0)
+        "events": job.event_table(),
         "local_prompts": len(job.story.local_prompts),
         **({"images": job.images.describe()} if job.images is not None else {}),
         **video_facts(video, timings),

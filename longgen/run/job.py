@@ -70,17 +70,21 @@ class Job:
         if self.shots is not None:  # the shot (one local prompt each) whose segment holds the window's centre
             return self.shots.shot_at(start + size / 2)
         if self.events is not None:  # the event whose (planned) segment holds the window's centre
-            return self.events.event_at(start + size / 2)
+            return self.events.window_event(start, size)
         return self.story.prompt_index_at(start + size / 2, self.length)
+
+    def clock(self) -> Clock:
+        """Seconds ↔ latent frames of the story's events (from the video's start)."""
+        return Clock(self.backbone.fps, self.backbone.temporal_compression)
 
     def event_table(self) -> list[dict] | None:
         """The plan of a single-shot story, one entry per event: its windows (indices into `windows`), latent and
         video frames [first, end) and seconds [start, end) as planned (and as the story gave them, for a timed
-        story: windows are whole, so the planned times are the nearest the window grid allows); None for a
-        multi-shot story."""
+        story: windows are whole, so the planned times are the nearest the window grid allows), all counted from
+        the events' origin (extend: the join); None for a multi-shot story."""
         if self.events is None:
             return None
-        clock = Clock(self.backbone.fps, self.backbone.temporal_compression)
+        clock = self.clock()
         given = self.given_story.timeline or [None] * len(self.events.edges)
         table, left = [], 0.0
         for k, (right, times) in enumerate(zip(self.events.edges, given)):
@@ -262,7 +266,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
         elif warning := story.missing_global_warning():  # local prompts without the global description
             log.warning(warning)
     images = plan_images(cfg, choices, story, plan, backbone, sampler,  # by the windows' events (as local_index)
-                         lambda start, size: events.event_at(start + size / 2) if events is not None
+                         lambda start, size: events.window_event(start, size) if events is not None
                          else story.prompt_index_at(start + size / 2, length))
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_events(used.num_events)  # a LoRA scale per event: one per event of the story
@@ -279,10 +283,14 @@ LOGGED_EVENTS = 20
 
 def log_event_plan(job: Job) -> None:
     """The plan of a story of several events, one line each (at most LOGGED_EVENTS): its windows, video frames and
-    seconds, and the start of its prompt after the global description."""
+    seconds, and the start of its prompt after the global description. Frames and seconds count from the events'
+    origin, which a line before them names when it is not the video's start (extend's join)."""
     table = job.event_table()
     if table is None or len(table) < 2:
         return
+    if job.events.origin:
+        log.info("the new part's events (frames and seconds from the join, sampled latent frame %g):",
+                 job.events.origin)
     glob = job.story.global_prompt.strip()
     if len(table) > LOGGED_EVENTS:
         log.info("the first %d of %d events (manifest.json `events` lists them all):", LOGGED_EVENTS, len(table))
