@@ -135,17 +135,25 @@ def test_windows_centred_in_the_history_show_the_first_event(folder, tmp_path, h
     assert "\n" not in str(err.value) and str(err.value).endswith("pass num_windows=3")
 
 
-@pytest.mark.parametrize("story,windows,words", [
+TINY13 = ["backbone=tiny", "backbone.height=16", "backbone.width=16"]  # window 13, stride 4
+
+
+@pytest.mark.parametrize("story,options,words", [
     # 3 events, 2 windows (one in the history): num_windows=3 gives 3
-    ("three.json", 2, "the new part's 3 local prompts need a window each, more than num_windows=2 gives (windows "
-                      "centred in the history, its 3 latent frames, all show the first): pass num_windows=3"),
+    ("three.json", [*COG, "num_windows=2"], "the new part's 3 local prompts need a window each, more than "
+     "num_windows=2 gives (windows centred in the history, its 3 latent frames, all show the first): pass "
+     "num_windows=3"),
+    # window 13, history 12: 3 windows are centred −5.5, −1.5, 2.5 from the join, two in the history showing event
+    # 1 together, so 3 events need a fourth window (refused before the video is read: 45 frames would be needed)
+    ("three.json", [*TINY13, "history=12", "num_windows=3"], "the new part's 3 local prompts need a window each, "
+     "more than num_windows=3 gives (windows centred in the history, its 12 latent frames, all show the first): "
+     "pass num_windows=4"),
     # 10 s from the join over a new part of N seconds: N = 10
-    ("long.json", 4, "story: the events end at 10 s but the new part is 4.00 s (32 frames at 8 fps); pass "
-                     "num_windows=10 or end the last event by 4.00 s"),
+    ("long.json", [*COG, "num_windows=4"], "story: the events end at 10 s but the new part is 4.00 s (32 frames at "
+     "8 fps); pass num_windows=10 or end the last event by 4.00 s"),
 ])
-def test_an_impossible_plan_is_one_line_naming_the_num_windows_that_works(folder, tmp_path, story, windows, words):
-    cfg, choices = compose_extend([*COG, *ONE_STEP, f"video={folder / 'in.mp4'}", f"story={folder / story}",
-                                   f"num_windows={windows}"])
+def test_an_impossible_plan_is_one_line_naming_the_num_windows_that_works(folder, tmp_path, story, options, words):
+    cfg, choices = compose_extend([*options, *ONE_STEP, f"video={folder / 'in.mp4'}", f"story={folder / story}"])
     with pytest.raises(UsageError) as err:
         plan_extend(cfg, tmp_path, choices)
     assert str(err.value) == words
