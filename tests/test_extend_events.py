@@ -135,6 +135,18 @@ def test_windows_centred_in_the_history_show_the_first_event(folder, tmp_path, h
     assert "\n" not in str(err.value) and str(err.value).endswith("pass num_windows=3")
 
 
+def test_windows_centred_in_the_history_stay_on_the_first_event_where_moving_one_would_be_nearer():
+    """Window 13, stride 4, history 12, 4 windows (L = 25, 13 new latent frames): centres from the join −5.5, −1.5,
+    2.5, 6.5. Events ending at 0.1, 2 and 13 (e.g. 0-0.05 s, 0.05-1 s, 1-6.5 s at 8 fps): the centre rule shows
+    events 1, 1, 3, 3. Giving event 2 to window 3 costs 2.5 − 2 = 0.5 latent frames; giving it to window 2 (centre
+    −1.5: 1.6 from event 2's segment, 1.5 from event 1's) and event 3 to window 3 would cost only 0.1 more, so the
+    nearest assignment alone would put a history window on event 2 — held on event 1, it is windows 1, 1, 2, 3."""
+    plan = strided_plan(25, 13, 4)
+    events = event_plan(plan, [0.1, 2.0, 13.0], origin=12)
+    assert events.events == (0, 0, 1, 2)
+    assert [events.window_event(s, 13) for s in plan.starts] == [0, 0, 1, 2]
+
+
 TINY13 = ["backbone=tiny", "backbone.height=16", "backbone.width=16"]  # window 13, stride 4
 
 
