@@ -330,7 +330,7 @@ def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, len
     if options.windows is not None and given:
         raise UsageError(f"shots.windows sets every shot's length: drop {given[0]}=…, or drop shots.windows")
     plan = plan_shots(story, options, backbone.window, sampler.stride, length, int(cfg.seed), sampler.plan,
-                      backbone.frames_for, backbone.check_length)
+                      backbone.frames_for, lambda n: (backbone.check_length(n), sampler.check_length(n, backbone.window)))
     used = Story(global_prompt=story.global_prompt, local_prompts=list(plan.prompts), scenario=story.scenario,
                  source=dict(story.source))
     return plan, ShotsSampler(sampler, plan, options, noise), used

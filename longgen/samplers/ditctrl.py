@@ -115,10 +115,14 @@ class DiTCtrlSampler(Sampler):
     mask_threshold: float = option(0.3, Number(0, 1))
 
     def check_denoiser(self, den: Denoiser) -> None:
-        """`kv_layers` against the model's attention layers, when the run is planned (where the backbone knows
-        their number before loading; KV-sharing checks them again)."""
+        """`kv_layers` against the model's attention layers (where the backbone knows their number before loading)
+        and `subject_tokens` against its text tokens, when the run is planned; KV-sharing checks them again."""
         if self.kv_sharing:
             den.check_kv_layers(self.kv_layers)
+            limit = getattr(den, "max_text_tokens", None)  # the text keys a prompt has at most (padded to it)
+            if self.subject_tokens and limit is not None and max(self.subject_tokens) >= limit:
+                raise UsageError(f"sampler.subject_tokens={list(self.subject_tokens)} points past the {limit} text "
+                                 f"tokens of this model: use token positions below {limit}")
 
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
