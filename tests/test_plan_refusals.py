@@ -77,3 +77,14 @@ def test_submitit_slurm_without_slurm_is_one_line(monkeypatch):
     problem = validate_sweep(["-m", *BASE, "hydra/launcher=submitit_slurm"])
     assert problem is not None and "needs SLURM, but this machine has no `srun`" in problem, problem
     assert validate_sweep(["-m", *BASE, "hydra/launcher=submitit_local"]) is None
+
+
+def test_a_file_that_is_no_image_is_named_without_pils_buffer(tmp_path):
+    from longgen.run.images import fit_image
+
+    bad = tmp_path / "start.png"
+    bad.write_bytes(b"plain text, no image format")
+    with pytest.raises(UsageError) as err:
+        fit_image(bad, 32, 32, "crop", "image=")
+    line = str(err.value)
+    assert f"image= {bad} is not a readable image" in line and "object at 0x" not in line and "\n" not in line
