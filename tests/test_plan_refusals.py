@@ -31,7 +31,8 @@ def _plan(*overrides: str):
     # tiny: window 13, num_windows=2 -> 17 latent frames
     (["sampler=freelong", "sampler.multi_band=[13]"], "sampler.multi_band=[13] must hold windows longer than the local "
                                                       "window 13"),
-    (["sampler=freelong", "sampler.multi_band=[17]"], "sampler.multi_band window 17 is not shorter than the video's 17"),
+    (["sampler=freelong", "sampler.multi_band=[17]"],
+     "sampler.multi_band window 17 is not shorter than the video's 17"),
     (["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[3,16]"],
      "sampler.subject_tokens=[3, 16] points past the 16 text tokens of this model: use token positions below 16"),
     (["backbone=tiny-wan", "backbone.riflex=3"], "backbone.riflex=3: this model's temporal RoPE has 2 components"),
@@ -77,6 +78,13 @@ def test_submitit_slurm_without_slurm_is_one_line(monkeypatch):
     problem = validate_sweep(["-m", *BASE, "hydra/launcher=submitit_slurm"])
     assert problem is not None and "needs SLURM, but this machine has no `srun`" in problem, problem
     assert validate_sweep(["-m", *BASE, "hydra/launcher=submitit_local"]) is None
+
+
+def test_an_option_an_experiment_file_leaves_out_is_named_with_the_chosen_config():
+    """`+experiment=fifo-4x sampler.num_steps=4` (FIFO has no step count): the line generate writes for
+    `sampler=fifo sampler.num_steps=4`, not Hydra's "Could not override 'sampler.num_steps'."."""
+    problem = validate_sweep(["-m", *BASE, "+experiment=direct-4x,fifo-4x", "length_factor=null"])
+    assert problem is not None and "sampler=fifo has no option 'num_steps'; its options are: eta, guidance_scale" in problem
 
 
 def test_a_file_that_is_no_image_is_named_without_pils_buffer(tmp_path):
