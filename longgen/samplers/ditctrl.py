@@ -38,6 +38,7 @@ Cost per KV-sharing step: 2·(N − 1) clip predictions for N clips, N otherwise
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,8 @@ from longgen.diffusion import ddim_step, gather_windows, scatter_windows
 from longgen.errors import UsageError
 from longgen.options import Number, flag, option, whole
 from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+
+log = logging.getLogger(__name__)
 
 
 def span(name: str, value: Any) -> tuple[int, int]:
@@ -131,7 +134,12 @@ class DiTCtrlSampler(Sampler):
         self._ids = [run.prompt_for_window(s, self._plan.window) for s in self._starts]
         self._weights = blend_weights(self._plan.window)
         self._sched = den.schedule(self.num_steps)
-        return len(self._sched)
+        total = len(self._sched)
+        if self.kv_sharing and len(self._starts) > 1 and not any(self.shares_at(i) for i in range(total)):
+            log.warning("sampler.kv_steps=[%d, %d] holds none of this run's %d steps: no KV-sharing happens (clips and "
+                        "latent blending only); give steps below %d, e.g. sampler.kv_steps=[0, %d]",
+                        *self.kv_steps, total, total, total)
+        return total
 
     def forwards_per_step(self, total: int) -> list[float]:
         """Transformer forwards of each step (window samples × guidance branches): 2(N − 1) clip predictions at a
