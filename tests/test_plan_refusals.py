@@ -1,8 +1,8 @@
 """Values of issue 29's and issue 27's options that can only be judged against the model or the video length —
-FreeLong++ bands, DiTCtrl's subject tokens, a RIFLEx component, the submitit launcher's keys — refused in one line
-when the run (or sweep) is planned, before a run directory, a checkpoint or a submitted job exists. Each was once
-refused only after the run directory and a first step were written (or by a traceback from submitit). In-process
-through Hydra's compose API: no weights load."""
+FreeLong++ bands, FreeLong's whole-video sequence on Wan, DiTCtrl's subject tokens, a RIFLEx component, the
+submitit launcher's keys — refused in one line when the run (or sweep) is planned, before a run directory, a
+checkpoint or a submitted job exists. Each was once refused only after the run directory (and some after a first
+step) was written, or by a traceback from submitit. In-process through Hydra's compose API: no weights load."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def _plan(*overrides: str):
     (["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[3,16]"],
      "sampler.subject_tokens=[3, 16] points past the 16 text tokens of this model: use token positions below 16"),
     (["backbone=tiny-wan", "backbone.riflex=3"], "backbone.riflex=3: this model's temporal RoPE has 2 components"),
+    (["backbone=tiny-wan", "sampler=freelong", "num_windows=null", "latent_frames=1025"],
+     "FreeLong runs all 1025 latent frames as one sequence, but this Wan's RoPE table covers 1024"),
     (["backbone.riflex=3", *ROPE_TINY], "backbone.riflex=3: this model's temporal RoPE has 2 components"),
 ])
 def test_refused_in_one_line_when_planned(overrides, message):
@@ -49,6 +51,7 @@ def test_refused_in_one_line_when_planned(overrides, message):
     ["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[15]"],  # the last text token
     ["sampler=ditctrl", "sampler.kv_sharing=false", "sampler.subject_tokens=[99]"],  # no sharing: no mask is made
     ["backbone=tiny-wan", "backbone.riflex=2"],
+    ["backbone=tiny-wan", "sampler=freelong", "num_windows=null", "latent_frames=1024"],
     ["backbone.riflex=2", *ROPE_TINY],
 ])
 def test_values_at_the_limits_are_planned(overrides):

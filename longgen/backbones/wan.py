@@ -142,6 +142,15 @@ class WanBackbone(DiffusersBackbone):
         head = transformer_config.get("attention_head_dim")
         riflex.check_component(self.riflex, None if head is None else riflex.wan_temporal_dim(int(head)))
 
+    def check_sequence(self, frames: int) -> None:
+        """A whole-video sequence against the RoPE table of the configured transformer (`rope_max_seq_len`,
+        diffusers' default 1024 where the config names none, as the released Wan checkpoints); `_spectral_processor`
+        checks the loaded model's."""
+        most = int(self.architecture.get("transformer", {}).get("rope_max_seq_len", 1024))
+        if frames > most:
+            raise UsageError(f"FreeLong runs all {frames} latent frames as one sequence, but this Wan's RoPE table "
+                             f"covers {most}: ask for at most {most} latent frames")
+
     def check_available(self) -> None:
         super().check_available()
         config = Path(self._source or "") / "transformer" / "config.json"

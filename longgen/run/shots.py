@@ -331,7 +331,7 @@ def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, len
         raise UsageError(f"shots.windows sets every shot's length: drop {given[0]}=…, or drop shots.windows")
     def check_take(n: int) -> None:  # a take's length: decodable, and one the sampler can run (FreeLong++ bands)
         backbone.check_length(n)
-        sampler.check_length(n, backbone.window)
+        sampler.check_length(n, backbone)
 
     plan = plan_shots(story, options, backbone.window, sampler.stride, length, int(cfg.seed), sampler.plan,
                       backbone.frames_for, check_take)

@@ -117,9 +117,9 @@ class Sampler(ABC):
         """Refuse, in one line, a backbone this sampler cannot run on: called when the run is planned, before any
         weights load (and again when sampling starts, for direct callers). Every backbone by default."""
 
-    def check_length(self, length: int, window: int) -> None:
+    def check_length(self, length: int, den: Denoiser) -> None:
         """Refuse, in one line, a video (or multi-shot take) of `length` latent frames that this sampler cannot run
-        on a backbone of window `window`: called when the run is planned, before any run directory or weights
+        on backbone `den` (weights not loaded): called when the run is planned, before any run directory or weights
         (`begin` checks again, for direct callers). Every length by default."""
 
     def sample(self, run: SamplingRun, resume: SamplerState | None = None) -> torch.Tensor:

@@ -41,6 +41,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from longgen.denoiser import Denoiser
 from longgen.errors import UsageError
 from longgen.options import Number, Whole, option
 from longgen.samplers.base import SamplerState, SamplingRun
@@ -80,8 +81,9 @@ class FreeLongSampler(DirectSampler):
         """The local windows, shortest first: w (default the backbone's window M), then FreeLong++'s."""
         return (self.window or native, *self.multi_band)
 
-    def check_length(self, length: int, window: int) -> None:
-        self.checked_windows(length, window)  # when the run is planned: a bad band stops before any run directory
+    def check_length(self, length: int, den: Denoiser) -> None:
+        self.checked_windows(length, den.window)  # when the run is planned: a bad band stops before any run directory
+        den.check_sequence(length)  # the whole video is one sequence: the model's positions must cover it
 
     def checked_windows(self, length: int, native: int) -> tuple[int, ...]:
         """The local windows (`windows`), refused in one line where a FreeLong++ band is not longer than the local
