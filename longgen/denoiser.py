@@ -133,6 +133,11 @@ class Denoiser(ABC):
         make the mask from the text-video attention map. Backbones that cannot do this raise UsageError."""
         raise UsageError(f"the {type(self).__name__} backbone has no KV-sharing: use another sampler than ditctrl")
 
+    def check_sequence(self, frames: int) -> None:
+        """Refuse in one line, before any weights load, one sequence of `frames` latent frames (a whole video in one
+        transformer call, as FreeLong runs it) beyond the positions the model can encode, where that is known
+        then; `spectral_attention` checks it again in any case. Nothing by default."""
+
     def check_kv_layers(self, layers: Sequence[int | None]) -> None:
         """Refuse in one line, before any weights load, a `kv_sharing` span `layers` beyond the model's attention
         layers, where their number is known then; `kv_sharing` checks it again in any case. Nothing by default."""

@@ -13,7 +13,9 @@ the transformer forwards, the sampling seconds and their ratio to Gen-L-Video's.
 
   python scripts/compare.py --out runs/compare story=story.json backbone=cogvideox-2b seed=0
   python scripts/compare.py --out /tmp/c backbone=tiny backbone.height=16 backbone.width=16 \
-      length_factor=null num_windows=2 sampler.num_steps=4 prompt="a fox"        # CI-size, seconds on a CPU
+      length_factor=null num_windows=2 prompt="a fox"        # CI-size, about a minute on a CPU
+(FIFO has no step count: `sampler.num_steps=N` fails the sweep's fifo-4x job, so give it only with --methods that
+leave fifo-4x out.)
 
 Split over machines or sessions (the GPU has no OpenCV for eval, and a device command has a time limit):
 `--no-eval` stops after the sweep (OUT/compare.md already holds the cost table), `--methods` picks a subset, and

@@ -411,3 +411,18 @@ def test_layers_beyond_the_model_are_refused_when_the_run_is_planned(tmp_path):
     (tmp_path / "transformer" / "config.json").write_text("{not json")
     assert _planned(tmp_path, *local, "sampler.kv_layers=[28,32]").sampler.kv_layers == (28, 32)
     assert _planned(tmp_path, "backbone=cogvideox-2b", "backbone.model_id='bad id//x'").sampler.kv_layers == (25, 30)
+
+
+@pytest.mark.parametrize("num_steps, kv_steps, warned", [(2, (2, 25), True), (3, (2, 25), False), (50, (50, 60), True)])
+def test_kv_steps_outside_the_runs_steps_are_said_once_at_start(caplog, num_steps, kv_steps, warned):
+    """DiTCtrl at fewer steps than its kv_steps start (the default [2, 25) at num_steps=2) shares no keys at all:
+    the run says so when it starts rather than quietly running clips and blending only."""
+    from types import SimpleNamespace
+
+    den = SimpleNamespace(window=13, schedule=lambda n: list(range(n)))  # begin reads the window and len(schedule)
+    run = SamplingRun(den, torch.zeros(1, 17, 1, 1, 1), lambda start, size: 0, torch.Generator())  # two clips
+    sampler = DiTCtrlSampler(num_steps=num_steps, stride=4, kv_steps=kv_steps, kv_layers=(0, 2))
+    with caplog.at_level("WARNING", logger="longgen.samplers.ditctrl"):
+        assert sampler.begin(run) == num_steps
+    said = [r.getMessage() for r in caplog.records if "no KV-sharing happens" in r.getMessage()]
+    assert len(said) == warned, said

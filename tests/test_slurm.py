@@ -102,8 +102,13 @@ def test_a_schedulers_repeated_signal_is_not_a_second_request(monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_sweeps_gpus_must_fit_the_jobs_it_is_given():
+def test_a_sweeps_gpus_must_fit_the_jobs_it_is_given(monkeypatch):
+    import shutil
+
     from longgen.commands.generate import validate_sweep
+
+    which = shutil.which  # as on a SLURM login node (the launcher refuses a machine without srun)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/srun" if name == "srun" else which(name, *a, **k))
 
     base = ["-m", "backbone=tiny", "prompt=a cat", "hydra/launcher=submitit_slurm"]
     cases = [

@@ -78,6 +78,8 @@ class CogVideoXBackbone(DiffusersBackbone):
             raise UsageError(f"backbone.riflex needs rotary position embeddings, but {self.model_id} uses absolute "
                              f"positions (CogVideoX-2B's kind): use backbone.riflex=false or a RoPE model "
                              f"(backbone=cogvideox-5b)")
+        head = transformer_config.get("attention_head_dim")  # its temporal quarter carries the temporal RoPE
+        riflex.check_component(self.riflex, None if head is None else int(head) // 4)
 
     def check_available(self) -> None:
         super().check_available()

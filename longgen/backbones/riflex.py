@@ -54,6 +54,20 @@ def parse_riflex(value) -> int | None:
                      f"component number K >= 1")
 
 
+def check_component(choice: int | None, dim: int | None) -> None:
+    """Refuse, when the run is planned, a component `backbone.riflex=K` beyond a temporal RoPE of `dim` channels
+    (`plan` refuses it again at load); nothing to check for true/false or an unknown `dim`."""
+    if choice and dim is not None and choice > dim // 2:
+        raise UsageError(f"backbone.riflex={choice}: this model's temporal RoPE has {dim // 2} components "
+                         f"(use 1..{dim // 2} or true)")
+
+
+def wan_temporal_dim(head_dim: int) -> int:
+    """The temporal share of a Wan head's rotary channels: what remains after the two spatial shares of
+    2·⌊d/6⌋ each (diffusers' WanRotaryPosEmbed, its `t_dim`)."""
+    return head_dim - 4 * (head_dim // 6)
+
+
 def extended_window(window: int) -> int:
     """Latent frames of a RIFLEx window: s·(M − 1) + 1 (video frames c·s·(M − 1) + 1)."""
     return FACTOR * (window - 1) + 1
@@ -91,10 +105,8 @@ class RiflexPlan:
 
 def plan(choice: int, dim: int, base: float, native_window: int) -> RiflexPlan:
     """The change for a temporal RoPE of `dim` channels and base `base`; `choice` as parse_riflex returns it."""
+    check_component(choice, dim)
     freqs = temporal_frequencies(dim, base)  # [dim/2]
-    if choice > len(freqs):
-        raise UsageError(f"backbone.riflex={choice}: this model's temporal RoPE has {len(freqs)} components "
-                         f"(use 1..{len(freqs)} or true)")
     k = choice or intrinsic_component(freqs, native_window)
     window = extended_window(native_window)
     theta = float(freqs[k - 1])

@@ -35,6 +35,8 @@ What is Wan-specific, and lives here:
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -133,6 +135,27 @@ class WanBackbone(DiffusersBackbone):
         self.vae_dtype = vae_dtype_option(vae_dtype)
         self.vae_dtype_name = vae_dtype
         self.flow_shift = flow_shift_option(flow_shift)
+        self._check_riflex(self.architecture.get("transformer", {}))  # the config's model: before any download
+
+    def _check_riflex(self, transformer_config: Any) -> None:
+        """A component `backbone.riflex=K` against the temporal RoPE of the transformer this config describes."""
+        head = transformer_config.get("attention_head_dim")
+        riflex.check_component(self.riflex, None if head is None else riflex.wan_temporal_dim(int(head)))
+
+    def check_sequence(self, frames: int) -> None:
+        """A whole-video sequence against the RoPE table of the configured transformer (`rope_max_seq_len`,
+        diffusers' default 1024 where the config names none, as the released Wan checkpoints); `_spectral_processor`
+        checks the loaded model's."""
+        most = int(self.architecture.get("transformer", {}).get("rope_max_seq_len", 1024))
+        if frames > most:
+            raise UsageError(f"FreeLong runs all {frames} latent frames as one sequence, but this Wan's RoPE table "
+                             f"covers {most}: ask for at most {most} latent frames")
+
+    def check_available(self) -> None:
+        super().check_available()
+        config = Path(self._source or "") / "transformer" / "config.json"
+        if self.riflex and not self.random_weights and config.is_file():
+            self._check_riflex(json.loads(config.read_text()))
 
     # ------------------------------------------------------------------ loading
     def _euler_scheduler(self, config):

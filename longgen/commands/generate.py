@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,34 @@ def validate_sweep(args: list[str]) -> str | None:
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors
-                    return f"sweep job {number_} ({' '.join(job)}): {str(exc).strip().splitlines()[0]}; no job was started"
+                    line = (missing_option(primary, job + launcher + search_path, exc)
+                            or str(exc).strip().splitlines()[0])
+                    return f"sweep job {number_} ({' '.join(job)}): {line}; no job was started"
     finally:
         quiet.setLevel(level)
     return None
+
+
+def missing_option(primary: str, overrides: list[str], exc: Exception) -> str | None:
+    """For Hydra's "Could not override 'GROUP.KEY'" in a sweep job whose GROUP choice came from elsewhere (an
+    experiment file: `+experiment=fifo-4x sampler.num_steps=4`), the line the single-run check writes: the chosen
+    config has no such option, and its options. None for any other error."""
+    from hydra import compose
+
+    match = re.match(r"Could not override '([\w-]+)\.([\w-]+)'", str(exc).strip())
+    if match is None:
+        return None
+    group, key = match.groups()
+    try:
+        cfg = compose(primary, overrides=[o for o in overrides if o.split("=")[0] != f"{group}.{key}"],
+                      return_hydra_config=True)
+    except Exception:
+        return None
+    choice, node = cfg.hydra.runtime.choices.get(group), cfg.get(group)
+    if choice is None or not isinstance(node, DictConfig):
+        return None
+    options = ", ".join(sorted(k for k in node.keys() if k != "_target_"))
+    return f"{group}={choice} has no option {key!r}; its options are: {options}"
 
 
 def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:

@@ -65,7 +65,10 @@ def fit_image(path: Path, width: int, height: int, fit: str, what: str) -> tuple
 
         with Image.open(io.BytesIO(data)) as img:
             img = eight_bit(img).convert("RGB")
-    except Exception as exc:  # PIL's many failure kinds (unknown format, truncated, decompression bomb)
+    except Image.UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise UsageError(f"{what} {path} is not a readable image (an unknown or damaged image format): give a PNG "
+                         f"or JPEG image") from None
+    except Exception as exc:  # PIL's other failure kinds (truncated, decompression bomb)
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{what} {path} is not a readable image ({reason}): give a PNG or JPEG image") from None
     original = img.size

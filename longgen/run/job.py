@@ -226,6 +226,7 @@ def planned_length(cfg: DictConfig, parts: Parts) -> int:
     )
     check_latent_budget(length, backbone.latent_shape, backbone.label)
     backbone.check_length(length)
+    parts.sampler.check_length(length, backbone)  # e.g. FreeLong++ bands against the video's length
     return length
 
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +61,9 @@ PREEMPTION = (signal.SIGTERM, signal.SIGUSR2)
 _SHARED = ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
            "stderr_to_stdout")
 _NOT_PARAMETERS = ("_target_", "submitit_folder", "max_num_timeout")
+#: launcher keys whose values are whole numbers, with the least value each may take (null: submitit's default)
+_WHOLE = {"timeout_min": 1, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1,
+          "cpus_per_gpu": 1, "gpus_per_task": 1, "max_num_timeout": 0, "signal_delay_s": 0, "array_parallelism": 1}
 
 
 # ---------------------------------------------------------------------------------------------------- signals
@@ -119,7 +124,9 @@ def check_job_resources(cfg: DictConfig) -> None:
     target = str(launcher.get("_target_", ""))
     if not target.startswith("hydra_plugins.longgen_submitit."):
         return
-    choice = "hydra/launcher=" + ("submitit_local" if target.endswith("LocalLauncher") else "submitit_slurm")
+    cluster = "local" if target.endswith("LocalLauncher") else "slurm"
+    choice = f"hydra/launcher=submitit_{cluster}"
+    check_launcher_values(launcher, choice, cluster)
     tasks, nodes = launcher.get("tasks_per_node") or 1, launcher.get("nodes") or 1
     if tasks != 1:
         raise UsageError(f"hydra.launcher.tasks_per_node={tasks} with {choice}: a longgen job starts its own gpus=N "
@@ -134,6 +141,51 @@ def check_job_resources(cfg: DictConfig) -> None:
     if gpus != "all" and int(gpus) > max(given, 1):
         raise UsageError(f"gpus={gpus} but hydra.launcher.gpus_per_node={given} gives each job {given} GPU(s): set "
                          f"hydra.launcher.gpus_per_node={gpus}")
+    if cluster == "slurm" and shutil.which("srun") is None:  # submitit's own test when it starts, as one line
+        raise UsageError(f"{choice} needs SLURM, but this machine has no `srun`: submit from a SLURM login node, or "
+                         f"run the jobs here with hydra/launcher=submitit_local")
+
+
+def check_launcher_values(launcher: DictConfig, choice: str, cluster: str) -> None:
+    """The launcher config as submitit will take it, so that a typo (`+hydra.launcher.KEY=…`), a word where a number
+    belongs or a time limit of 0 is one line before the sweep starts rather than submitit's traceback (or a job
+    that fails) after it: every key one that submitit's `cluster` executor knows, whole numbers whole and in range,
+    `mem_gb` a positive number, `stderr_to_stdout` true or false, `setup` a list of shell lines,
+    `additional_parameters` a mapping, and `submitit_folder` a folder that can be made."""
+    try:
+        from submitit.core.plugins import get_executors
+    except ImportError:
+        raise UsageError(f'{choice} needs submitit: pip install "longgen[slurm]"') from None
+    known = {*get_executors()[cluster]._valid_parameters(), *_SHARED, *_NOT_PARAMETERS}
+    hint = "; sbatch options go in hydra.launcher.additional_parameters" if cluster == "slurm" else ""
+    values = OmegaConf.to_container(launcher, resolve=True)
+    for key, value in values.items():
+        name = f"hydra.launcher.{key}"
+        if key not in known:
+            raise UsageError(f"{name} is not a setting of {choice} (submitit's {cluster} executor): drop it{hint}")
+        if value is None:
+            continue
+        if key in _WHOLE and (isinstance(value, bool) or not isinstance(value, int) or value < _WHOLE[key]):
+            raise UsageError(f"{name}={value!r} must be a whole number >= {_WHOLE[key]} (or null)")
+        if key == "mem_gb" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise UsageError(f"{name}={value!r} must be a number of GB > 0 (or null)")
+        if key == "stderr_to_stdout" and not isinstance(value, bool):
+            raise UsageError(f"{name}={value!r} must be true or false")
+        if key == "setup" and not (isinstance(value, list) and all(isinstance(line, str) for line in value)):
+            raise UsageError(f"{name}={value!r} must be a list of shell lines, e.g. ['module load cuda']")
+        if key == "additional_parameters" and not isinstance(value, dict):
+            raise UsageError(f"{name}={value!r} must be a mapping of sbatch options, e.g. {{requeue: true}}")
+    check_submitit_folder(str(values.get("submitit_folder") or ""))
+
+
+def check_submitit_folder(folder: str) -> None:
+    """`hydra.launcher.submitit_folder` (up to its first %-placeholder) must be a folder that can be made: its nearest
+    existing ancestor a writable directory."""
+    path = Path(folder.split("%")[0] or ".").expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"hydra.launcher.submitit_folder={folder}: {existing} is not a writable folder; point it at "
+                         f"a folder the jobs can write (default: the sweep directory's .submitit/)")
 
 
 def job_processes(cfg: DictConfig) -> int:

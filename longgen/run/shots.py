@@ -329,8 +329,12 @@ def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, len
     given = [k for k in ("num_windows", "length_factor", "latent_frames") if cfg.get(k) is not None]
     if options.windows is not None and given:
         raise UsageError(f"shots.windows sets every shot's length: drop {given[0]}=…, or drop shots.windows")
+    def check_take(n: int) -> None:  # a take's length: decodable, and one the sampler can run (FreeLong++ bands)
+        backbone.check_length(n)
+        sampler.check_length(n, backbone)
+
     plan = plan_shots(story, options, backbone.window, sampler.stride, length, int(cfg.seed), sampler.plan,
-                      backbone.frames_for, backbone.check_length)
+                      backbone.frames_for, check_take)
     used = Story(global_prompt=story.global_prompt, local_prompts=list(plan.prompts), scenario=story.scenario,
                  source=dict(story.source))
     return plan, ShotsSampler(sampler, plan, options, noise), used

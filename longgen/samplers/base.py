@@ -117,6 +117,11 @@ class Sampler(ABC):
         """Refuse, in one line, a backbone this sampler cannot run on: called when the run is planned, before any
         weights load (and again when sampling starts, for direct callers). Every backbone by default."""
 
+    def check_length(self, length: int, den: Denoiser) -> None:
+        """Refuse, in one line, a video (or multi-shot take) of `length` latent frames that this sampler cannot run
+        on backbone `den` (weights not loaded): called when the run is planned, before any run directory or weights
+        (`begin` checks again, for direct callers). Every length by default."""
+
     def sample(self, run: SamplingRun, resume: SamplerState | None = None) -> torch.Tensor:
         """Denoise run.noise to clean latents [1, L, C, H, W] float32; continue from `resume` when given (its
         tensors and step count, with run.generator already restored to the state saved with it)."""

@@ -38,6 +38,7 @@ Cost per KV-sharing step: 2·(N − 1) clip predictions for N clips, N otherwise
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,8 @@ from longgen.diffusion import ddim_step, gather_windows, scatter_windows
 from longgen.errors import UsageError
 from longgen.options import Number, flag, option, whole
 from longgen.samplers.base import ETA, GUIDANCE, NUM_STEPS, STRIDE, Sampler, SamplerState, SamplingRun
+
+log = logging.getLogger(__name__)
 
 
 def span(name: str, value: Any) -> tuple[int, int]:
@@ -115,10 +118,14 @@ class DiTCtrlSampler(Sampler):
     mask_threshold: float = option(0.3, Number(0, 1))
 
     def check_denoiser(self, den: Denoiser) -> None:
-        """`kv_layers` against the model's attention layers, when the run is planned (where the backbone knows
-        their number before loading; KV-sharing checks them again)."""
+        """`kv_layers` against the model's attention layers (where the backbone knows their number before loading)
+        and `subject_tokens` against its text tokens, when the run is planned; KV-sharing checks them again."""
         if self.kv_sharing:
             den.check_kv_layers(self.kv_layers)
+            limit = getattr(den, "max_text_tokens", None)  # the text keys a prompt has at most (padded to it)
+            if self.subject_tokens and limit is not None and max(self.subject_tokens) >= limit:
+                raise UsageError(f"sampler.subject_tokens={list(self.subject_tokens)} points past the {limit} text "
+                                 f"tokens of this model: use token positions below {limit}")
 
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
@@ -127,7 +134,12 @@ class DiTCtrlSampler(Sampler):
         self._ids = [run.prompt_for_window(s, self._plan.window) for s in self._starts]
         self._weights = blend_weights(self._plan.window)
         self._sched = den.schedule(self.num_steps)
-        return len(self._sched)
+        total = len(self._sched)
+        if self.kv_sharing and len(self._starts) > 1 and not any(self.shares_at(i) for i in range(total)):
+            log.warning("sampler.kv_steps=[%d, %d] holds none of this run's %d steps: no KV-sharing happens (clips and "
+                        "latent blending only); give steps below %d, e.g. sampler.kv_steps=[0, %d]",
+                        *self.kv_steps, total, total, total)
+        return total
 
     def forwards_per_step(self, total: int) -> list[float]:
         """Transformer forwards of each step (window samples × guidance branches): 2(N − 1) clip predictions at a

@@ -41,6 +41,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from longgen.denoiser import Denoiser
 from longgen.errors import UsageError
 from longgen.options import Number, Whole, option
 from longgen.samplers.base import SamplerState, SamplingRun
@@ -80,15 +81,25 @@ class FreeLongSampler(DirectSampler):
         """The local windows, shortest first: w (default the backbone's window M), then FreeLong++'s."""
         return (self.window or native, *self.multi_band)
 
-    def begin(self, run: SamplingRun) -> int:
-        steps = super().begin(run)
-        windows = self.windows(run.denoiser.window)
+    def check_length(self, length: int, den: Denoiser) -> None:
+        self.checked_windows(length, den.window)  # when the run is planned: a bad band stops before any run directory
+        den.check_sequence(length)  # the whole video is one sequence: the model's positions must cover it
+
+    def checked_windows(self, length: int, native: int) -> tuple[int, ...]:
+        """The local windows (`windows`), refused in one line where a FreeLong++ band is not longer than the local
+        window or not shorter than the video (it would be the global branch)."""
+        windows = self.windows(native)
         if len(windows) > 1 and windows[1] <= windows[0]:
             raise UsageError(f"sampler.multi_band={list(self.multi_band)} must hold windows longer than the local "
                              f"window {windows[0]} (the backbone's window; or set sampler.window)")
-        if len(windows) > 1 and windows[-1] >= run.length:
-            raise UsageError(f"sampler.multi_band window {windows[-1]} is not shorter than the video's {run.length} "
+        if len(windows) > 1 and windows[-1] >= length:
+            raise UsageError(f"sampler.multi_band window {windows[-1]} is not shorter than the video's {length} "
                              f"latent frames (it would be the global branch): use shorter windows or a longer video")
+        return windows
+
+    def begin(self, run: SamplingRun) -> int:
+        steps = super().begin(run)
+        windows = self.checked_windows(run.length, run.denoiser.window)
         if windows[0] >= run.length:
             log.info("the video's %d latent frames fit the local window of %d: FreeLong is direct sampling here",
                      run.length, windows[0])
