@@ -271,3 +271,50 @@ def test_missing_or_old_peft_is_one_line(cog_files, monkeypatch, installed, mess
     with pytest.raises(UsageError) as err:
         build(tiny_config(**SMALL, lora=[{"path": str(cog_files["a"][0])}]), "backbone", "tiny")
     assert str(err.value).startswith(message)
+
+
+def _generate_in(out: Path, monkeypatch, *overrides: str) -> dict:
+    """run_generate as `longgen generate hydra.run.dir=OUT` runs it, `out` made by this command (as Hydra makes it
+    after note_existing_dirs saw nothing there)."""
+    from hydra import compose, initialize_config_module
+
+    from longgen.commands.generate import run_generate
+    from longgen.rundir import EXISTING_DIRS_ENV
+
+    monkeypatch.setenv(EXISTING_DIRS_ENV, "[]")
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["backbone=tiny", "backbone.height=16", "backbone.width=16",
+                                             "num_windows=2", "sampler.num_steps=2", *overrides],
+                      return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    out.mkdir(parents=True)
+    return run_generate(cfg, out, choices)
+
+
+def test_a_lora_refused_at_load_leaves_no_run_directory(tmp_path, monkeypatch):
+    """Whether a LoRA fits is only known once the model is there, after the run wrote its config and story.json:
+    the refusal then removes what the run made (nothing half-written stays)."""
+    from diffusers import CogVideoXPipeline
+
+    path = save_diffusers(CogVideoXPipeline, tmp_path, "wan.safetensors",
+                          random_lora({"blocks.0.attn1.to_q": (16, 16)}, 2, 0), 2, 2.0)  # a Wan LoRA
+    with pytest.raises(UsageError, match="made for another model?"):
+        _generate_in(tmp_path / "new" / "run", monkeypatch, "prompt=a fox", f"backbone.lora=[{{path:'{path}'}}]")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_subject_token_in_padding_found_once_the_tokenizer_loads_leaves_nothing(tmp_path, monkeypatch):
+    """A real model counts a prompt's tokens only once its tokenizer is loaded: DiTCtrl's subject tokens are then
+    checked before the first step (here the plan-time check is held back as for such a model), and the refusal
+    removes what the run made."""
+    from longgen.samplers.ditctrl import DiTCtrlSampler
+
+    planned = DiTCtrlSampler.check_prompts
+    monkeypatch.setattr(DiTCtrlSampler, "check_prompts",
+                        lambda self, prompts, den: den.pipe is not None and planned(self, prompts, den))
+    with pytest.raises(UsageError, match=r"subject_tokens=\[3\] points past the 2 text tokens of local prompt 1"):
+        _generate_in(tmp_path / "new" / "run", monkeypatch, "prompt=a fox", "sampler=ditctrl",
+                     "sampler.kv_layers=[0,2]", "sampler.kv_steps=[0,2]", "sampler.subject_tokens=[3]")
+    assert not (tmp_path / "new").exists()

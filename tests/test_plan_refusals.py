@@ -22,8 +22,10 @@ ROPE_TINY = ["backbone.architecture.transformer.use_rotary_positional_embeddings
 
 
 def _plan(*overrides: str):
+    own_prompt = any(o.startswith(("prompt=", "story=")) for o in overrides)  # instead of BASE's
+    base = [b for b in BASE if not (own_prompt and b.startswith("prompt="))]
     with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=[*BASE, *overrides], return_hydra_config=True)
+        cfg = compose("generate", overrides=[*base, *overrides], return_hydra_config=True)
     return plan_job(cfg, Path("."), dict(cfg.hydra.runtime.choices))
 
 
@@ -35,20 +37,31 @@ def _plan(*overrides: str):
      "sampler.multi_band window 17 is not shorter than the video's 17"),
     (["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[3,16]"],
      "sampler.subject_tokens=[3, 16] points past the 16 text tokens of this model: use token positions below 16"),
+    # a subject token past a prompt's own tokens (tiny: one per word) lands in its padding: no subject there
+    (["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[0,2]"],
+     "sampler.subject_tokens=[0, 2] points past the 2 text tokens of local prompt 1: use token positions below 2"),
+    (["backbone=tiny-wan", "sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[5]"],
+     "sampler.subject_tokens=[5] points past the 2 text tokens of local prompt 1"),
+    (["backbone=tiny-hunyuan15", "sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[2]",
+      "story=STORY"], "sampler.subject_tokens=[2] points past the 2 text tokens of local prompt 2"),
     (["backbone=tiny-wan", "backbone.riflex=3"], "backbone.riflex=3: this model's temporal RoPE has 2 components"),
     (["backbone=tiny-wan", "sampler=freelong", "num_windows=null", "latent_frames=1025"],
      "FreeLong runs all 1025 latent frames as one sequence, but this Wan's RoPE table covers 1024"),
     (["backbone.riflex=3", *ROPE_TINY], "backbone.riflex=3: this model's temporal RoPE has 2 components"),
 ])
-def test_refused_in_one_line_when_planned(overrides, message):
+def test_refused_in_one_line_when_planned(overrides, message, tmp_path):
+    story = tmp_path / "story.json"
+    story.write_text('{"global": "", "local": ["a red fox runs", "a fox"]}')  # the second prompt has 2 tokens
     with pytest.raises(UsageError) as err:
-        _plan(*overrides)
+        _plan(*(o.replace("STORY", str(story)) for o in overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("overrides", [
     ["sampler=freelong", "sampler.multi_band=[16]"],  # a band between the window and the video
-    ["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[15]"],  # the last text token
+    ["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[15]",  # the model's last text token
+     "prompt=" + " ".join(["fox"] * 16)],
+    ["sampler=ditctrl", "sampler.kv_layers=[0,2]", "sampler.subject_tokens=[1]"],  # the prompt's last token ("fox")
     ["sampler=ditctrl", "sampler.kv_sharing=false", "sampler.subject_tokens=[99]"],  # no sharing: no mask is made
     ["backbone=tiny-wan", "backbone.riflex=2"],
     ["backbone=tiny-wan", "sampler=freelong", "num_windows=null", "latent_frames=1024"],

@@ -48,6 +48,7 @@ import torch
 from longgen.backbones.diffusers_base import (DiffusersBackbone, HostFrames, euler_scheduler, flow_shift_option,
                                               pixels_to_vae, vae_dtype_option)
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.backbones.pil_fallback import pil_fallback_quiet
 from longgen.backbones.wan import cast_like_pretrained
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.errors import UsageError
@@ -91,7 +92,8 @@ def joint_layers(name: str) -> bool:
 
 def has_lora_loader() -> bool:
     """Whether diffusers' HunyuanVideo 1.5 pipelines load LoRAs (0.42's do not: no LoRA loader mixin)."""
-    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+    with pil_fallback_quiet():  # the I2V module's SigLIP processor: its torchvision note is noise (pil_fallback.py)
+        from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
 
     pipelines = (HunyuanVideo15Pipeline, HunyuanVideo15ImageToVideoPipeline)
     return all(hasattr(pipe, "load_lora_weights") for pipe in pipelines)

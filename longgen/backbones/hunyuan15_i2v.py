@@ -31,6 +31,7 @@ import torch
 
 from longgen.backbones.hunyuan15 import VISION_TOKENS, HunyuanVideo15Backbone
 from longgen.backbones.image_conditioning import ImageConditioned
+from longgen.backbones.pil_fallback import pil_fallback_quiet
 from longgen.errors import UsageError
 
 
@@ -52,7 +53,8 @@ class HunyuanVideo15I2VBackbone(ImageConditioned, HunyuanVideo15Backbone):
 
     # ------------------------------------------------------------------ loading
     def _load_pretrained(self, source: str):
-        from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPipeline
+        with pil_fallback_quiet():
+            from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPipeline
 
         vae = AutoencoderKLHunyuanVideo15.from_pretrained(source, subfolder="vae", torch_dtype=self.vae_dtype)
         pipe = HunyuanVideo15ImageToVideoPipeline.from_pretrained(source, vae=vae, torch_dtype=self.dtype)
@@ -63,7 +65,8 @@ class HunyuanVideo15I2VBackbone(ImageConditioned, HunyuanVideo15Backbone):
 
     def _build_random(self):
         """The text-to-video family's random build with a seeded random SigLIP vision model and its processor."""
-        from diffusers import HunyuanVideo15ImageToVideoPipeline
+        with pil_fallback_quiet():
+            from diffusers import HunyuanVideo15ImageToVideoPipeline
         from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
         base = super()._build_random()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from longgen.backbones.cogvideox import CogVideoXBackbone
+from longgen.backbones.pil_fallback import pil_fallback_quiet
 from longgen.backbones.wan import WanBackbone
 from longgen.errors import UsageError
 
@@ -182,7 +183,8 @@ class WanI2VBackbone(ImageConditioned, WanBackbone):
         super().__init__(vae_dtype=vae_dtype, flow_shift=flow_shift, **shared)
 
     def _load_pretrained(self, source: str):
-        from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+        with pil_fallback_quiet():  # the module's CLIP processor: its torchvision note is noise (pil_fallback.py)
+            from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
         from transformers import CLIPVisionModel
 
         # VAE and CLIP image encoder in float32, as diffusers' Wan I2V docs load them
@@ -193,7 +195,8 @@ class WanI2VBackbone(ImageConditioned, WanBackbone):
         return pipe
 
     def _build_random(self):
-        from diffusers import WanImageToVideoPipeline
+        with pil_fallback_quiet():
+            from diffusers import WanImageToVideoPipeline
         from transformers import CLIPVisionConfig, CLIPVisionModel
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the PIL backend: no torchvision needed
 

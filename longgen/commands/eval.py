@@ -88,10 +88,12 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
         write_json_atomic(result, path)
         log.info("wrote %s (%.1f s)", path, result["timings"]["total"])
         results.append(result)
-    print_table(results)
-    if len(results) > 1:
-        from longgen.eval.report import write_report
+    if len(results) < 2:
+        print_table(results)
+    else:  # headed by experiment (or the overrides that set each run apart), as report.csv groups them
+        from longgen.eval.report import run_labels, write_report
 
+        print_table(results, run_labels(results))
         out.mkdir(parents=True, exist_ok=True)
         paths = write_report(results, out, cfg.get("report", {}).get("embed_videos", "auto"))
         log.info("wrote %s, %s and %s", paths["csv"], paths["html"], out / "plots")

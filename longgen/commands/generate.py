@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
-from longgen.run.job import discard_if_unused, job_message, plan_job, write_run_config
+from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
 from longgen.run.sweep import recorded_job
@@ -122,6 +122,9 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
             log.info(summary(loras))
         with world.job(job_message(job)):
             return execute(job)
+    except UsageError:  # found after the start (the loaded model refuses a LoRA): nothing of this run stays
+        discard_unfinished_start(out_dir, job.writer.filename)
+        raise
     finally:
         rundir.release()
 

@@ -56,6 +56,17 @@ def group_labels(results: list[dict]) -> list[str]:
     return labels
 
 
+def run_labels(results: list[dict]) -> list[str]:
+    """What the console table and the report's run cards call each video: its group as report.csv has it (the
+    experiment, or the overrides that set the run apart), then its folder where that adds something, e.g.
+    `+experiment=freenoise-4x (2_gen-l-video)`: a sweep names its folders by sampler, which FreeNoise and
+    Gen-L-Video share, and a seed's runs share a group. One video alone keeps its own name."""
+    if len(results) < 2:
+        return [r["label"] for r in results]
+    return [group if group == r["label"] else f"{group} ({r['label']})"
+            for r, group in zip(results, group_labels(results))]
+
+
 def grouped(results: list[dict], labels: list[str]) -> list[tuple[str, dict[str, list]]]:
     """[(group, {summary key: values of its runs})] in order of first appearance."""
     out: dict[str, dict[str, list]] = {}
@@ -112,14 +123,15 @@ def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | b
     labels = group_labels(results)
     groups = grouped(results, labels)
     bar_columns = [c for c in present(results) if c.key not in ("dynamic_share",)]
+    named = [{**r, "label": name} for r, name in zip(results, run_labels(results))]  # the plots' legends and titles
 
     figures = {
-        "curves": plots.curves_figure(results),
-        "drift": plots.drift_figure(results),
-        "similarity": plots.similarity_figure(results),
+        "curves": plots.curves_figure(named),
+        "drift": plots.drift_figure(named),
+        "similarity": plots.similarity_figure(named),
         "bars": plots.bars_figure(groups, bar_columns),
     }
-    run_figures = [plots.run_figure(r) for r in results]
+    run_figures = [plots.run_figure(r) for r in named]
     paths = {"csv": out_dir / "report.csv", "html": out_dir / "report.html"}
     for name, png in figures.items():
         paths[name] = out_dir / "plots" / f"{name}.png"
@@ -199,11 +211,11 @@ def _run_table(result: dict, columns: list) -> str:
 def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embed: bool) -> str:
     columns = present(results)
     cards = []
-    for r, g, png in zip(results, labels, run_figures):
+    for r, g, name, png in zip(results, labels, run_labels(results), run_figures):
         info = r.get("video_info") or {}
         facts = f"{info.get('frames')} frames, {info.get('width')}×{info.get('height')}, {info.get('fps'):g} fps"
         cards.append(
-            f'<div class="card"><h3>{html.escape(r["label"])}</h3>'
+            f'<div class="card"><h3>{html.escape(name)}</h3>'
             f'<p class="meta">{html.escape(g)} · {html.escape(facts)}</p>'
             f'<video src="{_video_src(r, out_dir, embed)}" controls muted loop autoplay playsinline preload="metadata"></video>'
             f"{_run_table(r, columns)}"

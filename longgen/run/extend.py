@@ -435,7 +435,7 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     used, stripped = story, 0
     if not cfg.get("use_global_prompt", True):
         used, stripped = story.without_global()
-    check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    check_prompt_lengths(used, backbone, cfg.negative_prompt or "", inner)
     backbone.check_events(story.num_events)  # a LoRA scale per event: one per event of the new part
     images = event_images(cfg, choices, story, plan, backbone, inner, events)
     keep = backbone.frames_for(h)

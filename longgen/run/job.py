@@ -31,7 +31,7 @@ from longgen.run.shots import (
     decode_takes,
     plan_scene,
 )
-from longgen.rundir import made_by_this_command, write_text
+from longgen.rundir import LOCK_NAME, OUTPUTS, made_by_this_command, write_text
 from longgen.samplers.base import Sampler
 from longgen.story import Story, check_text_limit, cut, without_cut_markers
 from longgen.windows import Clock, EventPlan, WindowPlan, latent_length
@@ -180,13 +180,17 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
     return Story.load(str(cfg.story))
 
 
-def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str) -> None:
-    """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit)."""
+def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str, sampler: Sampler | None = None
+                         ) -> None:
+    """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit), and
+    the local prompts against what `sampler` needs of them (e.g. DiTCtrl's subject tokens inside each prompt)."""
     prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
     strict = not getattr(backbone, "random_weights", False)
     for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
         log.warning(warning)
+    if sampler is not None:
+        sampler.check_prompts([text for _, text in prompts[:-1]], backbone)
 
 
 @dataclass
@@ -269,7 +273,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     images = plan_images(cfg, choices, story, plan, backbone, sampler,  # by the windows' events (as local_index)
                          lambda start, size: events.window_event(start, size) if events is not None
                          else story.prompt_index_at(start + size / 2, length))
-    check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
+    check_prompt_lengths(used, backbone, cfg.negative_prompt or "", sampler)
     backbone.check_events(used.num_events)  # a LoRA scale per event: one per event of the story
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
     job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
@@ -337,6 +341,24 @@ def discard_if_unused(out_dir: Path) -> None:
             except OSError:
                 break
             parent = parent.parent
+
+
+#: what a run writes when it starts (run_generate, before the model loads), besides its log and outputs
+STARTED = (".hydra", "story.json", "preview.jpg", LOCK_NAME)
+
+
+def discard_unfinished_start(out_dir: Path, video_name: str) -> None:
+    """After an input error found once the run had started but before it kept anything (a LoRA that does not fit
+    the loaded model, a subject token in a prompt's padding once the tokenizer counts it): remove what the start
+    wrote (STARTED), then the directory as discard_if_unused does. Only in a directory this command made (a folder
+    that existed before may hold the user's own story.json); a run with anything to continue or show (a checkpoint,
+    latents, a manifest, the video) is left whole."""
+    if not made_by_this_command(out_dir) or any((out_dir / name).exists() for name in (video_name, *OUTPUTS)):
+        return
+    shutil.rmtree(out_dir / ".hydra", ignore_errors=True)
+    for name in STARTED[1:]:
+        (out_dir / name).unlink(missing_ok=True)
+    discard_if_unused(out_dir)
 
 
 def job_message(job: Job, resume: Checkpoint | None = None) -> dict:

@@ -117,6 +117,11 @@ class Sampler(ABC):
         """Refuse, in one line, a backbone this sampler cannot run on: called when the run is planned, before any
         weights load (and again when sampling starts, for direct callers). Every backbone by default."""
 
+    def check_prompts(self, prompts: list[str], den: Denoiser) -> None:
+        """Refuse, in one line, local prompts (as the text encoder sees them) this sampler cannot use on backbone
+        `den`: called when the run is planned, and again once the tokenizer is loaded, before the first step.
+        Every prompt by default."""
+
     def check_length(self, length: int, den: Denoiser) -> None:
         """Refuse, in one line, a video (or multi-shot take) of `length` latent frames that this sampler cannot run
         on backbone `den` (weights not loaded): called when the run is planned, before any run directory or weights

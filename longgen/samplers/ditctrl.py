@@ -127,6 +127,22 @@ class DiTCtrlSampler(Sampler):
                 raise UsageError(f"sampler.subject_tokens={list(self.subject_tokens)} points past the {limit} text "
                                  f"tokens of this model: use token positions below {limit}")
 
+    def check_prompts(self, prompts: list[str], den: Denoiser) -> None:
+        """`subject_tokens` against each local prompt's own text tokens: a position past them lands in that prompt's
+        padding (CogVideoX, Wan) or on no token (HunyuanVideo 1.5, refused there only mid-run), so its subject mask
+        would mean nothing. Judged where the count is exact: a loaded tokenizer, or the random-weight test models'
+        word tokens (so at planning for those, before sampling for the others)."""
+        count_tokens = getattr(den, "count_tokens", None)
+        if not (self.kv_sharing and self.subject_tokens) or count_tokens is None:
+            return
+        for i, prompt in enumerate(prompts, 1):
+            count, exact = count_tokens(prompt)
+            count = min(count, getattr(den, "max_text_tokens", count))  # longer prompts are cut to the limit
+            if exact and max(self.subject_tokens) >= count:
+                raise UsageError(f"sampler.subject_tokens={list(self.subject_tokens)} points past the {count} text "
+                                 f"tokens of local prompt {i}: use token positions below {count} (each prompt's own "
+                                 f"tokens; later ones are padding), or lengthen that prompt")
+
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
         self._plan = self.plan(run.length, den.window)
@@ -135,6 +151,9 @@ class DiTCtrlSampler(Sampler):
         self._weights = blend_weights(self._plan.window)
         self._sched = den.schedule(self.num_steps)
         total = len(self._sched)
+        if not self.kv_sharing and self.subject_tokens:
+            log.warning("sampler.subject_tokens=%s does nothing with sampler.kv_sharing=false (the subject mask only "
+                        "guides KV-sharing): drop it, or pass sampler.kv_sharing=true", list(self.subject_tokens))
         if self.kv_sharing and len(self._starts) > 1 and not any(self.shares_at(i) for i in range(total)):
             log.warning("sampler.kv_steps=[%d, %d] holds none of this run's %d steps: no KV-sharing happens (clips and "
                         "latent blending only); give steps below %d, e.g. sampler.kv_steps=[0, %d]",

@@ -79,7 +79,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,9 @@ log = logging.getLogger(__name__)
 
 PADDINGS = ("reflect", "replicate", "circular")
 VMCR_SOURCES = ("tweedie", "affine", "model")
+#: the options only VMCR reads (nothing else uses them when sampler.vmcr=false)
+VMCR_OPTIONS = ("vmcr_source", "lambda_f", "lambda_mse", "lambda_phase", "omega", "vmcr_iters", "vmcr_t_min",
+                "vmcr_t_max", "vmcr_max_step")
 
 
 # ---------------------------------------------------------------------------------------------------- GLCD pieces
@@ -428,7 +431,19 @@ class GLCSampler(Sampler):
             with den.anchor_attention(self.abam_lambda):  # raises UsageError when the backbone has none
                 pass
 
+    def unused_vmcr_options(self) -> list[str]:
+        """The VMCR options set away from their defaults while `vmcr` is off, where they change nothing
+        (`override=value` each; e.g. the paper experiment's vmcr_source=model under a sampler.vmcr=false ablation)."""
+        if self.vmcr:
+            return []
+        defaults = {f.name: f.default for f in fields(self)}
+        return [f"sampler.{name}={getattr(self, name)}" for name in VMCR_OPTIONS
+                if getattr(self, name) != defaults[name]]
+
     def begin(self, run: SamplingRun) -> int:
+        if unused := self.unused_vmcr_options():
+            log.warning("%s does nothing with sampler.vmcr=false (VMCR is off): drop it, or pass sampler.vmcr=true",
+                        " ".join(unused))
         self._sched = run.denoiser.schedule(self.num_steps)
         self.check(run.denoiser, self._sched.timesteps)
         self._trace = []
