@@ -175,9 +175,35 @@ def test_gen_l_video_with_start_and_key_image_through_the_cli(tmp_path):
                    f"story={tmp_path / 'story.json'}", "sampler=gen-l-video", "num_windows=2", "sampler.num_steps=2",
                    "save_latents=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0 and not error_lines(proc), proc.stderr[-2000:]
+    assert "torchvision" not in proc.stderr  # transformers' note on SigLIP's PIL fallback (pil_fallback.py)
     said = " ".join(proc.stderr.split())
     assert "key images (image_fit=crop): image= start.png 40x24 → 16x16" in said, said[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [(i["source"], i["window_start"]) for i in manifest["images"]] == [("image=", 0), ("event 2", 8)]
     assert manifest["backbone"]["image_conditioning"].startswith("VAE mode of the image at latent frame 0")
     assert (tmp_path / "run" / "latents.safetensors").exists()
+
+
+QUIET_SCRIPT = """
+from longgen.backbones.hunyuan15 import has_lora_loader
+from longgen.backbones.image_conditioning import wan_i2v_pipeline
+has_lora_loader()  # plan time of every HunyuanVideo 1.5 run with a LoRA: imports the I2V pipeline (SigLIP)
+wan_i2v_pipeline()  # Wan 2.1 I2V's load and build (CLIP)
+"""
+
+
+def test_no_torchvision_note_from_the_image_to_video_pipelines():
+    """Without torchvision, transformers says on stderr that the I2V pipelines' image processors fall back to their
+    PIL backend (which longgen uses on purpose): that note is kept off stderr, in a fresh process (transformers says
+    it once per process)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: transformers has no fallback to announce")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", QUIET_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torchvision" not in proc.stderr and "ImageProcessor" not in proc.stderr, proc.stderr

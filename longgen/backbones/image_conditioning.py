@@ -173,6 +173,14 @@ class CogVideoXI2VBackbone(ImageConditioned, CogVideoXBackbone):
 
 
 # ---------------------------------------------------------------------------------------------------- Wan
+def wan_i2v_pipeline() -> type:
+    """diffusers' WanImageToVideoPipeline class, imported without transformers' note that its CLIP image processor
+    fell back to the PIL backend (pil_fallback.py)."""
+    with pil_fallback_quiet():
+        from diffusers import WanImageToVideoPipeline
+    return WanImageToVideoPipeline
+
+
 class WanI2VBackbone(ImageConditioned, WanBackbone):
     """Wan 2.1 image-to-video (conf/backbone/wan2.1-i2v-14b-480p.yaml, tiny-wan-i2v.yaml)."""
 
@@ -183,29 +191,26 @@ class WanI2VBackbone(ImageConditioned, WanBackbone):
         super().__init__(vae_dtype=vae_dtype, flow_shift=flow_shift, **shared)
 
     def _load_pretrained(self, source: str):
-        with pil_fallback_quiet():  # the module's CLIP processor: its torchvision note is noise (pil_fallback.py)
-            from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+        from diffusers import AutoencoderKLWan
         from transformers import CLIPVisionModel
 
         # VAE and CLIP image encoder in float32, as diffusers' Wan I2V docs load them
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=self.vae_dtype)
         encoder = CLIPVisionModel.from_pretrained(source, subfolder="image_encoder", torch_dtype=torch.float32)
-        pipe = WanImageToVideoPipeline.from_pretrained(source, vae=vae, image_encoder=encoder, torch_dtype=self.dtype)
+        pipe = wan_i2v_pipeline().from_pretrained(source, vae=vae, image_encoder=encoder, torch_dtype=self.dtype)
         pipe.scheduler = self._euler_scheduler(pipe.scheduler.config)  # as WanBackbone does
         return pipe
 
     def _build_random(self):
-        with pil_fallback_quiet():
-            from diffusers import WanImageToVideoPipeline
         from transformers import CLIPVisionConfig, CLIPVisionModel
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the PIL backend: no torchvision needed
 
         base = super()._build_random()
         arch = {k: dict(v) for k, v in self.architecture.items()}
         encoder = self._seeded_build(lambda: CLIPVisionModel(CLIPVisionConfig(**arch.get("image_encoder", {}))))
-        return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=base.vae, scheduler=base.scheduler,
-                                       image_processor=CLIPImageProcessor(**arch.get("image_processor", {})),
-                                       image_encoder=encoder.eval(), transformer=base.transformer)
+        return wan_i2v_pipeline()(tokenizer=None, text_encoder=None, vae=base.vae, scheduler=base.scheduler,
+                                  image_processor=CLIPImageProcessor(**arch.get("image_processor", {})),
+                                  image_encoder=encoder.eval(), transformer=base.transformer)
 
     def _check_loaded(self, pipe) -> None:
         vcfg, tcfg = pipe.vae.config, pipe.transformer.config
