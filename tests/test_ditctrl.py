@@ -413,6 +413,23 @@ def test_layers_beyond_the_model_are_refused_when_the_run_is_planned(tmp_path):
     assert _planned(tmp_path, "backbone=cogvideox-2b", "backbone.model_id='bad id//x'").sampler.kv_layers == (25, 30)
 
 
+@pytest.mark.parametrize("kv_sharing, subject, warned", [(False, (1,), True), (False, (), False), (True, (1,), False)])
+def test_subject_tokens_without_kv_sharing_are_said_once_at_start(caplog, kv_sharing, subject, warned):
+    """The subject mask only guides KV-sharing: with sampler.kv_sharing=false (a sweep's ablation) subject tokens are
+    accepted and said, once at start, to do nothing."""
+    from types import SimpleNamespace
+
+    den = SimpleNamespace(window=13, schedule=lambda n: list(range(n)))
+    run = SamplingRun(den, torch.zeros(1, 17, 1, 1, 1), lambda start, size: 0, torch.Generator())
+    sampler = DiTCtrlSampler(num_steps=3, stride=4, kv_sharing=kv_sharing, kv_steps=(0, 3), kv_layers=(0, 2),
+                             subject_tokens=subject)
+    with caplog.at_level("WARNING", logger="longgen.samplers.ditctrl"):
+        sampler.begin(run)
+    said = [r.getMessage() for r in caplog.records if "does nothing with sampler.kv_sharing=false" in r.getMessage()]
+    assert said == (["sampler.subject_tokens=[1] does nothing with sampler.kv_sharing=false (the subject mask only "
+                     "guides KV-sharing): drop it, or pass sampler.kv_sharing=true"] if warned else []), said
+
+
 @pytest.mark.parametrize("num_steps, kv_steps, warned", [(2, (2, 25), True), (3, (2, 25), False), (50, (50, 60), True)])
 def test_kv_steps_outside_the_runs_steps_are_said_once_at_start(caplog, num_steps, kv_steps, warned):
     """DiTCtrl at fewer steps than its kv_steps start (the default [2, 25) at num_steps=2) shares no keys at all:

@@ -350,6 +350,22 @@ def test_vmcr_false_skips_cleanly(tiny2):
     assert (on.sample(_run(tiny2, noise)) - a).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("options, said", [
+    ({"vmcr": False, "vmcr_source": "model"}, "sampler.vmcr_source=model does nothing with sampler.vmcr=false"),
+    ({"vmcr": False, "vmcr_source": "model", "vmcr_iters": 2}, "sampler.vmcr_source=model sampler.vmcr_iters=2 "),
+    ({"vmcr": False}, None),  # VMCR's options at their defaults: nothing to say
+    ({"vmcr": True, "vmcr_source": "model"}, None),
+])
+def test_vmcr_options_with_vmcr_off_are_said_once_at_start(tiny2, caplog, options, said):
+    """sampler.vmcr=false with VMCR's own options set (the paper experiment's vmcr_source=model under a vmcr ablation)
+    runs, as the ablation sweep needs, and says once at start that those options do nothing."""
+    sampler = GLCSampler(num_steps=1, noise_reinit=False, abam=False, **options)
+    with caplog.at_level("WARNING", logger="longgen.samplers.glc"):
+        sampler.begin(_run(tiny2, _noise(21, tiny2.latent_shape)))
+    lines = [r.getMessage() for r in caplog.records if "does nothing with sampler.vmcr=false" in r.getMessage()]
+    assert len(lines) == (said is not None) and all(said in line for line in lines), lines
+
+
 def test_vmcr_change_to_z_is_bounded_at_every_step(tiny2):
     """Default VMCR (Tweedie slope a_prev, paper omega 2e-5) changes z_{t-1} by |dz|/|z| <= 1e-3 at every step of a
     run without its trust region (vmcr_max_step = 1e-3) having to act: typically 1e-6..2e-5, with a spike of ~3e-4
