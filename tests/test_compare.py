@@ -58,11 +58,39 @@ def test_compare_runs_every_method_and_writes_one_report(split_comparison):
     groups = [f"+experiment={m}" for m in METHODS[:4]] + [f"+experiment={m} sampler.num_steps=4" for m in METHODS[4:]]
     assert sorted(r["group"] for r in rows) == sorted(groups)
     assert {r["seed"] for r in rows} == {"3"}
-    assert (out / "report.html").is_file()
+    page = (out / "report.html").read_text()
+    for method, group in zip(METHODS, groups):  # each run card is headed by its experiment, as report.csv groups it
+        assert f"<h3>{group} (" in page, method
     table = (out / "compare.md").read_text()
     for method in METHODS:
         assert f"| {method} |" in table
     assert "| gen-l-video-4x | A/1_gen-l-video | 50 | 200 | 1.00 |" in table  # 2 windows x 50 steps x 2 CFG branches
+
+
+def test_console_and_report_name_runs_by_experiment_not_by_sampler_folder():
+    """A comparison sweep names its folders by sampler: FreeNoise's is `2_gen-l-video` and GLC's `6_glc` (Gen-L-Video's
+    and plain GLC's names). The console table and the report's run cards name each run by its group in report.csv
+    (the experiment, or the overrides that set it apart) with its folder after it; a single video keeps its name."""
+    from rich.console import Console
+
+    from longgen.eval.report import group_labels, run_labels
+    from longgen.eval.table import results_table
+
+    shared = ["backbone=tiny", "prompt=a red fox runs", "seed=3"]
+    runs = [("1_gen-l-video", "gen-l-video-4x", "gen-l-video"), ("2_gen-l-video", "freenoise-4x", "gen-l-video"),
+            ("6_glc", "glc-paper-4x", "glc")]
+    results = [{"label": folder, "summary": {"flicker_mean": 1.0},
+                "run": {"sampler": sampler, "overrides": [f"+experiment={experiment}", *shared]}}
+               for folder, experiment, sampler in runs]
+    labels = run_labels(results)
+    assert labels == ["+experiment=gen-l-video-4x (1_gen-l-video)", "+experiment=freenoise-4x (2_gen-l-video)",
+                      "+experiment=glc-paper-4x (6_glc)"]
+    assert [label.split(" (")[0] for label in labels] == group_labels(results)  # report.csv's `group`
+    console = Console(width=400, record=True)
+    console.print(results_table(results, labels=labels))
+    shown = console.export_text()
+    assert all(label in shown for label in labels) and "2_gen-l-video ┃" not in shown
+    assert run_labels(results[:1]) == ["1_gen-l-video"]
 
 
 def test_no_eval_sweeps_hold_their_cost_table_and_no_report(split_comparison):
