@@ -289,19 +289,34 @@ def _generate_in(out: Path, monkeypatch, *overrides: str) -> dict:
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     return run_generate(cfg, out, choices)
 
 
 def test_a_lora_refused_at_load_leaves_no_run_directory(tmp_path, monkeypatch):
     """Whether a LoRA fits is only known once the model is there, after the run wrote its config and story.json:
-    the refusal then removes what the run made (nothing half-written stays)."""
+    the refusal then removes what the run made (nothing half-written stays), its log handler with it (a sweep then
+    logs the failed job to the console: a handler left on the removed directory raised FileNotFoundError)."""
+    import logging
+
     from diffusers import CogVideoXPipeline
+
+    from longgen.rundir import RunLog
 
     path = save_diffusers(CogVideoXPipeline, tmp_path, "wan.safetensors",
                           random_lora({"blocks.0.attn1.to_q": (16, 16)}, 2, 0), 2, 2.0)  # a Wan LoRA
-    with pytest.raises(UsageError, match="made for another model?"):
-        _generate_in(tmp_path / "new" / "run", monkeypatch, "prompt=a fox", f"backbone.lora=[{{path:'{path}'}}]")
+    run = tmp_path / "new" / "run"
+    run.mkdir(parents=True)
+    root, handler = logging.getLogger(), RunLog(run / "generate.log")  # as Hydra's job logging sets it up
+    root.addHandler(handler)
+    try:
+        with pytest.raises(UsageError, match="made for another model?"):
+            _generate_in(run, monkeypatch, "prompt=a fox", f"backbone.lora=[{{path:'{path}'}}]", "checkpoint_every=1")
+        logging.getLogger("longgen").error("sweep job 0 failed: …")  # as recorded_job says it afterwards
+        assert handler not in root.handlers
+    finally:
+        root.removeHandler(handler)
+        handler.close()
     assert not (tmp_path / "new").exists()
 
 

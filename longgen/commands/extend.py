@@ -19,7 +19,7 @@ from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.extend import CONTINUATION, EXTENDED, execute_extend, plan_extend
-from longgen.run.job import discard_if_unused, write_run_config
+from longgen.run.job import discard_if_unused, discard_unfinished_start, write_run_config
 from longgen.rundir import RunDirectory, write_text
 
 log = logging.getLogger("longgen")
@@ -63,6 +63,9 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
         if loras := getattr(job.backbone, "loras", None):
             log.info(summary(loras))
         return execute_extend(job)
+    except UsageError:  # found after the start (the loaded model refuses a LoRA): nothing of this run stays
+        discard_unfinished_start(out_dir, EXTENDED)
+        raise
     finally:
         rundir.release()
 

@@ -322,10 +322,12 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
 def discard_if_unused(out_dir: Path) -> None:
     """After an input error caught before any work: remove the run directory Hydra made for this command, if it
     holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
-    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
-            handler.close()
+    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed;
+    with the directory go its log handlers (a sweep's failed job still logs its failure: to the console only)."""
+    logs = [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == out_dir]
+    for handler in logs:
+        handler.close()
     if not made_by_this_command(out_dir):
         return
     try:
@@ -333,6 +335,8 @@ def discard_if_unused(out_dir: Path) -> None:
     except OSError:
         return
     if all(e.is_file() and e.suffix == ".log" for e in entries):
+        for handler in logs:
+            logging.getLogger().removeHandler(handler)
         shutil.rmtree(out_dir, ignore_errors=True)
         parent = out_dir.parent
         while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
