@@ -90,7 +90,9 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
             return condition_id
 
     story = Story.from_dict({"global": "A cat.", "local": ["A cat. [SHOT CUT] It sleeps.", "[SHOT CUT] A cat. It wakes."]})
-    job = types.SimpleNamespace(backbone=Backbone(), story=story, timings={}, images=None,
+    from longgen.samplers.direct import DirectSampler
+
+    job = types.SimpleNamespace(backbone=Backbone(), story=story, timings={}, images=None, sampler=DirectSampler(),
                                 cfg=types.SimpleNamespace(negative_prompt=""))
     encode(job)
     assert sent == ["A cat. It sleeps.", "A cat. It wakes.", "A cat."]
