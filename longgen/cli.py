@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,8 +112,16 @@ def rerun_failed_jobs(rest: list[str]) -> int:
         return rerun_failed(Path(rest[0]).expanduser())
 
 
+#: options that only print (help pages, the composed config, Hydra's info, shell completion)
+PRINT_ONLY = {"-h", "--help", "help", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", *COMPLETION_FLAGS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and (not args or PRINT_ONLY & set(args)) and hasattr(signal, "SIGPIPE"):
+        # `longgen generate --help | head`: a reader that stops early ends the printing as it ends any Unix filter,
+        # by SIGPIPE, not with a BrokenPipeError traceback (Hydra prints its own for --cfg). Nothing is written then.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2

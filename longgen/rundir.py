@@ -308,14 +308,17 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
 class RunLog(logging.FileHandler):
     """The run's log file (generate.log, …), appended and never opened through a symbolic link: a link planted
     under the log's name would carry the log outside the run directory. Such a link gets nothing (the run is then
-    refused with one line when it claims the directory, refuse_run_links)."""
+    refused with one line when it claims the directory, refuse_run_links). Nor does a directory that an input error
+    removed before the first line was written (a sweep job whose split failed: the error is then recorded in the
+    sweep's ledger, and logging must neither fail nor make the directory again)."""
 
     def _open(self):
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self.baseFilename, flags, 0o666)
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            removed = exc.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(self.baseFilename))
+            if exc.errno != errno.ELOOP and not removed:
                 raise
             return open(os.devnull, "a", encoding=self.encoding)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)

@@ -394,6 +394,14 @@ class ShotsSampler(Sampler):
                 "shots.cross_attention and the GLC sampler's ABAM both rewrite the attention keys and values: "
                 "turn one off (shots.cross_attention=0 or sampler.abam=false)"
             )
+        lengths = sorted({take.length for take in plan.takes})  # latent frames per take
+        steps_follow_length = getattr(inner, "steps_follow_length", None)
+        if steps_follow_length and len(lengths) > 1:
+            raise UsageError(
+                f"{steps_follow_length}, so takes of different lengths ({', '.join(map(str, lengths))} latent frames) "
+                f"cannot step through one loop: give every take the same length (shots.windows=N, with a [SHOT CUT] "
+                f"before every shot) or use sampler=syncos, gen-l-video, glc or direct"
+            )
 
     # ------------------------------------------------------------------ plan
     def plan(self, length: int, window: int) -> WindowPlan:
