@@ -57,7 +57,7 @@ from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, guidance_branches
-from longgen.story import CHARACTER_REF, Story
+from longgen.story import CHARACTER_REF, Story, refers_to_character
 from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
@@ -113,6 +113,8 @@ def _substitute(text: str, characters: dict[str, str]) -> str:
     seen: set[str] = set()
 
     def repl(match) -> str:
+        if not refers_to_character(match, characters):  # "the character walks": prose, kept as written
+            return match.group(0)
         cid = match.group(1)
         desc = characters[cid].strip().rstrip(".")
         if cid in seen:
