@@ -28,6 +28,7 @@ from longgen.run.images import ImagePlan, plan_images
 from longgen.run.shots import (
     ShotPlan,
     check_single_shot_options,
+    check_takes_routed,
     decode_takes,
     plan_scene,
 )
@@ -238,6 +239,8 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     if story is None:
         if cfg.get("scenario") not in (None, "") and type(cfg.get("num_prompts")) is int:
             backbone.check_events(int(cfg.num_prompts))  # the split makes exactly N events: check before it runs
+            if not cfg.get("multi_shot"):
+                check_routes_events(sampler, int(cfg.num_prompts), choices.get("sampler"))
         story = resolve_story(cfg, choices, split)
         if story is None:
             backbone.check_available()
@@ -245,11 +248,13 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     use_global = cfg.get("use_global_prompt", True)
     used, stripped, shots, events = story, 0, None, None
     if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/run/shots.py)
+        check_takes_routed(story, sampler, choices.get("sampler"))
         shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
         length, plan = shots.length, shots.window_plan()
         check_latent_budget(length, backbone.latent_shape, backbone.label)
     else:
         check_single_shot_options(cfg)
+        check_routes_events(sampler, story.num_events, choices.get("sampler"))
         plan_for = lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window)  # noqa: E731
         clock = Clock(backbone.fps, backbone.temporal_compression)
         events = story.event_plan(plan, clock, plan_for)
@@ -271,6 +276,18 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
               stripped, noise=noise, shots=shots, events=events, images=images)
     log_event_plan(job)
     return job
+
+
+def check_routes_events(sampler: Sampler, events: int, name: Any) -> None:
+    """A single-shot story of several `events` on a sampler that shows one prompt over the whole video (direct,
+    freelong) would show only one of them: one line naming the reason and what to change (not the window count,
+    which is 1 there for any num_windows). Checked before a scenario is split, too."""
+    reason = sampler.single_prompt_reason
+    if reason is None or events < 2:
+        return
+    raise UsageError(f"sampler={name} {reason}: a story of {events} local prompts cannot show each of them; "
+                     f"use a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video) or a story of one event "
+                     f"(prompt=...)")
 
 
 #: events whose plan is logged one line each at start; the manifest lists them all

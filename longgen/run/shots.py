@@ -338,6 +338,18 @@ def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, len
     return plan, ShotsSampler(sampler, plan, options, noise), used
 
 
+def check_takes_routed(story: Story, sampler: Sampler, name: Any) -> None:
+    """On a sampler that shows one prompt over its whole video (direct, freelong) each take is that video, so a take
+    of several shots (no cut between them) would show only one: one line naming the shots and what to change."""
+    reason = sampler.single_prompt_reason
+    shared = next((g for g in group_takes(story) if len(g) > 1), None)
+    if reason is None or shared is None:
+        return
+    raise UsageError(f"sampler={name} {reason}: shots {shared[0] + 1}–{shared[-1] + 1} have no cut between them, so "
+                     f"they share one take that would show only one of them; start each shot with [SHOT CUT], or use "
+                     f"a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video)")
+
+
 def check_single_shot_options(cfg: Any) -> None:
     """shots.* options given for a story that has no shots would silently do nothing: one line instead."""
     options = ShotOptions.from_config(cfg.get("shots"))
