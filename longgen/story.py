@@ -571,11 +571,15 @@ class Story:
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
-        story = cls.from_dict(data, where=f"story file {path}")
-        if story.images is not None:  # relative to the story file's folder, kept absolute from here on
-            story.images = [None if img is None else str((path.parent / Path(img).expanduser()).resolve())
-                            for img in story.images]
-        return story
+        return cls.from_dict(data, where=f"story file {path}").with_images_under(path.parent)
+
+    def with_images_under(self, folder: Path) -> "Story":
+        """This story with its events' relative image paths read from `folder` (a story file's folder; the working
+        directory for a story given as a dict), kept absolute from here on."""
+        if self.images is not None:
+            self.images = [None if img is None else str((folder / Path(img).expanduser()).resolve())
+                           for img in self.images]
+        return self
 
     @classmethod
     def from_prompt_file(cls, path: str | Path) -> "Story":

@@ -5,6 +5,7 @@ point), whose stderr is not a terminal here: its progress comes as plain lines."
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import logging
@@ -85,3 +86,30 @@ def test_import_longgen_stays_light():
     code = "import sys, longgen; print(sorted(m for m in ('torch', 'hydra', 'omegaconf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_story_may_be_a_dict_or_a_story_object(tmp_path):
+    """A notebook passes the story itself: a dict (the story file's JSON) or a longgen.story.Story, checked as a
+    story file is (a bad one is one UsageError line, nothing written); text holding `${` stays as written."""
+    from longgen.story import Story
+
+    story = {"global": "a fox ${x}", "local": ["a fox ${x} sleeps", "a fox, then a dog's ball"]}
+    one = {"global": "a fox ${x}", "local": [{"prompt": "a fox ${x}, then a dog's ball", "duration": 1}]}
+    result = longgen.generate(*TINY[:3], sampler="direct", num_windows=1, story=one, run_dir=tmp_path / "dict",
+                              **{"sampler.num_steps": 1})
+    assert json.loads((result.run_dir / "story.json").read_text()) == one
+    with pytest.raises(longgen.UsageError, match="sampler=freelong .*: a story of 2 local prompts cannot show"):
+        longgen.generate("backbone=tiny", sampler="freelong", story=Story.from_dict(story), run_dir=tmp_path / "a")
+    for bad, words in [({"global": "a fox"}, "story: missing `local` (the list of local prompts, one per event)"),
+                       ({"local": ["a", "b"], "durations": [1]}, "story: "),
+                       ({"local": "a fox"}, "story: "),
+                       (["a fox sleeps", "a fox runs"], "story= takes a path to a story file or the story itself, "
+                                                        "a dict (or a Story), not a list: put the local prompts")]:
+        with pytest.raises(longgen.UsageError) as err:
+            longgen.generate(*TINY, story=bad, run_dir=tmp_path / "b")
+        assert str(err.value).startswith(words) and "\n" not in str(err.value), err.value
+    with pytest.raises(longgen.UsageError, match=r"give only one of prompt=…, prompt_file=…, story=… or scenario=…"):
+        longgen.generate(*TINY, story=story, prompt="a cat", run_dir=tmp_path / "c")
+    with pytest.raises(longgen.UsageError, match="story= is given twice"):
+        longgen.generate(*TINY, "story=story.json", story=story, run_dir=tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dict"]

@@ -174,6 +174,8 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
 
         return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts,
                                    shots=bool(cfg.get("multi_shot", False)))
+    if isinstance(cfg.story, DictConfig):  # the story itself, as the Python API passes it (longgen/api.py)
+        return Story.from_dict(OmegaConf.to_container(cfg.story, resolve=True), where="story")
     return Story.load(str(cfg.story))
 
 
