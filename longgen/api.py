@@ -84,9 +84,14 @@ def decode(target: str | os.PathLike, *overrides: str, **options: Any) -> dict:
     from longgen.commands.decode import run_decode
     from longgen.rundir import setup_logging
 
+    if not isinstance(target, (str, os.PathLike)):
+        raise UsageError(f"{target!r} ({type(target).__name__}) is not a path: pass the run directory or the "
+                         f"latents file to decode")
+    check_override_strings(overrides)
     path = Path(target).expanduser()
-    setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
-    return run_decode(path, [*overrides, *keyword_overrides(options)])
+    with caller_logging():  # the caller's logging, given back after the call (as generate's and extend's)
+        setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
+        return run_decode(path, [*overrides, *keyword_overrides(options)])
 
 
 # ---------------------------------------------------------------------------------------------------- the command line
@@ -158,14 +163,19 @@ def _hydra_value(value: Any) -> str:
                      f"a list or a dict")
 
 
-def command_line(command: str, overrides: list[str], options: dict[str, Any]) -> list[str]:
-    """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
-    from longgen.cli import COMMANDS, command_line_problem
-
+def check_override_strings(overrides: tuple | list) -> None:
+    """Positional overrides are 'KEY=VALUE' strings, as typed after the command: anything else is one line."""
     for arg in overrides:
         if not isinstance(arg, str):
             raise UsageError(f"{arg!r} ({type(arg).__name__}) is not an override: pass 'KEY=VALUE' strings "
                              f"or KEY=value keyword arguments")
+
+
+def command_line(command: str, overrides: list[str], options: dict[str, Any]) -> list[str]:
+    """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
+    from longgen.cli import COMMANDS, command_line_problem
+
+    check_override_strings(overrides)
     rest = [*overrides, *keyword_overrides(options)]
     if "-m" in rest or "--multirun" in rest:
         raise UsageError(f"longgen.{command.replace('-', '_')} runs one job: sweep in a loop of calls, or with "

@@ -113,3 +113,49 @@ def test_story_may_be_a_dict_or_a_story_object(tmp_path):
     with pytest.raises(longgen.UsageError, match="story= is given twice"):
         longgen.generate(*TINY, "story=story.json", story=story, run_dir=tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dict"]
+
+
+def test_decode_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path):
+    """`longgen.decode` / `longgen decode` as a demanding user drives them (found in a red-team pass): progress
+    and overwrite checked as generate checks them (abc was a ValueError traceback, -1 and 'maybe' were taken), a
+    writer config that does not exist, a target or override that is no string (TypeError / AttributeError),
+    Hydra's own parse error (a traceback for a latents file), and latents of another frame size (the line named
+    only backbone=, not the size to give)."""
+    run = runs[0] / "api"
+    before = sorted(p.name for p in run.iterdir())
+    cases = [
+        ((run,), {"progress_seconds": "abc"}, "progress_seconds='abc' must be a finite number >= 0.0"),
+        ((run,), {"progress_seconds": -1}, "progress_seconds=-1 must be a finite number >= 0.0"),
+        ((run,), {"overwrite": "maybe", "writer": {"filename": "again.mp4"}}, "overwrite='maybe' must be true or false"),
+        ((run,), {"writer": "gif"}, "`longgen decode` keeps the run's writer config and cannot choose another "
+                                    "(writer=gif): change its options instead, as writer.KEY=VALUE"),
+        ((5,), {}, "5 (int) is not a path: pass the run directory or the latents file to decode"),
+        ((run, 5), {}, "5 (int) is not an override: pass 'KEY=VALUE' strings"),
+        ((run / "latents.safetensors", "writer.crf=["), {"backbone": "tiny", "out": tmp_path / "o"},
+         "no viable alternative at input '['"),
+        ((run / "latents.safetensors",), {"backbone": "tiny", "out": tmp_path / "o"},
+         "expects [4, 8, 8]: pick the backbone they were sampled with (backbone=…) at their size "
+         "(backbone.height=16 backbone.width=16)"),
+    ]
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for args, options, words in cases:
+        with pytest.raises(longgen.UsageError) as err:
+            longgen.decode(*args, **options)
+        assert words in str(err.value) and "\n" not in str(err.value), err.value
+        assert root.handlers == handlers  # the caller's logging is given back (it was replaced for good)
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "o").exists()
+
+
+def test_decode_and_resume_leave_no_log_in_a_directory_that_is_not_a_run(tmp_path, own_logging, capsys):
+    """`longgen decode DIR` / `longgen resume DIR` on a folder that holds no run refused it in one line but left
+    a decode.log / generate.log in it."""
+    from longgen.commands import decode, resume
+
+    (tmp_path / "notes.txt").write_text("mine")
+    for command in (decode, resume):
+        with pytest.raises(SystemExit) as exit_:
+            command.main([str(tmp_path)])
+        assert exit_.value.code == 2
+        assert "is not a longgen run directory (no .hydra/config.yaml)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from longgen.backbones.face import Backbone
 from longgen.build import build
+from longgen.options import flag
 from longgen.errors import UsageError, out_of_memory_as, user_errors
 from longgen.overrides import check_group_choices, check_option_keys, path_first
 from longgen.rundir import (
@@ -32,6 +33,7 @@ from longgen.rundir import (
     load_run_config,
     setup_logging,
 )
+from longgen.run.job import check_progress
 from longgen.run.stages import progress_shown
 
 log = logging.getLogger("longgen")
@@ -113,12 +115,12 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         latents = read_latents(target)
     else:
         raise UsageError(f"{target}: no such run directory or latents file")
+    check_progress(cfg)  # as generate checks it (an override, or a run's own setting)
+    flag("overwrite", cfg.get("overwrite", False))
     backbone: Backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
-    if tuple(latents.shape[1:]) != tuple(backbone.latent_shape):
-        raise UsageError(f"the latents' frames are {list(latents.shape[1:])} but {backbone.label} expects "
-                         f"{list(backbone.latent_shape)}: pick the backbone they were sampled with (backbone=…)")
+    check_latent_shape(latents, backbone)
     if scene is None:
         backbone.check_length(latents.shape[0])
     elif latents.shape[0] != scene.length:
@@ -149,6 +151,19 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     return video
 
 
+def check_latent_shape(latents: torch.Tensor, backbone: Backbone) -> None:
+    """Latents [F, C, h, w] the backbone cannot decode are one line naming the backbone option to change: the
+    backbone, and where only the frame size differs (same channels) the pixel size they were sampled at."""
+    have, want = tuple(latents.shape[1:]), tuple(backbone.latent_shape)
+    if have == want:
+        return
+    scale = getattr(backbone, "spatial_compression", None)
+    size = (f" at their size (backbone.height={have[1] * scale} backbone.width={have[2] * scale})"
+            if scale and have[0] == want[0] else "")
+    raise UsageError(f"the latents' frames are {list(have)} but {backbone.label} expects {list(want)}: pick the "
+                     f"backbone they were sampled with (backbone=…){size}")
+
+
 def compose_for_file(overrides: list[str]):
     """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
     from hydra import compose, initialize_config_module
@@ -158,8 +173,11 @@ def compose_for_file(overrides: list[str]):
     problem = check_group_choices(rest) or check_option_keys("generate", rest)
     if problem:
         raise UsageError(problem)
-    with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=rest + [f"+{o}" for o in extra], return_hydra_config=True)
+    try:
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            cfg = compose("generate", overrides=rest + [f"+{o}" for o in extra], return_hydra_config=True)
+    except Exception as exc:  # Hydra's own errors (an override it cannot parse, a value of the wrong type, ...)
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
     choices = dict(cfg.hydra.runtime.choices)
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]

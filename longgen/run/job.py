@@ -138,13 +138,18 @@ def check_top_level(cfg: DictConfig) -> None:
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     if cfg.get("checkpoint_seconds") is not None:
         number("checkpoint_seconds", cfg.checkpoint_seconds, 0.0, lo_open=True)
-    whole("progress_every", cfg.get("progress_every", 0), 0)
-    if cfg.get("progress_seconds") is not None:
-        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
+    check_progress(cfg)
     whole("preview_every", cfg.preview_every, 0)
     number("preview_scale", cfg.preview_scale, 0.0, 1.0, lo_open=True)
     if cfg.get("gpus", 1) != "all":
         whole("gpus", cfg.get("gpus", 1), 1, 4096)
+
+
+def check_progress(cfg: DictConfig) -> None:
+    """progress_every / progress_seconds (generate's, resume's and decode's): whole steps, seconds >= 0."""
+    whole("progress_every", cfg.get("progress_every", 0), 0)
+    if cfg.get("progress_seconds") is not None:
+        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
 
 
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
