@@ -79,6 +79,8 @@ def test_bad_input_raises_usage_error_and_leaves_nothing(tmp_path):
         longgen.generate("backbone=tiny", num_windows="abc", prompt="x", run_dir=tmp_path / "c")
     with pytest.raises(longgen.UsageError, match=r"5 \(int\) is not an override: pass 'KEY=VALUE' strings"):
         longgen.generate("backbone=tiny", 5, prompt="x", run_dir=tmp_path / "d")
+    with pytest.raises(longgen.UsageError, match="eval='maybe' must be true or false"):  # was taken as true
+        longgen.generate("backbone=tiny", eval="maybe", prompt="x", run_dir=tmp_path / "e")
     assert not any(tmp_path.iterdir())
 
 

@@ -133,7 +133,7 @@ def check_top_level(cfg: DictConfig) -> None:
         whole("latent_frames", cfg.latent_frames, 1, MAX_WINDOWS * 100)
     if cfg.get("num_prompts") is not None:
         whole("num_prompts", cfg.num_prompts, 1, 1000)
-    for name in ("save_latents", "use_global_prompt", "overwrite"):
+    for name in ("save_latents", "use_global_prompt", "overwrite", "eval"):
         flag(name, cfg.get(name, False))
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     if cfg.get("checkpoint_seconds") is not None:
