@@ -139,6 +139,17 @@ def test_decode_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path
          "expects [4, 8, 8]: pick the backbone they were sampled with (backbone=…) at their size "
          "(backbone.height=16 backbone.width=16)"),
     ]
+    import torch
+    from safetensors.torch import save_file
+
+    small = {"backbone": "tiny", "backbone.height": 16, "backbone.width": 16, "out": tmp_path / "o"}
+    for name, latents, words in [("nan", torch.full((9, 4, 2, 2), float("nan")), "the latents hold NaN/inf values; "
+                                  "no video is written from them"),  # was written as a video
+                                 ("empty", torch.zeros(0, 4, 2, 2), "latents must be [F, C, H, W] with F >= 1"),
+                                 ("even", torch.zeros(6, 4, 2, 2), "CogVideoX's VAE decodes only odd latent lengths "
+                                  "to c·(L−1)+1 frames: pick the backbone they were sampled with (backbone=…)")]:
+        save_file({"latents": latents}, tmp_path / f"{name}.safetensors")  # generate's advice (stride) was wrong
+        cases.append(((tmp_path / f"{name}.safetensors",), small, words))
     root = logging.getLogger()
     handlers = list(root.handlers)
     for args, options, words in cases:
@@ -147,6 +158,7 @@ def test_decode_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path
         assert words in str(err.value) and "\n" not in str(err.value), err.value
         assert root.handlers == handlers  # the caller's logging is given back (it was replaced for good)
     assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.safetensors", "even.safetensors", "nan.safetensors"]
 
 
 def test_decode_and_resume_leave_no_log_in_a_directory_that_is_not_a_run(tmp_path, own_logging, capsys):

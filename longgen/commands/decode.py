@@ -62,9 +62,12 @@ def read_latents(path: Path) -> torch.Tensor:
             latents = f.get_tensor("latents")
     except Exception as exc:
         raise UsageError(f"{path} is not a latents file ({str(exc).splitlines()[0][:120]})") from None
-    if latents.ndim != 4:
-        raise UsageError(f"{path}: latents must be [F, C, H, W], got shape {list(latents.shape)}")
-    return latents.float()
+    if latents.ndim != 4 or latents.shape[0] == 0:
+        raise UsageError(f"{path}: latents must be [F, C, H, W] with F >= 1, got shape {list(latents.shape)}")
+    latents = latents.float()
+    if not torch.isfinite(latents).all():  # as generate: such latents are never written as a video
+        raise UsageError(f"{path}: the latents hold NaN/inf values; no video is written from them")
+    return latents
 
 
 def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
@@ -121,8 +124,8 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
     check_latent_shape(latents, backbone)
-    if scene is None:
-        backbone.check_length(latents.shape[0])
+    if scene is None:  # the length options are generate's: here only the backbone can be changed
+        backbone.check_length(latents.shape[0], fix="pick the backbone they were sampled with (backbone=…)")
     elif latents.shape[0] != scene.length:
         raise UsageError(f"{target}: the latents hold {latents.shape[0]} frames but the run's shots take {scene.length}")
     rundir = RunDirectory(out_dir).claim()
