@@ -173,3 +173,21 @@ def test_decode_and_resume_leave_no_log_in_a_directory_that_is_not_a_run(tmp_pat
         assert exit_.value.code == 2
         assert "is not a longgen run directory (no .hydra/config.yaml)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_decode_refuses_a_run_whose_story_lost_its_shots(runs, tmp_path):
+    """A run directory without story.json, or whose story.json has no shots while its manifest lists takes, was
+    decoded as one take: across the cuts of a multi-shot video. Now one line each."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0] / "api", run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "takes": [{"take": 0}, {"take": 1}]}))
+    with pytest.raises(longgen.UsageError, match=r"story.json has no shots but .*manifest.json lists 2 takes: put "
+                                                 r"the run's own story.json back"):
+        longgen.decode(run, writer={"filename": "again.mp4"})
+    (run / "story.json").unlink()
+    with pytest.raises(longgen.UsageError, match=r"run has no story.json: the run directory is incomplete"):
+        longgen.decode(run, writer={"filename": "again.mp4"})
+    assert not (run / "again.mp4").exists()

@@ -13,6 +13,7 @@ given one), so a long decode can be followed (scripts/memory_trace.py reads them
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -87,15 +88,28 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
 
 
 def scene_job(run_dir: Path, cfg, choices):
-    """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run."""
+    """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run.
+    Without its story.json, or with one that lost the shots its manifest lists, the takes are unknown: the video
+    would be decoded as one take, across its cuts, so that is one line instead."""
+    import json
+
     from longgen.run.job import plan_job
     from longgen.story import Story
 
     path = run_dir / "story.json"
-    story = Story.load(path) if path.is_file() else None
-    if story is None or not story.multi_shot:
-        return None
-    return plan_job(cfg, run_dir, choices, story=story)
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete (put the run's story.json "
+                         f"back, or decode its {LATENTS} as a file with backbone=…)")
+    story = Story.load(path)
+    if story.multi_shot:
+        return plan_job(cfg, run_dir, choices, story=story)
+    manifest, takes = run_dir / "manifest.json", None
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no manifest (yet), or not one of ours
+        takes = json.loads(manifest.read_text()).get("takes")
+    if takes:
+        raise UsageError(f"{path} has no shots but {manifest} lists {len(takes)} takes: put the run's own "
+                         f"story.json back (its takes decode one by one)")
+    return None
 
 
 def run_decode(target: Path, overrides: list[str]) -> dict:
