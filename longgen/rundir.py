@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -237,7 +238,7 @@ class RunDirectory:
         if not overwrite:
             if CHECKPOINT in found and video_name not in found:
                 raise UsageError(
-                    f"{self.path} holds an unfinished run ({CHECKPOINT}): continue it with `longgen resume {self.path}`, "
+                    f"{self.path} holds an unfinished run ({CHECKPOINT}): continue it with `longgen resume {shlex.quote(str(self.path))}`, "
                     f"or pass overwrite=true to start over there"
                 )
             raise UsageError(

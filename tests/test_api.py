@@ -191,3 +191,20 @@ def test_decode_refuses_a_run_whose_story_lost_its_shots(runs, tmp_path):
     with pytest.raises(longgen.UsageError, match=r"run has no story.json: the run directory is incomplete"):
         longgen.decode(run, writer={"filename": "again.mp4"})
     assert not (run / "again.mp4").exists()
+
+
+def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_path):
+    """"finish it with `longgen resume my runs/fox`" could not be pasted into a shell: the path is quoted."""
+    import shutil
+
+    run = tmp_path / "my runs" / "fox"
+    shutil.copytree(runs[0] / "api", run)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "video: /videos/in.mp4\n")  # as an extend run records its input
+    with pytest.raises(longgen.UsageError, match=re.escape(f"finish an interrupted one with `longgen resume '{run}'`")):
+        longgen.decode(run)
+    unfinished = tmp_path / "my runs" / "cat"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(longgen.UsageError, match=re.escape(f"continue it with `longgen resume '{unfinished}'`")):
+        longgen.generate("backbone=tiny", prompt="a cat", run_dir=unfinished)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     if ckpt.state.done < ckpt.total:
         raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
-                         f"finish it with `longgen resume {run_dir}`")
+                         f"finish it with `longgen resume {shlex.quote(str(run_dir))}`")
     sampler = scene.sampler if scene is not None else build(cfg.sampler, "sampler", choices.get("sampler"))
     return sampler.finish(ckpt.state)[0]  # [F, C, H, W]
 
@@ -118,7 +119,7 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         cfg, choices = load_run_config(target)
         if cfg.get("video") is not None:
             raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
-                             f"finish an interrupted one with `longgen resume {target}`")
+                             f"finish an interrupted one with `longgen resume {shlex.quote(str(target))}`")
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
         if cfg.backbone.get("lora") is not None:
             cfg.backbone.lora = None  # only the VAE decodes: the run's LoRA files (transformer adapters) are not read
