@@ -208,3 +208,17 @@ def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_pa
     (unfinished / "checkpoint.safetensors").write_bytes(b"")
     with pytest.raises(longgen.UsageError, match=re.escape(f"continue it with `longgen resume '{unfinished}'`")):
         longgen.generate("backbone=tiny", prompt="a cat", run_dir=unfinished)
+
+
+def test_resume_of_a_generate_run_refuses_video_in_one_line(runs, tmp_path):
+    """`longgen resume RUN video=X` (video= is for an extend run whose input moved) took a generate run for an
+    extend run and ended in omegaconf's ConfigAttributeError traceback."""
+    import shutil
+
+    from longgen.commands.resume import run_resume
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0] / "api", run)
+    with pytest.raises(longgen.UsageError, match=r"video= gives a `longgen extend` run its moved input video; .* is a "
+                                                 r"`longgen generate` run, which reads no video: drop video="):
+        run_resume(run, ["video=/videos/in.mp4"])
