@@ -348,3 +348,30 @@ def test_shipped_config_builds_the_sampler():
     sampler = build(cfg, "sampler", "freelong")
     assert isinstance(sampler, FreeLongSampler) and sampler.windows(13) == (13,)
     assert (sampler.temporal_cutoff, sampler.spatial_cutoff) == (0.25, 0.25)  # the public code's d_t, d_s
+
+
+def test_a_story_of_several_events_is_refused_for_the_one_prompt_it_shows(tmp_path):
+    """Found by a red-team pass: with num_windows=4 the refusal said the video had "only 1 window(s)". Direct and
+    FreeLong show one prompt over the whole video whatever its length: the line says so and names the fix, for a
+    story (a scenario too, before it is split) and for a multi-shot take of several shots (no cut between them)."""
+    import longgen
+
+    story = tmp_path / "story.json"
+    story.write_text('{"global": "a fox", "local": ["a fox sleeps", "a fox runs", "a fox eats"]}')
+    tiny = ("backbone=tiny", "backbone.height=16", "backbone.width=16")
+    with pytest.raises(UsageError) as err:
+        longgen.generate(*tiny, sampler="freelong", story=story, num_windows=4, run_dir=tmp_path / "a")
+    line = str(err.value)
+    assert line.startswith("sampler=freelong denoises the whole video as one window under one prompt") and \
+        "a story of 3 local prompts cannot show each of them; use a windowed sampler (e.g. sampler=syncos" in line
+    assert "window(s)" not in line and "\n" not in line
+    with pytest.raises(UsageError, match="sampler=direct denoises .*: a story of 3 local prompts cannot show each"):
+        longgen.generate(*tiny, sampler="direct", scenario=tmp_path / "unread.txt", num_prompts=3,  # never read
+                         run_dir=tmp_path / "b")
+    shots = tmp_path / "shots.json"
+    shots.write_text('{"characters": {"1": "a man"}, "shots": ["Character 1 waves.", "[SHOT CUT] Character 1 sits.", '
+                     '"Character 1 runs."]}')
+    with pytest.raises(UsageError, match="sampler=direct denoises .*: shots 2–3 have no cut between them, so they "
+                                         "share one take that would show only one of them; start each shot with"):
+        longgen.generate(*tiny, sampler="direct", story=shots, run_dir=tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shots.json", "story.json"]

@@ -98,6 +98,9 @@ class Sampler(ABC):
     #: whether windows of a fixed start exist for key images to condition (longgen/run/images.py); a sampler
     #: without them says why in `window_images_reason`
     window_images: ClassVar[bool] = True
+    #: why the sampler shows one prompt over the whole video, for a sampler that does not route a story's events to
+    #: windows (a story of several events is then refused in one line, longgen/run/job.py); None: it routes them
+    single_prompt_reason: ClassVar[str | None] = None
 
     def plan(self, length: int, window: int) -> WindowPlan:
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""
