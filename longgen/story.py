@@ -477,6 +477,13 @@ class Story:
                       times=self.times, images=self.images)
         return story, changed
 
+    def as_global_event(self) -> "Story":
+        """The story as one event whose prompt is its global description (and whose key image, if any, is the first
+        event's): what a sampler that shows one prompt over the whole video is given with
+        `sampler.several_events=global`."""
+        image = [self.images[0]] if self.images is not None and self.images[0] is not None else None
+        return Story(self.global_prompt, [self.global_prompt], None, self.scenario, dict(self.source), images=image)
+
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
         if self.shots is not None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -375,3 +376,36 @@ def test_a_story_of_several_events_is_refused_for_the_one_prompt_it_shows(tmp_pa
                                          "share one take that would show only one of them; start each shot with"):
         longgen.generate(*tiny, sampler="direct", story=shots, run_dir=tmp_path / "c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shots.json", "story.json"]
+
+
+def test_several_events_global_shows_the_storys_global_prompt_as_a_one_prompt_run_would(tmp_path):
+    """sampler.several_events=global (set by the comparison's direct-4x and freelong-4x) runs a one-prompt sampler on
+    a story of several events under the story's global prompt. Oracle: the same seed with prompt=<the global prompt>
+    gives the same latents; story.json still holds the story as given; the manifest records the option. In extend
+    the same option is taken, and the samplers whose attention mixes a call's rows are refused under the per-frame
+    context in one line (they once failed after the run directory was written)."""
+    import longgen
+    from safetensors.torch import load_file
+
+    story = tmp_path / "story.json"
+    story.write_text('{"global": "a fox in snow", "local": ["a fox in snow sleeps", "a fox in snow runs", '
+                     '"a fox in snow eats"]}')
+    tiny = ("backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler.num_steps=2")
+    shown = longgen.generate(*tiny, "sampler.several_events=global", sampler="direct", story=story,
+                             run_dir=tmp_path / "story")
+    alone = longgen.generate(*tiny, sampler="direct", prompt="a fox in snow", run_dir=tmp_path / "prompt")
+    a, b = (load_file(str(r.run_dir / "latents.safetensors"))["latents"] for r in (shown, alone))
+    assert torch.equal(a, b)
+    assert json.loads((shown.run_dir / "story.json").read_text())["local"][1] == "a fox in snow runs"
+    assert shown.manifest["sampler"]["several_events"] == "global"
+    assert "the story's global prompt, not its 3 local prompts" in (shown.run_dir / "generate.log").read_text()
+    video = alone.run_dir / "video.mp4"
+    with pytest.raises(UsageError, match=r"^sampler=direct denoises .* or sampler.several_events=global"):
+        longgen.extend(video, *tiny, sampler="direct", story=story, num_windows=4, run_dir=tmp_path / "e1")
+    for sampler, shared in (("freelong", "FreeLong's spectral blend attention"),
+                            ("ditctrl", "DiTCtrl's KV sharing")):
+        with pytest.raises(UsageError, match=rf"^context=auto \(per-frame on .*\) splits model calls by noise level, "
+                                             rf"which {shared}.* cannot run across: pass context=replace$"):
+            longgen.extend(video, *tiny, "sampler.kv_layers=[0,null]" if sampler == "ditctrl" else "sampler.window=5",
+                           sampler=sampler, prompt="a fox", run_dir=tmp_path / f"x-{sampler}")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("e1", "x-"))]

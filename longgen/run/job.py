@@ -86,7 +86,7 @@ class Job:
         if self.events is None:
             return None
         clock = self.clock()
-        given = self.given_story.timeline or [None] * len(self.events.edges)
+        given = self.story.timeline or [None] * len(self.events.edges)
         table, left = [], 0.0
         for k, (right, times) in enumerate(zip(self.events.edges, given)):
             table.append({"event": k, "windows": self.events.windows_of(k),
@@ -258,7 +258,8 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
             backbone.check_available()
             return None
     use_global = cfg.get("use_global_prompt", True)
-    used, stripped, shots, events = story, 0, None, None
+    given = used = story  # given: story.json; story/used: what the windows show
+    stripped, shots, events = 0, None, None
     if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/run/shots.py)
         check_takes_routed(story, sampler, choices.get("sampler"))
         shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
@@ -267,6 +268,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     else:
         check_single_shot_options(cfg)
         check_routes_events(sampler, story.num_events, choices.get("sampler"))
+        story = used = one_prompt_story(given, sampler, choices.get("sampler"))
         plan_for = lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window)  # noqa: E731
         clock = Clock(backbone.fps, backbone.temporal_compression)
         events = story.event_plan(plan, clock, plan_for)
@@ -284,7 +286,7 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "")
     backbone.check_events(used.num_events)  # a LoRA scale per event: one per event of the story
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
-    job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
+    job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, given, used, use_global,
               stripped, noise=noise, shots=shots, events=events, images=images)
     log_event_plan(job)
     return job
@@ -295,11 +297,21 @@ def check_routes_events(sampler: Sampler, events: int, name: Any) -> None:
     freelong) would show only one of them: one line naming the reason and what to change (not the window count,
     which is 1 there for any num_windows). Checked before a scenario is split, too."""
     reason = sampler.single_prompt_reason
-    if reason is None or events < 2:
+    if reason is None or events < 2 or getattr(sampler, "several_events", "refuse") == "global":
         return
     raise UsageError(f"sampler={name} {reason}: a story of {events} local prompts cannot show each of them; "
-                     f"use a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video) or a story of one event "
-                     f"(prompt=...)")
+                     f"use a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video), a story of one event "
+                     f"(prompt=...), or sampler.several_events=global (the story's global prompt over the whole video)")
+
+
+def one_prompt_story(story: Story, sampler: Sampler, name: Any) -> Story:
+    """The story a one-prompt sampler shows: with `several_events=global`, a story of several events becomes one event
+    under its global prompt (said once at start; story.json then holds what was shown); otherwise the story as it is."""
+    if sampler.single_prompt_reason is None or story.num_events < 2 or getattr(sampler, "several_events", "") != "global":
+        return story
+    log.info("sampler=%s shows one prompt over the whole video: the story's global prompt, not its %d local prompts "
+             "(several_events=global)", name, story.num_events)
+    return story.as_global_event()
 
 
 #: events whose plan is logged one line each at start; the manifest lists them all

@@ -102,6 +102,12 @@ class Sampler(ABC):
     #: windows (a story of several events is then refused in one line, longgen/run/job.py); None: it routes them
     single_prompt_reason: ClassVar[str | None] = None
 
+    def calls_share_attention(self) -> str | None:
+        """The attention layer this sampler installs that mixes the rows of one model call (FreeLong's spectral
+        blend over the whole video, DiTCtrl's KV sharing between windows), or None. Such a layer needs every row in
+        one call, so it cannot run where calls are split by noise level (`longgen extend`'s per-frame context)."""
+        return None
+
     def plan(self, length: int, window: int) -> WindowPlan:
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""
         return strided_plan(length, window, self.stride)

@@ -127,6 +127,9 @@ class DiTCtrlSampler(Sampler):
                 raise UsageError(f"sampler.subject_tokens={list(self.subject_tokens)} points past the {limit} text "
                                  f"tokens of this model: use token positions below {limit}")
 
+    def calls_share_attention(self) -> str | None:
+        return "DiTCtrl's KV sharing (sampler.kv_sharing=true)" if self.kv_sharing else None
+
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
         self._plan = self.plan(run.length, den.window)

@@ -73,6 +73,9 @@ class FreeLongSampler(DirectSampler):
     temporal_cutoff: float = option(0.25, Number(0, above=True, note="1 = the Nyquist frequency; public code: 0.25"))
     spatial_cutoff: float | None = option(0.25, Number(0, above=True, null="temporal bands only"))
 
+    def calls_share_attention(self) -> str | None:
+        return "FreeLong's spectral blend attention"
+
     def check_options(self) -> None:
         if self.window is not None and self.multi_band and self.multi_band[0] <= self.window:
             raise UsageError(f"sampler.multi_band={list(self.multi_band)} must hold windows longer than "
