@@ -15,7 +15,8 @@ as Hydra makes it, the log configured as Hydra configures it, and the same comma
 
 Keyword values are written as on the command line: a str as typed (free text such as prompt= is quoted for you,
 as the CLI does), bool as true/false, None as null, lists and dicts in Hydra's syntax; a dict of a group's options
-becomes dotted keys (`sampler={"num_steps": 2}` → `sampler.num_steps=2`). `run_dir=` is `hydra.run.dir=`,
+becomes dotted keys (`sampler={"num_steps": 2}` → `sampler.num_steps=2`), except `story=`, which takes the story
+itself as well as a path (a dict in the story file's form, or a Story: `story_option`). `run_dir=` is `hydra.run.dir=`,
 `config_dir=` is `--config-dir`. One job per call: sweeps (-m) and several processes (gpus=N) stay with the CLI.
 """
 
@@ -27,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from longgen.config_search import absolute_config_path, compose_setup, overrides_only
 from longgen.errors import UsageError
@@ -56,7 +57,8 @@ def generate(*overrides: str, **options: Any) -> Result:
     """`longgen generate OVERRIDES` in this process; returns the run directory and its manifest."""
     from longgen.commands.generate import run_generate
 
-    with _composed("generate", list(overrides), options) as (cfg, out_dir, choices, hc):
+    options, story = story_option(options)
+    with _composed("generate", list(overrides), options, story) as (cfg, out_dir, choices, hc):
         manifest = run_generate(cfg, out_dir, choices, hc)
         if cfg.get("eval"):
             from longgen.eval.evaluate import evaluate_run_dir
@@ -70,7 +72,8 @@ def extend(video: str | os.PathLike, *overrides: str, **options: Any) -> Result:
     from longgen.commands.extend import run_extend
 
     args = [f"video={hydra_quote(str(video))}", *overrides]
-    with _composed("extend", args, options) as (cfg, out_dir, choices, hc):
+    options, story = story_option(options)
+    with _composed("extend", args, options, story) as (cfg, out_dir, choices, hc):
         manifest = run_extend(cfg, out_dir, choices, hc)
     return Result(out_dir, manifest)
 
@@ -81,12 +84,45 @@ def decode(target: str | os.PathLike, *overrides: str, **options: Any) -> dict:
     from longgen.commands.decode import run_decode
     from longgen.rundir import setup_logging
 
+    if not isinstance(target, (str, os.PathLike)):
+        raise UsageError(f"{target!r} ({type(target).__name__}) is not a path: pass the run directory or the "
+                         f"latents file to decode")
+    check_override_strings(overrides)
     path = Path(target).expanduser()
-    setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
-    return run_decode(path, [*overrides, *keyword_overrides(options)])
+    with caller_logging():  # the caller's logging, given back after the call (as generate's and extend's)
+        setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
+        return run_decode(path, [*overrides, *keyword_overrides(options)])
 
 
 # ---------------------------------------------------------------------------------------------------- the command line
+def story_option(options: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
+    """`story=` given as the story itself — a dict in the story file's form, or a longgen.story.Story — split off
+    the other options: checked as a story file is (UsageError naming what to change), relative image paths read
+    from the working directory, and returned as the story file's JSON with `${` escaped, so that OmegaConf keeps
+    the text as written. A path (or nothing) leaves the options as they are, with None."""
+    from longgen.overrides import _no_interpolation
+    from longgen.story import Story
+
+    value = options.get("story")
+    if isinstance(value, (list, tuple)):
+        raise UsageError(f"story= takes a path to a story file or the story itself, a dict (or a Story), not a "
+                         f"{type(value).__name__}: put the local prompts under `local`, e.g. "
+                         f"story={{\"global\": \"a fox\", \"local\": [\"a fox sleeps\", \"a fox runs\"]}}")
+    if not isinstance(value, (Mapping, Story)):
+        return options, None
+    data = value.to_dict() if isinstance(value, Story) else dict(value)
+    story = Story.from_dict(data, where="story").with_images_under(Path.cwd())
+
+    def escaped(item: Any) -> Any:
+        if isinstance(item, str):
+            return _no_interpolation(item)
+        if isinstance(item, dict):
+            return {key: escaped(v) for key, v in item.items()}
+        return [escaped(v) for v in item] if isinstance(item, list) else item
+
+    return {k: v for k, v in options.items() if k != "story"}, escaped(story.to_dict())
+
+
 def keyword_overrides(options: dict[str, Any]) -> list[str]:
     """Keyword arguments as command-line overrides (module docstring)."""
     out = []
@@ -127,14 +163,19 @@ def _hydra_value(value: Any) -> str:
                      f"a list or a dict")
 
 
-def command_line(command: str, overrides: list[str], options: dict[str, Any]) -> list[str]:
-    """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
-    from longgen.cli import COMMANDS, command_line_problem
-
+def check_override_strings(overrides: tuple | list) -> None:
+    """Positional overrides are 'KEY=VALUE' strings, as typed after the command: anything else is one line."""
     for arg in overrides:
         if not isinstance(arg, str):
             raise UsageError(f"{arg!r} ({type(arg).__name__}) is not an override: pass 'KEY=VALUE' strings "
                              f"or KEY=value keyword arguments")
+
+
+def command_line(command: str, overrides: list[str], options: dict[str, Any]) -> list[str]:
+    """The overrides as the CLI passes them to Hydra after its checks (longgen/cli.py `main`), or UsageError."""
+    from longgen.cli import COMMANDS, command_line_problem
+
+    check_override_strings(overrides)
     rest = [*overrides, *keyword_overrides(options)]
     if "-m" in rest or "--multirun" in rest:
         raise UsageError(f"longgen.{command.replace('-', '_')} runs one job: sweep in a loop of calls, or with "
@@ -152,11 +193,11 @@ def command_line(command: str, overrides: list[str], options: dict[str, Any]) ->
 
 
 @contextlib.contextmanager
-def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> Iterator[tuple]:
+def _composed(command: str, overrides: list[str], options: dict[str, Any], story: dict | None = None) -> Iterator[tuple]:
     """The task config, run directory, group choices and Hydra config of one job, as `@hydra.main` and Hydra's
-    `run_job` give them to the command: composed from the command's primary config, the run directory made
-    (absolute), HydraConfig set for the call and restored after it, the log configured (console and the run
-    directory's COMMAND.log)."""
+    `run_job` give them to the command: composed from the command's primary config (`story`, the story itself
+    from `story_option`, set as its `story`), the run directory made (absolute), HydraConfig set for the call and
+    restored after it, the log configured (console and the run directory's COMMAND.log)."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import configure_log
@@ -170,6 +211,11 @@ def _composed(command: str, overrides: list[str], options: dict[str, Any]) -> It
             cfg = compose(primary, overrides=overrides_only(rest) + search_path, return_hydra_config=True)
     except Exception as exc:  # Hydra's own composition errors (a value of the wrong type, ...)
         raise UsageError(str(exc).strip().splitlines()[0]) from None
+    if story is not None:
+        if cfg.get("story") not in (None, ""):
+            raise UsageError(f"story= is given twice (story={cfg.story} and the story itself): give it once")
+        with open_dict(cfg):
+            cfg.story = story
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,8 +112,14 @@ def rerun_failed_jobs(rest: list[str]) -> int:
         return rerun_failed(Path(rest[0]).expanduser())
 
 
+#: options that only print (help pages, the composed config, Hydra's info, shell completion)
+PRINT_ONLY = {"-h", "--help", "help", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", *COMPLETION_FLAGS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and (not args or PRINT_ONLY & set(args)):
+        end_quietly_on_a_closed_pipe()
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
@@ -142,10 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
         return run_app(module_name, "longgen", rest)
     rest = absolute_config_path(fill_positional(command, rest))
-    problem = command_line_problem(config, rest)
-    if problem:
-        print(f"longgen: error: {problem}", file=sys.stderr)
-        return 2
+    if problem := command_line_problem(config, rest):
+        return refuse(problem)
     if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)
         from longgen.command_help import help_page
 
@@ -153,23 +158,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
-    problem = mixed_modes(rest) or unreadable_override(rest)  # Hydra: a traceback / its grammar error, two lines
-    if problem:
-        print(f"longgen: error: {problem}", file=sys.stderr)
-        return 2
+    if problem := mixed_modes(rest) or unreadable_override(rest):  # Hydra: a traceback / its grammar error, 2 lines
+        return refuse(problem)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):
         from longgen.commands.generate import validate_sweep
 
-        problem = validate_sweep(rest)
-        if problem:
-            print(f"longgen: error: {problem}", file=sys.stderr)
-            return 2
+        if problem := validate_sweep(rest):
+            return refuse(problem)
     if command == "generate":  # after the checks: a bad option never starts N processes
         code = start_processes(command, rest)
         if code is not None:
             return code
     return run_app(module_name, f"longgen {command}", rest)
+
+
+def refuse(problem: str) -> int:
+    """Print a command line's problem as longgen's one error line; the exit status for it."""
+    print(f"longgen: error: {problem}", file=sys.stderr)
+    return 2
+
+
+def end_quietly_on_a_closed_pipe() -> None:
+    """`longgen generate --help | head`: a reader that stops early ends the printing as it ends any Unix filter, by
+    SIGPIPE, not with a BrokenPipeError traceback (Hydra prints its own for --cfg). Only for print-only options of
+    the `longgen` program itself, never for a caller of main() in its own process. Nothing is written then."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 def command_line_problem(config: str, rest: list[str]) -> str | None:

@@ -20,8 +20,8 @@ POSITIONAL = {"split-prompt": "scenario", "extend": "video"}
 #: command → list-valued config key that all its plain arguments fill (`longgen eval a b` → `paths=['a','b']`)
 POSITIONAL_LIST = {"eval": "paths"}
 #: options whose value is free text or a path: a comma or quote in them is part of the text (see quote_free_text)
-FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video",
-             "backbone.model_path", "splitter.template", "hydra.run.dir", "hydra.sweep.dir"}
+FREE_TEXT = {"prompt", "negative_prompt", "prompt_file", "story", "scenario", "out", "model_path", "video", "image",
+             "backbone.model_path", "splitter.template", "splitter.shot_template", "hydra.run.dir", "hydra.sweep.dir"}
 #: free text that is only ever text: `${…}` in it is kept as typed, never an OmegaConf interpolation (it could
 #: pull an environment value such as an API key into story.json, the saved config and the checkpoints)
 TEXT_ONLY = {"prompt", "negative_prompt"}

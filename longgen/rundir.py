@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -237,7 +238,7 @@ class RunDirectory:
         if not overwrite:
             if CHECKPOINT in found and video_name not in found:
                 raise UsageError(
-                    f"{self.path} holds an unfinished run ({CHECKPOINT}): continue it with `longgen resume {self.path}`, "
+                    f"{self.path} holds an unfinished run ({CHECKPOINT}): continue it with `longgen resume {shlex.quote(str(self.path))}`, "
                     f"or pass overwrite=true to start over there"
                 )
             raise UsageError(
@@ -300,6 +301,9 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
+        if OmegaConf.is_dict(OmegaConf.select(cfg, key)) and not isinstance(parsed, dict):
+            raise UsageError(f"`longgen {command}` keeps the run's {key} config and cannot choose another ({item}): "
+                             f"change its options instead, as {key}.KEY=VALUE")
         OmegaConf.update(cfg, key, parsed, merge=True, force_add=True)
         applied.append(f"{key}={value}")
     return applied
@@ -308,14 +312,17 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
 class RunLog(logging.FileHandler):
     """The run's log file (generate.log, …), appended and never opened through a symbolic link: a link planted
     under the log's name would carry the log outside the run directory. Such a link gets nothing (the run is then
-    refused with one line when it claims the directory, refuse_run_links)."""
+    refused with one line when it claims the directory, refuse_run_links). Nor does a directory that an input error
+    removed before the first line was written (a sweep job whose split failed: the error is then recorded in the
+    sweep's ledger, and logging must neither fail nor make the directory again)."""
 
     def _open(self):
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self.baseFilename, flags, 0o666)
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            removed = exc.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(self.baseFilename))
+            if exc.errno != errno.ELOOP and not removed:
                 raise
             return open(os.devnull, "a", encoding=self.encoding)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
@@ -323,7 +330,8 @@ class RunLog(logging.FileHandler):
 
 def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
     """For commands that run without Hydra (resume, decode): the Rich console handler and the run's log file
-    (appended), as conf/hydra/job_logging/rich.yaml sets them up for generate."""
+    (appended), as conf/hydra/job_logging/rich.yaml sets them up for generate. A directory that is not a run
+    directory (no .hydra/config.yaml: the command refuses it) gets no log file, so nothing is left in it."""
     from longgen.progress import rich_handler
 
     root = logging.getLogger()
@@ -336,7 +344,7 @@ def setup_logging(run_dir: Path | None, name: str = "generate") -> None:
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(RedactFilter())
     root.addHandler(console)
-    if run_dir is None:
+    if run_dir is None or not (Path(run_dir) / ".hydra" / "config.yaml").is_file():
         return
     file_handler = RunLog(Path(run_dir) / f"{name}.log", mode="a", delay=True)
     file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))

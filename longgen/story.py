@@ -64,8 +64,9 @@ from longgen.windows import Clock, EventPlan, WindowPlan, event_plan
 
 #: LCT's mark before a shot that begins with a hard cut (LCT §3.2.1).
 CUT_MARKER = "[SHOT CUT]"
-#: a reference to a character in a shot prompt, "Character ID" (LCT §3.2.1); group 1 is the id
-CHARACTER_REF = re.compile(r"\bCharacter\s+([A-Za-z0-9_-]+)")
+#: a reference to a character in a shot prompt, "Character ID" (LCT §3.2.1), the keyword in any case; group 1 is
+#: the id (`refers_to_character` says which matches are references rather than prose)
+CHARACTER_REF = re.compile(r"\b(?i:character)\s+([A-Za-z0-9_-]+)")
 _CHARACTER_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _SIMPLE_KEYS = ("global", "local", "durations", "scenario", "source")
 _SHOT_KEYS = ("characters", "environment", "story", "shots", "durations", "scenario", "source")
@@ -86,8 +87,12 @@ MAX_SECONDS = 86_400.0
 TIME_TOLERANCE = 1e-6
 #: how a timed event may give its time: both keys of one form, nothing else
 _TIME_FORMS = ({"start", "end"}, {"duration"})
-#: "Character ID:" opening a character's description in LCT's literal form (bold markers of the paper allowed)
-_CHARACTER_ENTRY = re.compile(r"(?:\*\*)?\bCharacter\s+([A-Za-z0-9_-]+)\s*(?:\*\*)?\s*:\s*(?:\*\*)?")
+#: "Character ID:" opening a character's description in LCT's literal form (bold markers of the paper allowed), the
+#: keyword in any case (`_opens_entry` says which matches open an entry rather than sit in a description)
+_CHARACTER_ENTRY = re.compile(r"(?:\*\*)?\b(?i:character)\s+([A-Za-z0-9_-]+)\s*(?:\*\*)?\s*:\s*(?:\*\*)?")
+#: what may stand right before an entry written "character ID:" in another case than LCT's: the start of the text,
+#: of a line, or of a sentence or ';'-separated item (spaces and bold markers aside)
+_ENTRY_BOUNDARY = ("", "\n", ";", ".")
 
 
 _ANY_CUT_MARKER = re.compile(re.escape(CUT_MARKER), flags=re.I)
@@ -296,7 +301,8 @@ class Story:
         for i, shot in enumerate(self.shots, 1):
             if not shot.prompt:
                 raise UsageError(f"story: shot {i} is empty; every shot needs a prompt")
-            missing = sorted({m for m in CHARACTER_REF.findall(shot.prompt) if m not in chars})
+            missing = sorted({m.group(1) for m in CHARACTER_REF.finditer(shot.prompt)
+                              if refers_to_character(m, chars) and m.group(1) not in chars})
             if missing:
                 known = _listed(list(chars)) or "none"
                 raise UsageError(
@@ -471,6 +477,13 @@ class Story:
                       times=self.times, images=self.images)
         return story, changed
 
+    def as_global_event(self) -> "Story":
+        """The story as one event whose prompt is its global description (and whose key image, if any, is the first
+        event's): what a sampler that shows one prompt over the whole video is given with
+        `sampler.several_events=global`."""
+        image = [self.images[0]] if self.images is not None and self.images[0] is not None else None
+        return Story(self.global_prompt, [self.global_prompt], None, self.scenario, dict(self.source), images=image)
+
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
         if self.shots is not None:
@@ -572,11 +585,15 @@ class Story:
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
-        story = cls.from_dict(data, where=f"story file {path}")
-        if story.images is not None:  # relative to the story file's folder, kept absolute from here on
-            story.images = [None if img is None else str((path.parent / Path(img).expanduser()).resolve())
-                            for img in story.images]
-        return story
+        return cls.from_dict(data, where=f"story file {path}").with_images_under(path.parent)
+
+    def with_images_under(self, folder: Path) -> "Story":
+        """This story with its events' relative image paths read from `folder` (a story file's folder; the working
+        directory for a story given as a dict), kept absolute from here on."""
+        if self.images is not None:
+            self.images = [None if img is None else str((folder / Path(img).expanduser()).resolve())
+                           for img in self.images]
+        return self
 
     @classmethod
     def from_prompt_file(cls, path: str | Path) -> "Story":
@@ -680,12 +697,29 @@ def parse_characters(value: Any) -> dict[str, str]:
 
 def _character_entries(text: str) -> list[tuple[str, str]]:
     """(id, description) of each "Character ID:" entry of `text`; [] when text comes before the first entry."""
-    marks = list(_CHARACTER_ENTRY.finditer(text))
+    marks = [m for m in _CHARACTER_ENTRY.finditer(text) if _opens_entry(text, m)]
     if not marks or text[: marks[0].start()].strip():
         return []
     ends = [m.start() for m in marks[1:]] + [len(text)]
     return [(m.group(1), text[m.end(): end].strip().rstrip(";").strip().removesuffix("**").strip())
             for m, end in zip(marks, ends)]
+
+
+def _opens_entry(text: str, mark: re.Match) -> bool:
+    """Whether `mark` opens a character entry: LCT's "Character ID:" anywhere, as before; in another case
+    ("character 1:") only at an entry boundary (_ENTRY_BOUNDARY), so that a description saying "... plays the
+    character Bob: ..." stays one description."""
+    if mark.group(0).lstrip("*").startswith("Character"):
+        return True
+    return text[: mark.start()].rstrip(" \t*")[-1:] in _ENTRY_BOUNDARY
+
+
+def refers_to_character(match: re.Match, characters: dict[str, str]) -> bool:
+    """Whether a CHARACTER_REF match in a shot prompt is a reference: LCT's "Character ID" always (an undefined id
+    is then refused); "character ID" in another case where ID is a defined character or a number, so that prose
+    such as "the character walks away" stays prose."""
+    cid = match.group(1)
+    return match.group(0).startswith("Character") or cid in characters or cid.isdigit()
 
 
 def _add_character(chars: dict[str, str], cid: str, desc: str) -> None:

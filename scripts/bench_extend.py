@@ -96,7 +96,7 @@ def main() -> None:
     source_seams = [row["ratio"] for row in json.loads((src / "eval.json").read_text())["seams"] if row["ratio"]]
     result["source_window_seams"] = {"median": float(np.median(source_seams)) if source_seams else None,
                                      "max": max(source_seams) if source_seams else None}
-    per_frame = args.backbone.startswith("wan") or args.backbone == "tiny-wan"
+    per_frame = "hunyuan" not in args.backbone  # CogVideoX and Wan take a timestep per latent frame; HunyuanVideo 1.5 not
     for context in ["replace", *(["per-frame"] if per_frame else [])]:
         run = out / f"extend-{context}"
         seconds = longgen("extend", str(src / "video.mp4"), *common, f"prompt={NEXT_PROMPT}",

@@ -8,7 +8,9 @@ It is two longgen commands, printed before they run, so the same thing can be ty
 Each experiment (conf/experiment/) pins one method at 4x the native clip as its paper runs it; OVERRIDES (the
 backbone, story, seed ...) apply to every method alike. The eval report (OUT/report.html, report.csv, plots) groups
 the runs by experiment: the form of GLC-Diffusion's Table 1 and SynCoS's Tables 1/5 with the weight-free metrics,
-plus the model metrics where `eval.models.*` names local weights. This script then adds OUT/compare.md: per method
+plus the model metrics where `longgen eval`'s `models.*` names local weights. Direct sampling and FreeLong show one
+prompt over the whole video: on a story of several events their experiments show its global prompt
+(`sampler.several_events=global`). This script then adds OUT/compare.md: per method
 the transformer forwards, the sampling seconds and their ratio to Gen-L-Video's.
 
   python scripts/compare.py --out runs/compare story=story.json backbone=cogvideox-2b seed=0

@@ -5,6 +5,7 @@ point), whose stderr is not a terminal here: its progress comes as plain lines."
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import logging
@@ -78,6 +79,8 @@ def test_bad_input_raises_usage_error_and_leaves_nothing(tmp_path):
         longgen.generate("backbone=tiny", num_windows="abc", prompt="x", run_dir=tmp_path / "c")
     with pytest.raises(longgen.UsageError, match=r"5 \(int\) is not an override: pass 'KEY=VALUE' strings"):
         longgen.generate("backbone=tiny", 5, prompt="x", run_dir=tmp_path / "d")
+    with pytest.raises(longgen.UsageError, match="eval='maybe' must be true or false"):  # was taken as true
+        longgen.generate("backbone=tiny", eval="maybe", prompt="x", run_dir=tmp_path / "e")
     assert not any(tmp_path.iterdir())
 
 
@@ -85,3 +88,137 @@ def test_import_longgen_stays_light():
     code = "import sys, longgen; print(sorted(m for m in ('torch', 'hydra', 'omegaconf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_story_may_be_a_dict_or_a_story_object(tmp_path):
+    """A notebook passes the story itself: a dict (the story file's JSON) or a longgen.story.Story, checked as a
+    story file is (a bad one is one UsageError line, nothing written); text holding `${` stays as written."""
+    from longgen.story import Story
+
+    story = {"global": "a fox ${x}", "local": ["a fox ${x} sleeps", "a fox, then a dog's ball"]}
+    one = {"global": "a fox ${x}", "local": [{"prompt": "a fox ${x}, then a dog's ball", "duration": 1}]}
+    result = longgen.generate(*TINY[:3], sampler="direct", num_windows=1, story=one, run_dir=tmp_path / "dict",
+                              **{"sampler.num_steps": 1})
+    assert json.loads((result.run_dir / "story.json").read_text()) == one
+    with pytest.raises(longgen.UsageError, match="sampler=freelong .*: a story of 2 local prompts cannot show"):
+        longgen.generate("backbone=tiny", sampler="freelong", story=Story.from_dict(story), run_dir=tmp_path / "a")
+    for bad, words in [({"global": "a fox"}, "story: missing `local` (the list of local prompts, one per event)"),
+                       ({"local": ["a", "b"], "durations": [1]}, "story: "),
+                       ({"local": "a fox"}, "story: "),
+                       (["a fox sleeps", "a fox runs"], "story= takes a path to a story file or the story itself, "
+                                                        "a dict (or a Story), not a list: put the local prompts")]:
+        with pytest.raises(longgen.UsageError) as err:
+            longgen.generate(*TINY, story=bad, run_dir=tmp_path / "b")
+        assert str(err.value).startswith(words) and "\n" not in str(err.value), err.value
+    with pytest.raises(longgen.UsageError, match=r"give only one of prompt=…, prompt_file=…, story=… or scenario=…"):
+        longgen.generate(*TINY, story=story, prompt="a cat", run_dir=tmp_path / "c")
+    with pytest.raises(longgen.UsageError, match="story= is given twice"):
+        longgen.generate(*TINY, "story=story.json", story=story, run_dir=tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dict"]
+
+
+def test_decode_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path):
+    """`longgen.decode` / `longgen decode` as a demanding user drives them (found in a red-team pass): progress
+    and overwrite checked as generate checks them (abc was a ValueError traceback, -1 and 'maybe' were taken), a
+    writer config that does not exist, a target or override that is no string (TypeError / AttributeError),
+    Hydra's own parse error (a traceback for a latents file), and latents of another frame size (the line named
+    only backbone=, not the size to give)."""
+    run = runs[0] / "api"
+    before = sorted(p.name for p in run.iterdir())
+    cases = [
+        ((run,), {"progress_seconds": "abc"}, "progress_seconds='abc' must be a finite number >= 0.0"),
+        ((run,), {"progress_seconds": -1}, "progress_seconds=-1 must be a finite number >= 0.0"),
+        ((run,), {"overwrite": "maybe", "writer": {"filename": "again.mp4"}}, "overwrite='maybe' must be true or false"),
+        ((run,), {"writer": "gif"}, "`longgen decode` keeps the run's writer config and cannot choose another "
+                                    "(writer=gif): change its options instead, as writer.KEY=VALUE"),
+        ((5,), {}, "5 (int) is not a path: pass the run directory or the latents file to decode"),
+        ((run, 5), {}, "5 (int) is not an override: pass 'KEY=VALUE' strings"),
+        ((run / "latents.safetensors", "writer.crf=["), {"backbone": "tiny", "out": tmp_path / "o"},
+         "no viable alternative at input '['"),
+        ((run / "latents.safetensors",), {"backbone": "tiny", "out": tmp_path / "o"},
+         "expects [4, 8, 8]: pick the backbone they were sampled with (backbone=…) at their size "
+         "(backbone.height=16 backbone.width=16)"),
+    ]
+    import torch
+    from safetensors.torch import save_file
+
+    small = {"backbone": "tiny", "backbone.height": 16, "backbone.width": 16, "out": tmp_path / "o"}
+    for name, latents, words in [("nan", torch.full((9, 4, 2, 2), float("nan")), "the latents hold NaN/inf values; "
+                                  "no video is written from them"),  # was written as a video
+                                 ("empty", torch.zeros(0, 4, 2, 2), "latents must be [F, C, H, W] with F >= 1"),
+                                 ("even", torch.zeros(6, 4, 2, 2), "CogVideoX's VAE decodes only odd latent lengths "
+                                  "to c·(L−1)+1 frames: pick the backbone they were sampled with (backbone=…)")]:
+        save_file({"latents": latents}, tmp_path / f"{name}.safetensors")  # generate's advice (stride) was wrong
+        cases.append(((tmp_path / f"{name}.safetensors",), small, words))
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for args, options, words in cases:
+        with pytest.raises(longgen.UsageError) as err:
+            longgen.decode(*args, **options)
+        assert words in str(err.value) and "\n" not in str(err.value), err.value
+        assert root.handlers == handlers  # the caller's logging is given back (it was replaced for good)
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.safetensors", "even.safetensors", "nan.safetensors"]
+
+
+def test_decode_and_resume_leave_no_log_in_a_directory_that_is_not_a_run(tmp_path, own_logging, capsys):
+    """`longgen decode DIR` / `longgen resume DIR` on a folder that holds no run refused it in one line but left
+    a decode.log / generate.log in it."""
+    from longgen.commands import decode, resume
+
+    (tmp_path / "notes.txt").write_text("mine")
+    for command in (decode, resume):
+        with pytest.raises(SystemExit) as exit_:
+            command.main([str(tmp_path)])
+        assert exit_.value.code == 2
+        assert "is not a longgen run directory (no .hydra/config.yaml)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_decode_refuses_a_run_whose_story_lost_its_shots(runs, tmp_path):
+    """A run directory without story.json, or whose story.json has no shots while its manifest lists takes, was
+    decoded as one take: across the cuts of a multi-shot video. Now one line each."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0] / "api", run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "takes": [{"take": 0}, {"take": 1}]}))
+    with pytest.raises(longgen.UsageError, match=r"story.json has no shots but .*manifest.json lists 2 takes: put "
+                                                 r"the run's own story.json back"):
+        longgen.decode(run, writer={"filename": "again.mp4"})
+    (run / "story.json").unlink()
+    with pytest.raises(longgen.UsageError, match=r"run has no story.json: the run directory is incomplete"):
+        longgen.decode(run, writer={"filename": "again.mp4"})
+    assert not (run / "again.mp4").exists()
+
+
+def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_path):
+    """"finish it with `longgen resume my runs/fox`" could not be pasted into a shell: the path is quoted."""
+    import shutil
+
+    run = tmp_path / "my runs" / "fox"
+    shutil.copytree(runs[0] / "api", run)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "video: /videos/in.mp4\n")  # as an extend run records its input
+    with pytest.raises(longgen.UsageError, match=re.escape(f"finish an interrupted one with `longgen resume '{run}'`")):
+        longgen.decode(run)
+    unfinished = tmp_path / "my runs" / "cat"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(longgen.UsageError, match=re.escape(f"continue it with `longgen resume '{unfinished}'`")):
+        longgen.generate("backbone=tiny", prompt="a cat", run_dir=unfinished)
+
+
+def test_resume_of_a_generate_run_refuses_video_in_one_line(runs, tmp_path):
+    """`longgen resume RUN video=X` (video= is for an extend run whose input moved) took a generate run for an
+    extend run and ended in omegaconf's ConfigAttributeError traceback."""
+    import shutil
+
+    from longgen.commands.resume import run_resume
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0] / "api", run)
+    with pytest.raises(longgen.UsageError, match=r"video= gives a `longgen extend` run its moved input video; .* is a "
+                                                 r"`longgen generate` run, which reads no video: drop video="):
+        run_resume(run, ["video=/videos/in.mp4"])

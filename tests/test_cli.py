@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import imageio_ffmpeg
 import pytest
@@ -123,3 +124,20 @@ def test_bad_inputs_fail_with_one_line(tmp_path, overrides, message):
     assert "Traceback" not in proc.stderr
     if out.exists():
         assert not {"video.mp4", "manifest.json", "story.json"} & {p.name for p in out.iterdir()}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`longgen generate --help | head -3` (or --cfg job into a pager that quits): the reader closes the pipe before
+    longgen writes; that once ended in a BrokenPipeError traceback (Hydra's own for --cfg job)."""
+    import signal
+    import subprocess
+    import sys
+
+    from cli_helpers import ONE_THREAD
+
+    args = ["generate", "backbone=tiny", "prompt=a cat", "--cfg", "job"]  # through Hydra's printing (--help: ours)
+    proc = subprocess.Popen([sys.executable, "-m", "longgen.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ONE_THREAD})
+    proc.stdout.close()  # before the interpreter has even started: every write longgen makes meets a closed pipe
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == -signal.SIGPIPE and stderr == "", stderr[-2000:]  # as `head` leaves any filter

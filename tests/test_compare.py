@@ -35,13 +35,15 @@ def split_comparison(tmp_path_factory):
     report over both (REPORT). Every method, one story and seed, CI size."""
     root = tmp_path_factory.mktemp("compare")
     compare = load_script("compare")
+    # a story of two events: the windowed methods show each; direct and freelong its global prompt (several_events)
+    (root / "story.json").write_text('{"global": "a red fox", "local": ["a red fox runs", "a red fox sleeps"]}')
     halves = (compare.METHODS[:4], compare.METHODS[4:])
     # B (freelong, ditctrl, glc, syncos) at 4 steps, as a reduced-steps GPU run: GLC's VJPs at 50 steps would be most
     # of the fixture's time; A keeps the experiments' 50 (FIFO has no step count to lower)
     for name, methods, steps in zip("AB", halves, ([], ["sampler.num_steps=4"])):
         proc = compare_script("--no-eval", "--methods", ",".join(methods), "--out", str(root / name), "backbone=tiny",
                               "backbone.height=16", "backbone.width=16", "length_factor=null", "num_windows=2",
-                              "prompt=a red fox runs", "seed=3", *steps, cwd=root)
+                              "story=story.json", "seed=3", *steps, cwd=root)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     proc = compare_script("--report-only", "--out", str(root / "REPORT"), str(root / "A"), str(root / "B"), cwd=root)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -65,6 +67,10 @@ def test_compare_runs_every_method_and_writes_one_report(split_comparison):
     for method in METHODS:
         assert f"| {method} |" in table
     assert "| gen-l-video-4x | A/1_gen-l-video | 50 | 200 | 1.00 |" in table  # 2 windows x 50 steps x 2 CFG branches
+    # the story's two events: one per window for the windowed methods, the global prompt for the one-prompt ones
+    glv = json.loads((root / "A" / "1_gen-l-video" / "manifest.json").read_text())
+    assert [e["windows"] for e in glv["events"]] == [[0], [1]]
+    assert "the story's global prompt, not its 2 local prompts" in (root / "A" / "0_direct" / "generate.log").read_text()
 
 
 def test_console_and_report_name_runs_by_experiment_not_by_sampler_folder():

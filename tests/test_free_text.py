@@ -96,3 +96,13 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
                                 cfg=types.SimpleNamespace(negative_prompt=""))
     encode(job)
     assert sent == ["A cat. It sleeps.", "A cat. It wakes.", "A cat."]
+
+
+def test_image_and_shot_template_paths_with_a_comma_are_plain_text():
+    """A start image or a shot template whose path holds a comma or an apostrophe is a path, as story= and
+    prompt_file= are (Hydra read `image=my, pic.png` as a sweep and stopped with its own several lines)."""
+    paths = {"image": "frames/my, pic.png", "splitter.shot_template": "it's, mine.txt"}
+    args = quote_free_text([f"{key}={value}" for key, value in paths.items()] + ["backbone=tiny-i2v", "splitter=llm"])
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=args)
+    assert cfg.image == paths["image"] and cfg.splitter.shot_template == paths["splitter.shot_template"]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -348,3 +349,63 @@ def test_shipped_config_builds_the_sampler():
     sampler = build(cfg, "sampler", "freelong")
     assert isinstance(sampler, FreeLongSampler) and sampler.windows(13) == (13,)
     assert (sampler.temporal_cutoff, sampler.spatial_cutoff) == (0.25, 0.25)  # the public code's d_t, d_s
+
+
+def test_a_story_of_several_events_is_refused_for_the_one_prompt_it_shows(tmp_path):
+    """Found by a red-team pass: with num_windows=4 the refusal said the video had "only 1 window(s)". Direct and
+    FreeLong show one prompt over the whole video whatever its length: the line says so and names the fix, for a
+    story (a scenario too, before it is split) and for a multi-shot take of several shots (no cut between them)."""
+    import longgen
+
+    story = tmp_path / "story.json"
+    story.write_text('{"global": "a fox", "local": ["a fox sleeps", "a fox runs", "a fox eats"]}')
+    tiny = ("backbone=tiny", "backbone.height=16", "backbone.width=16")
+    with pytest.raises(UsageError) as err:
+        longgen.generate(*tiny, sampler="freelong", story=story, num_windows=4, run_dir=tmp_path / "a")
+    line = str(err.value)
+    assert line.startswith("sampler=freelong denoises the whole video as one window under one prompt") and \
+        "a story of 3 local prompts cannot show each of them; use a windowed sampler (e.g. sampler=syncos" in line
+    assert "window(s)" not in line and "\n" not in line
+    with pytest.raises(UsageError, match="sampler=direct denoises .*: a story of 3 local prompts cannot show each"):
+        longgen.generate(*tiny, sampler="direct", scenario=tmp_path / "unread.txt", num_prompts=3,  # never read
+                         run_dir=tmp_path / "b")
+    shots = tmp_path / "shots.json"
+    shots.write_text('{"characters": {"1": "a man"}, "shots": ["Character 1 waves.", "[SHOT CUT] Character 1 sits.", '
+                     '"Character 1 runs."]}')
+    with pytest.raises(UsageError, match="sampler=direct denoises .*: shots 2–3 have no cut between them, so they "
+                                         "share one take that would show only one of them; start each shot with"):
+        longgen.generate(*tiny, sampler="direct", story=shots, run_dir=tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shots.json", "story.json"]
+
+
+def test_several_events_global_shows_the_storys_global_prompt_as_a_one_prompt_run_would(tmp_path):
+    """sampler.several_events=global (set by the comparison's direct-4x and freelong-4x) runs a one-prompt sampler on
+    a story of several events under the story's global prompt. Oracle: the same seed with prompt=<the global prompt>
+    gives the same latents; story.json still holds the story as given; the manifest records the option. In extend
+    the same option is taken, and the samplers whose attention mixes a call's rows are refused under the per-frame
+    context in one line (they once failed after the run directory was written)."""
+    import longgen
+    from safetensors.torch import load_file
+
+    story = tmp_path / "story.json"
+    story.write_text('{"global": "a fox in snow", "local": ["a fox in snow sleeps", "a fox in snow runs", '
+                     '"a fox in snow eats"]}')
+    tiny = ("backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler.num_steps=2")
+    shown = longgen.generate(*tiny, "sampler.several_events=global", sampler="direct", story=story,
+                             run_dir=tmp_path / "story")
+    alone = longgen.generate(*tiny, sampler="direct", prompt="a fox in snow", run_dir=tmp_path / "prompt")
+    a, b = (load_file(str(r.run_dir / "latents.safetensors"))["latents"] for r in (shown, alone))
+    assert torch.equal(a, b)
+    assert json.loads((shown.run_dir / "story.json").read_text())["local"][1] == "a fox in snow runs"
+    assert shown.manifest["sampler"]["several_events"] == "global"
+    assert "the story's global prompt, not its 3 local prompts" in (shown.run_dir / "generate.log").read_text()
+    video = alone.run_dir / "video.mp4"
+    with pytest.raises(UsageError, match=r"^sampler=direct denoises .* or sampler.several_events=global"):
+        longgen.extend(video, *tiny, sampler="direct", story=story, num_windows=4, run_dir=tmp_path / "e1")
+    for sampler, shared in (("freelong", "FreeLong's spectral blend attention"),
+                            ("ditctrl", "DiTCtrl's KV sharing")):
+        with pytest.raises(UsageError, match=rf"^context=auto \(per-frame on .*\) splits model calls by noise level, "
+                                             rf"which {shared}.* cannot run across: pass context=replace$"):
+            longgen.extend(video, *tiny, "sampler.kv_layers=[0,null]" if sampler == "ditctrl" else "sampler.window=5",
+                           sampler=sampler, prompt="a fox", run_dir=tmp_path / f"x-{sampler}")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("e1", "x-"))]

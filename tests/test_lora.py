@@ -295,8 +295,8 @@ def _generate_in(out: Path, monkeypatch, *overrides: str) -> dict:
 
 def test_a_lora_refused_at_load_leaves_no_run_directory(tmp_path, monkeypatch):
     """Whether a LoRA fits is only known once the model is there, after the run wrote its config and story.json:
-    the refusal then removes what the run made (nothing half-written stays), its log handler with it (a sweep then
-    logs the failed job to the console: a handler left on the removed directory raised FileNotFoundError)."""
+    the refusal then removes what the run made (nothing half-written stays); a sweep's record of the failed job
+    is still logged (to no file: RunLog opens nothing in a removed directory)."""
     import logging
 
     from diffusers import CogVideoXPipeline
@@ -313,7 +313,6 @@ def test_a_lora_refused_at_load_leaves_no_run_directory(tmp_path, monkeypatch):
         with pytest.raises(UsageError, match="made for another model?"):
             _generate_in(run, monkeypatch, "prompt=a fox", f"backbone.lora=[{{path:'{path}'}}]", "checkpoint_every=1")
         logging.getLogger("longgen").error("sweep job 0 failed: …")  # as recorded_job says it afterwards
-        assert handler not in root.handlers
     finally:
         root.removeHandler(handler)
         handler.close()

@@ -162,3 +162,21 @@ def test_unwritable_and_non_ascii_run_directories(tmp_path):
     proc = run_cli("generate", *SMALL, "hydra.run.dir=vidéos/ñ", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "vidéos" / "ñ" / "video.mp4").is_file()
+
+
+def test_a_sweep_job_whose_split_fails_is_recorded_and_the_next_job_runs(tmp_path):
+    """A failed split (README "Sweeps") is an input error found after the job started: its directory is removed, and
+    recording the failure must not then log into that removed directory (it once ended the sweep with a traceback
+    from the log file handler, and sweep.json listed both jobs as not run)."""
+    scenario = tmp_path / "scenario.txt"
+    scenario.write_text("A fox wakes up. It runs through the snow.")
+    sweep = tmp_path / "sweep"
+    closed = "splitter.base_url=http://127.0.0.1:1/v1"  # nothing listens on port 1: the connection is refused at once
+    proc = run_cli("generate", "-m", "backbone=tiny", "splitter=llm", closed, "splitter.max_retries=0",
+                   "splitter.timeout=5", f"scenario={scenario}", "num_prompts=2,1", f"hydra.sweep.dir={sweep}",
+                   env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "OPENAI_API_KEY": ""}, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert summary["failed"] == [0, 1] and summary["not_run"] == [], summary
+    assert all("no answer from model" in job["error"] for job in summary["jobs"])
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == []  # input errors leave no job directory

@@ -208,6 +208,22 @@ def test_glc_abam_and_cross_attention_together_are_refused():
         ShotsSampler(GLCSampler(), plan, opts)
 
 
+
+def test_fifo_takes_of_different_lengths_are_one_line_when_the_run_is_planned(tmp_path):
+    """FIFO's step count is its video's length (one queue iteration per latent frame) and all takes step through
+    one loop: takes of different lengths are refused when the run is planned (they once crashed after the weights
+    loaded with a traceback, leaving generate.log and story.json); equal takes plan."""
+    from longgen.samplers.fifo import FIFOSampler
+
+    uneven = _plan(TWO, ShotOptions(windows=(1, 2)), FIFOSampler())
+    with pytest.raises(UsageError, match=r"sampler=fifo .*\(13, 17 latent frames\).*shots.windows"):
+        ShotsSampler(FIFOSampler(), uneven, ShotOptions(windows=(1, 2)))
+    ShotsSampler(FIFOSampler(), _plan(TWO, ShotOptions(windows=2), FIFOSampler()), ShotOptions(windows=2))
+    story = tmp_path / "scene.json"
+    story.write_text(json.dumps(SCENE))
+    with pytest.raises(UsageError, match="sampler=fifo"):
+        _plan_job([f"story={story}", "sampler=fifo", "num_windows=6"], tmp_path / "run")
+
 # ---------------------------------------------------------------------------------------------------- one layer
 def _kept(tokens, share):
     n = max(1, math.ceil(share * tokens))

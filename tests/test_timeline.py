@@ -18,6 +18,7 @@ import pytest
 
 from cli_helpers import error_lines, run_cli
 from longgen.errors import UsageError
+from longgen.run.shots import shot_prompts
 from longgen.story import Story
 from longgen.windows import Clock, assign_events, event_plan, strided_plan
 
@@ -211,6 +212,38 @@ def test_a_shot_with_a_time_or_an_unknown_key_is_one_line(shot, words):
     with pytest.raises(UsageError) as err:
         Story.from_dict({"characters": {"1": "a man"}, "shots": [shot]})
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("characters", [
+    [f"character 1: {MAN}", f"character 2: {WOMAN}"],
+    f"character 1: {MAN}; CHARACTER 2: {WOMAN};",
+    f"**character 1:** {MAN}\ncharacter 2: {WOMAN}\n",
+])
+def test_lct_character_forms_take_the_keyword_in_any_case(characters):
+    """"character 1: a young man ..." (lowercase, as people type LCT's form) reads as "Character 1: ...", in the
+    list and the string forms, and so do lowercase references in shots."""
+    story = Story.from_dict({"characters": characters, "shots": ["Close up of character 1.", "Character 2 smiles."]})
+    assert story.characters == {"1": MAN, "2": WOMAN}
+    assert shot_prompts(story, scene=False) == [f"Close up of {MAN}.", f"{WOMAN} smiles."]
+
+
+@pytest.mark.parametrize("characters", [
+    ["Character 1: an actor who plays the character Bob: a cowboy"],
+    "Character 1: an actor who plays the character Bob: a cowboy",
+])
+def test_character_in_a_description_does_not_open_an_entry(characters):
+    """A lowercase "character X:" inside a description is prose, not a second character."""
+    story = Story.from_dict({"characters": characters, "shots": ["Character 1 waves."]})
+    assert story.characters == {"1": "an actor who plays the character Bob: a cowboy"}
+
+
+def test_character_in_a_shot_is_prose_unless_it_names_a_character():
+    """"the character turns" stays as written; "character 1" is Character 1; "character 3" (undefined, a number)
+    is refused as "Character 3" is."""
+    story = Story.from_dict({"characters": {"1": "a man"}, "shots": ["character 1 waves; the character turns."]})
+    assert shot_prompts(story, scene=False) == ["A man waves; the character turns."]
+    with pytest.raises(UsageError, match=r"shot 1 refers to Character 3, which `characters` does not define"):
+        Story.from_dict({"characters": {"1": "a man"}, "shots": ["character 3 waves."]})
 
 
 # ---------------------------------------------------------------------------------------------------- the CLI

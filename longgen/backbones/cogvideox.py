@@ -87,11 +87,11 @@ class CogVideoXBackbone(DiffusersBackbone):
         if self.riflex is not None and not self.random_weights and config.is_file():
             self._check_riflex(json.loads(config.read_text()))
 
-    def check_length(self, latent_frames: int) -> None:
+    def check_length(self, latent_frames: int, fix: str | None = None) -> None:
         if latent_frames % 2 == 0:
             raise UsageError(
                 f"the latent length L={latent_frames} is even; CogVideoX's VAE decodes only odd latent lengths "
-                f"to c·(L−1)+1 frames: use an even sampler.stride or another num_windows"
+                f"to c·(L−1)+1 frames: {fix or 'use an even sampler.stride or another num_windows'}"
             )
 
     # ------------------------------------------------------------------ loading

@@ -122,8 +122,9 @@ class Backbone(Denoiser):
     def frames_for(self, latent_frames: int) -> int:
         """Video frames that `latent_frames` latent frames decode to."""
 
-    def check_length(self, latent_frames: int) -> None:
-        """UsageError when the VAE cannot decode this latent length (every length decodes by default)."""
+    def check_length(self, latent_frames: int, fix: str | None = None) -> None:
+        """UsageError when the VAE cannot decode this latent length (every length decodes by default); `fix` is
+        what the message tells the user to change (default: the length options of generate)."""
 
     # ------------------------------------------------------------------ video
     @abstractmethod

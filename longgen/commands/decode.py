@@ -13,7 +13,9 @@ given one), so a long decode can be followed (scripts/memory_trace.py reads them
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shlex
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from omegaconf import OmegaConf
 
 from longgen.backbones.face import Backbone
 from longgen.build import build
+from longgen.options import flag
 from longgen.errors import UsageError, out_of_memory_as, user_errors
 from longgen.overrides import check_group_choices, check_option_keys, path_first
 from longgen.rundir import (
@@ -32,6 +35,7 @@ from longgen.rundir import (
     load_run_config,
     setup_logging,
 )
+from longgen.run.job import check_progress
 from longgen.run.stages import progress_shown
 
 log = logging.getLogger("longgen")
@@ -60,9 +64,12 @@ def read_latents(path: Path) -> torch.Tensor:
             latents = f.get_tensor("latents")
     except Exception as exc:
         raise UsageError(f"{path} is not a latents file ({str(exc).splitlines()[0][:120]})") from None
-    if latents.ndim != 4:
-        raise UsageError(f"{path}: latents must be [F, C, H, W], got shape {list(latents.shape)}")
-    return latents.float()
+    if latents.ndim != 4 or latents.shape[0] == 0:
+        raise UsageError(f"{path}: latents must be [F, C, H, W] with F >= 1, got shape {list(latents.shape)}")
+    latents = latents.float()
+    if not torch.isfinite(latents).all():  # as generate: such latents are never written as a video
+        raise UsageError(f"{path}: the latents hold NaN/inf values; no video is written from them")
+    return latents
 
 
 def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
@@ -76,21 +83,34 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     if ckpt.state.done < ckpt.total:
         raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
-                         f"finish it with `longgen resume {run_dir}`")
+                         f"finish it with `longgen resume {shlex.quote(str(run_dir))}`")
     sampler = scene.sampler if scene is not None else build(cfg.sampler, "sampler", choices.get("sampler"))
     return sampler.finish(ckpt.state)[0]  # [F, C, H, W]
 
 
 def scene_job(run_dir: Path, cfg, choices):
-    """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run."""
+    """The planned job of a multi-shot run directory (its takes decode one by one), None for a single-shot run.
+    Without its story.json, or with one that lost the shots its manifest lists, the takes are unknown: the video
+    would be decoded as one take, across its cuts, so that is one line instead."""
+    import json
+
     from longgen.run.job import plan_job
     from longgen.story import Story
 
     path = run_dir / "story.json"
-    story = Story.load(path) if path.is_file() else None
-    if story is None or not story.multi_shot:
-        return None
-    return plan_job(cfg, run_dir, choices, story=story)
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete (put the run's story.json "
+                         f"back, or decode its {LATENTS} as a file with backbone=…)")
+    story = Story.load(path)
+    if story.multi_shot:
+        return plan_job(cfg, run_dir, choices, story=story)
+    manifest, takes = run_dir / "manifest.json", None
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no manifest (yet), or not one of ours
+        takes = json.loads(manifest.read_text()).get("takes")
+    if takes:
+        raise UsageError(f"{path} has no shots but {manifest} lists {len(takes)} takes: put the run's own "
+                         f"story.json back (its takes decode one by one)")
+    return None
 
 
 def run_decode(target: Path, overrides: list[str]) -> dict:
@@ -99,7 +119,7 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         cfg, choices = load_run_config(target)
         if cfg.get("video") is not None:
             raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
-                             f"finish an interrupted one with `longgen resume {target}`")
+                             f"finish an interrupted one with `longgen resume {shlex.quote(str(target))}`")
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
         if cfg.backbone.get("lora") is not None:
             cfg.backbone.lora = None  # only the VAE decodes: the run's LoRA files (transformer adapters) are not read
@@ -113,14 +133,14 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         latents = read_latents(target)
     else:
         raise UsageError(f"{target}: no such run directory or latents file")
+    check_progress(cfg)  # as generate checks it (an override, or a run's own setting)
+    flag("overwrite", cfg.get("overwrite", False))
     backbone: Backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
-    if tuple(latents.shape[1:]) != tuple(backbone.latent_shape):
-        raise UsageError(f"the latents' frames are {list(latents.shape[1:])} but {backbone.label} expects "
-                         f"{list(backbone.latent_shape)}: pick the backbone they were sampled with (backbone=…)")
-    if scene is None:
-        backbone.check_length(latents.shape[0])
+    check_latent_shape(latents, backbone)
+    if scene is None:  # the length options are generate's: here only the backbone can be changed
+        backbone.check_length(latents.shape[0], fix="pick the backbone they were sampled with (backbone=…)")
     elif latents.shape[0] != scene.length:
         raise UsageError(f"{target}: the latents hold {latents.shape[0]} frames but the run's shots take {scene.length}")
     rundir = RunDirectory(out_dir).claim()
@@ -149,6 +169,19 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     return video
 
 
+def check_latent_shape(latents: torch.Tensor, backbone: Backbone) -> None:
+    """Latents [F, C, h, w] the backbone cannot decode are one line naming the backbone option to change: the
+    backbone, and where only the frame size differs (same channels) the pixel size they were sampled at."""
+    have, want = tuple(latents.shape[1:]), tuple(backbone.latent_shape)
+    if have == want:
+        return
+    scale = getattr(backbone, "spatial_compression", None)
+    size = (f" at their size (backbone.height={have[1] * scale} backbone.width={have[2] * scale})"
+            if scale and have[0] == want[0] else "")
+    raise UsageError(f"the latents' frames are {list(have)} but {backbone.label} expects {list(want)}: pick the "
+                     f"backbone they were sampled with (backbone=…){size}")
+
+
 def compose_for_file(overrides: list[str]):
     """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
     from hydra import compose, initialize_config_module
@@ -158,8 +191,11 @@ def compose_for_file(overrides: list[str]):
     problem = check_group_choices(rest) or check_option_keys("generate", rest)
     if problem:
         raise UsageError(problem)
-    with initialize_config_module("longgen.conf", version_base="1.3"):
-        cfg = compose("generate", overrides=rest + [f"+{o}" for o in extra], return_hydra_config=True)
+    try:
+        with initialize_config_module("longgen.conf", version_base="1.3"):
+            cfg = compose("generate", overrides=rest + [f"+{o}" for o in extra], return_hydra_config=True)
+    except Exception as exc:  # Hydra's own errors (an override it cannot parse, a value of the wrong type, ...)
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
     choices = dict(cfg.hydra.runtime.choices)
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]

@@ -48,7 +48,11 @@ Also finishes a run whose sampling completed but whose video was not written (e.
 
 def run_resume(run_dir: Path, overrides: list[str]) -> dict:
     cfg, choices = load_run_config(run_dir)
+    extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/run/extend.py)
     applied = apply_overrides(cfg, overrides, HARMLESS, "resume")
+    if not extend and cfg.get("video") is not None:  # it would be resumed as an extend run (a traceback)
+        raise UsageError(f"video= gives a `longgen extend` run its moved input video; {run_dir} is a "
+                         f"`longgen generate` run, which reads no video: drop video=")
     rundir = RunDirectory(run_dir).claim()
     try:
         path = run_dir / CHECKPOINT
@@ -57,7 +61,6 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         if not (run_dir / "story.json").is_file():
             raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
         ckpt = load_checkpoint(path)
-        extend = cfg.get("video") is not None  # a `longgen extend` run (longgen/run/extend.py)
         if extend:
             from longgen.run.extend import (
                 check_event_plan,

@@ -72,7 +72,16 @@ from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
 from longgen.run.images import ImagePlan, plan_images
-from longgen.run.job import Job, build_parts, check_prompt_lengths, log_event_plan, planned_length, resolve_story
+from longgen.run.job import (
+    Job,
+    build_parts,
+    check_prompt_lengths,
+    check_routes_events,
+    log_event_plan,
+    one_prompt_story,
+    planned_length,
+    resolve_story,
+)
 from longgen.run.stages import (
     encode,
     keep_latents,
@@ -421,9 +430,13 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     elif context == "per-frame" and not backbone.per_frame_timesteps:
         raise UsageError(f"context=per-frame needs a backbone with per-frame timesteps; {backbone.label} has none: "
                          f"use context=replace (or auto)")
+    said = "context=per-frame" if cfg.context == "per-frame" else f"context=auto (per-frame on {backbone.label})"
     if context == "per-frame" and getattr(inner, "abam", False):
-        raise UsageError("context=per-frame cannot run GLC's ABAM (its anchor groups span windows at different noise "
+        raise UsageError(f"{said} cannot run GLC's ABAM (its anchor groups span windows at different noise "
                          "levels): pass sampler.abam=false, or context=replace")
+    if context == "per-frame" and (shared := inner.calls_share_attention()):
+        raise UsageError(f"{said} splits model calls by noise level, which {shared} cannot run across: "
+                         f"pass context=replace")
     plan = inner.plan(length, m)
     writer.check()
     if story is None:
@@ -431,6 +444,8 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
+    check_routes_events(inner, story.num_events, choices.get("sampler"))  # direct/freelong: one prompt
+    given, story = story, one_prompt_story(story, inner, choices.get("sampler"))
     events = plan_events(story, plan, inner, backbone, int(cfg.num_windows), h)
     used, stripped = story, 0
     if not cfg.get("use_global_prompt", True):
@@ -442,7 +457,7 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     source = read_source(Path(str(cfg.video)), backbone, keep, bool(cfg.resize))
     backbone.check_available()
     sampler = HistorySampler(inner, h, context, float(cfg.t_c))
-    job = ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used,
+    job = ExtendJob(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, given, used,
                     bool(cfg.get("use_global_prompt", True)), stripped, noise=parts.noise, events=events,
                     images=images, source=source, history=h, context=context)
     log_event_plan(job)

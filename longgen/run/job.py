@@ -28,6 +28,7 @@ from longgen.run.images import ImagePlan, plan_images
 from longgen.run.shots import (
     ShotPlan,
     check_single_shot_options,
+    check_takes_routed,
     decode_takes,
     plan_scene,
 )
@@ -85,7 +86,7 @@ class Job:
         if self.events is None:
             return None
         clock = self.clock()
-        given = self.given_story.timeline or [None] * len(self.events.edges)
+        given = self.story.timeline or [None] * len(self.events.edges)
         table, left = [], 0.0
         for k, (right, times) in enumerate(zip(self.events.edges, given)):
             table.append({"event": k, "windows": self.events.windows_of(k),
@@ -136,18 +137,23 @@ def check_top_level(cfg: DictConfig) -> None:
         whole("latent_frames", cfg.latent_frames, 1, MAX_WINDOWS * 100)
     if cfg.get("num_prompts") is not None:
         whole("num_prompts", cfg.num_prompts, 1, 1000)
-    for name in ("save_latents", "use_global_prompt", "overwrite"):
+    for name in ("save_latents", "use_global_prompt", "overwrite", "eval"):
         flag(name, cfg.get(name, False))
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     if cfg.get("checkpoint_seconds") is not None:
         number("checkpoint_seconds", cfg.checkpoint_seconds, 0.0, lo_open=True)
-    whole("progress_every", cfg.get("progress_every", 0), 0)
-    if cfg.get("progress_seconds") is not None:
-        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
+    check_progress(cfg)
     whole("preview_every", cfg.preview_every, 0)
     number("preview_scale", cfg.preview_scale, 0.0, 1.0, lo_open=True)
     if cfg.get("gpus", 1) != "all":
         whole("gpus", cfg.get("gpus", 1), 1, 4096)
+
+
+def check_progress(cfg: DictConfig) -> None:
+    """progress_every / progress_seconds (generate's, resume's and decode's): whole steps, seconds >= 0."""
+    whole("progress_every", cfg.get("progress_every", 0), 0)
+    if cfg.get("progress_seconds") is not None:
+        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
 
 
 def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split: bool = True) -> Story | None:
@@ -177,6 +183,8 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
 
         return split_scenario_file(cfg.splitter, (choices or {}).get("splitter"), str(cfg.scenario), cfg.num_prompts,
                                    shots=bool(cfg.get("multi_shot", False)))
+    if isinstance(cfg.story, DictConfig):  # the story itself, as the Python API passes it (longgen/api.py)
+        return Story.from_dict(OmegaConf.to_container(cfg.story, resolve=True), where="story")
     return Story.load(str(cfg.story))
 
 
@@ -247,18 +255,24 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     if story is None:
         if cfg.get("scenario") not in (None, "") and type(cfg.get("num_prompts")) is int:
             backbone.check_events(int(cfg.num_prompts))  # the split makes exactly N events: check before it runs
+            if not cfg.get("multi_shot"):
+                check_routes_events(sampler, int(cfg.num_prompts), choices.get("sampler"))
         story = resolve_story(cfg, choices, split)
         if story is None:
             backbone.check_available()
             return None
     use_global = cfg.get("use_global_prompt", True)
-    used, stripped, shots, events = story, 0, None, None
+    given = used = story  # given: story.json; story/used: what the windows show
+    stripped, shots, events = 0, None, None
     if story.multi_shot:  # LCT scene: takes between cuts, one prompt per shot (longgen/run/shots.py)
+        check_takes_routed(story, sampler, choices.get("sampler"))
         shots, sampler, used = plan_scene(story, cfg, sampler, backbone, length, noise)
         length, plan = shots.length, shots.window_plan()
         check_latent_budget(length, backbone.latent_shape, backbone.label)
     else:
         check_single_shot_options(cfg)
+        check_routes_events(sampler, story.num_events, choices.get("sampler"))
+        story = used = one_prompt_story(given, sampler, choices.get("sampler"))
         plan_for = lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window)  # noqa: E731
         clock = Clock(backbone.fps, backbone.temporal_compression)
         events = story.event_plan(plan, clock, plan_for)
@@ -276,10 +290,32 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
     check_prompt_lengths(used, backbone, cfg.negative_prompt or "", sampler)
     backbone.check_events(used.num_events)  # a LoRA scale per event: one per event of the story
     backbone.check_available()  # missing weights: one line naming the model and model_path=, before any work
-    job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, story, used, use_global,
+    job = Job(cfg, dict(choices), Path(out_dir), sampler, backbone, writer, length, plan, given, used, use_global,
               stripped, noise=noise, shots=shots, events=events, images=images)
     log_event_plan(job)
     return job
+
+
+def check_routes_events(sampler: Sampler, events: int, name: Any) -> None:
+    """A single-shot story of several `events` on a sampler that shows one prompt over the whole video (direct,
+    freelong) would show only one of them: one line naming the reason and what to change (not the window count,
+    which is 1 there for any num_windows). Checked before a scenario is split, too."""
+    reason = sampler.single_prompt_reason
+    if reason is None or events < 2 or getattr(sampler, "several_events", "refuse") == "global":
+        return
+    raise UsageError(f"sampler={name} {reason}: a story of {events} local prompts cannot show each of them; "
+                     f"use a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video), a story of one event "
+                     f"(prompt=...), or sampler.several_events=global (the story's global prompt over the whole video)")
+
+
+def one_prompt_story(story: Story, sampler: Sampler, name: Any) -> Story:
+    """The story a one-prompt sampler shows: with `several_events=global`, a story of several events becomes one event
+    under its global prompt (said once at start; story.json then holds what was shown); otherwise the story as it is."""
+    if sampler.single_prompt_reason is None or story.num_events < 2 or getattr(sampler, "several_events", "") != "global":
+        return story
+    log.info("sampler=%s shows one prompt over the whole video: the story's global prompt, not its %d local prompts "
+             "(several_events=global)", name, story.num_events)
+    return story.as_global_event()
 
 
 #: events whose plan is logged one line each at start; the manifest lists them all
@@ -322,12 +358,10 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
 def discard_if_unused(out_dir: Path) -> None:
     """After an input error caught before any work: remove the run directory Hydra made for this command, if it
     holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
-    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed;
-    with the directory go its log handlers (a sweep's failed job still logs its failure: to the console only)."""
-    logs = [h for h in logging.getLogger().handlers
-            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == out_dir]
-    for handler in logs:
-        handler.close()
+    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
+            handler.close()
     if not made_by_this_command(out_dir):
         return
     try:
@@ -335,8 +369,6 @@ def discard_if_unused(out_dir: Path) -> None:
     except OSError:
         return
     if all(e.is_file() and e.suffix == ".log" for e in entries):
-        for handler in logs:
-            logging.getLogger().removeHandler(handler)
         shutil.rmtree(out_dir, ignore_errors=True)
         parent = out_dir.parent
         while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty

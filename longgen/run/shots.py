@@ -57,7 +57,7 @@ from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, guidance_branches
-from longgen.story import CHARACTER_REF, Story
+from longgen.story import CHARACTER_REF, Story, refers_to_character
 from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
@@ -113,6 +113,8 @@ def _substitute(text: str, characters: dict[str, str]) -> str:
     seen: set[str] = set()
 
     def repl(match) -> str:
+        if not refers_to_character(match, characters):  # "the character walks": prose, kept as written
+            return match.group(0)
         cid = match.group(1)
         desc = characters[cid].strip().rstrip(".")
         if cid in seen:
@@ -340,6 +342,18 @@ def plan_scene(story: Story, cfg: Any, sampler: Sampler, backbone: Backbone, len
     return plan, ShotsSampler(sampler, plan, options, noise), used
 
 
+def check_takes_routed(story: Story, sampler: Sampler, name: Any) -> None:
+    """On a sampler that shows one prompt over its whole video (direct, freelong) each take is that video, so a take
+    of several shots (no cut between them) would show only one: one line naming the shots and what to change."""
+    reason = sampler.single_prompt_reason
+    shared = next((g for g in group_takes(story) if len(g) > 1), None)
+    if reason is None or shared is None:
+        return
+    raise UsageError(f"sampler={name} {reason}: shots {shared[0] + 1}–{shared[-1] + 1} have no cut between them, so "
+                     f"they share one take that would show only one of them; start each shot with [SHOT CUT], or use "
+                     f"a windowed sampler (e.g. sampler=syncos, sampler=gen-l-video)")
+
+
 def check_single_shot_options(cfg: Any) -> None:
     """shots.* options given for a story that has no shots would silently do nothing: one line instead."""
     options = ShotOptions.from_config(cfg.get("shots"))
@@ -393,6 +407,14 @@ class ShotsSampler(Sampler):
             raise UsageError(
                 "shots.cross_attention and the GLC sampler's ABAM both rewrite the attention keys and values: "
                 "turn one off (shots.cross_attention=0 or sampler.abam=false)"
+            )
+        lengths = sorted({take.length for take in plan.takes})  # latent frames per take
+        steps_follow_length = getattr(inner, "steps_follow_length", None)
+        if steps_follow_length and len(lengths) > 1:
+            raise UsageError(
+                f"{steps_follow_length}, so takes of different lengths ({', '.join(map(str, lengths))} latent frames) "
+                f"cannot step through one loop: give every take the same length (shots.windows=N, with a [SHOT CUT] "
+                f"before every shot) or use sampler=syncos, gen-l-video, glc or direct"
             )
 
     # ------------------------------------------------------------------ plan

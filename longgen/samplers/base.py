@@ -98,6 +98,15 @@ class Sampler(ABC):
     #: whether windows of a fixed start exist for key images to condition (longgen/run/images.py); a sampler
     #: without them says why in `window_images_reason`
     window_images: ClassVar[bool] = True
+    #: why the sampler shows one prompt over the whole video, for a sampler that does not route a story's events to
+    #: windows (a story of several events is then refused in one line, longgen/run/job.py); None: it routes them
+    single_prompt_reason: ClassVar[str | None] = None
+
+    def calls_share_attention(self) -> str | None:
+        """The attention layer this sampler installs that mixes the rows of one model call (FreeLong's spectral
+        blend over the whole video, DiTCtrl's KV sharing between windows), or None. Such a layer needs every row in
+        one call, so it cannot run where calls are split by noise level (`longgen extend`'s per-frame context)."""
+        return None
 
     def plan(self, length: int, window: int) -> WindowPlan:
         """The sampler's window grid over a latent of `length` frames (recorded in the manifest)."""

@@ -143,6 +143,9 @@ class DiTCtrlSampler(Sampler):
                                  f"tokens of local prompt {i}: use token positions below {count} (each prompt's own "
                                  f"tokens; later ones are padding), or lengthen that prompt")
 
+    def calls_share_attention(self) -> str | None:
+        return "DiTCtrl's KV sharing (sampler.kv_sharing=true)" if self.kv_sharing else None
+
     def begin(self, run: SamplingRun) -> int:
         den = run.denoiser
         self._plan = self.plan(run.length, den.window)

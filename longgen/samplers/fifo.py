@@ -110,6 +110,9 @@ class FIFOSampler(Sampler):
     window_images: ClassVar[bool] = False
     window_images_reason: ClassVar[str] = ("its queue window slides one latent frame per step, so no window keeps "
                                            "an event's first frame at its start")
+    #: the number of steps is the video's length (one queue iteration per latent frame), so the takes of a multi-shot
+    #: scene, which step through one loop (longgen/run/shots.py), must be equally long
+    steps_follow_length: ClassVar[str] = "sampler=fifo runs one queue iteration per latent frame"
 
     num_partitions: int = option(4, Whole(1, 64))
     lookahead: bool = option(True, flag)

@@ -31,8 +31,9 @@ Choices (conf/sampler/freelong.yaml): `window` (w, default the backbone's native
 model's training length — 16 frames for its UNet models), `multi_band` (FreeLong++'s further windows, each longer
 than the previous; empty: FreeLong), `temporal_cutoff` (d_t) and `spatial_cutoff` (d_s; null: temporal bands only).
 FreeLong++'s SpecMix noise initialisation is not part of this sampler (longgen's `noise=` group chooses x_T).
-One prompt, as direct sampling: the story segment holding the video's centre (CogVideoX's joint attention shares
-its text tokens across all frames).
+One prompt, as direct sampling: the video is one sequence and CogVideoX's joint attention (Wan's cross-attention
+too) shares one text across all its frames, so there are no windows to route a story's events to; a story of
+several events is refused at plan time, naming a windowed sampler (DirectSampler.single_prompt_reason).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class FreeLongSampler(DirectSampler):
     multi_band: tuple[int, ...] = option((), window_list)
     temporal_cutoff: float = option(0.25, Number(0, above=True, note="1 = the Nyquist frequency; public code: 0.25"))
     spatial_cutoff: float | None = option(0.25, Number(0, above=True, null="temporal bands only"))
+
+    def calls_share_attention(self) -> str | None:
+        return "FreeLong's spectral blend attention"
 
     def check_options(self) -> None:
         if self.window is not None and self.multi_band and self.multi_band[0] <= self.window:

@@ -58,7 +58,9 @@ def test_a_single_window_sampler_refuses_four_events_in_one_line(tmp_path):
     proc = cli("generate", *COG_MODEL, f"story={write_story(tmp_path)}", "sampler=direct", "num_windows=4",
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "4 local prompts but the video has only 1 window(s)" in one_line(proc.stderr)
+    line = one_line(proc.stderr)  # the real reason (one prompt over the whole video), not "only 1 window(s)"
+    assert "sampler=direct denoises the whole video as one window under one prompt" in line
+    assert "a story of 4 local prompts cannot show each of them; use a windowed sampler" in line
 
 
 def test_a_timed_story_resumed_gives_the_same_latents_and_plan(tmp_path):
