@@ -175,7 +175,7 @@ def check_latent_shape(latents: torch.Tensor, backbone: Backbone) -> None:
     have, want = tuple(latents.shape[1:]), tuple(backbone.latent_shape)
     if have == want:
         return
-    scale = getattr(backbone, "spatial_compression", None)
+    scale = backbone.height // want[1] if want[1] else 0  # pixels per latent row (the VAE's spatial compression)
     size = (f" at their size (backbone.height={have[1] * scale} backbone.width={have[2] * scale})"
             if scale and have[0] == want[0] else "")
     raise UsageError(f"the latents' frames are {list(have)} but {backbone.label} expects {list(want)}: pick the "
