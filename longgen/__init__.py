@@ -1,13 +1,13 @@
 """longgen: tuning-free multi-event long video generation over diffusers text-to-video models.
 
-`longgen.generate(...)`, `longgen.extend(...)` and `longgen.decode(...)` run the commands in this process
-(longgen/api.py); they are imported on first use, so `import longgen` stays light (no torch, no Hydra).
+`longgen.generate(...)`, `longgen.extend(...)`, `longgen.resume(...)` and `longgen.decode(...)` run the commands in
+this process (longgen/api.py); they are imported on first use, so `import longgen` stays light (no torch, no Hydra).
 """
 
 __version__ = "0.1.0"
 
 #: what `longgen.NAME` loads from longgen/api.py on first use
-_API = ("generate", "extend", "decode", "Result", "UsageError")
+_API = ("generate", "extend", "resume", "decode", "Result", "UsageError")
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""The Python API: `longgen.generate(...)`, `longgen.extend(...)`, `longgen.decode(...)` for notebooks and services.
+"""The Python API: `longgen.generate(...)`, `longgen.extend(...)`, `longgen.resume(...)`, `longgen.decode(...)` for
+notebooks and services.
 
 Each call is its command line run in this process: the overrides (strings as typed after the command, and keyword
 arguments written into that form) pass the CLI's own checks (longgen/cli.py `command_line_problem`: unknown
@@ -35,7 +36,7 @@ from longgen.errors import UsageError
 from longgen.overrides import AS_RECORDED_ENV, fill_positional, hydra_quote, quote_free_text
 from longgen.rundir import note_existing_dirs
 
-__all__ = ["Result", "UsageError", "generate", "extend", "decode"]
+__all__ = ["Result", "UsageError", "generate", "extend", "resume", "decode"]
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,29 @@ def extend(video: str | os.PathLike, *overrides: str, **options: Any) -> Result:
     return Result(out_dir, manifest)
 
 
+def resume(run_dir: str | os.PathLike, *overrides: str, **options: Any) -> Result:
+    """`longgen resume RUN_DIR OVERRIDES` in this process: an interrupted generate or extend run continued from its
+    checkpoint (only the options that cannot change the result may be given, checkpoint.HARMLESS); returns the run
+    directory and its manifest."""
+    from longgen.commands.resume import run_resume
+    from longgen.rundir import setup_logging
+
+    path = given_path(run_dir, "the run directory to resume")
+    check_override_strings(overrides)
+    with caller_logging():  # the caller's logging, given back after the call (as generate's and extend's)
+        setup_logging(path if path.is_dir() else None)  # as the command does (longgen/commands/resume.py)
+        manifest = run_resume(path, [*overrides, *keyword_overrides(options)])
+    return Result(Path(os.path.abspath(path)), manifest)
+
+
 def decode(target: str | os.PathLike, *overrides: str, **options: Any) -> dict:
     """`longgen decode RUN_DIR|LATENTS.safetensors OVERRIDES` in this process; returns the written video's facts
     (path, frames, fps, width, height)."""
     from longgen.commands.decode import run_decode
     from longgen.rundir import setup_logging
 
-    if not isinstance(target, (str, os.PathLike)):
-        raise UsageError(f"{target!r} ({type(target).__name__}) is not a path: pass the run directory or the "
-                         f"latents file to decode")
+    path = given_path(target, "the run directory or the latents file to decode")
     check_override_strings(overrides)
-    path = Path(target).expanduser()
     with caller_logging():  # the caller's logging, given back after the call (as generate's and extend's)
         setup_logging(path if path.is_dir() else None, "decode")  # as the command does (longgen/commands/decode.py)
         return run_decode(path, [*overrides, *keyword_overrides(options)])
@@ -161,6 +174,13 @@ def _hydra_value(value: Any) -> str:
         return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
     raise UsageError(f"{value!r} ({type(value).__name__}) is not an option value: use str, int, float, bool, None, "
                      f"a list or a dict")
+
+
+def given_path(value: Any, what: str) -> Path:
+    """The path a command takes first (resume's and decode's RUN_DIR), `~` expanded; anything else is one line."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{value!r} ({type(value).__name__}) is not a path: pass {what}")
+    return Path(value).expanduser()
 
 
 def check_override_strings(overrides: tuple | list) -> None:

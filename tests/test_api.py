@@ -222,3 +222,90 @@ def test_resume_of_a_generate_run_refuses_video_in_one_line(runs, tmp_path):
     with pytest.raises(longgen.UsageError, match=r"video= gives a `longgen extend` run its moved input video; .* is a "
                                                  r"`longgen generate` run, which reads no video: drop video="):
         run_resume(run, ["video=/videos/in.mp4"])
+
+
+# ---------------------------------------------------------------------------------------------------- longgen.resume
+def _cut(monkeypatch, call, *args, **options) -> None:
+    """Run `call` (longgen.generate / longgen.extend) until its second checkpoint write fails with a full disk, as
+    tests/fault_driver.py `checkpoint:2` plants it: the checkpoint after step 1 of 2 is kept, the run unfinished."""
+    import errno
+    import os
+
+    import longgen.run.checkpoint
+    from longgen.errors import RunFailure
+
+    real, calls = longgen.run.checkpoint.write_bytes, []
+
+    def write_bytes(path, data):
+        if os.path.basename(str(path)).startswith(".checkpoint."):
+            calls.append(path)
+            if len(calls) >= 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(longgen.run.checkpoint, "write_bytes", write_bytes)
+        with pytest.raises(RunFailure, match=r"the last good checkpoint \(after step 1\) is kept"):
+            call(*args, **options)
+
+
+def test_resume_continues_a_cut_generate_or_extend_run_to_the_same_latents(runs, tmp_path, monkeypatch):
+    """`longgen.resume(RUN_DIR)` finishes a run stopped after its first step (a full disk at the second
+    checkpoint) to the latents of the uninterrupted run, a generate run and an extend run alike, and gives the
+    caller's logging back; options that would change the result are refused as the CLI refuses them."""
+    import torch
+    from safetensors.torch import load_file
+
+    from longgen.run.checkpoint import load_checkpoint
+
+    base, _, whole = runs
+    cut = tmp_path / "cut"
+    _cut(monkeypatch, longgen.generate, *TINY, prompt=PROMPT, run_dir=cut)
+    assert load_checkpoint(cut / "checkpoint.safetensors").state.done == 1 and not (cut / "video.mp4").exists()
+    with pytest.raises(longgen.UsageError, match="`longgen resume` cannot change seed: it would change the result"):
+        longgen.resume(cut, seed=4)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    result = longgen.resume(str(cut), "writer.crf=20", progress_seconds=0)
+    assert root.handlers == before
+    assert result.run_dir == cut and result.video == cut / "video.mp4" and result.video.is_file()
+    assert result.manifest == json.loads((cut / "manifest.json").read_text())
+    assert result.manifest["resumed"] == {"after_step": 1, "overrides": ["writer.crf=20", "progress_seconds=0"]}
+    assert torch.equal(load_file(cut / "latents.safetensors")["latents"],
+                       load_file(whole.run_dir / "latents.safetensors")["latents"])
+    assert not (cut / "checkpoint.safetensors").exists()
+
+    more = dict(prompt="the fox runs on", **{"sampler.num_steps": 2})
+    reference = longgen.extend(whole.video, *TINY[:4], run_dir=tmp_path / "ext", **more)
+    _cut(monkeypatch, longgen.extend, whole.video, *TINY[:4], run_dir=tmp_path / "ext-cut", **more)
+    extended = longgen.resume(tmp_path / "ext-cut")
+    assert root.handlers == before
+    assert extended.video == tmp_path / "ext-cut" / "extended.mp4" and extended.video.is_file()
+    assert extended.manifest["resumed"]["after_step"] == 1
+    assert torch.equal(load_file(extended.run_dir / "latents.safetensors")["latents"],
+                       load_file(reference.run_dir / "latents.safetensors")["latents"])
+
+
+def test_resume_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path):
+    """Not a run directory, a finished run, an override that is no string, a path that is no path: one UsageError
+    line each, the caller's logging kept, nothing written (no resume log, no video)."""
+    finished = runs[0] / "api"
+    before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file() and p.name != ".longgen.lock"}
+    (tmp_path / "notes.txt").write_text("mine")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for args, options, words in [
+        ((tmp_path,), {}, f"{tmp_path} is not a longgen run directory (no .hydra/config.yaml)"),
+        ((tmp_path / "gone",), {}, f"{tmp_path / 'gone'} is not a directory: give the run directory"),
+        ((finished,), {}, f"{finished} holds a finished run (manifest.json, no checkpoint): nothing to resume"),
+        ((finished, 5), {}, "5 (int) is not an override: pass 'KEY=VALUE' strings"),
+        ((finished,), {"writer": {"crf": object}}, "is not an option value: use str, int, float, bool, None"),
+        ((None,), {}, "None (NoneType) is not a path: pass the run directory to resume"),
+        (([finished],), {}, "(list) is not a path: pass the run directory to resume"),
+    ]:
+        with pytest.raises(longgen.UsageError) as err:
+            longgen.resume(*args, **options)
+        assert words in str(err.value) and "\n" not in str(err.value), err.value
+        assert root.handlers == handlers
+    assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file() and p.name != ".longgen.lock"} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
