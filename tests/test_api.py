@@ -309,3 +309,32 @@ def test_resume_refuses_bad_inputs_in_one_line_and_writes_nothing(runs, tmp_path
         assert root.handlers == handlers
     assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file() and p.name != ".longgen.lock"} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_decode_of_a_latents_file_refuses_options_it_does_not_use(runs, tmp_path, own_logging, capsys):
+    """`longgen decode LATENTS.safetensors seed=3 +foo=1` composed generate's config and ignored both: now one line
+    naming them and the options that apply, as `longgen decode RUN_DIR` refuses what it cannot change; the options
+    that apply still decode."""
+    run = runs[0] / "api"
+    latents = run / "latents.safetensors"
+    before = sorted(p.name for p in run.iterdir())
+    for args in (["seed=3", "+foo=1"], ["backbone=tiny", "sampler=direct"], ["hydra.run.dir=x", "out=y"]):
+        with pytest.raises(SystemExit, match="2"):
+            main(["decode", str(latents), *args])
+        (line,) = capsys.readouterr().err.splitlines()
+        unused = ", ".join(a.partition("=")[0].lstrip("+") for a in args if not a.startswith(("backbone=", "out=")))
+        assert line.startswith(f"longgen: error: `longgen decode` of a latents file does not use {unused}: drop "), line
+        assert line.endswith("the options that apply: backbone=NAME, backbone.KEY=…, model_path=DIR, writer=NAME, "
+                             "writer.KEY=…, out=DIR, overwrite=true, progress_seconds=N"), line
+    with pytest.raises(longgen.UsageError, match=r"does not use seed: drop it; the options that apply: backbone=NAME"):
+        longgen.decode(latents, "backbone=tiny", seed=3, out=tmp_path / "o")
+    assert sorted(p.name for p in run.iterdir()) == before and not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit, match="2"):  # a run directory: the first is named, as before
+        main(["decode", str(run), "seed=3", "+foo=1"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("longgen: error: `longgen decode` cannot change seed: it would change the result or "
+                           "does not apply; allowed: writer, model_path,"), line
+    video = longgen.decode(latents, "backbone=tiny", "backbone.height=16", model_path=tmp_path, overwrite=True,
+                           progress_seconds=0, backbone={"width": 16}, writer={"filename": "again.mp4"},
+                           out=tmp_path / "o")
+    assert video["path"] == str(tmp_path / "o" / "again.mp4") and video["frames"] == runs[2].manifest["frames"]

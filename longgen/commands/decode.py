@@ -4,7 +4,8 @@ For a run directory the latents are its `latents.safetensors`, or the final stat
 when sampling finished but the video was not written; backbone and writer come from the run's saved config and
 may be overridden (writer.*, backbone.device/dtype/vae_tiling/vae_norm/cpu_offload, model_path). For a latents file
 (`[F, C, H, W]` under key `latents`, as generate writes it) the backbone is chosen as for generate
-(`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder). Only the VAE's
+(`backbone=cogvideox-2b` by default) and the video goes to `out=DIR` (default: the file's folder); options that
+decoding a file does not read (seed=, sampler=, ...) are refused, as a run directory refuses them. Only the VAE's
 decode runs (the decode stage of generate); no sampling. An existing video is kept unless overwrite=true. A
 multi-shot run directory is decoded take by take, as generate decodes it (a bare latents file is one take). Off a
 terminal, a progress line comes every `progress_seconds` seconds as generate's do (the run's own setting or the
@@ -44,11 +45,20 @@ log = logging.getLogger("longgen")
 DECODE_OPTIONS = ("writer", "model_path", "backbone.model_path", "backbone.device", "backbone.dtype",
                   "backbone.vae_tiling", "backbone.vae_norm", "backbone.cpu_offload", "overwrite", "progress_seconds")
 
+#: what decode of a latents file reads (compose_for_file, run_decode): the backbone chosen as for generate with any
+#: of its options (the size the latents were sampled at: backbone.height/width), where its weights are, the writer,
+#: where the video goes, and the options a run directory's decode takes besides
+FILE_OPTIONS = ("backbone", "model_path", "writer", "out", "overwrite", "progress_seconds")
+#: FILE_OPTIONS as a user gives them
+FILE_FORMS = ("backbone=NAME, backbone.KEY=…, model_path=DIR, writer=NAME, writer.KEY=…, out=DIR, overwrite=true, "
+              "progress_seconds=N")
+
 USAGE = """usage: longgen decode RUN_DIR [KEY=VALUE ...]
        longgen decode LATENTS.safetensors [backbone=NAME] [out=DIR] [KEY=VALUE ...]
 
 Write the video again from saved latents without sampling (after a decode that failed, or with other writer
 settings, e.g. writer.filename=video_crf10.mp4 writer.crf=10). In a run directory: {allowed}.
+For a latents file: {file_options}.
 An existing video is not replaced unless overwrite=true.
 """
 
@@ -186,6 +196,7 @@ def compose_for_file(overrides: list[str]):
     """generate's config composed with the given overrides (backbone=…, writer.…, out=…), as Hydra would."""
     from hydra import compose, initialize_config_module
 
+    check_file_options(overrides)
     extra = [o for o in overrides if o.startswith("out=")]
     rest = [o for o in overrides if not o.startswith("out=")]
     problem = check_group_choices(rest) or check_option_keys("generate", rest)
@@ -202,8 +213,25 @@ def compose_for_file(overrides: list[str]):
     return cfg, {k: str(v) for k, v in choices.items()}
 
 
+def check_file_options(overrides: list[str]) -> None:
+    """Options that decoding a latents file never reads (seed=, sampler=, +foo=, hydra.run.dir=…) were composed
+    and silently ignored: one line naming them and the options that apply, as a run directory's decode refuses
+    what it cannot change (rundir.apply_overrides)."""
+    unused = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key:
+            raise UsageError(f"`longgen decode` takes KEY=VALUE options after the path, got {item!r}")
+        if not any(key == option or key.startswith(option + ".") for option in FILE_OPTIONS):
+            unused.append(key)
+    if unused:
+        raise UsageError(f"`longgen decode` of a latents file does not use {', '.join(unused)}: drop "
+                         f"{'it' if len(unused) == 1 else 'them'}; the options that apply: {FILE_FORMS}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    target, overrides = path_first(argv, USAGE.format(allowed=", ".join(DECODE_OPTIONS)))
+    target, overrides = path_first(argv, USAGE.format(allowed=", ".join(DECODE_OPTIONS), file_options=FILE_FORMS))
     with user_errors():
         setup_logging(target if target.is_dir() else None, "decode")
         run_decode(target, overrides)
