@@ -5,11 +5,13 @@ point), whose stderr is not a terminal here: its progress comes as plain lines."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import logging
 import sys
+from typing import Iterator
 
 import pytest
 
@@ -225,28 +227,37 @@ def test_resume_of_a_generate_run_refuses_video_in_one_line(runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- longgen.resume
-def _cut(monkeypatch, call, *args, **options) -> None:
-    """Run `call` (longgen.generate / longgen.extend) until its second checkpoint write fails with a full disk, as
-    tests/fault_driver.py `checkpoint:2` plants it: the checkpoint after step 1 of 2 is kept, the run unfinished."""
+@contextlib.contextmanager
+def _checkpoint_writes(monkeypatch, full_from: int = 0) -> Iterator[list]:
+    """The checkpoint writes made inside the block (their paths), as tests/fault_driver.py `checkpoint:N` plants
+    them: with `full_from` N, the N-th write and every later one fail with a full disk (ENOSPC)."""
     import errno
     import os
 
     import longgen.run.checkpoint
-    from longgen.errors import RunFailure
 
     real, calls = longgen.run.checkpoint.write_bytes, []
 
     def write_bytes(path, data):
         if os.path.basename(str(path)).startswith(".checkpoint."):
             calls.append(path)
-            if len(calls) >= 2:
+            if full_from and len(calls) >= full_from:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, data)
 
     with monkeypatch.context() as patch:
         patch.setattr(longgen.run.checkpoint, "write_bytes", write_bytes)
-        with pytest.raises(RunFailure, match=r"the last good checkpoint \(after step 1\) is kept"):
-            call(*args, **options)
+        yield calls
+
+
+def _cut(monkeypatch, call, *args, **options) -> None:
+    """Run `call` (longgen.generate / longgen.extend) until its second checkpoint write fails with a full disk: the
+    checkpoint after step 1 of 2 is kept, the run unfinished."""
+    from longgen.errors import RunFailure
+
+    with _checkpoint_writes(monkeypatch, full_from=2), \
+            pytest.raises(RunFailure, match=r"the last good checkpoint \(after step 1\) is kept"):
+        call(*args, **options)
 
 
 def test_resume_continues_a_cut_generate_or_extend_run_to_the_same_latents(runs, tmp_path, monkeypatch):
@@ -266,7 +277,9 @@ def test_resume_continues_a_cut_generate_or_extend_run_to_the_same_latents(runs,
         longgen.resume(cut, seed=4)
     root = logging.getLogger()
     before = list(root.handlers)
-    result = longgen.resume(str(cut), "writer.crf=20", progress_seconds=0)
+    with _checkpoint_writes(monkeypatch) as writes:
+        result = longgen.resume(str(cut), "writer.crf=20", progress_seconds=0)
+    assert len(writes) == 1  # only step 2 ran: continued from the checkpoint, not started over
     assert root.handlers == before
     assert result.run_dir == cut and result.video == cut / "video.mp4" and result.video.is_file()
     assert result.manifest == json.loads((cut / "manifest.json").read_text())
@@ -278,7 +291,9 @@ def test_resume_continues_a_cut_generate_or_extend_run_to_the_same_latents(runs,
     more = dict(prompt="the fox runs on", **{"sampler.num_steps": 2})
     reference = longgen.extend(whole.video, *TINY[:4], run_dir=tmp_path / "ext", **more)
     _cut(monkeypatch, longgen.extend, whole.video, *TINY[:4], run_dir=tmp_path / "ext-cut", **more)
-    extended = longgen.resume(tmp_path / "ext-cut")
+    with _checkpoint_writes(monkeypatch) as writes:
+        extended = longgen.resume(tmp_path / "ext-cut")
+    assert len(writes) == 1
     assert root.handlers == before
     assert extended.video == tmp_path / "ext-cut" / "extended.mp4" and extended.video.is_file()
     assert extended.manifest["resumed"]["after_step"] == 1
