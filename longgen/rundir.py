@@ -23,7 +23,7 @@ import re
 import shlex
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from longgen.errors import UsageError
 
@@ -280,6 +280,21 @@ def load_run_config(run_dir: Path) -> tuple[DictConfig, dict[str, str]]:
     return cfg, {k: str(v) for k, v in choices.items()}
 
 
+def option_after_path(item: str, command: str) -> tuple[str, str]:
+    """KEY (a leading + dropped) and VALUE of a KEY=VALUE option given after `longgen COMMAND PATH`; one line
+    otherwise."""
+    key, sep, value = item.partition("=")
+    key = key.lstrip("+")
+    if not sep or not key:
+        raise UsageError(f"`longgen {command}` takes KEY=VALUE options after the path, got {item!r}")
+    return key, value
+
+
+def names_option(key: str, options: Iterable[str]) -> bool:
+    """`key` is one of `options` or a key under one (writer.crf under writer)."""
+    return any(key == option or key.startswith(option + ".") for option in options)
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, ...], command: str) -> list[str]:
     """Apply `key=value` overrides (values parsed as YAML, like Hydra's) whose key is under one of `allowed`
     (e.g. "writer" allows writer.crf); anything else is one line. Returns the applied overrides."""
@@ -288,11 +303,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], allowed: tuple[str, .
 
     applied = []
     for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.lstrip("+")
-        if not sep or not key:
-            raise UsageError(f"`longgen {command}` takes KEY=VALUE options after the path, got {item!r}")
-        if not any(key == a or key.startswith(a + ".") for a in allowed):
+        key, value = option_after_path(item, command)
+        if not names_option(key, allowed):
             raise UsageError(
                 f"`longgen {command}` cannot change {key}: it would change the result or does not apply; "
                 f"allowed: {', '.join(allowed)}"

@@ -34,6 +34,8 @@ from longgen.rundir import (
     apply_overrides,
     check_writable_dir,
     load_run_config,
+    names_option,
+    option_after_path,
     setup_logging,
 )
 from longgen.run.job import check_progress
@@ -219,11 +221,8 @@ def check_file_options(overrides: list[str]) -> None:
     what it cannot change (rundir.apply_overrides)."""
     unused = []
     for item in overrides:
-        key, sep, _ = item.partition("=")
-        key = key.lstrip("+")
-        if not sep or not key:
-            raise UsageError(f"`longgen decode` takes KEY=VALUE options after the path, got {item!r}")
-        if not any(key == option or key.startswith(option + ".") for option in FILE_OPTIONS):
+        key, _ = option_after_path(item, "decode")
+        if not names_option(key, FILE_OPTIONS):
             unused.append(key)
     if unused:
         raise UsageError(f"`longgen decode` of a latents file does not use {', '.join(unused)}: drop "
