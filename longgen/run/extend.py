@@ -67,7 +67,7 @@ from omegaconf import DictConfig
 from longgen.backbones.face import Backbone
 from longgen.denoiser import Denoiser, Prediction
 from longgen.errors import Interrupted, RunFailure, UsageError
-from longgen.options import flag, number, whole
+from longgen.options import flag, whole
 from longgen.parallel.units import current
 from longgen.progress import StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts
@@ -75,8 +75,8 @@ from longgen.run.images import ImagePlan, plan_images
 from longgen.run.job import (
     Job,
     build_parts,
+    check_progress,
     check_prompt_lengths,
-    check_routes_events,
     log_event_plan,
     one_prompt_story,
     planned_length,
@@ -399,9 +399,7 @@ def check_options(cfg: DictConfig) -> None:
         flag(name, cfg.get(name, False))
     whole("checkpoint_every", cfg.checkpoint_every, 0)
     whole("preview_every", cfg.preview_every, 0)
-    whole("progress_every", cfg.get("progress_every", 0), 0)
-    if cfg.get("progress_seconds") is not None:
-        number("progress_seconds", cfg.progress_seconds, 0.0, note=" (0 or null: no line by time)")
+    check_progress(cfg)
 
 
 #: inputs read as a one-frame video whose frame starts the extension (the default history is then 1)
@@ -444,8 +442,7 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     if story.multi_shot:
         raise UsageError("extend continues one shot: give the new part as prompt=…, a story with `global` and "
                          "`local` prompts, or scenario=…")
-    check_routes_events(inner, story.num_events, choices.get("sampler"))  # direct/freelong: one prompt
-    given, story = story, one_prompt_story(story, inner, choices.get("sampler"))
+    given, story = story, one_prompt_story(story, inner, choices.get("sampler"))  # direct/freelong: one prompt
     events = plan_events(story, plan, inner, backbone, int(cfg.num_windows), h)
     used, stripped = story, 0
     if not cfg.get("use_global_prompt", True):

@@ -271,7 +271,6 @@ def plan_job(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: Sto
         check_latent_budget(length, backbone.latent_shape, backbone.label)
     else:
         check_single_shot_options(cfg)
-        check_routes_events(sampler, story.num_events, choices.get("sampler"))
         story = used = one_prompt_story(given, sampler, choices.get("sampler"))
         plan_for = lambda n: sampler.plan(backbone.window + sampler.stride * (n - 1), backbone.window)  # noqa: E731
         clock = Clock(backbone.fps, backbone.temporal_compression)
@@ -309,9 +308,11 @@ def check_routes_events(sampler: Sampler, events: int, name: Any) -> None:
 
 
 def one_prompt_story(story: Story, sampler: Sampler, name: Any) -> Story:
-    """The story a one-prompt sampler shows: with `several_events=global`, a story of several events becomes one event
-    under its global prompt (said once at start; story.json then holds what was shown); otherwise the story as it is."""
-    if sampler.single_prompt_reason is None or story.num_events < 2 or getattr(sampler, "several_events", "") != "global":
+    """The story a sampler shows: a one-prompt sampler refuses a story of several events (check_routes_events) unless
+    `several_events=global`, which makes it one event under its global prompt (said once at start; story.json keeps
+    the story as given); any other story as it is."""
+    check_routes_events(sampler, story.num_events, name)
+    if sampler.single_prompt_reason is None or story.num_events < 2:
         return story
     log.info("sampler=%s shows one prompt over the whole video: the story's global prompt, not its %d local prompts "
              "(several_events=global)", name, story.num_events)
