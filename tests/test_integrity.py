@@ -122,7 +122,7 @@ def test_a_full_disk_is_one_line_naming_what_is_kept(tmp_path, fault, kept):
     proc = _fault(fault, *TINY, "save_latents=true", f"hydra.run.dir={out}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     line, = error_lines(proc)
-    assert kept in line and f"longgen resume {out}" in line
+    assert f"{kept} {out / 'checkpoint.safetensors'}" in line and f"longgen resume {out}" in line
     assert ("No space left on device" in line or "no space left" in line)
     assert line.removeprefix("longgen: error: ") in (out / "generate.log").read_text()
     assert not any(".tmp" in p.name for p in out.iterdir())
