@@ -132,6 +132,8 @@ def test_a_full_disk_is_one_line_naming_what_is_kept(tmp_path, fault, kept):
         sampled = load_file(out / "latents.safetensors")["latents"]  # written before the record failed
         resumed = longgen.resume(out)
         assert resumed.manifest["resumed"]["after_step"] == 3 and resumed.video.is_file()
+        # no step ran again: the forwards counted are the uninterrupted run's
+        assert resumed.manifest["transformer_forwards"] == resumed.manifest["transformer_forwards_planned"]
         assert torch.equal(load_file(out / "latents.safetensors")["latents"], sampled)
 
 
