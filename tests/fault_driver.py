@@ -6,6 +6,8 @@ FAULT is one of
   video         ffmpeg's pipe breaks while the video is written, the disk full
   record        writing manifest.json fails with ENOSPC
   nan:N         the backbone's N-th prediction (and every later one) is NaN
+
+A test that runs longgen in its own process plants the same fault with `plant(FAULT, monkeypatch.setattr)`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ def _full(name: str):
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
 
 
-def plant(fault: str) -> None:
+def plant(fault: str, patch=setattr) -> None:
+    """Replace what `fault` breaks, each replacement made with `patch(owner, name, value)`."""
     kind, _, arg = fault.partition(":")
     if kind in ("checkpoint", "latents"):
         import longgen.run.checkpoint
@@ -33,7 +36,7 @@ def plant(fault: str) -> None:
                     raise _full(str(path))
             return real(path, data)
 
-        longgen.run.checkpoint.write_bytes = write_bytes
+        patch(longgen.run.checkpoint, "write_bytes", write_bytes)
     elif kind == "video":
         from longgen.writer import Mp4Writer
 
@@ -45,9 +48,9 @@ def plant(fault: str) -> None:
                 raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
         usage = collections.namedtuple("usage", "total used free")
-        shutil.disk_usage = lambda path: usage(1 << 30, 1 << 30, 0)
+        patch(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
         real_send = Mp4Writer._send
-        Mp4Writer._send = staticmethod(lambda writer, frame, out_dir: real_send(FullPipe(), frame, out_dir))
+        patch(Mp4Writer, "_send", staticmethod(lambda writer, frame, out_dir: real_send(FullPipe(), frame, out_dir)))
     elif kind == "record":
         import longgen.run.stages
 
@@ -58,7 +61,7 @@ def plant(fault: str) -> None:
                 raise _full(str(path))
             return real_json(path, data)
 
-        longgen.run.stages.write_json = write_json
+        patch(longgen.run.stages, "write_json", write_json)
     elif kind == "nan":
 
         from longgen.backbones.diffusers_base import DiffusersBackbone
@@ -73,7 +76,7 @@ def plant(fault: str) -> None:
                 pred.eps.fill_(float("nan"))
             return pred
 
-        DiffusersBackbone.predict = predict
+        patch(DiffusersBackbone, "predict", predict)
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

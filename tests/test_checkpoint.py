@@ -3,7 +3,9 @@
 In-process: every sampler (incl. SynCoS stage 2 and GLC's shifts, re-init and VMCR) stopped after a step, its
 checkpoint read back from disk, and continued by a fresh sampler and a fresh generator gives latents equal bit for
 bit to an uninterrupted run. Through the CLI: kill -9 in the middle of sampling then `longgen resume`, SIGINT
-(exit 130, one line, checkpoint, resume), refusals, `longgen decode`, finished and locked run directories.
+(exit 130, one line, checkpoint, resume), refusals, `longgen decode`, finished and locked run directories. The
+uninterrupted reference run, the resumes that finish and one decode run in this process (the Python API calls the
+commands' own functions); what is about the process (signals, exit status, its one error line) runs the CLI.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import longgen
 from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, load_checkpoint
 from longgen.errors import Interrupted, UsageError
 from longgen.rundir import RunDirectory
@@ -213,8 +216,7 @@ def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    proc = run_cli("generate", *RUN, f"hydra.run.dir={out}")
-    assert proc.returncode == 0, proc.stderr
+    longgen.generate(*RUN, run_dir=out)
     return out
 
 
@@ -225,8 +227,7 @@ def test_kill9_then_resume_equals_uninterrupted(reference_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (out / "video.mp4").exists() and (out / "checkpoint.safetensors").exists()
-    resumed = run_cli("resume", str(out))
-    assert resumed.returncode == 0, resumed.stderr
+    longgen.resume(out)
     assert torch.equal(load_file(out / "latents.safetensors")["latents"],
                        load_file(reference_run / "latents.safetensors")["latents"])
     manifest = json.loads((out / "manifest.json").read_text())
@@ -250,32 +251,32 @@ def test_sigint_exits_130_with_resume_line(reference_run, tmp_path):
     # a changed sampler option is refused, a harmless one accepted
     refused = run_cli("resume", str(out), "sampler.t_min=800")
     assert refused.returncode == 2 and len(error_lines(refused)) == 1 and "sampler.t_min" in error_lines(refused)[0]
-    resumed = run_cli("resume", str(out), "writer.crf=20")
-    assert resumed.returncode == 0, resumed.stderr
+    longgen.resume(out, "writer.crf=20")
     assert torch.equal(load_file(out / "latents.safetensors")["latents"],
                        load_file(reference_run / "latents.safetensors")["latents"])
 
 
-def test_decode_reproduces_the_video(reference_run, tmp_path):
+def test_decode_reproduces_the_video(reference_run, tmp_path, capsys):
     proc = run_cli("decode", str(reference_run), "writer.filename=again.mp4", "progress_seconds=0.001")
     assert proc.returncode == 0, proc.stderr
     assert len(_decode_lines(proc)) >= 2, proc.stderr  # a line at every update, as generate's (issue 27)
     a = _frames(reference_run / "video.mp4")
     b = _frames(reference_run / "again.mp4")
     assert a.shape == b.shape and np.array_equal(a, b)
-    # from the latents file into another folder
-    proc = run_cli("decode", str(reference_run / "latents.safetensors"), "backbone=tiny", f"out={tmp_path}",
-                   "progress_seconds=0.001")
-    assert proc.returncode == 0, proc.stderr
-    assert len(_decode_lines(proc)) >= 2, proc.stderr
+    # from the latents file into another folder (in this process: the command's own run_decode)
+    capsys.readouterr()
+    longgen.decode(reference_run / "latents.safetensors", "backbone=tiny", f"out={tmp_path}", "progress_seconds=0.001")
+    assert len(_decode_lines(capsys.readouterr())) >= 2
     assert np.array_equal(_frames(tmp_path / "video.mp4"), a)
     again = run_cli("decode", str(reference_run), "writer.filename=again.mp4")
     assert again.returncode == 2 and "overwrite=true" in error_lines(again)[0]
 
 
 def _decode_lines(proc) -> list[str]:
-    """The decode progress lines a command logged off a terminal (`decode: N/M, ...`)."""
-    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if "decode: " in ln and "/" in ln]
+    """The decode progress lines a command (a process, or capsys's capture of a call) logged off a terminal
+    (`decode: N/M, ...`)."""
+    return [ln for ln in (proc.out + proc.err if hasattr(proc, "out") else proc.stdout + proc.stderr).splitlines()
+            if "decode: " in ln and "/" in ln]
 
 
 def _frames(path: Path) -> np.ndarray:

@@ -105,36 +105,36 @@ def _fault(fault: str, *args: str, command: str = "generate") -> subprocess.Comp
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    proc = run_cli("generate", *TINY, "save_latents=true", f"hydra.run.dir={out}")
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 @pytest.mark.parametrize("fault, kept", [
     ("checkpoint:2", "the last good checkpoint (after step 1) is kept in"),
     ("latents", "the sampled latents are kept in"),
     ("video", "the sampled latents are kept in"),
     ("record", "the sampled latents are kept in"),
 ])
-def test_a_full_disk_is_one_line_naming_what_is_kept(reference, tmp_path, fault, kept):
+def test_a_full_disk_is_one_line_naming_what_is_kept(tmp_path, fault, kept):
+    """The one line of each full disk, through the CLI. The resume of a run cut by a full disk at a checkpoint (to
+    the uninterrupted run's latents, only the steps not done run again) is tests/test_api.py
+    test_resume_continues_a_cut_generate_or_extend_run_to_the_same_latents; here the run stopped once every step
+    was done (record) is resumed."""
+    import longgen
+
     out = tmp_path / "run"
     proc = _fault(fault, *TINY, "save_latents=true", f"hydra.run.dir={out}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     line, = error_lines(proc)
-    assert kept in line and f"longgen resume {out}" in line
+    assert f"{kept} {out / 'checkpoint.safetensors'}" in line and f"longgen resume {out}" in line
     assert ("No space left on device" in line or "no space left" in line)
     assert line.removeprefix("longgen: error: ") in (out / "generate.log").read_text()
     assert not any(".tmp" in p.name for p in out.iterdir())
     step = load_checkpoint(out / "checkpoint.safetensors").state.done  # intact
     assert step == (1 if fault.startswith("checkpoint") else 3)
-    if fault in ("checkpoint:2", "record"):  # space freed: the resume finishes the same video
-        resumed = run_cli("resume", str(out))
-        assert resumed.returncode == 0, resumed.stderr
-        assert torch.equal(load_file(out / "latents.safetensors")["latents"],
-                           load_file(reference / "latents.safetensors")["latents"])
+    if fault == "record":  # space freed: the resume finishes the same video from the last step's checkpoint
+        sampled = load_file(out / "latents.safetensors")["latents"]  # written before the record failed
+        resumed = longgen.resume(out)
+        assert resumed.manifest["resumed"]["after_step"] == 3 and resumed.video.is_file()
+        # no step ran again: the forwards counted are the uninterrupted run's
+        assert resumed.manifest["transformer_forwards"] == resumed.manifest["transformer_forwards_planned"]
+        assert torch.equal(load_file(out / "latents.safetensors")["latents"], sampled)
 
 
 # ---------------------------------------------------------------------------------------------------- item 5
@@ -142,7 +142,11 @@ EXTEND = ["backbone=tiny", "backbone.num_frames=17", "backbone.stride=2", "backb
           "sampler=gen-l-video", "sampler.num_steps=3", "num_windows=2", "prompt=a cat"]
 
 
-def test_extend_resume_checks_the_input_video_by_its_hash(tmp_path):
+def test_extend_resume_checks_the_input_video_by_its_hash(tmp_path, monkeypatch):
+    """The cut extend run and its final resume run in this process (longgen.extend / longgen.resume, the commands'
+    own functions); the two refusals go through the CLI (exit status 2, one line)."""
+    import longgen
+    from fault_driver import plant
     from test_extend import make_video
 
     src = tmp_path / "in" / "input.mp4"
@@ -150,11 +154,11 @@ def test_extend_resume_checks_the_input_video_by_its_hash(tmp_path):
     make_video(src, 20, (16, 16), 8)
     out = tmp_path / "run"
     # started from its own folder with a relative path; stopped by a full disk at the second checkpoint
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "fault_driver.py"), "checkpoint:2", "extend", "input.mp4",
-                           *EXTEND, f"hydra.run.dir={out}"], cwd=src.parent, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 1 and (out / "checkpoint.safetensors").is_file(), proc.stderr
+    monkeypatch.chdir(src.parent)
+    with monkeypatch.context() as patch, pytest.raises(RunFailure, match="no space left|No space left"):
+        plant("checkpoint:2", patch.setattr)
+        longgen.extend("input.mp4", *EXTEND, run_dir=out)
+    assert (out / "checkpoint.safetensors").is_file()
     ckpt = load_checkpoint(out / "checkpoint.safetensors")
     assert ckpt.inputs["video"]["path"] == str(src.resolve())
     original = src.read_bytes()
@@ -170,8 +174,8 @@ def test_extend_resume_checks_the_input_video_by_its_hash(tmp_path):
     assert gone.returncode == 2 and "is gone: give it with video=PATH" in error_lines(gone)[0]
     elsewhere = tmp_path / "other-cwd"
     elsewhere.mkdir()
-    resumed = run_cli("resume", str(out), "video=../elsewhere.mp4", cwd=elsewhere)
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.chdir(elsewhere)
+    longgen.resume(out, "video=../elsewhere.mp4")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["resumed"]["after_step"] == 1 and manifest["input"]["path"] == str(moved.resolve())
     assert (out / "extended.mp4").is_file()

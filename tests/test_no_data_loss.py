@@ -30,7 +30,7 @@ SMALL = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler=ge
          "sampler.num_steps=1", "prompt=a cat"]
 
 
-def test_a_failed_job_is_recorded_the_sweep_goes_on_and_rerun_failed_runs_it_again(tmp_path):
+def test_a_failed_job_is_recorded_the_sweep_goes_on_and_rerun_failed_runs_it_again(tmp_path, own_logging):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, "generate", "-m", *SMALL, "backbone.weights_seed=1,0",
@@ -44,8 +44,9 @@ def test_a_failed_job_is_recorded_the_sweep_goes_on_and_rerun_failed_runs_it_aga
     assert (sweep / "1_gen-l-video" / "video.mp4").is_file()  # the job after the failure ran
     assert "--rerun-failed" in proc.stderr.splitlines()[-1]
 
-    again = run_cli("generate", "--rerun-failed", str(sweep))
-    assert again.returncode == 0, again.stderr[-3000:]
+    from longgen.cli import main
+
+    assert main(["generate", "--rerun-failed", str(sweep)]) == 0  # in this process; the job itself is a CLI process
     summary = json.loads((sweep / "sweep.json").read_text())
     assert summary["done"] == [0, 1] and summary["failed"] == []
     assert (sweep / "0_gen-l-video" / "video.mp4").is_file()
@@ -59,12 +60,13 @@ def test_input_errors_never_remove_a_directory_that_existed(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.log").write_text("the user's own log\n")
     (tmp_path / "empty").mkdir()
-    for run_dir in ("mine", "empty/run", "new/run", "."):
+    # a new nested path's every level goes: tests/test_cleanup_paths.py test_every_level_this_command_made_goes_...
+    for run_dir in ("mine", "empty/run", "."):
         proc = run_cli("generate", *SMALL, "num_windows=20000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert proc.returncode == 2 and "num_windows" in proc.stderr
     assert (tmp_path / "mine" / "notes.log").read_text().startswith("the user's own log")
     assert (tmp_path / "empty").is_dir()  # an empty folder the user made stays
-    assert not (tmp_path / "new").exists()  # what the command made itself is removed
+    assert not (tmp_path / "empty" / "run").exists()  # what the command made itself is removed
     assert tmp_path.is_dir()
 
 
@@ -113,15 +115,15 @@ def test_split_prompt_and_eval_refuse_a_planted_hydra_link_before_hydra_writes(t
 
 
 def test_overwrite_removes_what_the_previous_run_wrote(tmp_path):
+    """Both runs in this process (longgen.generate calls generate's own run_generate)."""
+    import longgen
+
     run = tmp_path / "run"
-    first = run_cli("generate", *SMALL, "sampler.num_steps=2", "preview_every=1", "writer.filename=first.mp4",
-                    f"hydra.run.dir={run}")
-    assert first.returncode == 0, first.stderr[-2000:]
+    longgen.generate(*SMALL, "sampler.num_steps=2", "preview_every=1", "writer.filename=first.mp4", run_dir=run)
     (run / "eval.json").write_text("{}")  # what eval=true leaves
     (run / "mine.txt").write_text("a user's file")
     assert (run / "preview.jpg").is_file() and (run / "first.mp4").is_file()
-    second = run_cli("generate", *SMALL, "overwrite=true", f"hydra.run.dir={run}")
-    assert second.returncode == 0, second.stderr[-2000:]
+    longgen.generate(*SMALL, "overwrite=true", run_dir=run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["outputs"]["preview"] is None and manifest["outputs"]["video"] == "video.mp4"
     assert not (run / "preview.jpg").exists() and not (run / "eval.json").exists()
