@@ -25,8 +25,8 @@ def test_help_lists_commands_and_rejects_unknown():
 
 def test_generate_writes_video_story_config_manifest_latents(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("generate", *FAST, "sampler=gen-l-video", "num_windows=4", "prompt=a cat",
-                   "save_latents=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli("generate", *FAST, "backbone.height=16", "backbone.width=16", "sampler=gen-l-video", "num_windows=4",
+                   "prompt=a cat", "save_latents=true", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     names = {p.name for p in out.iterdir()}
     assert {"video.mp4", "story.json", "manifest.json", "latents.safetensors", ".hydra"} <= names
@@ -40,7 +40,7 @@ def test_generate_writes_video_story_config_manifest_latents(tmp_path):
     n, _ = imageio_ffmpeg.count_frames_and_secs(str(out / "video.mp4"))
     assert n == 4 * (25 - 1) + 1
     latents = load_file(str(out / "latents.safetensors"))["latents"]
-    assert latents.shape == (25, 4, 8, 8)
+    assert latents.shape == (25, 4, 2, 2)  # 16x16 pixels: the VAE's 8x spatial compression
     story = json.loads((out / "story.json").read_text())
     assert story["local"] == ["a cat"]
     assert (out / ".hydra" / "config.yaml").exists()
