@@ -126,7 +126,8 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
                                                             "multirun.yaml", "sweep-jobs.jsonl", "sweep.json"]
     assert len((w2 / "a" / "sweep-jobs.jsonl").read_text().splitlines()) == 4
     assert json.loads((w2 / "a" / "sweep.json").read_text())["done"] == [0, 1, 2, 3]
-    assert sorted(p.name for p in (w2 / "a" / "3_glc").iterdir()) == sorted(p.name for p in (w1 / "a" / "3_glc").iterdir())
+    assert sorted(p.name for p in (w2 / "a" / "3_glc").iterdir()) == sorted(
+        p.name for p in (w1 / "a" / "3_glc").iterdir())
     assert sorted(p.name for p in w3.iterdir()) == ["g"]
 
     # the same bytes for every sampler and switch on 1 and 2 processes
