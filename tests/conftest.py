@@ -56,8 +56,8 @@ def cpu_generator():
 #: other worker idles; collecting these first (the longest-processing-time-first rule) shortens the suite's tail.
 LONGEST_FILES = ("test_distributed.py", "test_checkpoint.py", "test_integrity.py", "test_no_data_loss.py",
                  "test_cli.py", "test_compare.py", "test_sweep_rerun_text.py", "test_wan_cli.py",
-                 "test_cleanup_paths.py", "test_local_model.py", "test_config_search.py",
-                 "test_plain_sight.py", "test_wheel.py", "test_split_prompt_cli.py", "test_eval_cli.py")
+                 "test_local_model.py", "test_config_search.py",
+                 "test_wheel.py", "test_split_prompt_cli.py", "test_eval_cli.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -78,6 +78,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_store(port: int, node: subprocess.Popen, seconds: float = 120) -> None:
+    """Block until the first torchrun agent listens on the rendezvous port (its c10d store), so that the second
+    node joins a store the first one hosts, however slowly either process starts on a busy machine."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and node.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the first node never listened on port {port} (exit {node.poll()})")
+
+
 def _finish(proc: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -125,7 +137,8 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     # cost the most): the resume onto 3 ranks, whose units (2 windows x 2 CFG branches a step) split unevenly,
     # 2/1/1, and a failure on a rank other than 0 and 1, here on the other node. Every sampler and switch is
     # compared on 1 and 2 processes below
-    endpoint = f"--rdzv-endpoint=127.0.0.1:{_free_port()}"
+    port = _free_port()
+    endpoint = f"--rdzv-endpoint=127.0.0.1:{port}"
     commands = json.dumps([["resume", str(killed)], _job("g", w3, story, 8)])
     nodes = []
     for i, procs in enumerate((2, 1)):
@@ -133,7 +146,8 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
         nodes.append(_start([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--nproc-per-node={procs}",
                              "--rdzv-backend=c10d", endpoint, "--rdzv-id=longgen-multinode", DRIVER, commands],
                             fault="2:raise:8:2", cwd=tmp_path / f"node{i}"))
-        time.sleep(1)  # the first node binds the endpoint and comes first in the rendezvous
+        if i == 0:
+            _wait_for_store(port, nodes[0])  # the first node hosts the store and comes first in the rendezvous
     three = [_finish(node) for node in nodes]
     assert [node.returncode != 0 for node in three] == [True, True]
     lines = error_lines(three[0]) + error_lines(three[1])  # rank 0's line (on the first node)
