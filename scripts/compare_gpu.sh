@@ -10,7 +10,9 @@
 # Reduced settings, eager (no job's time carries a compile): each method's seconds per planned forward are measured,
 # and `compare.py --report-only --full-forwards` projects them to the experiments' own settings (benchmarks/README.md,
 # "Methods comparison (issue 29)"). Afterwards, on the CPU: cat A.tgz.part* | tar xz; cat BC.tgz.part* | tar xz; then
-# compare.py --report-only. Environment: OUT (default /tmp/compare-out), COMPARE_RUNS (where the sweeps go, default
+# compare.py --report-only. A short device budget can lower the steps and each sweep's limit (the projection reads
+# seconds per planned forward, so fewer steps change its precision, not its meaning): COMPARE_STEPS_A (default 6),
+# COMPARE_STEPS_B (default 4), COMPARE_SECONDS_A/B/C (defaults 420, 340, 150). Environment: OUT (default /tmp/compare-out), COMPARE_RUNS (where the sweeps go, default
 # /tmp), COMPARE_BACKBONE (the backbone overrides; a CPU dry run passes a tiny one), COMPARE_INSTALL=0 (use the Python
 # environment as it is).
 set -uo pipefail
@@ -56,15 +58,16 @@ pack() {
 
 case $part in
     1)
-        sweep A 420 gen-l-video-4x,freenoise-4x,direct-4x,freelong-4x,ditctrl-4x,syncos-paper-4x sampler.num_steps=6
+        sweep A "${COMPARE_SECONDS_A:-420}" gen-l-video-4x,freenoise-4x,direct-4x,freelong-4x,ditctrl-4x,syncos-paper-4x \
+            "sampler.num_steps=${COMPARE_STEPS_A:-6}"
         a=$?
         pack A A
         ls -l "$out"
         [ $a -eq 0 ] ;;
     2)
-        sweep C 150 fifo-4x sampler.num_partitions=1
+        sweep C "${COMPARE_SECONDS_C:-150}" fifo-4x sampler.num_partitions=1
         c=$?
-        sweep B 340 glc-paper-4x sampler.num_steps=4
+        sweep B "${COMPARE_SECONDS_B:-340}" glc-paper-4x "sampler.num_steps=${COMPARE_STEPS_B:-4}"
         b=$?
         pack BC $(cd "$runs" && ls -d B C 2>/dev/null)
         ls -l "$out"
