@@ -153,9 +153,23 @@ def test_the_cpu_hint_of_resume_names_the_run_directory_first():
     where resume reads its run directory."""
     from longgen.parallel.launcher import _cpu_hint
 
-    line = _cpu_hint("gpus=2", "2", "resume", "runs/fox writer.crf=20")
+    line = _cpu_hint("gpus=2", "2", "resume", ["runs/fox", "writer.crf=20"])
     assert line.endswith("-m longgen.cli resume runs/fox backbone.device=cpu writer.crf=20")
-    assert _cpu_hint("gpus=2", "2", "generate", "prompt=x").endswith("-m longgen.cli generate backbone.device=cpu prompt=x")
+    assert _cpu_hint("gpus=2", "2", "generate", ["prompt=x"]).endswith("-m longgen.cli generate backbone.device=cpu prompt=x")
+
+
+def test_the_cpu_hint_quotes_a_run_directory_or_prompt_with_spaces():
+    """Red-team: `longgen resume "runs/c 1" gpus=2` suggested `resume runs/c backbone.device=cpu 1`, a line that
+    cuts the directory in two around an option; every word of the suggestion is shell-quoted now."""
+    import shlex
+
+    from longgen.parallel.launcher import _cpu_hint
+
+    line = _cpu_hint("gpus=2", "2", "resume", ["runs/c 1", "prompt=a cat"])
+    assert shlex.split(line.split("-m longgen.cli ")[1]) == ["resume", "runs/c 1", "backbone.device=cpu", "prompt=a cat"]
+    line = _cpu_hint("gpus=2", "2", "generate", ["prompt=a cat", "hydra.run.dir=my runs/x"])
+    assert shlex.split(line.split("-m longgen.cli ")[1]) == ["generate", "backbone.device=cpu", "prompt=a cat",
+                                                             "hydra.run.dir=my runs/x"]
 
 
 def test_unwritable_and_non_ascii_run_directories(tmp_path):
