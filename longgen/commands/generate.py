@@ -97,6 +97,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
     """Generate one video into `out_dir`; return the manifest."""
     world = current()
     try:
+        if not cfg.get("overwrite", False) and Path(out_dir).is_dir():  # before the model loads (minutes at 14B)
+            RunDirectory(out_dir).check_fresh(str(cfg.writer.get("filename") or "video.mp4"), overwrite=False)
         job = plan_job(cfg, out_dir, choices)
         world.adopt(job)
     except UsageError:
