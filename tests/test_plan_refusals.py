@@ -80,6 +80,8 @@ def test_values_at_the_limits_are_planned(overrides):
     (["hydra.launcher.mem_gb=-4"], "hydra.launcher.mem_gb=-4 must be a number of GB > 0"),
     (["hydra.launcher.setup=abc"], "hydra.launcher.setup='abc' must be a list of shell lines"),
     (["hydra.launcher.submitit_folder=/dev/null/jobs/%j"], "/dev/null is not a writable folder"),
+    # red-team: as root os.access calls /proc writable, and submitit's mkdir then failed with a traceback
+    (["hydra.launcher.submitit_folder=/proc/longgen-jobs/%j"], "/proc is not a writable folder"),
 ])
 def test_submitit_launcher_values_are_one_line_before_any_job(extra, line):
     problem = validate_sweep(["-m", *BASE, "hydra/launcher=submitit_local", *extra])
