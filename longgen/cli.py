@@ -24,6 +24,7 @@ from longgen.overrides import (
     fill_positional,
     mixed_modes,
     quote_free_text,
+    sweep_without_multirun,
     unreadable_override,
 )
 from longgen.redact import check_command_line
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
-    if problem := mixed_modes(rest) or unreadable_override(rest):  # Hydra: a traceback / its grammar error, 2 lines
+    # Hydra: a traceback / its grammar error, 2 lines / a five-line hint for `seed=0,1` without -m
+    if problem := mixed_modes(rest) or unreadable_override(rest) or sweep_without_multirun(rest):
         return refuse(problem)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):

@@ -61,6 +61,21 @@ def test_an_override_hydra_cannot_read_is_one_line(arg, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, arg", [("generate", "seed=0,1"), ("generate", "+experiment=direct-4x,fifo-4x"),
+                                          ("generate", "seed=range(0,3)"), ("eval", "settings.flow=dis,farneback")])
+def test_several_values_without_multirun_are_one_line(command, arg, tmp_path, monkeypatch, capsys):
+    """Red-team: `longgen generate seed=0,1` (a sweep without -m) printed Hydra's five-line "Ambiguous value" hint
+    and exited 1; now one line naming the override, -m, and how a list or a text with commas is written."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main([command, "backbone=tiny", "prompt=a cat", arg] if command == "generate" else [command, "x.mp4", arg])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"longgen: error: {arg} gives several values: add -m to run one job per value"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("flags", [["-m", "--cfg", "job"], ["--multirun", "--info"], ["-m", "-c", "job"]])
 def test_two_hydra_modes_are_one_line(flags, tmp_path, monkeypatch, capsys):
     """-m with --cfg job (print a sweep's config) or --info: Hydra runs one mode and raised a ValueError traceback;
