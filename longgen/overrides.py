@@ -304,7 +304,8 @@ def unreadable_override(args: list[str]) -> str | None:
 
 def sweep_without_multirun(args: list[str]) -> str | None:
     """One line for an override that lists several values (`seed=0,1`, `range(0,3)`) in a run of one job, where
-    Hydra prints a five-line "Ambiguous value" hint and exits 1; None with -m or when every value is single."""
+    Hydra prints a five-line "Ambiguous value" hint and exits 1, or that picks a launcher, which Hydra ignores
+    without -m (`hydra/launcher=submitit_slurm` ran the video on the login node); None with -m."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -314,6 +315,9 @@ def sweep_without_multirun(args: list[str]) -> str | None:
         return None
     parser = OverridesParser.create()
     for arg in overrides_only(args):
+        if arg.partition("=")[0].lstrip("+") == "hydra/launcher":  # Hydra ignores a launcher without -m
+            return (f"{arg} launches the jobs of a sweep: add -m (without it the run starts here, in this process, "
+                    f"not as a scheduled job)")
         try:
             several = "=" in arg and parser.parse_override(arg).is_sweep_override()
         except HydraException:  # unreadable_override names it

@@ -76,6 +76,19 @@ def test_several_values_without_multirun_are_one_line(command, arg, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_launcher_without_multirun_is_one_line(tmp_path, monkeypatch, capsys):
+    """Red-team: `longgen generate hydra/launcher=submitit_slurm ...` without -m ran the video in this process (on
+    a login node) with no word, as Hydra ignores a launcher outside a multirun; now one line asking for -m."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", "hydra/launcher=submitit_slurm"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("longgen: error: hydra/launcher=submitit_slurm launches the jobs of a sweep: add -m"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("flags", [["-m", "--cfg", "job"], ["--multirun", "--info"], ["-m", "-c", "job"]])
 def test_two_hydra_modes_are_one_line(flags, tmp_path, monkeypatch, capsys):
     """-m with --cfg job (print a sweep's config) or --info: Hydra runs one mode and raised a ValueError traceback;
