@@ -176,3 +176,21 @@ def test_a_bare_word_or_options_under_a_plain_value_are_one_line(arg, words, tmp
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["extend", "decode", "eval", "split-prompt"])
+def test_a_one_process_command_under_torchrun_is_one_line_from_rank_0(command, tmp_path, monkeypatch, capsys):
+    """Red-team: `torchrun --nproc-per-node=2 -m longgen.cli extend …` ran extend on every rank; rank 1 lost the
+    run directory's lock, torchrun stopped rank 0, and a half-started directory stayed. Now rank 0 says in one line
+    to start it without torchrun, the other ranks say nothing, all exit 2 and nothing is made."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", f"longgen: error: longgen {command} runs in one process: start it without torchrun"),
+                       ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert main([command, "clip.mp4", "prompt=a cat", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == (1 if said else 0), err
+    assert list(tmp_path.iterdir()) == []
