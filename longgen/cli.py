@@ -24,6 +24,7 @@ from longgen.overrides import (
     fill_positional,
     mixed_modes,
     quote_free_text,
+    sweep_without_multirun,
     unreadable_override,
 )
 from longgen.redact import check_command_line
@@ -87,6 +88,15 @@ def join_processes(command: str) -> int | None:
     return None
 
 
+def one_process_only(command: str) -> str | None:
+    """A command other than generate/resume under torchrun: each rank would run all of it alone, racing for the run
+    directory's lock and leaving a half-started directory when torchrun stops the others; one line instead."""
+    if command in ("generate", "resume") or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return (f"longgen {command} runs in one process: start it without torchrun (only generate and resume run on "
+            f"several processes)")
+
+
 def start_processes(command: str, rest: list[str]) -> int | None:
     """`gpus=N` (N > 1): run this command as N processes, one per GPU, and return their exit status; None when
     this process runs it itself (gpus=1, or already one of several)."""
@@ -133,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
         return 2
     module_name, config, _ = COMMANDS[command]
+    if problem := one_process_only(command):
+        return refuse(problem) if os.environ.get("RANK", "0") == "0" else 2  # one line, from rank 0
     if command in ("generate", "resume"):
         code = join_processes(command)
         if code is not None:
@@ -158,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.environ.pop(AS_RECORDED_ENV, None) != "1":  # --rerun-failed passes a job's overrides as Hydra got them
         rest = quote_free_text(rest)
-    if problem := mixed_modes(rest) or unreadable_override(rest):  # Hydra: a traceback / its grammar error, 2 lines
+    # Hydra: a traceback / its grammar error, 2 lines / a five-line hint for `seed=0,1` without -m
+    if problem := mixed_modes(rest) or unreadable_override(rest) or sweep_without_multirun(rest):
         return refuse(problem)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
     if command == "generate" and ("-m" in rest or "--multirun" in rest):

@@ -44,13 +44,25 @@ METHODS = ("direct-4x", "gen-l-video-4x", "freenoise-4x", "fifo-4x", "freelong-4
            "syncos-paper-4x")
 
 
-def longgen(*args: str) -> None:
-    """Run one longgen command as a user would, echoing it; a failure ends the script with its exit status."""
+def longgen(*args: str, sweep: Path | None = None) -> None:
+    """Run one longgen command as a user would, echoing it; a failure ends the script with its exit status. Ctrl-C
+    reaches longgen too (one process group): it finishes its step, keeps the checkpoint and writes sweep.json, so
+    this waits for it rather than killing it (as subprocess.run would). `sweep`: the sweep directory, named in the
+    line that says how to go on."""
     command = [sys.executable, "-m", "longgen.cli", *args]
     print("$ longgen " + " ".join(shlex.quote(a) for a in args), flush=True)
-    status = subprocess.run(command).returncode
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            status = process.wait()
+            break
+        except KeyboardInterrupt:  # a second Ctrl-C stops longgen at once; it is never killed from here
+            continue
     if status != 0:
-        sys.exit(f"compare: `longgen {args[0]}` exited {status}; see its messages above")
+        go_on = (f"; finish the sweep with `longgen generate --rerun-failed {shlex.quote(str(sweep))}`, then report "
+                 f"with `python scripts/compare.py --report-only --out {shlex.quote(str(sweep))}`" if sweep else "")
+        print(f"compare: `longgen {args[0]}` exited {status}; see its messages above{go_on}", file=sys.stderr)
+        sys.exit(status)
 
 
 def method_rows(out: Path, sweeps: list[Path] | None = None) -> list[dict]:
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new --out directory (the comparison never mixes two sweeps)")
     out = args.out.resolve()
-    longgen("generate", "-m", f"+experiment={args.methods}", f"hydra.sweep.dir={out}", *rest)
+    longgen("generate", "-m", f"+experiment={args.methods}", f"hydra.sweep.dir={out}", *rest, sweep=out)
     if args.no_eval:
         table = write_cost_table(out)
         print(table + f"\ncost table: {out / 'compare.md'}; report later: python scripts/compare.py --report-only "

@@ -61,6 +61,34 @@ def test_an_override_hydra_cannot_read_is_one_line(arg, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, arg", [("generate", "seed=0,1"), ("generate", "+experiment=direct-4x,fifo-4x"),
+                                          ("generate", "seed=range(0,3)"), ("eval", "settings.flow=dis,farneback")])
+def test_several_values_without_multirun_are_one_line(command, arg, tmp_path, monkeypatch, capsys):
+    """Red-team: `longgen generate seed=0,1` (a sweep without -m) printed Hydra's five-line "Ambiguous value" hint
+    and exited 1; now one line naming the override, -m, and how a list or a text with commas is written."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main([command, "backbone=tiny", "prompt=a cat", arg] if command == "generate" else [command, "x.mp4", arg])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"longgen: error: {arg} gives several values: add -m to run one job per value"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_launcher_without_multirun_is_one_line(tmp_path, monkeypatch, capsys):
+    """Red-team: `longgen generate hydra/launcher=submitit_slurm ...` without -m ran the video in this process (on
+    a login node) with no word, as Hydra ignores a launcher outside a multirun; now one line asking for -m."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "backbone=tiny", "prompt=a cat", "hydra/launcher=submitit_slurm"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("longgen: error: hydra/launcher=submitit_slurm launches the jobs of a sweep: add -m"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("flags", [["-m", "--cfg", "job"], ["--multirun", "--info"], ["-m", "-c", "job"]])
 def test_two_hydra_modes_are_one_line(flags, tmp_path, monkeypatch, capsys):
     """-m with --cfg job (print a sweep's config) or --info: Hydra runs one mode and raised a ValueError traceback;
@@ -147,4 +175,22 @@ def test_a_bare_word_or_options_under_a_plain_value_are_one_line(arg, words, tmp
     rc = main(["generate", "backbone=tiny", "prompt=a cat", arg])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith(f"longgen: error: {words}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["extend", "decode", "eval", "split-prompt"])
+def test_a_one_process_command_under_torchrun_is_one_line_from_rank_0(command, tmp_path, monkeypatch, capsys):
+    """Red-team: `torchrun --nproc-per-node=2 -m longgen.cli extend …` ran extend on every rank; rank 1 lost the
+    run directory's lock, torchrun stopped rank 0, and a half-started directory stayed. Now rank 0 says in one line
+    to start it without torchrun, the other ranks say nothing, all exit 2 and nothing is made."""
+    from longgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", f"longgen: error: longgen {command} runs in one process: start it without torchrun"),
+                       ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert main([command, "clip.mp4", "prompt=a cat", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == (1 if said else 0), err
     assert list(tmp_path.iterdir()) == []

@@ -190,3 +190,38 @@ def test_unknown_method_and_an_existing_directory_are_refused(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert ("unknown method dit" in proc.stderr) or ("exists; give a new --out" in proc.stderr)
     assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_waits_for_the_sweep_to_save_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """Red-team: Ctrl-C during compare.py's sweep raised KeyboardInterrupt in subprocess.run, which SIGKILLed longgen
+    before it could finish its step and write sweep.json (all 8 jobs then read "not run"), with a traceback. Now the
+    script waits for longgen (which got the same Ctrl-C), exits with its status and names --rerun-failed and
+    --report-only for the sweep."""
+    compare = load_script("compare")
+
+    class Longgen:  # subprocess.Popen of a longgen that takes a moment to save after Ctrl-C
+        def __init__(self, command):
+            self.waits, self.killed = 0, False
+
+        def wait(self):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return 130
+
+        def kill(self):
+            self.killed = True
+
+    started = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda command: started.append(Longgen(command)) or started[-1])
+    sweep = tmp_path / "my compare"
+    try:
+        compare.longgen("generate", "-m", "+experiment=direct-4x", sweep=sweep)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    except KeyboardInterrupt:  # the script let Ctrl-C through (and killed longgen, as subprocess.run does)
+        status = "KeyboardInterrupt"
+    assert status == 130 and not started[0].killed and started[0].waits == 2, status
+    err = capsys.readouterr().err
+    assert f"longgen generate --rerun-failed '{sweep}'" in err and f"--report-only --out '{sweep}'" in err, err

@@ -165,3 +165,22 @@ def test_bad_inputs_fail_before_any_work(sweep, tmp_path, monkeypatch, setup, ov
     with pytest.raises(UsageError, match="^.*" + message.replace("(", r"\(").replace("[", r"\[")):
         run_eval(_config(**overrides), tmp_path / "out")
     assert not (sweep / "0_gen-l-video" / ".eval.json.tmp").exists()
+
+
+def test_a_bad_report_option_is_refused_before_any_video_is_measured(tmp_path, monkeypatch):
+    """Red-team: `longgen eval A B report.embed_videos=maybe` measured every video, made out=, and only then said
+    the option was wrong; the report's options are now checked with the others, before any video is read."""
+    import longgen.commands.eval as eval_command
+
+    def probed(path):
+        raise AssertionError(f"{path} was probed before report.embed_videos was checked")
+
+    monkeypatch.setattr(eval_command, "probe_video", probed)
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    cfg = OmegaConf.load(REPO / "conf" / "eval.yaml")
+    cfg.merge_with({"paths": [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")], "out": str(tmp_path / "rep"),
+                    "report": {"embed_videos": "maybe"}})
+    with pytest.raises(UsageError, match=r"report.embed_videos='maybe': choose auto, true or false"):
+        eval_command.run_eval(cfg, tmp_path / "run")
+    assert not (tmp_path / "rep").exists()

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli_helpers import run_cli
 
 # the tiny backbone's load fails as on a full GPU for weights_seed=1 only; the re-run (a plain CLI process) is fine
@@ -153,9 +155,23 @@ def test_the_cpu_hint_of_resume_names_the_run_directory_first():
     where resume reads its run directory."""
     from longgen.parallel.launcher import _cpu_hint
 
-    line = _cpu_hint("gpus=2", "2", "resume", "runs/fox writer.crf=20")
+    line = _cpu_hint("gpus=2", "2", "resume", ["runs/fox", "writer.crf=20"])
     assert line.endswith("-m longgen.cli resume runs/fox backbone.device=cpu writer.crf=20")
-    assert _cpu_hint("gpus=2", "2", "generate", "prompt=x").endswith("-m longgen.cli generate backbone.device=cpu prompt=x")
+    assert _cpu_hint("gpus=2", "2", "generate", ["prompt=x"]).endswith("-m longgen.cli generate backbone.device=cpu prompt=x")
+
+
+def test_the_cpu_hint_quotes_a_run_directory_or_prompt_with_spaces():
+    """Red-team: `longgen resume "runs/c 1" gpus=2` suggested `resume runs/c backbone.device=cpu 1`, a line that
+    cuts the directory in two around an option; every word of the suggestion is shell-quoted now."""
+    import shlex
+
+    from longgen.parallel.launcher import _cpu_hint
+
+    line = _cpu_hint("gpus=2", "2", "resume", ["runs/c 1", "prompt=a cat"])
+    assert shlex.split(line.split("-m longgen.cli ")[1]) == ["resume", "runs/c 1", "backbone.device=cpu", "prompt=a cat"]
+    line = _cpu_hint("gpus=2", "2", "generate", ["prompt=a cat", "hydra.run.dir=my runs/x"])
+    assert shlex.split(line.split("-m longgen.cli ")[1]) == ["generate", "backbone.device=cpu", "prompt=a cat",
+                                                             "hydra.run.dir=my runs/x"]
 
 
 def test_unwritable_and_non_ascii_run_directories(tmp_path):
@@ -182,3 +198,29 @@ def test_a_sweep_job_whose_split_fails_is_recorded_and_the_next_job_runs(tmp_pat
     assert summary["failed"] == [0, 1] and summary["not_run"] == [], summary
     assert all("no answer from model" in job["error"] for job in summary["jobs"])
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == []  # input errors leave no job directory
+
+
+@pytest.mark.parametrize("command, leftover, message", [
+    ("generate", "checkpoint.safetensors", "holds an unfinished run (checkpoint.safetensors)"),
+    ("extend", "manifest.json", "already holds a finished run (manifest.json)"),
+])
+def test_a_taken_run_directory_is_refused_before_the_model_loads(tmp_path, monkeypatch, command, leftover, message):
+    """Red-team: `generate`/`extend` into a directory holding another run planned first, so a 14B model loaded for
+    minutes before the one-line refusal; the directory is now checked before the plan (which loads the model)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from longgen.errors import UsageError
+
+    module = importlib.import_module(f"longgen.commands.{command}")
+
+    def planned(*args, **kwargs):
+        raise AssertionError("the plan (and the model load) ran before the run directory was checked")
+
+    monkeypatch.setattr(module, "plan_job" if command == "generate" else "plan_extend", planned)
+    (tmp_path / leftover).write_bytes(b"kept")
+    cfg = OmegaConf.create({"overwrite": False, "writer": {"filename": "video.mp4"}})
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        getattr(module, f"run_{command}")(cfg, tmp_path, {})
+    assert (tmp_path / leftover).read_bytes() == b"kept"

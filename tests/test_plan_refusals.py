@@ -80,6 +80,8 @@ def test_values_at_the_limits_are_planned(overrides):
     (["hydra.launcher.mem_gb=-4"], "hydra.launcher.mem_gb=-4 must be a number of GB > 0"),
     (["hydra.launcher.setup=abc"], "hydra.launcher.setup='abc' must be a list of shell lines"),
     (["hydra.launcher.submitit_folder=/dev/null/jobs/%j"], "/dev/null is not a writable folder"),
+    # red-team: as root os.access calls /proc writable, and submitit's mkdir then failed with a traceback
+    (["hydra.launcher.submitit_folder=/proc/longgen-jobs/%j"], "/proc is not a writable folder"),
 ])
 def test_submitit_launcher_values_are_one_line_before_any_job(extra, line):
     problem = validate_sweep(["-m", *BASE, "hydra/launcher=submitit_local", *extra])
@@ -112,3 +114,17 @@ def test_a_file_that_is_no_image_is_named_without_pils_buffer(tmp_path):
         fit_image(bad, 32, 32, "crop", "image=")
     line = str(err.value)
     assert f"image= {bad} is not a readable image" in line and "object at 0x" not in line and "\n" not in line
+
+
+def test_a_sweep_into_the_directory_of_another_sweep_is_one_line(tmp_path):
+    """Red-team: a second `generate -m ... hydra.sweep.dir=D` into a finished sweep rewrote D/sweep.json, so its
+    done jobs read "failed" and --rerun-failed was suggested for them; now refused before any job (the --rerun-failed
+    line names D), whether the directory is spelled plain or quoted for Hydra."""
+    sweep = tmp_path / "my sweep"
+    sweep.mkdir()
+    assert validate_sweep(["-m", *BASE, f"hydra.sweep.dir={sweep}"]) is None  # a folder of your own
+    (sweep / "sweep.json").write_text("{}")
+    for spelled in (str(sweep), f"'{sweep}'"):
+        problem = validate_sweep(["-m", *BASE, "seed=0,1", f"hydra.sweep.dir={spelled}"])
+        assert problem is not None and problem.startswith(f"hydra.sweep.dir={sweep} already holds a sweep (sweep.json)")
+        assert f"--rerun-failed '{sweep}'" in problem and problem.endswith("no job was started"), problem

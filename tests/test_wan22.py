@@ -292,6 +292,10 @@ def test_full_size_configs_carry_the_model_facts():
 
 @pytest.mark.parametrize("override,needle", [
     ("backbone.boundary_ratio=1.5", "boundary_ratio"),
+    # red-team: a word was "could not convert string to float", a negative low-noise scale ran
+    ("backbone.boundary_ratio=abc", r"backbone.boundary_ratio='abc' must be in \(0, 1\)"),
+    ("backbone.guidance_scale_2=abc", "backbone.guidance_scale_2='abc' must be a finite number between 0 and 100"),
+    ("backbone.guidance_scale_2=-3", "backbone.guidance_scale_2=-3 must be a finite number between 0 and 100"),
     ("backbone.lora=[{path: LORA}]", "two experts"),
     ("backbone.height=720", "multiples of 32"),
     ("backbone.vae_tiling=true", "vae_tiling=false"),

@@ -37,6 +37,7 @@ from longgen.backbones.lora import check_experts
 from longgen.backbones.wan import WanBackbone, cast_like_pretrained
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
+from longgen.options import number
 
 
 class Wan22Backbone(WanBackbone):
@@ -57,9 +58,13 @@ class Wan22Backbone(WanBackbone):
         the low-noise expert's guidance scale (null: the sampler's); `expand_timesteps`: one timestep per token
         (TI2V-5B); `vae_dtype`, `flow_shift`: WanBackbone's; `shared`: the DiffusersOptions."""
         super().__init__(vae_dtype=vae_dtype, flow_shift=flow_shift, **shared)
-        if boundary_ratio is not None and not 0.0 < boundary_ratio < 1.0:
-            raise UsageError(f"backbone.boundary_ratio={boundary_ratio} must be in (0, 1) (A14B T2V: 0.875), or null "
+        if boundary_ratio is not None and not (isinstance(boundary_ratio, (int, float))
+                                               and not isinstance(boundary_ratio, bool) and 0.0 < boundary_ratio < 1.0):
+            raise UsageError(f"backbone.boundary_ratio={boundary_ratio!r} must be in (0, 1) (A14B T2V: 0.875), or null "
                              f"for a single transformer")
+        if guidance_scale_2 is not None:  # as the sampler's guidance_scale
+            number("backbone.guidance_scale_2", guidance_scale_2, 0, 100, note=" (A14B T2V: 3), or null for the "
+                   "sampler's guidance_scale")
         if guidance_scale_2 is not None and boundary_ratio is None:
             raise UsageError("backbone.guidance_scale_2 is the low-noise expert's scale: it needs backbone."
                              "boundary_ratio (two experts); set guidance_scale_2=null")

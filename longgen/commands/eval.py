@@ -70,6 +70,10 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
     models = ModelMetrics(cfg.get("models"))
     targets, collections = resolve(_paths(cfg))
     out = report_dir(cfg, run_dir, collections, targets)
+    if len(targets) > 1:  # a report will be written: its options are checked before any video is measured
+        from longgen.eval.report import embed_mode
+
+        embed_mode(cfg.get("report", {}).get("embed_videos", "auto"))
     prompt = cfg.get("prompt")
     if models.explicit and "prompt_fidelity" in models.names and not prompt:
         bare = [t for t in targets if t.story is None]

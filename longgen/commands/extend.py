@@ -37,6 +37,8 @@ def check_fresh(rundir: RunDirectory, overwrite: bool) -> None:
 
 def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any | None = None) -> dict:
     try:
+        if not cfg.get("overwrite", False) and Path(out_dir).is_dir():  # before the model loads (minutes at 14B)
+            check_fresh(RunDirectory(out_dir), overwrite=False)
         job = plan_extend(cfg, out_dir, choices)
     except UsageError:
         discard_if_unused(out_dir)

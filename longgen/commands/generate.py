@@ -24,7 +24,7 @@ from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
-from longgen.run.sweep import recorded_job
+from longgen.run.sweep import recorded_job, refuse_second_sweep
 from longgen.rundir import RunDirectory, write_text
 
 log = logging.getLogger("longgen")
@@ -40,6 +40,10 @@ def validate_sweep(args: list[str]) -> str | None:
 
     from longgen.config_search import compose_setup, overrides_only
 
+    try:
+        refuse_second_sweep(overrides_only(args))
+    except UsageError as exc:
+        return f"{exc}; no job was started"
     overrides = [a for a in overrides_only(args) if "=" in a and not a.lstrip("+~").startswith("hydra")]
     # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given
     launcher = [a for a in overrides_only(args) if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher."))]
@@ -97,6 +101,8 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
     """Generate one video into `out_dir`; return the manifest."""
     world = current()
     try:
+        if not cfg.get("overwrite", False) and Path(out_dir).is_dir():  # before the model loads (minutes at 14B)
+            RunDirectory(out_dir).check_fresh(str(cfg.writer.get("filename") or "video.mp4"), overwrite=False)
         job = plan_job(cfg, out_dir, choices)
         world.adopt(job)
     except UsageError:

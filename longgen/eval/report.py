@@ -111,13 +111,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
+def embed_mode(embed_videos: str | bool) -> str:
+    """`report.embed_videos` as auto, true or false; anything else is one line (checked before any video is
+    measured, so a typo does not cost the whole evaluation)."""
+    mode = {True: "true", False: "false"}.get(embed_videos, str(embed_videos))
+    if mode not in ("auto", "true", "false"):
+        raise UsageError(f"report.embed_videos={embed_videos!r}: choose auto, true or false")
+    return mode
+
+
 def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | bool = "auto") -> dict[str, Path]:
     """Write report.csv, plots/ and report.html into `out_dir`; return their paths."""
     if len(results) < 1:
         raise UsageError("no evaluated runs to report on")
-    mode = {True: "true", False: "false"}.get(embed_videos, str(embed_videos))
-    if mode not in ("auto", "true", "false"):
-        raise UsageError(f"report.embed_videos={embed_videos!r}: choose auto, true or false")
+    mode = embed_mode(embed_videos)
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     labels = group_labels(results)

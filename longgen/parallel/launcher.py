@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def requested_gpus(command: str, args: list[str]) -> str | None:
 def gpu_count(value: str, command: str, args: list[str]) -> int:
     """Processes to start for `gpus=value` on this host: one per GPU; one line when they are not there."""
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    rest = " ".join(a for a in args if a.partition("=")[0].lstrip("+") != "gpus")
+    rest = [a for a in args if a.partition("=")[0].lstrip("+") != "gpus"]
     if value == "all":
         if visible == 0:
             raise UsageError(_cpu_hint("gpus=all", "N", command, rest))
@@ -67,13 +68,15 @@ def gpu_count(value: str, command: str, args: list[str]) -> int:
     return n
 
 
-def _cpu_hint(what: str, n: str, command: str, rest: str, visible: int = 0) -> str:
+def _cpu_hint(what: str, n: str, command: str, rest: list[str], visible: int = 0) -> str:
+    """The torchrun line that runs the same command on n CPU processes, each argument shell-quoted so that it can be
+    pasted as it is (a run directory or prompt with spaces stays one argument)."""
     seen = f"only {visible} CUDA GPU(s) are visible" if visible else "no CUDA GPU is visible"
-    if command == "resume":  # the run directory comes first: `longgen resume RUN_DIR [KEY=VALUE ...]`
-        run_dir, _, options = rest.partition(" ")
-        line = f"resume {run_dir} backbone.device=cpu {options}"
+    if command == "resume" and rest:  # the run directory comes first: `longgen resume RUN_DIR [KEY=VALUE ...]`
+        words = [command, rest[0], "backbone.device=cpu", *rest[1:]]
     else:
-        line = f"{command} backbone.device=cpu {rest}"
+        words = [command, "backbone.device=cpu", *rest]
+    line = shlex.join(words)
     return (f"{what} starts one process per CUDA GPU of this host, but {seen}; to run {n} processes on the CPU "
             f"use torchrun (gloo): torchrun --standalone --nproc-per-node={n} -m longgen.cli {line}".rstrip())
 

@@ -38,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -180,12 +181,14 @@ def check_launcher_values(launcher: DictConfig, choice: str, cluster: str) -> No
 
 def check_submitit_folder(folder: str) -> None:
     """`hydra.launcher.submitit_folder` (up to its first %-placeholder) must be a folder that can be made: its nearest
-    existing ancestor a writable directory."""
+    existing ancestor a directory in which a folder can be made (tried: os.access says yes to root even in /proc)."""
     path = Path(folder.split("%")[0] or ".").expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".longgen-probe-", dir=existing))
+    except OSError:
         raise UsageError(f"hydra.launcher.submitit_folder={folder}: {existing} is not a writable folder; point it at "
-                         f"a folder the jobs can write (default: the sweep directory's .submitit/)")
+                         f"a folder the jobs can write (default: the sweep directory's .submitit/)") from None
 
 
 def job_processes(cfg: DictConfig) -> int:

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import traceback
@@ -177,6 +178,24 @@ def register_launcher(target: str) -> None:
 
     for launcher in (ours.LocalLauncher, ours.SlurmLauncher):
         Plugins.instance().register(launcher)
+
+
+def refuse_second_sweep(args: list[str]) -> None:
+    """A sweep into a `hydra.sweep.dir=` that holds another sweep (its sweep.json or ledger) would rewrite that
+    sweep's summary, so its finished jobs read as failed and --rerun-failed points at them: refused before any job.
+    `args`: the command line's overrides; an interpolated directory is left to Hydra (it is new each start)."""
+    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
+    if not given or "${" in given[-1]:
+        return
+    raw = given[-1]
+    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
+        raw = raw[1:-1]
+    sweep_dir = Path(raw).expanduser()
+    found = [name for name in (SUMMARY, LEDGER) if (sweep_dir / name).exists()]
+    if found:
+        raise UsageError(f"hydra.sweep.dir={raw} already holds a sweep ({', '.join(found)}): give a new "
+                         f"hydra.sweep.dir=, or run its failed jobs again with `longgen generate --rerun-failed "
+                         f"{shlex.quote(str(sweep_dir))}`")
 
 
 class SweepSummary(Callback):
