@@ -29,6 +29,7 @@ from longgen.rundir import (
     RunDirectory,
     apply_overrides,
     load_run_config,
+    own_run_log,
     setup_logging,
     write_text,
 )
@@ -84,6 +85,7 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
                              f"original image back, or start a new run")
         check_unchanged(ckpt.inputs.get("loras", []), getattr(job.backbone, "loras", ()))  # older: none recorded
+        own_run_log(run_dir)
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
