@@ -203,8 +203,8 @@ def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_pa
     shutil.copytree(runs[0] / "api", run)
     config = run / ".hydra" / "config.yaml"
     config.write_text(config.read_text() + "video: /videos/in.mp4\n")  # as an extend run records its input
-    with pytest.raises(longgen.UsageError, match=re.escape(f"finish an interrupted one with `longgen resume '{run}'`")):
-        longgen.decode(run)
+    with pytest.raises(longgen.UsageError, match=re.escape(f"`longgen decode '{run / 'latents.safetensors'}' backbone=")):
+        longgen.decode(run)  # a finished extend run: its latents decode as a file
     unfinished = tmp_path / "my runs" / "cat"
     unfinished.mkdir()
     (unfinished / "checkpoint.safetensors").write_bytes(b"")
