@@ -97,3 +97,14 @@ def test_resume_with_another_video_names_the_recorded_one(tmp_path):
     with pytest.raises(UsageError, match="changed since this extend run started"):
         check_input_video(started, recorded)
     check_input_video(other, {"path": str(started), "sha256": file_sha256(other)})  # a copy moved elsewhere: taken
+
+
+def test_refused_resume_of_a_finished_run_leaves_it_as_it_was(tmp_path):
+    from longgen.commands.resume import main
+
+    run = finished_run(tmp_path / "gen", "generate", ("video.mp4", "manifest.json", "story.json"), "seed: 0\n")
+    before = snapshot(run)
+    with caller_logging(), pytest.raises(SystemExit) as stop:
+        main([str(run)])
+    assert stop.value.code == 2
+    assert snapshot(run) == before  # its generate.log has no ERROR line, its lock keeps the run's pid

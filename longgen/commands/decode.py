@@ -155,11 +155,10 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         backbone.check_length(latents.shape[0], fix="pick the backbone they were sampled with (backbone=…)")
     elif latents.shape[0] != scene.length:
         raise UsageError(f"{target}: the latents hold {latents.shape[0]} frames but the run's shots take {scene.length}")
+    check_video_kept(out_dir, writer.filename, cfg)  # before the lock: a refused decode leaves the directory as it was
     rundir = RunDirectory(out_dir).claim()
     try:
-        if (out_dir / writer.filename).exists() and not cfg.get("overwrite", False):
-            raise UsageError(f"{out_dir / writer.filename} exists: pass overwrite=true to replace it, or "
-                             f"writer.filename=OTHER.mp4")
+        check_video_kept(out_dir, writer.filename, cfg)  # again under the lock: another decode may have written it
         own_run_log(out_dir)
         backbone.check_available()
         no_room = (f"out of GPU memory while decoding {target} (nothing was written; the latents are untouched): "
@@ -180,6 +179,13 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         rundir.release()
     log.info("wrote %s (%d frames at %d fps)", video["path"], video["frames"], video["fps"])
     return video
+
+
+def check_video_kept(out_dir: Path, filename: str, cfg) -> None:
+    """An existing video is replaced only with overwrite=true."""
+    if (out_dir / filename).exists() and not cfg.get("overwrite", False):
+        raise UsageError(f"{out_dir / filename} exists: pass overwrite=true to replace it, or "
+                         f"writer.filename=OTHER.mp4")
 
 
 def extend_refusal(run_dir: Path, backbone: str) -> str:
