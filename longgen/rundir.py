@@ -326,7 +326,33 @@ class RunLog(logging.FileHandler):
     under the log's name would carry the log outside the run directory. Such a link gets nothing (the run is then
     refused with one line when it claims the directory, refuse_run_links). Nor does a directory that an input error
     removed before the first line was written (a sweep job whose split failed: the error is then recorded in the
-    sweep's ledger, and logging must neither fail nor make the directory again)."""
+    sweep's ledger, and logging must neither fail nor make the directory again).
+
+    A directory that already held another command's files when the handler was made (an earlier run's log, lock or
+    results: `longgen decode`/`resume` of a run, a run given hydra.run.dir= of an existing one) is not written
+    until this command owns it (own_run_log, once its checks pass): the records wait in memory, so a command
+    refused there leaves that directory as it was."""
+
+    def __init__(self, filename, *args, **kwargs) -> None:
+        super().__init__(filename, *args, **kwargs)
+        try:
+            names = [entry.name for entry in Path(self.baseFilename).parent.iterdir()]
+        except OSError:  # no directory yet
+            names = []
+        self._held: list[logging.LogRecord] | None = [] if any(n != ".hydra" for n in names) else None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._held is None:
+            super().emit(record)
+        else:
+            self._held.append(record)
+
+    def write_held(self) -> None:
+        """Write the records kept while the directory was not this command's, in order; from now on write them."""
+        with self.lock:
+            held, self._held = self._held or [], None
+            for record in held:
+                super().emit(record)
 
     def _open(self):
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -338,6 +364,14 @@ class RunLog(logging.FileHandler):
                 raise
             return open(os.devnull, "a", encoding=self.encoding)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def own_run_log(run_dir: Path) -> None:
+    """This command's checks passed and it works in `run_dir` now: its log records go to the run's log file there
+    (those kept so far first)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, RunLog) and os.path.dirname(handler.baseFilename) == os.path.abspath(run_dir):
+            handler.write_held()
 
 
 def setup_logging(run_dir: Path | None, name: str = "generate") -> None:

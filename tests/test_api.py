@@ -195,6 +195,22 @@ def test_decode_refuses_a_run_whose_story_lost_its_shots(runs, tmp_path):
     assert not (run / "again.mp4").exists()
 
 
+def test_refused_decode_leaves_the_run_as_it_was(runs, tmp_path):
+    """A decode refused for the video it would replace (no overwrite=true) leaves no decode.log and no new lock pid."""
+    import shutil
+
+    from longgen.commands.decode import main
+    from test_refused_run_dir import snapshot
+
+    run = tmp_path / "fox"
+    shutil.copytree(runs[0] / "api", run)
+    (run / ".longgen.lock").write_text("12345\n")  # the pid of the process that made it (not this one)
+    before = snapshot(run)
+    with longgen.api.caller_logging(), pytest.raises(SystemExit) as stop:
+        main([str(run)])
+    assert stop.value.code == 2 and snapshot(run) == before
+
+
 def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_path):
     """"finish it with `longgen resume my runs/fox`" could not be pasted into a shell: the path is quoted."""
     import shutil
@@ -203,8 +219,8 @@ def test_commands_named_in_errors_quote_a_run_directory_with_spaces(runs, tmp_pa
     shutil.copytree(runs[0] / "api", run)
     config = run / ".hydra" / "config.yaml"
     config.write_text(config.read_text() + "video: /videos/in.mp4\n")  # as an extend run records its input
-    with pytest.raises(longgen.UsageError, match=re.escape(f"finish an interrupted one with `longgen resume '{run}'`")):
-        longgen.decode(run)
+    with pytest.raises(longgen.UsageError, match=re.escape(f"`longgen decode '{run / 'latents.safetensors'}' backbone=")):
+        longgen.decode(run)  # a finished extend run: its latents decode as a file
     unfinished = tmp_path / "my runs" / "cat"
     unfinished.mkdir()
     (unfinished / "checkpoint.safetensors").write_bytes(b"")

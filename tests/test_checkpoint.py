@@ -252,6 +252,7 @@ def test_sigint_exits_130_with_resume_line(reference_run, tmp_path):
     refused = run_cli("resume", str(out), "sampler.t_min=800")
     assert refused.returncode == 2 and len(error_lines(refused)) == 1 and "sampler.t_min" in error_lines(refused)[0]
     longgen.resume(out, "writer.crf=20")
+    assert "resuming " in (out / "generate.log").read_text()  # appended to the run's log once resume owns it
     assert torch.equal(load_file(out / "latents.safetensors")["latents"],
                        load_file(reference_run / "latents.safetensors")["latents"])
 
@@ -263,6 +264,7 @@ def test_decode_reproduces_the_video(reference_run, tmp_path, capsys):
     a = _frames(reference_run / "video.mp4")
     b = _frames(reference_run / "again.mp4")
     assert a.shape == b.shape and np.array_equal(a, b)
+    assert f"wrote {reference_run / 'again.mp4'}" in (reference_run / "decode.log").read_text()  # decode's own log
     # from the latents file into another folder (in this process: the command's own run_decode)
     capsys.readouterr()
     longgen.decode(reference_run / "latents.safetensors", "backbone=tiny", f"out={tmp_path}", "progress_seconds=0.001")

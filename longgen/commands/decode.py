@@ -36,6 +36,7 @@ from longgen.rundir import (
     load_run_config,
     names_option,
     option_after_path,
+    own_run_log,
     setup_logging,
 )
 from longgen.run.job import check_progress
@@ -130,8 +131,7 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     if target.is_dir():
         cfg, choices = load_run_config(target)
         if cfg.get("video") is not None:
-            raise UsageError(f"{target} is a `longgen extend` run: its two videos are written by extend itself; "
-                             f"finish an interrupted one with `longgen resume {shlex.quote(str(target))}`")
+            raise UsageError(extend_refusal(target, choices.get("backbone") or "NAME"))
         apply_overrides(cfg, overrides, DECODE_OPTIONS, "decode")
         if cfg.backbone.get("lora") is not None:
             cfg.backbone.lora = None  # only the VAE decodes: the run's LoRA files (transformer adapters) are not read
@@ -155,11 +155,11 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         backbone.check_length(latents.shape[0], fix="pick the backbone they were sampled with (backbone=…)")
     elif latents.shape[0] != scene.length:
         raise UsageError(f"{target}: the latents hold {latents.shape[0]} frames but the run's shots take {scene.length}")
+    check_video_kept(out_dir, writer.filename, cfg)  # before the lock: a refused decode leaves the directory as it was
     rundir = RunDirectory(out_dir).claim()
     try:
-        if (out_dir / writer.filename).exists() and not cfg.get("overwrite", False):
-            raise UsageError(f"{out_dir / writer.filename} exists: pass overwrite=true to replace it, or "
-                             f"writer.filename=OTHER.mp4")
+        check_video_kept(out_dir, writer.filename, cfg)  # again under the lock: another decode may have written it
+        own_run_log(out_dir)
         backbone.check_available()
         no_room = (f"out of GPU memory while decoding {target} (nothing was written; the latents are untouched): "
                    f"free GPU memory, or add backbone.vae_tiling=true (or backbone.cpu_offload=true)")
@@ -179,6 +179,30 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         rundir.release()
     log.info("wrote %s (%d frames at %d fps)", video["path"], video["frames"], video["fps"])
     return video
+
+
+def check_video_kept(out_dir: Path, filename: str, cfg) -> None:
+    """An existing video is replaced only with overwrite=true."""
+    if (out_dir / filename).exists() and not cfg.get("overwrite", False):
+        raise UsageError(f"{out_dir / filename} exists: pass overwrite=true to replace it, or "
+                         f"writer.filename=OTHER.mp4")
+
+
+def extend_refusal(run_dir: Path, backbone: str) -> str:
+    """Why decode does not take a `longgen extend` run directory, and what to do instead: an unfinished run is
+    resumed; a finished one already holds its videos, and its saved latents (history and new frames) decode as a
+    file."""
+    where = shlex.quote(str(run_dir))
+    head = (f"{run_dir} is a `longgen extend` run: decode takes a `longgen generate` run directory or a latents "
+            f"file, and extend writes its own two videos")
+    if (run_dir / CHECKPOINT).is_file():
+        return f"{head}; this one is unfinished: finish it with `longgen resume {where}`"
+    if (run_dir / LATENTS).is_file():
+        return (f"{head} (already written here); to write them again, decode its latents as a file: "
+                f"`longgen decode {shlex.quote(str(run_dir / LATENTS))} backbone={backbone} out=DIR` (with the run's "
+                f"backbone.height/width if it changed them)")
+    return (f"{head} (already written here); it kept no {LATENTS} to decode again (extend with save_latents=true "
+            f"keeps them)")
 
 
 def check_latent_shape(latents: torch.Tensor, backbone: Backbone) -> None:

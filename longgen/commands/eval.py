@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import UsageError, user_errors
+from longgen.rundir import own_run_log
 from longgen.eval.evaluate import (
     ModelMetrics,
     evaluate_target,
@@ -107,5 +108,6 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
 @hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
+    own_run_log(Path(hc.runtime.output_dir))  # its own output folder: logged from the first line
     with user_errors():
         run_eval(cfg, Path(hc.runtime.output_dir))

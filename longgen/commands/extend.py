@@ -20,7 +20,7 @@ from longgen.errors import UsageError, user_errors
 from longgen.parallel.units import current
 from longgen.run.extend import CONTINUATION, EXTENDED, execute_extend, plan_extend
 from longgen.run.job import discard_if_unused, discard_unfinished_start, write_run_config
-from longgen.rundir import RunDirectory, write_text
+from longgen.rundir import RunDirectory, own_run_log, write_text
 
 log = logging.getLogger("longgen")
 
@@ -48,6 +48,7 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
     rundir = RunDirectory(out_dir).claim()
     try:
         check_fresh(rundir, bool(cfg.get("overwrite", False)))
+        own_run_log(out_dir)
         cfg.video = str(job.source.path)  # absolute: `longgen resume` works from any working directory
         pin_local_paths(cfg.backbone.get("lora"), getattr(job.backbone, "loras", ()))  # resume from any directory
         write_run_config(out_dir, cfg, hc)

@@ -25,7 +25,7 @@ from longgen.run.job import discard_if_unused, discard_unfinished_start, job_mes
 from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
 from longgen.run.sweep import recorded_job, refuse_second_sweep
-from longgen.rundir import RunDirectory, write_text
+from longgen.rundir import RunDirectory, own_run_log, write_text
 
 log = logging.getLogger("longgen")
 
@@ -111,6 +111,7 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
     rundir = RunDirectory(out_dir).claim()
     try:
         rundir.check_fresh(job.writer.filename, bool(cfg.get("overwrite", False)))
+        own_run_log(out_dir)
         pin_local_paths(cfg.backbone.get("lora"), getattr(job.backbone, "loras", ()))  # resume from any directory
         write_run_config(out_dir, cfg, hc)
         write_text(out_dir / "story.json", job.given_story.to_json())  # before any heavy work: a split is never lost

@@ -29,6 +29,7 @@ from longgen.rundir import (
     RunDirectory,
     apply_overrides,
     load_run_config,
+    own_run_log,
     setup_logging,
     write_text,
 )
@@ -53,13 +54,11 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
     if not extend and cfg.get("video") is not None:  # it would be resumed as an extend run (a traceback)
         raise UsageError(f"video= gives a `longgen extend` run its moved input video; {run_dir} is a "
                          f"`longgen generate` run, which reads no video: drop video=")
+    check_resumable(run_dir)  # before the lock: a refused resume leaves the directory as it was
     rundir = RunDirectory(run_dir).claim()
     try:
+        check_resumable(run_dir)  # again under the lock: the run may have finished meanwhile
         path = run_dir / CHECKPOINT
-        if not path.is_file() and (run_dir / "manifest.json").is_file():
-            raise UsageError(f"{run_dir} holds a finished run (manifest.json, no checkpoint): nothing to resume")
-        if not (run_dir / "story.json").is_file():
-            raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
         ckpt = load_checkpoint(path)
         if extend:
             from longgen.run.extend import (
@@ -84,6 +83,7 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
                              f"original image back, or start a new run")
         check_unchanged(ckpt.inputs.get("loras", []), getattr(job.backbone, "loras", ()))  # older: none recorded
+        own_run_log(run_dir)
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
@@ -95,6 +95,14 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             return execute(job, resume=ckpt, extra=extra)
     finally:
         rundir.release()
+
+
+def check_resumable(run_dir: Path) -> None:
+    """One line for a directory with nothing to resume: a finished run, or one without its story.json."""
+    if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
+        raise UsageError(f"{run_dir} holds a finished run (manifest.json, no checkpoint): nothing to resume")
+    if not (run_dir / "story.json").is_file():
+        raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from longgen.errors import UsageError, user_errors
+from longgen.rundir import own_run_log
 from longgen.splitters.scenario import split_scenario_file
 from longgen.story import Story
 
@@ -77,5 +78,6 @@ def run_split_prompt(cfg: DictConfig, out_dir: Path, choices: dict) -> Story:
 @hydra.main(version_base="1.3", config_path="pkg://longgen.conf", config_name="split_prompt")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
+    own_run_log(Path(hc.runtime.output_dir))  # its own output folder: logged from the first line
     with user_errors():
         run_split_prompt(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices))

@@ -197,9 +197,15 @@ def check_input_video(path: Path, recorded: dict) -> None:
     again = f"give it with video=PATH (the run started from {recorded.get('path')})"
     if not path.is_file():
         raise UsageError(f"the input video {path} of this extend run is gone: {again}, or start a new run")
-    if file_sha256(path) != recorded.get("sha256"):
-        raise UsageError(f"{path} changed since this extend run started (its sha256 differs from the recorded one): "
-                         f"put the original back or {again}; or start a new run")
+    if file_sha256(path) == recorded.get("sha256"):
+        return
+    started = Path(str(recorded.get("path") or path))
+    if path.resolve() != started.resolve():  # another file given with video=: it was never this run's input
+        raise UsageError(f"{path} is not the video this extend run started from ({started}; its sha256 differs): "
+                         f"pass video=PATH of a copy of {started.name} as it was, or start a new run with "
+                         f"`longgen extend {path}`")
+    raise UsageError(f"{path} changed since this extend run started (its sha256 differs from the recorded one): "
+                     f"put the original back or {again}; or start a new run")
 
 
 def read_source(path: Path, backbone: Backbone, keep: int, resize: bool) -> Source:
