@@ -306,23 +306,16 @@ def sweep_without_multirun(args: list[str]) -> str | None:
     """One line for an override that lists several values (`seed=0,1`, `range(0,3)`) in a run of one job, where
     Hydra prints a five-line "Ambiguous value" hint and exits 1, or that picks a launcher, which Hydra ignores
     without -m (`hydra/launcher=submitit_slurm` ran the video on the login node); None with -m."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     from longgen.redact import scrub
 
     if "-m" in args or "--multirun" in args:
         return None
-    parser = OverridesParser.create()
     for arg in overrides_only(args):
         if arg.partition("=")[0].lstrip("+") == "hydra/launcher":  # Hydra ignores a launcher without -m
             return (f"{arg} launches the jobs of a sweep: add -m (without it the run starts here, in this process, "
                     f"not as a scheduled job)")
-        try:
-            several = "=" in arg and parser.parse_override(arg).is_sweep_override()
-        except HydraException:  # unreadable_override names it
-            continue
-        if several:
+        parsed = _parsed(arg) if "=" in arg else None  # None where the grammar rejects it: unreadable_override names it
+        if parsed is not None and parsed.is_sweep_override():
             return scrub(f"{arg} gives several values: add -m to run one job per value (a sweep), or give one value "
                          f"(a list is written key=[a,b], text holding commas key='a,b')")
     return None
