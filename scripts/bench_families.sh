@@ -67,7 +67,7 @@ stage "$ti2v" $(( reserve_hy + reserve_a14b )) "${bench[@]}" --backbone "$ti2v" 
     --deadline $(( start + budget - reserve_hy - reserve_a14b - 10 )) --json "$out/W1-$ti2v.json"
 stage "$hy" "$reserve_a14b" "${bench[@]}" --backbone "$hy" --steps 1 --forward-warmups 1 --forward-repeats 2 \
     --deadline $(( start + budget - reserve_a14b - 10 )) --json "$out/W1-$hy.json"
-# the A14B builds both experts in float32 on the GPU (~106 GiB) before casting them to bf16: no fragmentation
+# the A14B draws both experts in bf16 on the GPU (~56 GB, wan22.py): expandable segments against fragmentation
 stage "$a14b" 5 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "${bench[@]}" --backbone "$a14b" --steps 1 \
     --forward-warmups 1 --forward-repeats 1 --deadline $(( start + budget - 15 )) --json "$out/W1-$a14b.json"
 cat "$out/families.md"

@@ -322,3 +322,23 @@ def test_a14b_folder_without_the_low_noise_expert_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
     (folder / "transformer_2").mkdir()
     backbone.check_available()  # complete: found, nothing loaded
+
+
+def test_a14b_experts_are_drawn_in_the_model_dtype_and_the_vae_ends_in_its_own(monkeypatch):
+    """Both 14B experts drawn in float32 would need ~112 GB on the device before the cast (more than an H100): a
+    bf16 A14B draws its experts in bf16 (the dtype seen before the cast), and the VAE still ends in float32."""
+    import longgen.backbones.wan22 as wan22
+
+    drawn = []
+    real = wan22.cast_like_pretrained
+    monkeypatch.setattr(wan22, "cast_like_pretrained",
+                        lambda model, dtype: drawn.append(next(model.parameters()).dtype) or real(model, dtype))
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / "tiny-wan22-a14b.yaml")
+    cfg.dtype = "bfloat16"
+    backbone = build(cfg, "backbone", "tiny-wan22-a14b")
+    backbone.load()
+    assert drawn[:2] == [torch.bfloat16, torch.bfloat16], drawn
+    pipe = backbone.pipe
+    assert pipe.transformer_2 is not None and pipe.transformer_2.proj_out.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}
+    assert torch.get_default_dtype() == torch.float32  # restored for whatever runs next

@@ -448,14 +448,21 @@ class DiffusersBackbone(Backbone):
             return
         self.fused_gelu_layers = fuse_gelu_projections(self.pipe.transformer)
 
-    def _seeded_build(self, build):
+    def _seeded_build(self, build, dtype: torch.dtype | None = None):
         """Run `build()` (which constructs modules) with the global RNG seeded by `weights_seed`, on the device when
-        it is CUDA (fast init of large models), without disturbing the caller's RNG state."""
+        it is CUDA (fast init of large models), without disturbing the caller's RNG state. `dtype`: the parameters'
+        dtype while they are drawn (default float32); a model too large to be built in float32 on the device first
+        (the A14B's two experts) is drawn in its own dtype."""
         build_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        previous = torch.get_default_dtype()
         with torch.random.fork_rng(devices=[build_device] if build_device.type == "cuda" else []):
             torch.manual_seed(self.weights_seed)
-            with build_device:
-                return build()
+            torch.set_default_dtype(dtype or torch.float32)
+            try:
+                with build_device:
+                    return build()
+            finally:
+                torch.set_default_dtype(previous)
 
     def _compile_blocks(self) -> bool:
         """Regional torch.compile: each transformer block (they share one graph), not the whole model, so compile

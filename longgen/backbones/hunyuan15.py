@@ -154,10 +154,12 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         for part, key in (("transformer", "rope_axes_dim"), ("vae", "block_out_channels")):
             if key in arch.get(part, {}):
                 arch[part][key] = tuple(arch[part][key])
+        # drawn in the model dtype: the 8.3B transformer in float32 would hold 33 GB on the device before its cast,
+        # twice what it runs in (several lane processes share one GPU)
         transformer, vae = self._seeded_build(lambda: (
             HunyuanVideo15Transformer3DModel(**arch.get("transformer", {})),
             AutoencoderKLHunyuanVideo15(**arch.get("vae", {})),
-        ))
+        ), dtype=self.dtype)
         cast_like_pretrained(transformer, self.dtype).eval()
         cast_like_pretrained(vae, self.vae_dtype).eval()
         return HunyuanVideo15Pipeline(

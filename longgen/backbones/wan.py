@@ -104,9 +104,8 @@ class WanFlashKernel(Kernel):
 def cast_like_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast a model built in code to `dtype` the way `from_pretrained(torch_dtype=dtype)` loads it: the modules the
     class lists in `_keep_in_fp32_modules` (Wan: RoPE tables, time embedder, norms, modulation tables) stay float32,
-    so a random-weight benchmark runs the kernels of the real model."""
-    if dtype == torch.float32:
-        return model
+    so a random-weight benchmark runs the kernels of the real model. (A model drawn in bf16, as the A14B's parts are,
+    is cast up to a float32 `dtype` here too.)"""
     torch.nn.Module.to(model, dtype)  # the plain cast (diffusers' own `to` warns about exactly this case)
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for name, module in model.named_modules():

@@ -98,11 +98,13 @@ class Wan22Backbone(WanBackbone):
             if "patch_size" in arch.get(key, {}):
                 arch[key]["patch_size"] = tuple(arch[key]["patch_size"])
         two = self.boundary_ratio is not None
+        # two 14B experts drawn in float32 would hold ~112 GB on the device before the cast, more than an H100's 80
+        # GB: they are drawn in the model dtype (~56 GB in bf16) and the VAE cast to its own dtype after
         high, low, vae = self._seeded_build(lambda: (
             WanTransformer3DModel(**arch.get("transformer", {})),
             WanTransformer3DModel(**arch.get("transformer_2", arch.get("transformer", {}))) if two else None,
             AutoencoderKLWan(**arch.get("vae", {})),
-        ))
+        ), dtype=self.dtype if two else None)
         for model in (high, low):
             if model is not None:
                 cast_like_pretrained(model, self.dtype).eval()

@@ -132,6 +132,7 @@ def write_wan_lora(folder: Path, name: str, seed: int) -> Path:
     return folder / name
 
 
+@pytest.mark.alone  # the two experts hold ~56 GB of the GPU
 def test_lora_per_expert_on_wan22_a14b(tmp_path):
     high = write_wan_lora(tmp_path, "high_noise.safetensors", 1)
     low = write_wan_lora(tmp_path, "low_noise.safetensors", 2)
