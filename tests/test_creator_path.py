@@ -53,3 +53,24 @@ def test_writer_filename_that_is_no_video_name_says_so(tmp_path, name):
     (tmp_path / "run").mkdir()
     with pytest.raises(UsageError, match=r"writer.filename='\.*(mp4)?' must be a plain file name"):
         longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "run"), writer={"filename": name})
+
+
+def test_a_photo_with_an_exif_rotation_is_fitted_upright(tmp_path):
+    """A phone photo stores landscape pixels with EXIF Orientation 6 (rotate 90° clockwise to view): it was fitted
+    sideways. Left half red, right half blue as stored; upright, red is on top."""
+    import numpy as np
+    from PIL import Image
+
+    from longgen.run.images import fit_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)  # [h, w, 3] as stored
+    pixels[:, :20, 0] = 255
+    pixels[:, 20:, 2] = 255
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90° CW to display
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    frame, original, _ = fit_image(tmp_path / "phone.jpg", 16, 32, "stretch", "image=")
+    assert original == (20, 40)  # (w, h) as shown: portrait
+    top, bottom = frame[:12].reshape(-1, 3).mean(0), frame[-12:].reshape(-1, 3).mean(0)  # [3] mean colours
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
