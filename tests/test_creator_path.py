@@ -74,3 +74,24 @@ def test_a_photo_with_an_exif_rotation_is_fitted_upright(tmp_path):
     assert original == (20, 40)  # (w, h) as shown: portrait
     top, bottom = frame[:12].reshape(-1, 3).mean(0), frame[-12:].reshape(-1, 3).mean(0)  # [3] mean colours
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_a_variable_frame_rate_video_is_taken_at_its_timestamps(tmp_path):
+    """60 frames at 30 fps, then a 1 s pause before the last 30 (a phone's variable rate): 3 s, mean rate 30 fps.
+    ffmpeg filled the pause with repeated frames at its base rate while extend stepped through them at the mean
+    rate, so the 3 s came out as 4.6 s (37 frames at 8 fps instead of 24)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import imageio_ffmpeg
+
+    from longgen.run.extend import read_source
+
+    path = tmp_path / "phone.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=32x24:rate=30", "-frames:v", "60", "-vf", "setpts='PTS+gte(N,30)/TB'",
+                    "-fps_mode", "vfr", "-pix_fmt", "yuv420p", str(path)], check=True)
+    backbone = SimpleNamespace(width=16, height=16, fps=8, temporal_compression=4, label="tiny")
+    source = read_source(path, backbone, 1, True)
+    assert source.fps == pytest.approx(20, abs=0.5)  # ffmpeg's mean rate: 60 frames in 3 s
+    assert abs(source.frames - 3 * 8) <= 1

@@ -121,11 +121,15 @@ def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
 
 
-def _open(path: Path) -> tuple[dict, Iterator[bytes], Any]:
-    """ffmpeg's metadata of `path` and an iterator over its RGB frames (raw bytes); one line when it cannot read it."""
+def _open(path: Path, rate: float | None = None) -> tuple[dict, Iterator[bytes], Any]:
+    """ffmpeg's metadata of `path` and an iterator over its RGB frames (raw bytes); one line when it cannot read it.
+    With `rate`, the frames come at that constant rate by their timestamps: a variable-frame-rate video (as phones
+    record) otherwise comes at ffmpeg's guessed base rate, with repeated frames, while its metadata gives the mean
+    rate, so the frames would be taken at the wrong times."""
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    output = ["-r", repr(float(rate))] if rate else None
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=output)
     try:
         meta = next(reader)
         size = tuple(int(v) for v in meta["size"])
@@ -172,7 +176,7 @@ class Source:
 
     def stream(self) -> Iterator[np.ndarray]:
         """The frames, resampled and fitted, one [H, W, 3] uint8 array at a time (the file is read again)."""
-        meta, raw, reader = _open(self.path)
+        meta, raw, reader = _open(self.path, self.fps)  # frames at the rate `step` assumes
         try:
             step = self.fps / self.out_fps if self.resampled else 1.0  # input frames per output frame
             want = 0  # index of the next output frame; it shows input frame ⌊want·step + ½⌋
