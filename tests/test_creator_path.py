@@ -95,3 +95,82 @@ def test_a_variable_frame_rate_video_is_taken_at_its_timestamps(tmp_path):
     source = read_source(path, backbone, 1, True)
     assert source.fps == pytest.approx(20, abs=0.5)  # ffmpeg's mean rate: 60 frames in 3 s
     assert abs(source.frames - 3 * 8) <= 1
+
+
+def _latents(run: Path) -> bytes:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "latents.safetensors"))["latents"].numpy().tobytes()
+
+
+def test_ctrl_c_while_the_model_loads_then_resume_starts_at_the_first_step(tmp_path, monkeypatch):
+    """Ctrl-C before the first step left .hydra/ and story.json but no checkpoint; `longgen resume` then said
+    'no checkpoint … was the run started with checkpoint_every=0?' and the line at the stop named no way on."""
+    import longgen.run.stages as stages
+    from longgen.errors import Interrupted
+
+    reference = longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "whole"))
+    real = stages.encode
+
+    def interrupted(job):
+        monkeypatch.setattr(stages, "encode", real)
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(stages, "encode", interrupted)
+    run = tmp_path / "cut"
+    with pytest.raises(Interrupted, match=r"before sampling; .*first step with: longgen resume .*cut$"):
+        longgen.generate(*TINY, prompt="a cat", run_dir=str(run))
+    assert not (run / "checkpoint.safetensors").exists() and (run / "story.json").is_file()
+    done = longgen.resume(str(run))
+    assert done.manifest["resumed"]["after_step"] == 0
+    assert _latents(run) == _latents(reference.run_dir)
+
+
+def test_a_second_ctrl_c_mid_step_names_the_kept_checkpoint(tmp_path, monkeypatch):
+    """The second Ctrl-C (out at once, mid-step) ended in 'interrupted (SIGINT); nothing half-written was kept',
+    naming neither the checkpoint it kept nor `longgen resume`."""
+    from longgen.errors import Interrupted
+    from longgen.run.checkpoint import StepHooks
+
+    real = StepHooks.__call__
+
+    def second_press(self, state, total):
+        real(self, state, total)
+        if state.done == 1:  # step 1 is checkpointed; the press lands in step 2
+            raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(StepHooks, "__call__", second_press)
+    with pytest.raises(Interrupted, match=r"again, in the middle of a step; the checkpoint after step 1 is kept .*"
+                                          r"continue with: longgen resume"):
+        longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "run"))
+
+
+def test_ctrl_c_while_the_model_is_released_keeps_the_stop_line(tmp_path, monkeypatch):
+    """A run stopped at a step releases the model on its way out; a second Ctrl-C landing there replaced the line
+    naming the checkpoint with 'interrupted (SIGINT); nothing half-written was kept'."""
+    from longgen.backbones.cogvideox import CogVideoXBackbone
+    from longgen.errors import Interrupted
+    from longgen.run.checkpoint import StepHooks
+
+    real = StepHooks.__call__
+
+    def first_press(self, state, total):
+        self.interrupts.requested = "SIGINT" if state.done == 1 else self.interrupts.requested
+        real(self, state, total)
+
+    def second_press(self):
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(StepHooks, "__call__", first_press)
+    monkeypatch.setattr(CogVideoXBackbone, "release", second_press)
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT after step 1 of 2; .*longgen resume"):
+        longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "run"))
+
+
+def test_resume_of_latents_without_a_checkpoint_names_decode(tmp_path):
+    from longgen.commands.resume import check_resumable
+
+    (tmp_path / "story.json").write_text("{}")
+    (tmp_path / "latents.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"sampled latents \(latents.safetensors\) but no checkpoint: .*longgen decode"):
+        check_resumable(tmp_path)

@@ -107,7 +107,7 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
             RunDirectory(out_dir).check_fresh(name, overwrite=False)
         job = plan_job(cfg, out_dir, choices)
         world.adopt(job)
-    except UsageError:
+    except (UsageError, KeyboardInterrupt):  # also Ctrl-C while the model loads: no run began
         discard_if_unused(out_dir)
         raise
     rundir = RunDirectory(out_dir).claim()

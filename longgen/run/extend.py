@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import gc
 import logging
 import math
 import time
@@ -88,9 +87,11 @@ from longgen.run.stages import (
     manifest_head,
     package_versions,
     progress_shown,
+    release,
     resume_command,
     sample,
     save_latents,
+    stopped_before_sampling,
     video_facts,
 )
 from longgen.rundir import CHECKPOINT, LATENTS, file_sha256, write_json, write_text
@@ -735,12 +736,12 @@ def execute_extend(job: ExtendJob, resume: Checkpoint | None = None, extra: dict
         with Interrupts() as interrupts, progress_shown(job.cfg) as progress:
             progress.label("encode", "load + encode text and video")
             progress("encode", 0, 1)
-            prompts = encode(job)
-            encode_history(job)
+            with stopped_before_sampling(job):
+                prompts = encode(job)
+                encode_history(job)
             progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video, cont = write_videos(job, latents, progress)
         return record(job, latents, video, cont, extra)
     finally:
-        job.backbone.release()
-        gc.collect()
+        release(job)
