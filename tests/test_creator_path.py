@@ -185,3 +185,16 @@ def test_resume_of_latents_without_a_checkpoint_names_decode(tmp_path):
     (tmp_path / "latents.safetensors").write_bytes(b"")
     with pytest.raises(UsageError, match=r"sampled latents \(latents.safetensors\) but no checkpoint: .*longgen decode"):
         check_resumable(tmp_path)
+
+
+@pytest.mark.parametrize("name,text", [
+    ("story.json", '{"global": "a fox", "local": ["a fox sleeps", "a fox leaps"], "global": "a dog"}'),
+    ("story.yaml", "global: a fox\nlocal: [a fox sleeps, a fox leaps]\nglobal: a dog\n"),
+])
+def test_a_story_key_written_twice_is_one_line(tmp_path, name, text):
+    """The second `global` (pasted while editing) silently won: the video showed 'a dog' with no word said."""
+    from longgen.story import Story
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UsageError, match=r"key 'global' appears twice .*keep one"):
+        Story.load(tmp_path / name)
