@@ -198,3 +198,15 @@ def test_a_story_key_written_twice_is_one_line(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     with pytest.raises(UsageError, match=r"key 'global' appears twice .*keep one"):
         Story.load(tmp_path / name)
+
+
+@pytest.mark.parametrize("scenario", ["一个小女孩走向海滩。然后她堆了一个沙堡。", "Une fille marche vers la plage."])
+def test_the_offline_splitter_writes_shots_for_a_scenario_without_english_verbs(scenario):
+    """`split-prompt multi_shot=true splitter=offline` on a Chinese or French scenario failed with 'story: shot 1 is
+    empty' (no English verb, so no event: the shots were empty); each shot now shows the scene, as `split`'s local
+    prompts do."""
+    from longgen.splitters.offline import OfflineSplitter
+
+    story = OfflineSplitter().split_shots(scenario, 3)
+    assert len(story.local_prompts) == 3 and all(p.strip() for p in story.local_prompts)
+    assert all(scenario.split("。")[0].rstrip(".") in p for p in story.local_prompts)
