@@ -207,6 +207,5 @@ def test_the_offline_splitter_writes_shots_for_a_scenario_without_english_verbs(
     prompts do."""
     from longgen.splitters.offline import OfflineSplitter
 
-    story = OfflineSplitter().split_shots(scenario, 3)
-    assert len(story.local_prompts) == 3 and all(p.strip() for p in story.local_prompts)
-    assert all(scenario.split("。")[0].rstrip(".") in p for p in story.local_prompts)
+    shots = OfflineSplitter().split_shots(scenario, 3).to_dict()["shots"]  # [{"prompt": …, "cut": …}] × 3
+    assert len(shots) == 3 and all(scenario.split("。")[0].rstrip(".") in shot["prompt"] for shot in shots)
