@@ -155,6 +155,16 @@ def test_a_second_ctrl_c_mid_step_names_the_kept_checkpoint(tmp_path, monkeypatc
     line = stop_line(lambda: longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "run")))
     assert re.search(r"again, in the middle of a step; the checkpoint after step 1 is kept .*continue with: longgen "
                      r"resume", line), line
+    # `longgen decode` beside a run that is still sampling said "sampling stopped after step …: finish it with
+    # `longgen resume`" (which then found the directory locked); the held lock stands for that run here
+    held = RunDirectory(tmp_path / "run").claim()
+    try:
+        with pytest.raises(UsageError, match=r"another longgen run is sampling in .*run \(step 1 of 2 so far\)"):
+            longgen.decode(str(tmp_path / "run"))
+    finally:
+        held.release()
+    with pytest.raises(UsageError, match=r"sampling stopped after step 1 of 2: finish it with `longgen resume"):
+        longgen.decode(str(tmp_path / "run"))
 
 
 def test_ctrl_c_while_the_model_is_released_keeps_the_stop_line(tmp_path, monkeypatch):
