@@ -219,3 +219,17 @@ def test_the_offline_splitter_writes_shots_for_a_scenario_without_english_verbs(
 
     shots = OfflineSplitter().split_shots(scenario, 3).to_dict()["shots"]  # [{"prompt": …, "cut": …}] × 3
     assert len(shots) == 3 and all(scenario.split("。")[0].rstrip(".") in shot["prompt"] for shot in shots)
+
+
+def test_split_prompt_out_that_cannot_be_written_is_one_line_before_the_split(tmp_path, monkeypatch):
+    """`split-prompt out=/proc/x.json` (or a path under a file) was a traceback after the split (an LLM call
+    spent) had been made."""
+    from omegaconf import OmegaConf
+
+    import longgen.commands.split_prompt as split_prompt
+
+    monkeypatch.setattr(split_prompt, "split_scenario_file", lambda *a, **k: pytest.fail("split before the check"))
+    (tmp_path / "a_file").write_text("")
+    cfg = OmegaConf.create({"out": str(tmp_path / "a_file" / "story.json"), "scenario": "x", "num_prompts": 2})
+    with pytest.raises(UsageError, match=r"out=.*a_file/story.json: its folder .* cannot take a file"):
+        split_prompt.run_split_prompt(cfg, tmp_path / "run", {})
