@@ -608,7 +608,10 @@ class Story:
             data = load_yaml_once(text) if is_yaml else json.loads(text, object_pairs_hook=keys_once)
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
+            prose = not is_yaml and not text.lstrip().startswith(("{", "["))  # plain text given as story=
+            hint = (f"; if it is a free-text scenario, pass scenario={path} num_prompts=N (or prompt_file={path} for "
+                    f"one prompt)") if prose else ""
+            raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}{hint}") from None
         return cls.from_dict(data, where=f"story file {path}").with_images_under(path.parent)
 
     def with_images_under(self, folder: Path) -> "Story":

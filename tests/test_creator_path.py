@@ -233,3 +233,12 @@ def test_split_prompt_out_that_cannot_be_written_is_one_line_before_the_split(tm
     cfg = OmegaConf.create({"out": str(tmp_path / "a_file" / "story.json"), "scenario": "x", "num_prompts": 2})
     with pytest.raises(UsageError, match=r"out=.*a_file/story.json: its folder .* cannot take a file"):
         split_prompt.run_split_prompt(cfg, tmp_path / "run", {})
+
+
+def test_a_scenario_given_as_story_names_scenario(tmp_path):
+    """`story=scenario.txt` (prose, not JSON) said only 'Expecting value: line 1 column 1'."""
+    from longgen.story import Story
+
+    (tmp_path / "scenario.txt").write_text("A girl walks to the beach. Then she builds a sandcastle.\n")
+    with pytest.raises(UsageError, match=r"not valid JSON: .*pass scenario=.*scenario.txt num_prompts=N"):
+        Story.load(tmp_path / "scenario.txt")
