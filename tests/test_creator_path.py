@@ -5,7 +5,6 @@ step, a story file with a key written twice — each one line or the right resul
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -111,32 +110,42 @@ def stop_line(call) -> str:
     pytest.fail("the run was not stopped")
 
 
-def _latents(run: Path) -> bytes:
-    from safetensors.torch import load_file
+def test_ctrl_c_before_sampling_then_resume_starts_at_the_first_step(tmp_path, monkeypatch):
+    """Ctrl-C before the first step (generate: while it encodes; extend: while it encodes its input) left the run's
+    config and story but no checkpoint; `longgen resume` then said 'no checkpoint … was the run started with
+    checkpoint_every=0?' and the line at the stop named no way on. Now the stop names `longgen resume`, which runs
+    the run from its first step (through the command's own stages: test_checkpoint pins what resume computes); an
+    extend run's resume appends to extend.log (it wrote a second log, generate.log, beside it). The extend run is
+    the one resumed: run_resume's path without a checkpoint is shared, and extend's takes the extra log."""
+    import subprocess
 
-    return load_file(str(run / "latents.safetensors"))["latents"].numpy().tobytes()
+    import imageio_ffmpeg
 
-
-def test_ctrl_c_while_the_model_loads_then_resume_starts_at_the_first_step(tmp_path, monkeypatch):
-    """Ctrl-C before the first step left .hydra/ and story.json but no checkpoint; `longgen resume` then said
-    'no checkpoint … was the run started with checkpoint_every=0?' and the line at the stop named no way on."""
+    import longgen.run.extend as extend
     import longgen.run.stages as stages
 
-    reference = longgen.generate(*TINY, prompt="a cat", run_dir=str(tmp_path / "whole"))
-    real = stages.encode
+    video = tmp_path / "clip.mp4"  # 40 frames at 8 fps: the 33 a tiny extend's history takes, and more
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=16x16:rate=8", "-frames:v", "40", "-pix_fmt", "yuv420p", str(video)], check=True)
+    for module, name, command, args in (
+        (stages, "encode", longgen.generate, TINY),
+        (extend, "encode_history", longgen.extend, (str(video), *TINY[:4], "num_windows=2")),
+    ):
+        real = getattr(module, name)
 
-    def interrupted(job):
-        monkeypatch.setattr(stages, "encode", real)
-        raise KeyboardInterrupt("SIGINT")
+        def interrupted(*a, module=module, name=name, real=real):
+            monkeypatch.setattr(module, name, real)
+            raise KeyboardInterrupt("SIGINT")
 
-    monkeypatch.setattr(stages, "encode", interrupted)
-    run = tmp_path / "cut"
-    line = stop_line(lambda: longgen.generate(*TINY, prompt="a cat", run_dir=str(run)))
-    assert re.search(r"before sampling; .*first step with: longgen resume .*cut$", line), line
-    assert not (run / "checkpoint.safetensors").exists() and (run / "story.json").is_file()
-    done = longgen.resume(str(run))
-    assert done.manifest["resumed"]["after_step"] == 0
-    assert _latents(run) == _latents(reference.run_dir)
+        monkeypatch.setattr(module, name, interrupted)
+        run = tmp_path / f"cut-{name}"
+        line = stop_line(lambda: command(*args, prompt="a cat", run_dir=str(run)))
+        assert re.search(r"before sampling; .*first step with: longgen resume .*cut-\w+$", line), line
+        assert not (run / "checkpoint.safetensors").exists() and (run / "story.json").is_file()
+    run = tmp_path / "cut-encode_history"  # resumed as an extend run (the same run_resume path as generate's)
+    assert longgen.resume(str(run)).manifest["resumed"]["after_step"] == 0
+    extended = tmp_path / "cut-encode_history"
+    assert not (extended / "generate.log").exists() and "resuming" in (extended / "extend.log").read_text()
 
 
 def test_a_second_ctrl_c_mid_step_names_the_kept_checkpoint(tmp_path, monkeypatch):

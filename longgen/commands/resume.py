@@ -122,9 +122,14 @@ def check_resumable(run_dir: Path) -> None:
                          f"`longgen decode {shlex.quote(str(run_dir))}`")
 
 
+def log_name(run_dir: Path) -> str:
+    """The log a resume appends to: the run's own, extend.log for a `longgen extend` run (not a second log)."""
+    return "extend" if (Path(run_dir) / "extend.log").is_file() else "generate"
+
+
 def main(argv: list[str] | None = None) -> None:
     run_dir, overrides = path_first(argv, USAGE.format(allowed=", ".join(HARMLESS)))
     with user_errors():
         if run_dir.is_dir():
-            setup_logging(run_dir)
+            setup_logging(run_dir, log_name(run_dir))
         run_resume(run_dir, overrides)
