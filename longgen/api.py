@@ -83,13 +83,13 @@ def resume(run_dir: str | os.PathLike, *overrides: str, **options: Any) -> Resul
     """`longgen resume RUN_DIR OVERRIDES` in this process: an interrupted generate or extend run continued from its
     checkpoint (only the options that cannot change the result may be given, checkpoint.HARMLESS); returns the run
     directory and its manifest."""
-    from longgen.commands.resume import run_resume
+    from longgen.commands.resume import log_name, run_resume
     from longgen.rundir import setup_logging
 
     path = given_path(run_dir, "the run directory to resume")
     check_override_strings(overrides)
     with caller_logging():  # the caller's logging, given back after the call (as generate's and extend's)
-        setup_logging(path if path.is_dir() else None)  # as the command does (longgen/commands/resume.py)
+        setup_logging(path if path.is_dir() else None, log_name(path))  # as the command does (commands/resume.py)
         manifest = run_resume(path, [*overrides, *keyword_overrides(options)])
     return Result(Path(os.path.abspath(path)), manifest)
 

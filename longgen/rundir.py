@@ -35,6 +35,8 @@ CHECKPOINT = "checkpoint.safetensors"
 LATENTS = "latents.safetensors"
 #: files a finished or interrupted run leaves, which a new run must not silently replace
 OUTPUTS = ("manifest.json", LATENTS, CHECKPOINT)
+#: the other files a run writes into its directory by name (renamed into place: a folder there stops the write)
+WRITTEN = ("story.json", "preview.jpg", "eval.json", "extended.mp4", "continuation.mp4")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[a-z0-9]+)?$")
@@ -173,6 +175,14 @@ def refuse_run_links(path: Path) -> None:
     to an existing name (`.hydra/`, the logs). Final files are written by renaming a new file over the name, which
     replaces a link rather than following it. Checked before Hydra starts (every command) and again at claim."""
     _refuse_links(Path(path), lambda entry: entry.name == ".hydra" or entry.suffix == ".log", "run")
+    if not Path(path).is_dir():
+        return
+    # a file named .hydra, or a folder named like a log: Hydra's makedirs / the log's open would be a traceback
+    wrong = sorted(entry.name for entry in Path(path).iterdir() if not entry.is_symlink() and (
+        (entry.name == ".hydra" and not entry.is_dir()) or (entry.suffix == ".log" and entry.is_dir())))
+    if wrong:
+        raise UsageError(f"{path} holds {', '.join(wrong)} of the wrong kind (.hydra must be a folder, a .log a "
+                         f"file): move it away, or pick another run directory (hydra.run.dir=…)")
 
 
 def _refuse_links(path: Path, written: Callable[[Path], bool], kind: str) -> None:
@@ -221,6 +231,21 @@ class RunDirectory:
         remove_stale_temps(self.path)
         return self
 
+    def in_use(self) -> bool:
+        """Whether another process holds this directory's lock now, probed without changing a byte of it (a
+        shared, non-blocking flock on the lock file, let go at once)."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError as exc:
+            return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+        finally:
+            os.close(fd)  # closing drops a lock taken here
+
     def release(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing drops the flock
@@ -231,7 +256,13 @@ class RunDirectory:
         return [n for n in names if (self.path / n).exists()]
 
     def check_fresh(self, video_name: str, overwrite: bool) -> None:
-        """Refuse a directory that holds another run's results, unless `overwrite` (then remove them)."""
+        """Refuse a directory that holds another run's results, unless `overwrite` (then remove them), and one
+        holding a folder (or anything but a file) under a name the run writes, which no rename can replace."""
+        blocked = [n for n in dict.fromkeys([video_name, *OUTPUTS, *WRITTEN])
+                   if (self.path / n).exists() and not (self.path / n).is_file()]
+        if blocked:
+            raise UsageError(f"{self.path} holds {', '.join(blocked)} as a folder (or other non-file) where the run "
+                             f"writes a file: move it away, or pick another directory (hydra.run.dir=…)")
         found = self.existing_outputs(video_name)
         if not found:
             return

@@ -120,6 +120,35 @@ def _listed(items: Sequence[Any], limit: int = 5) -> str:
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
+def keys_once(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys each appear once: a key written twice (a `global` pasted below the first while
+    editing) is an error, not silently the last one's value."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object; keep one")
+        out[key] = value
+    return out
+
+
+def load_yaml_once(text: str) -> object:
+    """yaml.safe_load, refusing a mapping key written twice (as `keys_once` for JSON)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ValueError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                     f"keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_limited(path: Path, limit: int, what: str, fix: str) -> str:
     """The UTF-8 text of `path`, refusing (before reading it all) a file larger than `limit` bytes."""
     try:
@@ -576,15 +605,13 @@ class Story:
                             f"a story holds a global prompt and at most {MAX_EVENTS} local prompts; is this the right file?")
         is_yaml = path.suffix.lower() in (".yaml", ".yml")
         try:
-            if is_yaml:
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
+            data = load_yaml_once(text) if is_yaml else json.loads(text, object_pairs_hook=keys_once)
         except Exception as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
+            prose = not is_yaml and not text.lstrip().startswith(("{", "["))  # plain text given as story=
+            hint = (f"; if it is a free-text scenario, pass scenario={path} num_prompts=N (or prompt_file={path} for "
+                    f"one prompt)") if prose else ""
+            raise UsageError(f"story file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}{hint}") from None
         return cls.from_dict(data, where=f"story file {path}").with_images_under(path.parent)
 
     def with_images_under(self, folder: Path) -> "Story":

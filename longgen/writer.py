@@ -24,9 +24,11 @@ from longgen.rundir import atomic_file
 
 
 def mp4_name(name: str, value: object) -> str:
-    """Rule of `filename` (longgen.options): a plain file name ending in .mp4, written into the run directory."""
-    if not isinstance(value, str) or not value.endswith(".mp4") or "/" in value:
-        raise UsageError(f"{name}={value!r} must be a plain file name ending in .mp4")
+    """Rule of `filename` (longgen.options): a plain file name ending in .mp4, written into the run directory; not
+    a hidden name (`.mp4` alone would be one, and no viewer lists it)."""
+    if not isinstance(value, str) or not value.endswith(".mp4") or "/" in value or value.startswith("."):
+        raise UsageError(f"{name}={value!r} must be a plain file name ending in .mp4, not starting with '.' "
+                         f"(e.g. video.mp4)")
     return value
 
 

@@ -94,6 +94,9 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
     if not (run_dir / CHECKPOINT).is_file():
         raise UsageError(f"{run_dir} has neither {LATENTS} nor {CHECKPOINT}: rerun generate with save_latents=true")
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    if ckpt.state.done < ckpt.total and RunDirectory(run_dir).in_use():  # not stopped: still sampling
+        raise UsageError(f"another longgen run is sampling in {run_dir} (step {ckpt.state.done} of {ckpt.total} "
+                         f"so far): wait for it to finish; it writes the video itself")
     if ckpt.state.done < ckpt.total:
         raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
                          f"finish it with `longgen resume {shlex.quote(str(run_dir))}`")

@@ -40,7 +40,7 @@ def run_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: Any 
         if not cfg.get("overwrite", False) and Path(out_dir).is_dir():  # before the model loads (minutes at 14B)
             check_fresh(RunDirectory(out_dir), overwrite=False)
         job = plan_extend(cfg, out_dir, choices)
-    except UsageError:
+    except (UsageError, KeyboardInterrupt):  # also Ctrl-C while the model loads: no run began
         discard_if_unused(out_dir)
         raise
     if current().size > 1:

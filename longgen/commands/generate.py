@@ -26,6 +26,7 @@ from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
 from longgen.run.sweep import recorded_job, refuse_second_sweep
 from longgen.rundir import RunDirectory, own_run_log, write_text
+from longgen.writer import mp4_name
 
 log = logging.getLogger("longgen")
 
@@ -102,10 +103,11 @@ def run_generate(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], hc: An
     world = current()
     try:
         if not cfg.get("overwrite", False) and Path(out_dir).is_dir():  # before the model loads (minutes at 14B)
-            RunDirectory(out_dir).check_fresh(str(cfg.writer.get("filename") or "video.mp4"), overwrite=False)
+            name = mp4_name("writer.filename", cfg.writer.get("filename") or "video.mp4")  # `..` is no run's video
+            RunDirectory(out_dir).check_fresh(name, overwrite=False)
         job = plan_job(cfg, out_dir, choices)
         world.adopt(job)
-    except UsageError:
+    except (UsageError, KeyboardInterrupt):  # also Ctrl-C while the model loads: no run began
         discard_if_unused(out_dir)
         raise
     rundir = RunDirectory(out_dir).claim()

@@ -13,6 +13,7 @@ too, as is an extend run whose input video no longer has the sha256 its checkpoi
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,6 +27,7 @@ from longgen.run.job import job_message, plan_job
 from longgen.run.stages import execute
 from longgen.rundir import (
     CHECKPOINT,
+    LATENTS,
     RunDirectory,
     apply_overrides,
     load_run_config,
@@ -43,7 +45,8 @@ Continue an interrupted `longgen generate` run from RUN_DIR/checkpoint.safetenso
 checkpoint_every steps and on Ctrl-C/SIGTERM). The result is bit-identical to an uninterrupted run, also on
 another number of GPUs (gpus=N; default: the run's own setting).
 Options that do not change the result may be given: {allowed}.
-Also finishes a run whose sampling completed but whose video was not written (e.g. a decode that ran out of memory).
+Also finishes a run whose sampling completed but whose video was not written (e.g. a decode that ran out of memory),
+and starts a run stopped before its first checkpoint (Ctrl-C while the model loaded) at its first step.
 """
 
 
@@ -59,16 +62,11 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
     try:
         check_resumable(run_dir)  # again under the lock: the run may have finished meanwhile
         path = run_dir / CHECKPOINT
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path) if path.is_file() else None  # None: stopped before its first checkpoint
         if extend:
-            from longgen.run.extend import (
-                check_event_plan,
-                check_input_video,
-                execute_extend,
-                plan_extend,
-            )
+            from longgen.run.extend import check_input_video, execute_extend, plan_extend
 
-            if "video" in ckpt.inputs:  # older checkpoints recorded no hash
+            if ckpt is not None and "video" in ckpt.inputs:  # older checkpoints recorded no hash
                 check_input_video(cfg.video, ckpt.inputs["video"])
             cfg.video = str(Path(str(cfg.video)).expanduser().resolve())  # saved absolute when given again
             job = plan_extend(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
@@ -76,19 +74,18 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
             job = plan_job(cfg, run_dir, choices, story=Story.load(run_dir / "story.json"))
         world = current()
         world.adopt(job)
-        ckpt.check_matches(result_config(cfg), job.story_hash(), path)
-        if extend:  # the windows' events the checkpointed steps had
-            check_event_plan(ckpt.inputs, job, path)
-        if ckpt.inputs.get("images", []) != job.inputs().get("images", []):
-            raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
-                             f"original image back, or start a new run")
-        check_unchanged(ckpt.inputs.get("loras", []), getattr(job.backbone, "loras", ()))  # older: none recorded
+        if ckpt is not None:
+            check_checkpoint(ckpt, job, cfg, run_dir, extend)
         own_run_log(run_dir)
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-        log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total,
-                 f" with {' '.join(applied)}" if applied else "")
-        extra = {"resumed": {"after_step": ckpt.state.done, "overrides": applied}}
+        with_ = f" with {' '.join(applied)}" if applied else ""
+        if ckpt is None:  # Ctrl-C while the model loaded, or during the first step: nothing was sampled yet
+            log.info("resuming %s: it stopped before its first checkpoint, so it starts at the first step%s",
+                     run_dir, with_)
+        else:
+            log.info("resuming %s after step %d of %d%s", run_dir, ckpt.state.done, ckpt.total, with_)
+        extra = {"resumed": {"after_step": ckpt.state.done if ckpt is not None else 0, "overrides": applied}}
         if extend:
             return execute_extend(job, resume=ckpt, extra=extra)
         with world.job(job_message(job, resume=ckpt)):  # the other ranks (gpus=N, torchrun) resume it too
@@ -97,17 +94,42 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         rundir.release()
 
 
+def check_checkpoint(ckpt, job, cfg, run_dir: Path, extend: bool) -> None:
+    """The checkpoint belongs to this run as its directory now describes it: config, story, the windows' events
+    (extend), key images and LoRA files unchanged; one line otherwise."""
+    path = run_dir / CHECKPOINT
+    ckpt.check_matches(result_config(cfg), job.story_hash(), path)
+    if extend:  # the windows' events the checkpointed steps had
+        from longgen.run.extend import check_event_plan
+
+        check_event_plan(ckpt.inputs, job, path)
+    if ckpt.inputs.get("images", []) != job.inputs().get("images", []):
+        raise UsageError(f"a key image of {run_dir} changed since its checkpoint (sha256 differs): put the "
+                         f"original image back, or start a new run")
+    check_unchanged(ckpt.inputs.get("loras", []), getattr(job.backbone, "loras", ()))  # older: none recorded
+
+
 def check_resumable(run_dir: Path) -> None:
-    """One line for a directory with nothing to resume: a finished run, or one without its story.json."""
+    """One line for a directory with nothing to resume: a finished run, one without its story.json, or one whose
+    sampled latents wait for `longgen decode`. A run without a checkpoint and without results (stopped while the
+    model loaded or during its first step) is resumable: it starts at the first step."""
     if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
         raise UsageError(f"{run_dir} holds a finished run (manifest.json, no checkpoint): nothing to resume")
     if not (run_dir / "story.json").is_file():
         raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")
+    if not (run_dir / CHECKPOINT).is_file() and (run_dir / LATENTS).is_file():
+        raise UsageError(f"{run_dir} holds its sampled latents ({LATENTS}) but no checkpoint: write the video with "
+                         f"`longgen decode {shlex.quote(str(run_dir))}`")
+
+
+def log_name(run_dir: Path) -> str:
+    """The log a resume appends to: the run's own, extend.log for a `longgen extend` run (not a second log)."""
+    return "extend" if (Path(run_dir) / "extend.log").is_file() else "generate"
 
 
 def main(argv: list[str] | None = None) -> None:
     run_dir, overrides = path_first(argv, USAGE.format(allowed=", ".join(HARMLESS)))
     with user_errors():
         if run_dir.is_dir():
-            setup_logging(run_dir)
+            setup_logging(run_dir, log_name(run_dir))
         run_resume(run_dir, overrides)

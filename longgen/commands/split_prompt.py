@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from longgen.errors import UsageError, user_errors
-from longgen.rundir import own_run_log
+from longgen.rundir import check_writable_dir, own_run_log
 from longgen.splitters.scenario import split_scenario_file
 from longgen.story import Story
 
@@ -64,12 +64,22 @@ def run_split_prompt(cfg: DictConfig, out_dir: Path, choices: dict) -> Story:
         raise UsageError(f"out={cfg.out} is a directory; give a file path such as out={out / 'story.json'}")
     if out is not None and (out.exists() or out.is_symlink()) and not cfg.get("overwrite", False):
         raise UsageError(f"out={cfg.out} exists: pass overwrite=true to replace it, or give another out= path")
+    if out is not None:  # before the split: no LLM call is wasted on a story that cannot be saved there
+        try:
+            check_writable_dir(out.parent, "out")
+        except UsageError:
+            raise UsageError(f"out={cfg.out}: its folder {out.parent} cannot take a file (read-only, a system "
+                             f"folder or under a file): give another out= path") from None
     story = split_scenario_file(cfg.splitter, choices.get("splitter"), cfg.scenario, cfg.num_prompts,
                                 shots=bool(cfg.get("multi_shot", False)))
     story.save(out_dir / "story.json")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        story.save(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            story.save(out)
+        except OSError as exc:  # e.g. the disk filled meanwhile
+            raise UsageError(f"out={cfg.out} could not be written ({exc.strerror or exc}); the story is saved in "
+                             f"{out_dir / 'story.json'}") from None
     Console(soft_wrap=False).print(story_table(story))
     log.info("wrote %s%s", out_dir / "story.json", f" and {out}" if out is not None else "")
     return story

@@ -316,7 +316,7 @@ class StepHooks:
         """What a stopped run still has: the last good checkpoint (verified when written) and how to continue."""
         step = self.saved_at if self.saved_at is not None else checkpoint_step(self.path)
         if step is None:
-            return "no checkpoint was written yet: start the run again"
+            return f"no checkpoint was written yet: start the run again at its first step with: {self.resume_command}"
         return f"the last good checkpoint (after step {step}) is kept in {self.path}; continue with: {self.resume_command}"
 
     def __call__(self, state: SamplerState, total: int) -> None:

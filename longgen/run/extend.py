@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import gc
 import logging
 import math
 import time
@@ -88,9 +87,11 @@ from longgen.run.stages import (
     manifest_head,
     package_versions,
     progress_shown,
+    release,
     resume_command,
     sample,
     save_latents,
+    stopped_before_sampling,
     video_facts,
 )
 from longgen.rundir import CHECKPOINT, LATENTS, file_sha256, write_json, write_text
@@ -121,11 +122,15 @@ def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
 
 
-def _open(path: Path) -> tuple[dict, Iterator[bytes], Any]:
-    """ffmpeg's metadata of `path` and an iterator over its RGB frames (raw bytes); one line when it cannot read it."""
+def _open(path: Path, rate: float | None = None) -> tuple[dict, Iterator[bytes], Any]:
+    """ffmpeg's metadata of `path` and an iterator over its RGB frames (raw bytes); one line when it cannot read it.
+    With `rate`, the frames come at that constant rate by their timestamps: a variable-frame-rate video (as phones
+    record) otherwise comes at ffmpeg's guessed base rate, with repeated frames, while its metadata gives the mean
+    rate, so the frames would be taken at the wrong times."""
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    output = ["-r", repr(float(rate))] if rate else None
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=output)
     try:
         meta = next(reader)
         size = tuple(int(v) for v in meta["size"])
@@ -172,7 +177,7 @@ class Source:
 
     def stream(self) -> Iterator[np.ndarray]:
         """The frames, resampled and fitted, one [H, W, 3] uint8 array at a time (the file is read again)."""
-        meta, raw, reader = _open(self.path)
+        meta, raw, reader = _open(self.path, self.fps)  # frames at the rate `step` assumes
         try:
             step = self.fps / self.out_fps if self.resampled else 1.0  # input frames per output frame
             want = 0  # index of the next output frame; it shows input frame ⌊want·step + ½⌋
@@ -731,12 +736,12 @@ def execute_extend(job: ExtendJob, resume: Checkpoint | None = None, extra: dict
         with Interrupts() as interrupts, progress_shown(job.cfg) as progress:
             progress.label("encode", "load + encode text and video")
             progress("encode", 0, 1)
-            prompts = encode(job)
-            encode_history(job)
+            with stopped_before_sampling(job):
+                prompts = encode(job)
+                encode_history(job)
             progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video, cont = write_videos(job, latents, progress)
         return record(job, latents, video, cont, extra)
     finally:
-        job.backbone.release()
-        gc.collect()
+        release(job)

@@ -64,7 +64,9 @@ def fit_image(path: Path, width: int, height: int, fit: str, what: str) -> tuple
         import io
 
         with Image.open(io.BytesIO(data)) as img:
-            img = eight_bit(img).convert("RGB")
+            # upright as every viewer shows it: a phone photo stores its rotation in EXIF (diffusers' load_image
+            # applies it too)
+            img = eight_bit(ImageOps.exif_transpose(img)).convert("RGB")
     except Image.UnidentifiedImageError:  # its message names the in-memory buffer, not the file
         raise UsageError(f"{what} {path} is not a readable image (an unknown or damaged image format): give a PNG "
                          f"or JPEG image") from None

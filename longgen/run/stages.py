@@ -45,7 +45,7 @@ from longgen import __version__
 from longgen.errors import Interrupted, RunFailure, out_of_memory, out_of_memory_as
 from longgen.parallel.units import PeerFailed
 from longgen.progress import LINE_SECONDS, StepProgress
-from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, result_config
+from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, checkpoint_step, result_config
 from longgen.run.job import Job, check_prompt_lengths
 from longgen.run.preview import Preview
 from longgen.rundir import CHECKPOINT, LATENTS, write_json, write_text
@@ -117,9 +117,29 @@ def resume_command(job: Job) -> str:
 
 def kept_checkpoint(job: Job, hooks: StepHooks) -> str:
     """Where a failed sample stage's finished steps are, and how to continue them."""
-    if hooks.saved_at is None:
-        return "no checkpoint was written yet"
+    if hooks.saved_at is None:  # none written by this process: a resumed run's own checkpoint may still be there
+        return kept_on_disk(job)
     return f"the checkpoint after step {hooks.saved_at} is kept in {hooks.path}; continue with: {resume_command(job)}"
+
+
+def kept_on_disk(job: Job) -> str:
+    """The run directory's checkpoint and how to continue it; without one, that `longgen resume` starts the run at
+    its first step (its config and story are saved)."""
+    path = job.out_dir / CHECKPOINT
+    step = checkpoint_step(path) if path.is_file() else None
+    if step is None:
+        return f"no step was checkpointed yet; start it again at its first step with: {resume_command(job)}"
+    return f"the checkpoint after step {step} is kept in {path}; continue with: {resume_command(job)}"
+
+
+@contextlib.contextmanager
+def stopped_before_sampling(job: Job):
+    """Ctrl-C while the model loads and encodes (minutes for a large model): one line naming how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        name = exc.args[0] if exc.args else "SIGINT"
+        raise Interrupted(f"stopped by {name} before sampling; {kept_on_disk(job)}") from None
 
 
 def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepProgress,
@@ -192,6 +212,10 @@ def denoise(job: Job, run: SamplingRun, state, hooks: StepHooks, interrupts: Int
             return job.sampler.sample(run, state)  # [1, L, C, H, W]
     except PeerFailed as exc:
         raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
+    except KeyboardInterrupt as exc:  # a second Ctrl-C: out at once, mid-step; the last checkpoint stays
+        name = exc.args[0] if exc.args else "SIGINT"
+        raise Interrupted(f"stopped by {name} again, in the middle of a step; {kept_checkpoint(job, hooks)}"
+                          ) from None
     finally:
         interrupts.sampling = False
 
@@ -368,15 +392,25 @@ def execute(job: Job, resume: Checkpoint | None = None, extra: dict | None = Non
                 progress_shown(job.cfg, writes) as progress:
             progress.label("encode", "load + encode text")
             progress("encode", 0, 1)
-            prompts = encode(job)
+            with stopped_before_sampling(job):
+                prompts = encode(job)
             progress("encode", 1, 1)
             latents = sample(job, prompts, interrupts, progress, resume)
             video = decode(job, latents, progress, resume_command(job))
         with recording(job, latents, video):
             return record(job, latents, video, extra)
     finally:
+        release(job)
+
+
+def release(job) -> None:
+    """Free the model's memory at the end of a run. A further Ctrl-C meanwhile (the impatient second press after
+    the run stopped at a step) must not replace the line already on its way out, which names the checkpoint."""
+    try:
         job.backbone.release()
         gc.collect()
+    except KeyboardInterrupt:
+        log.warning("Ctrl-C again while the model's memory was released: ignored, the run has stopped already")
 
 
 def peak_host_memory() -> int | None:

@@ -585,7 +585,13 @@ class LLMSplitter(Splitter):
         )
 
     def _where(self) -> str:
-        return f"model {self.model!r} at {redact_url(self.base_url) or 'the default OpenAI endpoint'}"
+        """The model and where it was asked: splitter.base_url, else $OPENAI_BASE_URL (named, as the client reads
+        it from there), else OpenAI's own endpoint."""
+        if self.base_url:
+            return f"model {self.model!r} at {redact_url(self.base_url)}"
+        if os.environ.get("OPENAI_BASE_URL", "").strip():
+            return f"model {self.model!r} at {self.server_url()} (from $OPENAI_BASE_URL)"
+        return f"model {self.model!r} at the default OpenAI endpoint"
 
     def _reason(self, exc: Exception) -> str:
         import openai

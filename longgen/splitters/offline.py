@@ -282,7 +282,9 @@ class OfflineSplitter(Splitter):
         setting and the other description the environment, each event a shot; every shot after the first starts
         with a cut (rules cannot tell a continuing shot from a new one)."""
         scene = _analyse(scenario, num_prompts)
-        characters, environment, events = {}, scene.global_prompt, list(scene.events)
+        # no event found (no English verb: a scenario in another language): each shot shows the scene, as each
+        # local prompt of `split` then is the global prompt; an empty shot is no valid story
+        characters, environment, events = {}, scene.global_prompt, [e or scene.global_prompt for e in scene.events]
         if scene.subject and not scene.camera:
             characters = {"1": scene.subject[:1].lower() + scene.subject[1:]}
             rest = [_as_setting(scene.setting)] if scene.setting else []
