@@ -241,13 +241,14 @@ def test_step_without_sharing_is_the_weighted_clip_loop(tiny):
     assert not torch.allclose(_ditctrl(num_steps=1).sample(_run(tiny, length))[0], out[0], atol=1e-4)
 
 
-def test_sharing_step_is_the_loop_over_pairs(tiny):
+@pytest.mark.parametrize("guidance", [6.0, 1.0])
+def test_sharing_step_is_the_loop_over_pairs(tiny, guidance):
     """A KV-sharing step against the public code's loop over adjacent pairs (§3.2–3.3): pair k alone predicts clip k
     plainly and clip k + 1 with clip k's keys/values, and each estimate is blended, with the triangle weights, at
-    the frames of the clip it belongs to."""
+    the frames of the clip it belongs to. With and without classifier-free guidance (one branch, conditional)."""
     length, starts, ids = 21, [0, 4, 8], [0, 1, 1]
     run = _run(tiny, length)
-    out = _ditctrl(num_steps=1).sample(run)
+    out = _ditctrl(num_steps=1, guidance_scale=guidance).sample(run)
     x = run.noise[0]
     c = tiny.schedule(1).step(0)
     clips, w = gather_windows(x, starts, 13), blend_weights(13)[:, None, None, None]  # [3, 13, C, H, W], [13, 1, 1, 1]
@@ -255,9 +256,9 @@ def test_sharing_step_is_the_loop_over_pairs(tiny):
     for k in range(len(starts) - 1):
         with tiny.kv_sharing((0, 2), (), 0.3) as kv:
             with kv.capturing():
-                source = tiny.predict(clips[k : k + 1], c.t, [ids[k]], 6.0).x0[0]  # [13, C, H, W]
+                source = tiny.predict(clips[k : k + 1], c.t, [ids[k]], guidance).x0[0]  # [13, C, H, W]
             with kv.sharing([0]):
-                target = tiny.predict(clips[k + 1 : k + 2], c.t, [ids[k + 1]], 6.0).x0[0]
+                target = tiny.predict(clips[k + 1 : k + 2], c.t, [ids[k + 1]], guidance).x0[0]
         for clip, pred in ((k, source), (k + 1, target)):
             num[starts[clip] : starts[clip] + 13] += w * pred
             den[starts[clip] : starts[clip] + 13] += w
