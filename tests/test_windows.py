@@ -8,7 +8,8 @@ from diffusers import DDIMScheduler
 
 from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows, scatter_windows
 from longgen.errors import UsageError
-from longgen.windows import EventPlan, WindowPlan, assign_events, event_slots, latent_length, strided_plan
+from longgen.windows import (EventPlan, WindowPlan, assign_events, event_plan, event_slots, latent_length,
+                             strided_plan)
 
 
 @pytest.mark.parametrize(
@@ -150,4 +151,7 @@ def test_a_window_centred_on_the_join_has_an_event_slot_of_its_own():
     """Windows of 4 frames every 2 (centres 2, 4, 6, 8, 10) with the join at frame 4 (`longgen extend`): the window
     centred exactly on the join is not held on the first event, so 4 windows can show an event each, and the one
     centred at 2, held, shows the first: 5 slots."""
-    assert event_slots(WindowPlan(12, 4, (0, 2, 4, 6, 8)), origin=4) == 5
+    plan = WindowPlan(12, 4, (0, 2, 4, 6, 8))
+    assert event_slots(plan, origin=4) == 5
+    # and five events do get a window each (edges count from the join)
+    assert event_plan(plan, [0.5, 1.0, 3.0, 5.0, 8.0], origin=4).events == (0, 1, 2, 3, 4)
