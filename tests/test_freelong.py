@@ -141,7 +141,8 @@ def test_blend_matches_a_per_frequency_dft_loop(shape, windows, spatial):
     assert spectral_blend(branches[:1] * (len(windows) + 1), cutoffs, spatial) is branches[0]  # equal branches
 
 
-@pytest.mark.parametrize("text, height, width, windows", [(0, 1, 2, (3,)), (3, 2, 1, (2, 4)), (2, 1, 1, (6,))])
+@pytest.mark.parametrize("text, height, width, windows", [(0, 1, 2, (3,)), (3, 2, 1, (2, 4)), (2, 1, 1, (6,)),
+                                                       (1, 1, 2, (3, 8))])  # a band past the video: global
 def test_attention_op_matches_written_out_masked_attention(text, height, width, windows):
     gen = torch.Generator().manual_seed(1)
     frames = 6
