@@ -25,7 +25,7 @@ from longgen.backbones.kv_sharing import shared_attention, subject_mask, subject
 from longgen.diffusion import ddim_step, gather_windows
 from longgen.errors import UsageError
 from longgen.parallel.units import Units
-from longgen.samplers.base import SamplingRun
+from longgen.samplers.base import SamplerState, SamplingRun
 from longgen.samplers.direct import DirectSampler
 from longgen.samplers.ditctrl import DiTCtrlSampler, blend, blend_weights
 
@@ -224,21 +224,52 @@ def test_one_clip_is_direct_sampling(tiny):
     assert torch.equal(_ditctrl(subject_tokens=SUBJECT).sample(_run(tiny, tiny.window)), direct)
 
 
-def test_step_without_sharing_is_the_weighted_clip_loop(tiny):
+@pytest.mark.parametrize("steps, eta", [(1, 0.0), (2, 0.5)])  # (a one-step schedule ends clean: no DDIM noise)
+def test_step_without_sharing_is_the_weighted_clip_loop(tiny, steps, eta):
     length, starts = 21, [0, 4, 8]
     run = _run(tiny, length)
-    out = _ditctrl(num_steps=1, kv_sharing=False).sample(run)
+    sampler = _ditctrl(num_steps=steps, kv_sharing=False, eta=eta)
+    sampler.begin(run)
+    state = SamplerState({"x": run.noise[0].clone()})
+    sampler.step(run, state, 0)
+    out = state.tensors["x"][None]
     x = run.noise[0]
-    c = tiny.schedule(1).step(0)
+    c = tiny.schedule(steps).step(0)
     pred = tiny.predict(gather_windows(x, starts, 13), c.t, [0, 1, 1], 6.0).x0  # [3, 13, C, H, W]
     w, uses = blend_weights(13), [1, 2, 1]  # the inner clip belongs to two pairs
     num, den = torch.zeros_like(x), torch.zeros(length, 1, 1, 1)
     for clip, s in enumerate(starts):
         num[s : s + 13] += uses[clip] * w[:, None, None, None] * pred[clip]
         den[s : s + 13] += uses[clip] * w[:, None, None, None]
+    # with η > 0 the DDIM noise is one normal draw of the latent from the run's generator (seed 7), after the model
+    noise = torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(7)) if eta else None
+    assert torch.allclose(out[0], ddim_step(x, num / den, c, eta, noise), atol=1e-6)
+    if not eta:  # and sharing changes the result (the test can fail)
+        assert not torch.allclose(_ditctrl(num_steps=1).sample(_run(tiny, length))[0], out[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [6.0, 1.0])
+def test_sharing_step_is_the_loop_over_pairs(tiny, guidance):
+    """A KV-sharing step against the public code's loop over adjacent pairs (§3.2–3.3): pair k alone predicts clip k
+    plainly and clip k + 1 with clip k's keys/values, and each estimate is blended, with the triangle weights, at
+    the frames of the clip it belongs to. With and without classifier-free guidance (one branch, conditional)."""
+    length, starts, ids = 21, [0, 4, 8], [0, 1, 1]
+    run = _run(tiny, length)
+    out = _ditctrl(num_steps=1, guidance_scale=guidance).sample(run)
+    x = run.noise[0]
+    c = tiny.schedule(1).step(0)
+    clips, w = gather_windows(x, starts, 13), blend_weights(13)[:, None, None, None]  # [3, 13, C, H, W], [13, 1, 1, 1]
+    num, den = torch.zeros_like(x), torch.zeros(length, 1, 1, 1)
+    for k in range(len(starts) - 1):
+        with tiny.kv_sharing((0, 2), (), 0.3) as kv:
+            with kv.capturing():
+                source = tiny.predict(clips[k : k + 1], c.t, [ids[k]], guidance).x0[0]  # [13, C, H, W]
+            with kv.sharing([0]):
+                target = tiny.predict(clips[k + 1 : k + 2], c.t, [ids[k + 1]], guidance).x0[0]
+        for clip, pred in ((k, source), (k + 1, target)):
+            num[starts[clip] : starts[clip] + 13] += w * pred
+            den[starts[clip] : starts[clip] + 13] += w
     assert torch.allclose(out[0], ddim_step(x, num / den, c), atol=1e-6)
-    # and sharing changes the result (the test can fail)
-    assert not torch.allclose(_ditctrl(num_steps=1).sample(_run(tiny, length))[0], out[0], atol=1e-4)
 
 
 def test_sharing_steps_are_the_half_open_span(tiny):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -127,6 +128,15 @@ def test_known_frames_tell_each_window_its_levels():
     assert levels == {(0,): [100.0, 100.0, 700.0, 700.0], (1,): 700.0, (2,): [100.0, 700.0, 700.0, 700.0]}
 
 
+def test_a_frame_is_known_only_when_all_of_it_is_the_history():
+    """Known means bit for bit the whole frame: a frame that shares one latent channel with a history frame (and
+    differs in the other) is a new frame, told the step's t."""
+    backbone = SimpleNamespace(window=3, latent_shape=(2, 1, 1), device=torch.device("cpu"), units=None)
+    known = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[:, :, None, None]  # [h = 2, C = 2, 1, 1]
+    x = torch.tensor([[[1.0, 2.0], [1.0, 9.0], [3.0, 4.0]]])[..., None, None]  # [1, 3, 2, 1, 1]
+    assert KnownFrames(backbone, known, t_c=100.0).known_mask(x).tolist() == [[True, False, True]]
+
+
 # ---------------------------------------------------------------------------------------------------- replace
 def test_replacement_keeps_the_history_at_each_steps_level():
     tiny = make_tiny(prompts=("a", "b"), height=16, width=16, num_frames=17)  # windows of 5 latent frames
@@ -149,6 +159,13 @@ def test_replacement_keeps_the_history_at_each_steps_level():
     for i, x in enumerate(seen):  # after step i the history is at the level step i moved to
         a, s = sched.a_prev[i], sched.s_prev[i]
         torch.testing.assert_close(x, a * z + s * eps, atol=1e-6, rtol=0)
+    # and before step 0 at step 0's own level (on the tiny model's zero-terminal-SNR schedule, a = 0: x_T itself)
+    first = HistorySampler(GenLVideoSampler(num_steps=steps, stride=2), h, "replace", 0)
+    first.history = history
+    start = SamplingRun(tiny, noise.clone(), lambda s, m: int(s >= 4), torch.Generator().manual_seed(2))
+    first.begin(start)
+    torch.testing.assert_close(first.initial_state(start)["x"][:h].double(), sched.a[0] * z + sched.s[0] * eps,
+                               atol=1e-6, rtol=0)
     assert torch.equal(out[0, :h], history)
     other = run(history.flip(0))  # another history: other new frames
     assert not torch.allclose(other[0, h:], out[0, h:], atol=1e-3)

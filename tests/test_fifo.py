@@ -155,9 +155,11 @@ def test_backbones_without_per_frame_timesteps_refuse_in_one_line(small, monkeyp
 
 
 # ------------------------------------------------------------------------------------------ FIFO: the paper's loop
-def fifo_oracle(den, noise, generator, partitions, lookahead, guidance, prompt_for_window):
+def fifo_oracle(den, noise, generator, partitions, lookahead, guidance, prompt_for_window, eta=0.0):
     """FIFO-Diffusion as a plain loop over frames (paper §3.1 diagonal denoising, §3.2 n partitions, §3.3 lookahead),
-    each frame carrying its own level k (1 = one step from clean … S = pure noise) and video position."""
+    each frame carrying its own level k (1 = one step from clean … S = pure noise) and video position. With η > 0
+    every DDIM step adds σ·z (Song et al. 2021, Eq. 16): z one standard normal of the clip per base-clip step, and per
+    queue iteration one of the S queue frames (row p for queue position p, the head 0), drawn before its tail frame."""
     m = den.window
     levels = partitions * m
     length = noise.shape[1]
@@ -167,15 +169,19 @@ def fifo_oracle(den, noise, generator, partitions, lookahead, guidance, prompt_f
         i = levels - k
         return sched.a[i], sched.s[i], sched.a_prev[i], sched.s_prev[i]
 
-    def ddim(x, x0, k):
+    def ddim(x, x0, k, z=None):
         a, s, a_prev, s_prev = coeffs(k)
-        return a_prev * x0 + s_prev * (x - a * x0) / s
+        ab, abp = a * a, a_prev * a_prev
+        sigma = eta * math.sqrt((1 - abp) / (1 - ab) * (1 - ab / abp)) if eta else 0.0
+        out = a_prev * x0 + math.sqrt(s_prev * s_prev - sigma * sigma) * (x - a * x0) / s
+        return out + sigma * z if eta else out
 
     # the base clip: S plain DDIM steps of one window from the run's first M noise frames
     clip = noise[0, :m]
     for k in range(levels, 0, -1):
         x0 = den.predict(clip[None], sched.timesteps[levels - k], [prompt_for_window(0, m)], guidance).x0[0]
-        clip = ddim(clip, x0, k)
+        z = torch.randn((1, *clip.shape), generator=generator)[0] if eta else None
+        clip = ddim(clip, x0, k, z)
     # the queue: position p at level p + 1 holds clip frame max(0, p − (S − M)), noised; lookahead frames before it
     head = m // 2 if lookahead else 0
     fresh = torch.randn((head + levels, *noise.shape[2:]), generator=generator)
@@ -199,6 +205,7 @@ def fifo_oracle(den, noise, generator, partitions, lookahead, guidance, prompt_f
                 w += 1
         else:  # n partitions of M frames, each updating all of its frames
             windows = [(b * m, range(b * m, (b + 1) * m)) for b in range(partitions)]
+        z = torch.randn((levels, *noise.shape[2:]), generator=generator) if eta else [None] * levels
         new_x = {}
         for start, updates in windows:
             window = frames[start : start + m]
@@ -208,7 +215,7 @@ def fifo_oracle(den, noise, generator, partitions, lookahead, guidance, prompt_f
             x0 = den.predict(x, t, [prompt_for_window(first, m)], guidance).x0[0]
             for q in updates:
                 assert not frames[q]["context"] and q not in new_x  # each queue frame updated once per iteration
-                new_x[q] = ddim(frames[q]["x"], x0[q - start], frames[q]["k"])
+                new_x[q] = ddim(frames[q]["x"], x0[q - start], frames[q]["k"], z[q - head])
         assert sorted(new_x) == list(range(head, head + levels))
         for q, x in new_x.items():
             frames[q]["x"], frames[q]["k"] = x, frames[q]["k"] - 1
@@ -235,19 +242,21 @@ def _fifo_run(den, length, seed=0):
                        generator=torch.Generator().manual_seed(seed + 100))
 
 
-@pytest.mark.parametrize("length, partitions, lookahead", [(13, 2, True), (19, 1, True), (17, 2, False)])
-def test_fifo_equals_the_papers_queue_loop(small, length, partitions, lookahead):
+@pytest.mark.parametrize("length, partitions, lookahead, eta",
+                         [(13, 2, True, 0.0), (19, 1, True, 0.0), (17, 2, False, 0.0), (14, 1, True, 0.5)])
+def test_fifo_equals_the_papers_queue_loop(small, length, partitions, lookahead, eta):
     run = _fifo_run(small, length)
-    sampler = FIFOSampler(num_partitions=partitions, lookahead=lookahead, guidance_scale=6.0)
+    sampler = FIFOSampler(num_partitions=partitions, lookahead=lookahead, guidance_scale=6.0, eta=eta)
     got = sampler.sample(run)
     ref_run = _fifo_run(small, length)
-    ref = fifo_oracle(small, ref_run.noise, ref_run.generator, partitions, lookahead, 6.0, ref_run.prompt_for_window)
+    ref = fifo_oracle(small, ref_run.noise, ref_run.generator, partitions, lookahead, 6.0, ref_run.prompt_for_window,
+                      eta)
     assert got.shape == (1, length, *small.latent_shape)
     assert (got - ref).abs().max().item() < 1e-5, (got - ref).abs().max()
     # both drew the same numbers from the generator, in the same order
     assert torch.equal(run.generator.get_state(), ref_run.generator.get_state())
     assert sampler.iterations == length + partitions * 13 - 13
-    if partitions == 1:  # deterministic per seed; another seed gives another video (the cheapest case)
+    if partitions == 1 and not eta:  # deterministic per seed; another seed gives another video (the cheapest case)
         again = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length))
         assert torch.equal(again, got)
         other = FIFOSampler(num_partitions=partitions, lookahead=lookahead).sample(_fifo_run(small, length, seed=1))

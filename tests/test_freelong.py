@@ -141,7 +141,8 @@ def test_blend_matches_a_per_frequency_dft_loop(shape, windows, spatial):
     assert spectral_blend(branches[:1] * (len(windows) + 1), cutoffs, spatial) is branches[0]  # equal branches
 
 
-@pytest.mark.parametrize("text, height, width, windows", [(0, 1, 2, (3,)), (3, 2, 1, (2, 4)), (2, 1, 1, (6,))])
+@pytest.mark.parametrize("text, height, width, windows", [(0, 1, 2, (3,)), (3, 2, 1, (2, 4)), (2, 1, 1, (6,)),
+                                                       (1, 1, 2, (3, 8))])  # a band past the video: global
 def test_attention_op_matches_written_out_masked_attention(text, height, width, windows):
     gen = torch.Generator().manual_seed(1)
     frames = 6
@@ -248,6 +249,24 @@ def test_a_video_in_one_window_is_direct_sampling_and_a_shorter_window_is_not(fa
     assert (shorter - direct).abs().max() > 1e-4
     assert type(backbone.pipe.transformer.attn_processors.popitem()[1]).__name__.endswith("Processor2_0") or \
         family == "wan"  # the stock processors are back after sampling
+
+
+def test_sampling_is_direct_sampling_through_the_layer_of_its_options(cog):
+    """FreeLong(++) sampling is direct sampling with every attention layer replaced by the spectral blend layer of the
+    sampler's options (that layer is pinned to its written-out form above): local window 3, a FreeLong++ band of 5,
+    d_t = 0.3 and d_s = 0.5 (cutoffs that differ, so that neither can stand in for the other), 4×4 tokens a frame
+    and CogVideoX's 16 text tokens."""
+    length = cog.window
+    ours = FreeLongSampler(num_steps=1, guidance_scale=5.0, window=3, multi_band=(5,), temporal_cutoff=0.3,
+                           spatial_cutoff=0.5).sample(_run(cog, length))
+    model = cog.pipe.transformer
+    stock = dict(model.attn_processors)
+    model.set_attn_processor(CogVideoXSpectralProcessor(SpectralPlan((3, 5), 0.3, 0.5, 4, 4, text=16)))
+    try:
+        want = DirectSampler(num_steps=1, guidance_scale=5.0).sample(_run(cog, length))
+    finally:
+        model.set_attn_processor(stock)
+    assert (ours - want).abs().max() <= 1e-5
 
 
 def test_resume_from_a_checkpoint_is_bit_identical(cog, tmp_path):

@@ -65,6 +65,14 @@ def test_rescheduled_noise_has_exactly_l_frames_and_follows_the_rule(length, win
     assert all(s < window for s in sources)
 
 
+def test_the_window_option_replaces_the_backbones_window():
+    """`noise.window=5` on a backbone whose window is 13: the rule runs with f = 5."""
+    frame = (2, 3, 3)
+    noise = FreeNoise(window=5, stride=3).draw((1, 14, *frame), torch.Generator().manual_seed(11), 13)
+    iid, perms, _ = replay(14, 5, 3, frame, 11)
+    assert torch.equal(noise[0], iid[0, freenoise_sources(14, 5, 3, perms)])
+
+
 def test_generate_x_t_with_latent_frames_is_l_frames_of_freenoise():
     """generate's x_T for latent_frames=23 on the tiny CogVideoX (window 13, stride 4): the windows end-aligned
     (starts 0, 4, 8, 10), the noise 23 frames long, frame for frame the rule above."""

@@ -244,6 +244,23 @@ def test_fusion_std_matches_monte_carlo():
     assert torch.allclose(empirical, fusion_std(source, m, lp) ** 2, rtol=0.02)
 
 
+def test_fusion_std_is_the_exact_std_of_the_linear_map():
+    """`fusion_std` against the variance of Eq. 11 computed exactly: the fusion is linear in the unit noise ε and the
+    global noise η, so each output element's variance is the sum of the squares of its responses to every unit
+    impulse of ε (repeated by the shuffle map) and of η, pushed through Eq. 11 written here with torch.fft."""
+    length, m, h, w = 20, 13, 4, 4
+    source = shuffle_map(length, m, 4, torch.Generator().manual_seed(3))
+    lp = lowpass_filter(length, h, w, "gaussian", 0.4, 0.3)[:, None]  # [L, 1, h, w]
+    dims = (0, 2, 3)
+    unit = torch.eye(m * h * w, dtype=torch.float64).reshape(-1, m, h, w).transpose(0, 1)  # [M, K, h, w] impulse k
+    eta = torch.eye(length * h * w, dtype=torch.float64).reshape(-1, length, h, w).transpose(0, 1)  # [L, K', h, w]
+    low = torch.fft.ifftn(torch.fft.fftn(unit[source], dim=dims) * lp, dim=dims).real  # [L, K, h, w]
+    high = torch.fft.ifftn(torch.fft.fftn(eta, dim=dims) * (1 - lp), dim=dims).real  # [L, K', h, w]
+    var = low.pow(2).sum(1) + high.pow(2).sum(1)  # [L, h, w]: the same at every pixel of a frame
+    expected = fusion_std(source, m, lp[:, 0]) ** 2  # [L]
+    assert torch.allclose(var, expected[:, None, None].expand_as(var), rtol=1e-9, atol=0)
+
+
 def test_local_shuffle_repeats_the_unit_within_groups():
     source = shuffle_map(40, 13, 4, torch.Generator().manual_seed(2))
     assert source[:13].tolist() == list(range(13))

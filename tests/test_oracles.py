@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import CogVideoXDDIMScheduler
+from diffusers import CogVideoXDDIMScheduler, DDIMScheduler
 
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.direct import DirectSampler
@@ -113,3 +113,30 @@ def test_gen_l_video_one_window_equals_direct():
     a = GenLVideoSampler(num_steps=5, stride=4).sample(_run(backbone, noise, [0]))
     b = DirectSampler(num_steps=5).sample(_run(backbone, noise, [0]))
     assert torch.equal(a, b) or (a - b).abs().max() <= 1e-6
+
+
+def test_direct_with_eta_is_diffusers_ddim_with_the_runs_noise():
+    """DDIM with η = 0.5 (Song et al. 2021, Eq. 12): DirectSampler against a loop of diffusers' DDIMScheduler.step on
+    the tiny model's guided v, with the scheduler's ᾱ replaced by the loaded CogVideoX scheduler's (its SNR shift) and
+    the variance noise the run draws: one standard normal of the latent's shape per step from the run's generator."""
+    backbone = make_tiny(prompts=("a red fox in snow",))
+    noise = _noise(backbone.window, backbone.latent_shape, seed=7)
+    ours = DirectSampler(num_steps=3, guidance_scale=6.0, eta=0.5).sample(_run(backbone, noise, [0]))
+
+    cog = CogVideoXDDIMScheduler.from_config(backbone.pipe.scheduler.config)
+    cog.set_timesteps(3)
+    sched = DDIMScheduler.from_config(backbone.pipe.scheduler.config, clip_sample=False)
+    sched.set_timesteps(3)
+    assert sched.timesteps.tolist() == cog.timesteps.tolist()
+    sched.alphas_cumprod, sched.final_alpha_cumprod = cog.alphas_cumprod, cog.final_alpha_cumprod
+    transformer, gen, x = backbone.pipe.transformer, torch.Generator().manual_seed(1), noise.clone()
+    for t in sched.timesteps:
+        with torch.no_grad():
+            v_c, v_u = (transformer(hidden_states=x, encoder_hidden_states=emb, timestep=t.expand(1),
+                                    return_dict=False)[0] for emb in (backbone._embeds[0:1], backbone._negative))
+        z = torch.randn(tuple(x.shape), generator=gen, dtype=torch.float32)
+        x = sched.step(v_u + 6.0 * (v_c - v_u), t, x, eta=0.5, variance_noise=z).prev_sample
+    assert (ours - x).abs().max().item() <= 1e-5
+    # the oracle is sensitive to η: the same run without the noise term is far away
+    plain = DirectSampler(num_steps=3, guidance_scale=6.0).sample(_run(backbone, noise, [0]))
+    assert (plain - x).abs().max().item() > 1e-2

@@ -84,8 +84,11 @@ def _csd(ys, rs, weight):
     return out
 
 
-def syncos_step_oracle(backbone, x, t, steps, gen, t_min, iters, batch, lr, decay_iters, decay_rate, trace):
-    """One SynCoS step from x_t [L, C, H, W] (float64 bookkeeping, float32 model calls) → x_{t−1}."""
+def syncos_step_oracle(backbone, x, t, steps, gen, t_min, iters, batch, lr, decay_iters, decay_rate, trace,
+                       random_t=None):
+    """One SynCoS step from x_t [L, C, H, W] (float64 bookkeeping, float32 model calls) → x_{t−1}. `random_t`
+    (lo, hi): the ablation without a grounded timestep, a t uniform in [lo, hi] drawn per iteration after the
+    minibatch, at which the windows are noised, predicted and weighted (w = 1 − ᾱ_t, plain CSD)."""
     acp = _alphas(backbone)
     a, s = math.sqrt(acp[t]), math.sqrt(1 - acp[t])
     abp = _prev_alpha(acp, t, steps)
@@ -106,19 +109,21 @@ def syncos_step_oracle(backbone, x, t, steps, gen, t_min, iters, batch, lr, deca
         opt.param_groups[0]["lr"] = lr * decay_rate ** (it // decay_iters)
         subset = torch.randperm(len(S_STARTS), generator=gen)[:batch].tolist()
         trace.append(subset)
+        t_i = t if random_t is None else int(torch.randint(random_t[0], random_t[1] + 1, (1,), generator=gen))
+        a_i, s_i = math.sqrt(acp[t_i]), math.sqrt(1 - acp[t_i])
         chosen = [i for i in range(len(S_STARTS)) if i in subset]  # Fig. 19 visits the chosen windows in order
         ys, rs = [], []
         for i in chosen:
             start = S_STARTS[i]
             xw = param.detach()[start:start + M].double()
             ew = base[start:start + M]
-            y = a * xw + s * ew
-            pred = backbone.predict(y[None].float(), t, [_syncos_prompt(start, M)], 6.0)
-            v_model = a * pred.eps[0].double() - s * pred.x0[0].double()
-            v_target = a * ew - s * xw
+            y = a_i * xw + s_i * ew
+            pred = backbone.predict(y[None].float(), t_i, [_syncos_prompt(start, M)], 6.0)
+            v_model = a_i * pred.eps[0].double() - s_i * pred.x0[0].double()
+            v_target = a_i * ew - s_i * xw
             ys.append(y)
             rs.append(v_model - v_target)
-        grads = _csd(ys, rs, 1 - float(acp[t]))
+        grads = _csd(ys, rs, 1 - float(acp[t_i]))
         score, cover = torch.zeros_like(x), torch.zeros(x.shape[0], dtype=x.dtype)
         for i, g in zip(chosen, grads):
             start = S_STARTS[i]
@@ -155,6 +160,25 @@ def test_syncos_steps_match_the_pseudo_code(tiny5):
     active = refs[0]
     inactive = syncos_step_oracle(tiny5, x.double(), 749, 4, None, 999, 0, 0, 0.0, 1, 1.0, [])
     assert (active - inactive).abs().max().item() > 100 * 5e-5 * active.abs().max().item()
+
+
+def test_syncos_step_without_grounded_timestep_matches_the_pseudo_code(tiny5):
+    """The `grounded_timestep=false` ablation (paper Table 2, plain CSD): each stage-2 iteration noises, predicts and
+    weights its windows at its own random t, so the weight w(t) = 1 − ᾱ_t varies between iterations and AdamW no
+    longer cancels it (with the grounded t it is one factor per step)."""
+    x = _latent(L_S, tiny5.latent_shape, seed=22)
+    options = dict(SYN, grounded_timestep=False, random_t_range=(100, 900))
+    sampler = SynCoSSampler(**options)
+    run = SamplingRun(denoiser=tiny5, noise=x[None], prompt_for_window=_syncos_prompt,
+                      generator=torch.Generator().manual_seed(6))
+    sampler.begin(run)
+    state = SamplerState({"x": x.clone()})
+    sampler.step(run, state, 1)  # t = 749 > t_min: stages 1-2-3
+    ref = syncos_step_oracle(tiny5, x.double(), 749, 4, torch.Generator().manual_seed(6), SYN["t_min"], SYN["iters"],
+                             SYN["batch_windows"], SYN["lr"], SYN["lr_decay_iters"], SYN["lr_decay_rate"], [],
+                             random_t=(100, 900))
+    err = (state.tensors["x"].double() - ref).abs().max().item()
+    assert err <= 5e-5 * ref.abs().max().item(), err
 
 
 # ------------------------------------------------------------------------------------------ GLC (Algorithm 1)

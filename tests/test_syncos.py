@@ -353,6 +353,23 @@ def test_forward_counts_one_call_per_iteration(tiny2):
     assert tiny2.call_count == 4 + 2  # one batched call per stage-1 step and per stage-2 iteration
 
 
+def test_stage2_alone_starts_from_the_initial_noise(tiny2):
+    # Table 3 row 2 (stage 2 only): x0' is initialised from x_T, so without iterations it is returned unchanged
+    noise = _noise(L3, tiny2.latent_shape)
+    out = SynCoSSampler(num_steps=2, stage1=False, stage3=False, iters=0).sample(_run(tiny2, noise))
+    assert torch.equal(out, noise)
+
+
+def test_forward_counts_without_guidance_are_one_per_window(tiny2):
+    # guidance_scale=1: no unconditional branch, so one forward per window sample; 2 steps (999, 499), stage 2 at
+    # t=999 only: 2 steps × 3 windows + 1 iteration × 2 windows
+    sampler = SynCoSSampler(num_steps=2, t_min=900, iters=1, batch_windows=2, guidance_scale=1.0)
+    tiny2.forward_count = 0
+    sampler.sample(_run(tiny2, _noise(L3, tiny2.latent_shape)))
+    assert tiny2.forward_count == 2 * 3 + 1 * 2 == sampler.describe()["forwards_expected"]
+    assert sampler.forwards_per_step(2) == [3 + 2, 3]
+
+
 def test_forward_plan_cogvideox_2b_4x(tiny2):
     # 4x CogVideoX-2B: N=10 windows (L=49, stride 4), 50 trailing steps 999..19, CFG; defaults t_min=900, B=2,
     # iters=20, chosen to cost what the paper timed (Table 4: SynCoS 29 min / Gen-L-Video 21 min = 1.38x)
