@@ -218,16 +218,10 @@ def scatter_windows(
     return scatter_frames(values, _window_frames(starts, values.shape[1], values.device), length)
 
 
-def fuse_windows(
-    values: torch.Tensor,
-    starts: torch.Tensor | list[int],
-    length: int,
-    fallback: torch.Tensor | None = None,
-) -> torch.Tensor:
+def fuse_windows(values: torch.Tensor, starts: torch.Tensor | list[int], length: int) -> torch.Tensor:
     """Per-frame average over the windows that cover each frame (Gen-L-Video; SynCoS Fig. 18; GLC Eq. 3 with
-    uniform weights). values: [N, M, C, H, W] → [L, C, H, W]. Frames no window covers take `fallback` [L, C, H, W]
-    (zeros when None)."""
-    return fuse_frames(values, _window_frames(starts, values.shape[1], values.device), length, fallback)
+    uniform weights). values: [N, M, C, H, W] → [L, C, H, W]; frames no window covers are 0."""
+    return fuse_frames(values, _window_frames(starts, values.shape[1], values.device), length)
 
 
 def gather_frames(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -274,16 +268,10 @@ def scatter_frames(
     return total, count
 
 
-def fuse_frames(
-    values: torch.Tensor, index: torch.Tensor, length: int, fallback: torch.Tensor | None = None
-) -> torch.Tensor:
+def fuse_frames(values: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
     """Per-frame average over every clip position that maps to the frame (GLC Eq. 3 with uniform weights, for clips
-    given by explicit frame indices). values: [N, M, C, H, W], index: [N, M] → [L, C, H, W]. Frames no clip covers
-    take `fallback` [L, C, H, W] (zeros when None). With index = window_index(starts, M).reshape(N, M) this is
-    `fuse_windows`."""
+    given by explicit frame indices). values: [N, M, C, H, W], index: [N, M] → [L, C, H, W]; frames no clip covers
+    are 0. With index = window_index(starts, M).reshape(N, M) this is `fuse_windows`."""
     total, count = scatter_frames(values, index, length)
     shape = (length,) + (1,) * (values.dim() - 2)
-    fused = total / count.clamp(min=1).reshape(shape)  # [L, C, H, W]
-    if fallback is not None:
-        fused = torch.where(count.reshape(shape) > 0, fused, fallback)
-    return fused
+    return total / count.clamp(min=1).reshape(shape)  # [L, C, H, W]

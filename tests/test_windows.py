@@ -138,13 +138,12 @@ def test_ddim_step_with_eta_is_diffusers_ddim_step(eta):
         assert torch.allclose(ours, reference, rtol=0, atol=1e-6), t  # the scheduler computes in float32
 
 
-def test_fusion_fallback_fills_only_uncovered_frames():
-    """`fallback` replaces the frames no window covers and nothing else (a frame one window covers keeps its value)."""
+def test_fusion_leaves_uncovered_frames_at_zero_and_a_lone_window_as_it_is():
+    """Frames no window covers are 0 (SynCoS's gradient relies on it) and a frame one window covers keeps its value."""
     vals = torch.randn(1, 5, 2, 3, 3, dtype=torch.float64)
-    fallback = torch.randn(10, 2, 3, 3, dtype=torch.float64)
-    fused = fuse_windows(vals, [2], 10, fallback=fallback)
+    fused = fuse_windows(vals, [2], 10)
     assert torch.equal(fused[2:7], vals[0])
-    assert torch.equal(fused[:2], fallback[:2]) and torch.equal(fused[7:], fallback[7:])
+    assert not fused[:2].any() and not fused[7:].any()
 
 
 def test_a_window_centred_on_the_join_has_an_event_slot_of_its_own():
