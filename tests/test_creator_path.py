@@ -97,6 +97,16 @@ def test_a_variable_frame_rate_video_is_taken_at_its_timestamps(tmp_path):
     assert abs(source.frames - 3 * 8) <= 1
 
 
+def test_an_ntsc_rate_is_given_to_ffmpeg_as_its_exact_fraction():
+    """ffmpeg's metadata says 23.98 for 24000/1001 fps; `-r 23.98` would resample a constant-rate video and repeat a
+    frame every ~4 minutes, so the rate passed back is the fraction (other rates as they are)."""
+    from longgen.run.extend import ffmpeg_rate
+
+    assert [ffmpeg_rate(f) for f in (23.98, 29.97, 59.94, 47.95, 119.88)] == [
+        "24000/1001", "30000/1001", "60000/1001", "48000/1001", "120000/1001"]
+    assert [ffmpeg_rate(f) for f in (24.0, 25.0, 20.0, 23.9)] == ["24.0", "25.0", "20.0", "23.9"]
+
+
 def stop_line(call) -> str:
     """The line of the `Interrupted` that `call()` ends in; a bare KeyboardInterrupt (the planted bug) fails the test
     instead of stopping pytest."""

@@ -122,6 +122,15 @@ def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
 
 
+def ffmpeg_rate(fps: float) -> str:
+    """The `-r` value for a frame rate read from ffmpeg's metadata (two decimals): the exact NTSC fraction when the
+    rate rounds to one (23.98 is 24000/1001: `-r 23.98` would repeat a frame every ~4 minutes), else the number."""
+    for base in (24, 30, 48, 60, 120):
+        if abs(fps - base * 1000 / 1001) < 0.006:
+            return f"{base * 1000}/1001"
+    return repr(float(fps))
+
+
 def _open(path: Path, rate: float | None = None) -> tuple[dict, Iterator[bytes], Any]:
     """ffmpeg's metadata of `path` and an iterator over its RGB frames (raw bytes); one line when it cannot read it.
     With `rate`, the frames come at that constant rate by their timestamps: a variable-frame-rate video (as phones
@@ -129,7 +138,7 @@ def _open(path: Path, rate: float | None = None) -> tuple[dict, Iterator[bytes],
     rate, so the frames would be taken at the wrong times."""
     import imageio_ffmpeg
 
-    output = ["-r", repr(float(rate))] if rate else None
+    output = ["-r", ffmpeg_rate(rate)] if rate else None
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=output)
     try:
         meta = next(reader)
