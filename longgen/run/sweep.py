@@ -258,11 +258,24 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
             raise UsageError(f"sweep job {number} ({' '.join(planned[number])}) cannot be composed again "
                              f"({str(exc).strip().splitlines()[0]}); no job was started") from None
         entry = {"job": number, "overrides": planned[number], "run_dir": str(run_dir)}
-        if (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file():
+        if holds_finished_run(run_dir):
             finished.append({**entry, "status": "done"})
         else:
             start.append((number, entry, "without a manifest" if run_dir.is_dir() else "never started"))
     return start, finished
+
+
+def holds_finished_run(run_dir: Path) -> bool:
+    """Whether a job's directory holds a finished run: its manifest, and no checkpoint of an unfinished one."""
+    return (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file()
+
+
+def finished_since(jobs: dict[int, dict]) -> list[dict]:
+    """The ledger's failed jobs whose directory now holds a finished run (continued by hand with `longgen resume`,
+    or decoded again), as done entries: started again they would be refused as a finished run."""
+    return [{**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}
+            for entry in (jobs[j] for j in sorted(jobs))
+            if entry["status"] != "done" and holds_finished_run(Path(entry["run_dir"]))]
 
 
 def started_in(sweep_dir: Path) -> Path | None:
@@ -284,14 +297,14 @@ def rerun_failed(sweep_dir: Path) -> int:
     jobs = read_ledger(sweep_dir)
     if not jobs and not (sweep_dir / "multirun.yaml").is_file():
         raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
-    todo = [(j, jobs[j], "failed") for j in sorted(jobs) if jobs[j]["status"] != "done"]
     unrun, finished = never_run(sweep_dir, jobs)
+    finished = finished_since(jobs) + finished
     for entry in finished:
         print(f"longgen: sweep job {entry['job']}: {entry['run_dir']} holds a finished run; recorded as done",
               file=sys.stderr)
         jobs[entry["job"]] = entry
         append_entry(sweep_dir / LEDGER, entry)
-    todo = sorted(todo + unrun)
+    todo = sorted([(j, jobs[j], "failed") for j in sorted(jobs) if jobs[j]["status"] != "done"] + unrun)
     if not todo:
         write_summary(sweep_dir, jobs)
         print(f"longgen: every job of {sweep_dir} is done; nothing to run again")
