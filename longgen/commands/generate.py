@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
@@ -24,7 +24,7 @@ from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
-from longgen.run.sweep import recorded_job, refuse_second_sweep
+from longgen.run.sweep import check_job_dirs, composed_subdir, recorded_job, refuse_second_sweep
 from longgen.rundir import RunDirectory, own_run_log, write_text
 
 log = logging.getLogger("longgen")
@@ -45,8 +45,9 @@ def validate_sweep(args: list[str]) -> str | None:
     except UsageError as exc:
         return f"{exc}; no job was started"
     overrides = [a for a in overrides_only(args) if "=" in a and not a.lstrip("+~").startswith("hydra")]
-    # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given
-    launcher = [a for a in overrides_only(args) if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher."))]
+    # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given; the job directories
+    launcher = [a for a in overrides_only(args)
+                if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher.", "hydra.sweep."))]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -55,12 +56,14 @@ def validate_sweep(args: list[str]) -> str | None:
     quiet = logging.getLogger("longgen")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
+    subdirs: list[str] = []
     try:
         context, primary, search_path = compose_setup(args, "generate")  # --config-dir, --config-path as the run
         with context:
             for number_, job in enumerate(jobs):
                 try:
                     cfg = compose(primary, overrides=job + launcher + search_path, return_hydra_config=True)
+                    subdirs.append(composed_subdir(cfg, number_))
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
@@ -70,6 +73,10 @@ def validate_sweep(args: list[str]) -> str | None:
                     line = (missing_option(primary, job + launcher + search_path, exc)
                             or str(exc).strip().splitlines()[0])
                     return f"sweep job {number_} ({' '.join(job)}): {line}; no job was started"
+            written = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] if jobs else ""
+            check_job_dirs(subdirs, str(written))
+    except UsageError as exc:
+        return f"{exc}; no job was started"
     finally:
         quiet.setLevel(level)
     return None

@@ -134,10 +134,14 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 def job_subdir(loader: Any, config: DictConfig, overrides: list[str], number: int) -> str:
     """Job `number`'s directory under the sweep directory (hydra.sweep.subdir), as its own process names it:
     composed by `loader` (Hydra's config loader) from the sweep's `config` and the job's overrides."""
+    return composed_subdir(loader.load_sweep_config(config, list(overrides)), number)
+
+
+def composed_subdir(job: DictConfig, number: int) -> str:
+    """hydra.sweep.subdir of job `number`, whose config (Hydra's included) is `job`, as Hydra's launcher names it."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    job = loader.load_sweep_config(config, list(overrides))
     with open_dict(job.hydra.job):
         job.hydra.job.num = number
     hydra = HydraConfig.instance()
@@ -147,6 +151,25 @@ def job_subdir(loader: Any, config: DictConfig, overrides: list[str], number: in
         return str(OmegaConf.select(job, "hydra.sweep.subdir"))
     finally:
         hydra.cfg = saved
+
+
+def check_job_dirs(subdirs: list[str], written: str) -> None:
+    """Before a sweep starts: each job's hydra.sweep.subdir (by job number) must name its own folder inside the sweep
+    directory. A subdir shared by two jobs made the second fail after its model loaded (or, with overwrite=true,
+    replace the first's video); one outside the sweep directory is not found by `longgen eval SWEEP_DIR`.
+    `written`: the subdir as the command line or config wrote it."""
+    seen: dict[str, int] = {}
+    for number, subdir in enumerate(subdirs):
+        norm = os.path.normpath(subdir) if subdir else "."
+        if os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == "..":
+            raise UsageError(f"hydra.sweep.subdir={written} puts job {number} in {subdir!r}, not in a folder of its "
+                             f"own inside hydra.sweep.dir: give a relative subdir naming each job, e.g. "
+                             f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
+        if norm in seen:
+            raise UsageError(f"hydra.sweep.subdir={written} gives jobs {seen[norm]} and {number} the same directory "
+                             f"{subdir!r}: include ${{hydra.job.num}} in it, e.g. "
+                             f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
+        seen[norm] = number
 
 
 def _sweep_loader(config: DictConfig) -> Any:
