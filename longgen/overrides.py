@@ -348,13 +348,27 @@ def hydra_quote(text: str) -> str:
     return "'" + "".join(out) + "'"
 
 
+def quoted_sweep(key: str, value: str) -> str | None:
+    """In multirun mode, `value` (free text Hydra's grammar cannot read unquoted: `café,thé`, `a cat!,a dog?`) as the
+    sweep its commas make, each value quoted, as Hydra reads `a cat,a dog`; None where the user quoted a value or
+    escaped a comma (`\\,`: text), or a value is empty."""
+    values = [v.strip() for v in value.split(",")]
+    if len(values) < 2 or any(not v or v[0] in "'\"" for v in values) or "${" in value or "\\," in value:
+        return None
+    swept = f"{key}={','.join(hydra_quote(v) for v in values)}"
+    check = _parsed(swept)
+    read = check.value() if check is not None and check.is_sweep_override() else None
+    return swept if read is not None and [getattr(v, "text", v) for v in read.list] == values else None
+
+
 def quote_free_text(args: list[str]) -> list[str]:
     """Quote the value of free-text options (FREE_TEXT) that Hydra would not read as the text typed.
 
     `prompt=a cat, then a dog` would be a sweep over two prompts (an error without -m) and `prompt=cat's` an
     unterminated quote; both become `prompt='…'` holding the text as typed. Values Hydra reads as one string
     (including ones quoted or escaped by the user, and `null`) are left alone. With `-m`, a value Hydra reads as a
-    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted.
+    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted, also between values
+    Hydra would not read unquoted (`-m prompt=café,thé` is two prompts, as `-m prompt=cafe,the` is).
     """
     multirun = any(a in _MULTIRUN_FLAGS or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
     out = []
@@ -369,6 +383,9 @@ def quote_free_text(args: list[str]) -> list[str]:
             if read is None or isinstance(read, str) or (multirun and parsed.is_sweep_override()):
                 out.append(arg)
                 continue
+        if multirun and parsed is None and (swept := quoted_sweep(key, value)):
+            out.append(swept)
+            continue
         quoted = f"{key}={hydra_quote(value)}"
         check = _parsed(quoted)
         # keep the user's text if quoting cannot represent it (Hydra then names the problem itself)

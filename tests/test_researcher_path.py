@@ -1,0 +1,39 @@
+"""The researcher's path (red-team pass 8): sweeps, their reruns, eval and shell completion. A sweep is refused
+before any job, in one line, where it would fail later or mix its jobs' files; checked in this process through
+`main`, which runs the same checks before Hydra starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from longgen.cli import main
+
+SMALL = ["backbone=tiny", "backbone.height=16", "backbone.width=16", "num_windows=2", "sampler.num_steps=2",
+         "sampler=gen-l-video", "prompt=a fox"]
+
+
+@pytest.mark.parametrize("subdir, says", [
+    ("x", "gives jobs 0 and 1 the same directory 'x': include ${hydra.job.num}"),
+    ("../elsewhere", "puts job 0 in '../elsewhere', not in a folder of its own inside hydra.sweep.dir"),
+])
+def test_a_sweep_subdir_shared_by_two_jobs_or_outside_the_sweep_is_one_line(tmp_path, capsys, subdir, says):
+    """hydra.sweep.subdir without the job number gave every job one directory: job 1 failed after its model loaded
+    (with overwrite=true it replaced job 0's video); one outside the sweep directory hid the job from eval."""
+    code = main(["generate", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 f"hydra.sweep.subdir={subdir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert err.rstrip().endswith("no job was started") and not (tmp_path / "sweep").exists()
+
+
+def test_a_multirun_prompt_sweep_of_text_hydra_cannot_read_unquoted_is_still_a_sweep():
+    """README: in multirun mode commas separate sweep values unless quoted. `-m prompt=café,thé` (or `a cat!,a dog?`)
+    was quoted whole, so the sweep of two prompts silently ran one video of the prompt 'café,thé'."""
+    from longgen.overrides import _parsed, quote_free_text
+
+    (swept,) = quote_free_text(["-m", "prompt=un café, un thé !"])[1:]
+    assert [v.text for v in _parsed(swept).value().list] == ["un café", "un thé !"]
+    assert quote_free_text(["-m", "prompt=a cat!,a dog?"])[1] == "prompt='a cat!','a dog?'"
+    for typed in ("prompt='café, thé'", "prompt=café\\,thé"):  # quoted or escaped by the user: one prompt
+        assert not _parsed(quote_free_text(["-m", typed])[1]).is_sweep_override(), typed
+    assert quote_free_text(["prompt=café,thé"]) == ["prompt='café,thé'"]  # one job: the text as typed
