@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longgen {__version__}")
         return 0
     if args[0] in COMPLETION_FLAGS:
-        return shell_completion(args[1:])
+        return refuse(problem) if (problem := completion_problem(args[1:])) else shell_completion(args[1:])
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "generate" and rest[:1] == ["--rerun-failed"]:
         return rerun_failed_jobs(rest[1:])
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
+        flag = next(i for i, arg in enumerate(rest) if arg in COMPLETION_FLAGS)
+        if problem := completion_problem(rest[flag + 1:], command):
+            return refuse(problem)
         return run_app(module_name, "longgen", rest)
     rest = absolute_config_path(fill_positional(command, rest))
     if problem := command_line_problem(config, rest):
@@ -217,6 +220,24 @@ def run_app(module_name: str, prog: str, rest: list[str]) -> int:
     sys.argv = [prog, *rest]
     module.main()
     return 0
+
+
+#: the shells Hydra writes completion scripts for
+SHELLS = ("bash", "zsh", "fish")
+
+
+def completion_problem(args: list[str], command: str | None = None) -> str | None:
+    """One line for a shell-completion request Hydra would answer with a traceback (a shell it has no script for, no
+    install=/uninstall=/query= word, a query outside the completion script, which sets $COMP_LINE); else None."""
+    word = args[0] if args else ""
+    action, _, shell = word.partition("=")
+    if action not in ("install", "uninstall", "query") or shell not in SHELLS:
+        return (f"-sc takes install=SHELL, uninstall=SHELL or query=SHELL with SHELL one of {', '.join(SHELLS)}"
+                f"{f', got {word!r}' if word else ''}: e.g. eval \"$(longgen -sc install=bash)\"")
+    if action == "query" and command is not None and "COMP_LINE" not in os.environ:
+        return (f"-sc {word} is what the completion script runs on TAB (it sets $COMP_LINE): install it with "
+                f"eval \"$(longgen -sc install={shell})\"")
+    return None
 
 
 def shell_completion(args: list[str]) -> int:

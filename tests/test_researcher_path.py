@@ -37,3 +37,15 @@ def test_a_multirun_prompt_sweep_of_text_hydra_cannot_read_unquoted_is_still_a_s
     for typed in ("prompt='café, thé'", "prompt=café\\,thé"):  # quoted or escaped by the user: one prompt
         assert not _parsed(quote_free_text(["-m", typed])[1]).is_sweep_override(), typed
     assert quote_free_text(["prompt=café,thé"]) == ["prompt='café,thé'"]  # one job: the text as typed
+
+
+@pytest.mark.parametrize("args", [["-sc", "install=tcsh"], ["-sc"], ["generate", "-sc", "install"],
+                                  ["eval", "-sc", "query=bash"]])
+def test_a_shell_completion_hydra_cannot_answer_is_one_line(capsys, monkeypatch, args):
+    """Hydra raised a ValueError traceback for a shell it has no script for or no install=/query= word, and a
+    KeyError for a query outside the completion script (no $COMP_LINE)."""
+    monkeypatch.delenv("COMP_LINE", raising=False)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("longgen: error: -sc") and captured.err.count("\n") == 1, captured.err
+    assert 'longgen -sc install=' in captured.err and not captured.out
