@@ -108,6 +108,40 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
     for arg in args:
         if problem := _option_problem(search, groups, top, choices, arg, command):
             return problem
+    return _launcher_problem(args)
+
+
+def _launcher_problem(args: list[str]) -> str | None:
+    """`hydra.launcher.KEY=…` with Hydra's basic launcher, which has no options (Hydra: five lines, "Key 'n_jobs'
+    not in 'BasicLauncherConf'"; under -m one line that did not say what to change)."""
+    if any(a.partition("=")[0].lstrip("+") == "hydra/launcher" for a in args):
+        return None
+    for arg in args:
+        key = arg.partition("=")[0]
+        if key.lstrip("+~").startswith("hydra.launcher."):
+            return (f"{arg} sets an option of a sweep launcher, and the default one (one job after another) has "
+                    f"none: pick the launcher with -m hydra/launcher=joblib (or submitit_local, submitit_slurm)")
+    return None
+
+
+def _removed_or_added_again(groups: tuple[str, ...], top: set[str], choices: dict[str, str], arg: str,
+                            existing: set[str] | None, command: str) -> str | None:
+    """`~KEY` (Hydra deletes the option; the run then failed with a traceback where it reads it) and `+KEY=…` for an
+    option that exists (Hydra: "Could not append to config" in four lines): one line each. `existing`: the options
+    of KEY's group or nested node, where KEY is dotted."""
+    key, sep, value = arg.partition("=")
+    name = key.lstrip("+~")
+    head, _, rest = name.partition(".")
+    if key.startswith("~") and head in top:
+        return f"{key} would remove {name}, which longgen reads: give it a value instead ({name}=VALUE)"
+    if key.startswith("~"):
+        return f"unknown option {name!r}; options of `{command}`: {', '.join(sorted(top))}"
+    if not key.startswith("+") or key.startswith("++") or not sep or head not in top:
+        return None
+    if not rest and head in groups and head in choices:
+        return f"{head} is a group with a default choice: write {head}={value} (without +, which adds a group)"
+    if (not rest and head not in groups) or (rest and existing is not None and rest.split(".")[0] in existing):
+        return f"{name} is already an option: write {name}={value} (+KEY adds a key that does not exist yet)"
     return None
 
 
@@ -115,6 +149,13 @@ def _option_problem(search: ConfigSearch, groups: tuple[str, ...], top: set[str]
                     arg: str, command: str) -> str | None:
     """The error line for one override naming an option that does not exist, else None."""
     key, sep, _ = arg.partition("=")
+    if key.startswith(("~", "+")) and not key.lstrip("+~").startswith(("hydra.", "hydra/")) and key != "~hydra":
+        head, _, rest = key.lstrip("+~").partition(".")
+        existing = (_yaml_keys(search, head, choices[head])
+                    if head in groups and rest and head in choices and search.find(f"{head}/{choices[head]}.yaml")
+                    else _primary_nodes(search).get(head))
+        if problem := _removed_or_added_again(groups, top, choices, arg, existing and set(existing), command):
+            return problem
     if sep and key.startswith("+") and not key.startswith("++") and key.lstrip("+") not in groups:
         typo = _typo_of(key.lstrip("+").partition(".")[0], top)
         if typo:

@@ -49,3 +49,20 @@ def test_a_shell_completion_hydra_cannot_answer_is_one_line(capsys, monkeypatch,
     captured = capsys.readouterr()
     assert captured.err.startswith("longgen: error: -sc") and captured.err.count("\n") == 1, captured.err
     assert 'longgen -sc install=' in captured.err and not captured.out
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("~seed", "~seed would remove seed, which longgen reads: give it a value instead (seed=VALUE)"),
+    ("~nonexist", "unknown option 'nonexist'"),
+    ("+seed=3", "seed is already an option: write seed=3"),
+    ("+sampler.num_steps=3", "sampler.num_steps is already an option: write sampler.num_steps=3"),
+    ("+backbone=tiny", "backbone is a group with a default choice: write backbone=tiny"),
+    ("hydra.launcher.n_jobs=2", "pick the launcher with -m hydra/launcher=joblib"),
+])
+def test_removing_or_adding_an_option_again_and_a_launcher_key_without_its_launcher_are_one_line(capsys, arg, says):
+    """`~seed` ended in a ConfigAttributeError traceback; `+seed=3`, `+backbone=tiny`, `~nonexist` and
+    `hydra.launcher.n_jobs=2` without hydra/launcher=joblib were Hydra's four- or five-line errors (exit status 1)."""
+    assert main(["generate", *SMALL, arg, "--cfg", "job"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("longgen: error: ") and says in captured.err, captured.err
+    assert captured.err.count("\n") == 1 and not captured.out
