@@ -158,9 +158,28 @@ def check_writable_dir(path: Path, what: str) -> None:
                          f"directory") from None
 
 
+#: a sweep's ledger (one JSON line per finished job attempt, longgen/run/sweep.py) and its summary
+LEDGER = "sweep-jobs.jsonl"
+SUMMARY = "sweep.json"
 #: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links) and
 #: longgen's ledger (appended)
-SWEEP_FILES = ("multirun.yaml", "sweep-jobs.jsonl")
+SWEEP_FILES = ("multirun.yaml", LEDGER)
+
+
+def read_ledger(sweep_dir: Path) -> dict[int, dict]:
+    """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
+    requeued before it (when it was)."""
+    jobs: dict[int, dict] = {}
+    requeues: dict[int, int] = {}
+    path = Path(sweep_dir) / LEDGER
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                number = int(entry["job"])
+                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
+                jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
+    return jobs
 
 
 def refuse_sweep_links(path: Path) -> None:

@@ -4,6 +4,8 @@ before any job, in one line, where it would fail later or mix its jobs' files; c
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from longgen.cli import main
@@ -66,3 +68,47 @@ def test_removing_or_adding_an_option_again_and_a_launcher_key_without_its_launc
     captured = capsys.readouterr()
     assert captured.err.startswith("longgen: error: ") and says in captured.err, captured.err
     assert captured.err.count("\n") == 1 and not captured.out
+
+
+def test_a_sweep_with_a_failed_job_still_writes_its_eval_report(tmp_path, monkeypatch):
+    """`generate -m … eval=true` with one failed job: the report of the others is written, then the summary exits
+    with status 1. Hydra ends a multirun's callbacks in reverse order, so the summary listed last ran first and its
+    exit skipped the report."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.callbacks import Callbacks
+
+    import longgen.eval.report as report
+    import longgen.run.sweep as sweep_module
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    ledger = [{"job": 0, "overrides": [], "run_dir": str(sweep / "0"), "status": "done"},
+              {"job": 1, "overrides": [], "run_dir": str(sweep / "1"), "status": "failed", "error": "out of memory"}]
+    (sweep / sweep_module.LEDGER).write_text("".join(json.dumps(e) + "\n" for e in ledger))
+    written = []
+    monkeypatch.setattr(report, "load_results", lambda d: [{"video": str(sweep / "0" / "video.mp4")}])
+    monkeypatch.setattr(report, "write_report",
+                        lambda results, d, left: written.append((d, left)) or {"html": d / "report.html"})
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=["eval=true", f"hydra.sweep.dir={sweep}"], return_hydra_config=True)
+    with pytest.raises(SystemExit) as stop:
+        Callbacks(cfg).on_multirun_end(config=cfg)
+    assert stop.value.code == 1 and written == [(sweep, ["job 1 (): failed: out of memory"])]
+
+
+def test_eval_of_a_half_finished_sweep_names_each_job_it_leaves_out(tmp_path):
+    """`longgen eval SWEEP_DIR` of a sweep with a failed job, one never run and one cut mid-way measured the finished
+    jobs only and said nothing: a table missing a method looked complete. Each job left out is named with why."""
+    from longgen.eval.report import left_out
+
+    sweep = tmp_path / "sweep"
+    for name in ("0_a", "1_a", "3_a"):
+        (sweep / name).mkdir(parents=True)
+    (sweep / "3_a" / "checkpoint.safetensors").write_bytes(b"")
+    (sweep / "sweep.json").write_text(json.dumps({"planned": 4}))
+    (sweep / "sweep-jobs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        {"job": 0, "overrides": ["seed=0"], "run_dir": str(sweep / "0_a"), "status": "done"},
+        {"job": 1, "overrides": ["seed=1"], "run_dir": str(sweep / "1_a"), "status": "failed", "error": "disk full"}]))
+    assert left_out(sweep, [{"video": str(sweep / "0_a" / "video.mp4")}]) == [
+        "job 1 (seed=1): failed: disk full", "job 2: not run",
+        f"3_a: unfinished, its checkpoint kept (longgen resume {sweep / '3_a'})"]

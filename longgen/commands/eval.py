@@ -93,14 +93,18 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
         write_json_atomic(result, path)
         log.info("wrote %s (%.1f s)", path, result["timings"]["total"])
         results.append(result)
+    from longgen.eval.report import left_out, run_labels, write_report
+
+    left = [f"{folder}: {line}" if len(collections) > 1 else line
+            for folder in collections for line in left_out(folder, results)]
+    for line in left:  # a table missing a method says so
+        log.warning("left out: %s", line)
     if len(results) < 2:
         print_table(results)
     else:  # headed by experiment (or the overrides that set each run apart), as report.csv groups them
-        from longgen.eval.report import run_labels, write_report
-
         print_table(results, run_labels(results))
         out.mkdir(parents=True, exist_ok=True)
-        paths = write_report(results, out, cfg.get("report", {}).get("embed_videos", "auto"))
+        paths = write_report(results, out, cfg.get("report", {}).get("embed_videos", "auto"), left)
         log.info("wrote %s, %s and %s", paths["csv"], paths["html"], out / "plots")
     return results
 

@@ -39,12 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.redact import scrub
-from longgen.rundir import CHECKPOINT, write_json
+from longgen.rundir import CHECKPOINT, LEDGER, SUMMARY, read_ledger, write_json
 
 log = logging.getLogger("longgen")
-
-LEDGER = "sweep-jobs.jsonl"
-SUMMARY = "sweep.json"
 
 
 # ---------------------------------------------------------------------------------------------------- one job
@@ -85,22 +82,6 @@ def append_entry(ledger: Path, entry: dict) -> None:
         os.write(fd, (json.dumps(entry) + "\n").encode())
     finally:
         os.close(fd)
-
-
-def read_ledger(sweep_dir: Path) -> dict[int, dict]:
-    """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
-    requeued before it (when it was)."""
-    jobs: dict[int, dict] = {}
-    requeues: dict[int, int] = {}
-    path = sweep_dir / LEDGER
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                entry = json.loads(line)
-                number = int(entry["job"])
-                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
-                jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
-    return jobs
 
 
 def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = None) -> dict:
