@@ -112,3 +112,15 @@ def test_eval_of_a_half_finished_sweep_names_each_job_it_leaves_out(tmp_path):
     assert left_out(sweep, [{"video": str(sweep / "0_a" / "video.mp4")}]) == [
         "job 1 (seed=1): failed: disk full", "job 2: not run",
         f"3_a: unfinished, its checkpoint kept (longgen resume {sweep / '3_a'})"]
+
+
+def test_a_local_sweep_on_free_gpus_without_a_gpu_is_refused_before_any_job(tmp_path, capsys, monkeypatch):
+    """`-m hydra/launcher=joblib backbone.device=free` on a machine without a CUDA GPU: every job loaded its model and
+    failed alike (the sweep ended 0 done, N failed); one line before any job now."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["generate", "-m", *SMALL, "seed=0,1", "backbone.device=free", f"hydra.sweep.dir={tmp_path / 's'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no CUDA GPU is visible: use backbone.device=cpu" in err, err
+    assert err.rstrip().endswith("no job was started") and not (tmp_path / "s").exists()

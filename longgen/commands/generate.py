@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
+from longgen.parallel.pool import check_a_gpu_is_visible
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
@@ -67,6 +68,8 @@ def validate_sweep(args: list[str]) -> str | None:
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
+                    if cfg.backbone.get("device") == "free" and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
+                        check_a_gpu_is_visible()  # jobs run on this machine: each would fail alike
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors
