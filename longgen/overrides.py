@@ -226,6 +226,9 @@ def check_output_dir(args: list[str]) -> str | None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = [a.partition("=")[2] for a in args if a.partition("=")[0] == key]
     path = given[-1] if given else ("multirun" if multirun else "outputs")
+    if given and path.strip().strip("'\"").strip() == "":  # Hydra takes it as the working directory
+        return (f"{key}= is empty (an unset shell variable?): give a directory, or {key}=. for the working directory "
+                f"itself")
     if "${" in path:
         return None  # an interpolation: only Hydra can resolve it
     try:

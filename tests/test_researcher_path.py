@@ -124,3 +124,14 @@ def test_a_local_sweep_on_free_gpus_without_a_gpu_is_refused_before_any_job(tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no CUDA GPU is visible: use backbone.device=cpu" in err, err
     assert err.rstrip().endswith("no job was started") and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args", [["hydra.run.dir="], ["-m", "seed=0,1", "hydra.sweep.dir=''"]])
+def test_an_empty_run_or_sweep_directory_is_one_line(tmp_path, capsys, monkeypatch, args):
+    """`hydra.run.dir=$OUT` with OUT unset wrote the run (or the sweep, its summary and job folders) into the
+    working directory among whatever it holds."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", *SMALL, *args]) == 2
+    err = capsys.readouterr().err
+    assert "dir= is empty (an unset shell variable?)" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
