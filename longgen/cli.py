@@ -8,6 +8,7 @@ and free text quoted (longgen/overrides.py); under torchrun or `gpus=N` the proc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -186,7 +187,26 @@ def main(argv: list[str] | None = None) -> int:
         code = start_processes(command, rest)
         if code is not None:
             return code
+    if command == "generate" and ("-m" in rest or "--multirun" in rest):
+        return run_sweep(module_name, rest)
     return run_app(module_name, f"longgen {command}", rest)
+
+
+def run_sweep(module_name: str, rest: list[str]) -> int:
+    """`generate -m`: run the sweep with its `hydra.sweep.dir=` held (longgen/run/sweep.py `sweep_held`), so a second
+    sweep into it started meanwhile is one line, not jobs that fail each other's."""
+    from longgen.config_search import overrides_only
+    from longgen.errors import UsageError
+    from longgen.run.sweep import given_sweep_dir, refuse_second_sweep, sweep_held
+
+    given = given_sweep_dir(overrides_only(rest))
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(sweep_held(given[1] if given else None))
+            refuse_second_sweep(overrides_only(rest))  # one that ended between the first check and the lock
+        except UsageError as exc:
+            return refuse(f"{exc}; no job was started")
+        return run_app(module_name, "longgen generate", rest)
 
 
 def refuse(problem: str) -> int:

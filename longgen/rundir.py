@@ -161,9 +161,11 @@ def check_writable_dir(path: Path, what: str) -> None:
 #: a sweep's ledger (one JSON line per finished job attempt, longgen/run/sweep.py) and its summary
 LEDGER = "sweep-jobs.jsonl"
 SUMMARY = "sweep.json"
-#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links) and
-#: longgen's ledger (appended)
-SWEEP_FILES = ("multirun.yaml", LEDGER)
+#: held by the process running a sweep or its --rerun-failed (longgen/run/sweep.py `sweep_held`)
+SWEEP_LOCK = ".longgen-sweep.lock"
+#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links),
+#: longgen's ledger (appended) and its lock (opened)
+SWEEP_FILES = ("multirun.yaml", LEDGER, SWEEP_LOCK)
 
 
 def read_ledger(sweep_dir: Path) -> dict[int, dict]:

@@ -135,3 +135,22 @@ def test_an_empty_run_or_sweep_directory_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert "dir= is empty (an unset shell variable?)" in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_directory_in_use_by_another_sweep_is_one_line(tmp_path, capsys):
+    """Two sweeps started at once into one hydra.sweep.dir= (neither had written sweep.json yet) numbered their jobs
+    alike: each failed the other's jobs as 'already holds a finished run', one ledger mixed both and sweep.json was
+    wrong for both. The sweep (and --rerun-failed) now holds the directory; the other is refused before any job."""
+    from longgen.errors import UsageError
+    from longgen.run.sweep import rerun_failed, sweep_held
+
+    sweep = tmp_path / "sweep"
+    (sweep / "multirun.yaml").parent.mkdir()
+    (sweep / "multirun.yaml").write_text("{}")
+    with sweep_held(sweep):  # as the first sweep's process holds it
+        assert main(["generate", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{sweep} is in use by another sweep or --rerun-failed of it" in err and err.count("\n") == 1, err
+        with pytest.raises(UsageError, match="in use by another sweep"):
+            rerun_failed(sweep)
+    assert sorted(p.name for p in sweep.iterdir()) == [".longgen-sweep.lock", "multirun.yaml"]

@@ -24,6 +24,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -39,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.redact import scrub
-from longgen.rundir import CHECKPOINT, LEDGER, SUMMARY, read_ledger, write_json
+from longgen.rundir import CHECKPOINT, LEDGER, SUMMARY, SWEEP_LOCK, read_ledger, refuse_sweep_links, write_json
 
 log = logging.getLogger("longgen")
 
@@ -184,17 +186,48 @@ def register_launcher(target: str) -> None:
         Plugins.instance().register(launcher)
 
 
+def given_sweep_dir(args: list[str]) -> tuple[str, Path] | None:
+    """(as typed, as a path) of the command line's `hydra.sweep.dir=`; None when not given or interpolated (Hydra
+    makes it new at each start)."""
+    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
+    if not given or "${" in given[-1]:
+        return None
+    raw = given[-1]
+    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
+        raw = raw[1:-1]
+    return raw, Path(raw).expanduser()
+
+
+@contextlib.contextmanager
+def sweep_held(sweep_dir: Path | None, what: str = ", or give a new hydra.sweep.dir=") -> Iterator[None]:
+    """Hold the sweep directory (an exclusive flock on SWEEP_DIR/.longgen-sweep.lock) while a sweep or its
+    --rerun-failed runs: two started at once into one directory numbered their jobs alike, wrote one ledger and
+    each failed the other's jobs. One line when another holds it. A filesystem without flock is left unlocked."""
+    if sweep_dir is None:
+        yield
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    refuse_sweep_links(sweep_dir)  # a link planted as the lock: one line, not ELOOP's traceback
+    fd = os.open(sweep_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UsageError(f"{sweep_dir} is in use by another sweep or --rerun-failed of it: wait for it to "
+                                 f"end{what}") from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 def refuse_second_sweep(args: list[str]) -> None:
     """A sweep into a `hydra.sweep.dir=` that holds another sweep (its sweep.json or ledger) would rewrite that
     sweep's summary, so its finished jobs read as failed and --rerun-failed points at them: refused before any job.
     `args`: the command line's overrides; an interpolated directory is left to Hydra (it is new each start)."""
-    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
-    if not given or "${" in given[-1]:
+    if (given := given_sweep_dir(args)) is None:
         return
-    raw = given[-1]
-    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
-        raw = raw[1:-1]
-    sweep_dir = Path(raw).expanduser()
+    raw, sweep_dir = given
     found = [name for name in (SUMMARY, LEDGER) if (sweep_dir / name).exists()]
     if found:
         raise UsageError(f"hydra.sweep.dir={raw} already holds a sweep ({', '.join(found)}): give a new "
@@ -295,12 +328,17 @@ def started_in(sweep_dir: Path) -> Path | None:
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory, and each job that
     never ran; exit status."""
+    sweep_dir = Path(os.path.abspath(sweep_dir))  # the jobs' run directories, wherever they are started from
+    if not read_ledger(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+        raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
+    with sweep_held(sweep_dir, ", then run --rerun-failed again"):
+        return rerun_jobs(sweep_dir, read_ledger(sweep_dir))
+
+
+def rerun_jobs(sweep_dir: Path, jobs: dict[int, dict]) -> int:
+    """--rerun-failed's work, with the sweep directory held: record the jobs finished since, start the others."""
     from longgen.overrides import AS_RECORDED_ENV, hydra_quote
 
-    sweep_dir = Path(os.path.abspath(sweep_dir))  # the jobs' run directories, wherever they are started from
-    jobs = read_ledger(sweep_dir)
-    if not jobs and not (sweep_dir / "multirun.yaml").is_file():
-        raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
     unrun, finished = never_run(sweep_dir, jobs)
     finished = finished_since(jobs) + finished
     for entry in finished:
