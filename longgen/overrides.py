@@ -105,6 +105,8 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         if key in groups and sep:
             choices[key] = value.split(",")[0].strip()
+    for group, choice in choices.items():  # each chosen file (an experiment's too): one line where it is not YAML
+        search.load(f"{group}/{choice}.yaml")
     for arg in args:
         if problem := _option_problem(search, groups, top, choices, arg, command):
             return problem
@@ -199,7 +201,8 @@ def _primary_nodes(search: ConfigSearch) -> dict[str, dict]:
 
 def check_group_choices(args: list[str], config: str = "generate") -> str | None:
     """An error line for `group=choice` overrides naming a config that does not exist on the command line's search
-    path, else None. Where part of the search path cannot be read here, an unknown choice is left to Hydra."""
+    path, else None; UsageError for a chosen file that is not YAML. Where part of the search path cannot be read
+    here, an unknown choice is left to Hydra."""
     search = ConfigSearch.of(args, config)
     groups = search.groups()
     for arg in overrides_only(args):
@@ -214,6 +217,8 @@ def check_group_choices(args: list[str], config: str = "generate") -> str | None
         for choice in (c.strip().strip("'\"") for c in sweep.split(",")):
             if choice and choice not in options and not search.unseen:
                 return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
+            if choice in options:  # a file of the user's that is not YAML: one line naming it (UsageError)
+                search.load(f"{key}/{choice}.yaml")
     return None
 
 

@@ -154,3 +154,19 @@ def test_a_sweep_directory_in_use_by_another_sweep_is_one_line(tmp_path, capsys)
         with pytest.raises(UsageError, match="in use by another sweep"):
             rerun_failed(sweep)
     assert sorted(p.name for p in sweep.iterdir()) == [".longgen-sweep.lock", "multirun.yaml"]
+
+
+@pytest.mark.parametrize("pick", [["sampler=bad"], ["-m", "sampler=bad,gen-l-video"], ["+experiment=mine"]])
+def test_a_group_file_of_your_own_that_is_not_yaml_is_one_line(tmp_path, capsys, pick):
+    """`--config-dir my_conf sampler=bad` (or an experiment of yours selecting it) with a broken my_conf/sampler/
+    bad.yaml: a 60-line yaml.parser traceback (exit status 1); under -m a line that did not name the file."""
+    (tmp_path / "sampler").mkdir()
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "sampler" / "bad.yaml").write_text("num_steps: [\n")
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /sampler: bad\n")
+    small = [a for a in SMALL if not a.startswith("sampler")]
+    show = [] if "-m" in pick else ["--cfg", "job"]  # a sweep would run: its checks come first all the same
+    assert main(["generate", "--config-dir", str(tmp_path), *small, *pick, *show]) == 2
+    err = capsys.readouterr().err
+    assert err == f"longgen: error: {tmp_path / 'sampler' / 'bad.yaml'} is not valid YAML (line 2): expected the node " \
+                  f"content, but found '<stream end>'\n", err
