@@ -170,3 +170,25 @@ def test_a_group_file_of_your_own_that_is_not_yaml_is_one_line(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err == f"longgen: error: {tmp_path / 'sampler' / 'bad.yaml'} is not valid YAML (line 2): expected the node " \
                   f"content, but found '<stream end>'\n", err
+
+
+@pytest.mark.parametrize("values, says", [
+    ("seed=range(3,0)", "seed=range(3,0) gives no value, so the sweep would run no job"),
+    ("seed=range(0,3,0)", "the sweep's values cannot be listed (range() arg 3 must not be zero)"),
+    ("seed=interval(0,1)", "the sweep's values cannot be listed (BasicSweeper does not support sweep type"),
+])
+def test_sweep_values_hydra_cannot_list_or_that_give_no_job_are_one_line(tmp_path, capsys, values, says):
+    """range(3,0) ran a sweep of no job and exited 0; range(0,3,0) and interval() ended in tracebacks."""
+    assert main(["generate", "-m", *SMALL, values, f"hydra.sweep.dir={tmp_path / 's'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"longgen: error: {says}") and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_glob_sweep_over_a_group_lists_its_choices():
+    """`-m sampler=glob([direct,gen-l*])` (Hydra's glob over a group's choices) ended in a traceback, 'ConfigLoader
+    is not set', in the checks before the sweep."""
+    from longgen.commands.generate import listed_jobs
+
+    sweep = "sampler=glob([direct,gen-l*])"
+    assert listed_jobs(["-m", sweep], [sweep]) == [["sampler=direct"], ["sampler=gen-l-video"]]

@@ -36,8 +36,6 @@ def validate_sweep(args: list[str]) -> str | None:
     one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
     error line naming the first bad job, else None."""
     from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from longgen.config_search import compose_setup, overrides_only
 
@@ -50,10 +48,9 @@ def validate_sweep(args: list[str]) -> str | None:
     launcher = [a for a in overrides_only(args)
                 if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher.", "hydra.sweep."))]
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        return str(exc).strip().splitlines()[0]
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        jobs = listed_jobs(args, overrides)
+    except UsageError as exc:
+        return str(exc)
     quiet = logging.getLogger("longgen")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
@@ -83,6 +80,41 @@ def validate_sweep(args: list[str]) -> str | None:
     finally:
         quiet.setLevel(level)
     return None
+
+
+def listed_jobs(args: list[str], overrides: list[str]) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper lists them from the sweep's `overrides` (of the command line
+    `args`); UsageError where it cannot list them (Hydra raised a traceback) or lists none (it ran no job, exit 0)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # glob() lists a group's choices on the command line's search path, as Hydra's sweeper does
+        parsed = OverridesParser.create(config_loader=GroupChoices(args)).parse_overrides(overrides)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except UsageError:
+        raise
+    except Exception as exc:  # range(0,3,0), interval() (a sampling sweeper's), …
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"the sweep's values cannot be listed ({reason}): give a list (a,b,c), "
+                         f"range(start,stop[,step]) or, for a config group, glob(pattern)") from None
+    if not jobs:
+        empty = next(o.input_line for o in parsed if o.is_sweep_override() and not list(o.sweep_string_iterator()))
+        raise UsageError(f"{empty} gives no value, so the sweep would run no job: give at least one (e.g. "
+                         f"seed=range(0,3))")
+    return jobs
+
+
+class GroupChoices:
+    """What Hydra's glob() sweep asks of a config loader: a group's choices, here those on the command line's search
+    path (--config-dir included)."""
+
+    def __init__(self, args: list[str]) -> None:
+        from longgen.config_search import ConfigSearch
+
+        self.search = ConfigSearch.of(args, "generate")
+
+    def get_group_options(self, group: str, results_filter: Any = None) -> list[str]:
+        return self.search.options(group)
 
 
 def missing_option(primary: str, overrides: list[str], exc: Exception) -> str | None:

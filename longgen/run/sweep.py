@@ -110,7 +110,8 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    loader = _sweep_loader(config) if any("glob(" in o for o in overrides) else None  # glob() lists a group
+    batches = BasicSweeper.split_arguments(OverridesParser.create(loader).parse_overrides(overrides), None)
     return [list(job) for batch in batches for job in batch]
 
 
