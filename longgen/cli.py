@@ -22,6 +22,7 @@ from longgen.overrides import (
     check_group_choices,
     check_option_keys,
     check_output_dir,
+    expand_home,
     fill_positional,
     mixed_modes,
     quote_free_text,
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem := completion_problem(rest[flag + 1:], command):
             return refuse(problem)
         return run_app(module_name, "longgen", rest)
-    rest = absolute_config_path(fill_positional(command, rest))
+    rest = expand_home(absolute_config_path(fill_positional(command, rest)))
     if problem := command_line_problem(config, rest):
         return refuse(problem)
     if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)

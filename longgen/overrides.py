@@ -10,6 +10,7 @@ same configs (with a suggestion for a likely typo), the output directory is chec
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -222,6 +223,20 @@ def check_group_choices(args: list[str], config: str = "generate") -> str | None
     return None
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """`hydra.run.dir=~/runs/x` (a shell that leaves `~` after `=` alone, zsh, a quoted value, a script) with `~`
+    expanded: Hydra takes it literally and made a folder named `~` in the working directory (which a later
+    `rm -rf ~` would read as the home directory)."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        bare = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+        if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and bare.startswith("~"):
+            arg = f"{key}={os.path.expanduser(bare)}"
+        out.append(arg)
+    return out
+
+
 def check_output_dir(args: list[str]) -> str | None:
     """An error line when the run (or sweep) directory cannot be created: Hydra would fail with a traceback."""
     from longgen.errors import UsageError
@@ -229,7 +244,7 @@ def check_output_dir(args: list[str]) -> str | None:
 
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == key]
+    given = [a.partition("=")[2] for a in overrides_only(args) if a.partition("=")[0] == key and "=" in a]
     path = given[-1] if given else ("multirun" if multirun else "outputs")
     if given and path.strip().strip("'\"").strip() == "":  # Hydra takes it as the working directory
         return (f"{key}= is empty (an unset shell variable?): give a directory, or {key}=. for the working directory "

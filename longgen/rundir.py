@@ -64,7 +64,7 @@ def note_existing_dirs(args: list[str]) -> None:
         if "${" in value:
             existing.append("*")
             continue
-        path = Path(os.path.abspath(value.strip("'\"")))  # as Hydra makes it: `..` folded, `~` not expanded
+        path = Path(os.path.abspath(value.strip("'\"")))  # as Hydra makes it: `..` folded (`~` expanded before)
         existing += [_identity(d) for d in (path, *path.parents) if d.is_dir()]
     os.environ[EXISTING_DIRS_ENV] = json.dumps(existing)
 

@@ -192,3 +192,13 @@ def test_a_glob_sweep_over_a_group_lists_its_choices():
 
     sweep = "sampler=glob([direct,gen-l*])"
     assert listed_jobs(["-m", sweep], [sweep]) == [["sampler=direct"], ["sampler=gen-l-video"]]
+
+
+def test_a_run_directory_under_home_written_with_a_tilde_goes_there(tmp_path, capsys, monkeypatch):
+    """`hydra.run.dir=~/runs/x` where the shell leaves `~` alone (zsh, quotes, a script): Hydra made a folder named
+    `~` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", *SMALL, "hydra.run.dir='~/runs/a fox'", "--cfg", "hydra", "-p", "hydra.run.dir"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "home" / "runs" / "a fox")
+    assert not (tmp_path / "~").exists()
