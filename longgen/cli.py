@@ -198,7 +198,7 @@ def run_sweep(module_name: str, rest: list[str]) -> int:
     sweep into it started meanwhile is one line, not jobs that fail each other's."""
     from longgen.config_search import overrides_only
     from longgen.errors import UsageError
-    from longgen.run.sweep import given_sweep_dir, refuse_second_sweep, sweep_held
+    from longgen.run.sweep import given_sweep_dir, interrupted_sweep, refuse_second_sweep, sweep_held
 
     given = given_sweep_dir(overrides_only(rest))
     with contextlib.ExitStack() as held:
@@ -207,7 +207,11 @@ def run_sweep(module_name: str, rest: list[str]) -> int:
             refuse_second_sweep(overrides_only(rest))  # one that ended between the first check and the lock
         except UsageError as exc:
             return refuse(f"{exc}; no job was started")
-        return run_app(module_name, "longgen generate", rest)
+        try:
+            return run_app(module_name, "longgen generate", rest)
+        except KeyboardInterrupt:  # in the launching process (joblib): its traceback, and sweep.json said "not run"
+            print(f"longgen: error: {interrupted_sweep()}", file=sys.stderr)
+            return 130
 
 
 def refuse(problem: str) -> int:

@@ -202,3 +202,28 @@ def test_a_run_directory_under_home_written_with_a_tilde_goes_there(tmp_path, ca
     assert main(["generate", *SMALL, "hydra.run.dir='~/runs/a fox'", "--cfg", "hydra", "-p", "hydra.run.dir"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "home" / "runs" / "a fox")
     assert not (tmp_path / "~").exists()
+
+
+def test_ctrl_c_in_a_joblib_sweeps_launching_process_is_one_line_naming_the_rerun(tmp_path, capsys, monkeypatch):
+    """Ctrl-C reaches the process that launched joblib's workers as a KeyboardInterrupt out of joblib: a traceback,
+    and sweep.json still said every job 'not run' (written at the start). Stood in for here by the launch."""
+    import longgen.cli as cli
+    import longgen.run.sweep as sweep_module
+
+    sweep = tmp_path / "s"
+
+    def launch(module_name, prog, rest):  # the sweep started, job 0 finished, then Ctrl-C
+        sweep_module._RUNNING["dir"] = sweep
+        sweep_module.write_summary(sweep, {}, 2)
+        sweep_module.append_entry(sweep / "sweep-jobs.jsonl", {"job": 0, "overrides": [], "run_dir": str(sweep / "0"),
+                                                               "status": "done"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_app", launch)
+    monkeypatch.setattr(sweep_module, "_RUNNING", {})
+    assert main(["generate", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"longgen: error: sweep interrupted (SIGINT): 1 done; the jobs it cut keep their last checkpoint "
+                   f"(see {sweep / 'sweep.json'}); finish the sweep with: longgen generate --rerun-failed {sweep}\n")
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert (summary["done"], summary["not_run"]) == ([0], [1])

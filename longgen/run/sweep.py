@@ -236,6 +236,22 @@ def refuse_second_sweep(args: list[str]) -> None:
                          f"{shlex.quote(str(sweep_dir))}`")
 
 
+#: the sweep directory of the sweep this process runs (set when it starts), for the line after a Ctrl-C
+_RUNNING: dict[str, Path] = {}
+
+
+def interrupted_sweep() -> str:
+    """The line for a sweep that Ctrl-C stopped in the launching process (joblib's workers are stopped with it,
+    without the step-end of a job run in this process): sweep.json rewritten from the ledger, and how to go on."""
+    sweep_dir = _RUNNING.get("dir")
+    if sweep_dir is None:
+        return "interrupted (SIGINT) before the sweep started; no job was run"
+    summary = write_summary(sweep_dir, read_ledger(sweep_dir))
+    return (f"sweep interrupted (SIGINT): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
+            f"(see {sweep_dir / SUMMARY}); finish the sweep with: longgen generate --rerun-failed "
+            f"{shlex.quote(str(sweep_dir))}")
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: sweep.json, one line per failed job, exit status 1 if any failed."""
 
@@ -245,6 +261,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        _RUNNING["dir"] = self.sweep_dir
         register_launcher(str(config.hydra.launcher.get("_target_", "")))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.sweep_dir, {}, len(sweep_jobs(config)))
