@@ -112,13 +112,23 @@ def start_processes(command: str, rest: list[str]) -> int | None:
         return exc.exit_code
 
 
+RERUN_USAGE = """usage: longgen generate --rerun-failed SWEEP_DIR
+
+Run a `longgen generate -m` sweep's failed jobs again, each in its own job directory (continued with `longgen
+resume` where a checkpoint is kept, else generated anew with its overrides), and start the jobs it never ran or cut
+mid-way; a failed job finished since by hand is recorded as done. sweep.json is rewritten."""
+
+
 def rerun_failed_jobs(rest: list[str]) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: the sweep's failed jobs run again, in their own directories."""
     from longgen.errors import user_errors
     from longgen.run.sweep import rerun_failed
 
-    if len(rest) != 1:
-        print("longgen: error: usage: longgen generate --rerun-failed SWEEP_DIR", file=sys.stderr)
+    if rest in (["-h"], ["--help"]):
+        print(RERUN_USAGE)
+        return 0
+    if len(rest) != 1 or rest[0].startswith("-"):
+        print(f"longgen: error: {RERUN_USAGE.splitlines()[0]}", file=sys.stderr)
         return 2
     with user_errors():
         return rerun_failed(Path(rest[0]).expanduser())
@@ -160,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "generate" and rest[:1] == ["--rerun-failed"]:
         return rerun_failed_jobs(rest[1:])
+    if "--rerun-failed" in rest:  # Hydra would read the sweep directory as an override
+        return refuse(f"--rerun-failed takes no other option: {RERUN_USAGE.splitlines()[0].removeprefix('usage: ')}")
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
         flag = next(i for i, arg in enumerate(rest) if arg in COMPLETION_FLAGS)
         if problem := completion_problem(rest[flag + 1:], command):

@@ -227,3 +227,17 @@ def test_ctrl_c_in_a_joblib_sweeps_launching_process_is_one_line_naming_the_reru
                    f"(see {sweep / 'sweep.json'}); finish the sweep with: longgen generate --rerun-failed {sweep}\n")
     summary = json.loads((sweep / "sweep.json").read_text())
     assert (summary["done"], summary["not_run"]) == ([0], [1])
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["generate", "--rerun-failed", "--help"], 0, "usage: longgen generate --rerun-failed SWEEP_DIR\n"),
+    (["generate", "-m", "--rerun-failed", "sweep"], 2, "longgen: error: --rerun-failed takes no other option"),
+    (["generate", "--rerun-failed", "-m", "sweep"], 2, "longgen: error: usage: longgen generate --rerun-failed"),
+])
+def test_rerun_failed_help_and_misplaced_flags(capsys, args, code, says):
+    """`--rerun-failed --help` looked for a sweep directory named --help; `-m --rerun-failed DIR` said the sweep
+    directory 'is not an override'. `longgen generate --help` names --rerun-failed."""
+    assert main(args) == code
+    captured = capsys.readouterr()
+    assert (captured.out if code == 0 else captured.err).startswith(says), captured
+    assert main(["generate", "--help"]) == 0 and "longgen generate --rerun-failed SWEEP_DIR" in capsys.readouterr().out
