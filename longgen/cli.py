@@ -191,18 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     if problem := mixed_modes(rest) or unreadable_override(rest) or sweep_without_multirun(rest):
         return refuse(problem)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
-    if command == "generate" and ("-m" in rest or "--multirun" in rest):
+    if command == "generate":
+        return launch_generate(module_name, rest)
+    return run_app(module_name, f"longgen {command}", rest)
+
+
+def launch_generate(module_name: str, rest: list[str]) -> int:
+    """`generate` once its command line passed the checks: a sweep's jobs are checked first; then the command runs
+    as N processes (gpus=N; a bad option never starts them), or here, a sweep with its directory held."""
+    multirun = "-m" in rest or "--multirun" in rest
+    if multirun:
         from longgen.commands.generate import validate_sweep
 
         if problem := validate_sweep(rest):
             return refuse(problem)
-    if command == "generate":  # after the checks: a bad option never starts N processes
-        code = start_processes(command, rest)
-        if code is not None:
-            return code
-    if command == "generate" and ("-m" in rest or "--multirun" in rest):
-        return run_sweep(module_name, rest)
-    return run_app(module_name, f"longgen {command}", rest)
+    code = start_processes("generate", rest)
+    if code is not None:
+        return code
+    return run_sweep(module_name, rest) if multirun else run_app(module_name, "longgen generate", rest)
 
 
 def run_sweep(module_name: str, rest: list[str]) -> int:
