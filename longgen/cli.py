@@ -216,9 +216,10 @@ def run_sweep(module_name: str, rest: list[str]) -> int:
     sweep into it started meanwhile is one line, not jobs that fail each other's."""
     from longgen.config_search import overrides_only
     from longgen.errors import UsageError
-    from longgen.run.sweep import given_sweep_dir, interrupted_sweep, refuse_second_sweep, sweep_held
+    from longgen.run.sweep import RUNNING, given_sweep_dir, interrupted_sweep, refuse_second_sweep, sweep_held
 
     given = given_sweep_dir(overrides_only(rest))
+    RUNNING.clear()  # set when this sweep starts (an earlier one of this process is not named after a Ctrl-C)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(sweep_held(given[1] if given else None))

@@ -213,14 +213,13 @@ def test_ctrl_c_in_a_joblib_sweeps_launching_process_is_one_line_naming_the_reru
     sweep = tmp_path / "s"
 
     def launch(module_name, prog, rest):  # the sweep started, job 0 finished, then Ctrl-C
-        sweep_module._RUNNING["dir"] = sweep
+        sweep_module.RUNNING["dir"] = sweep
         sweep_module.write_summary(sweep, {}, 2)
         sweep_module.append_entry(sweep / "sweep-jobs.jsonl", {"job": 0, "overrides": [], "run_dir": str(sweep / "0"),
                                                                "status": "done"})
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "run_app", launch)
-    monkeypatch.setattr(sweep_module, "_RUNNING", {})
     assert main(["generate", "-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}"]) == 130
     err = capsys.readouterr().err
     assert err == (f"longgen: error: sweep interrupted (SIGINT): 1 done; the jobs it cut keep their last checkpoint "

@@ -237,13 +237,13 @@ def refuse_second_sweep(args: list[str]) -> None:
 
 
 #: the sweep directory of the sweep this process runs (set when it starts), for the line after a Ctrl-C
-_RUNNING: dict[str, Path] = {}
+RUNNING: dict[str, Path] = {}
 
 
 def interrupted_sweep() -> str:
     """The line for a sweep that Ctrl-C stopped in the launching process (joblib's workers are stopped with it,
     without the step-end of a job run in this process): sweep.json rewritten from the ledger, and how to go on."""
-    sweep_dir = _RUNNING.get("dir")
+    sweep_dir = RUNNING.get("dir")
     if sweep_dir is None:
         return "interrupted (SIGINT) before the sweep started; no job was run"
     summary = write_summary(sweep_dir, read_ledger(sweep_dir))
@@ -261,7 +261,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
-        _RUNNING["dir"] = self.sweep_dir
+        RUNNING["dir"] = self.sweep_dir
         register_launcher(str(config.hydra.launcher.get("_target_", "")))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.sweep_dir, {}, len(sweep_jobs(config)))
