@@ -202,6 +202,9 @@ def test_a_run_directory_under_home_written_with_a_tilde_goes_there(tmp_path, ca
     assert main(["generate", *SMALL, "hydra.run.dir='~/runs/a fox'", "--cfg", "hydra", "-p", "hydra.run.dir"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "home" / "runs" / "a fox")
     assert not (tmp_path / "~").exists()
+    from longgen.api import command_line  # longgen.generate(run_dir="~/…") alike
+
+    assert f"hydra.run.dir={tmp_path / 'home' / 'x'}" in command_line("generate", SMALL, {"run_dir": "~/x"})
 
 
 def test_ctrl_c_in_a_joblib_sweeps_launching_process_is_one_line_naming_the_rerun(tmp_path, capsys, monkeypatch):
