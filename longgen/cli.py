@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from longgen import __version__
-from longgen.config_search import COMPLETION_FLAGS, absolute_config_path, check_search_path
+from longgen.config_search import COMPLETION_FLAGS, absolute_config_path, check_search_path, flags_first
 from longgen.overrides import (
     AS_RECORDED_ENV,
     check_group_choices,
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = next(i for i, arg in enumerate(rest) if arg in COMPLETION_FLAGS)
         if problem := completion_problem(rest[flag + 1:], command):
             return refuse(problem)
-        return run_app(module_name, "longgen", rest)
-    rest = expand_home(absolute_config_path(fill_positional(command, rest)))
+        return run_app(module_name, "longgen", flags_first(rest))
+    rest = flags_first(expand_home(absolute_config_path(fill_positional(command, rest))))
     if problem := command_line_problem(config, rest):
         return refuse(problem)
     if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)

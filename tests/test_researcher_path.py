@@ -243,3 +243,14 @@ def test_rerun_failed_help_and_misplaced_flags(capsys, args, code, says):
     captured = capsys.readouterr()
     assert (captured.out if code == 0 else captured.err).startswith(says), captured
     assert main(["generate", "--help"]) == 0 and "longgen generate --rerun-failed SWEEP_DIR" in capsys.readouterr().out
+
+
+def test_hydras_flags_after_some_overrides_are_read(tmp_path, capsys):
+    """`longgen generate backbone=tiny -m seed=0,1 …` or `… --cfg job seed=3`: Hydra's argparse printed its usage
+    page and 'unrecognized arguments' (exit 2); its flags now go first, as if typed first."""
+    assert main(["generate", *SMALL, "--cfg", "job", "-p", "seed", "seed=3"]) == 0
+    assert capsys.readouterr().out.strip() == "3"
+    from longgen.config_search import flags_first
+
+    assert flags_first(["a=1", "-m", "b=2", "--cfg", "job", "-cd", "d", "c=3"]) == \
+        ["-m", "--cfg", "job", "-cd", "d", "a=1", "b=2", "c=3"]
