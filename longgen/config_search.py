@@ -49,6 +49,22 @@ def takes_value(args: list[str], i: int) -> bool:
     return arg in VALUE_FLAGS
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """The command line with Hydra's flags (and their values) before the overrides, in their own orders: Hydra's
+    argparse reads the overrides as one run, so `generate backbone=tiny -m seed=0,1` printed its usage page and
+    'unrecognized arguments: seed=0,1'."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        width = (2 if takes_value(args, i) else 1) if args[i].startswith("-") else 0
+        if width:
+            flags += args[i: i + width]
+            i += width
+        else:
+            overrides.append(args[i])
+            i += 1
+    return flags + overrides
+
+
 def split_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
     """(the overrides, {flag's long name without dashes and with underscores: its value}) of a command line.
     `--config-dir=DIR` and `-cd DIR` are the same flag; a flag without a value maps to ''."""
