@@ -157,10 +157,11 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
     # only global rank 0 wrote: no node made anything in its working directory
     assert [list((tmp_path / f"node{i}").iterdir()) for i in range(2)] == [[], []]
 
-    # rank 0 alone wrote: the sweep directory holds its jobs, Hydra's multirun.yaml and the sweep's ledger and
+    # rank 0 alone wrote: the sweep directory holds its jobs, Hydra's multirun.yaml, the sweep's lock, ledger and
     # summary (each job recorded once), nothing from other ranks
-    assert sorted(p.name for p in (w2 / "a").iterdir()) == ["0_direct", "1_gen-l-video", "2_syncos", "3_glc",
-                                                            "multirun.yaml", "sweep-jobs.jsonl", "sweep.json"]
+    assert sorted(p.name for p in (w2 / "a").iterdir()) == [".longgen-sweep.lock", "0_direct", "1_gen-l-video",
+                                                            "2_syncos", "3_glc", "multirun.yaml", "sweep-jobs.jsonl",
+                                                            "sweep.json"]
     assert len((w2 / "a" / "sweep-jobs.jsonl").read_text().splitlines()) == 4
     assert json.loads((w2 / "a" / "sweep.json").read_text())["done"] == [0, 1, 2, 3]
     assert sorted(p.name for p in (w2 / "a" / "3_glc").iterdir()) == sorted(
