@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
+from longgen.parallel.pool import check_cuda_here
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
@@ -65,6 +66,8 @@ def validate_sweep(args: list[str]) -> str | None:
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
+                    if not str(cfg.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):  # runs here
+                        check_cuda_here(str(cfg.backbone.get("device", "auto")))
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors
