@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from longgen import __version__
-from longgen.config_search import COMPLETION_FLAGS, absolute_config_path, check_search_path
+from longgen.config_search import COMPLETION_FLAGS, absolute_config_path, check_search_path, flags_first
 from longgen.overrides import (
     AS_RECORDED_ENV,
     check_group_choices,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return rerun_failed_jobs(rest[1:])
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
         return run_app(module_name, "longgen", rest)
-    rest = absolute_config_path(fill_positional(command, rest))
+    rest = absolute_config_path(flags_first(fill_positional(command, rest)))
     if problem := command_line_problem(config, rest):
         return refuse(problem)
     if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)

@@ -73,6 +73,22 @@ def split_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
     return overrides, flags
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """The command line with Hydra's flags (and their values) before the overrides, each in its order. Hydra reads
+    the overrides as one run of arguments, so `backbone=tiny -m seed=0,1` or `prompt=x --cfg job seed=1` ended in
+    its usage page and "unrecognized arguments" rather than running."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if (arg in VALUE_FLAGS or arg in COMPLETION_FLAGS) and takes_value(args, i):
+            flags += args[i : i + 2]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return flags + overrides
+
+
 def overrides_only(args: list[str]) -> list[str]:
     """The `key=value` / `group=choice` overrides of a command line, without Hydra's flags and their values."""
     return split_flags(args)[0]
