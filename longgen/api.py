@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping
 
 from longgen.config_search import absolute_config_path, compose_setup, overrides_only
 from longgen.errors import UsageError
-from longgen.overrides import AS_RECORDED_ENV, fill_positional, hydra_quote, quote_free_text
+from longgen.overrides import AS_RECORDED_ENV, expand_home, fill_positional, hydra_quote, quote_free_text
 from longgen.rundir import note_existing_dirs
 
 __all__ = ["Result", "UsageError", "generate", "extend", "resume", "decode"]
@@ -205,7 +205,7 @@ def command_line(command: str, overrides: list[str], options: dict[str, Any]) ->
         if key.lstrip("+") == "gpus" and value.strip() not in ("1", "null"):
             raise UsageError(f"gpus={value} starts one process per GPU: run `longgen {command} gpus={value} ...` "
                              f"instead; longgen.{command} runs in this process")
-    rest = absolute_config_path(fill_positional(command, rest))
+    rest = expand_home(absolute_config_path(fill_positional(command, rest)))
     problem = command_line_problem(COMMANDS[command][1], rest)
     if problem:
         raise UsageError(problem)

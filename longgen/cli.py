@@ -8,6 +8,7 @@ and free text quoted (longgen/overrides.py); under torchrun or `gpus=N` the proc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -21,6 +22,7 @@ from longgen.overrides import (
     check_group_choices,
     check_option_keys,
     check_output_dir,
+    expand_home,
     fill_positional,
     mixed_modes,
     quote_free_text,
@@ -110,13 +112,23 @@ def start_processes(command: str, rest: list[str]) -> int | None:
         return exc.exit_code
 
 
+RERUN_USAGE = """usage: longgen generate --rerun-failed SWEEP_DIR
+
+Run a `longgen generate -m` sweep's failed jobs again, each in its own job directory (continued with `longgen
+resume` where a checkpoint is kept, else generated anew with its overrides), and start the jobs it never ran or cut
+mid-way; a failed job finished since by hand is recorded as done. sweep.json is rewritten."""
+
+
 def rerun_failed_jobs(rest: list[str]) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: the sweep's failed jobs run again, in their own directories."""
     from longgen.errors import user_errors
     from longgen.run.sweep import rerun_failed
 
-    if len(rest) != 1:
-        print("longgen: error: usage: longgen generate --rerun-failed SWEEP_DIR", file=sys.stderr)
+    if rest in (["-h"], ["--help"]):
+        print(RERUN_USAGE)
+        return 0
+    if len(rest) != 1 or rest[0].startswith("-"):
+        print(f"longgen: error: {RERUN_USAGE.splitlines()[0]}", file=sys.stderr)
         return 2
     with user_errors():
         return rerun_failed(Path(rest[0]).expanduser())
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longgen {__version__}")
         return 0
     if args[0] in COMPLETION_FLAGS:
-        return shell_completion(args[1:])
+        return refuse(problem) if (problem := completion_problem(args[1:])) else shell_completion(args[1:])
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"longgen: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} (see longgen --help)", file=sys.stderr)
@@ -158,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "generate" and rest[:1] == ["--rerun-failed"]:
         return rerun_failed_jobs(rest[1:])
+    if "--rerun-failed" in rest:  # Hydra would read the sweep directory as an override
+        return refuse(f"--rerun-failed takes no other option: {RERUN_USAGE.splitlines()[0].removeprefix('usage: ')}")
     if COMPLETION_FLAGS & set(rest):  # Hydra's shell completion runs no job: no checks, one script for `longgen`
-        return run_app(module_name, "longgen", rest)
-    rest = absolute_config_path(flags_first(fill_positional(command, rest)))
+        flag = next(i for i, arg in enumerate(rest) if arg in COMPLETION_FLAGS)
+        if problem := completion_problem(rest[flag + 1:], command):
+            return refuse(problem)
+        return run_app(module_name, "longgen", flags_first(rest))
+    rest = flags_first(expand_home(absolute_config_path(fill_positional(command, rest))))
     if problem := command_line_problem(config, rest):
         return refuse(problem)
     if "--help" in rest or "-h" in rest:  # a short page read from the configs (--hydra-help: Hydra's own)
@@ -174,16 +191,46 @@ def main(argv: list[str] | None = None) -> int:
     if problem := mixed_modes(rest) or unreadable_override(rest) or sweep_without_multirun(rest):
         return refuse(problem)
     note_existing_dirs(rest)  # before Hydra makes directories: clean-up never removes one that existed
-    if command == "generate" and ("-m" in rest or "--multirun" in rest):
+    if command == "generate":
+        return launch_generate(module_name, rest)
+    return run_app(module_name, f"longgen {command}", rest)
+
+
+def launch_generate(module_name: str, rest: list[str]) -> int:
+    """`generate` once its command line passed the checks: a sweep's jobs are checked first; then the command runs
+    as N processes (gpus=N; a bad option never starts them), or here, a sweep with its directory held."""
+    multirun = "-m" in rest or "--multirun" in rest
+    if multirun:
         from longgen.commands.generate import validate_sweep
 
         if problem := validate_sweep(rest):
             return refuse(problem)
-    if command == "generate":  # after the checks: a bad option never starts N processes
-        code = start_processes(command, rest)
-        if code is not None:
-            return code
-    return run_app(module_name, f"longgen {command}", rest)
+    code = start_processes("generate", rest)
+    if code is not None:
+        return code
+    return run_sweep(module_name, rest) if multirun else run_app(module_name, "longgen generate", rest)
+
+
+def run_sweep(module_name: str, rest: list[str]) -> int:
+    """`generate -m`: run the sweep with its `hydra.sweep.dir=` held (longgen/run/sweep.py `sweep_held`), so a second
+    sweep into it started meanwhile is one line, not jobs that fail each other's."""
+    from longgen.config_search import overrides_only
+    from longgen.errors import UsageError
+    from longgen.run.sweep import RUNNING, given_sweep_dir, interrupted_sweep, refuse_second_sweep, sweep_held
+
+    given = given_sweep_dir(overrides_only(rest))
+    RUNNING.clear()  # set when this sweep starts (an earlier one of this process is not named after a Ctrl-C)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(sweep_held(given[1] if given else None))
+            refuse_second_sweep(overrides_only(rest))  # one that ended between the first check and the lock
+        except UsageError as exc:
+            return refuse(f"{exc}; no job was started")
+        try:
+            return run_app(module_name, "longgen generate", rest)
+        except KeyboardInterrupt:  # in the launching process (joblib): its traceback, and sweep.json said "not run"
+            print(f"longgen: error: {interrupted_sweep()}", file=sys.stderr)
+            return 130
 
 
 def refuse(problem: str) -> int:
@@ -217,6 +264,24 @@ def run_app(module_name: str, prog: str, rest: list[str]) -> int:
     sys.argv = [prog, *rest]
     module.main()
     return 0
+
+
+#: the shells Hydra writes completion scripts for
+SHELLS = ("bash", "zsh", "fish")
+
+
+def completion_problem(args: list[str], command: str | None = None) -> str | None:
+    """One line for a shell-completion request Hydra would answer with a traceback (a shell it has no script for, no
+    install=/uninstall=/query= word, a query outside the completion script, which sets $COMP_LINE); else None."""
+    word = args[0] if args else ""
+    action, _, shell = word.partition("=")
+    if action not in ("install", "uninstall", "query") or shell not in SHELLS:
+        return (f"-sc takes install=SHELL, uninstall=SHELL or query=SHELL with SHELL one of {', '.join(SHELLS)}"
+                f"{f', got {word!r}' if word else ''}: e.g. eval \"$(longgen -sc install=bash)\"")
+    if action == "query" and command is not None and "COMP_LINE" not in os.environ:
+        return (f"-sc {word} is what the completion script runs on TAB (it sets $COMP_LINE): install it with "
+                f"eval \"$(longgen -sc install={shell})\"")
+    return None
 
 
 def shell_completion(args: list[str]) -> int:

@@ -49,6 +49,22 @@ def takes_value(args: list[str], i: int) -> bool:
     return arg in VALUE_FLAGS
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """The command line with Hydra's flags (and their values) before the overrides, in their own orders: Hydra's
+    argparse reads the overrides as one run, so `generate backbone=tiny -m seed=0,1` printed its usage page and
+    'unrecognized arguments: seed=0,1'."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        width = (2 if takes_value(args, i) else 1) if args[i].startswith("-") else 0
+        if width:
+            flags += args[i: i + width]
+            i += width
+        else:
+            overrides.append(args[i])
+            i += 1
+    return flags + overrides
+
+
 def split_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
     """(the overrides, {flag's long name without dashes and with underscores: its value}) of a command line.
     `--config-dir=DIR` and `-cd DIR` are the same flag; a flag without a value maps to ''."""
@@ -71,22 +87,6 @@ def split_flags(args: list[str]) -> tuple[list[str], dict[str, str]]:
                 overrides.append(arg)
             i += 1
     return overrides, flags
-
-
-def flags_first(args: list[str]) -> list[str]:
-    """The command line with Hydra's flags (and their values) before the overrides, each in its order. Hydra reads
-    the overrides as one run of arguments, so `backbone=tiny -m seed=0,1` or `prompt=x --cfg job seed=1` ended in
-    its usage page and "unrecognized arguments" rather than running."""
-    flags, overrides, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if (arg in VALUE_FLAGS or arg in COMPLETION_FLAGS) and takes_value(args, i):
-            flags += args[i : i + 2]
-            i += 2
-            continue
-        (flags if arg.startswith("-") else overrides).append(arg)
-        i += 1
-    return flags + overrides
 
 
 def overrides_only(args: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ same configs (with a suggestion for a likely typo), the output directory is chec
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -105,9 +106,45 @@ def check_option_keys(config: str, args: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         if key in groups and sep:
             choices[key] = value.split(",")[0].strip()
+    for group, choice in choices.items():  # each chosen file (an experiment's too): one line where it is not YAML
+        search.load(f"{group}/{choice}.yaml")
     for arg in args:
         if problem := _option_problem(search, groups, top, choices, arg, command):
             return problem
+    return _launcher_problem(args)
+
+
+def _launcher_problem(args: list[str]) -> str | None:
+    """`hydra.launcher.KEY=…` with Hydra's basic launcher, which has no options (Hydra: five lines, "Key 'n_jobs'
+    not in 'BasicLauncherConf'"; under -m one line that did not say what to change)."""
+    if any(a.partition("=")[0].lstrip("+") == "hydra/launcher" for a in args):
+        return None
+    for arg in args:
+        key = arg.partition("=")[0]
+        if key.lstrip("+~").startswith("hydra.launcher."):
+            return (f"{arg} sets an option of a sweep launcher, and the default one (one job after another) has "
+                    f"none: pick the launcher with -m hydra/launcher=joblib (or submitit_local, submitit_slurm)")
+    return None
+
+
+def _removed_or_added_again(groups: tuple[str, ...], top: set[str], choices: dict[str, str], arg: str,
+                            existing: set[str] | None, command: str) -> str | None:
+    """`~KEY` (Hydra deletes the option; the run then failed with a traceback where it reads it) and `+KEY=…` for an
+    option that exists (Hydra: "Could not append to config" in four lines): one line each. `existing`: the options
+    of KEY's group or nested node, where KEY is dotted."""
+    key, sep, value = arg.partition("=")
+    name = key.lstrip("+~")
+    head, _, rest = name.partition(".")
+    if key.startswith("~") and head in top:
+        return f"{key} would remove {name}, which longgen reads: give it a value instead ({name}=VALUE)"
+    if key.startswith("~"):
+        return f"unknown option {name!r}; options of `{command}`: {', '.join(sorted(top))}"
+    if not key.startswith("+") or key.startswith("++") or not sep or head not in top:
+        return None
+    if not rest and head in groups and head in choices:
+        return f"{head} is a group with a default choice: write {head}={value} (without +, which adds a group)"
+    if (not rest and head not in groups) or (rest and existing is not None and rest.split(".")[0] in existing):
+        return f"{name} is already an option: write {name}={value} (+KEY adds a key that does not exist yet)"
     return None
 
 
@@ -115,6 +152,13 @@ def _option_problem(search: ConfigSearch, groups: tuple[str, ...], top: set[str]
                     arg: str, command: str) -> str | None:
     """The error line for one override naming an option that does not exist, else None."""
     key, sep, _ = arg.partition("=")
+    if key.startswith(("~", "+")) and not key.lstrip("+~").startswith(("hydra.", "hydra/")) and key != "~hydra":
+        head, _, rest = key.lstrip("+~").partition(".")
+        existing = (_yaml_keys(search, head, choices[head])
+                    if head in groups and rest and head in choices and search.find(f"{head}/{choices[head]}.yaml")
+                    else _primary_nodes(search).get(head))
+        if problem := _removed_or_added_again(groups, top, choices, arg, existing and set(existing), command):
+            return problem
     if sep and key.startswith("+") and not key.startswith("++") and key.lstrip("+") not in groups:
         typo = _typo_of(key.lstrip("+").partition(".")[0], top)
         if typo:
@@ -158,7 +202,8 @@ def _primary_nodes(search: ConfigSearch) -> dict[str, dict]:
 
 def check_group_choices(args: list[str], config: str = "generate") -> str | None:
     """An error line for `group=choice` overrides naming a config that does not exist on the command line's search
-    path, else None. Where part of the search path cannot be read here, an unknown choice is left to Hydra."""
+    path, else None; UsageError for a chosen file that is not YAML. Where part of the search path cannot be read
+    here, an unknown choice is left to Hydra."""
     search = ConfigSearch.of(args, config)
     groups = search.groups()
     for arg in overrides_only(args):
@@ -173,7 +218,23 @@ def check_group_choices(args: list[str], config: str = "generate") -> str | None
         for choice in (c.strip().strip("'\"") for c in sweep.split(",")):
             if choice and choice not in options and not search.unseen:
                 return f"unknown {key} {choice!r}; choose one of: {', '.join(options)}"
+            if choice in options:  # a file of the user's that is not YAML: one line naming it (UsageError)
+                search.load(f"{key}/{choice}.yaml")
     return None
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """`hydra.run.dir=~/runs/x` (a shell that leaves `~` after `=` alone, zsh, a quoted value, a script) with `~`
+    expanded: Hydra takes it literally and made a folder named `~` in the working directory (which a later
+    `rm -rf ~` would read as the home directory)."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        bare = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+        if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and bare.startswith("~"):
+            arg = f"{key}={os.path.expanduser(bare)}"
+        out.append(arg)
+    return out
 
 
 def check_output_dir(args: list[str]) -> str | None:
@@ -183,8 +244,11 @@ def check_output_dir(args: list[str]) -> str | None:
 
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == key]
+    given = [a.partition("=")[2] for a in overrides_only(args) if a.partition("=")[0] == key and "=" in a]
     path = given[-1] if given else ("multirun" if multirun else "outputs")
+    if given and path.strip().strip("'\"").strip() == "":  # Hydra takes it as the working directory
+        return (f"{key}= is empty (an unset shell variable?): give a directory, or {key}=. for the working directory "
+                f"itself")
     if "${" in path:
         return None  # an interpolation: only Hydra can resolve it
     try:
@@ -348,13 +412,27 @@ def hydra_quote(text: str) -> str:
     return "'" + "".join(out) + "'"
 
 
+def quoted_sweep(key: str, value: str) -> str | None:
+    """In multirun mode, `value` (free text Hydra's grammar cannot read unquoted: `café,thé`, `a cat!,a dog?`) as the
+    sweep its commas make, each value quoted, as Hydra reads `a cat,a dog`; None where the user quoted a value or
+    escaped a comma (`\\,`: text), or a value is empty."""
+    values = [v.strip() for v in value.split(",")]
+    if len(values) < 2 or any(not v or v[0] in "'\"" for v in values) or "${" in value or "\\," in value:
+        return None
+    swept = f"{key}={','.join(hydra_quote(v) for v in values)}"
+    check = _parsed(swept)
+    read = check.value() if check is not None and check.is_sweep_override() else None
+    return swept if read is not None and [getattr(v, "text", v) for v in read.list] == values else None
+
+
 def quote_free_text(args: list[str]) -> list[str]:
     """Quote the value of free-text options (FREE_TEXT) that Hydra would not read as the text typed.
 
     `prompt=a cat, then a dog` would be a sweep over two prompts (an error without -m) and `prompt=cat's` an
     unterminated quote; both become `prompt='…'` holding the text as typed. Values Hydra reads as one string
     (including ones quoted or escaped by the user, and `null`) are left alone. With `-m`, a value Hydra reads as a
-    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted.
+    sweep is left a sweep: in multirun mode commas separate sweep values unless quoted, also between values
+    Hydra would not read unquoted (`-m prompt=café,thé` is two prompts, as `-m prompt=cafe,the` is).
     """
     multirun = any(a in _MULTIRUN_FLAGS or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
     out = []
@@ -369,6 +447,9 @@ def quote_free_text(args: list[str]) -> list[str]:
             if read is None or isinstance(read, str) or (multirun and parsed.is_sweep_override()):
                 out.append(arg)
                 continue
+        if multirun and parsed is None and (swept := quoted_sweep(key, value)):
+            out.append(swept)
+            continue
         quoted = f"{key}={hydra_quote(value)}"
         check = _parsed(quoted)
         # keep the user's text if quoting cannot represent it (Hydra then names the problem itself)

@@ -67,7 +67,7 @@ def note_existing_dirs(args: list[str]) -> None:
         if "${" in value:
             existing.append("*")
             continue
-        path = Path(os.path.abspath(value.strip("'\"")))  # as Hydra makes it: `..` folded, `~` not expanded
+        path = Path(os.path.abspath(value.strip("'\"")))  # as Hydra makes it: `..` folded (`~` expanded before)
         existing += [_identity(d) for d in (path, *path.parents) if d.is_dir()]
     os.environ[EXISTING_DIRS_ENV] = json.dumps(existing)
 
@@ -187,9 +187,30 @@ def check_writable_dir(path: Path, what: str) -> None:
                          f"directory") from None
 
 
-#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links) and
-#: longgen's ledger (appended)
-SWEEP_FILES = ("multirun.yaml", "sweep-jobs.jsonl")
+#: a sweep's ledger (one JSON line per finished job attempt, longgen/run/sweep.py) and its summary
+LEDGER = "sweep-jobs.jsonl"
+SUMMARY = "sweep.json"
+#: held by the process running a sweep or its --rerun-failed (longgen/run/sweep.py `sweep_held`)
+SWEEP_LOCK = ".longgen-sweep.lock"
+#: what a sweep writes into an existing name of its directory: Hydra's multirun.yaml (opened, following links),
+#: longgen's ledger (appended) and its lock (opened)
+SWEEP_FILES = ("multirun.yaml", LEDGER, SWEEP_LOCK)
+
+
+def read_ledger(sweep_dir: Path) -> dict[int, dict]:
+    """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
+    requeued before it (when it was)."""
+    jobs: dict[int, dict] = {}
+    requeues: dict[int, int] = {}
+    path = Path(sweep_dir) / LEDGER
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                number = int(entry["job"])
+                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
+                jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
+    return jobs
 
 
 def refuse_sweep_links(path: Path) -> None:

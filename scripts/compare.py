@@ -147,9 +147,24 @@ def full_forwards(parser: argparse.ArgumentParser, path: Path) -> dict[str, floa
     return full
 
 
+def left_out_lines(out: Path, sweeps: list[Path] | None = None) -> list[str]:
+    """The jobs of the sweeps that the table leaves out (failed with their error, never run, cut mid-way), one line
+    each as `longgen eval` names them, so a table missing a method says so."""
+    from longgen.eval.report import left_out
+
+    lines = []
+    for sweep in sweeps or [out]:
+        finished = [{"video": str(p.parent / "video.mp4")} for p in sweep.glob("*/manifest.json")]
+        lines += [line if sweep == out else f"{sweep.name}/{line}" for line in left_out(sweep, finished)]
+    return lines
+
+
 def write_cost_table(out: Path, sweeps: list[Path] | None = None, full: dict[str, float] | None = None) -> str:
-    """OUT/compare.md from the sweeps' manifests; returns the table."""
+    """OUT/compare.md from the sweeps' manifests, with the jobs it leaves out; returns the table."""
+    left = left_out_lines(out, sweeps)
     table = cost_table(method_rows(out, sweeps), full)
+    if left:
+        table += f"\nLeft out ({len(left)}):\n\n" + "".join(f"- {line}\n" for line in left)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text("# Methods comparison: cost\n\n" + table)
     return table

@@ -194,18 +194,3 @@ def test_a_one_process_command_under_torchrun_is_one_line_from_rank_0(command, t
         err = capsys.readouterr().err
         assert err.startswith(said) and err.count("\n") == (1 if said else 0), err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_flags_after_overrides_work_as_before_them(tmp_path, monkeypatch, capsys):
-    """README check: `longgen generate backbone=tiny -m seed=0,1` or `... prompt=x --cfg job seed=1` (a flag between
-    overrides) printed Hydra's usage page and "unrecognized arguments"; the flags now go first, values kept."""
-    from longgen.cli import main
-    from longgen.config_search import flags_first
-
-    assert flags_first(["a=1", "-m", "b=1,2", "-cd", "dir", "c=3", "--info", "defaults", "--cfg=job"]) == [
-        "-m", "-cd", "dir", "--info", "defaults", "--cfg=job", "a=1", "b=1,2", "c=3"]
-    assert flags_first(["a=1", "--info", "b=2"]) == ["--info", "a=1", "b=2"]  # --info takes only its own words
-    monkeypatch.chdir(tmp_path)
-    assert main(["generate", "backbone=tiny", "--cfg", "job", "prompt=a cat", "seed=5"]) == 0
-    out = capsys.readouterr().out
-    assert "prompt: a cat" in out and "seed: 5" in out and list(tmp_path.iterdir()) == []

@@ -248,3 +248,20 @@ def test_a_sweep_refused_before_any_job_names_no_rerun(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "exited 2; see its messages above" in err
     assert "--rerun-failed" not in err and "--report-only" not in err, err
+
+
+def test_the_cost_table_names_a_method_whose_job_failed(tmp_path):
+    """A comparison whose FIFO job failed: compare.md listed the other methods only, as if FIFO was never asked for;
+    it now names the job left out and its error, as the eval report does."""
+    compare = load_script("compare")
+    out = tmp_path / "out"
+    (out / "0_gen-l-video" / ".hydra").mkdir(parents=True)
+    (out / "0_gen-l-video" / "manifest.json").write_text(json.dumps({"transformer_forwards": 200}))
+    (out / "0_gen-l-video" / ".hydra" / "overrides.yaml").write_text("- +experiment=gen-l-video-4x\n")
+    (out / "sweep-jobs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        {"job": 0, "overrides": ["+experiment=gen-l-video-4x"], "run_dir": str(out / "0_gen-l-video"), "status": "done"},
+        {"job": 1, "overrides": ["+experiment=fifo-4x"], "run_dir": str(out / "1_fifo"), "status": "failed",
+         "error": "out of memory"}]))
+    table = compare.write_cost_table(out)
+    assert "| gen-l-video-4x | 0_gen-l-video |" in table
+    assert "Left out (1):\n\n- job 1 (+experiment=fifo-4x): failed: out of memory\n" in (out / "compare.md").read_text()

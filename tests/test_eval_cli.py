@@ -95,6 +95,23 @@ def test_a_bare_mp4_gets_its_result_in_the_commands_directory(sweep, tmp_path):
     assert not (tmp_path / "cmd" / "report.html").exists()
 
 
+def test_a_sweep_job_with_a_broken_or_missing_video_is_left_out_and_named(sweep, tmp_path):
+    """One job's video cut short (or deleted) made `longgen eval SWEEP_DIR` one error line and no report for the
+    others; such a job is now left out and named, as a failed one. Given by name, a broken video stays an error."""
+    from longgen.commands.eval import run_eval
+
+    multi = tmp_path / "multi"
+    for job in ("0_a", "1_b", "2_c"):
+        shutil.copytree(sweep / "0_gen-l-video", multi / job)
+        (multi / job / "eval.json").unlink()
+    (multi / "1_b" / "video.mp4").write_bytes((multi / "1_b" / "video.mp4").read_bytes()[:1000])
+    (multi / "2_c" / "video.mp4").unlink()
+    [result] = run_eval(_config(paths=[str(multi)]), tmp_path / "cmd")
+    assert result["label"] == "0_a" and not (multi / "1_b" / "eval.json").exists()
+    with pytest.raises(UsageError, match="is not a video ffmpeg can read"):
+        run_eval(_config(paths=[str(multi / "1_b")]), tmp_path / "cmd")
+
+
 def test_report_goes_into_a_multirun_directory_given_alone(tmp_path):
     from longgen.commands.eval import report_dir
     from longgen.eval.inputs import Target

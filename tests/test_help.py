@@ -80,7 +80,7 @@ def test_cfg_job_and_hydra_help_stay_hydras(capsys, monkeypatch):
     monkeypatch.setattr(longgen.cli, "run_app", lambda module, prog, rest: reached.append((prog, rest)) or 0)
     assert main(["generate", "backbone=tiny", "--cfg", "job"]) == 0
     assert main(["eval", "--hydra-help"]) == 0
-    assert reached[0][1][:2] == ["--cfg", "job"] and "--hydra-help" in reached[1][1]
+    assert reached[0][1][:2] == ["--cfg", "job"] and "--hydra-help" in reached[1][1]  # flags first, for argparse
     assert reached[0][0] == "longgen generate" and reached[1][0] == "longgen eval" and not capsys.readouterr().out
     for command in ("resume", "decode"):  # path-first commands print their own short usage
         with pytest.raises(SystemExit) as done:

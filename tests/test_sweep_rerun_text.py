@@ -81,3 +81,27 @@ def test_rerun_failed_starts_jobs_anew_from_the_directory_the_sweep_was_started_
     assert sweep_module.rerun_failed(Path("../origin/sweep")) == 0
     assert started == [(["story=story.json", f"seed={n}", f"hydra.run.dir={hydra_quote(str(sweep / f'{n}_syncos'))}"],
                         origin) for n in (0, 1)]
+
+
+def test_rerun_failed_records_a_failed_job_finished_by_hand_as_done(tmp_path, monkeypatch, capsys):
+    """A failed sweep job continued by hand (`longgen resume RUN_DIR`) holds a finished run: --rerun-failed records
+    it as done and starts nothing (started again it was refused as a finished run, and the sweep stayed failed with
+    exit status 1). A failed job without a finished run is still started."""
+    import longgen.run.sweep as sweep_module
+
+    sweep = tmp_path / "sweep"
+    for n in (0, 1):
+        (sweep / f"{n}_syncos").mkdir(parents=True)
+    (sweep / "0_syncos" / "manifest.json").write_text("{}")
+    (sweep / "1_syncos" / "checkpoint.safetensors").write_text("")
+    (sweep / "sweep-jobs.jsonl").write_text("".join(
+        json.dumps({"job": n, "overrides": [f"seed={n}"], "run_dir": str(sweep / f"{n}_syncos"), "status": "failed",
+                    "error": "interrupted"}) + "\n" for n in (0, 1)))
+    started = []
+    monkeypatch.setattr(sweep_module.subprocess, "run",
+                        lambda command, **kwargs: started.append(command[3:]) or subprocess.CompletedProcess(command, 0))
+    assert sweep_module.rerun_failed(sweep) == 0
+    assert started == [["resume", str(sweep / "1_syncos")]]
+    assert "0_syncos holds a finished run; recorded as done" in capsys.readouterr().err
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert (summary["done"], summary["failed"]) == ([0, 1], [])

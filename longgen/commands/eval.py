@@ -66,10 +66,28 @@ def result_path(target: Target, run_dir: Path, taken: set[Path]) -> Path:
     return path
 
 
+def measurable(targets: list[Target], unreadable: list[str]) -> list[Target]:
+    """The targets whose video ffmpeg can read, checked before any is measured: one that cannot is one line, unless
+    it was found in a directory of runs (a sweep), where it is left out and named (`unreadable`) as a failed job is,
+    so one broken video does not cost the whole report."""
+    kept = []
+    for target in targets:
+        try:
+            probe_video(target.video)
+            kept.append(target)
+        except UsageError as exc:
+            if not target.collected:
+                raise
+            unreadable.append(f"{target.label}: {exc}")
+    if not kept:
+        raise UsageError(f"no video could be measured: {'; '.join(unreadable)}")
+    return kept
+
+
 def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
     settings = Settings.from_config(cfg.settings)
     models = ModelMetrics(cfg.get("models"))
-    targets, collections = resolve(_paths(cfg))
+    targets, collections, unreadable = resolve(_paths(cfg))
     out = report_dir(cfg, run_dir, collections, targets)
     if len(targets) > 1:  # a report will be written: its options are checked before any video is measured
         from longgen.eval.report import embed_mode
@@ -81,8 +99,7 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
         if bare:
             raise UsageError(f"prompt_fidelity needs the prompts of {bare[0].video}: evaluate its run directory "
                              f"(with story.json) or pass prompt=\"…\"")
-    for target in targets:
-        probe_video(target.video)
+    targets = measurable(targets, unreadable)
     models.load()
 
     results, taken = [], set()
@@ -93,14 +110,18 @@ def run_eval(cfg: DictConfig, run_dir: Path) -> list[dict]:
         write_json_atomic(result, path)
         log.info("wrote %s (%.1f s)", path, result["timings"]["total"])
         results.append(result)
+    from longgen.eval.report import left_out, run_labels, write_report
+
+    left = unreadable + [f"{folder}: {line}" if len(collections) > 1 else line
+                         for folder in collections for line in left_out(folder, results)]
+    for line in left:  # a table missing a method says so
+        log.warning("left out: %s", line)
     if len(results) < 2:
         print_table(results)
     else:  # headed by experiment (or the overrides that set each run apart), as report.csv groups them
-        from longgen.eval.report import run_labels, write_report
-
         print_table(results, run_labels(results))
         out.mkdir(parents=True, exist_ok=True)
-        paths = write_report(results, out, cfg.get("report", {}).get("embed_videos", "auto"))
+        paths = write_report(results, out, cfg.get("report", {}).get("embed_videos", "auto"), left)
         log.info("wrote %s, %s and %s", paths["csv"], paths["html"], out / "plots")
     return results
 

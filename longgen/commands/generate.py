@@ -16,16 +16,16 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
-from longgen.parallel.pool import check_cuda_here
+from longgen.parallel.pool import check_a_gpu_is_visible
 from longgen.parallel.units import current
 from longgen.run.job import discard_if_unused, discard_unfinished_start, job_message, plan_job, write_run_config
 from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
-from longgen.run.sweep import recorded_job, refuse_second_sweep
+from longgen.run.sweep import check_job_dirs, composed_subdir, recorded_job, refuse_second_sweep
 from longgen.rundir import RunDirectory, own_run_log, write_text
 from longgen.writer import mp4_name
 
@@ -37,8 +37,6 @@ def validate_sweep(args: list[str]) -> str | None:
     one invalid value stops the sweep before any job runs instead of killing valid jobs mid-way. Returns an
     error line naming the first bad job, else None."""
     from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from longgen.config_search import compose_setup, overrides_only
 
@@ -47,36 +45,77 @@ def validate_sweep(args: list[str]) -> str | None:
     except UsageError as exc:
         return f"{exc}; no job was started"
     overrides = [a for a in overrides_only(args) if "=" in a and not a.lstrip("+~").startswith("hydra")]
-    # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given
-    launcher = [a for a in overrides_only(args) if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher."))]
+    # the launcher's choice and keys: a scheduler's job is checked against the GPUs it is given; the job directories
+    launcher = [a for a in overrides_only(args)
+                if a.lstrip("+~").startswith(("hydra/launcher=", "hydra.launcher.", "hydra.sweep."))]
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        return str(exc).strip().splitlines()[0]
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        jobs = listed_jobs(args, overrides)
+    except UsageError as exc:
+        return str(exc)
     quiet = logging.getLogger("longgen")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the jobs log their plans when they run
+    subdirs: list[str] = []
     try:
         context, primary, search_path = compose_setup(args, "generate")  # --config-dir, --config-path as the run
         with context:
             for number_, job in enumerate(jobs):
                 try:
                     cfg = compose(primary, overrides=job + launcher + search_path, return_hydra_config=True)
+                    subdirs.append(composed_subdir(cfg, number_))
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
-                    if not str(cfg.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):  # runs here
-                        check_cuda_here(str(cfg.backbone.get("device", "auto")))
+                    if cfg.backbone.get("device") == "free" and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
+                        check_a_gpu_is_visible()  # jobs run on this machine: each would fail alike
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors
                     line = (missing_option(primary, job + launcher + search_path, exc)
                             or str(exc).strip().splitlines()[0])
                     return f"sweep job {number_} ({' '.join(job)}): {line}; no job was started"
+            written = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] if jobs else ""
+            check_job_dirs(subdirs, str(written))
+    except UsageError as exc:
+        return f"{exc}; no job was started"
     finally:
         quiet.setLevel(level)
     return None
+
+
+def listed_jobs(args: list[str], overrides: list[str]) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper lists them from the sweep's `overrides` (of the command line
+    `args`); UsageError where it cannot list them (Hydra raised a traceback) or lists none (it ran no job, exit 0)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # glob() lists a group's choices on the command line's search path, as Hydra's sweeper does
+        parsed = OverridesParser.create(config_loader=GroupChoices(args)).parse_overrides(overrides)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except UsageError:
+        raise
+    except Exception as exc:  # range(0,3,0), interval() (a sampling sweeper's), …
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"the sweep's values cannot be listed ({reason}): give a list (a,b,c), "
+                         f"range(start,stop[,step]) or, for a config group, glob(pattern)") from None
+    if not jobs:
+        empty = next(o.input_line for o in parsed if o.is_sweep_override() and not list(o.sweep_string_iterator()))
+        raise UsageError(f"{empty} gives no value, so the sweep would run no job: give at least one (e.g. "
+                         f"seed=range(0,3))")
+    return jobs
+
+
+class GroupChoices:
+    """What Hydra's glob() sweep asks of a config loader: a group's choices, here those on the command line's search
+    path (--config-dir included)."""
+
+    def __init__(self, args: list[str]) -> None:
+        from longgen.config_search import ConfigSearch
+
+        self.search = ConfigSearch.of(args, "generate")
+
+    def get_group_options(self, group: str, results_filter: Any = None) -> list[str]:
+        return self.search.options(group)
 
 
 def missing_option(primary: str, overrides: list[str], exc: Exception) -> str | None:

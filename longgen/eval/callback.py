@@ -3,7 +3,7 @@
 Configured in conf/generate.yaml (`hydra.callbacks.eval_report`) for every generate command; it does nothing unless
 `eval=true`. Each job has already written its eval.json (generate evaluates right after writing its video); this
 reads them from the job directories of the sweep and writes report.csv, plots/ and report.html into the sweep
-directory. A job that failed has no eval.json and is left out with a warning.
+directory. A job that failed has no eval.json: the report and a warning name each job left out and why.
 """
 
 from __future__ import annotations
@@ -30,17 +30,18 @@ class EvalReport(Callback):
         if not config.get("eval"):
             return
         from longgen.errors import UsageError
-        from longgen.eval.report import load_results, write_report
+        from longgen.eval.report import left_out, load_results, write_report
 
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
-        results, missing = load_results(sweep_dir)
-        for job in missing:
-            log.warning("eval report: %s has no eval.json (the job failed?); left out", job)
+        results = load_results(sweep_dir)
+        left = left_out(sweep_dir, results)
+        for line in left:
+            log.warning("eval report: left out %s", line)
         if not results:
             log.warning("eval report: no evaluated job in %s; no report written", sweep_dir)
             return
         try:
-            paths = write_report(results, sweep_dir)
+            paths = write_report(results, sweep_dir, left=left)
         except UsageError as exc:
             log.error("eval report: %s", exc)
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class Target:
     story: dict | None = None            # story.json as written by generate
     latents: Path | None = None
     overrides: list[str] = field(default_factory=list)
+    collected: bool = False              # found in a directory of runs (a sweep): unreadable, it is left out
 
     @property
     def geometry(self) -> Geometry | None:
@@ -96,17 +97,18 @@ def run_target(run_dir: Path) -> Target:
                   latents=latents if latents.is_file() else None, overrides=overrides)
 
 
-def resolve(paths: list[str]) -> tuple[list[Target], list[Path]]:
-    """(targets in order, the directories given that hold several runs). Duplicates are evaluated once."""
+def resolve(paths: list[str]) -> tuple[list[Target], list[Path], list[str]]:
+    """(targets in order, the directories given that hold several runs, one line per run of such a directory that
+    has no readable video: left out, as a sweep's failed job is). Duplicates are evaluated once."""
     if not paths:
         raise UsageError("nothing to evaluate: give run directories, multirun directories or .mp4 files, "
                          "e.g. `longgen eval multirun/2025-01-01/12-00-00`")
-    targets, collections, seen = [], [], set()
+    targets, collections, seen, unreadable = [], [], set(), []
     for raw in paths:
         path = Path(str(raw)).expanduser()
         if not path.exists():
             raise UsageError(f"{raw} does not exist; give a run directory, a multirun directory or an .mp4 file")
-        found = _resolve_one(path, raw)
+        found = _resolve_one(path, raw, unreadable)
         if path.is_dir() and not (path / "manifest.json").is_file():
             collections.append(path)
         for target in found:
@@ -114,10 +116,19 @@ def resolve(paths: list[str]) -> tuple[list[Target], list[Path]]:
             if key not in seen:
                 seen.add(key)
                 targets.append(target)
-    return targets, collections
+    return targets, collections, unreadable
 
 
-def _resolve_one(path: Path, raw: str) -> list[Target]:
+def _collected(run_dir: Path, unreadable: list[str]) -> Target | None:
+    """A run found in a directory of runs, or None (its line in `unreadable`) where its video is missing."""
+    try:
+        return replace(run_target(run_dir), collected=True)
+    except UsageError as exc:
+        unreadable.append(f"{run_dir.name}: {exc}")
+        return None
+
+
+def _resolve_one(path: Path, raw: str, unreadable: list[str]) -> list[Target]:
     if path.is_file():
         if path.suffix.lower() != ".mp4":
             raise UsageError(f"{raw} is not a video: give an .mp4 file, a run directory or a multirun directory")
@@ -130,7 +141,7 @@ def _resolve_one(path: Path, raw: str) -> list[Target]:
         return [run_target(path)]
     runs = sorted((p for p in path.iterdir() if p.is_dir() and (p / "manifest.json").is_file()), key=job_order)
     if runs:
-        return [run_target(p) for p in runs]
+        return [t for t in (_collected(p, unreadable) for p in runs) if t is not None]
     videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".mp4")
     if videos:
         return [Target(video=p, label=p.stem) for p in videos]

@@ -15,6 +15,7 @@ relative to the report, so the page works as long as the report and the runs mov
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -29,7 +30,7 @@ import numpy as np
 from longgen.errors import UsageError
 from longgen.eval import plots
 from longgen.eval.catalogue import COLUMNS, arrow, present, show
-from longgen.rundir import atomic_file, write_bytes
+from longgen.rundir import CHECKPOINT, SUMMARY, atomic_file, read_ledger, write_bytes
 
 EMBED_LIMIT_BYTES = 32 * 1024 * 1024
 FIXED_FIELDS = ["label", "group", "sampler", "seed", "video", "frames", "fps", "width", "height"]
@@ -120,8 +121,45 @@ def embed_mode(embed_videos: str | bool) -> str:
     return mode
 
 
-def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | bool = "auto") -> dict[str, Path]:
-    """Write report.csv, plots/ and report.html into `out_dir`; return their paths."""
+def left_out(sweep_dir: str | Path, results: list[dict]) -> list[str]:
+    """One line per job of the sweep (or folder of runs) in `sweep_dir` that `results` leave out: a job its ledger
+    records as failed or interrupted (with its error), one it never ran (sweep.json's planned count), one done but
+    not measured, and a job directory without a finished run. A report missing a method then says so."""
+    from longgen.eval.inputs import job_order
+
+    sweep_dir = Path(sweep_dir)
+    shown = {Path(r["video"]).resolve().parent for r in results}
+    jobs = read_ledger(sweep_dir)
+    try:
+        planned = int(json.loads((sweep_dir / SUMMARY).read_text())["planned"])
+    except (OSError, ValueError, TypeError, KeyError):
+        planned = 0
+    named = shown | {Path(entry["run_dir"]).resolve() for entry in jobs.values()}
+    unnamed = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.resolve() not in named), key=job_order)
+    started = {job_order(p)[0] for p in unnamed}  # a job cut before its ledger line: its folder says more below
+    lines = []
+    for number in range(max(planned, max(jobs, default=-1) + 1)):
+        entry = jobs.get(number)
+        if entry is None and number not in started:
+            lines.append(f"job {number}: not run")
+        elif entry is None:
+            continue
+        elif Path(entry["run_dir"]).resolve() not in shown:
+            status = "not measured" if entry["status"] == "done" else entry["status"]
+            why = f"{status}: {entry['error']}" if entry.get("error") else status
+            lines.append(f"job {number} ({' '.join(entry.get('overrides', []))}): {why}")
+    for job in unnamed:
+        if (job / CHECKPOINT).is_file():
+            lines.append(f"{job.name}: unfinished, its checkpoint kept (longgen resume {job})")
+        elif not (job / "manifest.json").is_file() and any((job / n).exists() for n in (".hydra", "generate.log")):
+            lines.append(f"{job.name}: unfinished, no manifest.json")
+    return lines
+
+
+def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | bool = "auto",
+                 left: list[str] = ()) -> dict[str, Path]:
+    """Write report.csv, plots/ and report.html into `out_dir`; return their paths. `left`: what the report leaves
+    out (`left_out`), named at the top of report.html."""
     if len(results) < 1:
         raise UsageError("no evaluated runs to report on")
     mode = embed_mode(embed_videos)
@@ -147,7 +185,7 @@ def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | b
         _write_atomic(out_dir / "plots" / f"run-{i:02d}-{_slug(r['label'])}.png", png)
     _write_atomic(paths["csv"], csv_text(results, labels).encode())
     embed = mode == "true" or (mode == "auto" and _videos_size(results) <= EMBED_LIMIT_BYTES)
-    page = html_page(results, labels, groups, figures, run_figures, out_dir, embed)
+    page = html_page(results, labels, groups, figures, run_figures, out_dir, embed, left)
     _write_atomic(paths["html"], page.encode())
     return paths
 
@@ -215,7 +253,7 @@ def _run_table(result: dict, columns: list) -> str:
     return f"<table>{rows}</table>"
 
 
-def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embed: bool) -> str:
+def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embed: bool, left: list[str] = ()) -> str:
     columns = present(results)
     cards = []
     for r, g, name, png in zip(results, labels, run_labels(results), run_figures):
@@ -238,7 +276,9 @@ def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embe
         f"<title>longgen eval report — {len(results)} runs</title><style>{_CSS}</style></head><body>"
         f"<h1>longgen eval report</h1><p class=\"meta\">{len(results)} runs in {len(groups)} groups · {stamp} · "
         f"videos {how}</p>"
-        f"<h2>Groups (mean ± std over runs)</h2>{_group_table(groups, columns)}"
+        + (f"<h2>Left out ({len(left)})</h2><ul class=\"legend\">"
+           + "".join(f"<li>{html.escape(line)}</li>" for line in left) + "</ul>" if left else "")
+        + f"<h2>Groups (mean ± std over runs)</h2>{_group_table(groups, columns)}"
         f"<h2>Videos</h2><div class=\"grid\">{''.join(cards)}</div>"
         f"<h2>Plots</h2>{plot_html}"
         f"<h2>Metrics</h2><ul class=\"legend\">{legend}</ul>"
@@ -246,19 +286,16 @@ def html_page(results, labels, groups, figures, run_figures, out_dir: Path, embe
     )
 
 
-def load_results(sweep_dir: str | Path) -> tuple[list[dict], list[Path]]:
+def load_results(sweep_dir: str | Path) -> list[dict]:
     """eval.json of each job directory of a sweep (a directory with .hydra/, manifest.json or eval.json), in job
-    order, and the job directories that have none."""
+    order; a job without one is left out (`left_out` names it)."""
     from longgen.eval.inputs import job_order
 
     jobs = sorted((p for p in Path(sweep_dir).iterdir()
                    if p.is_dir() and any((p / name).exists() for name in (".hydra", "manifest.json", "eval.json"))),
                   key=job_order)
-    results, missing = [], []
+    results = []
     for job in jobs:
-        path = job / "eval.json"
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            missing.append(job)
-    return results, missing
+        with contextlib.suppress(OSError, ValueError):
+            results.append(json.loads((job / "eval.json").read_text()))
+    return results

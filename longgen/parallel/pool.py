@@ -30,22 +30,19 @@ def _gpu_key(index: int) -> str:
     return f"pci-{bus}" if bus is not None else f"index-{index}-{os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
 
 
-def check_cuda_here(device: str) -> None:
-    """One line when `backbone.device` (free, cuda, cuda:N) asks for a CUDA GPU and this host shows none. A sweep
-    whose jobs run on this host checks it before its first job (commands/generate.py), so that the jobs do not all
-    fail in turn."""
-    if device != "free" and not device.startswith("cuda"):
-        return
+def check_a_gpu_is_visible() -> None:
+    """`backbone.device=free` needs a CUDA GPU on this machine; one line otherwise (also before a local sweep, whose
+    every job would fail alike)."""
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        what = "picks a free CUDA GPU" if device == "free" else "needs a CUDA GPU"
-        raise UsageError(f"backbone.device={device} {what}, but no CUDA GPU is visible: use backbone.device=cpu")
+        raise UsageError("backbone.device=free picks a free CUDA GPU, but no CUDA GPU is visible: use "
+                         "backbone.device=cpu")
 
 
 def claim_free_gpu(poll: float = 1.0) -> torch.device:
     """`backbone.device=free`: the first visible CUDA GPU that no other longgen process on this host holds (an
     exclusive flock on a file named after the GPU's UUID), held until `release_gpu` or the process ends. Waits when
     every GPU is taken (more parallel jobs than GPUs)."""
-    check_cuda_here("free")
+    check_a_gpu_is_visible()
     folder = Path(tempfile.gettempdir()) / f"longgen-gpus-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     waiting = False

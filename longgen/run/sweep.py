@@ -24,6 +24,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -39,12 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
 from longgen.redact import scrub
-from longgen.rundir import CHECKPOINT, write_json
+from longgen.rundir import CHECKPOINT, LEDGER, SUMMARY, SWEEP_LOCK, read_ledger, refuse_sweep_links, write_json
 
 log = logging.getLogger("longgen")
-
-LEDGER = "sweep-jobs.jsonl"
-SUMMARY = "sweep.json"
 
 
 # ---------------------------------------------------------------------------------------------------- one job
@@ -87,22 +86,6 @@ def append_entry(ledger: Path, entry: dict) -> None:
         os.close(fd)
 
 
-def read_ledger(sweep_dir: Path) -> dict[int, dict]:
-    """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
-    requeued before it (when it was)."""
-    jobs: dict[int, dict] = {}
-    requeues: dict[int, int] = {}
-    path = sweep_dir / LEDGER
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                entry = json.loads(line)
-                number = int(entry["job"])
-                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
-                jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
-    return jobs
-
-
 def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = None) -> dict:
     """sweep.json: jobs done, failed (or interrupted) and not run, and those requeued by a scheduler on the way
     (a requeued job is also done or failed once its last attempt ended; until then it is only requeued); `planned`
@@ -127,17 +110,22 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    loader = _sweep_loader(config) if any("glob(" in o for o in overrides) else None  # glob() lists a group
+    batches = BasicSweeper.split_arguments(OverridesParser.create(loader).parse_overrides(overrides), None)
     return [list(job) for batch in batches for job in batch]
 
 
 def job_subdir(loader: Any, config: DictConfig, overrides: list[str], number: int) -> str:
     """Job `number`'s directory under the sweep directory (hydra.sweep.subdir), as its own process names it:
     composed by `loader` (Hydra's config loader) from the sweep's `config` and the job's overrides."""
+    return composed_subdir(loader.load_sweep_config(config, list(overrides)), number)
+
+
+def composed_subdir(job: DictConfig, number: int) -> str:
+    """hydra.sweep.subdir of job `number`, whose config (Hydra's included) is `job`, as Hydra's launcher names it."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    job = loader.load_sweep_config(config, list(overrides))
     with open_dict(job.hydra.job):
         job.hydra.job.num = number
     hydra = HydraConfig.instance()
@@ -147,6 +135,25 @@ def job_subdir(loader: Any, config: DictConfig, overrides: list[str], number: in
         return str(OmegaConf.select(job, "hydra.sweep.subdir"))
     finally:
         hydra.cfg = saved
+
+
+def check_job_dirs(subdirs: list[str], written: str) -> None:
+    """Before a sweep starts: each job's hydra.sweep.subdir (by job number) must name its own folder inside the sweep
+    directory. A subdir shared by two jobs made the second fail after its model loaded (or, with overwrite=true,
+    replace the first's video); one outside the sweep directory is not found by `longgen eval SWEEP_DIR`.
+    `written`: the subdir as the command line or config wrote it."""
+    seen: dict[str, int] = {}
+    for number, subdir in enumerate(subdirs):
+        norm = os.path.normpath(subdir) if subdir else "."
+        if os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == "..":
+            raise UsageError(f"hydra.sweep.subdir={written} puts job {number} in {subdir!r}, not in a folder of its "
+                             f"own inside hydra.sweep.dir: give a relative subdir naming each job, e.g. "
+                             f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
+        if norm in seen:
+            raise UsageError(f"hydra.sweep.subdir={written} gives jobs {seen[norm]} and {number} the same directory "
+                             f"{subdir!r}: include ${{hydra.job.num}} in it, e.g. "
+                             f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
+        seen[norm] = number
 
 
 def _sweep_loader(config: DictConfig) -> Any:
@@ -180,22 +187,69 @@ def register_launcher(target: str) -> None:
         Plugins.instance().register(launcher)
 
 
+def given_sweep_dir(args: list[str]) -> tuple[str, Path] | None:
+    """(as typed, as a path) of the command line's `hydra.sweep.dir=`; None when not given or interpolated (Hydra
+    makes it new at each start)."""
+    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
+    if not given or "${" in given[-1]:
+        return None
+    raw = given[-1]
+    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
+        raw = raw[1:-1]
+    return raw, Path(raw).expanduser()
+
+
+@contextlib.contextmanager
+def sweep_held(sweep_dir: Path | None, what: str = ", or give a new hydra.sweep.dir=") -> Iterator[None]:
+    """Hold the sweep directory (an exclusive flock on SWEEP_DIR/.longgen-sweep.lock) while a sweep or its
+    --rerun-failed runs: two started at once into one directory numbered their jobs alike, wrote one ledger and
+    each failed the other's jobs. One line when another holds it. A filesystem without flock is left unlocked."""
+    if sweep_dir is None:
+        yield
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    refuse_sweep_links(sweep_dir)  # a link planted as the lock: one line, not ELOOP's traceback
+    fd = os.open(sweep_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UsageError(f"{sweep_dir} is in use by another sweep or --rerun-failed of it: wait for it to "
+                                 f"end{what}") from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 def refuse_second_sweep(args: list[str]) -> None:
     """A sweep into a `hydra.sweep.dir=` that holds another sweep (its sweep.json or ledger) would rewrite that
     sweep's summary, so its finished jobs read as failed and --rerun-failed points at them: refused before any job.
     `args`: the command line's overrides; an interpolated directory is left to Hydra (it is new each start)."""
-    given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
-    if not given or "${" in given[-1]:
+    if (given := given_sweep_dir(args)) is None:
         return
-    raw = given[-1]
-    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
-        raw = raw[1:-1]
-    sweep_dir = Path(raw).expanduser()
+    raw, sweep_dir = given
     found = [name for name in (SUMMARY, LEDGER) if (sweep_dir / name).exists()]
     if found:
         raise UsageError(f"hydra.sweep.dir={raw} already holds a sweep ({', '.join(found)}): give a new "
                          f"hydra.sweep.dir=, or run its failed jobs again with `longgen generate --rerun-failed "
                          f"{shlex.quote(str(sweep_dir))}`")
+
+
+#: the sweep directory of the sweep this process runs (set when it starts), for the line after a Ctrl-C
+RUNNING: dict[str, Path] = {}
+
+
+def interrupted_sweep() -> str:
+    """The line for a sweep that Ctrl-C stopped in the launching process (joblib's workers are stopped with it,
+    without the step-end of a job run in this process): sweep.json rewritten from the ledger, and how to go on."""
+    sweep_dir = RUNNING.get("dir")
+    if sweep_dir is None:
+        return "interrupted (SIGINT) before the sweep started; no job was run"
+    summary = write_summary(sweep_dir, read_ledger(sweep_dir))
+    return (f"sweep interrupted (SIGINT): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
+            f"(see {sweep_dir / SUMMARY}); finish the sweep with: longgen generate --rerun-failed "
+            f"{shlex.quote(str(sweep_dir))}")
 
 
 class SweepSummary(Callback):
@@ -207,6 +261,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        RUNNING["dir"] = self.sweep_dir
         register_launcher(str(config.hydra.launcher.get("_target_", "")))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.sweep_dir, {}, len(sweep_jobs(config)))
@@ -258,11 +313,24 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
             raise UsageError(f"sweep job {number} ({' '.join(planned[number])}) cannot be composed again "
                              f"({str(exc).strip().splitlines()[0]}); no job was started") from None
         entry = {"job": number, "overrides": planned[number], "run_dir": str(run_dir)}
-        if (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file():
+        if holds_finished_run(run_dir):
             finished.append({**entry, "status": "done"})
         else:
             start.append((number, entry, "without a manifest" if run_dir.is_dir() else "never started"))
     return start, finished
+
+
+def holds_finished_run(run_dir: Path) -> bool:
+    """Whether a job's directory holds a finished run: its manifest, and no checkpoint of an unfinished one."""
+    return (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file()
+
+
+def finished_since(jobs: dict[int, dict]) -> list[dict]:
+    """The ledger's failed jobs whose directory now holds a finished run (continued by hand with `longgen resume`,
+    or decoded again), as done entries: started again they would be refused as a finished run."""
+    return [{**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}
+            for entry in (jobs[j] for j in sorted(jobs))
+            if entry["status"] != "done" and holds_finished_run(Path(entry["run_dir"]))]
 
 
 def started_in(sweep_dir: Path) -> Path | None:
@@ -278,20 +346,25 @@ def started_in(sweep_dir: Path) -> Path | None:
 def rerun_failed(sweep_dir: Path) -> int:
     """`longgen generate --rerun-failed SWEEP_DIR`: each failed job again, in its own directory, and each job that
     never ran; exit status."""
+    sweep_dir = Path(os.path.abspath(sweep_dir))  # the jobs' run directories, wherever they are started from
+    if not read_ledger(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+        raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
+    with sweep_held(sweep_dir, ", then run --rerun-failed again"):
+        return rerun_jobs(sweep_dir, read_ledger(sweep_dir))
+
+
+def rerun_jobs(sweep_dir: Path, jobs: dict[int, dict]) -> int:
+    """--rerun-failed's work, with the sweep directory held: record the jobs finished since, start the others."""
     from longgen.overrides import AS_RECORDED_ENV, hydra_quote
 
-    sweep_dir = Path(os.path.abspath(sweep_dir))  # the jobs' run directories, wherever they are started from
-    jobs = read_ledger(sweep_dir)
-    if not jobs and not (sweep_dir / "multirun.yaml").is_file():
-        raise UsageError(f"{sweep_dir} has no {LEDGER}: not the directory of a `longgen generate -m` sweep")
-    todo = [(j, jobs[j], "failed") for j in sorted(jobs) if jobs[j]["status"] != "done"]
     unrun, finished = never_run(sweep_dir, jobs)
+    finished = finished_since(jobs) + finished
     for entry in finished:
         print(f"longgen: sweep job {entry['job']}: {entry['run_dir']} holds a finished run; recorded as done",
               file=sys.stderr)
         jobs[entry["job"]] = entry
         append_entry(sweep_dir / LEDGER, entry)
-    todo = sorted(todo + unrun)
+    todo = sorted([(j, jobs[j], "failed") for j in sorted(jobs) if jobs[j]["status"] != "done"] + unrun)
     if not todo:
         write_summary(sweep_dir, jobs)
         print(f"longgen: every job of {sweep_dir} is done; nothing to run again")

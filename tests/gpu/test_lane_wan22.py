@@ -55,7 +55,8 @@ else:
     TI2V = ["backbone=wan2.2-ti2v-5b", "backbone.random_weights=true", "backbone.height=480", "backbone.width=832"]
     A14B = ["backbone=wan2.2-t2v-a14b", "backbone.random_weights=true", "backbone.height=480", "backbone.width=832"]
     # cases that keep full-frame keys/values beside the ~56 GB of experts (ABAM: ~27 GB a group at 480×832)
-    A14B_KV = A14B if gpu_gib() >= 100 else [*A14B[:2], "backbone.height=240", "backbone.width=416"]
+    small = torch.cuda.is_available() and gpu_gib() < 100  # (without CUDA every case is skipped)
+    A14B_KV = [*A14B[:2], "backbone.height=240", "backbone.width=416"] if small else A14B
 
 
 def _manifest(run_dir: Path) -> dict:
