@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -83,6 +84,32 @@ def made_by_this_command(path: Path) -> bool:
         return "*" not in existing and _identity(Path(path)) not in existing
     except OSError:
         return False
+
+
+def discard_if_unused(out_dir: Path, hydra_subdir: bool = False) -> None:
+    """After an input error caught before any work: remove the run directory Hydra made for this command, if it
+    holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
+    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed.
+    hydra_subdir: the command lets Hydra write `.hydra/` at start (split-prompt, eval), which then counts as unused
+    too."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
+            handler.close()
+    if not made_by_this_command(out_dir):
+        return
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
+        return
+    if all((e.is_file() and e.suffix == ".log") or (hydra_subdir and e.name == ".hydra") for e in entries):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        parent = out_dir.parent
+        while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 @contextlib.contextmanager

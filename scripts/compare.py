@@ -58,9 +58,10 @@ def longgen(*args: str, sweep: Path | None = None) -> None:
             break
         except KeyboardInterrupt:  # a second Ctrl-C stops longgen at once; it is never killed from here
             continue
-    if status != 0:
+    if status != 0:  # a sweep refused before any job (a bad option, missing weights) has no ledger to go on from
         go_on = (f"; finish the sweep with `longgen generate --rerun-failed {shlex.quote(str(sweep))}`, then report "
-                 f"with `python scripts/compare.py --report-only --out {shlex.quote(str(sweep))}`" if sweep else "")
+                 f"with `python scripts/compare.py --report-only --out {shlex.quote(str(sweep))}`"
+                 if sweep and (sweep / "sweep-jobs.jsonl").is_file() else "")
         print(f"compare: `longgen {args[0]}` exited {status}; see its messages above{go_on}", file=sys.stderr)
         sys.exit(status)
 

@@ -215,6 +215,8 @@ def test_ctrl_c_waits_for_the_sweep_to_save_and_says_how_to_go_on(tmp_path, monk
     started = []
     monkeypatch.setattr(compare.subprocess, "Popen", lambda command: started.append(Longgen(command)) or started[-1])
     sweep = tmp_path / "my compare"
+    sweep.mkdir()
+    (sweep / "sweep-jobs.jsonl").write_text("")  # the ledger the stopped sweep keeps
     try:
         compare.longgen("generate", "-m", "+experiment=direct-4x", sweep=sweep)
         status = 0
@@ -225,6 +227,27 @@ def test_ctrl_c_waits_for_the_sweep_to_save_and_says_how_to_go_on(tmp_path, monk
     assert status == 130 and not started[0].killed and started[0].waits == 2, status
     err = capsys.readouterr().err
     assert f"longgen generate --rerun-failed '{sweep}'" in err and f"--report-only --out '{sweep}'" in err, err
+
+
+def test_a_sweep_refused_before_any_job_names_no_rerun(tmp_path, monkeypatch, capsys):
+    """README check: a sweep that longgen refuses before its first job (missing weights, a bad option: exit 2,
+    no sweep directory) was followed by "finish the sweep with `longgen generate --rerun-failed OUT`", a command
+    that then fails on a directory that does not exist. Only a sweep that kept its ledger is named."""
+    compare = load_script("compare")
+
+    class Refused:  # subprocess.Popen of a longgen that refuses the sweep with one line, making nothing
+        def __init__(self, command):
+            pass
+
+        def wait(self):
+            return 2
+
+    monkeypatch.setattr(compare.subprocess, "Popen", Refused)
+    with pytest.raises(SystemExit) as stop:
+        compare.longgen("generate", "-m", "+experiment=direct-4x", sweep=tmp_path / "never made")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "exited 2; see its messages above" in err
+    assert "--rerun-failed" not in err and "--report-only" not in err, err
 
 
 def test_the_cost_table_names_a_method_whose_job_failed(tmp_path):

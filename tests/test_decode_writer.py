@@ -75,3 +75,15 @@ def test_burn_index_marks_the_corner_only():
     assert out.shape == frame.shape
     assert not np.array_equal(out[:16, :32], frame[:16, :32])
     assert np.array_equal(out[40:, 60:], frame[40:, 60:])
+
+
+def test_decode_refuses_a_finished_extend_run_saying_what_its_latents_give(tmp_path):
+    """README check: decode's line for a finished `longgen extend` run said its latents, decoded as a file, "write
+    them again" (its extended.mp4 and continuation.mp4); they hold only the kept history and the new part, so that
+    file decodes to one video of those (81 frames where extended.mp4 had 243 at tiny size)."""
+    from longgen.commands.decode import extend_refusal
+
+    (tmp_path / "latents.safetensors").write_bytes(b"")
+    line = extend_refusal(tmp_path, "tiny")
+    assert "one video of the kept history and the new part (not the whole input)" in line, line
+    assert "write them again" not in line and f"longgen decode {tmp_path}/latents.safetensors backbone=tiny" in line

@@ -150,6 +150,7 @@ def test_bad_inputs_on_the_command_line_are_one_line_errors_with_exit_2(tmp_path
     lines = error_lines(proc)
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # no run directory left behind (it once kept a log and .hydra/)
 
 
 def _config(**overrides):

@@ -332,3 +332,31 @@ def test_a_subject_token_in_padding_found_once_the_tokenizer_loads_leaves_nothin
         _generate_in(tmp_path / "new" / "run", monkeypatch, "prompt=a fox", "sampler=ditctrl",
                      "sampler.kv_layers=[0,2]", "sampler.kv_steps=[0,2]", "sampler.subject_tokens=[3]")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_hub_lora_is_read_from_the_cache_offline_and_an_unreachable_hub_is_one_quiet_line(tmp_path, monkeypatch,
+                                                                                             caplog):
+    """README check: `backbone.lora=[{path: someone/wan-style-lora, weight_name: style.safetensors}]` on a machine
+    that cannot reach the hub retried for ~25 s (hf_hub_download's retries, each logged twice) before its one
+    line. Now the entry is fetched as the weights are (snapshot_download): the cached copy offline, else one line
+    at once, no retry logged. The hub is a closed local port here."""
+    import huggingface_hub.constants as hub
+    from longgen.backbones.lora import Lora, resolve_hub
+    from longgen.errors import UsageError
+
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = tmp_path / "hub" / "models--someone--cached-lora" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    save_file({"blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 2)}, str(snapshot / "style.safetensors"))
+    cached = Lora(path="someone/cached-lora", scale=1.0, name="style", weight_name="style.safetensors")
+    resolve_hub([cached])
+    assert cached.file == snapshot / "style.safetensors"
+
+    missing = Lora(path="someone/wan-style-lora", scale=1.0, name="style", weight_name="style.safetensors")
+    with pytest.raises(UsageError, match=r"^backbone.lora\[0\]: cannot fetch style.safetensors from "
+                                         r"someone/wan-style-lora \(.*\); download it \(`hf download"):
+        resolve_hub([missing])
+    assert not [r.getMessage() for r in caplog.records if "Retrying" in r.getMessage()]

@@ -58,6 +58,7 @@ def test_split_prompt_errors_are_one_line(tmp_path, args, message):
     proc = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()  # no run directory left behind (it once kept a log and .hydra/)
     assert not (tmp_path / "run" / "story.json").exists()
 
 

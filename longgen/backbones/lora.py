@@ -306,14 +306,17 @@ def check_header(path: Path, where: str) -> None:
 
 def resolve_hub(loras: Sequence[Lora]) -> None:
     """Fetch the hub-id entries' files through the Hugging Face cache (offline: the cached copy); one line when
-    one cannot be had."""
-    from huggingface_hub import hf_hub_download
+    one cannot be had. snapshot_download (one file of the repo), as the backbones' weights are fetched: an
+    unreachable hub fails at once, where hf_hub_download retried for ~25 s and logged every retry."""
+    from huggingface_hub import snapshot_download
 
     for k, lora in enumerate(loras):
         if lora.file is not None:
             continue
         try:
-            lora.file = Path(hf_hub_download(lora.path, lora.weight_name))
+            lora.file = Path(snapshot_download(lora.path, allow_patterns=[lora.weight_name])) / lora.weight_name
+            if not lora.file.is_file():
+                raise FileNotFoundError(f"the repo has no file {lora.weight_name}")
         except Exception as exc:  # offline, unknown repo or file, gated: all mean "no LoRA here"
             reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"backbone.lora[{k}]: cannot fetch {lora.weight_name} from {lora.path} ({reason}); "

@@ -201,7 +201,8 @@ def extend_refusal(run_dir: Path, backbone: str) -> str:
     if (run_dir / CHECKPOINT).is_file():
         return f"{head}; this one is unfinished: finish it with `longgen resume {where}`"
     if (run_dir / LATENTS).is_file():
-        return (f"{head} (already written here); to write them again, decode its latents as a file: "
+        return (f"{head} (already written here); its latents decode as a file into one video of the kept history "
+                f"and the new part (not the whole input): "
                 f"`longgen decode {shlex.quote(str(run_dir / LATENTS))} backbone={backbone} out=DIR` (with the run's "
                 f"backbone.height/width if it changed them)")
     return (f"{head} (already written here); it kept no {LATENTS} to decode again (extend with save_latents=true "

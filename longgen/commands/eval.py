@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import UsageError, user_errors
-from longgen.rundir import own_run_log
+from longgen.rundir import discard_if_unused, own_run_log
 from longgen.eval.evaluate import (
     ModelMetrics,
     evaluate_target,
@@ -131,4 +131,8 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     own_run_log(Path(hc.runtime.output_dir))  # its own output folder: logged from the first line
     with user_errors():
-        run_eval(cfg, Path(hc.runtime.output_dir))
+        try:
+            run_eval(cfg, Path(hc.runtime.output_dir))
+        except UsageError:  # an input error: the run directory Hydra made for it (log, .hydra/) goes too
+            discard_if_unused(Path(hc.runtime.output_dir), hydra_subdir=True)
+            raise

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from longgen.errors import UsageError, user_errors
-from longgen.rundir import check_writable_dir, own_run_log
+from longgen.rundir import check_writable_dir, discard_if_unused, own_run_log
 from longgen.splitters.scenario import split_scenario_file
 from longgen.story import Story
 
@@ -90,4 +90,8 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     own_run_log(Path(hc.runtime.output_dir))  # its own output folder: logged from the first line
     with user_errors():
-        run_split_prompt(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices))
+        try:
+            run_split_prompt(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices))
+        except UsageError:  # an input error: the run directory Hydra made for it (log, .hydra/) goes too
+            discard_if_unused(Path(hc.runtime.output_dir), hydra_subdir=True)
+            raise

@@ -32,7 +32,7 @@ from longgen.run.shots import (
     decode_takes,
     plan_scene,
 )
-from longgen.rundir import LOCK_NAME, OUTPUTS, made_by_this_command, write_text
+from longgen.rundir import LOCK_NAME, OUTPUTS, discard_if_unused, made_by_this_command, write_text
 from longgen.samplers.base import Sampler
 from longgen.story import Story, check_text_limit, cut, without_cut_markers
 from longgen.windows import Clock, EventPlan, WindowPlan, latent_length
@@ -354,30 +354,6 @@ def write_run_config(out_dir: Path, cfg: DictConfig, hc: Any | None) -> None:
         write_text(target / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
         overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # a prompt's `\${` keeps its escape
         write_text(target / "overrides.yaml", OmegaConf.to_yaml(overrides))
-
-
-def discard_if_unused(out_dir: Path) -> None:
-    """After an input error caught before any work: remove the run directory Hydra made for this command, if it
-    holds nothing but this run's log (and its parent date folder, if this command made it and it is empty then).
-    A directory that existed before the command (a user's folder given as hydra.run.dir=, `.`) is never removed."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir:
-            handler.close()
-    if not made_by_this_command(out_dir):
-        return
-    try:
-        entries = list(out_dir.iterdir())
-    except OSError:
-        return
-    if all(e.is_file() and e.suffix == ".log" for e in entries):
-        shutil.rmtree(out_dir, ignore_errors=True)
-        parent = out_dir.parent
-        while made_by_this_command(parent):  # every level Hydra made (outputs/DATE, new/folders/…), if empty
-            try:
-                parent.rmdir()  # only succeeds when empty
-            except OSError:
-                break
-            parent = parent.parent
 
 
 #: what a run writes when it starts (run_generate, before the model loads), besides its log and outputs
