@@ -114,15 +114,23 @@ def test_eval_of_a_half_finished_sweep_names_each_job_it_leaves_out(tmp_path):
         f"3_a: unfinished, its checkpoint kept (longgen resume {sweep / '3_a'})"]
 
 
-def test_a_local_sweep_on_free_gpus_without_a_gpu_is_refused_before_any_job(tmp_path, capsys, monkeypatch):
-    """`-m hydra/launcher=joblib backbone.device=free` on a machine without a CUDA GPU: every job loaded its model and
-    failed alike (the sweep ended 0 done, N failed); one line before any job now."""
+@pytest.mark.parametrize("device, gpus, needle", [
+    ("free", 0, "no CUDA GPU is visible: use backbone.device=cpu"),
+    ("cuda", 0, "backbone.device=cuda but no CUDA GPU is visible"),
+    ("cuda:1", 1, "backbone.device=cuda:1 but this machine shows 1 CUDA GPU(s) (cuda:0 to cuda:0)"),
+])
+def test_a_local_sweep_on_gpus_this_machine_lacks_is_refused_before_any_job(tmp_path, capsys, monkeypatch, device,
+                                                                            gpus, needle):
+    """`-m backbone.device=free` (or cuda, cuda:N) on a machine without that CUDA GPU: every job failed alike (the
+    sweep ended 0 done, N failed; cuda:N past the last GPU in a CUDA error); one line before any job now."""
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main(["generate", "-m", *SMALL, "seed=0,1", "backbone.device=free", f"hydra.sweep.dir={tmp_path / 's'}"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    code = main(["generate", "-m", *SMALL, "seed=0,1", f"backbone.device={device}",
+                 f"hydra.sweep.dir={tmp_path / 's'}"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "no CUDA GPU is visible: use backbone.device=cpu" in err, err
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert err.rstrip().endswith("no job was started") and not (tmp_path / "s").exists()
 
 

@@ -104,6 +104,9 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError(f"backbone.device={device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"backbone.device={device} but no CUDA GPU is visible: use backbone.device=cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"backbone.device={device} but this machine shows {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}): pick one of them, or auto")
     return dev
 
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from longgen.backbones.diffusers_base import resolve_device
 from longgen.backbones.lora import pin_local_paths, summary
 from longgen.errors import UsageError, user_errors
 from longgen.parallel.pool import check_a_gpu_is_visible
@@ -66,8 +67,11 @@ def validate_sweep(args: list[str]) -> str | None:
                     choices = dict(cfg.hydra.runtime.choices)
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
-                    if cfg.backbone.get("device") == "free" and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
+                    device = str(cfg.backbone.get("device"))
+                    if device == "free" and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
                         check_a_gpu_is_visible()  # jobs run on this machine: each would fail alike
+                    elif device.startswith("cuda") and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
+                        resolve_device(device)  # cuda, cuda:N: that GPU must be on this machine
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors
