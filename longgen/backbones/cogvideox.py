@@ -29,7 +29,7 @@ import torch
 from longgen.backbones import riflex
 from longgen.backbones.anchor_attention import cogvideox_anchor
 from longgen.backbones.attention import KERNELS, JointKernel
-from longgen.backbones.diffusers_base import DiffusersBackbone, HostFrames, pixels_to_vae
+from longgen.backbones.diffusers_base import DiffusersBackbone, HostFrames, pixels_to_vae, stitch_tiles
 from longgen.backbones.frame_timesteps import FrameModulation
 from longgen.backbones.group_norm import parallel_group_norms
 from longgen.backbones.shot_attention import cogvideox_shot
@@ -376,15 +376,4 @@ class CogVideoXBackbone(DiffusersBackbone):
             return out  # [1, 3, f, th·8, tw·8]
 
         decoded = self.units.map(decode_tile, [1] * len(tiles), kind="decode")
-        rows = [decoded[r * len(starts_w) : (r + 1) * len(starts_w)] for r in range(len(starts_h))]
-        out_rows = []
-        for r, row in enumerate(rows):
-            out = []
-            for c, tile in enumerate(row):
-                if r > 0:
-                    tile = vae.blend_v(rows[r - 1][c], tile, blend_h)
-                if c > 0:
-                    tile = vae.blend_h(row[c - 1], tile, blend_w)
-                out.append(tile[:, :, :, :keep_h, :keep_w])
-            out_rows.append(torch.cat(out, dim=4))
-        return torch.cat(out_rows, dim=3)
+        return stitch_tiles(vae, decoded, len(starts_w), (blend_h, blend_w), (keep_h, keep_w))  # [1, 3, f, H, W]

@@ -131,6 +131,27 @@ def check_fused_gelu(device: torch.device, dtype: torch.dtype) -> None:
                          f"{device.type}, {str(dtype).removeprefix('torch.')}): use fused_gelu=auto or false")
 
 
+# derived from diffusers models/autoencoders (AutoencoderKLCogVideoX.tiled_decode, AutoencoderKLWan.tiled_decode: the
+# same stitching), version 0.42
+def stitch_tiles(vae, decoded: list[torch.Tensor], columns: int, blend: tuple[int, int],
+                 keep: tuple[int, int]) -> torch.Tensor:
+    """Decoded tiles in row-major order, `columns` to a row, each [1, 3, f, h, w] → [1, 3, f, H, W]: each tile is
+    blended into the tile above it over blend[0] rows and into its left neighbour over blend[1] columns (the VAE's
+    own blend_v / blend_h), then cropped to keep = (rows, columns) of pixels, the tiles' stride."""
+    rows = [decoded[r : r + columns] for r in range(0, len(decoded), columns)]
+    out_rows = []
+    for r, row in enumerate(rows):
+        out = []
+        for c, tile in enumerate(row):
+            if r > 0:
+                tile = vae.blend_v(rows[r - 1][c], tile, blend[0])
+            if c > 0:
+                tile = vae.blend_h(row[c - 1], tile, blend[1])
+            out.append(tile[:, :, :, : keep[0], : keep[1]])
+        out_rows.append(torch.cat(out, dim=4))
+    return torch.cat(out_rows, dim=3)
+
+
 # derived from diffusers image_processor.py (VaeImageProcessor.denormalize, VaeImageProcessor.numpy_to_pil), version 0.42
 class HostFrames:
     """Decoded pixels [3, f, H, W] in [-1, 1] → uint8 frames [f, H, W, 3] copied to the host without blocking.

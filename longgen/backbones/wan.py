@@ -46,7 +46,7 @@ from longgen.backbones import attention, riflex
 from longgen.backbones.anchor_attention import WanAnchorAttnProcessor
 from longgen.backbones.attention import Kernel
 from longgen.backbones.diffusers_base import (DiffusersBackbone, HostFrames, euler_scheduler, flow_shift_option,
-                                              pixels_to_vae, vae_dtype_option)
+                                              pixels_to_vae, stitch_tiles, vae_dtype_option)
 from longgen.backbones.shot_attention import wan_shot
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.parallel.units import Units
@@ -397,20 +397,10 @@ class WanBackbone(DiffusersBackbone):
             return vae.decoder(tile, feat_cache=cache, feat_idx=[0], first_chunk=first)
 
         decoded = (units or Units()).map(decode_tile, [1] * len(tiles), kind="decode")
-        rows = [decoded[r * len(starts_w) : (r + 1) * len(starts_w)] for r in range(len(starts_h))]
-        out_rows = []
-        for r, row in enumerate(rows):
-            out = []
-            for c, tile in enumerate(row):
-                if r > 0:
-                    tile = vae.blend_v(rows[r - 1][c], tile, blend_h)
-                if c > 0:
-                    tile = vae.blend_h(row[c - 1], tile, blend_w)
-                out.append(tile[:, :, :, :keep_h, :keep_w])
-            out_rows.append(torch.cat(out, dim=4))
+        frames = stitch_tiles(vae, decoded, len(starts_w), (blend_h, blend_w), (keep_h, keep_w))
         height = z.shape[3] * vae.spatial_compression_ratio
         width = z.shape[4] * vae.spatial_compression_ratio
-        return torch.cat(out_rows, dim=3)[:, :, :, :height, :width]  # [1, 3, f, H, W]
+        return frames[:, :, :, :height, :width]  # [1, 3, f, H, W]
 
     # ------------------------------------------------------------------ manifest
     def describe(self) -> dict:
