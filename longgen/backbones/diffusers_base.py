@@ -131,8 +131,8 @@ def check_fused_gelu(device: torch.device, dtype: torch.dtype) -> None:
                          f"{device.type}, {str(dtype).removeprefix('torch.')}): use fused_gelu=auto or false")
 
 
-# derived from diffusers models/autoencoders (AutoencoderKLCogVideoX.tiled_decode, AutoencoderKLWan.tiled_decode: the
-# same stitching), version 0.42
+# derived from diffusers models/autoencoders/autoencoder_kl_cogvideox.py (AutoencoderKLCogVideoX.tiled_decode), version 0.42
+# derived from diffusers models/autoencoders/autoencoder_kl_wan.py (AutoencoderKLWan.tiled_decode), version 0.42
 def stitch_tiles(vae, decoded: list[torch.Tensor], columns: int, blend: tuple[int, int],
                  keep: tuple[int, int]) -> torch.Tensor:
     """Decoded tiles in row-major order, `columns` to a row, each [1, 3, f, h, w] → [1, 3, f, H, W]: each tile is
