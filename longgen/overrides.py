@@ -223,6 +223,11 @@ def check_group_choices(args: list[str], config: str = "generate") -> str | None
     return None
 
 
+def unquoted(value: str) -> str:
+    """A value without the one pair of quotes around all of it that Hydra strips (`'~/runs'` → `~/runs`)."""
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
 def expand_home(args: list[str]) -> list[str]:
     """`hydra.run.dir=~/runs/x` (a shell that leaves `~` after `=` alone, zsh, a quoted value, a script) with `~`
     expanded: Hydra takes it literally and made a folder named `~` in the working directory (which a later
@@ -230,7 +235,7 @@ def expand_home(args: list[str]) -> list[str]:
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        bare = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+        bare = unquoted(value)
         if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and bare.startswith("~"):
             arg = f"{key}={os.path.expanduser(bare)}"
         out.append(arg)

@@ -213,6 +213,11 @@ def read_ledger(sweep_dir: Path) -> dict[int, dict]:
     return jobs
 
 
+def holds_finished_run(run_dir: Path) -> bool:
+    """Whether a run directory holds a finished run: its manifest, and no checkpoint of an unfinished one."""
+    return (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file()
+
+
 def refuse_sweep_links(path: Path) -> None:
     """A sweep never writes outside its directory: one line if a symbolic link was planted under a name it writes."""
     _refuse_links(Path(path), lambda entry: entry.name in SWEEP_FILES, "sweep")
@@ -243,6 +248,17 @@ def _refuse_links(path: Path, written: Callable[[Path], bool], kind: str) -> Non
                          f"pick another {kind} directory")
 
 
+def lock_exclusively(fd: int, busy: str) -> None:
+    """An exclusive, non-blocking flock on the open file `fd` (dropped when it is closed): UsageError(busy) when
+    another process holds it; another failure (a filesystem without flock) as the OSError it is."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise UsageError(busy) from None
+        raise
+
+
 class RunDirectory:
     """A run directory held by this process."""
 
@@ -259,14 +275,10 @@ class RunDirectory:
         except OSError as exc:
             raise UsageError(f"cannot lock the run directory {self.path}: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            lock_exclusively(fd, f"another longgen run is using {self.path}: wait for it to finish or pick another "
+                                 f"directory (hydra.run.dir=…)")
+        except (OSError, UsageError):
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UsageError(
-                    f"another longgen run is using {self.path}: wait for it to finish or pick another directory "
-                    f"(hydra.run.dir=…)"
-                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -262,3 +262,19 @@ def test_hydras_flags_after_some_overrides_are_read(tmp_path, capsys):
 
     assert flags_first(["a=1", "-m", "b=2", "--cfg", "job", "-cd", "d", "c=3"]) == \
         ["-m", "--cfg", "job", "-cd", "d", "a=1", "b=2", "c=3"]
+
+
+def test_a_finished_run_is_a_manifest_without_the_checkpoint_of_an_unfinished_one(tmp_path):
+    """One rule for resume, --rerun-failed and a requeued scheduler job: a manifest alone is a finished run; beside a
+    checkpoint (a run written again over an old one, stopped mid-way) it is not, and neither is an empty folder."""
+    from longgen.commands.resume import check_resumable
+    from longgen.errors import UsageError
+    from longgen.rundir import CHECKPOINT, holds_finished_run
+
+    assert not holds_finished_run(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    assert holds_finished_run(tmp_path)
+    with pytest.raises(UsageError, match="holds a finished run"):
+        check_resumable(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"")
+    assert not holds_finished_run(tmp_path)

@@ -68,10 +68,11 @@ def validate_sweep(args: list[str]) -> str | None:
                     plan_job(cfg, Path("."), choices, split=False)
                     check_job_resources(cfg)  # a scheduler's job: its gpus=N against the GPUs it is given
                     device = str(cfg.backbone.get("device"))
-                    if device == "free" and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
-                        check_a_gpu_is_visible()  # jobs run on this machine: each would fail alike
-                    elif device.startswith("cuda") and "Slurm" not in str(cfg.hydra.launcher.get("_target_")):
-                        resolve_device(device)  # cuda, cuda:N: that GPU must be on this machine
+                    if "Slurm" not in str(cfg.hydra.launcher.get("_target_")):  # jobs run here: each would fail alike
+                        if device == "free":
+                            check_a_gpu_is_visible()
+                        elif device.startswith("cuda"):  # cuda, cuda:N: that GPU must be on this machine
+                            resolve_device(device)
                 except UsageError as exc:
                     return f"sweep job {number_} ({' '.join(job)}): {exc}; no job was started"
                 except Exception as exc:  # e.g. Hydra's own composition errors

@@ -30,6 +30,7 @@ from longgen.rundir import (
     LATENTS,
     RunDirectory,
     apply_overrides,
+    holds_finished_run,
     load_run_config,
     own_run_log,
     setup_logging,
@@ -113,7 +114,7 @@ def check_resumable(run_dir: Path) -> None:
     """One line for a directory with nothing to resume: a finished run, one without its story.json, or one whose
     sampled latents wait for `longgen decode`. A run without a checkpoint and without results (stopped while the
     model loaded or during its first step) is resumable: it starts at the first step."""
-    if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
+    if holds_finished_run(run_dir):
         raise UsageError(f"{run_dir} holds a finished run (manifest.json, no checkpoint): nothing to resume")
     if not (run_dir / "story.json").is_file():
         raise UsageError(f"{run_dir} has no story.json: the run directory is incomplete, start a new run")

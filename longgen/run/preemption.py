@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from longgen.errors import UsageError
 from longgen.run.sweep import LEDGER, append_entry, job_subdir
-from longgen.rundir import CHECKPOINT
+from longgen.rundir import CHECKPOINT, holds_finished_run
 
 log = logging.getLogger("longgen")
 
@@ -215,7 +215,7 @@ class ResumeRun:
 
     def __call__(self) -> None:
         run_dir = Path(self.run_dir)
-        if not (run_dir / CHECKPOINT).is_file() and (run_dir / "manifest.json").is_file():
+        if holds_finished_run(run_dir):
             _ledger_entry(run_dir, self.number, self.overrides, "done")  # it ended before the scheduler stopped it
             return
         command = [sys.executable, "-m", "longgen.cli", "resume", str(run_dir)]

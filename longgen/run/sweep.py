@@ -24,8 +24,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -40,8 +38,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from longgen.errors import Interrupted, RunFailure, UsageError
+from longgen.overrides import unquoted
 from longgen.redact import scrub
-from longgen.rundir import CHECKPOINT, LEDGER, SUMMARY, SWEEP_LOCK, read_ledger, refuse_sweep_links, write_json
+from longgen.rundir import (
+    CHECKPOINT,
+    LEDGER,
+    SUMMARY,
+    SWEEP_LOCK,
+    holds_finished_run,
+    lock_exclusively,
+    read_ledger,
+    refuse_sweep_links,
+    write_json,
+)
 
 log = logging.getLogger("longgen")
 
@@ -193,9 +202,7 @@ def given_sweep_dir(args: list[str]) -> tuple[str, Path] | None:
     given = [a.partition("=")[2] for a in args if a.partition("=")[0] == "hydra.sweep.dir"]
     if not given or "${" in given[-1]:
         return None
-    raw = given[-1]
-    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":  # quoted for Hydra
-        raw = raw[1:-1]
+    raw = unquoted(given[-1])  # quoted for Hydra
     return raw, Path(raw).expanduser()
 
 
@@ -211,12 +218,9 @@ def sweep_held(sweep_dir: Path | None, what: str = ", or give a new hydra.sweep.
     refuse_sweep_links(sweep_dir)  # a link planted as the lock: one line, not ELOOP's traceback
     fd = os.open(sweep_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UsageError(f"{sweep_dir} is in use by another sweep or --rerun-failed of it: wait for it to "
-                                 f"end{what}") from None
+        with contextlib.suppress(OSError):  # a filesystem without flock: left unlocked
+            lock_exclusively(fd, f"{sweep_dir} is in use by another sweep or --rerun-failed of it: wait for it to "
+                                 f"end{what}")
         yield
     finally:
         os.close(fd)  # closing drops the flock
@@ -318,11 +322,6 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
         else:
             start.append((number, entry, "without a manifest" if run_dir.is_dir() else "never started"))
     return start, finished
-
-
-def holds_finished_run(run_dir: Path) -> bool:
-    """Whether a job's directory holds a finished run: its manifest, and no checkpoint of an unfinished one."""
-    return (run_dir / "manifest.json").is_file() and not (run_dir / CHECKPOINT).is_file()
 
 
 def finished_since(jobs: dict[int, dict]) -> list[dict]:
