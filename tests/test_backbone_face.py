@@ -108,7 +108,11 @@ SHARED_ERRORS = [
     ("text_encoder", "drop", "backbone.text_encoder='drop': use release, cpu or keep"),
     ("num_frames", 48, "backbone.num_frames=48 must be 4·k+1 (e.g. 49 or 81) for this VAE"),
     ("height", 100, "backbone.height/width (100×"),
-    ("micro_batch", 0, "backbone.micro_batch=0 must be >= 1"),
+    ("height", 0, "backbone.height=0 must be a whole number >= 1"),  # 0 and negatives pass the multiple check
+    ("width", -32, "backbone.width=-32 must be a whole number >= 1"),
+    ("fps", 0, "backbone.fps=0 must be a whole number >= 1"),
+    ("num_frames", -3, "backbone.num_frames=-3 must be a whole number >= 1"),
+    ("micro_batch", 0, "backbone.micro_batch=0 must be a whole number >= 1"),
     ("compile", "sometimes", "backbone.compile='sometimes': use auto, true or false"),
     ("vae_tiling", "sometimes", "backbone.vae_tiling='sometimes': use auto, true or false"),
     ("fused_gelu", "sometimes", "backbone.fused_gelu='sometimes': use auto, true or false"),
@@ -125,6 +129,16 @@ def test_a_bad_shared_option_is_one_line_on_every_family(name, key, value, messa
     with pytest.raises(UsageError) as err:
         build(cfg, "backbone", name)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_whole_float_size_is_taken_as_its_integer():
+    """`backbone.height=32.0` reached torch.randn as a float size, `micro_batch=1.0` a slice (each a traceback after
+    the run directory was made)."""
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / "tiny-wan22-a14b.yaml")
+    cfg.height, cfg.width, cfg.micro_batch = 32.0, 16.0, 1.0
+    backbone = build(cfg, "backbone", "tiny-wan22-a14b")
+    assert (backbone.height, backbone.width, backbone.micro_batch) == (32, 16, 1) and isinstance(backbone.height, int)
+    assert backbone.latent_shape == (4, 4, 2)
 
 
 def test_the_sampling_defaults_are_config_keys_not_backbone_options():

@@ -30,7 +30,7 @@ import logging
 import math
 import warnings
 from abc import abstractmethod
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -55,6 +55,7 @@ from longgen.backbones.lora_events import EventScales
 from longgen.backbones.micro_batch import run_stacked
 from longgen.denoiser import Prediction
 from longgen.errors import UsageError
+from longgen.options import whole
 from longgen.parallel import pool
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,10 @@ class HostFrames:
         return self.host.numpy()
 
 
+#: the DiffusersOptions that are counts or sizes: each a whole number >= 1
+WHOLE_SIZES = ("num_frames", "height", "width", "fps", "micro_batch")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DiffusersOptions:
     """The options every diffusers backbone takes: the keys of conf/backbone/*.yaml that are not a family's own
@@ -223,8 +228,6 @@ class DiffusersOptions:
         step = self.spatial_compression * patch_size  # VAE downsampling × transformer patch size
         if self.height % step or self.width % step:
             raise UsageError(f"backbone.height/width ({self.height}×{self.width}) must be multiples of {step}")
-        if self.micro_batch < 1:
-            raise UsageError(f"backbone.micro_batch={self.micro_batch} must be >= 1")
         for key in ("compile", "vae_tiling", "fused_gelu"):
             if getattr(self, key) not in (True, False, "auto"):
                 raise UsageError(f"backbone.{key}={getattr(self, key)!r}: use auto, true or false")
@@ -290,6 +293,9 @@ class DiffusersBackbone(Backbone):
     def __init__(self, **shared: Any) -> None:
         """`shared`: the DiffusersOptions fields (the family's `option_defaults` fill those not given)."""
         options = DiffusersOptions(**{**self.option_defaults, **shared})
+        # frame sizes and rates are positive whole numbers: 0 or -16 pass the multiple-of check below, and a float
+        # (height=32.0) would reach torch as a tensor size; 32.0 is taken as 32
+        options = replace(options, **{key: whole(f"backbone.{key}", getattr(options, key), 1) for key in WHOLE_SIZES})
         options.check(self.patch_size, attention_choices(self.attention_kernels), self.example_config)
         if options.attention in self.attention_kernels:
             self.attention_kernels[options.attention].check_installed()
