@@ -208,6 +208,18 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_fifo_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """FIFO's steps are queue iterations, not the DDIM steps the history is kept at: extend with sampler=fifo
+    crashed (a traceback, TypeError from the scheduler) after writing story.json and the log into the run
+    directory, on every backbone with per-frame timesteps."""
+    make_video(tmp_path / "in.mp4", 20, (16, 16), 8)
+    cfg, choices = compose_extend([*COG, f"video={tmp_path / 'in.mp4'}", "prompt=a cat", "sampler=fifo",
+                                   "sampler.num_partitions=1"])
+    with pytest.raises(UsageError, match="^sampler=fifo runs one queue iteration per latent frame, but longgen extend"):
+        plan_extend(cfg, tmp_path / "x", choices)
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- noise group
 def test_extend_plans_like_generate_and_takes_the_noise_group(tmp_path):
     """extend builds its parts through generate's stage 1 (run/job.py), so noise=freenoise works: the new part's

@@ -434,6 +434,9 @@ def plan_extend(cfg: DictConfig, out_dir: Path, choices: dict[str, Any], story: 
     parts = build_parts(cfg, choices)  # generate's stage 1 parts: sampler, backbone, writer, noise (noise=…)
     inner, writer = parts.sampler, parts.writer
     backbone: Backbone = parts.backbone
+    if steps := getattr(inner, "steps_follow_length", None):  # HistorySampler keeps the history per DDIM step
+        raise UsageError(f"{steps}, but longgen extend puts the history back after every DDIM step: use "
+                         "sampler=gen-l-video, syncos, glc or direct")
     m = backbone.window
     length = planned_length(cfg, parts)
     # a still image (longgen extend IMAGE.png: ffmpeg reads it as one frame) is the start frame: one latent frame
