@@ -112,6 +112,8 @@ SHARED_ERRORS = [
     ("width", -32, "backbone.width=-32 must be a whole number >= 1"),
     ("fps", 0, "backbone.fps=0 must be a whole number >= 1"),
     ("num_frames", -3, "backbone.num_frames=-3 must be a whole number >= 1"),
+    ("max_text_tokens", 0, "backbone.max_text_tokens=0 must be a whole number >= 1"),  # HunyuanVideo: a traceback
+    ("spatial_compression", 0, "backbone.spatial_compression=0 must be a whole number >= 1"),  # "modulo by zero"
     ("micro_batch", 0, "backbone.micro_batch=0 must be a whole number >= 1"),
     ("compile", "sometimes", "backbone.compile='sometimes': use auto, true or false"),
     ("vae_tiling", "sometimes", "backbone.vae_tiling='sometimes': use auto, true or false"),

@@ -179,7 +179,8 @@ class HostFrames:
 
 
 #: the DiffusersOptions that are counts or sizes: each a whole number >= 1
-WHOLE_SIZES = ("num_frames", "height", "width", "fps", "micro_batch")
+WHOLE_SIZES = ("num_frames", "height", "width", "fps", "latent_channels", "temporal_compression",
+               "spatial_compression", "max_text_tokens", "micro_batch")
 
 
 @dataclass(frozen=True, kw_only=True)
