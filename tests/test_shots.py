@@ -224,6 +224,31 @@ def test_fifo_takes_of_different_lengths_are_one_line_when_the_run_is_planned(tm
     with pytest.raises(UsageError, match="sampler=fifo"):
         _plan_job([f"story={story}", "sampler=fifo", "num_windows=6"], tmp_path / "run")
 
+
+@pytest.mark.parametrize("name", ["freelong", "ditctrl"])
+def test_attention_sharing_samplers_with_cross_shot_attention_are_refused_when_planned(name):
+    """FreeLong's spectral blend and DiTCtrl's KV sharing install attention layers of their own, which cross-shot
+    attention cannot run inside: they were refused only at the first step, after the weights had loaded."""
+    from longgen.samplers.ditctrl import DiTCtrlSampler
+    from longgen.samplers.freelong import FreeLongSampler
+
+    inner = {"freelong": FreeLongSampler, "ditctrl": DiTCtrlSampler}[name]()
+    opts = ShotOptions(windows=2, cross_attention=0.5)
+    with pytest.raises(UsageError, match=r"^shots.cross_attention and .* both replace the attention layers"):
+        ShotsSampler(inner, _plan(TWO, opts, inner), opts)
+    alone = ShotOptions(windows=2)
+    ShotsSampler(inner, _plan(TWO, alone, inner), alone)  # without cross-shot attention they plan
+
+def test_fifo_with_cross_shot_attention_is_one_line_when_the_run_is_planned():
+    """Cross-shot attention captures the reference window at each DDIM step's t; FIFO's steps are queue iterations
+    with every frame at its own level: together they crashed (TypeError from the scheduler, on every backbone)
+    after generate.log and story.json were written. Without cross-shot attention equal takes still plan."""
+    from longgen.samplers.fifo import FIFOSampler
+
+    opts = ShotOptions(windows=2, cross_attention=0.5)
+    with pytest.raises(UsageError, match=r"^sampler=fifo runs one queue iteration .*shots.cross_attention=0"):
+        ShotsSampler(FIFOSampler(), _plan(TWO, opts, FIFOSampler()), opts)
+
 # ---------------------------------------------------------------------------------------------------- one layer
 def _kept(tokens, share):
     n = max(1, math.ceil(share * tokens))

@@ -408,6 +408,9 @@ class ShotsSampler(Sampler):
                 "shots.cross_attention and the GLC sampler's ABAM both rewrite the attention keys and values: "
                 "turn one off (shots.cross_attention=0 or sampler.abam=false)"
             )
+        if options.cross_attention > 0 and len(plan.takes) > 1 and (shared := inner.calls_share_attention()):
+            raise UsageError(f"shots.cross_attention and {shared} both replace the attention layers: turn one off "
+                             f"(shots.cross_attention=0)")  # refused here, not after the weights load
         lengths = sorted({take.length for take in plan.takes})  # latent frames per take
         steps_follow_length = getattr(inner, "steps_follow_length", None)
         if steps_follow_length and len(lengths) > 1:
@@ -416,6 +419,10 @@ class ShotsSampler(Sampler):
                 f"cannot step through one loop: give every take the same length (shots.windows=N, with a [SHOT CUT] "
                 f"before every shot) or use sampler=syncos, gen-l-video, glc or direct"
             )
+        if steps_follow_length and options.cross_attention > 0 and len(plan.takes) > 1:
+            raise UsageError(f"{steps_follow_length}, but cross-shot attention runs the reference window at each "
+                             f"DDIM step's timestep: set shots.cross_attention=0, or use sampler=syncos, gen-l-video, "
+                             f"glc or direct")
 
     # ------------------------------------------------------------------ plan
     def plan(self, length: int, window: int) -> WindowPlan:
