@@ -166,6 +166,23 @@ def test_glc_abam_with_an_image_is_refused_at_plan_unless_one_window_a_call(tmp_
         assert plan_job(_compose(*base, fix), tmp_path / "run", choices).images is not None
 
 
+def test_ditctrl_kv_sharing_with_an_image_is_refused_at_plan_unless_one_window_a_call(tmp_path):
+    """DiTCtrl pairs a window with an image and one without in a call: it was refused only at the first sharing
+    step, after the weights had loaded; now at plan, as GLC's ABAM is. micro_batch=1 or kv_sharing=false plan."""
+    from longgen.run.job import plan_job
+
+    Image.fromarray(_image(3)).save(tmp_path / "start.png")
+    base = ["backbone=tiny-hunyuan15-i2v", *SMALL, "prompt=a fox", f"image={tmp_path / 'start.png'}",
+            "sampler=ditctrl", "sampler.kv_layers=[0,2]", "num_windows=2"]
+    choices = {"backbone": "tiny-hunyuan15-i2v", "sampler": "ditctrl"}
+    with pytest.raises(UsageError) as err:
+        plan_job(_compose(*base), tmp_path / "run", choices)
+    assert str(err.value) == ("backbone=tiny-hunyuan15-i2v runs windows with and without a key image in separate "
+                              "transformer calls, which DiTCtrl's KV sharing cannot follow: set "
+                              "backbone.micro_batch=1, or sampler.kv_sharing=false")
+    for fix in ("backbone.micro_batch=1", "sampler.kv_sharing=false"):
+        assert plan_job(_compose(*base, fix), tmp_path / "run", choices).images is not None
+
 def test_gen_l_video_with_start_and_key_image_through_the_cli(tmp_path):
     for name, seed, size in (("start.png", 5, (40, 24)), ("key.png", 6, (16, 16))):
         Image.fromarray(_image(seed, size)).save(tmp_path / name)

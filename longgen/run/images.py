@@ -127,6 +127,20 @@ class ImagePlan:
         return f"key images (image_fit={fit}): " + "; ".join(parts)
 
 
+def check_split_calls(backbone: Any, sampler: Any, choices: dict) -> None:
+    """One line where the backbone runs windows with and without an image as separate transformer calls and the
+    sampler's attention must see a whole call's windows together (GLC's ABAM: its global-prompt windows have no
+    image; DiTCtrl's KV sharing: pairs of windows), unless each call holds one window's rows."""
+    if not backbone.image_calls_split or backbone.micro_batch <= 1:
+        return
+    for option, what in (("abam", "GLC's ABAM cannot follow (its global-prompt windows have no image)"),
+                         ("kv_sharing", "DiTCtrl's KV sharing cannot follow")):
+        if getattr(sampler, option, False):
+            raise UsageError(f"backbone={choices.get('backbone')} runs windows with and without a key image in "
+                             f"separate transformer calls, which {what}: set backbone.micro_batch=1, or "
+                             f"sampler.{option}=false")
+
+
 def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, sampler: Any,
                 event_at: Callable[[int, int], int]) -> ImagePlan | None:
     """Stage 1 for images: check, read, fit and route them (module docstring). `choices`: the config groups'
@@ -153,10 +167,7 @@ def plan_images(cfg: Any, choices: dict, story: Any, plan: Any, backbone: Any, s
     if not getattr(sampler, "window_images", True):
         raise UsageError(f"sampler={choices.get('sampler')} cannot take key images: {sampler.window_images_reason}; "
                          f"use sampler=syncos, gen-l-video, glc or direct")
-    if backbone.image_calls_split and getattr(sampler, "abam", False) and backbone.micro_batch > 1:
-        raise UsageError(f"backbone={choices.get('backbone')} runs windows with and without a key image in separate "
-                         f"transformer calls, which GLC's ABAM cannot follow (its global-prompt windows have no "
-                         f"image): set backbone.micro_batch=1, or sampler.abam=false")
+    check_split_calls(backbone, sampler, choices)
     if given and events is not None and events[0] is not None:
         raise UsageError(f"image={cfg.image} and the story's first event image both give the start frame: drop one")
     first_window: dict[int, int] = {}  # event → start of its first window
