@@ -287,3 +287,63 @@ def test_gpus2_jobs_give_the_bytes_of_one_gpu_also_preempted_and_never_run(tmp_p
     assert "started 1 job(s) (1 never started; 0 of them resumed" in rerun.stderr.splitlines()[-1]
     assert torch.equal(latents(runs[0]), reference)
     assert json.loads((base / "sweep.json").read_text())["done"] == [0, 1, 2]
+
+
+def test_rerun_failed_leaves_a_running_job_alone_and_records_one_finished_meanwhile(tmp_path, monkeypatch, capsys):
+    # the awaiting process of a submitit sweep was stopped (Ctrl-C on the login node): its jobs run on. Job 0 still
+    # runs (its run directory's lock is held); job 1 finishes while its re-run starts, which is refused as finished
+    import fcntl
+    import subprocess
+
+    from longgen.run import sweep as sweeps
+    from longgen.rundir import LOCK_NAME, RunDirectory
+
+    for job in (0, 1):
+        (tmp_path / f"{job}_direct").mkdir()
+        sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": job, "overrides": [f"seed={job}"], "status": "failed",
+                                                       "run_dir": str(tmp_path / f"{job}_direct")})
+    (tmp_path / "0_direct" / "checkpoint.safetensors").write_bytes(b"x")
+    running = os.open(tmp_path / "0_direct" / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX)
+    assert RunDirectory(tmp_path / "0_direct").in_use()
+    commands = []
+
+    def run(argv, env, cwd=None):  # job 1's own process wrote its manifest first: the re-run is refused
+        commands.append(argv[3])
+        (tmp_path / "1_direct" / "manifest.json").write_text("{}")
+        return subprocess.CompletedProcess(argv, 2)
+
+    monkeypatch.setattr(sweeps.subprocess, "run", run)
+    try:
+        assert sweeps.rerun_failed(tmp_path) == 1  # job 0 is not done yet
+    finally:
+        os.close(running)
+    assert commands == ["generate"]  # job 0 was not started beside its running self
+    err = capsys.readouterr().err
+    assert f"sweep job 0: {tmp_path / '0_direct'} is in use by a run still going" in err
+    assert err.splitlines()[-1].endswith("now 1 done, 1 failed; 1 still running (job 0): run --rerun-failed again "
+                                         "once it has ended")
+    jobs = sweeps.read_ledger(tmp_path)
+    assert jobs[1]["status"] == "done" and "error" not in jobs[1] and jobs[0]["status"] == "failed"
+
+
+def test_ctrl_c_in_a_submitit_sweeps_awaiting_process_says_its_jobs_go_on(tmp_path):
+    # the jobs of a submitit sweep are not this process's: stopping it cuts none of them (SLURM's run on)
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    from longgen.run import sweep as sweeps
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        config = compose("generate", overrides=["backbone=tiny", "hydra/launcher=submitit_slurm"],
+                         return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.sweep.dir = str(tmp_path)
+        config.hydra.overrides.task = ["backbone=tiny", "seed=0,1"]
+    sweeps.RUNNING.clear()
+    sweeps.SweepSummary().on_multirun_start(config)
+    line = sweeps.interrupted_sweep()
+    assert "cut" not in line and line == (
+        f"sweep interrupted (SIGINT) while it awaited its submitit jobs: 0 done so far; the jobs still running go on "
+        f"without it (SLURM's: scancel them to stop them) and record their outcome in {tmp_path / 'sweep-jobs.jsonl'}; "
+        f"once they have ended, finish the sweep with: longgen generate --rerun-failed {tmp_path}")
