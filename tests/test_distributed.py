@@ -261,3 +261,16 @@ def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(
         expected[frame] = expected[frame] + values.reshape(12, 2, 3)[p]
     assert torch.equal(total, expected) and count.tolist() == [2, 3, 2, 2, 1, 2]
     assert len(calls) == 2 * 3  # sum and count, in 3 runs
+
+
+def test_a_swept_gpus_says_how_to_give_jobs_their_own_processes():
+    # `-m gpus=1,2`: the basic launcher runs every job on the processes of the one command; the line said so only
+    from longgen.errors import UsageError
+    from longgen.parallel.launcher import gpu_count
+
+    with pytest.raises(UsageError) as refused:
+        gpu_count("1,2", "generate", ["-m", "seed=0,1"])
+    assert str(refused.value) == (
+        "gpus=1,2 cannot be swept by this launcher: every job of its sweep runs on the same processes; give the "
+        "sweep one gpus=N, or run each job as processes of its own with hydra/launcher=submitit_slurm "
+        "hydra.launcher.gpus_per_node=N (hydra/launcher=submitit_local on this host)")
