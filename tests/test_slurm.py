@@ -347,3 +347,19 @@ def test_ctrl_c_in_a_submitit_sweeps_awaiting_process_says_its_jobs_go_on(tmp_pa
         f"sweep interrupted (SIGINT) while it awaited its submitit jobs: 0 done so far; the jobs still running go on "
         f"without it (SLURM's: scancel them to stop them) and record their outcome in {tmp_path / 'sweep-jobs.jsonl'}; "
         f"once they have ended, finish the sweep with: longgen generate --rerun-failed {tmp_path}")
+
+
+def test_a_requeued_job_of_an_eval_sweep_is_evaluated_by_its_resume(tmp_path, monkeypatch):
+    # `generate -m … eval=true` on submitit: a preempted job ends as `longgen resume RUN_DIR`, which wrote no
+    # eval.json, so the sweep's report left out exactly the requeued jobs
+    import longgen.commands.resume as resume
+    import longgen.eval.evaluate as evaluate
+
+    evaluated, resumed = [], []
+    monkeypatch.setattr(resume, "run_resume", lambda run_dir, overrides: resumed.append(run_dir) or {})
+    monkeypatch.setattr(evaluate, "evaluate_run_dir", lambda run_dir: evaluated.append(Path(run_dir)) or {})
+    for name, asked in (("a", "true"), ("b", "false")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"eval: {asked}\nseed: 0\n")
+        resume.main([str(tmp_path / name)])
+    assert resumed == [tmp_path / "a", tmp_path / "b"] and evaluated == [tmp_path / "a"]
