@@ -363,3 +363,41 @@ def test_a_requeued_job_of_an_eval_sweep_is_evaluated_by_its_resume(tmp_path, mo
         (tmp_path / name / ".hydra" / "config.yaml").write_text(f"eval: {asked}\nseed: 0\n")
         resume.main([str(tmp_path / name)])
     assert resumed == [tmp_path / "a", tmp_path / "b"] and evaluated == [tmp_path / "a"]
+
+
+def test_sigterm_or_sighup_to_the_process_awaiting_submitit_jobs_is_one_line_and_a_true_summary(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    # the awaiting process as a driver job of its own (sbatch, its time limit: SIGTERM) or a closed login shell
+    # (SIGHUP) died without a word, its sweep.json still saying every job "not run" while they ran on
+    import signal
+    from types import SimpleNamespace
+
+    from hydra_plugins.longgen_submitit import LocalLauncher
+    from omegaconf import OmegaConf
+
+    import longgen.cli as cli
+    from longgen.run import sweep as sweeps
+
+    launcher = LocalLauncher(submitit_folder=str(tmp_path / "s"))
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    fake = SimpleNamespace(map_array=lambda fn, *columns: [SimpleNamespace(job_id="1")] * len(columns[0]))
+    monkeypatch.setattr(launcher, "executor", lambda: fake)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        monkeypatch.setattr(launcher, "_outcome", lambda job, number, overrides, sig=sig: os.kill(os.getpid(), sig))
+        with pytest.raises(KeyboardInterrupt, match=sig.name):
+            launcher.launch([["seed=0"]], 0)
+        assert signal.getsignal(sig) is signal.SIG_DFL  # this process's own handling again once it stopped waiting
+
+    def launch(module_name, prog, rest):  # the sweep started, job 0 finished, then the SIGTERM while awaiting
+        sweeps.RUNNING.update(dir=tmp_path, launcher="hydra_plugins.longgen_submitit.SlurmLauncher")
+        sweeps.write_summary(tmp_path, {}, 2)
+        sweeps.append_entry(tmp_path / "sweep-jobs.jsonl", {"job": 0, "overrides": [], "run_dir": "x",
+                                                             "status": "done"})
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "run_app", launch)
+    assert cli.main(["generate", "-m", "backbone=tiny", "prompt=a cat", "seed=0,1",
+                     f"hydra.sweep.dir={tmp_path}"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1].startswith("longgen: error: sweep interrupted (SIGTERM) while it "
+                                                               "awaited its submitit jobs: 1 done so far;")
+    assert json.loads((tmp_path / "sweep.json").read_text())["done"] == [0]

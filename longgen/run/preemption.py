@@ -95,6 +95,22 @@ def held_preemption(child: subprocess.Popen | None = None) -> Iterator[dict[int,
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stops_awaiting() -> Iterator[None]:
+    """While the sweep's process awaits its jobs: SIGTERM (a driver job's time limit) and SIGHUP (a closed login
+    shell) end it as Ctrl-C does (KeyboardInterrupt naming the signal: one line, sweep.json from the ledger), not
+    silently; the jobs are the scheduler's and run on."""
+    def stop(signum: int, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def preempted() -> bool:
     """Whether a scheduler's stop signal reached this process."""
     return bool(received() & {s.name for s in PREEMPTION})
@@ -287,8 +303,9 @@ class SubmititLauncher(Launcher):
         jobs = executor.map_array(self, [list(o) for o in job_overrides], numbers, [state] * len(numbers))
         log.info("%d submitit %s job(s) in %s (logs in %s)", len(jobs), self.cluster, sweep_dir,
                  self.params["submitit_folder"])
-        return [self._outcome(job, number, list(overrides)) for job, number, overrides
-                in zip(jobs, numbers, job_overrides)]
+        with stops_awaiting():
+            return [self._outcome(job, number, list(overrides)) for job, number, overrides
+                    in zip(jobs, numbers, job_overrides)]
 
     def _outcome(self, job: Any, number: int, overrides: list[str]) -> JobReturn:
         """A job's result once it ended; a job that died without one (killed, out of memory) is recorded as failed

@@ -246,20 +246,20 @@ def refuse_second_sweep(args: list[str]) -> None:
 RUNNING: dict[str, Any] = {}
 
 
-def interrupted_sweep() -> str:
+def interrupted_sweep(name: str = "SIGINT") -> str:
     """The line for a sweep that Ctrl-C stopped in the launching process (joblib's workers are stopped with it,
     without the step-end of a job run in this process; a submitit job is not: it runs on, and records its outcome):
     sweep.json rewritten from the ledger, and how to go on."""
     sweep_dir = RUNNING.get("dir")
     if sweep_dir is None:
-        return "interrupted (SIGINT) before the sweep started; no job was run"
+        return f"interrupted ({name}) before the sweep started; no job was run"
     summary = write_summary(sweep_dir, read_ledger(sweep_dir))
     if RUNNING.get("launcher", "").startswith("hydra_plugins.longgen_submitit."):  # the scheduler's jobs, not ours
-        return (f"sweep interrupted (SIGINT) while it awaited its submitit jobs: {len(summary['done'])} done so far; "
+        return (f"sweep interrupted ({name}) while it awaited its submitit jobs: {len(summary['done'])} done so far; "
                 f"the jobs still running go on without it (SLURM's: scancel them to stop them) and record their "
                 f"outcome in {sweep_dir / LEDGER}; once they have ended, finish the sweep with: longgen generate "
                 f"--rerun-failed {shlex.quote(str(sweep_dir))}")
-    return (f"sweep interrupted (SIGINT): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
+    return (f"sweep interrupted ({name}): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
             f"(see {sweep_dir / SUMMARY}); finish the sweep with: longgen generate --rerun-failed "
             f"{shlex.quote(str(sweep_dir))}")
 
