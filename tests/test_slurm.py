@@ -401,3 +401,35 @@ def test_sigterm_or_sighup_to_the_process_awaiting_submitit_jobs_is_one_line_and
     assert capsys.readouterr().err.splitlines()[-1].startswith("longgen: error: sweep interrupted (SIGTERM) while it "
                                                                "awaited its submitit jobs: 1 done so far;")
     assert json.loads((tmp_path / "sweep.json").read_text())["done"] == [0]
+
+
+def test_a_job_submitit_will_not_requeue_again_is_failed_with_its_reason_not_requeued(tmp_path):
+    # hydra.launcher.max_num_timeout reached: submitit's handler refuses the requeue. The ledger said "requeued"
+    # (sweep.json listed the job as requeued) and the only error line was "Job (task=0) failed during processing
+    # with trace:", the header of submitit's error, not its reason
+    import signal
+
+    import submitit
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from longgen.run.preemption import failure_line, requeue
+    from longgen.run.sweep import read_ledger, write_summary
+
+    def refuse(signum, frame):
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    run_dir = tmp_path / "0_direct"
+    before = {submitit.JobEnvironment._usr_sig(): refuse, signal.SIGTERM: signal.SIG_DFL}
+    with pytest.raises(RuntimeError) as refused:
+        requeue(before, run_dir, 0, ["seed=0"])
+    line = ("not requeued (Job not requeued because: timed-out too many times.): raise hydra.launcher.timeout_min or "
+            f"max_num_timeout; its checkpoint is kept: longgen generate --rerun-failed {tmp_path} resumes it")
+    assert str(refused.value) == line
+    summary = write_summary(tmp_path, read_ledger(tmp_path), planned=1)
+    assert summary["failed"] == [0] and summary["requeued"] == [] and summary["jobs"][0]["error"] == line
+    trace = (f"Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nRuntimeError: {line}")
+    error = FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                           f"----------------------\nYou can check full logs with 'job.stderr(0)'")
+    assert failure_line(error) == f"RuntimeError: {line}"
+    assert failure_line(UncompletedJobError("Job 12 (task: 0) has not produced any output (state: CANCELLED)\nx")) \
+        == "Job 12 (task: 0) has not produced any output (state: CANCELLED)"

@@ -116,15 +116,35 @@ def preempted() -> bool:
     return bool(received() & {s.name for s in PREEMPTION})
 
 
-def requeue(before: dict[int, Any]) -> None:
-    """Requeue this submitit job through submitit's own handler for its preemption signal (it calls the job's
-    `checkpoint()`, saves the next attempt and requeues; it exits the process)."""
+def requeue(before: dict[int, Any], run_dir: Path, number: int, overrides: list[str]) -> None:
+    """Record the job as requeued and requeue it through submitit's own handler for its preemption signal (it calls
+    the job's `checkpoint()`, saves the next attempt and requeues; it exits the process). When submitit will not
+    (hydra.launcher.max_num_timeout reached) the job is failed, with the reason, and not counted as requeued."""
     import submitit
+    from submitit.core.utils import UncompletedJobError
 
     handler = before.get(submitit.JobEnvironment._usr_sig())
     if not callable(handler):  # not a submitit job (e.g. the job function called directly)
         raise UsageError("the job was preempted outside a submitit job: nothing can requeue it")
-    handler(submitit.JobEnvironment._usr_sig(), None)
+    _ledger_entry(run_dir, number, overrides, "requeued", signal=sorted(received()))
+    try:
+        handler(submitit.JobEnvironment._usr_sig(), None)
+    except UncompletedJobError as exc:
+        line = (f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; its checkpoint is kept: "
+                f"longgen generate --rerun-failed {run_dir.parent} resumes it")
+        _ledger_entry(run_dir, number, overrides, "failed", error=line, requeue_refused=True)
+        raise RuntimeError(line) from None
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line that says why a submitit job ended without a result: for a job that raised (submitit's
+    FailedJobError: a header, the job's traceback between two rules, where to find the logs) its traceback's last
+    line, the job's own error; else the message's first line."""
+    text = str(exc).strip()
+    parts = text.split("----------------------")
+    if len(parts) >= 3 and (lines := [line.strip() for line in parts[1].splitlines() if line.strip()]):
+        return lines[-1][:300]
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _ledger_entry(run_dir: Path, number: int, overrides: list[str], status: str, **extra: Any) -> None:
@@ -248,8 +268,7 @@ class ResumeRun:
             _ledger_entry(run_dir, self.number, self.overrides, "done")
             return
         if preempted():
-            _ledger_entry(run_dir, self.number, self.overrides, "requeued", signal=sorted(received()))
-            requeue(before)
+            requeue(before, run_dir, self.number, self.overrides)
         line = f"`longgen resume {run_dir}` ended with exit status {code}"
         _ledger_entry(run_dir, self.number, self.overrides, "failed", error=line)
         raise RuntimeError(line)
@@ -313,7 +332,7 @@ class SubmititLauncher(Launcher):
         try:
             result = job.results()[0]
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            line = failure_line(exc)
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
             _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
                           error=f"submitit job {job.job_id} ended without a result: {line}")
@@ -354,8 +373,7 @@ class SubmititLauncher(Launcher):
                 if not preempted():
                     raise
                 self.run_dir = self.job_dir(overrides, number)
-                _ledger_entry(self.run_dir, number, list(overrides), "requeued", signal=sorted(received()))
-                requeue(before)
+                requeue(before, self.run_dir, number, list(overrides))
                 raise
 
     def checkpoint(self, overrides: list[str], number: int, singleton_state: dict) -> Any:
