@@ -387,6 +387,11 @@ def test_sigterm_or_sighup_to_the_process_awaiting_submitit_jobs_is_one_line_and
         with pytest.raises(KeyboardInterrupt, match=sig.name):
             launcher.launch([["seed=0"]], 0)
         assert signal.getsignal(sig) is signal.SIG_DFL  # this process's own handling again once it stopped waiting
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # `nohup longgen generate -m …`: a closed shell is no stop
+    try:
+        assert launcher.launch([["seed=0"]], 0) == [None]
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
 
     def launch(module_name, prog, rest):  # the sweep started, job 0 finished, then the SIGTERM while awaiting
         sweeps.RUNNING.update(dir=tmp_path, launcher="hydra_plugins.longgen_submitit.SlurmLauncher")

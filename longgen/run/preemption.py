@@ -99,11 +99,12 @@ def held_preemption(child: subprocess.Popen | None = None) -> Iterator[dict[int,
 def stops_awaiting() -> Iterator[None]:
     """While the sweep's process awaits its jobs: SIGTERM (a driver job's time limit) and SIGHUP (a closed login
     shell) end it as Ctrl-C does (KeyboardInterrupt naming the signal: one line, sweep.json from the ledger), not
-    silently; the jobs are the scheduler's and run on."""
+    silently; the jobs are the scheduler's and run on. A signal this process ignores stays ignored (`nohup`)."""
     def stop(signum: int, frame) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(sig) is signal.SIG_DFL}
     try:
         yield
     finally:
