@@ -425,6 +425,10 @@ def test_a_job_submitit_will_not_requeue_again_is_failed_with_its_reason_not_req
 
     run_dir = tmp_path / "0_direct"
     before = {submitit.JobEnvironment._usr_sig(): refuse, signal.SIGTERM: signal.SIG_DFL}
+    with pytest.raises(RuntimeError, match="no step was checkpointed: longgen generate --rerun-failed .* starts it"):
+        requeue(before, run_dir, 0, ["seed=0"])  # stopped while it loaded
+    run_dir.mkdir()
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
     with pytest.raises(RuntimeError) as refused:
         requeue(before, run_dir, 0, ["seed=0"])
     line = ("not requeued (Job not requeued because: timed-out too many times.): raise hydra.launcher.timeout_min or "

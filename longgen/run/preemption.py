@@ -131,8 +131,10 @@ def requeue(before: dict[int, Any], run_dir: Path, number: int, overrides: list[
     try:
         handler(submitit.JobEnvironment._usr_sig(), None)
     except UncompletedJobError as exc:
-        line = (f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; its checkpoint is kept: "
-                f"longgen generate --rerun-failed {run_dir.parent} resumes it")
+        kept = ("its checkpoint is kept: {} resumes it" if (run_dir / CHECKPOINT).is_file()
+                else "no step was checkpointed: {} starts it again")
+        line = (f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; "
+                + kept.format(f"longgen generate --rerun-failed {run_dir.parent}"))
         _ledger_entry(run_dir, number, overrides, "failed", error=line, requeue_refused=True)
         raise RuntimeError(line) from None
 
