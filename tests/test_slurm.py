@@ -440,5 +440,11 @@ def test_a_job_submitit_will_not_requeue_again_is_failed_with_its_reason_not_req
     error = FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
                            f"----------------------\nYou can check full logs with 'job.stderr(0)'")
     assert failure_line(error) == f"RuntimeError: {line}"
-    assert failure_line(UncompletedJobError("Job 12 (task: 0) has not produced any output (state: CANCELLED)\nx")) \
-        == "Job 12 (task: 0) has not produced any output (state: CANCELLED)"
+    killed = UncompletedJobError("Job 12 (task: 0) with path /s/.submitit/12/12_0_result.pkl\nhas not produced any "
+                                 "output (state: OUT_OF_MEMORY)\nError stream produced:\n" + "-" * 40 + "\nlog")
+    # it was the line naming the result's path; the local controller calls a killed job FINISHED
+    assert failure_line(killed) == ("it was killed before it wrote one (SIGKILL, out of memory, cancelled; its state: "
+                                    "OUT_OF_MEMORY)")
+    assert failure_line(UncompletedJobError(str(killed).replace("OUT_OF_MEMORY", "FINISHED"))) == (
+        "it was killed before it wrote one (SIGKILL, out of memory, cancelled)")
+    assert failure_line(UncompletedJobError("something else\nmore")) == "something else"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -142,8 +143,12 @@ def requeue(before: dict[int, Any], run_dir: Path, number: int, overrides: list[
 def failure_line(exc: BaseException) -> str:
     """The one line that says why a submitit job ended without a result: for a job that raised (submitit's
     FailedJobError: a header, the job's traceback between two rules, where to find the logs) its traceback's last
-    line, the job's own error; else the message's first line."""
+    line, the job's own error; for a job that left none (killed: SIGKILL, out of memory, cancelled) the scheduler's
+    state for it; else the message's first line."""
     text = str(exc).strip()
+    if state := re.search(r"has not produced any output \(state: ([^)\n]*)\)", text):
+        known = "" if state.group(1) in ("FINISHED", "UNKNOWN") else f"; its state: {state.group(1)}"  # local: FINISHED
+        return f"it was killed before it wrote one (SIGKILL, out of memory, cancelled{known})"
     parts = text.split("----------------------")
     if len(parts) >= 3 and (lines := [line.strip() for line in parts[1].splitlines() if line.strip()]):
         return lines[-1][:300]
