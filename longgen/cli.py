@@ -228,9 +228,10 @@ def run_sweep(module_name: str, rest: list[str]) -> int:
             return refuse(f"{exc}; no job was started")
         try:
             return run_app(module_name, "longgen generate", rest)
-        except KeyboardInterrupt:  # in the launching process (joblib): its traceback, and sweep.json said "not run"
-            print(f"longgen: error: {interrupted_sweep()}", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # in the launching process (joblib, submitit): sweep.json said "not run"
+            name = str(exc.args[0]) if exc.args and str(exc.args[0]) in ("SIGTERM", "SIGHUP") else "SIGINT"
+            print(f"longgen: error: {interrupted_sweep(name)}", file=sys.stderr)
+            return 128 + signal.Signals[name].value
 
 
 def refuse(problem: str) -> int:

@@ -208,7 +208,9 @@ def read_ledger(sweep_dir: Path) -> dict[int, dict]:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
                 number = int(entry["job"])
-                requeues[number] = requeues.get(number, 0) + (entry["status"] == "requeued")
+                # a requeue that submitit then refused (longgen/run/preemption.py `requeue`) did not happen
+                requeues[number] = (requeues.get(number, 0) + (entry["status"] == "requeued")
+                                    - bool(entry.get("requeue_refused")))
                 jobs[number] = {**entry, **({"requeues": requeues[number]} if requeues[number] else {})}
     return jobs
 

@@ -261,3 +261,46 @@ def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(
         expected[frame] = expected[frame] + values.reshape(12, 2, 3)[p]
     assert torch.equal(total, expected) and count.tolist() == [2, 3, 2, 2, 1, 2]
     assert len(calls) == 2 * 3  # sum and count, in 3 runs
+
+
+def test_a_swept_gpus_says_how_to_give_jobs_their_own_processes():
+    # `-m gpus=1,2`: the basic launcher runs every job on the processes of the one command; the line said so only
+    from longgen.errors import UsageError
+    from longgen.parallel.launcher import gpu_count
+
+    with pytest.raises(UsageError) as refused:
+        gpu_count("1,2", "generate", ["-m", "seed=0,1"])
+    assert str(refused.value) == (
+        "gpus=1,2 cannot be swept by this launcher: every job of its sweep runs on the same processes; give the "
+        "sweep one gpus=N, or run each job as processes of its own with hydra/launcher=submitit_slurm "
+        "hydra.launcher.gpus_per_node=N (hydra/launcher=submitit_local on this host)")
+
+
+def test_a_peer_lost_after_a_stop_signal_is_the_stop_not_a_failure(tmp_path):
+    # `srun torchrun` / torchrun under SIGTERM: every rank gets it; the others end while rank 0 finishes its step.
+    # Rank 0 said "lost contact with another process" (a failure: a sweep went on to its next job, which failed too)
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from longgen.errors import Interrupted
+    from longgen.parallel.units import PeerFailed
+    from longgen.run.checkpoint import Interrupts
+    from longgen.run.stages import denoise
+
+    def sample(run, state):
+        raise PeerFailed("lost contact with another process (Connection reset by peer)")
+
+    job = SimpleNamespace(cfg=OmegaConf.create({"backbone": {"micro_batch": 1}}), out_dir=tmp_path,
+                          sampler=SimpleNamespace(sample=sample))
+    hooks = SimpleNamespace(saved_at=7, path=tmp_path / "checkpoint.safetensors")
+    interrupts = Interrupts()
+    with pytest.raises(PeerFailed):  # no stop asked: a failure, as before
+        denoise(job, None, None, hooks, interrupts)
+    interrupts.requested = "SIGTERM"
+    with pytest.raises(Interrupted) as stopped:
+        denoise(job, None, None, hooks, interrupts)
+    assert str(stopped.value) == (
+        f"stopped by SIGTERM, which ended the other processes before this step did (lost contact with another "
+        f"process (Connection reset by peer)); the checkpoint after step 7 is kept in {tmp_path / 'checkpoint.safetensors'}"
+        f"; continue with: longgen resume {tmp_path}")

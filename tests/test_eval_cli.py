@@ -202,3 +202,24 @@ def test_a_bad_report_option_is_refused_before_any_video_is_measured(tmp_path, m
     with pytest.raises(UsageError, match=r"report.embed_videos='maybe': choose auto, true or false"):
         eval_command.run_eval(cfg, tmp_path / "run")
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_run_or_sweep_not_finished_yet_says_so(tmp_path):
+    # `longgen eval RUN_DIR` on a run cut mid-way (its checkpoint kept), or on a sweep whose jobs all still run
+    # (a submitit sweep on a cluster): it said the directory holds no run directory
+    from longgen.eval.inputs import resolve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.safetensors").write_bytes(b"x")
+    with pytest.raises(UsageError) as refused:
+        resolve([str(run)])
+    assert str(refused.value) == (f"{run} is a run not finished yet (its checkpoint is kept, no video): finish it "
+                                  f"with `longgen resume {run}`, then evaluate it")
+    sweep = tmp_path / "sweep"
+    (sweep / "0_direct").mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    with pytest.raises(UsageError) as refused:
+        resolve([str(sweep)])
+    assert str(refused.value) == (f"{sweep} is a sweep with no finished job yet (see {sweep / 'sweep.json'}): "
+                                  f"evaluate it once some have finished")

@@ -287,3 +287,164 @@ def test_gpus2_jobs_give_the_bytes_of_one_gpu_also_preempted_and_never_run(tmp_p
     assert "started 1 job(s) (1 never started; 0 of them resumed" in rerun.stderr.splitlines()[-1]
     assert torch.equal(latents(runs[0]), reference)
     assert json.loads((base / "sweep.json").read_text())["done"] == [0, 1, 2]
+
+
+def test_rerun_failed_leaves_a_running_job_alone_and_records_one_finished_meanwhile(tmp_path, monkeypatch, capsys):
+    # the awaiting process of a submitit sweep was stopped (Ctrl-C on the login node): its jobs run on. Job 0 still
+    # runs (its run directory's lock is held); job 1 finishes while its re-run starts, which is refused as finished
+    import fcntl
+    import subprocess
+
+    from longgen.run import sweep as sweeps
+    from longgen.rundir import LOCK_NAME, RunDirectory
+
+    for job in (0, 1):
+        (tmp_path / f"{job}_direct").mkdir()
+        sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": job, "overrides": [f"seed={job}"], "status": "failed",
+                                                       "run_dir": str(tmp_path / f"{job}_direct")})
+    (tmp_path / "0_direct" / "checkpoint.safetensors").write_bytes(b"x")
+    running = os.open(tmp_path / "0_direct" / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX)
+    assert RunDirectory(tmp_path / "0_direct").in_use()
+    commands = []
+
+    def run(argv, env, cwd=None):  # job 1's own process wrote its manifest first: the re-run is refused
+        commands.append(argv[3])
+        (tmp_path / "1_direct" / "manifest.json").write_text("{}")
+        return subprocess.CompletedProcess(argv, 2)
+
+    monkeypatch.setattr(sweeps.subprocess, "run", run)
+    try:
+        assert sweeps.rerun_failed(tmp_path) == 1  # job 0 is not done yet
+    finally:
+        os.close(running)
+    assert commands == ["generate"]  # job 0 was not started beside its running self
+    err = capsys.readouterr().err
+    assert f"sweep job 0: {tmp_path / '0_direct'} is in use by a run still going" in err
+    assert err.splitlines()[-1].endswith("now 1 done, 1 failed; 1 still running (job 0): run --rerun-failed again "
+                                         "once it has ended")
+    jobs = sweeps.read_ledger(tmp_path)
+    assert jobs[1]["status"] == "done" and "error" not in jobs[1] and jobs[0]["status"] == "failed"
+
+
+def test_ctrl_c_in_a_submitit_sweeps_awaiting_process_says_its_jobs_go_on(tmp_path):
+    # the jobs of a submitit sweep are not this process's: stopping it cuts none of them (SLURM's run on)
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    from longgen.run import sweep as sweeps
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        config = compose("generate", overrides=["backbone=tiny", "hydra/launcher=submitit_slurm"],
+                         return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.sweep.dir = str(tmp_path)
+        config.hydra.overrides.task = ["backbone=tiny", "seed=0,1"]
+    sweeps.RUNNING.clear()
+    sweeps.SweepSummary().on_multirun_start(config)
+    line = sweeps.interrupted_sweep()
+    assert "cut" not in line and line == (
+        f"sweep interrupted (SIGINT) while it awaited its submitit jobs: 0 done so far; the jobs still running go on "
+        f"without it (SLURM's: scancel them to stop them) and record their outcome in {tmp_path / 'sweep-jobs.jsonl'}; "
+        f"once they have ended, finish the sweep with: longgen generate --rerun-failed {tmp_path}")
+
+
+def test_a_requeued_job_of_an_eval_sweep_is_evaluated_by_its_resume(tmp_path, monkeypatch):
+    # `generate -m … eval=true` on submitit: a preempted job ends as `longgen resume RUN_DIR`, which wrote no
+    # eval.json, so the sweep's report left out exactly the requeued jobs
+    import longgen.commands.resume as resume
+    import longgen.eval.evaluate as evaluate
+
+    evaluated, resumed = [], []
+    monkeypatch.setattr(resume, "run_resume", lambda run_dir, overrides: resumed.append(run_dir) or {})
+    monkeypatch.setattr(evaluate, "evaluate_run_dir", lambda run_dir: evaluated.append(Path(run_dir)) or {})
+    for name, asked in (("a", "true"), ("b", "false")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"eval: {asked}\nseed: 0\n")
+        resume.main([str(tmp_path / name)])
+    assert resumed == [tmp_path / "a", tmp_path / "b"] and evaluated == [tmp_path / "a"]
+
+
+def test_sigterm_or_sighup_to_the_process_awaiting_submitit_jobs_is_one_line_and_a_true_summary(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    # the awaiting process as a driver job of its own (sbatch, its time limit: SIGTERM) or a closed login shell
+    # (SIGHUP) died without a word, its sweep.json still saying every job "not run" while they ran on
+    import signal
+    from types import SimpleNamespace
+
+    from hydra_plugins.longgen_submitit import LocalLauncher
+    from omegaconf import OmegaConf
+
+    import longgen.cli as cli
+    from longgen.run import sweep as sweeps
+
+    launcher = LocalLauncher(submitit_folder=str(tmp_path / "s"))
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    fake = SimpleNamespace(map_array=lambda fn, *columns: [SimpleNamespace(job_id="1")] * len(columns[0]))
+    monkeypatch.setattr(launcher, "executor", lambda: fake)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        monkeypatch.setattr(launcher, "_outcome", lambda job, number, overrides, sig=sig: os.kill(os.getpid(), sig))
+        with pytest.raises(KeyboardInterrupt, match=sig.name):
+            launcher.launch([["seed=0"]], 0)
+        assert signal.getsignal(sig) is signal.SIG_DFL  # this process's own handling again once it stopped waiting
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # `nohup longgen generate -m …`: a closed shell is no stop
+    try:
+        assert launcher.launch([["seed=0"]], 0) == [None]
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
+
+    def launch(module_name, prog, rest):  # the sweep started, job 0 finished, then the SIGTERM while awaiting
+        sweeps.RUNNING.update(dir=tmp_path, launcher="hydra_plugins.longgen_submitit.SlurmLauncher")
+        sweeps.write_summary(tmp_path, {}, 2)
+        sweeps.append_entry(tmp_path / "sweep-jobs.jsonl", {"job": 0, "overrides": [], "run_dir": "x",
+                                                             "status": "done"})
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "run_app", launch)
+    assert cli.main(["generate", "-m", "backbone=tiny", "prompt=a cat", "seed=0,1",
+                     f"hydra.sweep.dir={tmp_path}"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1].startswith("longgen: error: sweep interrupted (SIGTERM) while it "
+                                                               "awaited its submitit jobs: 1 done so far;")
+    assert json.loads((tmp_path / "sweep.json").read_text())["done"] == [0]
+
+
+def test_a_job_submitit_will_not_requeue_again_is_failed_with_its_reason_not_requeued(tmp_path):
+    # hydra.launcher.max_num_timeout reached: submitit's handler refuses the requeue. The ledger said "requeued"
+    # (sweep.json listed the job as requeued) and the only error line was "Job (task=0) failed during processing
+    # with trace:", the header of submitit's error, not its reason
+    import signal
+
+    import submitit
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from longgen.run.preemption import failure_line, requeue
+    from longgen.run.sweep import read_ledger, write_summary
+
+    def refuse(signum, frame):
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    run_dir = tmp_path / "0_direct"
+    before = {submitit.JobEnvironment._usr_sig(): refuse, signal.SIGTERM: signal.SIG_DFL}
+    with pytest.raises(RuntimeError, match="no step was checkpointed: longgen generate --rerun-failed .* starts it"):
+        requeue(before, run_dir, 0, ["seed=0"])  # stopped while it loaded
+    run_dir.mkdir()
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    with pytest.raises(RuntimeError) as refused:
+        requeue(before, run_dir, 0, ["seed=0"])
+    line = ("not requeued (Job not requeued because: timed-out too many times.): raise hydra.launcher.timeout_min or "
+            f"max_num_timeout; its checkpoint is kept: longgen generate --rerun-failed {tmp_path} resumes it")
+    assert str(refused.value) == line
+    summary = write_summary(tmp_path, read_ledger(tmp_path), planned=1)
+    assert summary["failed"] == [0] and summary["requeued"] == [] and summary["jobs"][0]["error"] == line
+    trace = (f"Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nRuntimeError: {line}")
+    error = FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                           f"----------------------\nYou can check full logs with 'job.stderr(0)'")
+    assert failure_line(error) == f"RuntimeError: {line}"
+    killed = UncompletedJobError("Job 12 (task: 0) with path /s/.submitit/12/12_0_result.pkl\nhas not produced any "
+                                 "output (state: OUT_OF_MEMORY)\nError stream produced:\n" + "-" * 40 + "\nlog")
+    # it was the line naming the result's path; the local controller calls a killed job FINISHED
+    assert failure_line(killed) == ("it was killed before it wrote one (SIGKILL, out of memory, cancelled; its state: "
+                                    "OUT_OF_MEMORY)")
+    assert failure_line(UncompletedJobError(str(killed).replace("OUT_OF_MEMORY", "FINISHED"))) == (
+        "it was killed before it wrote one (SIGKILL, out of memory, cancelled)")
+    assert failure_line(UncompletedJobError("something else\nmore")) == "something else"

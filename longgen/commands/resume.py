@@ -134,3 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         if run_dir.is_dir():
             setup_logging(run_dir, log_name(run_dir))
         run_resume(run_dir, overrides)
+        evaluate_if_asked(run_dir)
+
+
+def evaluate_if_asked(run_dir: Path) -> None:
+    """A `generate eval=true` run's eval.json, written after its video as generate writes it (a sweep job that a
+    scheduler requeued ends as `longgen resume`: without it the sweep's report left that job out)."""
+    cfg, _ = load_run_config(run_dir)
+    if cfg.get("eval") and cfg.get("video") is None and current().writes:
+        from longgen.eval.evaluate import evaluate_run_dir
+
+        evaluate_run_dir(run_dir)

@@ -145,6 +145,12 @@ def _resolve_one(path: Path, raw: str, unreadable: list[str]) -> list[Target]:
     videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".mp4")
     if videos:
         return [Target(video=p, label=p.stem) for p in videos]
+    if (path / "checkpoint.safetensors").is_file():
+        raise UsageError(f"{raw} is a run not finished yet (its checkpoint is kept, no video): finish it with "
+                         f"`longgen resume {raw}`, then evaluate it")
+    if (path / "sweep.json").is_file():
+        raise UsageError(f"{raw} is a sweep with no finished job yet (see {path / 'sweep.json'}): evaluate it once "
+                         f"some have finished")
     raise UsageError(f"{raw} holds no run directory (manifest.json + video) and no .mp4 file")
 
 

@@ -56,7 +56,10 @@ def gpu_count(value: str, command: str, args: list[str]) -> int:
             raise UsageError(_cpu_hint("gpus=all", "N", command, rest))
         return visible
     if "," in value or "(" in value:
-        raise UsageError(f"gpus={value} cannot be swept: every job of a sweep runs on the same processes")
+        raise UsageError(f"gpus={value} cannot be swept by this launcher: every job of its sweep runs on the same "
+                         f"processes; give the sweep one gpus=N, or run each job as processes of its own with "
+                         f"hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=N (hydra/launcher=submitit_local "
+                         f"on this host)")
     try:
         n = int(value)
     except ValueError:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,20 +96,63 @@ def held_preemption(child: subprocess.Popen | None = None) -> Iterator[dict[int,
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stops_awaiting() -> Iterator[None]:
+    """While the sweep's process awaits its jobs: SIGTERM (a driver job's time limit) and SIGHUP (a closed login
+    shell) end it as Ctrl-C does (KeyboardInterrupt naming the signal: one line, sweep.json from the ledger), not
+    silently; the jobs are the scheduler's and run on. A signal this process ignores stays ignored (`nohup`)."""
+    def stop(signum: int, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(sig) is signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def preempted() -> bool:
     """Whether a scheduler's stop signal reached this process."""
     return bool(received() & {s.name for s in PREEMPTION})
 
 
-def requeue(before: dict[int, Any]) -> None:
-    """Requeue this submitit job through submitit's own handler for its preemption signal (it calls the job's
-    `checkpoint()`, saves the next attempt and requeues; it exits the process)."""
+def requeue(before: dict[int, Any], run_dir: Path, number: int, overrides: list[str]) -> None:
+    """Record the job as requeued and requeue it through submitit's own handler for its preemption signal (it calls
+    the job's `checkpoint()`, saves the next attempt and requeues; it exits the process). When submitit will not
+    (hydra.launcher.max_num_timeout reached) the job is failed, with the reason, and not counted as requeued."""
     import submitit
+    from submitit.core.utils import UncompletedJobError
 
     handler = before.get(submitit.JobEnvironment._usr_sig())
     if not callable(handler):  # not a submitit job (e.g. the job function called directly)
         raise UsageError("the job was preempted outside a submitit job: nothing can requeue it")
-    handler(submitit.JobEnvironment._usr_sig(), None)
+    _ledger_entry(run_dir, number, overrides, "requeued", signal=sorted(received()))
+    try:
+        handler(submitit.JobEnvironment._usr_sig(), None)
+    except UncompletedJobError as exc:
+        kept = ("its checkpoint is kept: {} resumes it" if (run_dir / CHECKPOINT).is_file()
+                else "no step was checkpointed: {} starts it again")
+        line = (f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; "
+                + kept.format(f"longgen generate --rerun-failed {run_dir.parent}"))
+        _ledger_entry(run_dir, number, overrides, "failed", error=line, requeue_refused=True)
+        raise RuntimeError(line) from None
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line that says why a submitit job ended without a result: for a job that raised (submitit's
+    FailedJobError: a header, the job's traceback between two rules, where to find the logs) its traceback's last
+    line, the job's own error; for a job that left none (killed: SIGKILL, out of memory, cancelled) the scheduler's
+    state for it; else the message's first line."""
+    text = str(exc).strip()
+    if state := re.search(r"has not produced any output \(state: ([^)\n]*)\)", text):
+        known = "" if state.group(1) in ("FINISHED", "UNKNOWN") else f"; its state: {state.group(1)}"  # local: FINISHED
+        return f"it was killed before it wrote one (SIGKILL, out of memory, cancelled{known})"
+    parts = text.split("----------------------")
+    if len(parts) >= 3 and (lines := [line.strip() for line in parts[1].splitlines() if line.strip()]):
+        return lines[-1][:300]
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _ledger_entry(run_dir: Path, number: int, overrides: list[str], status: str, **extra: Any) -> None:
@@ -232,8 +276,7 @@ class ResumeRun:
             _ledger_entry(run_dir, self.number, self.overrides, "done")
             return
         if preempted():
-            _ledger_entry(run_dir, self.number, self.overrides, "requeued", signal=sorted(received()))
-            requeue(before)
+            requeue(before, run_dir, self.number, self.overrides)
         line = f"`longgen resume {run_dir}` ended with exit status {code}"
         _ledger_entry(run_dir, self.number, self.overrides, "failed", error=line)
         raise RuntimeError(line)
@@ -287,8 +330,9 @@ class SubmititLauncher(Launcher):
         jobs = executor.map_array(self, [list(o) for o in job_overrides], numbers, [state] * len(numbers))
         log.info("%d submitit %s job(s) in %s (logs in %s)", len(jobs), self.cluster, sweep_dir,
                  self.params["submitit_folder"])
-        return [self._outcome(job, number, list(overrides)) for job, number, overrides
-                in zip(jobs, numbers, job_overrides)]
+        with stops_awaiting():
+            return [self._outcome(job, number, list(overrides)) for job, number, overrides
+                    in zip(jobs, numbers, job_overrides)]
 
     def _outcome(self, job: Any, number: int, overrides: list[str]) -> JobReturn:
         """A job's result once it ended; a job that died without one (killed, out of memory) is recorded as failed
@@ -296,7 +340,7 @@ class SubmititLauncher(Launcher):
         try:
             result = job.results()[0]
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            line = failure_line(exc)
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
             _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
                           error=f"submitit job {job.job_id} ended without a result: {line}")
@@ -337,8 +381,7 @@ class SubmititLauncher(Launcher):
                 if not preempted():
                     raise
                 self.run_dir = self.job_dir(overrides, number)
-                _ledger_entry(self.run_dir, number, list(overrides), "requeued", signal=sorted(received()))
-                requeue(before)
+                requeue(before, self.run_dir, number, list(overrides))
                 raise
 
     def checkpoint(self, overrides: list[str], number: int, singleton_state: dict) -> Any:

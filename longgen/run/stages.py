@@ -211,6 +211,9 @@ def denoise(job: Job, run: SamplingRun, state, hooks: StepHooks, interrupts: Int
         with out_of_memory_as(no_room):
             return job.sampler.sample(run, state)  # [1, L, C, H, W]
     except PeerFailed as exc:
+        if interrupts.requested:  # a scheduler stops every rank (srun torchrun): the others went first
+            raise Interrupted(f"stopped by {interrupts.requested}, which ended the other processes before this step "
+                              f"did ({exc}); {kept_checkpoint(job, hooks)}") from None
         raise PeerFailed(f"{exc}; {kept_checkpoint(job, hooks)}") from None
     except KeyboardInterrupt as exc:  # a second Ctrl-C: out at once, mid-step; the last checkpoint stays
         name = exc.args[0] if exc.args else "SIGINT"

@@ -45,6 +45,7 @@ from longgen.rundir import (
     LEDGER,
     SUMMARY,
     SWEEP_LOCK,
+    RunDirectory,
     holds_finished_run,
     lock_exclusively,
     read_ledger,
@@ -240,18 +241,25 @@ def refuse_second_sweep(args: list[str]) -> None:
                          f"{shlex.quote(str(sweep_dir))}`")
 
 
-#: the sweep directory of the sweep this process runs (set when it starts), for the line after a Ctrl-C
-RUNNING: dict[str, Path] = {}
+#: the sweep directory ("dir") and Hydra launcher ("launcher") of the sweep this process runs (set when it starts),
+#: for the line after a Ctrl-C
+RUNNING: dict[str, Any] = {}
 
 
-def interrupted_sweep() -> str:
+def interrupted_sweep(name: str = "SIGINT") -> str:
     """The line for a sweep that Ctrl-C stopped in the launching process (joblib's workers are stopped with it,
-    without the step-end of a job run in this process): sweep.json rewritten from the ledger, and how to go on."""
+    without the step-end of a job run in this process; a submitit job is not: it runs on, and records its outcome):
+    sweep.json rewritten from the ledger, and how to go on."""
     sweep_dir = RUNNING.get("dir")
     if sweep_dir is None:
-        return "interrupted (SIGINT) before the sweep started; no job was run"
+        return f"interrupted ({name}) before the sweep started; no job was run"
     summary = write_summary(sweep_dir, read_ledger(sweep_dir))
-    return (f"sweep interrupted (SIGINT): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
+    if RUNNING.get("launcher", "").startswith("hydra_plugins.longgen_submitit."):  # the scheduler's jobs, not ours
+        return (f"sweep interrupted ({name}) while it awaited its submitit jobs: {len(summary['done'])} done so far; "
+                f"the jobs still running go on without it (SLURM's: scancel them to stop them) and record their "
+                f"outcome in {sweep_dir / LEDGER}; once they have ended, finish the sweep with: longgen generate "
+                f"--rerun-failed {shlex.quote(str(sweep_dir))}")
+    return (f"sweep interrupted ({name}): {len(summary['done'])} done; the jobs it cut keep their last checkpoint "
             f"(see {sweep_dir / SUMMARY}); finish the sweep with: longgen generate --rerun-failed "
             f"{shlex.quote(str(sweep_dir))}")
 
@@ -266,7 +274,8 @@ class SweepSummary(Callback):
         """sweep.json with every job not run yet: an interrupted sweep still says which jobs never ran."""
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         RUNNING["dir"] = self.sweep_dir
-        register_launcher(str(config.hydra.launcher.get("_target_", "")))
+        RUNNING["launcher"] = str(config.hydra.launcher.get("_target_", ""))
+        register_launcher(RUNNING["launcher"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.sweep_dir, {}, len(sweep_jobs(config)))
 
@@ -353,9 +362,8 @@ def rerun_failed(sweep_dir: Path) -> int:
 
 
 def rerun_jobs(sweep_dir: Path, jobs: dict[int, dict]) -> int:
-    """--rerun-failed's work, with the sweep directory held: record the jobs finished since, start the others."""
-    from longgen.overrides import AS_RECORDED_ENV, hydra_quote
-
+    """--rerun-failed's work, with the sweep directory held: record the jobs finished since, start the others
+    (a job whose run directory another process holds is the sweep's own, still running: left to it)."""
     unrun, finished = never_run(sweep_dir, jobs)
     finished = finished_since(jobs) + finished
     for entry in finished:
@@ -370,27 +378,45 @@ def rerun_jobs(sweep_dir: Path, jobs: dict[int, dict]) -> int:
         return 0
     origin = started_in(sweep_dir)
     started = {kind: 0 for kind in KINDS}
-    resumed = 0
+    resumed, running = 0, []
     for number, entry, kind in todo:
         run_dir = Path(entry["run_dir"])
-        if (run_dir / CHECKPOINT).is_file():
-            command = ["resume", str(run_dir)]
-            resumed += 1
-        else:
-            command = ["generate", *entry["overrides"], f"hydra.run.dir={hydra_quote(str(run_dir))}"]
-        print(f"longgen: sweep job {number} ({kind}): longgen {' '.join(command)}", file=sys.stderr)
+        if RunDirectory(run_dir).in_use():  # the sweep's own job still runs (its awaiting process was stopped)
+            print(f"longgen: sweep job {number}: {run_dir} is in use by a run still going; left to it",
+                  file=sys.stderr)
+            running.append(number)
+            continue
+        resumed += (run_dir / CHECKPOINT).is_file()
         started[kind] += 1
-        # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
-        env = {**os.environ, AS_RECORDED_ENV: "1"}
-        # from where the sweep started: its recorded overrides' relative paths (story=, a LoRA's path) hold there
-        proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env, cwd=origin)
-        jobs[number] = {**entry, "status": "done" if proc.returncode == 0 else "failed",
-                        **({} if proc.returncode == 0 else {"error": f"exit status {proc.returncode} on re-run"})}
+        jobs[number], code = rerun_one(number, entry, kind, origin)
         append_entry(sweep_dir / LEDGER, jobs[number])
-        if proc.returncode == 130:
+        if code == 130:
             break
     summary = write_summary(sweep_dir, jobs)
     kinds = ", ".join(f"{n} {kind}" for kind, n in started.items() if n)
-    print(f"longgen: sweep {sweep_dir}: started {sum(started.values())} job(s) ({kinds}; {resumed} of them resumed "
-          f"from a checkpoint); now {len(summary['done'])} done, {len(summary['failed'])} failed", file=sys.stderr)
-    return 1 if summary["failed"] else 0
+    still = (f"; {len(running)} still running (job {', '.join(map(str, running))}): run --rerun-failed again once "
+             f"{'it has' if len(running) == 1 else 'they have'} ended" if running else "")
+    print(f"longgen: sweep {sweep_dir}: started {sum(started.values())} job(s) ({kinds or 'none'}; {resumed} of them "
+          f"resumed from a checkpoint); now {len(summary['done'])} done, {len(summary['failed'])} failed{still}",
+          file=sys.stderr)
+    return 1 if summary["failed"] or running else 0
+
+
+def rerun_one(number: int, entry: dict, kind: str, origin: Path | None) -> tuple[dict, int]:
+    """Start one job of the sweep again (resumed where a checkpoint is kept); its new ledger entry, exit status."""
+    from longgen.overrides import AS_RECORDED_ENV, hydra_quote
+
+    run_dir = Path(entry["run_dir"])
+    if (run_dir / CHECKPOINT).is_file():
+        command = ["resume", str(run_dir)]
+    else:
+        command = ["generate", *entry["overrides"], f"hydra.run.dir={hydra_quote(str(run_dir))}"]
+    print(f"longgen: sweep job {number} ({kind}): longgen {' '.join(command)}", file=sys.stderr)
+    # the job's overrides as Hydra got them (free text already quoted: quoting it again would change a prompt)
+    env = {**os.environ, AS_RECORDED_ENV: "1"}
+    # from where the sweep started: its recorded overrides' relative paths (story=, a LoRA's path) hold there
+    proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env, cwd=origin)
+    # refused as finished: the sweep's own job ended between the ledger's reading and this start
+    if proc.returncode == 0 or holds_finished_run(run_dir):
+        return {**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}, 0
+    return {**entry, "status": "failed", "error": f"exit status {proc.returncode} on re-run"}, proc.returncode
