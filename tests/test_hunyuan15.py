@@ -17,16 +17,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
 from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 from omegaconf import OmegaConf
 
 from longgen.backbones.hashed_text import hashed_embedding
-from longgen.backbones.hunyuan15 import unpack_text
+from longgen.backbones.hunyuan15 import joint_layers, unpack_text
 from longgen.build import build
 from longgen.diffusion import ddim_step, flow_to_x0_eps
 from longgen.errors import UsageError
@@ -56,6 +59,18 @@ def hy():
     backbone.load()
     backbone.encode_prompts(list(PROMPTS), NEGATIVE)
     return backbone
+
+
+@contextlib.contextmanager
+def stock_processors(transformer):
+    """diffusers' own HunyuanVideo 1.5 processor on the joint layers for the block (longgen installs its own)."""
+    original = dict(transformer.attn_processors)
+    transformer.set_attn_processor({name: HunyuanVideo15AttnProcessor2_0() if joint_layers(name) else p
+                                    for name, p in original.items()})
+    try:
+        yield
+    finally:
+        transformer.set_attn_processor(original)
 
 
 def _run(backbone, length, ids=(0,), seed=0):
@@ -94,15 +109,17 @@ def test_direct_equals_the_pipeline_from_the_embeddings_on(hy, prompt_id):
                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), text_encoder_2=None,
                                   tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=guidance))
     pipe.set_progress_bar_config(disable=True)
-    reference = pipe(
-        prompt_embeds=cond["encoder_hidden_states"], prompt_embeds_mask=cond["encoder_attention_mask"],
-        prompt_embeds_2=cond["encoder_hidden_states_2"], prompt_embeds_mask_2=cond["encoder_attention_mask_2"],
-        negative_prompt_embeds=neg["encoder_hidden_states"], negative_prompt_embeds_mask=neg["encoder_attention_mask"],
-        negative_prompt_embeds_2=neg["encoder_hidden_states_2"],
-        negative_prompt_embeds_mask_2=neg["encoder_attention_mask_2"],
-        height=hy.height, width=hy.width, num_frames=hy.num_frames, num_inference_steps=steps,
-        latents=run.noise.permute(0, 2, 1, 3, 4).clone(), output_type="latent",
-    ).frames.permute(0, 2, 1, 3, 4)
+    with stock_processors(hy.pipe.transformer):  # the pipeline as diffusers ships it: masked attention
+        reference = pipe(
+            prompt_embeds=cond["encoder_hidden_states"], prompt_embeds_mask=cond["encoder_attention_mask"],
+            prompt_embeds_2=cond["encoder_hidden_states_2"], prompt_embeds_mask_2=cond["encoder_attention_mask_2"],
+            negative_prompt_embeds=neg["encoder_hidden_states"], negative_prompt_embeds_mask=neg["encoder_attention_mask"],
+            negative_prompt_embeds_2=neg["encoder_hidden_states_2"],
+            negative_prompt_embeds_mask_2=neg["encoder_attention_mask_2"],
+            height=hy.height, width=hy.width, num_frames=hy.num_frames, num_inference_steps=steps,
+            latents=run.noise.permute(0, 2, 1, 3, 4).clone(), output_type="latent",
+        ).frames.permute(0, 2, 1, 3, 4)
+    assert hy.attention_choice.used == "valid-prefix"  # ours: attention on each row's valid tokens
     assert reference.shape == ours.shape
     assert (ours - reference).abs().max().item() <= 1e-5
     if prompt_id == 1:

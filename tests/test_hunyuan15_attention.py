@@ -33,6 +33,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from omegaconf import OmegaConf
 
 from longgen.backbones.spectral_attention import HunyuanSpectralProcessor, SpectralPlan
@@ -47,6 +48,7 @@ from conftest import REPO
 from test_checkpoint import checkpoint_after_two_steps
 from test_ditctrl import SUBJECT, loop_mask
 from test_freelong import blend_by_dft_loop, window_of
+from test_hunyuan15 import stock_processors
 
 PROMPTS = ("a red fox in snow", 'a sign that says "OPEN" in the rain')
 FRAMES, ROWS, COLS = 5, 2, 2  # one layer's video: 5 frames of 2×2 tokens
@@ -168,7 +170,7 @@ def test_freelong_layer_matches_the_layer_written_out_and_the_stock_layer_in_one
         assert not close(got, plain, 1e-3)  # the blend changed the video (the oracle could see a no-op)
         whole = HunyuanSpectralProcessor(SpectralPlan((FRAMES,), 0.3, 0.25, ROWS, COLS))(attn, video, text,
                                                                                          TEXT_MASK, rope)
-        stock = type(attn.processor)()(attn, video, text, TEXT_MASK, rope)
+        stock = HunyuanVideo15AttnProcessor2_0()(attn, video, text, TEXT_MASK, rope)
     assert close(whole, stock, 1e-6) and close(stock, plain, 1e-5)
 
 
@@ -186,7 +188,7 @@ def test_freelong_in_one_window_is_direct_sampling_and_a_shorter_window_is_not(h
     shorter = FreeLongSampler(num_steps=2, guidance_scale=6.0, window=9).sample(_run(hy, length))
     assert (shorter - direct).abs().max() > 1e-4
     assert {type(p).__name__ for p in hy.pipe.transformer.attn_processors.values()} == {
-        "AttnProcessor2_0", "HunyuanVideo15AttnProcessor2_0"}  # the stock processors are back
+        "AttnProcessor2_0", "HunyuanPrefixAttention"}  # the processors installed at load are back
 
 
 # ---------------------------------------------------------------------------------------------------- DiTCtrl
@@ -401,7 +403,8 @@ def test_abam_is_eq10_on_the_video_keys_at_the_stock_attention_call(hy, monkeypa
         return real(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(th, "dispatch_attention_fn", blended)
-    reference = hy.predict(x, t, ids, 1.0).x0
+    with stock_processors(hy.pipe.transformer):  # diffusers' processor, whose attention call is patched
+        reference = hy.predict(x, t, ids, 1.0).x0
     assert (ours - reference).abs().max().item() <= 1e-5
     assert (ours[0] - plain[0]).abs().max() <= 1e-5 and (ours - plain).abs().max() > 1e-3
 
@@ -460,4 +463,4 @@ def test_cross_shot_layers_attend_to_their_branchs_reference_tokens_too(hy):
         mixed = shot_by_hand(q, k, v, mask, ref_k[:, :, kept], ref_v[:, :, kept])  # row r: branch r's reference
         assert close(got, layer_out(attn, mixed, mask.shape[1]), 1e-5), layer
     assert {type(p).__name__ for p in hy.pipe.transformer.attn_processors.values()} == {
-        "AttnProcessor2_0", "HunyuanVideo15AttnProcessor2_0"}
+        "AttnProcessor2_0", "HunyuanPrefixAttention"}

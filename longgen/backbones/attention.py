@@ -28,9 +28,10 @@ q/k norms and RoPE on the video tokens (CogVideoX-5B), optionally rewrites the v
 longgen/backbones/anchor_attention.py, uses this hook so anchor attention runs on the same kernels), calls the
 kernel, and projects the output. The kernels are `torch.library` custom ops, so torch.compile traces through them.
 `WanAttention` is its counterpart for Wan's layers (self-attention, text and image cross-attention), on `wan_qkv`.
-HunyuanVideo 1.5's joint attention (video tokens first, then text tokens under a padding mask) has no longgen
-kernel; its longgen processors share `hunyuan_qkv`, `hunyuan_out`, and `valid_text_first`, which runs a text-first
-op row by row on the valid text tokens, or `hunyuan_attend`, the stock masked attention.
+HunyuanVideo 1.5's joint attention (video tokens first, then text tokens under a padding mask) runs on each row's
+valid tokens without a mask by default (longgen/backbones/prefix_attention.py: `valid-prefix`, `fa3`); its longgen
+processors share `hunyuan_qkv`, `hunyuan_out`, and `valid_text_first`, which runs a text-first op row by row on
+the valid text tokens, or `hunyuan_attend`, the stock masked attention.
 """
 
 from __future__ import annotations

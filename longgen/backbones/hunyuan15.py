@@ -49,6 +49,7 @@ from longgen.backbones.diffusers_base import (DiffusersBackbone, HostFrames, eul
                                               pixels_to_vae, vae_dtype_option)
 from longgen.backbones.hashed_text import hashed_embedding, tokenize
 from longgen.backbones.pil_fallback import pil_fallback_quiet
+from longgen.backbones.prefix_attention import HunyuanPrefixKernel
 from longgen.backbones.wan import cast_like_pretrained
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.errors import UsageError
@@ -112,6 +113,11 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
     example_config = "conf/backbone/tiny-hunyuan15.yaml"
     patch_size = 1
     per_frame_timesteps = False
+    #: attention over each row's valid tokens on the joint layers (prefix_attention.py): `auto` takes `valid-prefix`
+    #: (torch SDPA, cuDNN first); `fa3` by name. The SDPA set names (`sdpa`, `cudnn`, ...) keep the stock masked
+    #: processors.
+    attention_kernels = {name: HunyuanPrefixKernel(name, joint_layers) for name in ("valid-prefix", "fa3")}
+    auto_attention = ("valid-prefix",)
 
     def __init__(self, *, vae_dtype: str = "bfloat16", flow_shift: float | None = None, glyph_tokens: int = 256,
                  **shared: Any) -> None:

@@ -1,0 +1,73 @@
+"""HunyuanVideo 1.5's valid-prefix attention (longgen/backbones/prefix_attention.py) against masked attention written
+out (scores, −∞ on a masked pair, softmax, a row that sees no key is 0), rows of different valid lengths in one
+call; the op under a compiled graph; a mask whose valid tokens are not first is refused. The whole transformer
+against diffusers' stock masked processor: tests/test_hunyuan15.py::test_direct_equals_the_pipeline_from_the_embeddings_on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from longgen.backbones.prefix_attention import (HunyuanPrefixKernel, attend_with, prefix_attention,
+                                                prefix_attention_op)
+from longgen.errors import UsageError
+
+N_VIDEO, S, HEADS, HD = 6, 5, 2, 4
+
+
+def masked_attention_written_out(q, k, v, text_mask):
+    """The stock rule by the formula: a query sees a key when both are valid (every video token, the valid text
+    tokens wherever they are); a query that sees none gets 0."""
+    b, _, n, _ = q.shape
+    valid = torch.cat([torch.ones(b, N_VIDEO, dtype=torch.bool), text_mask.bool()], dim=1)  # [b, N + S]
+    out = torch.zeros_like(q)
+    for row in range(b):
+        for i in range(n):
+            if not valid[row, i]:
+                continue
+            for h in range(q.shape[1]):
+                scores = (k[row, h] @ q[row, h, i]) / math.sqrt(q.shape[-1])  # [N + S]
+                scores = scores.masked_fill(~valid[row], float("-inf"))
+                out[row, h, i] = torch.softmax(scores, dim=0) @ v[row, h]
+    return out
+
+
+def _qkv(b, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, HEADS, N_VIDEO + S, HD, generator=gen, dtype=torch.float64) for _ in range(3)]
+
+
+def test_rows_of_different_valid_lengths_equal_masked_attention_written_out():
+    q, k, v = _qkv(3)
+    text_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])  # valid text tokens first
+    ours = prefix_attention(attend_with("valid-prefix"), q, k, v, text_mask)
+    assert (ours - masked_attention_written_out(q, k, v, text_mask)).abs().max().item() < 1e-12
+    # rows of one length take the one-call path
+    same = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
+    ours = prefix_attention(attend_with("valid-prefix"), q, k, v, same)
+    assert (ours - masked_attention_written_out(q, k, v, same)).abs().max().item() < 1e-12
+    # the oracle can tell: attending over every token (the mask ignored) differs
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert (plain - masked_attention_written_out(q, k, v, text_mask)).abs().max().item() > 1e-3
+
+
+def test_the_op_traces_into_a_compiled_graph_and_gives_the_same_numbers():
+    q, k, v = (x.float() for x in _qkv(2, seed=1))
+    text_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    compiled = torch.compile(lambda *a: prefix_attention_op(*a, "valid-prefix") * 2, backend="aot_eager",
+                             fullgraph=True)  # fullgraph: the lengths (data) stay inside the op, no graph break
+    eager = prefix_attention(attend_with("valid-prefix"), q, k, v, text_mask) * 2
+    assert torch.equal(compiled(q, k, v, text_mask), eager)
+
+
+def test_valid_text_tokens_that_are_not_first_are_refused():
+    q, k, v = _qkv(1)
+    with pytest.raises(RuntimeError, match="not first in their rows"):
+        prefix_attention(attend_with("valid-prefix"), q, k, v, torch.tensor([[0, 1, 1, 0, 0]]))
+
+
+def test_fa3_off_a_hopper_gpu_is_one_line():
+    with pytest.raises(UsageError, match="backbone.attention=fa3 runs on NVIDIA Hopper GPUs"):
+        HunyuanPrefixKernel("fa3", lambda name: True).check(torch.device("cpu"))
