@@ -21,15 +21,17 @@ def masked_attention_written_out(q, k, v, text_mask):
     """The stock rule by the formula: a query sees a key when both are valid (every video token, the valid text
     tokens wherever they are); a query that sees none gets 0."""
     b, _, n, _ = q.shape
-    valid = torch.cat([torch.ones(b, N_VIDEO, dtype=torch.bool), text_mask.bool()], dim=1)  # [b, N + S]
+    text = text_mask.bool()
+    valid_q = torch.cat([torch.ones(b, n - S, dtype=torch.bool), text], dim=1)  # [b, N + S]
+    valid_k = torch.cat([torch.ones(b, k.shape[2] - S, dtype=torch.bool), text], dim=1)  # [b, N' + S]
     out = torch.zeros_like(q)
     for row in range(b):
         for i in range(n):
-            if not valid[row, i]:
+            if not valid_q[row, i]:
                 continue
             for h in range(q.shape[1]):
-                scores = (k[row, h] @ q[row, h, i]) / math.sqrt(q.shape[-1])  # [N + S]
-                scores = scores.masked_fill(~valid[row], float("-inf"))
+                scores = (k[row, h] @ q[row, h, i]) / math.sqrt(q.shape[-1])  # [N' + S]
+                scores = scores.masked_fill(~valid_k[row], float("-inf"))
                 out[row, h, i] = torch.softmax(scores, dim=0) @ v[row, h]
     return out
 
@@ -51,6 +53,17 @@ def test_rows_of_different_valid_lengths_equal_masked_attention_written_out():
     # the oracle can tell: attending over every token (the mask ignored) differs
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert (plain - masked_attention_written_out(q, k, v, text_mask)).abs().max().item() > 1e-3
+
+
+def test_video_keys_added_to_the_queries_own_equal_masked_attention_written_out():
+    """ABAM's and cross-shot attention's call: N' = N + 4 video keys (the reference's appended), always valid."""
+    q, _, _ = _qkv(2, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    k, v = (torch.randn(2, HEADS, N_VIDEO + 4 + S, HD, generator=gen, dtype=torch.float64) for _ in range(2))
+    text_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    ours = prefix_attention(attend_with("valid-prefix"), q, k, v, text_mask)
+    assert ours.shape == q.shape
+    assert (ours - masked_attention_written_out(q, k, v, text_mask)).abs().max().item() < 1e-12
 
 
 def test_the_op_traces_into_a_compiled_graph_and_gives_the_same_numbers():

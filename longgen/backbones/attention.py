@@ -536,10 +536,13 @@ def hunyuan_attend(replaces) -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
     """How a longgen processor standing in for the processor `replaces` of a HunyuanVideo 1.5 joint attention layer
     (ABAM, cross-shot attention) computes its attention: q [b, N + S, heads, hd], k, v [b, N' + S, heads, hd] (video
     first; N' ≥ N: keys added to the video's) and the text mask [b, S] → [b, N + S, heads·hd], under the stock
-    processor's mask (a query and a key both valid: every video token, the valid text tokens), through diffusers'
-    attention dispatcher with the replaced processor's attention backend."""
+    processor's mask (a query and a key both valid: every video token, the valid text tokens): where `replaces` is
+    longgen's valid-prefix processor (prefix_attention.py), with its kernel on each row's valid tokens, else through
+    diffusers' attention dispatcher with the replaced processor's attention backend."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+    if hasattr(replaces, "attend_joint"):
+        return replaces.attend_joint
     backend = getattr(replaces, "_attention_backend", None)
 
     def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:

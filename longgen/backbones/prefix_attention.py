@@ -40,31 +40,34 @@ PREFIX_SDPA = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MAT
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def valid_lengths(text_mask: torch.Tensor, n_video: int) -> list[int]:
-    """Each row's count of valid tokens, N + T_r, from the text mask [b, S]. Raises when a row's valid text tokens
+def valid_text_counts(text_mask: torch.Tensor) -> list[int]:
+    """Each row's count of valid text tokens T_r, from the text mask [b, S]. Raises when a row's valid text tokens
     are not its first ones (the transformer sorts them so; anything else would make the prefix wrong)."""
     valid = text_mask.bool()  # [b, S]
     counts, leading = torch.stack([valid.sum(1), valid.long().cumprod(1).sum(1)]).tolist()  # one sync
     if counts != leading:
         raise RuntimeError("HunyuanVideo 1.5's valid text tokens are not first in their rows, which valid-prefix "
                            "attention needs: use backbone.attention=sdpa")
-    return [n_video + t for t in counts]
+    return counts
 
 
 def prefix_attention(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      text_mask: torch.Tensor) -> torch.Tensor:
-    """q, k, v: [b, heads, N + S, hd] (video tokens first, then the text tokens, valid ones first); text_mask:
-    [b, S] → [b, heads, N + S, hd]: `attend` over each row's valid prefix, padded text queries 0. Rows of one
-    length share one call."""
-    total = q.shape[2]
-    lengths = valid_lengths(text_mask, total - text_mask.shape[1])
-    if len(set(lengths)) == 1:
-        n = lengths[0]
-        return F.pad(attend(q[:, :, :n], k[:, :, :n], v[:, :, :n]), (0, 0, 0, total - n))
+    """q: [b, heads, N + S, hd]; k, v: [b, heads, N' + S, hd] (video tokens first, N' ≥ N where ABAM or cross-shot
+    attention add video keys, then the S text tokens, valid ones first); text_mask: [b, S] → [b, heads, N + S, hd]:
+    `attend` of each row's N + T_r valid queries over its N' + T_r valid keys, padded text queries 0. Rows with
+    as many valid text tokens share one call."""
+    s = text_mask.shape[1]
+    n_q, n_k = q.shape[2] - s, k.shape[2] - s
+    texts = valid_text_counts(text_mask)
+    if len(set(texts)) == 1:
+        t = texts[0]
+        return F.pad(attend(q[:, :, : n_q + t], k[:, :, : n_k + t], v[:, :, : n_k + t]), (0, 0, 0, s - t))
     rows = []
-    for row, n in enumerate(lengths):
-        q_row, k_row, v_row = (x[row : row + 1, :, :n] for x in (q, k, v))  # [1, heads, n, hd]
-        rows.append(F.pad(attend(q_row, k_row, v_row), (0, 0, 0, total - n)))  # [1, heads, N + S, hd]
+    for row, t in enumerate(texts):
+        q_row = q[row : row + 1, :, : n_q + t]  # [1, heads, N + T_r, hd]
+        k_row, v_row = (x[row : row + 1, :, : n_k + t] for x in (k, v))  # [1, heads, N' + T_r, hd]
+        rows.append(F.pad(attend(q_row, k_row, v_row), (0, 0, 0, s - t)))  # [1, heads, N + S, hd]
     return torch.cat(rows)
 
 
@@ -102,7 +105,7 @@ class HunyuanPrefixAttention:
     """Processor for a HunyuanVideo 1.5 joint attention layer: the stock projections, norms and RoPE
     (`hunyuan_qkv`), attention over each row's valid prefix with `kernel`, the stock output projections."""
 
-    #: read by `attention.hunyuan_attend` when ABAM or cross-shot attention stand in for this processor
+    #: diffusers' attention backend: none (the masked fallback of `attention.hunyuan_attend` reads it)
     _attention_backend = None
 
     def __init__(self, kernel: str = "valid-prefix") -> None:
@@ -110,14 +113,20 @@ class HunyuanPrefixAttention:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor, image_rotary_emb=None) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = (x.transpose(1, 2) for x in hunyuan_qkv(attn, hidden_states, encoder_hidden_states,
-                                                            image_rotary_emb))  # [b, heads, N + S, hd] each
-        if needs_backward(q, k, v):  # the op has no backward; the function it wraps has
-            out = prefix_attention(attend_with(self.kernel), q, k, v, attention_mask)
-        else:
-            out = prefix_attention_op(q, k, v, attention_mask, self.kernel)  # [b, heads, N + S, hd]
-        out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # [b, N + S, heads·hd]
+        q, k, v = hunyuan_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)  # [b, N + S, heads, hd]
+        out = self.attend_joint(q, k, v, attention_mask)  # [b, N + S, heads·hd]
         return hunyuan_out(attn, out, encoder_hidden_states.shape[1])
+
+    def attend_joint(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     text_mask: torch.Tensor) -> torch.Tensor:
+        """q [b, N + S, heads, hd], k, v [b, N' + S, heads, hd], text_mask [b, S] → [b, N + S, heads·hd]; also how
+        ABAM and cross-shot attention attend when they stand in for this processor (`attention.hunyuan_attend`)."""
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [b, heads, n, hd]
+        if needs_backward(q, k, v):  # the op has no backward; the function it wraps has
+            out = prefix_attention(attend_with(self.kernel), q, k, v, text_mask)
+        else:
+            out = prefix_attention_op(q, k, v, text_mask, self.kernel)  # [b, heads, N + S, hd]
+        return out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # [b, N + S, heads·hd]
 
 
 class HunyuanPrefixKernel(Kernel):
