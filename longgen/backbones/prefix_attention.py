@@ -91,13 +91,14 @@ def attend_with(kernel: str) -> Attend:
 def prefix_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor,
                         kernel: str) -> torch.Tensor:
     """`prefix_attention` with the kernel named, as one op (its lengths are data: traced code cannot slice by them)."""
-    return prefix_attention(attend_with(kernel), q, k, v, text_mask)
+    # contiguous, as the shape function promises the compiler (q may be a transposed view)
+    return prefix_attention(attend_with(kernel), q, k, v, text_mask).contiguous()
 
 
 @prefix_attention_op.register_fake
 def _prefix_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor,
                            kernel: str) -> torch.Tensor:
-    return torch.empty_like(q)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 # derived from diffusers models/transformers/transformer_hunyuan_video15.py (HunyuanVideo15AttnProcessor2_0), version 0.42
