@@ -144,8 +144,13 @@ def forward_flops(backbone, frames: int) -> float:
         return wan_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens,
                                  per_token_time=getattr(backbone, "expand_timesteps", False))
     if type(transformer).__name__.startswith("HunyuanVideo15"):
+        # longgen's valid-prefix kernels attend over the valid text tokens only (longgen/backbones/prefix_attention.py:
+        # those of prompt 0, the one timed; the packed table's last column is its mask); diffusers' masked processor
+        # computes every pair
+        prefix = backbone.attention_choice.used in ("valid-prefix", "fa3")
         return hunyuan15_forward_flops(transformer, frames, backbone.latent_shape, backbone.max_text_tokens,
-                                       backbone.glyph_tokens)
+                                       backbone.glyph_tokens,
+                                       valid_text=int(backbone._embeds[0, :, -1].sum()) if prefix else None)
     cfg = transformer.config
     params = sum(p.numel() for p in transformer.parameters())
     c, h, w = backbone.latent_shape
@@ -178,12 +183,14 @@ def wan_forward_flops(transformer, frames: int, latent_shape, text_tokens: int, 
     return flops + 4 * cfg.num_layers * video * video * width + 4 * cfg.num_layers * video * text_tokens * width
 
 
-def hunyuan15_forward_flops(transformer, frames: int, latent_shape, qwen_tokens: int, glyph_tokens: int) -> float:
+def hunyuan15_forward_flops(transformer, frames: int, latent_shape, qwen_tokens: int, glyph_tokens: int,
+                            valid_text: int | None = None) -> float:
     """HunyuanVideo 1.5: every linear/conv weight times the rows it multiplies, plus the joint attention of the
     blocks and the self-attention of the Qwen token refiner. Rows by module: the modulation and time linears (any
     `norm*` or `time*` module) 1 per sample; the ByT5 projection S2; the vision projection 729; the refiner and its
     input projection S1; in the blocks the text stream (add_*_proj, to_add_out, ff_context) the T text rows and the
-    rest (and the patch embedding, proj_out) the N video rows."""
+    rest (and the patch embedding, proj_out) the N video rows. The joint attention covers N + T tokens, or
+    N + `valid_text` where only the valid text tokens are attended (the valid-prefix kernels)."""
     from longgen.backbones.hunyuan15 import VISION_TOKENS
 
     cfg = transformer.config
@@ -209,7 +216,8 @@ def hunyuan15_forward_flops(transformer, frames: int, latent_shape, qwen_tokens:
     flops = sum(2 * m.weight.numel() * rows(name) for name, m in transformer.named_modules()
                 if isinstance(m, (torch.nn.Linear, torch.nn.Conv3d)))
     refiner_layers = len(transformer.context_embedder.token_refiner.refiner_blocks)
-    return flops + 4 * cfg.num_layers * (video + text) ** 2 * width + 4 * refiner_layers * qwen_tokens**2 * width
+    joint = video + (text if valid_text is None else valid_text)
+    return flops + 4 * cfg.num_layers * joint**2 * width + 4 * refiner_layers * qwen_tokens**2 * width
 
 
 def time_forward(backbone, batch: int, repeats: int, warmups: int = 2) -> float:
