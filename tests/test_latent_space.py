@@ -218,3 +218,19 @@ def test_a_backbone_config_without_a_latent_space_is_not_checked():
 def test_the_manifest_keeps_only_sampling_defaults_as_model_defaults(runs):
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert "latent_space" not in manifest["backbone"]["model_defaults"]
+
+
+def test_the_same_latents_and_record_give_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in a hash map's order: with the record's several keys, the same latents
+    written twice differed in bytes (the CLI's and the API's latents of one run; scripts/latent_hashes.py)."""
+    import torch
+
+    from longgen.run.checkpoint import write_verified
+
+    tensors = {"latents": torch.arange(24.0).reshape(2, 3, 2, 2), "generator": torch.arange(5, dtype=torch.uint8)}
+    files = set()
+    for k in range(8):
+        write_verified(tmp_path / f"{k}.safetensors", tensors, {**HUNYUAN, "format": "longgen-latents-1"})
+        files.add((tmp_path / f"{k}.safetensors").read_bytes())
+    assert len(files) == 1
+    assert metadata(tmp_path / "0.safetensors")["latent_space"] == "tiny-hunyuanvideo-1.5-vae"

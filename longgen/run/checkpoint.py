@@ -168,7 +168,7 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
             # the bytes are written by us into atomic_file's temporary (made with the user's umask and removed on
             # any failure); safetensors' own save_file goes through a private temporary file of 0600 that an
             # interrupted write left behind
-            write_bytes(tmp, save(tensors, metadata=meta))
+            write_bytes(tmp, sorted_header(save(tensors, metadata=meta)))
             written, back = _read_tensors(tmp)
         except OSError:
             raise
@@ -177,6 +177,17 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
             raise OSError(errno.EIO, f"{path.name} could not be written or read back ({reason}); is the disk full?") from None
         if written.get("tensors_sha256") != meta["tensors_sha256"] or tensor_digest(back) != meta["tensors_sha256"]:
             raise OSError(errno.EIO, f"{path.name} read back differs from what was written; is the disk full?")
+
+
+def sorted_header(blob: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header written with sorted keys: safetensors writes the metadata in
+    a hash map's order, which changes from one write to the next, so the same tensors and metadata gave other
+    bytes (a latents file's sha256 must depend on its content alone). The header is 8 bytes of length, the JSON,
+    padded with spaces to a multiple of 8; the tensors' offsets count from its end, so they stay valid."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + size:]
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
