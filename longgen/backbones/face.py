@@ -26,14 +26,18 @@ from longgen.denoiser import Denoiser
 #: conf/generate.yaml and conf/extend.yaml `negative_prompt`). `longgen.build.build` accepts them in the
 #: backbone's node and does not pass them to its constructor; the manifest records them as `model_defaults`.
 SAMPLING_DEFAULTS = ("stride", "guidance_scale", "negative_prompt", "syncos_t_min")
+#: the name of the latent space the backbone decodes (one per VAE and latent scaling), recorded in every latents
+#: and checkpoint file and checked before a backbone decodes or continues one (longgen/run/latent_space.py)
+LATENT_SPACE = "latent_space"
 
 
 class Backbone(Denoiser):
     """A text-to-video model as the stages use it: the seam a sampler sees, plus what a run needs around it.
     Construction only checks the configuration; `load()` brings the weights."""
 
-    #: config keys held for the other groups, not passed to the constructor (see SAMPLING_DEFAULTS)
-    config_only: ClassVar[tuple[str, ...]] = SAMPLING_DEFAULTS
+    #: config keys held for the other groups and the stages, not passed to the constructor (SAMPLING_DEFAULTS,
+    #: LATENT_SPACE)
+    config_only: ClassVar[tuple[str, ...]] = (*SAMPLING_DEFAULTS, LATENT_SPACE)
 
     #: frames per second of the videos it makes
     fps: int

@@ -40,6 +40,7 @@ from longgen.rundir import (
     setup_logging,
 )
 from longgen.run.job import check_progress
+from longgen.run.latent_space import check_latent_space, read_identity
 from longgen.run.stages import progress_shown
 
 log = logging.getLogger("longgen")
@@ -66,8 +67,9 @@ An existing video is not replaced unless overwrite=true.
 """
 
 
-def read_latents(path: Path) -> torch.Tensor:
-    """[F, C, H, W] float32 from a latents file (key `latents`)."""
+def read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """[F, C, H, W] float32 from a latents file (key `latents`), and the record of the backbone that made them
+    (longgen/run/latent_space.py; empty for a file written before longgen recorded it)."""
     from safetensors import safe_open
 
     try:
@@ -75,6 +77,7 @@ def read_latents(path: Path) -> torch.Tensor:
             if "latents" not in f.keys():
                 raise ValueError(f"no `latents` tensor (keys: {', '.join(list(f.keys())[:5])})")
             latents = f.get_tensor("latents")
+            record = read_identity(f.metadata())
     except Exception as exc:
         raise UsageError(f"{path} is not a latents file ({str(exc).splitlines()[0][:120]})") from None
     if latents.ndim != 4 or latents.shape[0] == 0:
@@ -82,15 +85,16 @@ def read_latents(path: Path) -> torch.Tensor:
     latents = latents.float()
     if not torch.isfinite(latents).all():  # as generate: such latents are never written as a video
         raise UsageError(f"{path}: the latents hold NaN/inf values; no video is written from them")
-    return latents
+    return latents, record
 
 
-def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
-    """A run directory's final latents [F, C, H, W]: latents.safetensors, else a finished checkpoint."""
+def run_latents(run_dir: Path, cfg, choices, scene=None) -> tuple[torch.Tensor, dict[str, str], Path]:
+    """A run directory's final latents [F, C, H, W]: latents.safetensors, else a finished checkpoint; with the record
+    of the backbone that made them and the file they came from."""
     from longgen.run.checkpoint import load_checkpoint
 
     if (run_dir / LATENTS).is_file():
-        return read_latents(run_dir / LATENTS)
+        return (*read_latents(run_dir / LATENTS), run_dir / LATENTS)
     if not (run_dir / CHECKPOINT).is_file():
         raise UsageError(f"{run_dir} has neither {LATENTS} nor {CHECKPOINT}: rerun generate with save_latents=true")
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
@@ -101,7 +105,7 @@ def run_latents(run_dir: Path, cfg, choices, scene=None) -> torch.Tensor:
         raise UsageError(f"{run_dir}: sampling stopped after step {ckpt.state.done} of {ckpt.total}: "
                          f"finish it with `longgen resume {shlex.quote(str(run_dir))}`")
     sampler = scene.sampler if scene is not None else build(cfg.sampler, "sampler", choices.get("sampler"))
-    return sampler.finish(ckpt.state)[0]  # [F, C, H, W]
+    return sampler.finish(ckpt.state)[0], ckpt.identity, run_dir / CHECKPOINT  # [F, C, H, W]
 
 
 def scene_job(run_dir: Path, cfg, choices):
@@ -140,12 +144,13 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
             cfg.backbone.lora = None  # only the VAE decodes: the run's LoRA files (transformer adapters) are not read
         out_dir = target
         scene = scene_job(target, cfg, choices)
-        latents = run_latents(target, cfg, choices, scene)
+        latents, record, source = run_latents(target, cfg, choices, scene)
     elif target.is_file():
         cfg, choices = compose_for_file(overrides)
         out_dir = Path(str(cfg.get("out") or target.parent)).expanduser()
         check_writable_dir(out_dir, "out")
-        latents = read_latents(target)
+        latents, record = read_latents(target)
+        source = target
     else:
         raise UsageError(f"{target}: no such run directory or latents file")
     check_progress(cfg)  # as generate checks it (an override, or a run's own setting)
@@ -153,6 +158,8 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
     backbone: Backbone = scene.backbone if scene is not None else build(cfg.backbone, "backbone", choices.get("backbone"))
     writer = build(cfg.writer, "writer", choices.get("writer"))
     writer.check()
+    check_latent_space(record, cfg.backbone, choices.get("backbone"), source,
+                       None if target.is_file() else foreign_in_run(source, record))
     check_latent_shape(latents, backbone)
     if scene is None:  # the length options are generate's: here only the backbone can be changed
         backbone.check_length(latents.shape[0], fix="pick the backbone they were sampled with (backbone=…)")
@@ -182,6 +189,16 @@ def run_decode(target: Path, overrides: list[str]) -> dict:
         rundir.release()
     log.info("wrote %s (%d frames at %d fps)", video["path"], video["frames"], video["fps"])
     return video
+
+
+def foreign_in_run(source: Path, record: dict[str, str]) -> str:
+    """What to do when a run directory's latents were made by another backbone than its config names: they are not
+    this run's; a latents file still decodes on its own with the backbone that made it."""
+    fix = f"they are not this run's: put the run's own {source.name} back"
+    if source.name == LATENTS and record.get("backbone"):
+        fix += (f", or decode them as a file: `longgen decode {shlex.quote(str(source))} "
+                f"backbone={record['backbone']} out=DIR`")
+    return fix
 
 
 def check_video_kept(out_dir: Path, filename: str, cfg) -> None:

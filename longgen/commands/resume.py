@@ -24,6 +24,7 @@ from longgen.overrides import path_first
 from longgen.parallel.units import current
 from longgen.run.checkpoint import HARMLESS, load_checkpoint, result_config
 from longgen.run.job import job_message, plan_job
+from longgen.run.latent_space import check_latent_space
 from longgen.run.stages import execute
 from longgen.rundir import (
     CHECKPOINT,
@@ -76,7 +77,7 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         world = current()
         world.adopt(job)
         if ckpt is not None:
-            check_checkpoint(ckpt, job, cfg, run_dir, extend)
+            check_checkpoint(ckpt, job, cfg, choices, run_dir, extend)
         own_run_log(run_dir)
         if applied:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
@@ -95,10 +96,12 @@ def run_resume(run_dir: Path, overrides: list[str]) -> dict:
         rundir.release()
 
 
-def check_checkpoint(ckpt, job, cfg, run_dir: Path, extend: bool) -> None:
-    """The checkpoint belongs to this run as its directory now describes it: config, story, the windows' events
-    (extend), key images and LoRA files unchanged; one line otherwise."""
+def check_checkpoint(ckpt, job, cfg, choices, run_dir: Path, extend: bool) -> None:
+    """The checkpoint belongs to this run as its directory now describes it: the backbone's latent space, config,
+    story, the windows' events (extend), key images and LoRA files unchanged; one line otherwise."""
     path = run_dir / CHECKPOINT
+    check_latent_space(ckpt.identity, cfg.backbone, choices.get("backbone"), path,
+                       "it is not this run's checkpoint: put the run's own checkpoint back, or start a new run")
     ckpt.check_matches(result_config(cfg), job.story_hash(), path)
     if extend:  # the windows' events the checkpointed steps had
         from longgen.run.extend import check_event_plan

@@ -6,8 +6,9 @@ unpickled) holds everything that continues a run to the same bytes as an uninter
 - the run's CPU generator state (`generator`, uint8) — every random draw of every sampler comes from it,
 - metadata (JSON strings): the number of finished steps and the total, the result-determining part of the resolved
   config and its hash, the story's hash, the forward counters and sampling time so far, the longgen version, the
-  run's inputs (an extend run's video: absolute path and sha256), and `tensors_sha256`: the sha256 of every
-  tensor's name, dtype, shape and bytes (`tensor_digest`; ~10 ms for a 17 MB CogVideoX checkpoint).
+  run's inputs (an extend run's video: absolute path and sha256), the backbone and latent space that made it
+  (`backbone`, `model_id`, `latent_space`, `latent_shape`: longgen/run/latent_space.py), and `tensors_sha256`: the
+  sha256 of every tensor's name, dtype, shape and bytes (`tensor_digest`; ~10 ms for a 17 MB CogVideoX checkpoint).
 
 Integrity: a checkpoint is written under a temporary name, read back and checked against its tensor hash, and only
 then renamed over the previous one, so the previous checkpoint stays intact until the next one is verified on disk
@@ -47,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longgen import __version__
 from longgen.errors import Interrupted, RunFailure, UsageError
+from longgen.run.latent_space import read_identity
 from longgen.rundir import atomic_file, write_bytes
 from longgen.samplers.base import SamplerState
 
@@ -118,6 +120,7 @@ class Checkpoint:
     counters: dict = field(default_factory=dict)  # forwards, calls, sample_s so far
     version: str = __version__
     inputs: dict = field(default_factory=dict)  # files the run reads besides the story, e.g. {"video": {"path", "sha256"}}
+    identity: dict = field(default_factory=dict)  # the backbone and latent space that made it (run/latent_space.py)
 
     def check_matches(self, config: dict, story_hash: str, path: Path) -> None:
         """One line naming what differs when the checkpoint belongs to another configuration or story."""
@@ -165,7 +168,7 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
             # the bytes are written by us into atomic_file's temporary (made with the user's umask and removed on
             # any failure); safetensors' own save_file goes through a private temporary file of 0600 that an
             # interrupted write left behind
-            write_bytes(tmp, save(tensors, metadata=meta))
+            write_bytes(tmp, sorted_header(save(tensors, metadata=meta)))
             written, back = _read_tensors(tmp)
         except OSError:
             raise
@@ -174,6 +177,17 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
             raise OSError(errno.EIO, f"{path.name} could not be written or read back ({reason}); is the disk full?") from None
         if written.get("tensors_sha256") != meta["tensors_sha256"] or tensor_digest(back) != meta["tensors_sha256"]:
             raise OSError(errno.EIO, f"{path.name} read back differs from what was written; is the disk full?")
+
+
+def sorted_header(blob: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header written with sorted keys: safetensors writes the metadata in
+    a hash map's order, which changes from one write to the next, so the same tensors and metadata gave other
+    bytes (a latents file's sha256 must depend on its content alone). The header is 8 bytes of length, the JSON,
+    padded with spaces to a multiple of 8; the tensors' offsets count from its end, so they stay valid."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + size:]
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -191,6 +205,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "counters": json.dumps(ckpt.counters),
         "version": ckpt.version,
         "inputs": json.dumps(ckpt.inputs, sort_keys=True),
+        **ckpt.identity,
     })
 
 
@@ -226,7 +241,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             done=int(meta["done"]),
         )
         ckpt = Checkpoint(state, int(meta["total"]), tensors["generator"], config, meta["story_hash"],
-                          json.loads(meta["counters"]), meta["version"], json.loads(meta.get("inputs", "{}")))
+                          json.loads(meta["counters"]), meta["version"], json.loads(meta.get("inputs", "{}")),
+                          read_identity(meta))
     except Exception as exc:  # safetensors raises its own error types for truncated headers/data
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path} is damaged or not a longgen checkpoint ({reason}): start a new run") from None

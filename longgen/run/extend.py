@@ -618,7 +618,7 @@ def write_videos(job: ExtendJob, latents: torch.Tensor, progress: StepProgress) 
         chunks = (c for part in (_chunked(job.source.stream()), iter(new)) for c in part)
         video = whole_.write(chunks, job.out_dir, fps, job.source.frames + count, progress)
     except (Exception, KeyboardInterrupt) as exc:
-        kept = keep_latents(latents, job.out_dir)
+        kept = keep_latents(job, latents)
         hint = resume_command(job)
         if isinstance(exc, UsageError):
             raise
@@ -690,7 +690,7 @@ def join_line(join: int, seam: dict) -> str:
 def record(job: ExtendJob, latents: torch.Tensor, video: dict, cont: dict, extra: dict | None = None) -> dict:
     out, cfg, backbone, timings, src = job.out_dir, job.cfg, job.backbone, job.timings, job.source
     if cfg.save_latents:
-        save_latents(latents, out / LATENTS)
+        save_latents(latents, out / LATENTS, job.latent_identity())
     write_text(out / "story.json", job.given_story.to_json())
     from longgen.eval.settings import default_settings
 

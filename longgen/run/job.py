@@ -25,6 +25,7 @@ from longgen.options import check_latent_budget, flag, number, whole
 from longgen.parallel.units import Units
 from longgen.run.checkpoint import Checkpoint, digest
 from longgen.run.images import ImagePlan, plan_images
+from longgen.run.latent_space import latent_identity
 from longgen.run.shots import (
     ShotPlan,
     check_single_shot_options,
@@ -116,6 +117,11 @@ class Job:
 
     def story_hash(self) -> str:
         return digest(self.story.to_dict())
+
+    def latent_identity(self) -> dict[str, str]:
+        """What every latents and checkpoint file of the run records about its backbone (its latent space:
+        longgen/run/latent_space.py)."""
+        return latent_identity(self.cfg.backbone, self.choices.get("backbone"), self.backbone.latent_shape)
 
     def inputs(self) -> dict:
         """Files the run reads besides the story, recorded in every checkpoint (extend: its input video; key

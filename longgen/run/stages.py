@@ -44,6 +44,7 @@ import torch
 from longgen import __version__
 from longgen.errors import Interrupted, RunFailure, out_of_memory, out_of_memory_as
 from longgen.parallel.units import PeerFailed
+from longgen.backbones.face import SAMPLING_DEFAULTS
 from longgen.progress import LINE_SECONDS, StepProgress
 from longgen.run.checkpoint import Checkpoint, Interrupts, StepHooks, checkpoint_step, result_config
 from longgen.run.job import Job, check_prompt_lengths
@@ -156,7 +157,7 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
             "forwards": counters["forwards"] + backbone.forward_count,
             "calls": counters["calls"] + backbone.call_count,
             "sample_s": counters["sample_s"] + time.perf_counter() - started,
-        }, inputs=job.inputs())
+        }, inputs=job.inputs(), identity=job.latent_identity())
 
     def weigh(phase: str, work: list[float] | None) -> None:
         """The sampler's planned forwards per step: to the progress ETA, and their sum (the denoise plan, whole
@@ -224,12 +225,14 @@ def denoise(job: Job, run: SamplingRun, state, hooks: StepHooks, interrupts: Int
 
 
 # ---------------------------------------------------------------------------------------------------- stage 4: decode
-def save_latents(latents: torch.Tensor, path: Path) -> None:
+def save_latents(latents: torch.Tensor, path: Path, identity: dict[str, str]) -> None:
     """Final latents [F, C, H, W] under key `latents`, written atomically and verified (checkpoint.write_verified:
-    their sha256 in the metadata; OSError when the write fails)."""
+    their sha256 in the metadata; OSError when the write fails), with the backbone and latent space that made them
+    in the metadata (`identity`: Job.latent_identity)."""
     from longgen.run.checkpoint import write_verified
 
-    write_verified(path, {"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}, {})
+    tensors = {"latents": latents[0].detach().to("cpu", torch.float32).contiguous()}
+    write_verified(path, tensors, {"format": "longgen-latents-1", **identity})
 
 
 def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint: str) -> dict:
@@ -246,7 +249,7 @@ def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint:
     try:
         video = job.writer.write(job.decode_stream(latents), out, job.backbone.fps, total, progress)
     except (Exception, KeyboardInterrupt) as exc:
-        kept = keep_latents(latents, out)
+        kept = keep_latents(job, latents)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted while writing the video; {kept}; finish with: {resume_hint}") from None
@@ -259,12 +262,13 @@ def decode(job: Job, latents: torch.Tensor, progress: StepProgress, resume_hint:
     return video
 
 
-def keep_latents(latents: torch.Tensor, out: Path) -> str:
+def keep_latents(job: Job, latents: torch.Tensor) -> str:
     """Make sure the sampled latents are on disk after a failed decode; say where."""
+    out = job.out_dir
     if (out / CHECKPOINT).is_file():
         return f"the sampled latents are kept in {out / CHECKPOINT}"
     try:
-        save_latents(latents, out / LATENTS)
+        save_latents(latents, out / LATENTS, job.latent_identity())
         return f"the sampled latents are kept in {out / LATENTS}"
     except Exception as exc:  # e.g. the disk is full as well
         return f"the sampled latents could not be saved either ({exc})"
@@ -282,10 +286,10 @@ def package_versions() -> dict[str, str]:
 
 
 def model_defaults(job) -> dict:
-    """The sampling defaults the backbone's config names for the other groups (`Backbone.config_only`: stride,
+    """The sampling defaults the backbone's config names for the other groups (`SAMPLING_DEFAULTS`: stride,
     guidance_scale, negative_prompt, syncos_t_min where given), resolved; the run's own values are the sampler's."""
     node = job.cfg.backbone
-    return {key: node[key] for key in job.backbone.config_only if key in node}
+    return {key: node[key] for key in SAMPLING_DEFAULTS if key in node}
 
 
 def manifest_head(job) -> dict:
@@ -326,7 +330,7 @@ def record(job: Job, latents: torch.Tensor, video: dict, extra: dict | None = No
     processes = job.world.summary(timings)  # world size, devices, per-rank timings
     latent_path = out / LATENTS
     if cfg.save_latents:
-        save_latents(latents, latent_path)
+        save_latents(latents, latent_path, job.latent_identity())
     write_text(out / "story.json", job.given_story.to_json())
     peak = torch.cuda.max_memory_allocated(backbone.device) if backbone.device.type == "cuda" else None
     manifest = {
@@ -373,7 +377,7 @@ def recording(job: Job, latents: torch.Tensor, video: dict):
         yield
     except OSError as exc:
         raise RunFailure(f"writing the run's record failed ({exc.strerror or exc}): free some space; the video is written to "
-                         f"{video['path']}; {keep_latents(latents, job.out_dir)}; finish with: {resume_command(job)}"
+                         f"{video['path']}; {keep_latents(job, latents)}; finish with: {resume_command(job)}"
                          ) from None
 
 
