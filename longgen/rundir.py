@@ -24,7 +24,7 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from longgen.errors import UsageError
 
@@ -129,10 +129,12 @@ def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """`data` into the file at `path` (a temporary of atomic_file), flushed to the disk before it is renamed."""
+def write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """`data` (bytes, or buffers written one after another: no joined copy of a large file in memory) into the file
+    at `path` (a temporary of atomic_file), flushed to the disk before it is renamed."""
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
 

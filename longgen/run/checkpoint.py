@@ -179,15 +179,16 @@ def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
             raise OSError(errno.EIO, f"{path.name} read back differs from what was written; is the disk full?")
 
 
-def sorted_header(blob: bytes) -> bytes:
-    """A safetensors file's bytes with its JSON header written with sorted keys: safetensors writes the metadata in
-    a hash map's order, which changes from one write to the next, so the same tensors and metadata gave other
+def sorted_header(blob: bytes) -> list[bytes | memoryview]:
+    """A safetensors file's bytes with its JSON header written with sorted keys, as two buffers (the new header, a
+    view of the tensor data: a checkpoint of a long plan is GBs, not to be copied): safetensors writes the metadata
+    in a hash map's order, which changes from one write to the next, so the same tensors and metadata gave other
     bytes (a latents file's sha256 must depend on its content alone). The header is 8 bytes of length, the JSON,
     padded with spaces to a multiple of 8; the tensors' offsets count from its end, so they stay valid."""
     size = int.from_bytes(blob[:8], "little")
     header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + blob[8 + size:]
+    return [len(header).to_bytes(8, "little") + header, memoryview(blob)[8 + size:]]
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
