@@ -14,11 +14,13 @@ Hydra's own flags and their values are not overrides: `overrides_only` drops the
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -267,3 +269,36 @@ def absolute_config_path(args: list[str]) -> list[str]:
         absolute = os.path.abspath(os.path.expanduser(value))
         out[target] = absolute if target != i else f"{name}={absolute}"
     return out
+
+
+@contextlib.contextmanager
+def shared_config_loads() -> Iterator[None]:
+    """Within: every `hydra.compose` reads each config file once and hands each composition its own deep copy.
+
+    Hydra's loader keeps loaded configs for one composition only, so a sweep's pre-check re-read and re-parsed the
+    same YAML for every job (most of its time). The shared store is keyed on the config's path and on the search
+    path it was looked up on (a `hydra.searchpath` override changes which file a path names), lives for the `with`
+    block only (edits made after it are seen), and never hands out the stored object: a composition merges and may
+    change what it loaded, so each composition gets its own copy, as if read afresh (one copy per path, kept for
+    the rest of that composition, as Hydra's own cache does)."""
+    from hydra._internal import config_loader_impl
+    from hydra._internal.config_repository import CachingConfigRepository
+
+    store: dict[tuple, Any] = {}
+
+    class SharedLoads(CachingConfigRepository):
+        def load_config(self, config_path: str) -> Any:  # Hydra's: the same object within one composition
+            if f"config_path={config_path}" not in self.cache:
+                sources = tuple((s.provider, s.scheme(), s.path) for s in self.get_sources())
+                key = (sources, config_path)
+                if key not in store:
+                    store[key] = self.delegate.load_config(config_path=config_path)
+                self.cache[f"config_path={config_path}"] = copy.deepcopy(store[key])
+            return self.cache[f"config_path={config_path}"]
+
+    original = config_loader_impl.CachingConfigRepository
+    config_loader_impl.CachingConfigRepository = SharedLoads
+    try:
+        yield
+    finally:
+        config_loader_impl.CachingConfigRepository = original

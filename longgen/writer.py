@@ -9,12 +9,13 @@ sampling, so a bad `writer.codec` or `writer.preset` is one line in a second, no
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -135,11 +136,16 @@ class Mp4Writer:
         """Encode two 16×16 frames with these settings into a scratch directory; one line if ffmpeg refuses."""
         import imageio_ffmpeg
 
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", "16x16", "-r", "8", "-i", "-", "-c:v", self.codec, "-preset", self.preset,
+               "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
+        if _encoded is not None and tuple(cmd) in _encoded:  # a sweep's earlier job encoded with these settings
+            return
         with tempfile.TemporaryDirectory(prefix="longgen-writer-check-") as scratch:
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                   "-s", "16x16", "-r", "8", "-i", "-", "-c:v", self.codec, "-preset", self.preset,
-                   "-crf", str(self.crf), "-pix_fmt", "yuv420p", str(Path(scratch) / "probe.mp4")]
-            proc = subprocess.run(cmd, input=bytes(16 * 16 * 3 * 2), capture_output=True, timeout=60)
+            proc = subprocess.run([*cmd, str(Path(scratch) / "probe.mp4")], input=bytes(16 * 16 * 3 * 2),
+                                  capture_output=True, timeout=60)
+        if proc.returncode == 0 and _encoded is not None:
+            _encoded.add(tuple(cmd))
         if proc.returncode != 0:
             lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
             detail = next((ln for ln in lines if any(w in ln for w in ("nknown", "nvalid", "rror", "ossible"))),
@@ -148,6 +154,22 @@ class Mp4Writer:
                 f"ffmpeg cannot encode with writer.codec={self.codec} writer.preset={self.preset} "
                 f"writer.crf={self.crf} ({detail[:160]}): use e.g. writer.codec=libx264 writer.preset=medium"
             )
+
+
+#: inside `encoder_checks_shared()`: the ffmpeg command lines (all but the scratch file) that encoded in a check
+_encoded: set[tuple[str, ...]] | None = None
+
+
+@contextlib.contextmanager
+def encoder_checks_shared() -> Iterator[None]:
+    """Within: `Mp4Writer.check` runs ffmpeg once per distinct command line (codec, preset, crf, ffmpeg), not once
+    per job of a sweep's pre-check; a command that failed is run again (it stops the sweep anyway)."""
+    global _encoded
+    outer, _encoded = _encoded, set()
+    try:
+        yield
+    finally:
+        _encoded = outer
 
 
 def _disk_reason(out_dir: Path) -> str:

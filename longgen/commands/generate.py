@@ -28,7 +28,7 @@ from longgen.run.preemption import check_job_resources
 from longgen.run.stages import execute
 from longgen.run.sweep import check_job_dirs, composed_subdir, recorded_job, refuse_second_sweep
 from longgen.rundir import RunDirectory, own_run_log, write_text
-from longgen.writer import mp4_name
+from longgen.writer import encoder_checks_shared, mp4_name
 
 log = logging.getLogger("longgen")
 
@@ -39,7 +39,7 @@ def validate_sweep(args: list[str]) -> str | None:
     error line naming the first bad job, else None."""
     from hydra import compose
 
-    from longgen.config_search import compose_setup, overrides_only
+    from longgen.config_search import compose_setup, overrides_only, shared_config_loads
 
     try:
         refuse_second_sweep(overrides_only(args))
@@ -59,7 +59,7 @@ def validate_sweep(args: list[str]) -> str | None:
     subdirs: list[str] = []
     try:
         context, primary, search_path = compose_setup(args, "generate")  # --config-dir, --config-path as the run
-        with context:
+        with context, shared_config_loads(), encoder_checks_shared():  # files and encoders the jobs share: once
             for number_, job in enumerate(jobs):
                 try:
                     cfg = compose(primary, overrides=job + launcher + search_path, return_hydra_config=True)
