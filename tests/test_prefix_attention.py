@@ -84,3 +84,12 @@ def test_valid_text_tokens_that_are_not_first_are_refused():
 def test_fa3_off_a_hopper_gpu_is_one_line():
     with pytest.raises(UsageError, match="backbone.attention=fa3 runs on NVIDIA Hopper GPUs"):
         HunyuanPrefixKernel("fa3", lambda name: True).check(torch.device("cpu"))
+
+
+def test_the_ops_shape_function_agrees_with_the_op():
+    """What the compiler is told (the fake) against what the op returns, by torch.library.opcheck (mutation audit: a
+    fake of the wrong shape passed the aot_eager compile above, Inductor would build on it)."""
+    q, k, v = (x.float() for x in _qkv(2, seed=4))
+    for mask in ([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]):
+        torch.library.opcheck(prefix_attention_op, (q, k, v, torch.tensor(mask), "valid-prefix"),
+                              test_utils=("test_schema", "test_faketensor"))
