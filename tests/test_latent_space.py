@@ -158,6 +158,7 @@ def test_resume_refuses_a_checkpoint_of_another_latent_space(runs, tmp_path):
         longgen.resume(run)
     line = str(err.value)
     assert line.startswith(f"{run / 'checkpoint.safetensors'} holds latents of backbone=tiny-hunyuan15"), line
+    assert "but backbone=tiny-wan22-ti2v (tiny-random-wan22-ti2v) takes" in line, line  # the run's own, named
     assert line.endswith("takes tiny-wan2.2-vae latents: it is not this run's checkpoint: put the run's own "
                          "checkpoint back, or start a new run"), line
     assert snapshot(run) == before
@@ -276,3 +277,19 @@ def test_the_sorted_header_keeps_the_safetensors_layout(tmp_path):
         theirs = save(tensors, metadata=header["__metadata__"])  # safetensors' own bytes of the same content
         m = int.from_bytes(theirs[:8], "little")
         assert json.loads(theirs[8:8 + m]) == header and blob[8 + n:] == theirs[8 + m:]
+
+
+def test_latents_kept_after_a_failed_decode_carry_the_record(tmp_path):
+    """A decode that failed with no checkpoint to fall back on writes the sampled latents: they carry the run's record
+    as the final latents do (mutation audit: written there with an empty record, no test failed)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from longgen.run.stages import keep_latents
+
+    job = SimpleNamespace(out_dir=tmp_path, latent_identity=lambda: dict(HUNYUAN))
+    latents = torch.arange(16.0).reshape(1, 1, 4, 2, 2)
+    assert keep_latents(job, latents) == f"the sampled latents are kept in {tmp_path / 'latents.safetensors'}"
+    meta = metadata(tmp_path / "latents.safetensors")
+    assert {k: meta.get(k) for k in HUNYUAN} == HUNYUAN

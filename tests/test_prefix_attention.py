@@ -93,3 +93,20 @@ def test_the_ops_shape_function_agrees_with_the_op():
     for mask in ([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]):
         torch.library.opcheck(prefix_attention_op, (q, k, v, torch.tensor(mask), "valid-prefix"),
                               test_utils=("test_schema", "test_faketensor"))
+
+
+def test_hunyuan_takes_valid_prefix_and_fa3_by_name():
+    """backbone.attention on HunyuanVideo 1.5: the SDPA set and its own two kernels, as README lists them (mutation
+    audit: dropping `fa3` from the family's kernels left no test failing); a bad name lists them."""
+    from omegaconf import OmegaConf
+
+    from longgen.build import build
+
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / "tiny-hunyuan15.yaml")
+    cfg.attention = "fa4"
+    with pytest.raises(UsageError) as err:
+        build(cfg, "backbone", "tiny-hunyuan15")
+    assert str(err.value).startswith("backbone.attention='fa4': use one of auto, sdpa, cudnn, flash, efficient, math, "
+                                     "valid-prefix, fa3")

@@ -508,3 +508,36 @@ def test_only_the_writing_process_evaluates_a_resumed_eval_run(tmp_path, monkeyp
     (tmp_path / "a" / ".hydra" / "config.yaml").write_text("eval: true\nseed: 0\n")
     resume.main([str(tmp_path / "a")])
     assert evaluated == []
+
+
+def test_rerun_failed_with_only_a_running_job_left_is_not_a_success(tmp_path, monkeypatch, capsys):
+    # the sweep's job 1 still runs and has no ledger line yet (started, no manifest): nothing failed, but the sweep is
+    # not finished either: exit 1, as the last line says to run --rerun-failed again (mutation audit)
+    import fcntl
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf, open_dict
+
+    from longgen.run import sweep as sweeps
+    from longgen.rundir import LOCK_NAME
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        config = compose("generate", overrides=["backbone=tiny", "sampler=direct"], return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.overrides.task = ["backbone=tiny", "sampler=direct", "seed=0,1"]
+    OmegaConf.save(config, tmp_path / "multirun.yaml")
+    for job in (0, 1):
+        (tmp_path / f"{job}_direct").mkdir()
+    (tmp_path / "0_direct" / "manifest.json").write_text("{}")
+    (tmp_path / "1_direct" / "story.json").write_text("{}")
+    sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": 0, "overrides": ["seed=0"], "status": "done",
+                                                   "run_dir": str(tmp_path / "0_direct")})
+    monkeypatch.setattr(sweeps.subprocess, "run", lambda *a, **k: pytest.fail("a running job was started again"))
+    running = os.open(tmp_path / "1_direct" / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX)
+    try:
+        assert sweeps.rerun_failed(tmp_path) == 1
+    finally:
+        os.close(running)
+    assert capsys.readouterr().err.splitlines()[-1].endswith("now 1 done, 0 failed; 1 still running (job 1): run "
+                                                             "--rerun-failed again once it has ended")
