@@ -115,6 +115,8 @@ SHARED_ERRORS = [
     ("max_text_tokens", 0, "backbone.max_text_tokens=0 must be a whole number >= 1"),  # HunyuanVideo: a traceback
     ("spatial_compression", 0, "backbone.spatial_compression=0 must be a whole number >= 1"),  # "modulo by zero"
     ("micro_batch", 0, "backbone.micro_batch=0 must be a whole number >= 1"),
+    ("latent_channels", 0, "backbone.latent_channels=0 must be a whole number >= 1"),
+    ("temporal_compression", -4, "backbone.temporal_compression=-4 must be a whole number >= 1"),
     ("compile", "sometimes", "backbone.compile='sometimes': use auto, true or false"),
     ("vae_tiling", "sometimes", "backbone.vae_tiling='sometimes': use auto, true or false"),
     ("fused_gelu", "sometimes", "backbone.fused_gelu='sometimes': use auto, true or false"),

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -240,6 +241,15 @@ def test_extend_plans_like_generate_and_takes_the_noise_group(tmp_path):
     assert torch.equal(plain[:h], rescheduled[:h])  # the history is the input's encoding either way
     assert not torch.allclose(plain[h:], rescheduled[h:])  # the new part started from other noise
     assert runs["freenoise"][0]["noise"]["kind"] == "freenoise"
+    # extend's latents record the backbone that made them, as generate's do (run/latent_space.py; mutation audit:
+    # extend wrote them with an empty record and no test failed)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gaussian" / "latents.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    tiny = OmegaConf.load(Path(__file__).parents[1] / "conf" / "backbone" / "tiny.yaml")
+    assert (meta["backbone"], meta["latent_space"], meta["model_id"]) == ("tiny", tiny.latent_space, tiny.model_id)
+    assert json.loads(meta["latent_shape"]) == list(plain.shape[1:])
 
 
 def test_the_join_line_says_an_unmeasured_ratio_in_words():

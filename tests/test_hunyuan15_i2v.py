@@ -227,3 +227,16 @@ def test_no_torchvision_note_from_the_image_to_video_pipelines():
     proc = subprocess.run([sys.executable, "-c", QUIET_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torchvision" not in proc.stderr and "ImageProcessor" not in proc.stderr, proc.stderr
+
+
+def test_a_backbone_that_runs_one_call_for_all_windows_is_not_refused_with_abam_or_kv_sharing():
+    """The refusal is for backbones that split a call by image only (mutation audit: dropping that condition refused
+    every backbone with micro_batch > 1 and ABAM or KV sharing)."""
+    from types import SimpleNamespace
+
+    from longgen.run.images import check_split_calls
+
+    sharing = SimpleNamespace(abam=True, kv_sharing=True)
+    check_split_calls(SimpleNamespace(image_calls_split=False, micro_batch=4), sharing, {"backbone": "tiny-wan"})
+    with pytest.raises(UsageError, match="separate transformer calls"):
+        check_split_calls(SimpleNamespace(image_calls_split=True, micro_batch=2), sharing, {"backbone": "x"})

@@ -158,6 +158,7 @@ def test_resume_refuses_a_checkpoint_of_another_latent_space(runs, tmp_path):
         longgen.resume(run)
     line = str(err.value)
     assert line.startswith(f"{run / 'checkpoint.safetensors'} holds latents of backbone=tiny-hunyuan15"), line
+    assert "but backbone=tiny-wan22-ti2v (tiny-random-wan22-ti2v) takes" in line, line  # the run's own, named
     assert line.endswith("takes tiny-wan2.2-vae latents: it is not this run's checkpoint: put the run's own "
                          "checkpoint back, or start a new run"), line
     assert snapshot(run) == before
@@ -234,3 +235,61 @@ def test_the_same_latents_and_record_give_the_same_bytes(tmp_path):
         files.add((tmp_path / f"{k}.safetensors").read_bytes())
     assert len(files) == 1
     assert metadata(tmp_path / "0.safetensors")["latent_space"] == "tiny-hunyuanvideo-1.5-vae"
+
+
+def test_a_run_directorys_finished_checkpoint_of_another_latent_space_is_refused(runs, tmp_path):
+    """decode of a run directory with no latents.safetensors reads its finished checkpoint: that checkpoint's record
+    is checked as a latents file's is (mutation audit: the checkpoint's record dropped there went unnoticed)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs[1], run)
+    assert not (run / "latents.safetensors").exists()
+    ckpt = load_checkpoint(run / "checkpoint.safetensors")
+    ckpt.state.done = ckpt.total  # finished: decode takes its latents
+    ckpt.identity = dict(HUNYUAN)
+    save_checkpoint(run / "checkpoint.safetensors", ckpt)
+    before = snapshot(run)
+    with pytest.raises(UsageError) as err:
+        longgen.decode(run, writer={"filename": "again.mp4"})
+    line = str(err.value)
+    assert line.startswith(f"{run / 'checkpoint.safetensors'} holds latents of backbone=tiny-hunyuan15"), line
+    assert line.endswith("they are not this run's: put the run's own checkpoint.safetensors back"), line
+    assert snapshot(run) == before
+
+
+def test_the_sorted_header_keeps_the_safetensors_layout(tmp_path):
+    """The format, written out: 8 bytes little-endian header length n, n bytes of JSON padded with spaces so that
+    the tensor data starts 8-byte aligned, then the data at the header's offsets (mutation audit: a header padded to
+    a wrong length still read back)."""
+    import torch
+    from safetensors.torch import save
+
+    from longgen.run.checkpoint import write_verified
+
+    tensors = {"latents": torch.arange(24.0).reshape(2, 3, 2, 2), "generator": torch.arange(5, dtype=torch.uint8)}
+    for extra in ("", "x", "xy", "xyz", "wxyz"):  # records of several lengths: every padding remainder
+        path = tmp_path / f"{len(extra)}.safetensors"
+        write_verified(path, tensors, {**HUNYUAN, "format": "longgen-latents-1", "pad": extra})
+        blob = path.read_bytes()
+        n = int.from_bytes(blob[:8], "little")
+        assert n % 8 == 0 and blob[8 + n - 1:8 + n] in (b"}", b" ")
+        header = json.loads(blob[8:8 + n])
+        assert list(header) == sorted(header)
+        theirs = save(tensors, metadata=header["__metadata__"])  # safetensors' own bytes of the same content
+        m = int.from_bytes(theirs[:8], "little")
+        assert json.loads(theirs[8:8 + m]) == header and blob[8 + n:] == theirs[8 + m:]
+
+
+def test_latents_kept_after_a_failed_decode_carry_the_record(tmp_path):
+    """A decode that failed with no checkpoint to fall back on writes the sampled latents: they carry the run's record
+    as the final latents do (mutation audit: written there with an empty record, no test failed)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from longgen.run.stages import keep_latents
+
+    job = SimpleNamespace(out_dir=tmp_path, latent_identity=lambda: dict(HUNYUAN))
+    latents = torch.arange(16.0).reshape(1, 1, 4, 2, 2)
+    assert keep_latents(job, latents) == f"the sampled latents are kept in {tmp_path / 'latents.safetensors'}"
+    meta = metadata(tmp_path / "latents.safetensors")
+    assert {k: meta.get(k) for k in HUNYUAN} == HUNYUAN

@@ -84,3 +84,29 @@ def test_valid_text_tokens_that_are_not_first_are_refused():
 def test_fa3_off_a_hopper_gpu_is_one_line():
     with pytest.raises(UsageError, match="backbone.attention=fa3 runs on NVIDIA Hopper GPUs"):
         HunyuanPrefixKernel("fa3", lambda name: True).check(torch.device("cpu"))
+
+
+def test_the_ops_shape_function_agrees_with_the_op():
+    """What the compiler is told (the fake) against what the op returns, by torch.library.opcheck (mutation audit: a
+    fake of the wrong shape passed the aot_eager compile above, Inductor would build on it)."""
+    q, k, v = (x.float() for x in _qkv(2, seed=4))
+    for mask in ([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]):
+        torch.library.opcheck(prefix_attention_op, (q, k, v, torch.tensor(mask), "valid-prefix"),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_hunyuan_takes_valid_prefix_and_fa3_by_name():
+    """backbone.attention on HunyuanVideo 1.5: the SDPA set and its own two kernels, as README lists them (mutation
+    audit: dropping `fa3` from the family's kernels left no test failing); a bad name lists them."""
+    from omegaconf import OmegaConf
+
+    from longgen.build import build
+
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "conf" / "backbone" / "tiny-hunyuan15.yaml")
+    cfg.attention = "fa4"
+    with pytest.raises(UsageError) as err:
+        build(cfg, "backbone", "tiny-hunyuan15")
+    assert str(err.value).startswith("backbone.attention='fa4': use one of auto, sdpa, cudnn, flash, efficient, math, "
+                                     "valid-prefix, fa3")

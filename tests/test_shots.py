@@ -238,6 +238,8 @@ def test_attention_sharing_samplers_with_cross_shot_attention_are_refused_when_p
         ShotsSampler(inner, _plan(TWO, opts, inner), opts)
     alone = ShotOptions(windows=2)
     ShotsSampler(inner, _plan(TWO, alone, inner), alone)  # without cross-shot attention they plan
+    one = Story.from_dict({"shots": ["a fox"]})  # one take: no other take to attend to, nothing to refuse
+    ShotsSampler(inner, _plan(one, opts, inner), opts)
 
 def test_fifo_with_cross_shot_attention_is_one_line_when_the_run_is_planned():
     """Cross-shot attention captures the reference window at each DDIM step's t; FIFO's steps are queue iterations

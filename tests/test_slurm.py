@@ -448,3 +448,96 @@ def test_a_job_submitit_will_not_requeue_again_is_failed_with_its_reason_not_req
     assert failure_line(UncompletedJobError(str(killed).replace("OUT_OF_MEMORY", "FINISHED"))) == (
         "it was killed before it wrote one (SIGKILL, out of memory, cancelled)")
     assert failure_line(UncompletedJobError("something else\nmore")) == "something else"
+
+
+def test_a_submitit_job_without_a_result_is_recorded_with_its_own_reason(tmp_path):
+    # mutation audit: the awaiting process's record of a killed or raising job, not only failure_line on its own
+    from types import SimpleNamespace
+
+    from hydra_plugins.longgen_submitit import LocalLauncher
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from longgen.run.sweep import read_ledger
+
+    launcher = LocalLauncher(submitit_folder=str(tmp_path / "s"))
+    launcher.job_dir = lambda overrides, number: tmp_path / f"{number}_direct"
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nValueError: the job's own reason"
+    errors = [FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                             f"----------------------\nYou can check full logs with 'job.stderr(0)'"),
+              UncompletedJobError("Job 7 (task: 0) with path /s/7_0_result.pkl\nhas not produced any output "
+                                  "(state: UNKNOWN)\nError stream produced:\n" + "-" * 40 + "\nlog")]
+    for number, error in enumerate(errors):
+        job = SimpleNamespace(job_id=str(7 + number), results=lambda error=error: (_ for _ in ()).throw(error))
+        launcher._outcome(job, number, [f"seed={number}"])
+    jobs = read_ledger(tmp_path)
+    assert jobs[0]["error"] == "submitit job 7 ended without a result: ValueError: the job's own reason"
+    # the scheduler knew nothing of it (UNKNOWN, as FINISHED on the local controller): no state to name
+    assert jobs[1]["error"] == ("submitit job 8 ended without a result: it was killed before it wrote one (SIGKILL, "
+                                "out of memory, cancelled)")
+
+
+def test_rerun_failed_stops_at_a_job_stopped_by_ctrl_c(tmp_path, monkeypatch):
+    # exit status 130: the user's Ctrl-C reached the job; the sweep's re-run stops there, the next job is not started
+    import subprocess
+
+    from longgen.run import sweep as sweeps
+
+    for job in (0, 1):
+        (tmp_path / f"{job}_direct").mkdir()
+        sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": job, "overrides": [f"seed={job}"], "status": "failed",
+                                                       "run_dir": str(tmp_path / f"{job}_direct")})
+    commands = []
+    monkeypatch.setattr(sweeps.subprocess, "run",
+                        lambda argv, env, cwd=None: commands.append(argv) or subprocess.CompletedProcess(argv, 130))
+    assert sweeps.rerun_failed(tmp_path) == 1
+    assert len(commands) == 1 and "seed=0" in commands[0]
+
+
+def test_only_the_writing_process_evaluates_a_resumed_eval_run(tmp_path, monkeypatch):
+    # under torchrun every rank runs `longgen resume`: one eval.json, written by the rank that writes the run's files
+    from types import SimpleNamespace
+
+    import longgen.commands.resume as resume
+    import longgen.eval.evaluate as evaluate
+
+    evaluated = []
+    monkeypatch.setattr(resume, "run_resume", lambda run_dir, overrides: {})
+    monkeypatch.setattr(evaluate, "evaluate_run_dir", lambda run_dir: evaluated.append(Path(run_dir)) or {})
+    monkeypatch.setattr(resume, "current", lambda: SimpleNamespace(writes=False))
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a" / ".hydra" / "config.yaml").write_text("eval: true\nseed: 0\n")
+    resume.main([str(tmp_path / "a")])
+    assert evaluated == []
+
+
+def test_rerun_failed_with_only_a_running_job_left_is_not_a_success(tmp_path, monkeypatch, capsys):
+    # the sweep's job 1 still runs and has no ledger line yet (started, no manifest): nothing failed, but the sweep is
+    # not finished either: exit 1, as the last line says to run --rerun-failed again (mutation audit)
+    import fcntl
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf, open_dict
+
+    from longgen.run import sweep as sweeps
+    from longgen.rundir import LOCK_NAME
+
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        config = compose("generate", overrides=["backbone=tiny", "sampler=direct"], return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.overrides.task = ["backbone=tiny", "sampler=direct", "seed=0,1"]
+    OmegaConf.save(config, tmp_path / "multirun.yaml")
+    for job in (0, 1):
+        (tmp_path / f"{job}_direct").mkdir()
+    (tmp_path / "0_direct" / "manifest.json").write_text("{}")
+    (tmp_path / "1_direct" / "story.json").write_text("{}")
+    sweeps.append_entry(tmp_path / sweeps.LEDGER, {"job": 0, "overrides": ["seed=0"], "status": "done",
+                                                   "run_dir": str(tmp_path / "0_direct")})
+    monkeypatch.setattr(sweeps.subprocess, "run", lambda *a, **k: pytest.fail("a running job was started again"))
+    running = os.open(tmp_path / "1_direct" / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX)
+    try:
+        assert sweeps.rerun_failed(tmp_path) == 1
+    finally:
+        os.close(running)
+    assert capsys.readouterr().err.splitlines()[-1].endswith("now 1 done, 0 failed; 1 still running (job 1): run "
+                                                             "--rerun-failed again once it has ended")
