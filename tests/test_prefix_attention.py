@@ -110,3 +110,17 @@ def test_hunyuan_takes_valid_prefix_and_fa3_by_name():
         build(cfg, "backbone", "tiny-hunyuan15")
     assert str(err.value).startswith("backbone.attention='fa4': use one of auto, sdpa, cudnn, flash, efficient, math, "
                                      "valid-prefix, fa3")
+
+
+def test_abam_and_cross_shot_attention_attend_on_the_valid_prefix_where_it_is_installed():
+    """Standing in for longgen's valid-prefix processor they take its attention (the same numbers as the masked
+    fallback, tested above and in test_hunyuan15_attention.py; only the speed would be lost); standing in for
+    diffusers' processor, its masked attention."""
+    from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
+
+    from longgen.backbones.attention import hunyuan_attend
+    from longgen.backbones.prefix_attention import HunyuanPrefixAttention
+
+    prefix = HunyuanPrefixAttention("valid-prefix")
+    assert hunyuan_attend(prefix) == prefix.attend_joint
+    assert hunyuan_attend(HunyuanVideo15AttnProcessor2_0()).__name__ == "masked"
