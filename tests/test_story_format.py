@@ -213,3 +213,16 @@ def test_prompt_file_is_one_prompt_read_from_a_file(tmp_path):
     path.write_text("word " * 20_000)
     with pytest.raises(UsageError, match="over the limit of 64 KiB"):
         resolve_story(cfg)
+
+
+def test_a_random_weight_models_token_warning_is_logged_once(tmp_path):
+    """The limit is checked at plan and again once the model is loaded; the second check refuses only, so the
+    warning (a random-weight model's stand-in count is the same at both) is not logged twice."""
+    from cli_helpers import FAST, run_cli
+
+    prompt = " ".join(["fox"] * 300)
+    proc = run_cli("generate", *FAST, "num_windows=1", f"prompt={prompt}", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "run" / "generate.log").read_text()
+    assert log.count("over the") == 1 and "local prompt 1 has 300 tokens" in " ".join(log.split()), log[-2000:]

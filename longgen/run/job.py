@@ -194,15 +194,17 @@ def resolve_story(cfg: DictConfig, choices: dict[str, Any] | None = None, split:
     return Story.load(str(cfg.story))
 
 
-def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str, sampler: Sampler | None = None
-                         ) -> None:
+def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str, sampler: Sampler | None = None,
+                         warn: bool = True) -> None:
     """Every prompt the text encoder will see against the backbone's token limit (see story.check_text_limit), and
-    the local prompts against what `sampler` needs of them (e.g. DiTCtrl's subject tokens inside each prompt)."""
+    the local prompts against what `sampler` needs of them (e.g. DiTCtrl's subject tokens inside each prompt).
+    `warn=False` (the check again after loading): refusals only, the plan's warnings were logged already."""
     prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
     strict = not getattr(backbone, "random_weights", False)
     for warning in check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict):
-        log.warning(warning)
+        if warn:
+            log.warning(warning)
     if sampler is not None:
         sampler.check_prompts([text for _, text in prompts[:-1]], backbone)
 

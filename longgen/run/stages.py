@@ -77,8 +77,9 @@ def encode(job: Job) -> Prompts:
                           f"memory held by other processes, or add backbone.cpu_offload=true"):
         backbone.load()
     job.timings["load_s"] = time.perf_counter() - t0
-    # exact now that the tokenizer is here: a refusal comes before any step (run_generate then removes the start)
-    check_prompt_lengths(job.story, backbone, job.cfg.negative_prompt or "", job.sampler)
+    # exact now that the tokenizer is here: a refusal comes before any step (run_generate then removes the start);
+    # a warning would repeat the plan's (a random-weight model's stand-in count is the same at both)
+    check_prompt_lengths(job.story, backbone, job.cfg.negative_prompt or "", job.sampler, warn=False)
     t0 = time.perf_counter()
     # local prompts first (ids 0..P-1 by first appearance), then the global prompt for samplers that use it
     # (GLC's global path); each unique prompt is encoded once
