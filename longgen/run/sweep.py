@@ -333,11 +333,16 @@ def never_run(sweep_dir: Path, jobs: dict[int, dict]) -> tuple[list[tuple[int, d
     return start, finished
 
 
+def done_entry(entry: dict) -> dict:
+    """A failed job's ledger entry as done: found finished, or finished on its re-run (its error and requeue count
+    belong to the attempt that failed)."""
+    return {**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}
+
+
 def finished_since(jobs: dict[int, dict]) -> list[dict]:
     """The ledger's failed jobs whose directory now holds a finished run (continued by hand with `longgen resume`,
     or decoded again), as done entries: started again they would be refused as a finished run."""
-    return [{**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}
-            for entry in (jobs[j] for j in sorted(jobs))
+    return [done_entry(entry) for entry in (jobs[j] for j in sorted(jobs))
             if entry["status"] != "done" and holds_finished_run(Path(entry["run_dir"]))]
 
 
@@ -418,5 +423,5 @@ def rerun_one(number: int, entry: dict, kind: str, origin: Path | None) -> tuple
     proc = subprocess.run([sys.executable, "-m", "longgen.cli", *command], env=env, cwd=origin)
     # refused as finished: the sweep's own job ended between the ledger's reading and this start
     if proc.returncode == 0 or holds_finished_run(run_dir):
-        return {**{k: v for k, v in entry.items() if k not in ("error", "requeues")}, "status": "done"}, 0
+        return done_entry(entry), 0
     return {**entry, "status": "failed", "error": f"exit status {proc.returncode} on re-run"}, proc.returncode
