@@ -476,6 +476,36 @@ def test_a_submitit_job_without_a_result_is_recorded_with_its_own_reason(tmp_pat
                                 "out of memory, cancelled)")
 
 
+def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path):
+    # SIGINT to a job's process (`scancel --signal=INT`, a terminal's Ctrl-C under a launcher that ignores it): the
+    # job checkpointed and recorded "interrupted", then left no result (KeyboardInterrupt passes submitit's handler);
+    # the launcher called it "killed before it wrote one (SIGKILL, out of memory, cancelled)" and recorded it failed
+    from types import SimpleNamespace
+
+    from hydra_plugins.longgen_submitit import LocalLauncher
+    from submitit.core.utils import UncompletedJobError
+
+    from longgen.run.sweep import LEDGER, append_entry, read_ledger
+
+    launcher = LocalLauncher(submitit_folder=str(tmp_path / "s"))
+    launcher.job_dir = lambda overrides, number: tmp_path / f"{number}_direct"
+    # an earlier launch's record of job 1 is not this launch's
+    append_entry(tmp_path / LEDGER, {"job": 1, "overrides": ["seed=1"], "status": "interrupted"})
+    launcher.ledger_start = (tmp_path / LEDGER).stat().st_size
+    for number in (0, 2):
+        append_entry(tmp_path / LEDGER, {"job": number, "overrides": [f"seed={number}"], "status": "interrupted"})
+    append_entry(tmp_path / LEDGER, {"job": 2, "overrides": ["seed=2"], "status": "requeued"})
+    killed = UncompletedJobError("Job 7 (task: 0) with path /s/7_0_result.pkl\nhas not produced any output "
+                                 "(state: FINISHED)")
+    for number in (0, 1, 2):
+        job = SimpleNamespace(job_id=str(7 + number), results=lambda: (_ for _ in ()).throw(killed))
+        launcher._outcome(job, number, [f"seed={number}"])
+    jobs = read_ledger(tmp_path)
+    assert jobs[0]["status"] == "interrupted" and "error" not in jobs[0]
+    assert jobs[1]["status"] == "failed" and "killed before it wrote one" in jobs[1]["error"]
+    assert jobs[2]["status"] == "failed"  # its last record in this launch was not "interrupted"
+
+
 def test_rerun_failed_stops_at_a_job_stopped_by_ctrl_c(tmp_path, monkeypatch):
     # exit status 130: the user's Ctrl-C reached the job; the sweep's re-run stops there, the next job is not started
     import subprocess

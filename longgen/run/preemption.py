@@ -32,6 +32,7 @@ it. The launcher waits for every job; a failed job never stops the others.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -300,6 +301,7 @@ class SubmititLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.run_dir: Path | None = None  # set in the job when it stops: where `checkpoint()` looks
+        self.ledger_start = 0  # the sweep ledger's size when the jobs were submitted
         self.gpus = 1  # the job's processes (its gpus=N), set in the job
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -327,6 +329,8 @@ class SubmititLauncher(Launcher):
         for number, overrides in zip(numbers, job_overrides):
             log.info("submitit %s job #%d: %s", self.cluster, number, " ".join(filter_overrides(overrides)))
         state = Singleton.get_state()
+        ledger = sweep_dir / LEDGER
+        self.ledger_start = ledger.stat().st_size if ledger.is_file() else 0  # what this launch's jobs write follows
         jobs = executor.map_array(self, [list(o) for o in job_overrides], numbers, [state] * len(numbers))
         log.info("%d submitit %s job(s) in %s (logs in %s)", len(jobs), self.cluster, sweep_dir,
                  self.params["submitit_folder"])
@@ -340,6 +344,11 @@ class SubmititLauncher(Launcher):
         try:
             result = job.results()[0]
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
+            sweep_dir = self.job_dir(overrides, number).parent
+            if self._stopped_by_signal(sweep_dir, number):  # SIGINT to the job (`scancel --signal=INT`, `pkill`)
+                log.warning("submitit job %s (sweep job %d) was interrupted; its last checkpoint is kept: "
+                            "`longgen generate --rerun-failed %s` resumes it", job.job_id, number, sweep_dir)
+                return JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
             line = failure_line(exc)
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
             _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
@@ -350,6 +359,24 @@ class SubmititLauncher(Launcher):
         if isinstance(result, JobReturn):
             return result
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=result)
+
+    def _stopped_by_signal(self, sweep_dir: Path, number: int) -> bool:
+        """Whether job `number`'s own process recorded, in this launch, that a signal stopped it (sweep.py
+        `recorded_job`: status "interrupted", the checkpoint written): it then leaves no result, as a killed job
+        does, but it was not killed."""
+        try:
+            with open(sweep_dir / LEDGER, "rb") as f:
+                f.seek(self.ledger_start)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return False
+        status = None
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if int(entry["job"]) == number:
+                    status = entry["status"]
+        return status == "interrupted"
 
     def job_dir(self, overrides: list[str], number: int) -> Path:
         """A job's directory as its own process names it (hydra.sweep.dir / hydra.sweep.subdir of its config)."""
