@@ -31,6 +31,9 @@ DRIVER = str(REPO / "tests" / "dist_driver.py")
 # 16×16 pixels (one transformer token per latent frame): the tiny VAE's decode would otherwise be most of the time
 COMMON = ["backbone=tiny", "backbone.micro_batch=1", "backbone.height=16", "backbone.width=16", "num_windows=2",
           "sampler.num_steps=2", "save_latents=true"]
+# the newer families (issue 26): the A14B's two experts (3 steps cross its switch: t = 1000, 960 | 857) and
+# HunyuanVideo 1.5's joint attention over valid text tokens, split over ranks as the first family's units are
+FAMILIES = [c for c in COMMON if not c.startswith(("backbone=", "sampler.num_steps"))] + ["sampler.num_steps=3"]
 
 
 def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]:
@@ -53,6 +56,11 @@ def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]
         # window's capture runs on every rank, the shared calls are ordinary units
         ["generate", *COMMON, f"story={story.with_name('scene.json')}", "sampler=gen-l-video",
          "shots.cross_attention=0.5", f"hydra.run.dir={base}/s"],
+        ["generate", "-m", *FAMILIES, "prompt=a red fox in snow", "backbone=tiny-wan22-a14b,tiny-hunyuan15",
+         "sampler=gen-l-video,syncos", f"hydra.sweep.dir={base}/n"],
+        # FIFO on the A14B: its queue's windows straddle the switch, each frame from its own expert
+        ["generate", *[c for c in FAMILIES if not c.startswith("sampler.num_steps")], "prompt=a red fox in snow",
+         "backbone=tiny-wan22-a14b", "sampler=fifo", "sampler.num_partitions=1", f"hydra.run.dir={base}/e"],
         *tail,
     ]
 
@@ -170,7 +178,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1 and 2 processes
     ref, runs2 = _runs(w1), _runs(w2)
-    assert len(ref) == 9 and set(ref) == set(runs2), (sorted(ref), sorted(runs2))
+    assert len(ref) == 14 and set(ref) == set(runs2), (sorted(ref), sorted(runs2))
     for name, run in ref.items():
         if name == "f":
             continue

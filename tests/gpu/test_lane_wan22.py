@@ -14,7 +14,8 @@
   ~56 GB: ABAM keeps ≈ 27 GB of anchor keys/values per group at 480×832 (2 groups here), cross-shot attention
   ≈ 27 GB of reference tokens at share 0.5, DiTCtrl ≈ 3 GB per source window in its last 2 layers;
 - T2V-A14B on `gpus=2` (both experts on each GPU): the same bytes as on one (needs two GPUs; skipped elsewhere —
-  checked on the CPU with torchrun's two gloo processes on tiny-wan22-a14b, 3 steps across the switch).
+  checked on the CPU in tests/test_distributed.py: tiny-wan22-a14b on the gpus=2 launcher's two gloo processes, 3
+  steps across the switch, and FIFO's windows straddling it).
 Every A14B case is marked `alone` (its two experts hold ~56 GB of the GPU: two such processes do not fit beside each
 other even on an H200). On a GPU of less than 100 GiB (an H100's 80 GB), the cases whose processors keep full-frame
 keys/values (ABAM, cross-shot attention) run at 240×416, a quarter of the tokens and of that memory (~7 GB); what
