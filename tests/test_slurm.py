@@ -506,6 +506,21 @@ def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path):
     assert jobs[2]["status"] == "failed"  # its last record in this launch was not "interrupted"
 
 
+def test_a_sweep_with_interrupted_jobs_says_they_did_not_finish(tmp_path, capsys):
+    # its last line called every job that did not end done "failed", interrupted ones too (checkpoint kept)
+    from omegaconf import OmegaConf
+
+    from longgen.run.sweep import LEDGER, SweepSummary, append_entry
+
+    for number, status in enumerate(("done", "interrupted", "failed")):
+        append_entry(tmp_path / LEDGER, {"job": number, "overrides": [f"seed={number}"], "status": status})
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"longgen: error: 2 of 3 sweep jobs did not finish (1, 2: 1 interrupted, checkpoint kept; 1 failed; see "
+        f"{tmp_path / 'sweep.json'}); run them again with: longgen generate --rerun-failed {tmp_path}")
+
+
 def test_rerun_failed_stops_at_a_job_stopped_by_ctrl_c(tmp_path, monkeypatch):
     # exit status 130: the user's Ctrl-C reached the job; the sweep's re-run stops there, the next job is not started
     import subprocess
