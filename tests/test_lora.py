@@ -136,6 +136,7 @@ def test_wan_lora_in_the_original_format_is_converted_by_diffusers(tmp_path):
     ({"transformer_blocks.0.attn1.to_q": (16, 16), "transformer_blocks.0.attn9.to_k": (16, 16)}, None,
      "unexpected keys"),  # partly fitting
     ({}, {"unet.down.lora_A.weight": torch.ones(2, 4)}, "No LoRA keys"),  # nothing for a transformer
+    ({}, {"transformer.x.lora_A.weight": torch.ones(2, 2)}, "index out of range"),  # half a LoRA: A without B
 ])
 def test_a_lora_made_for_another_model_is_one_line(tmp_path, layers, keys, reason):
     from diffusers import CogVideoXPipeline

@@ -383,7 +383,7 @@ def load_one(pipe, k: int, lora: Lora, model: str, component: str) -> None:
         try:  # by file, not as tensors: diffusers then also reads the adapter metadata (alpha, rank) in it
             pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=lora.adapter(k),
                                    **into)
-        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, RuntimeError, LookupError, TypeError, AttributeError) as exc:  # Lookup: half a LoRA
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise mismatch(k, lora, model, reason) from None
     peft_config = getattr(getattr(pipe, component), "peft_config", {}) or {}
