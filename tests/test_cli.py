@@ -162,3 +162,27 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     proc.stdout.close()  # before the interpreter has even started: every write longgen makes meets a closed pipe
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == -signal.SIGPIPE and stderr == "", stderr[-2000:]  # as `head` leaves any filter
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
+    # a Ctrl-C in the first second of `longgen ...` (Python importing Hydra, torch, the command) was a traceback of
+    # importlib frames; the commands catch their own from the moment they run (longgen/errors.py)
+    import importlib.metadata
+    import sys
+
+    import longgen.__main__ as entry
+
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "longgen"]
+    assert script.value == "longgen.__main__:run"  # the console script goes through it
+
+    class Interrupting:  # a finder that is Ctrl-C in the middle of loading the CLI's module
+        def find_spec(self, name, path=None, target=None):
+            if name == "longgen.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "longgen.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as ended:
+        entry.run()
+    assert ended.value.code == 130
+    assert capsys.readouterr().err == "longgen: error: interrupted (SIGINT) before the command began\n"
