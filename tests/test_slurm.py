@@ -476,7 +476,7 @@ def test_a_submitit_job_without_a_result_is_recorded_with_its_own_reason(tmp_pat
                                 "out of memory, cancelled)")
 
 
-def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path):
+def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path, caplog):
     # SIGINT to a job's process (`scancel --signal=INT`, a terminal's Ctrl-C under a launcher that ignores it): the
     # job checkpointed and recorded "interrupted", then left no result (KeyboardInterrupt passes submitit's handler);
     # the launcher called it "killed before it wrote one (SIGKILL, out of memory, cancelled)" and recorded it failed
@@ -497,11 +497,16 @@ def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path):
     append_entry(tmp_path / LEDGER, {"job": 2, "overrides": ["seed=2"], "status": "requeued"})
     killed = UncompletedJobError("Job 7 (task: 0) with path /s/7_0_result.pkl\nhas not produced any output "
                                  "(state: FINISHED)")
+    (tmp_path / "0_direct").mkdir()
+    (tmp_path / "0_direct" / "checkpoint.safetensors").write_bytes(b"x")
+    caplog.set_level("WARNING", logger="longgen")
     for number in (0, 1, 2):
         job = SimpleNamespace(job_id=str(7 + number), results=lambda: (_ for _ in ()).throw(killed))
         launcher._outcome(job, number, [f"seed={number}"])
     jobs = read_ledger(tmp_path)
     assert jobs[0]["status"] == "interrupted" and "error" not in jobs[0]
+    assert f"sweep job 0) was interrupted; its checkpoint is kept: `longgen generate --rerun-failed {tmp_path}` " \
+           "resumes it" in caplog.text
     assert jobs[1]["status"] == "failed" and "killed before it wrote one" in jobs[1]["error"]
     assert jobs[2]["status"] == "failed"  # its last record in this launch was not "interrupted"
 
@@ -517,7 +522,7 @@ def test_a_sweep_with_interrupted_jobs_says_they_did_not_finish(tmp_path, capsys
     with pytest.raises(SystemExit):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"longgen: error: 2 of 3 sweep jobs did not finish (1, 2: 1 interrupted, checkpoint kept; 1 failed; see "
+        f"longgen: error: 2 of 3 sweep jobs did not finish (1, 2: 1 interrupted; 1 failed; see "
         f"{tmp_path / 'sweep.json'}); run them again with: longgen generate --rerun-failed {tmp_path}")
 
 

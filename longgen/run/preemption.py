@@ -344,14 +344,16 @@ class SubmititLauncher(Launcher):
         try:
             result = job.results()[0]
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
-            sweep_dir = self.job_dir(overrides, number).parent
-            if self._stopped_by_signal(sweep_dir, number):  # SIGINT to the job (`scancel --signal=INT`, `pkill`)
-                log.warning("submitit job %s (sweep job %d) was interrupted; its last checkpoint is kept: "
-                            "`longgen generate --rerun-failed %s` resumes it", job.job_id, number, sweep_dir)
+            run_dir = self.job_dir(overrides, number)
+            if self._stopped_by_signal(run_dir.parent, number):  # SIGINT to the job (`scancel --signal=INT`, `pkill`)
+                kept = ("its checkpoint is kept: `{}` resumes it" if (run_dir / CHECKPOINT).is_file()
+                        else "no step was checkpointed: `{}` starts it again")
+                log.warning("submitit job %s (sweep job %d) was interrupted; %s", job.job_id, number,
+                            kept.format(f"longgen generate --rerun-failed {run_dir.parent}"))
                 return JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
             line = failure_line(exc)
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
-            _ledger_entry(self.job_dir(overrides, number), number, overrides, "failed",
+            _ledger_entry(run_dir, number, overrides, "failed",
                           error=f"submitit job {job.job_id} ended without a result: {line}")
             # as for any failed job of a longgen sweep (sweep.recorded_job): the ledger has it, Hydra's sweeper
             # goes on (it re-raises a FAILED job's exception), SweepSummary makes the exit status 1

@@ -283,14 +283,14 @@ class SweepSummary(Callback):
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
         jobs = read_ledger(sweep_dir)
         summary = write_summary(sweep_dir, jobs)
-        # a job a signal stopped (its own process recorded it, checkpoint kept) is among the failed, said so
+        # a job a signal stopped (its own process recorded it, its checkpoint kept) is among the failed, said so
         stopped = [j for j in summary["failed"] if jobs[j]["status"] == "interrupted"]
         log.info("sweep %s: %d done, %d failed%s%s (%s)", sweep_dir, len(summary["done"]), len(summary["failed"]),
                  f" ({len(stopped)} of them interrupted)" if stopped else "",
                  f", {len(summary['requeued'])} requeued on the way" if summary["requeued"] else "", sweep_dir / SUMMARY)
         if summary["failed"]:
             numbers, failed = ", ".join(str(j) for j in summary["failed"]), len(summary["failed"]) - len(stopped)
-            how = "; ".join([f"{len(stopped)} interrupted, checkpoint kept"] + [f"{failed} failed"] * bool(failed))
+            how = "; ".join([f"{len(stopped)} interrupted"] + [f"{failed} failed"] * bool(failed))
             ended = f"did not finish ({numbers}: {how}" if stopped else f"failed ({numbers}"
             print(f"longgen: error: {len(summary['failed'])} of {len(jobs)} sweep jobs {ended}; see "
                   f"{sweep_dir / SUMMARY}); run them again with: longgen generate --rerun-failed {sweep_dir}",
