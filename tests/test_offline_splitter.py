@@ -22,6 +22,8 @@ INLINE = [
     "He runs. He jumps. He falls. He gets up. He waves. He smiles. He leaves the stage. He bows.",  # no subject noun, 8 events
     "The falling leaves drift slowly in a golden autumn park while a running dog chases them.",
     "After the storm passes, a rainbow appears over the harbor and seagulls circle the boats, cinematic, 35mm film.",
+    "一只红狐狸在雪地里嗅来嗅去。它突然跳进雪堆。然后它叼着一只老鼠跑开了。",  # Chinese: 。 ends sentences, no spaces
+    "Un renard roux renifle la neige. Il saute dans un tas de neige. Il s'endort sous un pin.",  # French
 ]
 
 
@@ -100,3 +102,25 @@ def test_a_huge_scenario_fails_fast_with_one_line(tmp_path):
     with pytest.raises(UsageError, match="the scenario is 6749999 characters long, over the limit of 20000"):
         OfflineSplitter().split(huge, 3)
     assert time.perf_counter() - t0 < 1.0 and len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_a_scenario_in_another_language_gives_one_event_per_sentence(n):
+    # Chinese was one sentence (no 。 split) with no English verb: every local prompt was the whole scenario, and
+    # "." was added after its "。"
+    sentences = ["一只红狐狸在雪地里嗅来嗅去。", "它突然跳进雪堆。", "然后它叼着一只老鼠跑开了。"]
+    story = OfflineSplitter().split("".join(sentences), n)
+    assert story.global_prompt == sentences[0]  # where the story introduces its subject and place
+    events = [p[len(story.global_prompt):] for p in story.local_prompts]
+    expected = {1: ["它突然跳进雪堆。然后它叼着一只老鼠跑开了。"],  # all three: the first is the global prompt
+                2: ["", "它突然跳进雪堆。然后它叼着一只老鼠跑开了。"],  # the shortest neighbours merged
+                3: ["", "它突然跳进雪堆。", "然后它叼着一只老鼠跑开了。"],
+                5: ["", "", "它突然跳进雪堆。", "它突然跳进雪堆。", "然后它叼着一只老鼠跑开了。"]}[n]
+    assert events == expected
+    assert not any(".。" in p or "。." in p for p in story.local_prompts)
+    french = OfflineSplitter().split(INLINE[-1], 3)
+    assert [p[len(french.global_prompt):].strip() for p in french.local_prompts] == [
+        "", "Il saute dans un tas de neige.", "Il s'endort sous un pin."]
+    # an English description without a verb keeps its rule: the scene in every prompt
+    assert OfflineSplitter().split("A quiet lake at sunrise. Mist over the water.", 2).local_prompts == [
+        "A quiet lake at sunrise, Mist over the water."] * 2

@@ -18,6 +18,10 @@ prompts.
    same output.
 6. Multi-shot form (`split_shots`, LCT §3.2.1): the subject phrase is "Character 1", the setting and description
    are the environment, and each event is a shot naming "Character 1"; shots after the first start with a cut.
+7. A scenario in another language (no English verb, none of English's commonest words; sentences also end at
+   。！？；): each sentence is an event and the first sentence, where a story introduces its subject and place, is
+   the global prompt. Too many sentences are merged (the neighbouring pair with the fewest characters), too few
+   are repeated, earlier ones first; the words of rule 4 are English, so nothing is added to them.
 """
 
 from __future__ import annotations
@@ -141,15 +145,28 @@ def _sentence_case(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
+#: sentence ends: Latin punctuation before a space, CJK full-width punctuation with or without one
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*")
+_ENDS = ".!?;。！？；"
+#: a scenario with none of these words (and no English verb) is in another language (rule 7)
+_ENGLISH = frozenset("the and is are of with to his her their its".split())  # not "a", "an": French, German
+
+
 def _finish(text: str) -> str:
-    text = text.strip().rstrip(",;: ")
-    return text if text.endswith((".", "!", "?")) else text + "."
+    text = text.strip().rstrip(",;: ，、；：")
+    if text.endswith((".", "!", "?", "。", "！", "？")):
+        return text
+    return text + ("." if text[-1:].isascii() else "。")  # a sentence in Chinese or Japanese ends with its own stop
+
+
+def _sentences(scenario: str) -> list[str]:
+    return [s for s in (part.strip().rstrip(_ENDS).strip() for part in _SENTENCE_END.split(scenario)) if s]
 
 
 def _clauses(scenario: str) -> list[str]:
     pieces: list[str] = []
-    for sentence in re.split(r"(?<=[.!?;])\s+", scenario):
-        sentence = sentence.strip().rstrip(".!?;").strip()
+    for sentence in _sentences(scenario):
+        sentence = sentence.strip()
         if not sentence:
             continue
         after = re.match(r"^after\s+(.+?),\s*(.+)$", sentence, flags=re.I)
@@ -273,7 +290,8 @@ class OfflineSplitter(Splitter):
 
     def split(self, scenario: str, num_prompts: int) -> Story:
         scene = _analyse(scenario, num_prompts)
-        local = [f"{scene.global_prompt} {e}".strip() for e in scene.events]
+        space = " " if scene.global_prompt[-1:].isascii() else ""  # Chinese and Japanese put none between sentences
+        local = [f"{scene.global_prompt}{space}{e}".strip() for e in scene.events]
         return Story(global_prompt=scene.global_prompt, local_prompts=local, scenario=scene.scenario,
                      source=self.describe())
 
@@ -323,6 +341,8 @@ def _analyse(scenario: str, num_prompts: int) -> _Scene:
     clauses = _clauses(scenario)
     # a clause with a verb, or one that starts with a pronoun, is an event; the rest describe the scene
     is_event = [_first_verb(c.split()) is not None or _word(c.split()[0]) in SUBJECT_PRONOUNS | POSSESSIVES for c in clauses]
+    if not any(is_event) and not any(_word(t) in _ENGLISH for t in scenario.split()):
+        return _other_language(scenario, n)
     events = [c for c, e in zip(clauses, is_event) if e]
     description = [c for c, e in zip(clauses, is_event) if not e]
 
@@ -368,6 +388,21 @@ def _analyse(scenario: str, num_prompts: int) -> _Scene:
         events[i : i + 2] = [_join(events[i], events[i + 1])]
         words[i : i + 2] = [len(events[i].split())]
     return _Scene(scenario, subject, camera, setting, description, ref, global_prompt, events)
+
+
+def _other_language(scenario: str, n: int) -> _Scene:
+    """Rule 7: sentences as events, the first one the global prompt; exactly n by merging or repeating."""
+    events = [_finish(sentence) for sentence in _sentences(scenario)]
+    while len(events) > n:
+        i = min(range(len(events) - 1), key=lambda k: (len(events[k]) + len(events[k + 1]), k))
+        left = events[i]
+        events[i : i + 2] = [left + (" " if left[-1].isascii() else "") + events[i + 1]]
+    counts = [n // len(events) + (1 if i < n % len(events) else 0) for i in range(len(events))]
+    events = [event for event, k in zip(events, counts) for _ in range(k)]
+    global_prompt = _finish(_sentences(scenario)[0])
+    # local prompt = global + event: an event that opens with the global prompt gives only what follows it
+    events = [e[len(global_prompt):].strip() if e.startswith(global_prompt) else e for e in events]
+    return _Scene(scenario, None, False, None, [], None, global_prompt, events)
 
 
 def _stages(events: list[str], n: int) -> list[str]:
