@@ -124,3 +124,21 @@ def test_a_scenario_in_another_language_gives_one_event_per_sentence(n):
     # an English description without a verb keeps its rule: the scene in every prompt
     assert OfflineSplitter().split("A quiet lake at sunrise. Mist over the water.", 2).local_prompts == [
         "A quiet lake at sunrise, Mist over the water."] * 2
+
+
+@pytest.mark.parametrize("scenario, stop, space", [
+    ("A woman walks into a small café. She orders a latte at the counter.", ".", " "),  # English ending in é
+    ("Le renard est fatigué. Il dort sous un pin.", ".", " "),
+    ("붉은 여우가 숲에서 깨어난다. 여우가 눈더미로 뛰어든다.", ".", " "),  # Korean ends sentences with '.'
+    ("Рыжая лиса просыпается в лесу. Она прыгает в снег.", ".", " "),
+    ("一只狐狸在雪林中醒来。它跳进雪堆。", "。", ""),
+    ("赤い狐が目を覚ます。そして雪に飛び込む。", "。", ""),
+])
+def test_a_sentence_ends_with_the_stop_of_its_own_script(scenario, stop, space):
+    # any last letter outside ASCII (é, Hangul, Cyrillic) got the Chinese '。', and no space before the next sentence
+    story = OfflineSplitter().split(scenario, 2)
+    other = "。" if stop == "." else "."
+    assert story.global_prompt.endswith(stop)
+    assert not any(other in p for p in [story.global_prompt, *story.local_prompts])
+    assert story.local_prompts[-1].startswith(story.global_prompt + space)
+    assert not story.local_prompts[-1].startswith(story.global_prompt + space + " ")

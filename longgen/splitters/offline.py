@@ -152,11 +152,26 @@ _ENDS = ".!?;。！？；"
 _ENGLISH = frozenset("the and is are of with to his her their its".split())  # not "a", "an": French, German
 
 
+#: Chinese and Japanese letters and full-width punctuation: their sentences end with '。' and need no space after
+#: it; every other script (Latin with accents, Hangul, Cyrillic, ...) ends with '.' and a space
+_FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
+
+
+def _full_width(text: str) -> bool:
+    """Whether `text` ends in a Chinese or Japanese letter or full-width mark."""
+    return bool(text) and _FULL_WIDTH.match(text[-1]) is not None
+
+
+def _joined(left: str, right: str) -> str:
+    """Two sentences as one text: a space between them, except after Chinese or Japanese."""
+    return left + ("" if _full_width(left) else " ") + right
+
+
 def _finish(text: str) -> str:
     text = text.strip().rstrip(",;: ，、；：")
     if text.endswith((".", "!", "?", "。", "！", "？")):
         return text
-    return text + ("." if text[-1:].isascii() else "。")  # a sentence in Chinese or Japanese ends with its own stop
+    return text + ("。" if _full_width(text) else ".")
 
 
 def _sentences(scenario: str) -> list[str]:
@@ -290,8 +305,7 @@ class OfflineSplitter(Splitter):
 
     def split(self, scenario: str, num_prompts: int) -> Story:
         scene = _analyse(scenario, num_prompts)
-        space = " " if scene.global_prompt[-1:].isascii() else ""  # Chinese and Japanese put none between sentences
-        local = [f"{scene.global_prompt}{space}{e}".strip() for e in scene.events]
+        local = [_joined(scene.global_prompt, e).strip() for e in scene.events]
         return Story(global_prompt=scene.global_prompt, local_prompts=local, scenario=scene.scenario,
                      source=self.describe())
 
@@ -395,8 +409,7 @@ def _other_language(scenario: str, n: int) -> _Scene:
     events = [_finish(sentence) for sentence in _sentences(scenario)]
     while len(events) > n:
         i = min(range(len(events) - 1), key=lambda k: (len(events[k]) + len(events[k + 1]), k))
-        left = events[i]
-        events[i : i + 2] = [left + (" " if left[-1].isascii() else "") + events[i + 1]]
+        events[i : i + 2] = [_joined(events[i], events[i + 1])]
     counts = [n // len(events) + (1 if i < n % len(events) else 0) for i in range(len(events))]
     events = [event for event, k in zip(events, counts) for _ in range(k)]
     global_prompt = _finish(_sentences(scenario)[0])
