@@ -42,7 +42,7 @@ from longgen.backbones.anchor_attention import anchored
 from longgen.backbones.attention import AttentionChoice, Kernel, attention_choices, resolve_attention
 from longgen.backbones.face import Backbone
 from longgen.backbones.fused_gelu import fuse_gelu_projections
-from longgen.backbones.hashed_text import hashed_embedding, tokenize
+from longgen.backbones.hashed_text import hashed_embedding, ideographs, tokenize
 from longgen.backbones.lora import (
     apply_loras,
     check_event_count,
@@ -535,8 +535,11 @@ class DiffusersBackbone(Backbone):
             return len(tok(prompt, add_special_tokens=True).input_ids), True
         if self.random_weights:
             return len(tokenize(prompt)), True
-        # T5's SentencePiece splits English into ~1.3 pieces per word and punctuation mark, plus </s>.
-        return int(math.ceil(len(tokenize(prompt)) * 1.3)) + 1, False
+        # T5's SentencePiece splits English into ~1.3 pieces per word and punctuation mark, plus </s>; Chinese and
+        # Japanese (no spaces) into about one piece per character
+        tokens = tokenize(prompt)
+        cjk = ideographs(tokens)
+        return int(math.ceil((len(tokens) - cjk) * 1.3)) + cjk + 1, False
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         """[n, S, D] embeddings, in the model dtype on the device."""

@@ -1,8 +1,9 @@
 """A deterministic stand-in text encoder for models built with random weights.
 
 Random-weight backbones (the tiny test model, full-size benchmark models) have no trained T5 to run. This
-encoder gives every prompt a fixed embedding without any download: each lower-cased word or punctuation mark maps
-to a Gaussian vector seeded by a stable hash of the token, placed at its position; unused positions are zero, so
+encoder gives every prompt a fixed embedding without any download: each lower-cased word, punctuation mark or
+Chinese/Japanese character (those scripts put no spaces between words, so each character is a token, as real
+tokenizers give them about one each) maps to a Gaussian vector seeded by a stable hash of the token, placed at its position; unused positions are zero, so
 the empty negative prompt is all zeros. Same prompt ⇒ same embedding on every machine.
 """
 
@@ -13,11 +14,19 @@ import re
 
 import torch
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+#: Chinese and Japanese letters (CJK ideographs, kana) and full-width marks
+_IDEOGRAPHIC = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
+_TOKEN = re.compile(rf"[{_IDEOGRAPHIC}]|(?:(?![{_IDEOGRAPHIC}])\w)+|[^\w\s]")
+_ONE_IDEOGRAPH = re.compile(rf"[{_IDEOGRAPHIC}]")
 
 
 def tokenize(prompt: str) -> list[str]:
     return _TOKEN.findall(prompt.lower())
+
+
+def ideographs(tokens: list[str]) -> int:
+    """How many of `tokens` are single Chinese or Japanese characters."""
+    return sum(1 for token in tokens if _ONE_IDEOGRAPH.fullmatch(token))
 
 
 def hashed_embedding(prompt: str, seq_len: int, dim: int) -> torch.Tensor:

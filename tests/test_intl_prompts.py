@@ -1,0 +1,54 @@
+"""Prompts in Chinese, Japanese and other scripts: counted, logged and read back as sensibly as English ones."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from longgen.backbones.hashed_text import tokenize
+from longgen.build import build
+
+#: 30 Chinese characters, no space: one "word" to str.split() and to a \w+ tokenizer
+SENTENCE = "一只红色的狐狸在白雪覆盖的白桦林中慢慢地走着阳光透过树枝洒在雪地上啊"
+
+
+def _backbone(name: str):
+    with initialize_config_module("longgen.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=[f"backbone={name}"])
+    return build(cfg.backbone, "backbone", name)  # no weights are touched
+
+
+def test_the_stand_in_tokenizer_counts_chinese_and_japanese_by_character():
+    # a run of Chinese or Japanese letters was one token: a 600-character prompt counted as 1 (+ punctuation)
+    assert tokenize("一只猫，走") == ["一", "只", "猫", "，", "走"]
+    assert tokenize("猫が歩くAI") == ["猫", "が", "歩", "く", "ai"]
+    assert tokenize("café 고양이 a cat") == ["café", "고양이", "a", "cat"]  # words with spaces stay words
+
+
+@pytest.mark.parametrize("name", ["wan2.1-t2v-1.3b", "hunyuanvideo-1.5"])
+def test_a_long_chinese_prompt_is_estimated_over_the_limit_before_the_tokenizer_loads(name):
+    backbone = _backbone(name)
+    prompt = SENTENCE * (backbone.max_text_tokens // len(SENTENCE) + 2)
+    count, exact = backbone.count_tokens(prompt)
+    assert not exact and count > backbone.max_text_tokens
+    short, _ = backbone.count_tokens(SENTENCE)
+    assert len(SENTENCE) <= short <= 2 * len(SENTENCE)
+
+
+def test_a_chinese_multi_shot_story_gets_no_latin_stop_after_its_own():
+    # "。" got a "." after it in the composed global prompt and in every shot prompt the text encoder saw
+    from longgen.run.shots import shot_prompts
+    from longgen.story import Story
+
+    story = Story.from_dict({"characters": {"1": "一只红狐狸"}, "environment": "雪林中。",
+                             "shots": ["Character 1 醒来。", "[SHOT CUT] Character 1 跳进雪堆！"]})
+    texts = [story.global_prompt, *shot_prompts(story)]
+    assert not any(mark + "." in text for text in texts for mark in "。！？"), texts
+    assert story.global_prompt.endswith("雪林中。") and shot_prompts(story)[1].startswith("一只红狐狸跳进雪堆！")
+
+
+def test_local_prompts_that_hold_a_chinese_global_prompt_are_not_warned_about():
+    from longgen.story import Story
+
+    story = Story.from_dict({"global": "一只红狐狸在雪林中。", "local": ["一只红狐狸在雪林中睡觉。", "一只红狐狸在雪林中，跳进雪堆。"]})
+    assert story.missing_global_warning() is None
