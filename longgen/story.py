@@ -342,8 +342,8 @@ class Story:
 
     def compose_global(self) -> str:
         """LCT's global prompt, "[Characters] [Environment] [Story]" (LCT §3.2.1)."""
-        parts = [f"Character {cid}: {_sentence(desc)}" for cid, desc in (self.characters or {}).items()]
-        parts += [_sentence(x) for x in (self.environment, self.story) if x]
+        parts = [f"Character {cid}: {full_stop(desc)}" for cid, desc in (self.characters or {}).items()]
+        parts += [full_stop(x) for x in (self.environment, self.story) if x]
         return " ".join(parts)
 
     def shot_prompt(self, index: int) -> str:
@@ -765,14 +765,28 @@ def _source(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+#: marks that end a sentence: Latin ones and the full-width ones of Chinese and Japanese
+SENTENCE_ENDS = ".!?。！？"
+#: Chinese and Japanese letters and full-width marks: a sentence there ends with '。', and none is followed by a space
+_FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
+
+
+def ends_full_width(text: str) -> bool:
+    """Whether `text` ends in a Chinese or Japanese letter or full-width mark (Korean, accented Latin: no)."""
+    return bool(text) and _FULL_WIDTH.match(text[-1]) is not None
+
+
+def full_stop(text: str) -> str:
+    """`text` as a sentence: as it is when it ends in a stop, else with the stop of its script ('。' or '.')."""
+    text = text.strip()
+    return text if text[-1:] in SENTENCE_ENDS else text + ("。" if ends_full_width(text) else ".")
+
+
 def _normal(text: str) -> str:
     """Text compared for containment: whitespace runs collapsed, case folded, trailing full stops dropped."""
-    return " ".join(text.split()).casefold().rstrip(" .")
+    return " ".join(text.split()).casefold().rstrip(" .。")
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text[-1:] in ".!?" else text + "."
 
 
 # ---------------------------------------------------------------------- text-encoder limit

@@ -233,11 +233,14 @@ def test_a_story_key_written_twice_is_one_line(tmp_path, name, text):
 def test_the_offline_splitter_writes_shots_for_a_scenario_without_english_verbs(scenario):
     """`split-prompt multi_shot=true splitter=offline` on a Chinese or French scenario failed with 'story: shot 1 is
     empty' (no English verb, so no event: the shots were empty); each shot now shows the scene, as `split`'s local
-    prompts do."""
+    prompts do (rule 7: the first sentence is the environment every shot's prompt ends with, the shots its sentences)."""
+    from longgen.run.shots import shot_prompts
     from longgen.splitters.offline import OfflineSplitter
 
-    shots = OfflineSplitter().split_shots(scenario, 3).to_dict()["shots"]  # [{"prompt": …, "cut": …}] × 3
-    assert len(shots) == 3 and all(scenario.split("。")[0].rstrip(".") in shot["prompt"] for shot in shots)
+    story = OfflineSplitter().split_shots(scenario, 3)
+    first = scenario.split("。")[0].rstrip(".")
+    assert len(story.shots) == 3 and all(shot.prompt for shot in story.shots)
+    assert all(first in prompt for prompt in shot_prompts(story)), shot_prompts(story)
 
 
 def test_split_prompt_out_that_cannot_be_written_is_one_line_before_the_split(tmp_path, monkeypatch):

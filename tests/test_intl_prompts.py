@@ -44,7 +44,8 @@ def test_a_chinese_multi_shot_story_gets_no_latin_stop_after_its_own():
                              "shots": ["Character 1 醒来。", "[SHOT CUT] Character 1 跳进雪堆！"]})
     texts = [story.global_prompt, *shot_prompts(story)]
     assert not any(mark + "." in text for text in texts for mark in "。！？"), texts
-    assert story.global_prompt.endswith("雪林中。") and shot_prompts(story)[1].startswith("一只红狐狸跳进雪堆！")
+    assert story.global_prompt == "Character 1: 一只红狐狸。 雪林中。"
+    assert shot_prompts(story)[1] == "一只红狐狸 跳进雪堆！ 雪林中。"
 
 
 def test_local_prompts_that_hold_a_chinese_global_prompt_are_not_warned_about():

@@ -57,7 +57,7 @@ from longgen.errors import UsageError
 from longgen.noise import GaussianNoise
 from longgen.options import flag, number, whole
 from longgen.samplers.base import Sampler, SamplerState, SamplingRun, guidance_branches
-from longgen.story import CHARACTER_REF, Story, refers_to_character
+from longgen.story import CHARACTER_REF, SENTENCE_ENDS, Story, full_stop, refers_to_character
 from longgen.windows import WindowPlan
 
 log = logging.getLogger("longgen")
@@ -121,7 +121,7 @@ def _substitute(text: str, characters: dict[str, str]) -> str:
             desc = re.sub(r"^(?:a|an)\s+", "the ", desc, flags=re.I)
         seen.add(cid)
         before = text[: match.start()].rstrip()
-        if not before or before[-1] in ".!?":
+        if not before or before[-1] in SENTENCE_ENDS:
             desc = desc[:1].upper() + desc[1:]
         return desc
 
@@ -131,8 +131,7 @@ def _substitute(text: str, characters: dict[str, str]) -> str:
 def _sentence(text: str) -> str:
     """`text` as a sentence: capitalised, ending in a full stop (or its own ! or ?)."""
     text = text.strip()
-    text = text[:1].upper() + text[1:]
-    return text if text[-1:] in ".!?" else text + "."
+    return full_stop(text[:1].upper() + text[1:])
 
 
 def shot_prompts(story: Story, scene: bool = True) -> list[str]:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from longgen.splitters.base import Splitter, check_num_prompts, check_scenario
-from longgen.story import Story
+from longgen.story import Story, ends_full_width
 
 _BASE_VERBS = """
 appear approach arrive ascend bark bend bite blink bloom blossom blow bounce bow break breathe brighten build burn
@@ -152,26 +152,16 @@ _ENDS = ".!?;。！？；"
 _ENGLISH = frozenset("the and is are of with to his her their its".split())  # not "a", "an": French, German
 
 
-#: Chinese and Japanese letters and full-width punctuation: their sentences end with '。' and need no space after
-#: it; every other script (Latin with accents, Hangul, Cyrillic, ...) ends with '.' and a space
-_FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
-
-
-def _full_width(text: str) -> bool:
-    """Whether `text` ends in a Chinese or Japanese letter or full-width mark."""
-    return bool(text) and _FULL_WIDTH.match(text[-1]) is not None
-
-
 def _joined(left: str, right: str) -> str:
     """Two sentences as one text: a space between them, except after Chinese or Japanese."""
-    return left + ("" if _full_width(left) else " ") + right
+    return left + ("" if ends_full_width(left) else " ") + right
 
 
 def _finish(text: str) -> str:
     text = text.strip().rstrip(",;: ，、；：")
     if text.endswith((".", "!", "?", "。", "！", "？")):
         return text
-    return text + ("。" if _full_width(text) else ".")
+    return text + ("。" if ends_full_width(text) else ".")
 
 
 def _sentences(scenario: str) -> list[str]:
