@@ -53,3 +53,17 @@ def test_local_prompts_that_hold_a_chinese_global_prompt_are_not_warned_about():
 
     story = Story.from_dict({"global": "一只红狐狸在雪林中。", "local": ["一只红狐狸在雪林中睡觉。", "一只红狐狸在雪林中，跳进雪堆。"]})
     assert story.missing_global_warning() is None
+
+
+def test_an_llm_answer_in_chinese_whose_local_prompts_go_on_after_the_global_sentence_is_valid():
+    # "一只狐狸在雪林中。" + "，醒来了" was refused as not holding the global prompt (only '.' was dropped), so a valid
+    # Chinese answer cost a retry and then failed; the English "A fox in a forest." + ", waking" always passed
+    import json
+
+    from longgen.splitters.llm import parse_answer
+
+    glob = "一只红狐狸在雪林中。"
+    answer = json.dumps({"global": glob, "local": ["一只红狐狸在雪林中，醒来了。", "一只红狐狸在雪林中，跳进雪堆。"]},
+                        ensure_ascii=False)
+    story = parse_answer(answer, 2)
+    assert story.global_prompt == glob and story.local_prompts[1] == "一只红狐狸在雪林中，跳进雪堆。"

@@ -117,7 +117,7 @@ def redact_url(url: str | None) -> str | None:
 
 
 def _normal(text: str) -> str:
-    return " ".join(text.split()).casefold().rstrip(" .")
+    return " ".join(text.split()).casefold().rstrip(" .。")
 
 
 # ---------------------------------------------------------------------- reading the model's answer
