@@ -55,6 +55,7 @@ import itertools
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -105,8 +106,32 @@ def without_cut_markers(text: str) -> str:
 
 
 def cut(text: str, limit: int = 60) -> str:
-    """`text` cut to `limit` characters, for user data in an error line."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` cut to `limit` characters, for user data in an error line; never inside what the screen shows as one
+    character (a letter and its accents, an emoji sequence, a flag)."""
+    if len(text) <= limit:
+        return text
+    end = limit - 1
+    while end > 0 and _inside_cluster(text, end):
+        end -= 1
+    return text[:end] + "…"
+
+
+def _inside_cluster(text: str, i: int) -> bool:
+    """Whether a cut before `text[i]` falls inside one character on screen (an approximation of Unicode's grapheme
+    clusters: combining marks, ZWJ sequences, variation selectors, skin tones, tag sequences, flag pairs)."""
+    here, before = text[i], text[i - 1]
+    if unicodedata.category(here) in ("Mn", "Me", "Mc") or here in "\u200d\ufe0e\ufe0f" or before == "\u200d":
+        return True
+    if "\U0001f3fb" <= here <= "\U0001f3ff" or "\U000e0020" <= here <= "\U000e007f":  # skin tone, tag
+        return True
+    flags = 0
+    while i - flags > 0 and _regional(text[i - flags - 1]):
+        flags += 1
+    return _regional(here) and flags % 2 == 1  # the second half of a flag
+
+
+def _regional(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
 
 
 def brief(value: Any, limit: int = 60) -> str:

@@ -67,3 +67,34 @@ def test_an_llm_answer_in_chinese_whose_local_prompts_go_on_after_the_global_sen
                         ensure_ascii=False)
     story = parse_answer(answer, 2)
     assert story.global_prompt == glob and story.local_prompts[1] == "一只红狐狸在雪林中，跳进雪堆。"
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("a" * 8 + "🇨🇳🇯🇵", "a" * 8 + "🇨🇳"),  # a flag is two code points: half a flag is another letter
+    ("a" * 9 + "🇨🇳x", "a" * 9),
+    ("a" * 9 + "🐱\u200d👤x", "a" * 9),  # an emoji sequence joined by ZWJ is one character on screen
+    ("a" * 10 + "\u200d👤x", "a" * 9),
+    ("a" * 9 + "e\u0301xyz", "a" * 9),  # a combining accent stays with its letter
+    ("a" * 9 + "👍🏽xyz", "a" * 9),  # a skin tone stays with its emoji
+])
+def test_a_cut_line_ends_between_characters_as_they_are_seen(text, kept):
+    from longgen.story import cut
+
+    assert cut(text, 11) == kept + "…"
+
+
+def test_the_event_plan_line_drops_the_chinese_punctuation_after_the_global_prompt(caplog):
+    # "一只狐狸在雪林中。睡觉" was logged as "。睡觉" (only Latin marks were dropped)
+    import logging
+    from types import SimpleNamespace
+
+    from longgen.run.job import log_event_plan
+    from longgen.story import Story
+
+    story = Story.from_dict({"global": "一只狐狸在雪林中", "local": ["一只狐狸在雪林中。睡觉", "一只狐狸在雪林中，跳"]})
+    rows = [{"event": e, "windows": [e], "frames": [e * 10, e * 10 + 10], "seconds": [e, e + 1.0]} for e in range(2)]
+    job = SimpleNamespace(story=story, event_table=lambda: rows, events=SimpleNamespace(origin=0),
+                          plan=SimpleNamespace(count=2))
+    with caplog.at_level(logging.INFO, logger="longgen"):
+        log_event_plan(job)
+    assert [r.getMessage().rsplit(": ", 1)[1] for r in caplog.records] == ["睡觉", "跳"]

@@ -345,7 +345,7 @@ def log_event_plan(job: Job) -> None:
     if len(table) > LOGGED_EVENTS:
         log.info("the first %d of %d events (manifest.json `events` lists them all):", LOGGED_EVENTS, len(table))
     for row, prompt in zip(table[:LOGGED_EVENTS], job.story.local_prompts):
-        event = prompt.strip()[len(glob):].lstrip(" ,;:.-") if glob and prompt.strip().startswith(glob) else prompt
+        event = prompt.strip()[len(glob):].lstrip(" ,;:.-。，；：、") if glob and prompt.strip().startswith(glob) else prompt
         windows = row["windows"]
         span = f"{windows[0] + 1}" if len(windows) == 1 else f"{windows[0] + 1}-{windows[-1] + 1}"
         log.info("event %d: window%s %s of %d, frames %d-%d, %.2f-%.2f s: %s", row["event"] + 1,
