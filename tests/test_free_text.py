@@ -82,6 +82,9 @@ def test_stray_cut_markers_never_reach_the_text_encoder():
         def count_tokens(self, text):
             return len(text.split()), True
 
+        def other_text_limits(self, prompts, strict):  # the face's default: no other text encoder
+            return []
+
         def encode_prompts(self, prompts, negative):
             sent.extend(prompts)
             return list(range(len(prompts)))

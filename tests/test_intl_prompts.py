@@ -98,3 +98,24 @@ def test_the_event_plan_line_drops_the_chinese_punctuation_after_the_global_prom
     with caplog.at_level(logging.INFO, logger="longgen"):
         log_event_plan(job)
     assert [r.getMessage().rsplit(": ", 1)[1] for r in caplog.records] == ["睡觉", "跳"]
+
+
+def test_quoted_chinese_text_over_hunyuans_byt5_limit_is_one_line_before_loading(caplog):
+    # ByT5 reads the quoted text as UTF-8 bytes (3 per Chinese character) and the pipeline silently cut it at
+    # backbone.glyph_tokens=256: a sign of about 80 Chinese characters lost its end with no word
+    import logging
+
+    from longgen.errors import UsageError
+    from longgen.run.job import check_prompt_lengths
+    from longgen.story import Story
+
+    backbone = _backbone("hunyuanvideo-1.5")
+    sign = "欢迎光临" * 21  # 84 characters, 252 bytes: over 256 with 'Text "…". ' around it
+    story = Story.from_dict({"global": "一家小店", "local": [f"一家小店，门口挂着写有“{sign}”的招牌"]})
+    with pytest.raises(UsageError, match=r"local prompt 1's quoted text has 262 tokens: over the 256-token text limit of .*ByT5 glyph encoder"):
+        check_prompt_lengths(story, backbone, "")
+    check_prompt_lengths(Story.from_dict({"global": "一家小店", "local": [f"一家小店“{sign[:60]}”"]}), backbone, "")
+    tiny = _backbone("tiny-hunyuan15")  # random weights: a warning, counted as its stand-in encoder counts
+    with caplog.at_level(logging.WARNING, logger="longgen"):
+        check_prompt_lengths(Story.from_dict({"global": "店", "local": ["店“一二三四五六七八九”"]}), tiny, "")
+    assert any("quoted text has 13 tokens" in r.getMessage() for r in caplog.records), caplog.text

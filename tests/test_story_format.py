@@ -108,6 +108,9 @@ class _Backbone:
     def count_tokens(self, text):
         return len(text.split()) + 1, self.exact
 
+    def other_text_limits(self, prompts, strict):  # the face's default: no other text encoder
+        return []
+
 
 def test_generate_checks_every_local_prompt_and_the_negative_prompt():
     story = Story(global_prompt="a cat", local_prompts=["a cat sits", "a cat " + "very " * 10 + "big"])

@@ -85,6 +85,12 @@ class Backbone(Denoiser):
     def count_tokens(self, prompt: str) -> tuple[int, bool]:
         """(token count, exact) for a prompt: exact once the tokenizer is loaded, else an estimate."""
 
+    def other_text_limits(self, prompts: Sequence[tuple[str, str]], strict: bool) -> list[str]:
+        """Limits of text encoders besides the one `count_tokens` counts for (HunyuanVideo 1.5's ByT5 on quoted
+        text), for `(label, text)` prompts as `story.check_text_limit` checks them: one UsageError for what would be
+        cut, else the warnings. None by default."""
+        return []
+
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[str], negative_prompt: str = "") -> list[int]:
         """Encode the prompts (and the negative prompt guidance is taken against); return each prompt's id, the

@@ -53,6 +53,7 @@ from longgen.backbones.prefix_attention import HunyuanPrefixKernel
 from longgen.backbones.wan import cast_like_pretrained
 from longgen.diffusion import NoiseSchedule, flow_to_x0_eps
 from longgen.errors import UsageError
+from longgen.story import check_text_limit
 
 #: vision tokens the pipeline feeds the t2v model (all zero: `HunyuanVideo15Pipeline.vision_num_semantic_tokens`)
 VISION_TOKENS = 729
@@ -199,6 +200,20 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         """(S1, D1, D2): Qwen tokens, Qwen width, ByT5 width of the packed table."""
         cfg = self.pipe.transformer.config
         return self.max_text_tokens, cfg.text_embed_dim, cfg.text_embed_2_dim
+
+    def other_text_limits(self, prompts: Sequence[tuple[str, str]], strict: bool) -> list[str]:
+        """ByT5 reads a prompt's quoted text (the pipeline's `extract_glyph_texts`: "…" or “…”, each written
+        'Text "…". ') as UTF-8 bytes plus </s>, 3 per Chinese character, and the pipeline cuts it at glyph_tokens
+        without a word; the stand-in encoder of random weights counts its own tokens."""
+        from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import extract_glyph_texts
+
+        glyphs = [(f"{label}'s quoted text", extract_glyph_texts(text) or "") for label, text in prompts]
+
+        def count(glyph: str) -> tuple[int, bool]:
+            return (len(tokenize(glyph)) if self.random_weights else len(glyph.encode("utf-8")) + 1), True
+
+        return check_text_limit(glyphs, count, self.glyph_tokens,
+                                f"{self.label}'s ByT5 glyph encoder (backbone.glyph_tokens)", strict)
 
     def _hashed_texts(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
         """The stand-in encoders: hashed word vectors for the prompt (mask over its words, at least one position, as
