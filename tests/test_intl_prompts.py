@@ -119,3 +119,24 @@ def test_quoted_chinese_text_over_hunyuans_byt5_limit_is_one_line_before_loading
     with caplog.at_level(logging.WARNING, logger="longgen"):
         check_prompt_lengths(Story.from_dict({"global": "店", "local": ["店“一二三四五六七八九”"]}), tiny, "")
     assert any("quoted text has 13 tokens" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_plot_labels_in_a_script_the_plot_font_lacks_are_one_line_not_a_python_warning_per_glyph(tmp_path, caplog,
+                                                                                             recwarn):
+    # `longgen eval` of runs labelled in Chinese printed matplotlib's two-line UserWarning for every missing glyph of
+    # every figure (pointing at longgen/eval/plots.py) and said nothing about what to do
+    import logging
+
+    import matplotlib.font_manager as fm
+
+    from longgen.eval.report import write_report
+
+    if fm.findfont("Noto Sans CJK SC", fallback_to_default=True) != fm.findfont("DejaVu Sans"):
+        pytest.skip("this machine's plot font has Chinese glyphs")
+    result = {"label": "猫、狗", "video": str(tmp_path / "v.mp4"), "frames": 3, "fps": 8.0, "curves": {}, "seams": [],
+              "summary": {"flicker": 0.95}, "video_info": {"frames": 3, "width": 16, "height": 16, "fps": 8.0}}
+    with caplog.at_level(logging.INFO, logger="longgen"):
+        write_report([result], tmp_path / "report", embed_videos=False)
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "longgen" and "font" in r.getMessage()]
+    assert len(lines) == 1 and "、" in lines[0] and "猫" in lines[0], lines

@@ -6,7 +6,11 @@ report.py writes them to files and embeds them in report.html.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
+import warnings
+from typing import Iterator
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -14,6 +18,30 @@ from matplotlib.figure import Figure
 from longgen.eval.catalogue import arrow
 
 _DPI = 110
+
+
+#: matplotlib's warning for a character its font lacks (drawn as a box), once per glyph and figure
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+@contextlib.contextmanager
+def missing_glyphs() -> Iterator[set[str]]:
+    """Collect the characters the plot font lacks (labels in Chinese, emoji) into the set this yields, instead of
+    matplotlib's UserWarning for each of them in each figure; other warnings are shown as usual."""
+    found: set[str] = set()
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        match = _MISSING_GLYPH.search(str(message))
+        if match:
+            found.add(chr(int(match.group(1))))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message=_MISSING_GLYPH.pattern)
+        warnings.showwarning = show
+        yield found
 
 
 def _png(fig: Figure) -> bytes:

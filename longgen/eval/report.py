@@ -20,6 +20,7 @@ import csv
 import html
 import io
 import json
+import logging
 import os
 import re
 from datetime import datetime
@@ -31,6 +32,9 @@ from longgen.errors import UsageError
 from longgen.eval import plots
 from longgen.eval.catalogue import COLUMNS, arrow, present, show
 from longgen.rundir import CHECKPOINT, SUMMARY, atomic_file, read_ledger, write_bytes
+from longgen.story import cut
+
+log = logging.getLogger("longgen")
 
 EMBED_LIMIT_BYTES = 32 * 1024 * 1024
 FIXED_FIELDS = ["label", "group", "sampler", "seed", "video", "frames", "fps", "width", "height"]
@@ -170,13 +174,18 @@ def write_report(results: list[dict], out_dir: str | Path, embed_videos: str | b
     bar_columns = [c for c in present(results) if c.key not in ("dynamic_share",)]
     named = [{**r, "label": name} for r, name in zip(results, run_labels(results))]  # the plots' legends and titles
 
-    figures = {
-        "curves": plots.curves_figure(named),
-        "drift": plots.drift_figure(named),
-        "similarity": plots.similarity_figure(named),
-        "bars": plots.bars_figure(groups, bar_columns),
-    }
-    run_figures = [plots.run_figure(r) for r in named]
+    with plots.missing_glyphs() as missing:
+        figures = {
+            "curves": plots.curves_figure(named),
+            "drift": plots.drift_figure(named),
+            "similarity": plots.similarity_figure(named),
+            "bars": plots.bars_figure(groups, bar_columns),
+        }
+        run_figures = [plots.run_figure(r) for r in named]
+    if missing:
+        log.info("the plot font has no %s: the plots show boxes for them (report.html and report.csv hold the "
+                 "text); install a font with them (e.g. Noto Sans CJK) for readable plot labels",
+                 cut("".join(sorted(missing)), 20))
     paths = {"csv": out_dir / "report.csv", "html": out_dir / "report.html"}
     for name, png in figures.items():
         paths[name] = out_dir / "plots" / f"{name}.png"
