@@ -25,6 +25,7 @@ from longgen.overrides import (
     expand_home,
     fill_positional,
     mixed_modes,
+    not_utf8,
     quote_free_text,
     sweep_without_multirun,
     unreadable_override,
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 return code
         importlib.import_module(module_name).main(rest)
         return 0
+    if problem := not_utf8(rest):  # before Hydra writes a config no UTF-8 file can hold
+        return refuse(problem)
     if command == "generate" and rest[:1] == ["--rerun-failed"]:
         return rerun_failed_jobs(rest[1:])
     if "--rerun-failed" in rest:  # Hydra would read the sweep directory as an override

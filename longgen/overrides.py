@@ -346,6 +346,20 @@ def mixed_modes(args: list[str]) -> str | None:
             f"-m to print one job's config with --cfg job)")
 
 
+def not_utf8(args: list[str]) -> str | None:
+    """One line for the first argument that is not UTF-8 text (a terminal in Latin-1, GBK or Shift-JIS: Python
+    keeps its bytes as surrogates, which no UTF-8 file can hold), shown with those bytes as \\xNN; else None."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return (f"{shown} is not UTF-8 text (the terminal sent another encoding): set it to UTF-8 (e.g. "
+                    f"LANG=C.UTF-8), put the text in a UTF-8 file (prompt_file=, story=, scenario=), or rename "
+                    f"the file to a UTF-8 name")
+    return None
+
+
 def unreadable_override(args: list[str]) -> str | None:
     """The first KEY=VALUE argument Hydra's override grammar cannot read (an unclosed bracket, a stray brace), as one
     line naming it with Hydra's reason and what to check; None when every one reads. Hydra's flags and their values

@@ -140,3 +140,19 @@ def test_plot_labels_in_a_script_the_plot_font_lacks_are_one_line_not_a_python_w
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
     lines = [r.getMessage() for r in caplog.records if r.name == "longgen" and "font" in r.getMessage()]
     assert len(lines) == 1 and "、" in lines[0] and "猫" in lines[0], lines
+
+
+@pytest.mark.parametrize("command, arg", [("generate", "prompt=un caf\udce9 au lait"),  # a Latin-1 terminal
+                                          ("generate", "story=/data/\udcc3.json"),
+                                          ("split-prompt", "scenario=\udcb0\udca1.txt")])  # a GBK terminal
+def test_a_command_line_that_is_not_utf8_is_one_line_before_any_directory(command, arg, tmp_path, capsys):
+    # a terminal in another encoding gives Python undecodable bytes as surrogates: generate wrote .hydra/ and the lock,
+    # then failed with a UnicodeEncodeError traceback writing the config, leaving that directory behind
+    from longgen.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main([command, "backbone=tiny", arg, f"hydra.run.dir={run_dir}"] if command == "generate"
+                else [command, arg, f"hydra.run.dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err and "\\x" in err and "UTF-8" in err, err
+    assert not run_dir.exists()
