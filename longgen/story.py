@@ -650,11 +650,11 @@ class Story:
     @classmethod
     def from_prompt_file(cls, path: str | Path) -> "Story":
         """One prompt for the whole video, read from a text file (`prompt_file=`): no quoting on the command line.
-        Lines are joined with single spaces."""
+        Lines are joined with single spaces (none between Chinese or Japanese characters)."""
         path = Path(str(path)).expanduser()
         text = read_limited(path, MAX_PROMPT_FILE_BYTES, "prompt file",
                             "a prompt is a few sentences (the text encoder reads about 226 tokens); for a story use story= or scenario=")
-        prompt = " ".join(text.split())
+        prompt = joined_lines(text)
         if not prompt:
             raise UsageError(f"prompt file {path} is empty: write the description of the video in it")
         story = cls.single(prompt)
@@ -799,6 +799,19 @@ _FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff
 def ends_full_width(text: str) -> bool:
     """Whether `text` ends in a Chinese or Japanese letter or full-width mark (Korean, accented Latin: no)."""
     return bool(text) and _FULL_WIDTH.match(text[-1]) is not None
+
+
+def joined_lines(text: str) -> str:
+    """`text` as one line: every whitespace run one space, except a line break between two Chinese or Japanese
+    characters, which goes (those scripts put no space between words: a line wrapped there is one phrase)."""
+    text = text.strip()
+
+    def space(gap: re.Match) -> str:
+        wrapped = "\n" in gap.group(0) or "\r" in gap.group(0)
+        apart = wrapped and ends_full_width(text[: gap.start()]) and ends_full_width(text[gap.end()])
+        return "" if apart else " "
+
+    return re.sub(r"\s+", space, text)
 
 
 def full_stop(text: str) -> str:

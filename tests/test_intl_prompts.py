@@ -156,3 +156,16 @@ def test_a_command_line_that_is_not_utf8_is_one_line_before_any_directory(comman
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not UTF-8" in err and "\\x" in err and "UTF-8" in err, err
     assert not run_dir.exists()
+
+
+def test_a_chinese_prompt_file_wrapped_over_lines_is_one_text_without_spaces_inside_words(tmp_path):
+    # lines were joined with a space: "一只红狐狸在白雪覆盖的 白桦林中" (a space mid-phrase, a token of its own)
+    from longgen.splitters.base import check_scenario
+    from longgen.story import Story
+
+    path = tmp_path / "prompt.txt"
+    path.write_text("一只红狐狸在白雪覆盖的\n白桦林中慢慢地走着。\n  A red fox\nwalks. 雪地上\n有脚印。\n", encoding="utf-8")
+    expected = "一只红狐狸在白雪覆盖的白桦林中慢慢地走着。 A red fox walks. 雪地上有脚印。"
+    assert Story.from_prompt_file(path).global_prompt == expected
+    assert check_scenario(path.read_text(encoding="utf-8")) == expected
+    assert check_scenario("猫 と 犬") == "猫 と 犬"  # spaces typed on one line are the writer's own

@@ -9,7 +9,7 @@ import abc
 from typing import Any
 
 from longgen.errors import UsageError
-from longgen.story import Story
+from longgen.story import Story, joined_lines
 
 #: Upper bound on local prompts per story; SynCoS used 2 to 4 (supplementary B), more is allowed but bounded so a
 #: typo (num_prompts=40) fails at once.
@@ -31,7 +31,7 @@ def check_num_prompts(num_prompts: Any) -> int:
 def check_scenario(scenario: Any) -> str:
     if not isinstance(scenario, str) or not scenario.strip():
         raise UsageError("the scenario is empty: write the whole story of the video as text (one or more sentences)")
-    text = " ".join(scenario.split())
+    text = joined_lines(scenario)
     if len(text) > MAX_SCENARIO_CHARS:
         raise UsageError(
             f"the scenario is {len(text)} characters long, over the limit of {MAX_SCENARIO_CHARS}: a scenario "
