@@ -169,3 +169,14 @@ def test_a_chinese_prompt_file_wrapped_over_lines_is_one_text_without_spaces_ins
     assert Story.from_prompt_file(path).global_prompt == expected
     assert check_scenario(path.read_text(encoding="utf-8")) == expected
     assert check_scenario("猫 と 犬") == "猫 と 犬"  # spaces typed on one line are the writer's own
+
+
+def test_a_sweep_subdir_named_after_a_long_chinese_prompt_is_one_line_before_any_job():
+    # hydra.sweep.subdir='${hydra.job.num}_${prompt}' with an 85-character Chinese prompt (255 bytes and more) made
+    # Hydra's launcher fail with two OSError tracebacks ('File name too long'), no job run
+    from longgen.errors import UsageError
+    from longgen.run.sweep import check_job_dirs
+
+    with pytest.raises(UsageError, match=r"job 0 a folder name of 272 bytes.*limit of 255.*3 bytes"):
+        check_job_dirs(["0_" + "猫" * 90, "1_猫"], "${hydra.job.num}_${prompt}")
+    check_job_dirs(["0_" + "猫" * 84, "1_猫/" + "狗" * 84], "${hydra.job.num}_${prompt}")  # 254 bytes: fits

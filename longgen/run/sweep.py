@@ -52,8 +52,11 @@ from longgen.rundir import (
     refuse_sweep_links,
     write_json,
 )
+from longgen.story import cut
 
 log = logging.getLogger("longgen")
+#: the longest file or folder name common file systems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes or UTF-16 units)
+NAME_MAX = 255
 
 
 # ---------------------------------------------------------------------------------------------------- one job
@@ -164,6 +167,12 @@ def check_job_dirs(subdirs: list[str], written: str) -> None:
                              f"{subdir!r}: include ${{hydra.job.num}} in it, e.g. "
                              f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
         seen[norm] = number
+        longest = max(norm.split(os.sep), key=lambda name: len(name.encode("utf-8")))
+        if len(longest.encode("utf-8")) > NAME_MAX:
+            raise UsageError(f"hydra.sweep.subdir={cut(written)} gives job {number} a folder name of "
+                             f"{len(longest.encode('utf-8'))} bytes ({cut(longest, 30)}), over the limit of {NAME_MAX} "
+                             f"of file systems (a Chinese or Japanese character is 3 bytes): name jobs by short "
+                             f"values, e.g. hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
 
 
 def _sweep_loader(config: DictConfig) -> Any:
