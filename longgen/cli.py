@@ -141,6 +141,7 @@ PRINT_ONLY = {"-h", "--help", "help", "--hydra-help", "--cfg", "-c", "--info", "
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    print_any_text()
     if argv is None and (not args or PRINT_ONLY & set(args)):
         end_quietly_on_a_closed_pipe()
     if not args or args[0] in ("-h", "--help", "help"):
@@ -235,6 +236,16 @@ def run_sweep(module_name: str, rest: list[str]) -> int:
             name = str(exc.args[0]) if exc.args and str(exc.args[0]) in ("SIGTERM", "SIGHUP") else "SIGINT"
             print(f"longgen: error: {interrupted_sweep(name)}", file=sys.stderr)
             return 128 + signal.Signals[name].value
+
+
+def print_any_text() -> None:
+    """A terminal whose encoding is not UTF-8 (a locale such as en_US in ISO-8859-1, or GBK) shows characters it
+    lacks (a Chinese prompt, an emoji, a table's lines) as \\uXXXX escapes instead of a UnicodeEncodeError traceback
+    after the work is done. Files are always UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def refuse(problem: str) -> int:

@@ -136,7 +136,7 @@ def help_page(config: str, args: list[str]) -> str:
     """The `--help` page of the command whose primary config is `config`, for its command line `args`."""
     search = ConfigSearch.of(args, config)
     primary = search.find(f"{search.primary}.yaml")
-    text = primary.read_text() if primary is not None else ""
+    text = primary.read_text(encoding="utf-8") if primary is not None else ""
     help_name = _defaults_choices(search.load(f"{search.primary}.yaml"), overrides=True).get("hydra/help", config)
     page = search.load(f"hydra/help/{help_name}.yaml")
     template = str(page.get("template", "$APP_CONFIG_GROUPS\n\n$OPTIONS"))

@@ -121,7 +121,7 @@ def _yaml(node: Traversable) -> dict:
     from longgen.errors import UsageError
 
     try:
-        data = yaml.safe_load(node.read_text()) or {}
+        data = yaml.safe_load(node.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

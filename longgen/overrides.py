@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from longgen.config_search import ConfigSearch, overrides_only, takes_value
@@ -347,16 +348,24 @@ def mixed_modes(args: list[str]) -> str | None:
 
 
 def not_utf8(args: list[str]) -> str | None:
-    """One line for the first argument that is not UTF-8 text (a terminal in Latin-1, GBK or Shift-JIS: Python
-    keeps its bytes as surrogates, which no UTF-8 file can hold), shown with those bytes as \\xNN; else None."""
+    """One line for the first argument that is not UTF-8 text as Python decoded it, else None. Python decodes the
+    command line in the locale's encoding, keeping bytes it cannot decode as surrogates (which no UTF-8 file can
+    hold): bytes of another encoding (a terminal in Latin-1, GBK or Shift-JIS), or UTF-8 under a locale that is not
+    UTF-8 (ASCII, ISO-8859-1), where Python cannot name such files either."""
     for arg in args:
         try:
             arg.encode("utf-8")
+            continue
         except UnicodeEncodeError:
-            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            return (f"{shown} is not UTF-8 text (the terminal sent another encoding): set it to UTF-8 (e.g. "
-                    f"LANG=C.UTF-8), put the text in a UTF-8 file (prompt_file=, story=, scenario=), or rename "
-                    f"the file to a UTF-8 name")
+            raw = os.fsencode(arg)
+        try:
+            shown = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return (f"{raw.decode('utf-8', 'backslashreplace')} is not UTF-8 text (the terminal sent another "
+                    f"encoding): set it to UTF-8 (e.g. LANG=C.UTF-8), put the text in a UTF-8 file (prompt_file=, "
+                    f"story=, scenario=), or rename the file to a UTF-8 name")
+        return (f"{shown.encode('ascii', 'backslashreplace').decode()}: this shell's locale reads the command line "
+                f"as {sys.getfilesystemencoding()}, not UTF-8: run with PYTHONUTF8=1 (or LANG=C.UTF-8)")
     return None
 
 

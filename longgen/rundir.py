@@ -141,7 +141,7 @@ def write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, data: object) -> None:
@@ -206,7 +206,7 @@ def read_ledger(sweep_dir: Path) -> dict[int, dict]:
     requeues: dict[int, int] = {}
     path = Path(sweep_dir) / LEDGER
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
                 number = int(entry["job"])
@@ -348,7 +348,7 @@ class RunDirectory:
         its evaluation, preview and the other files its manifest lists (extend's second video, say)."""
         names = {"eval.json", "preview.jpg"}
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            outputs = json.loads((self.path / "manifest.json").read_text()).get("outputs", {})
+            outputs = json.loads((self.path / "manifest.json").read_text(encoding="utf-8")).get("outputs", {})
             names |= {v for v in outputs.values() if isinstance(v, str) and "/" not in v and not v.startswith(".")}
         return sorted(n for n in names if (self.path / n).is_file() and not (self.path / n).is_symlink())
 
@@ -429,6 +429,7 @@ class RunLog(logging.FileHandler):
     refused there leaves that directory as it was."""
 
     def __init__(self, filename, *args, **kwargs) -> None:
+        kwargs["encoding"] = kwargs.get("encoding") or "utf-8"  # as every file longgen writes, whatever the locale
         super().__init__(filename, *args, **kwargs)
         try:
             names = [entry.name for entry in Path(self.baseFilename).parent.iterdir()]

@@ -797,8 +797,12 @@ _FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff
 
 
 def ends_full_width(text: str) -> bool:
-    """Whether `text` ends in a Chinese or Japanese letter or full-width mark (Korean, accented Latin: no)."""
-    return bool(text) and _FULL_WIDTH.match(text[-1]) is not None
+    """Whether `text` ends in a Chinese or Japanese letter or full-width mark (Korean, accented Latin: no); emoji and
+    other symbols after the last letter are passed over ("雪堆🦊" is Chinese)."""
+    end = len(text)
+    while end > 1 and unicodedata.category(text[end - 1])[0] in "SMC":  # symbols, marks, ZWJ and other format
+        end -= 1
+    return end > 0 and _FULL_WIDTH.match(text[end - 1]) is not None
 
 
 def joined_lines(text: str) -> str:

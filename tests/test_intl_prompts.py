@@ -180,3 +180,31 @@ def test_a_sweep_subdir_named_after_a_long_chinese_prompt_is_one_line_before_any
     with pytest.raises(UsageError, match=r"job 0 a folder name of 272 bytes.*limit of 255.*3 bytes"):
         check_job_dirs(["0_" + "猫" * 90, "1_猫"], "${hydra.job.num}_${prompt}")
     check_job_dirs(["0_" + "猫" * 84, "1_猫/" + "狗" * 84], "${hydra.job.num}_${prompt}")  # 254 bytes: fits
+
+
+def test_a_machine_whose_locale_is_not_utf8_reads_and_writes_utf8_and_prints_what_it_can(tmp_path):
+    # with a locale such as en_US (ISO-8859-1) or an unknown one (ASCII), every command failed before its first line
+    # (the configs, which hold '—', read in the locale's encoding: a UnicodeDecodeError traceback); files were
+    # written in that encoding, and printing a Chinese table was a UnicodeEncodeError traceback after the split
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scenario = tmp_path / "zh.txt"
+    scenario.write_text("一只红狐狸在雪林中醒来。它跳进雪堆🦊。", encoding="utf-8")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "xx_XX.ISO-8859-1", "LANG": "xx_XX.ISO-8859-1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PYTHONIOENCODING", None)
+    proc = subprocess.run([sys.executable, "-m", "longgen.cli", "split-prompt", "zh.txt", "num_prompts=2",
+                           "splitter=offline", "hydra.run.dir=run"], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode("ascii", "replace")[-2000:]
+    assert json.loads((tmp_path / "run" / "story.json").read_text(encoding="utf-8"))["local"][1].endswith("雪堆🦊。")
+    assert b"\\u96ea\\u5806" in proc.stdout  # the table's Chinese, escaped for this terminal
+    # Chinese on such a command line: Python cannot even name a file after it; one line saying what to set
+    proc = subprocess.run([sys.executable, "-m", "longgen.cli", "generate", "backbone=tiny", "prompt=一只猫",
+                           "hydra.run.dir=run2"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1 and b"PYTHONUTF8=1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run2").exists()

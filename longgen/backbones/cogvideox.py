@@ -85,7 +85,7 @@ class CogVideoXBackbone(DiffusersBackbone):
         super().check_available()
         config = Path(self._source or "") / "transformer" / "config.json"
         if self.riflex is not None and not self.random_weights and config.is_file():
-            self._check_riflex(json.loads(config.read_text()))
+            self._check_riflex(json.loads(config.read_text(encoding="utf-8")))
 
     def check_length(self, latent_frames: int, fix: str | None = None) -> None:
         if latent_frames % 2 == 0:

@@ -798,7 +798,7 @@ class DiffusersBackbone(Backbone):
                 config = Path(cached) if isinstance(cached, str) else None
             if config is None or not config.is_file():
                 return None
-            depth = json.loads(config.read_text()).get("num_layers")
+            depth = json.loads(config.read_text(encoding="utf-8")).get("num_layers")
             return None if depth is None else int(depth)
         except (OSError, ValueError, TypeError, AttributeError):
             return None

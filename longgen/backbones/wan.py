@@ -154,7 +154,7 @@ class WanBackbone(DiffusersBackbone):
         super().check_available()
         config = Path(self._source or "") / "transformer" / "config.json"
         if self.riflex and not self.random_weights and config.is_file():
-            self._check_riflex(json.loads(config.read_text()))
+            self._check_riflex(json.loads(config.read_text(encoding="utf-8")))
 
     # ------------------------------------------------------------------ loading
     def _euler_scheduler(self, config):

@@ -126,7 +126,7 @@ def scene_job(run_dir: Path, cfg, choices):
         return plan_job(cfg, run_dir, choices, story=story)
     manifest, takes = run_dir / "manifest.json", None
     with contextlib.suppress(OSError, ValueError, AttributeError):  # no manifest (yet), or not one of ours
-        takes = json.loads(manifest.read_text()).get("takes")
+        takes = json.loads(manifest.read_text(encoding="utf-8")).get("takes")
     if takes:
         raise UsageError(f"{path} has no shots but {manifest} lists {len(takes)} takes: put the run's own "
                          f"story.json back (its takes decode one by one)")

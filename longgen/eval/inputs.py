@@ -74,7 +74,7 @@ def job_order(path: Path) -> tuple:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is not readable JSON ({exc}); regenerate the run or evaluate its video file") from exc
 
@@ -92,7 +92,7 @@ def run_target(run_dir: Path) -> Target:
     if (run_dir / ".hydra" / "overrides.yaml").is_file():
         import yaml
 
-        overrides = [str(o) for o in (yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])]
+        overrides = [str(o) for o in (yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or [])]
     return Target(video=video, label=run_dir.name, run_dir=run_dir, manifest=manifest, story=story,
                   latents=latents if latents.is_file() else None, overrides=overrides)
 

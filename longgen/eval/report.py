@@ -135,7 +135,7 @@ def left_out(sweep_dir: str | Path, results: list[dict]) -> list[str]:
     shown = {Path(r["video"]).resolve().parent for r in results}
     jobs = read_ledger(sweep_dir)
     try:
-        planned = int(json.loads((sweep_dir / SUMMARY).read_text())["planned"])
+        planned = int(json.loads((sweep_dir / SUMMARY).read_text(encoding="utf-8"))["planned"])
     except (OSError, ValueError, TypeError, KeyError):
         planned = 0
     named = shown | {Path(entry["run_dir"]).resolve() for entry in jobs.values()}
@@ -306,5 +306,5 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
     results = []
     for job in jobs:
         with contextlib.suppress(OSError, ValueError):
-            results.append(json.loads((job / "eval.json").read_text()))
+            results.append(json.loads((job / "eval.json").read_text(encoding="utf-8")))
     return results

@@ -76,5 +76,5 @@ def default_settings() -> Settings:
     """The `settings` node of the shipped conf/eval.yaml."""
     import yaml
 
-    data = yaml.safe_load((resources.files("longgen.conf") / "eval.yaml").read_text())
+    data = yaml.safe_load((resources.files("longgen.conf") / "eval.yaml").read_text(encoding="utf-8"))
     return Settings.from_config(data["settings"])

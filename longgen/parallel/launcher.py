@@ -42,7 +42,7 @@ def requested_gpus(command: str, args: list[str]) -> str | None:
         with contextlib.suppress(Exception):
             import yaml
 
-            value = (yaml.safe_load(saved.read_text()) or {}).get("gpus")
+            value = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("gpus")
             return None if value is None else str(value)
     return None
 

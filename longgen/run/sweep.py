@@ -105,7 +105,7 @@ def write_summary(sweep_dir: Path, jobs: dict[int, dict], planned: int | None = 
     (the sweep's job count) is kept from the summary written when the sweep started when not given."""
     if planned is None:
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            planned = int(json.loads((sweep_dir / SUMMARY).read_text())["planned"])
+            planned = int(json.loads((sweep_dir / SUMMARY).read_text(encoding="utf-8"))["planned"])
     done = [j for j in sorted(jobs) if jobs[j]["status"] == "done"]
     failed = [j for j in sorted(jobs) if jobs[j]["status"] not in ("done", "requeued")]
     requeued = [j for j in sorted(jobs) if jobs[j].get("requeues")]
