@@ -208,3 +208,25 @@ def test_a_machine_whose_locale_is_not_utf8_reads_and_writes_utf8_and_prints_wha
                            "hydra.run.dir=run2"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1 and b"PYTHONUTF8=1" in proc.stderr, proc.stderr
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("scenario", ["。。。", "！", "...", "?!"])
+def test_a_scenario_of_punctuation_only_is_one_line(scenario):
+    # rule 7 (another language) took the first of no sentences: an IndexError traceback from split-prompt
+    from longgen.errors import UsageError
+    from longgen.splitters.offline import OfflineSplitter
+
+    with pytest.raises(UsageError, match="no words"):
+        OfflineSplitter().split(scenario, 2)
+
+
+@pytest.mark.parametrize("scenario, first", [("「走吧。」他说。然后他走了。", "「走吧。」"),
+                                             ("他喊道：“快跑！”狐狸跑了。", "他喊道：“快跑！”")])
+def test_a_chinese_sentence_ending_inside_quotes_is_cut_after_the_closing_quote(scenario, first):
+    # "「走吧。" and "」他说。" were two sentences, the first with its quote left open
+    from longgen.splitters.offline import OfflineSplitter
+
+    story = OfflineSplitter().split(scenario, 3)
+    assert story.global_prompt == first, story.global_prompt
+    assert all(p.startswith(first) and not p[len(first):].startswith(("」", "”")) for p in story.local_prompts)
+    assert not any(p.endswith(("」。", "”。")) for p in story.local_prompts)

@@ -6,6 +6,7 @@ environment, story and exactly `num_prompts` shots; longgen/run/shots.py samples
 from __future__ import annotations
 
 import abc
+import unicodedata
 from typing import Any
 
 from longgen.errors import UsageError
@@ -37,6 +38,8 @@ def check_scenario(scenario: Any) -> str:
             f"the scenario is {len(text)} characters long, over the limit of {MAX_SCENARIO_CHARS}: a scenario "
             f"describes one video (a few sentences to a page); shorten it"
         )
+    if not any(unicodedata.category(char)[0] in "LNS" for char in text):  # letters, digits, symbols (emoji)
+        raise UsageError(f"the scenario {text[:20]!r} holds no words, only punctuation: write what happens in the video")
     return text
 
 

@@ -145,8 +145,10 @@ def _sentence_case(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-#: sentence ends: Latin punctuation before a space, CJK full-width punctuation with or without one
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*")
+#: sentence ends: Latin punctuation before a space, CJK full-width punctuation with or without one; a sentence
+#: that ends inside quotes or brackets (「走吧。」) ends after them
+_CLOSING = "」』）”’〉》"
+_SENTENCE_END = re.compile(rf"(?<=[.!?;])\s+|(?<=[。！？；][{_CLOSING}])\s*|(?<=[。！？；])(?![{_CLOSING}])\s*")
 _ENDS = ".!?;。！？；"
 #: a scenario with none of these words (and no English verb) is in another language (rule 7)
 _ENGLISH = frozenset("the and is are of with to his her their its".split())  # not "a", "an": French, German
@@ -159,7 +161,7 @@ def _joined(left: str, right: str) -> str:
 
 def _finish(text: str) -> str:
     text = text.strip().rstrip(",;: ，、；：")
-    if text.endswith((".", "!", "?", "。", "！", "？")):
+    if text.rstrip(_CLOSING).endswith((".", "!", "?", "。", "！", "？", "…")):
         return text
     return text + ("。" if ends_full_width(text) else ".")
 
