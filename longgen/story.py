@@ -345,7 +345,7 @@ class Story:
         chars = self.characters = parse_characters(self.characters)  # LCT's literal forms read into the map
         for cid, desc in chars.items():
             if not _CHARACTER_ID.match(cid):
-                raise UsageError(f"story: character id {brief(cid, 40)} must be letters, digits, '-' or '_' (it is written \"Character ID\" in shots)")
+                raise UsageError(f"story: character id {brief(cid, 40)} must be ASCII letters, digits, '-' or '_' (e.g. 1 or fox; it is written \"Character ID\" in shots, where Chinese text may follow it without a space: \"Character 1醒来\")")
             if not isinstance(desc, str) or not desc.strip():
                 raise UsageError(f"story: character {cut(cid, 40)} has an empty description")
         for key in ("environment", "story"):

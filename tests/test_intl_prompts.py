@@ -230,3 +230,15 @@ def test_a_chinese_sentence_ending_inside_quotes_is_cut_after_the_closing_quote(
     assert story.global_prompt == first, story.global_prompt
     assert all(p.startswith(first) and not p[len(first):].startswith(("」", "”")) for p in story.local_prompts)
     assert not any(p.endswith(("」。", "”。")) for p in story.local_prompts)
+
+
+def test_a_chinese_character_id_is_told_that_ids_are_ascii():
+    # '狐狸' was refused as not being "letters, digits, '-' or '_'", which it is; ids are ASCII so that Chinese text
+    # may follow "Character 1" without a space ("Character 1醒来")
+    from longgen.errors import UsageError
+    from longgen.story import Story
+
+    with pytest.raises(UsageError, match=r"character id '狐狸' must be ASCII letters.*Character 1醒来"):
+        Story.from_dict({"characters": {"狐狸": "一只红狐狸"}, "shots": ["Character 狐狸 醒来"]})
+    story = Story.from_dict({"characters": {"1": "一只红狐狸"}, "shots": ["Character 1醒来"]})
+    assert story.shots[0].prompt == "Character 1醒来"
