@@ -830,7 +830,6 @@ def _normal(text: str) -> str:
 
 
 
-
 # ---------------------------------------------------------------------- text-encoder limit
 def check_text_limit(
     prompts: Sequence[tuple[str, str]],
