@@ -169,6 +169,7 @@ def test_a_chinese_prompt_file_wrapped_over_lines_is_one_text_without_spaces_ins
     assert Story.from_prompt_file(path).global_prompt == expected
     assert check_scenario(path.read_text(encoding="utf-8")) == expected
     assert check_scenario("猫 と 犬") == "猫 と 犬"  # spaces typed on one line are the writer's own
+    assert check_scenario("一只猫\r在雪中") == "一只猫在雪中"  # a lone carriage return breaks a line too
 
 
 def test_a_sweep_subdir_named_after_a_long_chinese_prompt_is_one_line_before_any_job():
@@ -263,6 +264,7 @@ def test_a_cut_line_keeps_longer_sequences_whole(text, kept):
     from longgen.story import cut
 
     assert cut(text, 11) == kept + "…"
+    assert cut("🇨🇳🇯🇵x", 3) == "🇨🇳…"  # flags from the text's first character on are counted in pairs
 
 
 def test_text_ending_in_chinese_is_told_apart_past_emoji_sequences_and_rare_ideographs():
