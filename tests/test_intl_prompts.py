@@ -169,6 +169,7 @@ def test_a_chinese_prompt_file_wrapped_over_lines_is_one_text_without_spaces_ins
     assert Story.from_prompt_file(path).global_prompt == expected
     assert check_scenario(path.read_text(encoding="utf-8")) == expected
     assert check_scenario("猫 と 犬") == "猫 と 犬"  # spaces typed on one line are the writer's own
+    assert check_scenario("一只猫\r在雪中") == "一只猫在雪中"  # a lone carriage return breaks a line too
 
 
 def test_a_sweep_subdir_named_after_a_long_chinese_prompt_is_one_line_before_any_job():
@@ -180,6 +181,8 @@ def test_a_sweep_subdir_named_after_a_long_chinese_prompt_is_one_line_before_any
     with pytest.raises(UsageError, match=r"job 0 a folder name of 272 bytes.*limit of 255.*3 bytes"):
         check_job_dirs(["0_" + "猫" * 90, "1_猫"], "${hydra.job.num}_${prompt}")
     check_job_dirs(["0_" + "猫" * 84, "1_猫/" + "狗" * 84], "${hydra.job.num}_${prompt}")  # 254 bytes: fits
+    with pytest.raises(UsageError, match=r"job 1 a folder name of 260 bytes"):  # the longest in bytes, not letters
+        check_job_dirs(["0_a", "x" * 100 + "/1_" + "猫" * 86], "${x}/${hydra.job.num}_${prompt}")
 
 
 def test_a_machine_whose_locale_is_not_utf8_reads_and_writes_utf8_and_prints_what_it_can(tmp_path):
@@ -242,3 +245,71 @@ def test_a_chinese_character_id_is_told_that_ids_are_ascii():
         Story.from_dict({"characters": {"狐狸": "一只红狐狸"}, "shots": ["Character 狐狸 醒来"]})
     story = Story.from_dict({"characters": {"1": "一只红狐狸"}, "shots": ["Character 1醒来"]})
     assert story.shots[0].prompt == "Character 1醒来"
+
+
+# ---------------------------------------------------------------------- mutation audit (session 10): edges pinned
+def test_a_chinese_prompt_on_a_utf8_command_line_is_not_refused():
+    from longgen.overrides import not_utf8
+
+    assert not_utf8(["prompt=一只猫在雪中🦊", "story=/data/故事.json", "seed=1"]) is None
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("a" * 8 + "🐱\u200d👤x", "a" * 8),  # the cut falls on the emoji after a ZWJ: the whole sequence goes
+    ("a" * 8 + "e\u0301\u0302xyz", "a" * 8),  # two accents on one letter
+    ("a" * 4 + "🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007fx", "a" * 4),  # a tag flag's end
+    ("a" * 9 + "कि" + "x", "a" * 9),  # a spacing vowel sign (Mc) stays with its consonant
+])
+def test_a_cut_line_keeps_longer_sequences_whole(text, kept):
+    from longgen.story import cut
+
+    assert cut(text, 11) == kept + "…"
+    assert cut("🇨🇳🇯🇵x", 3) == "🇨🇳…"  # flags from the text's first character on are counted in pairs
+
+
+def test_text_ending_in_chinese_is_told_apart_past_emoji_sequences_and_rare_ideographs():
+    from longgen.story import ends_full_width, full_stop
+
+    assert ends_full_width("雪地🐱\u200d👤") and ends_full_width("猫❤\ufe0f")  # ZWJ, variation selector passed over
+    assert ends_full_width("𠮷") and full_stop("𠮷野家") == "𠮷野家。"  # CJK extension B (outside the BMP)
+    assert ends_full_width("〒")  # a full-width symbol on its own is still full-width
+    assert full_stop("他走了…") == "他走了…" and full_stop("Wait…") == "Wait…"  # an ellipsis ends a sentence
+
+
+def test_the_stand_in_tokenizer_splits_latin_from_a_chinese_letter_after_it():
+    from longgen.backbones.hashed_text import ideographs
+
+    assert tokenize("AI猫") == ["ai", "猫"] and tokenize("猫AI") == ["猫", "ai"]
+    assert ideographs(tokenize("AI猫，走")) == 3
+
+
+def test_the_estimate_counts_a_chinese_character_once_and_a_word_1_3_times_plus_the_end_token():
+    backbone = _backbone("wan2.1-t2v-1.3b")
+    assert backbone.count_tokens("一只猫 walks") == (6, False)  # ceil(1 × 1.3) + 3 + </s>
+
+
+def test_the_glyph_warnings_are_collected_whatever_the_warning_filters_and_others_still_shown():
+    import warnings
+
+    from longgen.eval.plots import missing_glyphs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PYTHONWARNINGS=error (or ignore): the glyphs are still collected
+        with missing_glyphs() as found:
+            warnings.warn("Glyph 29483 (\\N{CJK UNIFIED IDEOGRAPH-732B}) missing from font(s) DejaVu Sans.")
+    assert found == {"猫"}
+    with pytest.warns(UserWarning, match="another warning"):
+        with missing_glyphs():
+            warnings.warn("another warning", UserWarning)
+
+
+def test_a_scenario_of_emoji_only_is_a_scenario():
+    from longgen.splitters.base import check_scenario
+
+    assert check_scenario("🦊🌲❄️") == "🦊🌲❄️"
+
+
+def test_a_character_after_a_chinese_full_stop_starts_a_sentence():
+    from longgen.run.shots import _substitute
+
+    assert _substitute("雪林中。Character 1在跑。", {"1": "a red fox"}) == "雪林中。A red fox在跑。"

@@ -142,3 +142,15 @@ def test_a_sentence_ends_with_the_stop_of_its_own_script(scenario, stop, space):
     assert not any(other in p for p in [story.global_prompt, *story.local_prompts])
     assert story.local_prompts[-1].startswith(story.global_prompt + space)
     assert not story.local_prompts[-1].startswith(story.global_prompt + space + " ")
+
+
+def test_an_english_scenario_without_the_commonest_words_is_still_read_as_english():
+    # rule 7 is for scenarios with no English verb and none of English's commonest words, not for either alone
+    story = OfflineSplitter().split("A fox runs. Snow falls.", 2)
+    assert story.global_prompt == "A fox." and story.local_prompts == ["A fox. The fox runs.", "A fox. Snow falls."]
+
+
+def test_another_language_merges_the_earliest_of_equally_short_pairs_and_drops_trailing_commas():
+    story = OfflineSplitter().split("猫醒了。狗跑了。鸟飞了。", 2)
+    assert story.local_prompts == ["猫醒了。狗跑了。", "猫醒了。鸟飞了。"]
+    assert OfflineSplitter().split("一只猫醒来，", 1).local_prompts == ["一只猫醒来。"]

@@ -591,3 +591,37 @@ def test_rerun_failed_with_only_a_running_job_left_is_not_a_success(tmp_path, mo
         os.close(running)
     assert capsys.readouterr().err.splitlines()[-1].endswith("now 1 done, 0 failed; 1 still running (job 1): run "
                                                              "--rerun-failed again once it has ended")
+
+
+def test_a_job_that_recorded_its_own_failure_in_this_launch_is_not_called_interrupted(tmp_path, monkeypatch):
+    # only "interrupted" as the job's last record of this launch means a signal stopped it; and launch() takes the
+    # ledger's size before it submits, so an earlier launch's "interrupted" is not read as this one's
+    from types import SimpleNamespace
+
+    from hydra_plugins.longgen_submitit import LocalLauncher
+    from omegaconf import OmegaConf
+
+    from longgen.run.sweep import LEDGER, append_entry
+
+    launcher = LocalLauncher(submitit_folder=str(tmp_path / "s"))
+    append_entry(tmp_path / LEDGER, {"job": 0, "overrides": [], "status": "interrupted"})
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    monkeypatch.setattr(launcher, "executor", lambda: SimpleNamespace(map_array=lambda fn, *c: [None] * len(c[0])))
+    monkeypatch.setattr(launcher, "_outcome", lambda job, number, overrides: launcher._stopped_by_signal(tmp_path, 0))
+    assert launcher.launch([["seed=0"]], 0) == [False]
+    append_entry(tmp_path / LEDGER, {"job": 0, "overrides": [], "status": "failed", "error": "x"})
+    assert not launcher._stopped_by_signal(tmp_path, 0)
+
+
+def test_a_sweep_whose_unfinished_jobs_were_all_interrupted_says_only_that(tmp_path, capsys, caplog):
+    from omegaconf import OmegaConf
+
+    from longgen.run.sweep import LEDGER, SweepSummary, append_entry
+
+    for number, status in enumerate(("done", "interrupted", "interrupted")):
+        append_entry(tmp_path / LEDGER, {"job": number, "overrides": [f"seed={number}"], "status": status})
+    caplog.set_level("INFO", logger="longgen")
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "did not finish (1, 2: 2 interrupted; see " in capsys.readouterr().err
+    assert "1 done, 2 failed (2 of them interrupted)" in caplog.text
