@@ -199,14 +199,18 @@ SWEEP_LOCK = ".longgen-sweep.lock"
 SWEEP_FILES = ("multirun.yaml", LEDGER, SWEEP_LOCK)
 
 
-def read_ledger(sweep_dir: Path) -> dict[int, dict]:
+def read_ledger(sweep_dir: Path, since: int = 0) -> dict[int, dict]:
     """The latest outcome of every job of the sweep, by job number; `requeues`: how often the scheduler's job was
-    requeued before it (when it was)."""
+    requeued before it (when it was). `since`: only the lines from that byte on (a line's start: what a launch's
+    jobs wrote, the ledger's size when they were submitted)."""
     jobs: dict[int, dict] = {}
     requeues: dict[int, int] = {}
     path = Path(sweep_dir) / LEDGER
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8")
+        for line in text.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
                 number = int(entry["job"])

@@ -505,7 +505,7 @@ def test_a_submitit_job_a_signal_stopped_is_interrupted_not_killed(tmp_path, cap
         launcher._outcome(job, number, [f"seed={number}"])
     jobs = read_ledger(tmp_path)
     assert jobs[0]["status"] == "interrupted" and "error" not in jobs[0]
-    assert f"sweep job 0) was interrupted; its checkpoint is kept: `longgen generate --rerun-failed {tmp_path}` " \
+    assert f"sweep job 0) was interrupted; its checkpoint is kept: longgen generate --rerun-failed {tmp_path} " \
            "resumes it" in caplog.text
     assert jobs[1]["status"] == "failed" and "killed before it wrote one" in jobs[1]["error"]
     assert jobs[2]["status"] == "failed"  # its last record in this launch was not "interrupted"

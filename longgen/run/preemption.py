@@ -32,7 +32,6 @@ it. The launcher waits for every job; a failed job never stops the others.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -53,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from longgen.errors import UsageError
 from longgen.run.sweep import LEDGER, append_entry, job_subdir
-from longgen.rundir import CHECKPOINT, holds_finished_run
+from longgen.rundir import CHECKPOINT, holds_finished_run, read_ledger
 
 log = logging.getLogger("longgen")
 
@@ -133,12 +132,17 @@ def requeue(before: dict[int, Any], run_dir: Path, number: int, overrides: list[
     try:
         handler(submitit.JobEnvironment._usr_sig(), None)
     except UncompletedJobError as exc:
-        kept = ("its checkpoint is kept: {} resumes it" if (run_dir / CHECKPOINT).is_file()
-                else "no step was checkpointed: {} starts it again")
-        line = (f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; "
-                + kept.format(f"longgen generate --rerun-failed {run_dir.parent}"))
+        line = f"not requeued ({exc}): raise hydra.launcher.timeout_min or max_num_timeout; {rerun_hint(run_dir)}"
         _ledger_entry(run_dir, number, overrides, "failed", error=line, requeue_refused=True)
         raise RuntimeError(line) from None
+
+
+def rerun_hint(run_dir: Path) -> str:
+    """What `--rerun-failed` of the sweep does for a job that ended without finishing: resume or start again."""
+    rerun = f"longgen generate --rerun-failed {run_dir.parent}"
+    if (run_dir / CHECKPOINT).is_file():
+        return f"its checkpoint is kept: {rerun} resumes it"
+    return f"no step was checkpointed: {rerun} starts it again"
 
 
 def failure_line(exc: BaseException) -> str:
@@ -346,10 +350,8 @@ class SubmititLauncher(Launcher):
         except Exception as exc:  # submitit's UncompletedJobError, or the job's own exception
             run_dir = self.job_dir(overrides, number)
             if self._stopped_by_signal(run_dir.parent, number):  # SIGINT to the job (`scancel --signal=INT`, `pkill`)
-                kept = ("its checkpoint is kept: `{}` resumes it" if (run_dir / CHECKPOINT).is_file()
-                        else "no step was checkpointed: `{}` starts it again")
                 log.warning("submitit job %s (sweep job %d) was interrupted; %s", job.job_id, number,
-                            kept.format(f"longgen generate --rerun-failed {run_dir.parent}"))
+                            rerun_hint(run_dir))
                 return JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
             line = failure_line(exc)
             log.error("submitit job %s (sweep job %d) ended without a result: %s", job.job_id, number, line)
@@ -367,18 +369,9 @@ class SubmititLauncher(Launcher):
         `recorded_job`: status "interrupted", the checkpoint written): it then leaves no result, as a killed job
         does, but it was not killed."""
         try:
-            with open(sweep_dir / LEDGER, "rb") as f:
-                f.seek(self.ledger_start)
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError:
+            return read_ledger(sweep_dir, self.ledger_start).get(number, {}).get("status") == "interrupted"
+        except (OSError, ValueError):  # an unreadable ledger: the job is recorded failed, as a killed one is
             return False
-        status = None
-        for line in lines:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                entry = json.loads(line)
-                if int(entry["job"]) == number:
-                    status = entry["status"]
-        return status == "interrupted"
 
     def job_dir(self, overrides: list[str], number: int) -> Path:
         """A job's directory as its own process names it (hydra.sweep.dir / hydra.sweep.subdir of its config)."""
