@@ -793,7 +793,8 @@ def _source(value: Any) -> dict[str, Any]:
 #: marks that end a sentence: Latin ones and the full-width ones of Chinese and Japanese
 SENTENCE_ENDS = ".!?。！？…"
 #: Chinese and Japanese letters and full-width marks: a sentence there ends with '。', and none is followed by a space
-_FULL_WIDTH = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]")
+FULL_WIDTH_RANGES = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
+_FULL_WIDTH = re.compile(rf"[{FULL_WIDTH_RANGES}]")
 
 
 def ends_full_width(text: str) -> bool:

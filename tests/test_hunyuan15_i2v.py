@@ -186,6 +186,7 @@ def test_ditctrl_kv_sharing_with_an_image_is_refused_at_plan_unless_one_window_a
     for fix in ("backbone.micro_batch=1", "sampler.kv_sharing=false"):
         assert plan_job(_compose(*base, fix), tmp_path / "run", choices).images is not None
 
+
 def test_gen_l_video_with_start_and_key_image_through_the_cli(tmp_path):
     for name, seed, size in (("start.png", 5, (40, 24)), ("key.png", 6, (16, 16))):
         Image.fromarray(_image(seed, size)).save(tmp_path / name)

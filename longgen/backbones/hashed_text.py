@@ -14,10 +14,11 @@ import re
 
 import torch
 
-#: Chinese and Japanese letters (CJK ideographs, kana) and full-width marks
-_IDEOGRAPHIC = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
-_TOKEN = re.compile(rf"[{_IDEOGRAPHIC}]|(?:(?![{_IDEOGRAPHIC}])\w)+|[^\w\s]")
-_ONE_IDEOGRAPH = re.compile(rf"[{_IDEOGRAPHIC}]")
+from longgen.story import FULL_WIDTH_RANGES
+
+#: a Chinese or Japanese letter (CJK ideograph, kana) or full-width mark is a token of its own
+_TOKEN = re.compile(rf"[{FULL_WIDTH_RANGES}]|(?:(?![{FULL_WIDTH_RANGES}])\w)+|[^\w\s]")
+_ONE_IDEOGRAPH = re.compile(rf"[{FULL_WIDTH_RANGES}]")
 
 
 def tokenize(prompt: str) -> list[str]:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from longgen.splitters.base import Splitter, check_num_prompts, check_scenario
-from longgen.story import Story, ends_full_width
+from longgen.story import SENTENCE_ENDS, Story, ends_full_width
 
 _BASE_VERBS = """
 appear approach arrive ascend bark bend bite blink bloom blossom blow bounce bow break breathe brighten build burn
@@ -161,7 +161,7 @@ def _joined(left: str, right: str) -> str:
 
 def _finish(text: str) -> str:
     text = text.strip().rstrip(",;: ，、；：")
-    if text.rstrip(_CLOSING).endswith((".", "!", "?", "。", "！", "？", "…")):
+    if text.rstrip(_CLOSING).endswith(tuple(SENTENCE_ENDS)):
         return text
     return text + ("。" if ends_full_width(text) else ".")
 
