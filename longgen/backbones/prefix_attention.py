@@ -32,10 +32,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from longgen.backbones.attention import Kernel, check_fa3, hunyuan_out, hunyuan_qkv, kernel_func, needs_backward
+from longgen.backbones.attention import (SDPA_KERNELS, Kernel, check_fa3, hunyuan_out, hunyuan_qkv, kernel_func,
+                                        needs_backward)
 
-#: the SDPA order of `valid-prefix` on CUDA (auto's order elsewhere in longgen: cuDNN measured fastest at head dim 128)
-PREFIX_SDPA = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+#: the SDPA order of `valid-prefix` on CUDA: auto's everywhere in longgen (cuDNN measured fastest at head dim 128)
+PREFIX_SDPA = SDPA_KERNELS["auto"]
 #: attend(q, k, v): [b, heads, n, hd] each → [b, heads, n, hd], unmasked
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
