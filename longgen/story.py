@@ -491,10 +491,10 @@ class Story:
         on local prompts only, so for these the global description (SynCoS §3.3: the shared subject, look and
         setting) does not reach them (except through GLC's global path). Empty for a story without a global prompt or in
         the multi-shot form."""
-        glob = _normal(self.global_prompt or "")
+        glob = comparable(self.global_prompt or "")
         if not glob or self.shots is not None:
             return []
-        return [i for i, prompt in enumerate(self.local_prompts) if glob not in _normal(prompt)]
+        return [i for i, prompt in enumerate(self.local_prompts) if glob not in comparable(prompt)]
 
     def missing_global_warning(self) -> str | None:
         """One line for the log when some local prompts lack the global prompt (`locals_missing_global`), else None.
@@ -825,8 +825,9 @@ def full_stop(text: str) -> str:
     return text if text[-1:] in SENTENCE_ENDS else text + ("。" if ends_full_width(text) else ".")
 
 
-def _normal(text: str) -> str:
-    """Text compared for containment: whitespace runs collapsed, case folded, trailing full stops dropped."""
+def comparable(text: str) -> str:
+    """Text compared for containment (a local prompt holding the global one, here and in the LLM splitter's
+    check of its answers): whitespace runs collapsed, case folded, trailing full stops dropped."""
     return " ".join(text.split()).casefold().rstrip(" .。")
 
 

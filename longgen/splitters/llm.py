@@ -54,7 +54,7 @@ from longgen.errors import UsageError
 from longgen.redact import env_name_problem, remember, scrub
 from longgen.splitters.base import Splitter, check_num_prompts, check_scenario
 from longgen.splitters.cache import StoryCache, cache_key
-from longgen.story import Story
+from longgen.story import Story, comparable
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,6 @@ def redact_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.split()).casefold().rstrip(" .。")
 
 
 # ---------------------------------------------------------------------- reading the model's answer
@@ -250,7 +246,7 @@ def _story_from_object(data: dict, num_prompts: int) -> Story:
         p = _field_text(item, f"local prompt {i}")
         if not p.strip():
             raise InvalidAnswer(f"local prompt {i} is empty")
-        if _normal(glob) not in _normal(p):
+        if comparable(glob) not in comparable(p):
             raise InvalidAnswer(f"local prompt {i} does not contain the global prompt word for word; start it with the exact global prompt")
         prompts.append(p.strip())
     return Story(global_prompt=glob.strip(), local_prompts=prompts)
