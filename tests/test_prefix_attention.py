@@ -64,6 +64,11 @@ def test_video_keys_added_to_the_queries_own_equal_masked_attention_written_out(
     ours = prefix_attention(attend_with("valid-prefix"), q, k, v, text_mask)
     assert ours.shape == q.shape
     assert (ours - masked_attention_written_out(q, k, v, text_mask)).abs().max().item() < 1e-12
+    # rows of one length (the one-call path), as a window's rows of one prompt are: the keys keep all N' video
+    # tokens (cutting them at the queries' N + T went unnoticed while only rows of different lengths were checked)
+    same = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
+    ours = prefix_attention(attend_with("valid-prefix"), q, k, v, same)
+    assert (ours - masked_attention_written_out(q, k, v, same)).abs().max().item() < 1e-12
 
 
 def test_the_op_traces_into_a_compiled_graph_and_gives_the_same_numbers():
