@@ -9,4 +9,4 @@ mkdir -p "$site" &&
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl &&
     { [ -x "$site/ffmpeg" ] || { xz -dc "$repo/.whl/ffmpeg.xz" > "$site/ffmpeg" && chmod +x "$site/ffmpeg"; }; } &&
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$site" "$repo" &&
-    export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg
+    export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PATH=$site/bin:$PATH

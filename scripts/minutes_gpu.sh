@@ -57,7 +57,7 @@ installed() {
 if [ "$dry" = 0 ] && [ "${MINUTES_INSTALL:-1}" = 1 ]; then
     if installed; then
         echo "longgen and the wheels already installed in $site (same sources): no install"
-        export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg
+        export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PATH=$site/bin:$PATH
     else
         source "$repo/scripts/gpu_site.sh" || exit 1
     fi
