@@ -27,7 +27,10 @@
 # Environment: OUT (default /tmp/minutes-out), MINUTES_RUNS (run directories, default $repo/.minutes),
 # MINUTES_INSTALL=0 (use the Python environment as it is; a part run after another on the same warm machine skips
 # the install by itself), MINUTES_EXTRA (more overrides for every longgen
-# command, e.g. "backbone.attention=fa3"), MINUTES_STEPS (override the part's sampler.num_steps).
+# command, e.g. "backbone.attention=fa3"), MINUTES_STEPS (override the part's sampler.num_steps), MINUTES_DEADLINE
+# (seconds from the start to the SIGINT, default 530; at most 560 keeps the SIGKILL and the report in 600 s).
+# On one H100, 2a's step is ~480 s with fa3 (1a's 46.1 s x 398/38 windows): MINUTES_EXTRA="backbone.attention=fa3"
+# MINUTES_DEADLINE=560 bash scripts/minutes_gpu.sh 2a, with timeout_s 600.
 set -uo pipefail
 dry=0
 [ "${1:-}" = --dry ] && { dry=1; shift; }
@@ -71,7 +74,7 @@ if [ "$dry" = 0 ]; then
     wan=(backbone=wan2.1-t2v-1.3b backbone.random_weights=true backbone.compile=false)
     cog=(backbone=cogvideox-2b backbone.random_weights=true backbone.compile=false)
     gpus=all minute_wan=241 minute_cog=121 ten=2401 ten_shape="2401 16 60 104"
-    steps_wan=4 steps_cog=8 deadline=530 watch=90
+    steps_wan=4 steps_cog=8 deadline=${MINUTES_DEADLINE:-530} watch=90
 else
     wan=(backbone=tiny-wan backbone.height=16 backbone.width=16)
     cog=(backbone=tiny backbone.height=16 backbone.width=16)
