@@ -44,26 +44,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-/tmp/minutes-out}
 runs=${MINUTES_RUNS:-$repo/.minutes}
 mkdir -p "$out" "$runs"
-# installed: the checkout's sources (longgen/, conf/) and every wheel of .whl/ are in the site already (a warm machine
-# after an earlier part, or after scripts/gpu_lane.sh of the same checkout): the install (~1 min) is skipped
 site=${MINUTES_SITE:-/tmp/longgen-lane-site}   # scripts/gpu_site.sh installs there
-installed() {
-    local w name
-    diff -rq -x __pycache__ "$repo/longgen" "$site/longgen" 2> /dev/null | grep -v "^Only in $site/longgen" | grep -q . && return 1
-    diff -rq -x __pycache__ "$repo/conf" "$site/longgen/conf" 2> /dev/null | grep -v "^Only in $site" | grep -q . && return 1
-    [ -d "$site/longgen" ] && [ -x "$site/ffmpeg" ] || return 1
-    for w in "$repo"/.whl/*.whl; do
-        name=$(basename "$w" | cut -d- -f1-2)   # NAME-VERSION
-        [ -d "$site/$name.dist-info" ] || return 1
-    done
-}
 if [ "$dry" = 0 ] && [ "${MINUTES_INSTALL:-1}" = 1 ]; then
-    if installed; then
-        echo "longgen and the wheels already installed in $site (same sources): no install"
-        export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PATH=$site/bin:$PATH
-    else
-        source "$repo/scripts/gpu_site.sh" || exit 1
-    fi
+    site_reuse=1 source "$repo/scripts/gpu_site.sh" || exit 1   # skipped when the site holds this checkout already
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 cd /tmp || exit 1   # import the installed package, never the checkout
