@@ -831,7 +831,6 @@ def comparable(text: str) -> str:
     return " ".join(text.split()).casefold().rstrip(" .。")
 
 
-
 # ---------------------------------------------------------------------- text-encoder limit
 def check_text_limit(
     prompts: Sequence[tuple[str, str]],

@@ -89,10 +89,11 @@ def run_target(run_dir: Path) -> Target:
     story = _read_json(run_dir / "story.json") if (run_dir / "story.json").is_file() else None
     latents = run_dir / "latents.safetensors"
     overrides: list[str] = []
-    if (run_dir / ".hydra" / "overrides.yaml").is_file():
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if saved.is_file():
         import yaml
 
-        overrides = [str(o) for o in (yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or [])]
+        overrides = [str(o) for o in (yaml.safe_load(saved.read_text(encoding="utf-8")) or [])]
     return Target(video=video, label=run_dir.name, run_dir=run_dir, manifest=manifest, story=story,
                   latents=latents if latents.is_file() else None, overrides=overrides)
 

@@ -202,10 +202,11 @@ def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str,
     prompts = [(f"local prompt {i}", without_cut_markers(p)) for i, p in enumerate(story.local_prompts, 1)]
     prompts.append(("negative_prompt", negative_prompt))
     strict = not getattr(backbone, "random_weights", False)
+    # both checks run every time (a refusal is an exception); only their warnings depend on `warn`
     warnings = check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict)
-    for warning in warnings + backbone.other_text_limits(prompts, strict):
-        if warn:
-            log.warning(warning)
+    warnings += backbone.other_text_limits(prompts, strict)
+    for warning in warnings if warn else []:
+        log.warning(warning)
     if sampler is not None:
         sampler.check_prompts([text for _, text in prompts[:-1]], backbone)
 

@@ -168,9 +168,9 @@ def check_job_dirs(subdirs: list[str], written: str) -> None:
                              f"hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
         seen[norm] = number
         longest = max(norm.split(os.sep), key=lambda name: len(name.encode("utf-8")))
-        if len(longest.encode("utf-8")) > NAME_MAX:
+        if (size := len(longest.encode("utf-8"))) > NAME_MAX:
             raise UsageError(f"hydra.sweep.subdir={cut(written)} gives job {number} a folder name of "
-                             f"{len(longest.encode('utf-8'))} bytes ({cut(longest, 30)}), over the limit of {NAME_MAX} "
+                             f"{size} bytes ({cut(longest, 30)}), over the limit of {NAME_MAX} "
                              f"of file systems (a Chinese or Japanese character is 3 bytes): name jobs by short "
                              f"values, e.g. hydra.sweep.subdir='${{hydra.job.num}}_${{hydra:runtime.choices.sampler}}'")
 

@@ -172,10 +172,7 @@ def _sentences(scenario: str) -> list[str]:
 
 def _clauses(scenario: str) -> list[str]:
     pieces: list[str] = []
-    for sentence in _sentences(scenario):
-        sentence = sentence.strip()
-        if not sentence:
-            continue
+    for sentence in _sentences(scenario):  # stripped, none empty
         after = re.match(r"^after\s+(.+?),\s*(.+)$", sentence, flags=re.I)
         parts = [after.group(1), after.group(2)] if after else [sentence]
         for part in parts:
@@ -399,12 +396,12 @@ def _analyse(scenario: str, num_prompts: int) -> _Scene:
 def _other_language(scenario: str, n: int) -> _Scene:
     """Rule 7: sentences as events, the first one the global prompt; exactly n by merging or repeating."""
     events = [_finish(sentence) for sentence in _sentences(scenario)]
+    global_prompt = events[0]  # the first sentence, before any merging
     while len(events) > n:
         i = min(range(len(events) - 1), key=lambda k: (len(events[k]) + len(events[k + 1]), k))
         events[i : i + 2] = [_joined(events[i], events[i + 1])]
     counts = [n // len(events) + (1 if i < n % len(events) else 0) for i in range(len(events))]
     events = [event for event, k in zip(events, counts) for _ in range(k)]
-    global_prompt = _finish(_sentences(scenario)[0])
     # local prompt = global + event: an event that opens with the global prompt gives only what follows it
     events = [e[len(global_prompt):].strip() if e.startswith(global_prompt) else e for e in events]
     return _Scene(scenario, None, False, None, [], None, global_prompt, events)
