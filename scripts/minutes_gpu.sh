@@ -8,7 +8,7 @@
 #   bash scripts/minutes_gpu.sh 1a     # Wan 2.1 1.3B, one minute: 961 frames (241 latent), 4 steps        ~6 min
 #   bash scripts/minutes_gpu.sh 1b     # CogVideoX-2B, 481 frames (121 latent, one minute at 8 fps), 8 steps ~6 min
 #   bash scripts/minutes_gpu.sh 2a     # Wan ten-minute plan, 9,601 frames (2,401 latent, 398 windows): its
-#                                      # first step, the checkpoint, the start of its decode   ~9 min on 1 H200
+#                                      # first step, the checkpoint, the start of its decode   9.5 min on 1 H200
 #   bash scripts/minutes_gpu.sh 2b     # the full-length streamed decode of the ten-minute latents   ~8 min
 #   bash scripts/minutes_gpu.sh --dry 1a   # the same steps on the CPU with the tiny backbones (a few frames)
 #
@@ -21,8 +21,9 @@
 # stopped by SIGINT 90 s later (the checkpoint stays). 2b then decodes those latents with `longgen decode RUN_DIR`
 # when the machine still holds 2a's run directory (MINUTES_RUNS, inside the checkout: kept while the machine is
 # warm); otherwise it decodes seeded N(0, 1) latents of the same shape from a latents file (decode memory and time
-# depend on the shape only); the summary says which. 2a's step on one H200 is ~400 s (10x the one-minute step):
-# run it on 2 GPUs (kind nvidia-h200-x2) when available, where gpus=all halves it.
+# depend on the shape only); the summary says which. 2a's step on one H200 measured 455 s with fa3 (session 12):
+# run it with MINUTES_EXTRA="backbone.attention=fa3" MINUTES_DEADLINE=560 after a command that installed the same
+# checkout (the install is then skipped), or on 2 GPUs (kind nvidia-h200-x2), where gpus=all halves it.
 #
 # Environment: OUT (default /tmp/minutes-out), MINUTES_RUNS (run directories, default $repo/.minutes),
 # MINUTES_INSTALL=0 (use the Python environment as it is; a part run after another on the same warm machine skips
