@@ -218,6 +218,12 @@ def scatter_windows(
     return scatter_frames(values, _window_frames(starts, values.shape[1], values.device), length)
 
 
+def add_windows(total: torch.Tensor, count: torch.Tensor, values: torch.Tensor, starts: torch.Tensor | list[int]) -> None:
+    """`scatter_windows` into running sums, in place (`add_frames`). values: [N, M, C, H, W] → total [L, C, H, W],
+    count [L]."""
+    add_frames(total, count, values, _window_frames(starts, values.shape[1], values.device))
+
+
 def fuse_windows(values: torch.Tensor, starts: torch.Tensor | list[int], length: int) -> torch.Tensor:
     """Per-frame average over the windows that cover each frame (Gen-L-Video; SynCoS Fig. 18; GLC Eq. 3 with
     uniform weights). values: [N, M, C, H, W] → [L, C, H, W]; frames no window covers are 0."""
@@ -254,18 +260,26 @@ def scatter_frames(
     positions that share a frame with atomics in whatever order the threads arrive (different bits from run to run
     and between processes), so the positions are added in consecutive runs with no repeated frame (one index_add_
     each, about one per window); on a CPU this is the same arithmetic as a single index_add_."""
+    total = torch.zeros((length, *values.shape[2:]), dtype=values.dtype, device=values.device)  # [L, C, H, W]
+    count = torch.zeros(length, dtype=values.dtype, device=values.device)  # [L]
+    add_frames(total, count, values, index)
+    return total, count
+
+
+def add_frames(total: torch.Tensor, count: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> None:
+    """`scatter_frames` into running sums, in place: total [L, C, H, W] += the clip values [N, M, C, H, W] of the
+    frames in index [N, M], count [L] += how many positions each frame got. Summing the clips of a video a group at a
+    time, in clip order, gives the bytes one `scatter_frames` of all of them gives: each frame's contributions are
+    added in the same order either way (a group boundary only splits a run of distinct frames)."""
     n, m = index.shape
     flat = index.reshape(-1)  # [N·M]
     runs = distinct_runs(flat.tolist())
     flat = flat.to(values.device)
     src = values.reshape(n * m, *values.shape[2:])  # [N·M, C, H, W]
-    ones = torch.ones(n * m, dtype=values.dtype, device=values.device)  # [N·M]
-    total = torch.zeros((length, *values.shape[2:]), dtype=values.dtype, device=values.device)  # [L, C, H, W]
-    count = torch.zeros(length, dtype=values.dtype, device=values.device)  # [L]
+    ones = torch.ones(n * m, dtype=count.dtype, device=values.device)  # [N·M]
     for a, b in runs:
         total.index_add_(0, flat[a:b], src[a:b])
         count.index_add_(0, flat[a:b], ones[a:b])
-    return total, count
 
 
 def fuse_frames(values: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:

@@ -52,6 +52,7 @@ whole base clip and N queue iterations; the projection adds the measured base cl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -67,6 +68,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from longgen.build import build
+from longgen.samplers import gen_l_video
 from longgen.samplers.base import SamplingRun
 from longgen.windows import latent_length
 
@@ -349,10 +351,15 @@ def main() -> None:
     ap.add_argument("--forward-only", action="store_true",
                     help="only the one-window forward timing and its peak memory (large models: no sampler run)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (backbone.attention=cudnn …)")
+    ap.add_argument("--windows-per-predict", type=int, default=None,
+                    help="windows per predict call of a fused Gen-L-Video/SynCoS step (default: the sampler's "
+                         "WINDOWS_PER_PREDICT; 0: every window in one call, the layout before wave 3 session 12)")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<workload>.json)")
     ap.add_argument("--no-markdown", action="store_true", help="do not append a row to benchmarks/README.md")
     args = ap.parse_args()
 
+    if args.windows_per_predict is not None:
+        gen_l_video.WINDOWS_PER_PREDICT = args.windows_per_predict or 1 << 30
     cfg, overrides = compose_workload(args.workload, args.backbone, args.override)
     sampler_name = cfg.hydra.runtime.choices.sampler
     backbone = build(cfg.backbone, "backbone", args.backbone)
@@ -366,6 +373,7 @@ def main() -> None:
         "overrides": overrides,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "windows_per_predict": gen_l_video.WINDOWS_PER_PREDICT,
     }
     result["matmul_tflops"] = matmul_ceiling(device)
 
@@ -430,6 +438,8 @@ def main() -> None:
             "sampling_formula": formula,
             "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         }
+        if latents is not None:  # every step ran: the sampled bytes, to compare between runs
+            entry["latent_sha256"] = hashlib.sha256(latents.float().cpu().contiguous().numpy().tobytes()).hexdigest()
         if not args.no_decode and n_windows in (None, args.windows[0]):
             if latents is None:  # a slice: decode cost does not depend on values
                 latents = torch.randn((1, length, *backbone.latent_shape), device=backbone.device)

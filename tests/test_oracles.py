@@ -9,6 +9,7 @@ from diffusers import CogVideoXDDIMScheduler, DDIMScheduler
 
 from longgen.samplers.base import SamplingRun
 from longgen.samplers.direct import DirectSampler
+from longgen.samplers import gen_l_video
 from longgen.samplers.gen_l_video import GenLVideoSampler
 
 from conftest import make_tiny
@@ -105,6 +106,35 @@ def test_gen_l_video_matches_per_window_scheduler_average(length, stride, expect
         assert len(set(ids)) == 2, "both local prompts must be used"
     reference = _oracle_gen_l_video(backbone, noise, plan.starts, ids, 6, 6.0)
     assert (ours - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_gen_l_video_in_window_groups_matches_the_oracle_and_holds_one_group(monkeypatch, group):
+    """A step hands the model WINDOWS_PER_PREDICT windows at a time and sums their x̂0 into the frames as they come:
+    the result still matches the per-window scheduler average, no `predict` gets more than one group, and with
+    micro-batches of two rows (the full-size Wan backbones') the bytes equal those of one group of every window."""
+    backbone = make_tiny(prompts=("a cat", "a dog runs"), micro_batch=2)
+    sampler = GenLVideoSampler(num_steps=4, guidance_scale=6.0, stride=3)
+    plan = sampler.plan(31, backbone.window)
+    assert plan.count == 7  # more windows than a group of 1 or 3, and not a multiple of 3
+    noise = _noise(31, backbone.latent_shape, seed=4)
+    sizes = []
+    predict = backbone.predict
+
+    def counted(x_t, *args):
+        sizes.append(x_t.shape[0])
+        return predict(x_t, *args)
+
+    monkeypatch.setattr(backbone, "predict", counted)
+    monkeypatch.setattr(gen_l_video, "WINDOWS_PER_PREDICT", group)
+    run = _run(backbone, noise, [0, 1])
+    ours = sampler.sample(run)
+    assert max(sizes) == group and sum(sizes) == plan.count * 4
+    ids = [run.prompt_for_window(s, backbone.window) for s in plan.starts]
+    assert len(set(ids)) == 2, "both local prompts must be used"
+    assert (ours - _oracle_gen_l_video(backbone, noise, plan.starts, ids, 4, 6.0)).abs().max().item() <= 1e-5
+    monkeypatch.setattr(gen_l_video, "WINDOWS_PER_PREDICT", plan.count)
+    assert torch.equal(ours, sampler.sample(_run(backbone, noise, [0, 1])))
 
 
 def test_gen_l_video_one_window_equals_direct():

@@ -4,7 +4,8 @@
 Per step t: slice the latent into windows of M frames every `stride` frames (the last one end-aligned, so no tail
 frame is dropped), predict x̂0 for every window with classifier-free guidance and the local prompt of the story
 segment holding the window centre, average the x̂0 of all windows covering each frame, then take one DDIM step from
-x_t with the fused x̂0. With η = 0 and one shared t this equals averaging the per-window DDIM steps, because the
+x_t with the fused x̂0. The windows go to the model in groups (WINDOWS_PER_PREDICT) so that memory does not grow with
+the number of windows. With η = 0 and one shared t this equals averaging the per-window DDIM steps, because the
 update is affine in x̂0 (diffusion.ddim_step).
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from longgen.denoiser import Denoiser
-from longgen.diffusion import StepCoeffs, ddim_step, fuse_windows, gather_windows
+from longgen.diffusion import StepCoeffs, add_windows, ddim_step, gather_windows
 from longgen.options import option
 from longgen.samplers.base import (
     ETA,
@@ -30,13 +31,30 @@ from longgen.samplers.base import (
 from longgen.windows import WindowPlan
 
 
+#: windows per `predict` call of a fused step. A call holds its windows several times over (the batch, its CFG copy,
+#: the transformer's output in bf16 and in float32, the x̂0 and ε̂ it returns: about five float32 window arrays per
+#: window, 40 MB per window for Wan 2.1 at 480×832), so handing the model every window at once made sampling memory
+#: grow with the plan's length (25.4 GB for ten minutes' 398 windows against 11.1 GB for one minute's 38, H200,
+#: benchmarks/README.md); groups of this size keep it at the latent plus one group. Each frame's sum takes its
+#: windows in the same order for any group size (`add_windows`), and with a `micro_batch` that divides a group's
+#: 2 × 16 CFG rows (every full-size backbone's: 1 or 2) the transformer runs calls of the same size as for one group
+#: of all windows, so the grouping changes peak memory, not the bytes (tests/test_oracles.py).
+WINDOWS_PER_PREDICT = 16
+
+
 def fused_x0(
     den: Denoiser, x: torch.Tensor, plan: WindowPlan, prompt_ids: list[int], c: StepCoeffs, guidance_scale: float
 ) -> torch.Tensor:
-    """Temporal co-denoising of one step: x [L, C, H, W] at t → per-frame average of the windows' x̂0 [L, C, H, W]."""
-    windows = gather_windows(x, plan.starts, plan.window)  # [N, M, C, H, W]
-    pred = den.predict(windows, c.t, prompt_ids, guidance_scale)  # x0: [N, M, C, H, W]
-    return fuse_windows(pred.x0, plan.starts, plan.length)  # [L, C, H, W]
+    """Temporal co-denoising of one step: x [L, C, H, W] at t → per-frame average of the windows' x̂0 [L, C, H, W],
+    the windows predicted WINDOWS_PER_PREDICT at a time and summed into the frames as they come."""
+    total = torch.zeros_like(x)  # [L, C, H, W] Σ x̂0 over the windows covering each frame
+    count = torch.zeros(plan.length, dtype=x.dtype, device=x.device)  # [L]
+    for a in range(0, plan.count, WINDOWS_PER_PREDICT):
+        starts = plan.starts[a : a + WINDOWS_PER_PREDICT]  # this group's windows
+        windows = gather_windows(x, starts, plan.window)  # [G, M, C, H, W]
+        pred = den.predict(windows, c.t, prompt_ids[a : a + WINDOWS_PER_PREDICT], guidance_scale)  # x0: [G, M, C, H, W]
+        add_windows(total, count, pred.x0, starts)
+    return total / count.clamp(min=1)[:, None, None, None]  # [L, C, H, W]; a frame no window covers stays 0
 
 
 @dataclass(eq=False)
