@@ -271,6 +271,25 @@ def test_scatter_frames_adds_in_position_order_without_repeated_frames_per_call(
     assert len(calls) == 2 * 3  # sum and count, in 3 runs
 
 
+@pytest.mark.parametrize("groups", [[1, 1, 1, 1], [2, 2], [3, 1], [4]])
+def test_add_frames_in_clip_groups_gives_the_bits_of_the_position_order_sum(groups):
+    """A step sums its windows' x̂0 a group of clips at a time (gen_l_video.WINDOWS_PER_PREDICT): for any grouping, in
+    clip order, every frame must get the written-out sum in position order, the bits of one scatter of all clips."""
+    from longgen.diffusion import add_frames
+
+    index = torch.tensor([[0, 1, 2], [1, 2, 3], [3, 4, 0], [2, 2, 4]])  # overlapping clips, a repeat inside one
+    values = torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(2)) * 1e3  # large: order shows in bits
+    total, count = torch.zeros(5, 2, 5), torch.zeros(5)
+    first = 0
+    for size in groups:
+        add_frames(total, count, values[first : first + size], index[first : first + size])
+        first += size
+    expected = torch.zeros(5, 2, 5)
+    for p, frame in enumerate(index.reshape(-1).tolist()):  # written out: position order
+        expected[frame] = expected[frame] + values.reshape(12, 2, 5)[p]
+    assert torch.equal(total, expected) and count.tolist() == [2, 2, 4, 2, 2]
+
+
 def test_a_swept_gpus_says_how_to_give_jobs_their_own_processes():
     # `-m gpus=1,2`: the basic launcher runs every job on the processes of the one command; the line said so only
     from longgen.errors import UsageError
