@@ -52,6 +52,10 @@ def _commands(base: Path, story: Path, tail: list[list[str]]) -> list[list[str]]
         # FIFO-Diffusion (its own step count: 7 base-clip steps + 17 queue iterations) on FreeNoise initial noise
         ["generate", *[c for c in common if not c.startswith("sampler.num_steps")], "sampler=fifo",
          "sampler.num_partitions=1", "noise=freenoise", f"hydra.run.dir={base}/d"],
+        # 18 windows: a step's predicts come in two groups (gen_l_video.WINDOWS_PER_PREDICT = 16 and 2), each one
+        # split over the ranks
+        ["generate", *[c for c in common if not c.startswith("num_windows")], "sampler=gen-l-video",
+         "num_windows=18", f"hydra.run.dir={base}/w"],
         # a two-shot scene (two takes, each with its own generator) with cross-shot attention: the reference
         # window's capture runs on every rank, the shared calls are ordinary units
         ["generate", *COMMON, f"story={story.with_name('scene.json')}", "sampler=gen-l-video",
@@ -178,7 +182,7 @@ def test_one_two_three_processes_same_bytes_failures_and_resume(tmp_path):
 
     # the same bytes for every sampler and switch on 1 and 2 processes
     ref, runs2 = _runs(w1), _runs(w2)
-    assert len(ref) == 14 and set(ref) == set(runs2), (sorted(ref), sorted(runs2))
+    assert len(ref) == 15 and set(ref) == set(runs2), (sorted(ref), sorted(runs2))
     for name, run in ref.items():
         if name == "f":
             continue
