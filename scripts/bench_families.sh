@@ -30,11 +30,7 @@ if [ "${1:-}" = "--dry" ]; then
     ti2v=tiny-wan22-ti2v hy=tiny-hunyuan15 a14b=tiny-wan22-a14b tiny=--tiny
 else
     site=/tmp/longgen-bench-site
-    mkdir -p "$site"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl || exit 1
-    [ -x "$site/ffmpeg" ] || { xz -dc "$repo/.whl/ffmpeg.xz" > "$site/ffmpeg" && chmod +x "$site/ffmpeg"; } || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$site" "$repo" || exit 1
-    export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg
+    source "$repo/scripts/gpu_site.sh" || exit 1   # .whl/'s wheels, ffmpeg and this checkout into $site
     py=python3
     ti2v=wan2.2-ti2v-5b hy=hunyuanvideo-1.5 a14b=wan2.2-t2v-a14b tiny=
 fi

@@ -17,14 +17,8 @@ mkdir -p "$out" "$site"
 commit=${LANE_COMMIT:-$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 started=$(date +%s)
-if ! compgen -G "$repo/.whl/*.whl" >/dev/null; then  # one line rather than pip's error about a '*.whl' file
-    echo "gpu_lane: no wheels in $repo/.whl/: run scripts/gpu_wheels.sh on a machine with pip access first" >&2
-    exit 2
-fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl || exit 1
-[ -x "$site/ffmpeg" ] || { xz -dc "$repo/.whl/ffmpeg.xz" > "$site/ffmpeg" && chmod +x "$site/ffmpeg"; } || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$site" "$repo" || exit 1
-export PYTHONPATH=$site IMAGEIO_FFMPEG_EXE=$site/ffmpeg PYTHONUNBUFFERED=1 LANE_LOG=$out/lane-failures.log
+source "$repo/scripts/gpu_site.sh" || exit $?   # .whl/'s wheels, ffmpeg and this checkout into $site, every time
+export PYTHONUNBUFFERED=1 LANE_LOG=$out/lane-failures.log
 cd /tmp || exit 1   # import the installed package, never the checkout
 python3 -c "import longgen, sys, torch; torch.cuda.is_available() or sys.exit('gpu_lane: no CUDA GPU is visible: the lane runs on a GPU machine'); assert '$site' in longgen.__file__, longgen.__file__; print('longgen from', longgen.__file__, '| torch', torch.__version__, '|', torch.cuda.get_device_name())" || exit 1
 

@@ -113,12 +113,14 @@ def test_run_cli_gives_its_child_one_thread_whatever_the_environment(monkeypatch
 
 def test_gpu_lane_without_its_wheels_says_so_in_one_line(tmp_path):
     """README check: `bash scripts/gpu_lane.sh` before scripts/gpu_wheels.sh (no .whl/) ended in pip's two-line
-    error about a file named '*.whl'. The script runs from a copy whose checkout has no .whl/, so nothing installs."""
+    error about a file named '*.whl'. The scripts run from a copy whose checkout has no .whl/, so nothing installs
+    (the install is scripts/gpu_site.sh's, shared by the device scripts)."""
     (tmp_path / "scripts").mkdir()
+    for name in ("gpu_lane.sh", "gpu_site.sh"):
+        (tmp_path / "scripts" / name).write_text((Path(__file__).resolve().parents[1] / "scripts" / name).read_text())
     script = tmp_path / "scripts" / "gpu_lane.sh"
-    script.write_text((Path(__file__).resolve().parents[1] / "scripts" / "gpu_lane.sh").read_text())
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path / "out")})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"gpu_lane: no wheels in {tmp_path}/.whl/: run scripts/gpu_wheels.sh on a machine with pip access first"]
+        f"gpu_lane.sh: no wheels in {tmp_path}/.whl/: run scripts/gpu_wheels.sh on a machine with pip access first"]
