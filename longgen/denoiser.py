@@ -16,7 +16,7 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Protocol, Sequence
+from typing import Callable, ContextManager, Iterator, Protocol, Sequence
 
 import torch
 
@@ -68,6 +68,9 @@ class Denoiser(ABC):
     forward_count: int = 0
     #: number of batched transformer calls since the last reset
     call_count: int = 0
+    #: told the samples (forwards) of each transformer call as it is issued, where set (the run's progress, so
+    #: that a step of hundreds of windows shows how far it is); None: nobody listens
+    on_forward: Callable[[int], None] | None = None
     #: whether `predict` accepts one timestep per latent frame (t a tensor of M timesteps, or [B, M]: one row per
     #: window); the CogVideoX and Wan backbones do (FIFO-Diffusion needs it)
     per_frame_timesteps: bool = False

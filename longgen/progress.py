@@ -50,13 +50,13 @@ class PlainLines(logging.Handler):
             self.handleError(record)
 
 
-def weighted_eta(weights: Sequence[float], start: int, done: int, elapsed: float) -> float | None:
-    """Seconds left after `done` of len(weights) steps, `elapsed` seconds after step `start` (where this process
-    began): elapsed · (work of steps done..end) / (work of steps start..done). None before any work is timed."""
-    spent = sum(weights[start:done])
+def weighted_eta(weights: Sequence[float], start: int, done: int, elapsed: float, partial: float = 0.0) -> float | None:
+    """Seconds left after `done` of len(weights) steps and `partial` work of the next, `elapsed` seconds after step
+    `start` (where this process began): elapsed · (work left) / (work done since start). None before any work."""
+    spent = sum(weights[start:done]) + partial
     if spent <= 0:
         return None
-    return elapsed * sum(weights[done:]) / spent
+    return elapsed * max(0.0, sum(weights[done:]) - partial) / spent
 
 
 def clock_text(seconds: float | None) -> str:
@@ -79,6 +79,8 @@ class _Phase:
     weights: Sequence[float] | None = None
     last_line_step: int = 0
     last_line_time: float = 0.0
+    done: int = 0  # steps finished
+    partial: float = 0.0  # work (forwards) of the next step issued so far
 
 
 class StepProgress:
@@ -136,14 +138,36 @@ class StepProgress:
         self._phases.clear()
 
     def eta(self, phase: str, done: int) -> float | None:
-        """Seconds left in `phase` after `done` steps, by the weights given for it (equal steps otherwise)."""
+        """Seconds left in `phase` after `done` steps (and the work issued of the next), by the weights given for it
+        (equal steps otherwise)."""
         p = self._phases.get(phase)
         if p is None:
             return None
+        weights = self._step_weights(phase, p.total) or [1.0] * p.total
+        partial = p.partial if done == p.done and self._step_weights(phase, p.total) else 0.0
+        return weighted_eta(weights, p.start, done, self._clock() - p.started, partial)
+
+    def _step_weights(self, phase: str, total: int) -> Sequence[float] | None:
         weights = self._weights.get(phase)
-        if weights is None or len(weights) != p.total:
-            weights = [1.0] * p.total
-        return weighted_eta(weights, p.start, done, self._clock() - p.started)
+        return weights if weights is not None and len(weights) == total and sum(weights) > 0 else None
+
+    def within(self, phase: str, work: float) -> None:
+        """`work` more of the running step of `phase` issued (transformer forwards, the unit of its weights): a step
+        of hundreds of windows takes minutes, so the bar moves inside it and a plain line comes every `seconds`
+        with the share of the work and an ETA that counts it. Nothing before the phase starts, without weights,
+        or after its last step."""
+        p = self._phases.get(phase)
+        weights = self._step_weights(phase, p.total) if p is not None else None
+        if self.mode == "off" or weights is None or p.done >= p.total:
+            return
+        p.partial = min(p.partial + work, weights[p.done])  # never past the step's planned work
+        now = self._clock()
+        if self._progress is not None and phase in self._tasks:
+            self._progress.update(self._tasks[phase], completed=p.done + p.partial / weights[p.done],
+                                  eta=clock_text(self.eta(phase, p.done)))
+        elif self.mode == "lines" and self.seconds is not None and now - p.last_line_time >= self.seconds:
+            p.last_line_time = now
+            self._line(phase, p, now)
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.mode == "off":
@@ -151,7 +175,9 @@ class StepProgress:
         now = self._clock()
         p = self._phases.get(phase)
         if p is None or p.total != total or done < p.start:  # a new phase, or the same name started again
-            p = self._phases[phase] = _Phase(done, now, total, last_line_step=done, last_line_time=now)
+            p = self._phases[phase] = _Phase(done, now, total, last_line_step=done, last_line_time=now, done=done)
+        if done != p.done:  # a step finished: the next one's work starts from nothing
+            p.done, p.partial = done, 0.0
         eta = self.eta(phase, done)
         if self._progress is not None:
             if phase not in self._tasks:
@@ -159,12 +185,17 @@ class StepProgress:
             self._progress.update(self._tasks[phase], completed=done, total=total, eta=clock_text(eta))
         elif self.mode == "lines" and total > 1 and done > p.last_line_step and self._line_due(p, done, now):
             p.last_line_step, p.last_line_time = done, now
-            weights = self._weights.get(phase)
-            share = ""
-            if weights is not None and len(weights) == total and sum(weights) > 0:
-                share = f" ({100 * sum(weights[:done]) / sum(weights):.0f}% of the work)"
-            log.info("%s: %d/%d%s, %s elapsed, ETA %s", self._labels.get(phase, phase), done, total, share,
-                     clock_text(now - p.started), clock_text(eta))
+            self._line(phase, p, now)
+
+    def _line(self, phase: str, p: _Phase, now: float) -> None:
+        """`label: done/total (share of the work), elapsed, ETA`; the share counts the running step's issued work."""
+        weights = self._step_weights(phase, p.total)
+        share = ""
+        if weights is not None:
+            work = 100 * (sum(weights[: p.done]) + p.partial) / sum(weights)
+            share = f" ({work:.1f}% of the work)" if p.partial else f" ({work:.0f}% of the work)"
+        log.info("%s: %d/%d%s, %s elapsed, ETA %s", self._labels.get(phase, phase), p.done, p.total, share,
+                 clock_text(now - p.started), clock_text(self.eta(phase, p.done)))
 
     def _line_due(self, p: _Phase, done: int, now: float) -> bool:
         by_steps = self.every > 0 and p is self._phases.get(STEPS) and done - p.last_line_step >= self.every

@@ -108,3 +108,54 @@ def test_plain_lines_off_a_terminal_at_the_interval(caplog):
     assert by_time[0] == "denoise · 3 windows: 3/10, 0:30 elapsed, ETA 1:10"
     by_steps = lines(every=4, seconds=None)
     assert [m.split(":")[1].split(",")[0].strip() for m in by_steps] == ["4/10", "8/10", "10/10"]
+
+
+def test_lines_inside_a_long_step_count_its_issued_forwards(caplog):
+    """A ten-minute plan's step is 796 forwards (398 windows × 2 branches, 455 s on an H200): without lines inside
+    it the log said nothing for 7.6 minutes and the first ETA came after a whole step. `within` gets each
+    transformer call's forwards; a line comes every `seconds` with the share of the work and an ETA that counts
+    the forwards issued so far (0.5 s per forward on this clock), and the next step starts from nothing."""
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="longgen")
+    weights = [796.0] * 3
+    with StepProgress(clock=clock, seconds=60) as progress:
+        progress.label("denoise", "denoise · 398 windows")
+        progress.weigh("denoise", weights)
+        progress.within("denoise", 2)  # before the phase starts: nothing
+        progress("denoise", 0, 3)
+        for _ in range(398):  # step 1: calls of 2 forwards
+            clock.now += SECONDS_PER_FORWARD * 2
+            progress.within("denoise", 2)
+        progress("denoise", 1, 3)
+        clock.now += SECONDS_PER_FORWARD * 300
+        progress.within("denoise", 300)
+        assert progress.eta("denoise", 1) == pytest.approx((398 + 150) * (2 * 796 - 300) / (796 + 300))
+        progress.within("denoise", 10_000)  # never past the step's planned work
+        assert progress.eta("denoise", 1) == pytest.approx((398 + 150) * 796 / 1592)
+    messages = [r.getMessage() for r in caplog.records]
+    # a line every 60 s inside step 1 (120 forwards each); none when step 1 ends, 38 s after the last; one when step 2
+    # has issued 300 forwards, 188 s after the last
+    assert messages[0] == "denoise · 398 windows: 0/3 (5.0% of the work), 1:00 elapsed, ETA 18:54"  # 60·2268/120
+    assert len(messages) == 7 and messages[5].startswith("denoise · 398 windows: 0/3 (30.2% of the work), 6:00")
+    assert messages[6] == "denoise · 398 windows: 1/3 (45.9% of the work), 9:08 elapsed, ETA 10:46"  # 548·1292/1096
+
+
+def test_a_run_tells_its_progress_each_transformer_call():
+    """The backbone reports every transformer call's forwards to `on_forward` while a step runs (what the run's
+    progress listens to); nothing is called without a listener."""
+    from conftest import make_tiny
+    from longgen.samplers.gen_l_video import GenLVideoSampler
+
+    backbone = make_tiny(micro_batch=2)
+    seen = []
+    backbone.on_forward = seen.append
+    try:
+        noise = torch.randn(1, 17, *backbone.latent_shape, generator=torch.Generator().manual_seed(0))
+        run = SamplingRun(denoiser=backbone, noise=noise, prompt_for_window=lambda start, size: 0,
+                          generator=torch.Generator().manual_seed(1))
+        sampler = GenLVideoSampler(num_steps=2, stride=4)
+        sampler.sample(run)
+    finally:
+        backbone.on_forward = None
+    windows = sampler.plan(17, backbone.window).count
+    assert seen == [2] * (windows * 2 * 2 // 2)  # 2 steps × windows × 2 branches, in calls of 2 samples

@@ -598,6 +598,8 @@ class DiffusersBackbone(Backbone):
                 out = self._call_transformer(x, emb, t)
         self.forward_count += x.shape[0]
         self.call_count += 1
+        if self.on_forward is not None:
+            self.on_forward(x.shape[0])
         return out
 
     def predict(self, x_t: torch.Tensor, t, prompt_ids: Sequence[int], guidance_scale: float) -> Prediction:

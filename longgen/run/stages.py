@@ -187,7 +187,12 @@ def sample(job: Job, prompts: Prompts, interrupts: Interrupts, progress: StepPro
         state = resume.state
         log.info("resuming after step %d of %d", state.done, resume.total)
     progress.label("denoise", f"denoise · {job.plan.count} windows")
-    latents = denoise(job, run, state, hooks, interrupts)  # [1, L, C, H, W]
+    if job.world.writes:  # progress inside a step; rank 0 issues about 1/size of the calls when they are spread
+        backbone.on_forward = lambda samples: progress.within("denoise", samples * job.world.size)
+    try:
+        latents = denoise(job, run, state, hooks, interrupts)  # [1, L, C, H, W]
+    finally:
+        backbone.on_forward = None
     if latents.device.type == "cuda":
         torch.cuda.synchronize(latents.device)
     job.timings["sample_s"] = counters["sample_s"] + time.perf_counter() - started
