@@ -286,6 +286,10 @@ def fuse_frames(values: torch.Tensor, index: torch.Tensor, length: int) -> torch
     """Per-frame average over every clip position that maps to the frame (GLC Eq. 3 with uniform weights, for clips
     given by explicit frame indices). values: [N, M, C, H, W], index: [N, M] → [L, C, H, W]; frames no clip covers
     are 0. With index = window_index(starts, M).reshape(N, M) this is `fuse_windows`."""
-    total, count = scatter_frames(values, index, length)
-    shape = (length,) + (1,) * (values.dim() - 2)
-    return total / count.clamp(min=1).reshape(shape)  # [L, C, H, W]
+    return frame_mean(*scatter_frames(values, index, length))  # [L, C, H, W]
+
+
+def frame_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per-frame sums divided by their counts: total [L, C, H, W], count [L] → [L, C, H, W]; a frame counted 0
+    times stays 0."""
+    return total / count.clamp(min=1).reshape((-1,) + (1,) * (total.dim() - 1))

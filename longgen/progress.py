@@ -143,9 +143,9 @@ class StepProgress:
         p = self._phases.get(phase)
         if p is None:
             return None
-        weights = self._step_weights(phase, p.total) or [1.0] * p.total
-        partial = p.partial if done == p.done and self._step_weights(phase, p.total) else 0.0
-        return weighted_eta(weights, p.start, done, self._clock() - p.started, partial)
+        weights = self._step_weights(phase, p.total)
+        partial = p.partial if weights is not None and done == p.done else 0.0
+        return weighted_eta(weights or [1.0] * p.total, p.start, done, self._clock() - p.started, partial)
 
     def _step_weights(self, phase: str, total: int) -> Sequence[float] | None:
         weights = self._weights.get(phase)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from longgen.denoiser import Denoiser
-from longgen.diffusion import StepCoeffs, add_windows, ddim_step, gather_windows
+from longgen.diffusion import StepCoeffs, add_windows, ddim_step, frame_mean, gather_windows
 from longgen.options import option
 from longgen.samplers.base import (
     ETA,
@@ -54,7 +54,7 @@ def fused_x0(
         windows = gather_windows(x, starts, plan.window)  # [G, M, C, H, W]
         pred = den.predict(windows, c.t, prompt_ids[a : a + WINDOWS_PER_PREDICT], guidance_scale)  # x0: [G, M, C, H, W]
         add_windows(total, count, pred.x0, starts)
-    return total / count.clamp(min=1)[:, None, None, None]  # [L, C, H, W]; a frame no window covers stays 0
+    return frame_mean(total, count)  # [L, C, H, W]; a frame no window covers stays 0
 
 
 @dataclass(eq=False)
