@@ -59,6 +59,25 @@ def test_out_of_memory_while_loading_is_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     (line,) = error_lines(proc)
     assert "out of GPU memory while loading" in line and "backbone.cpu_offload=true" in line
+    assert f"no step was checkpointed yet; start it again at its first step with: longgen resume {tmp_path / 'run'}" \
+        in line
+    assert (tmp_path / "run" / "story.json").is_file()  # what that resume reads
+
+
+def test_out_of_memory_while_a_resume_loads_names_the_kept_checkpoint(tmp_path):
+    # seen on a GPU (session 13): a resume that found the GPU full said "nothing was sampled yet" of a run whose
+    # checkpoint after step 3 was on disk; the line names that checkpoint, which stays as it was
+    run = tmp_path / "run"
+    stopped = _run("predict", 2, *RUN, f"hydra.run.dir={run}")
+    assert stopped.returncode == 1, stopped.stderr[-2000:]
+    before = (run / "checkpoint.safetensors").read_bytes()
+    proc = _run("load", 0, "resume", str(run), kind="driver")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert "out of GPU memory while loading" in line and "backbone.cpu_offload=true" in line
+    assert f"the checkpoint after step 2 is kept in {run / 'checkpoint.safetensors'}" in line
+    assert f"continue with: longgen resume {run}" in line and "nothing was sampled" not in line
+    assert (run / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_out_of_memory_in_longgen_decode_is_one_line(tmp_path):

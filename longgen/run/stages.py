@@ -73,8 +73,9 @@ class Prompts:
 def encode(job: Job) -> Prompts:
     backbone = job.backbone
     t0 = time.perf_counter()
-    with out_of_memory_as(f"out of GPU memory while loading {backbone.label} (nothing was sampled yet): free GPU "
-                          f"memory held by other processes, or add backbone.cpu_offload=true"):
+    # a resumed run's checkpoint is still there: the line names it (not "nothing was sampled", seen on a GPU)
+    with out_of_memory_as(lambda: f"out of GPU memory while loading {backbone.label}: free GPU memory held by other "
+                                  f"processes, or add backbone.cpu_offload=true; {kept_on_disk(job)}"):
         backbone.load()
     job.timings["load_s"] = time.perf_counter() - t0
     # exact now that the tokenizer is here: a refusal comes before any step (run_generate then removes the start);
