@@ -76,7 +76,6 @@ class _Phase:
     start: int
     started: float
     total: int
-    weights: Sequence[float] | None = None
     last_line_step: int = 0
     last_line_time: float = 0.0
     done: int = 0  # steps finished
