@@ -205,8 +205,9 @@ def check_prompt_lengths(story: Story, backbone: Backbone, negative_prompt: str,
     # both checks run every time (a refusal is an exception); only their warnings depend on `warn`
     warnings = check_text_limit(prompts, backbone.count_tokens, backbone.max_text_tokens, backbone.label, strict)
     warnings += backbone.other_text_limits(prompts, strict)
-    for warning in warnings if warn else []:
-        log.warning(warning)
+    if warn:
+        for warning in warnings:
+            log.warning(warning)
     if sampler is not None:
         sampler.check_prompts([text for _, text in prompts[:-1]], backbone)
 

@@ -34,11 +34,11 @@ from longgen.windows import WindowPlan
 #: windows per `predict` call of a fused step. A call holds its windows several times over (the batch, its CFG copy,
 #: the transformer's output in bf16 and in float32, the x̂0 and ε̂ it returns), ~20 MB allocated per window for Wan
 #: 2.1 at 480×832, so handing the model every window at once made sampling memory grow with the plan's length (GPU
-#: held: 25.4 GB for ten minutes' 398 windows against 11.1 GB for one minute's 38; benchmarks/README.md); groups of
-#: this size keep it at the latent-sized state plus one group. Each frame's sum takes its
-#: windows in the same order for any group size (`add_windows`), and with a `micro_batch` that divides a group's
-#: 2 × 16 CFG rows (every full-size backbone's: 1 or 2) the transformer runs calls of the same size as for one group
-#: of all windows, so the grouping changes peak memory, not the bytes (tests/test_oracles.py).
+#: held: 25.4 GB for ten minutes' 398 windows against 11.1 GB for one minute's 38); groups of this size keep it at
+#: the latent-sized state plus one group (the ten-minute step then held 13.6 GB; benchmarks/README.md). Each frame's
+#: sum takes its windows in the same order for any group size (`add_windows`), and with a `micro_batch` that divides
+#: a group's 2 × 16 CFG rows (every full-size backbone's: 1 or 2) the transformer runs calls of the same size as for
+#: one group of all windows, so the grouping changes peak memory, not the bytes (tests/test_oracles.py).
 WINDOWS_PER_PREDICT = 16
 
 
